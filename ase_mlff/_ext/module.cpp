@@ -1,0 +1,88 @@
+// Python bindings of the compiled core. Arrays are handed to numpy without copies.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "neighbors.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+    auto* heap = new std::vector<T>(std::move(v));
+    py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>(shape, heap->data(), owner);
+}
+
+py::tuple pack(mlff::PairList&& pl) {
+    const py::ssize_t n = static_cast<py::ssize_t>(pl.first.size());
+    return py::make_tuple(to_numpy(std::move(pl.first), {n}), to_numpy(std::move(pl.second), {n}),
+                          to_numpy(std::move(pl.shifts), {n, 3}),
+                          to_numpy(std::move(pl.vectors), {n, 3}),
+                          to_numpy(std::move(pl.distances), {n}));
+}
+
+using CArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+void check_shape(const py::array& a, py::ssize_t rows, py::ssize_t cols, const char* name) {
+    if (a.ndim() != 2 || (rows >= 0 && a.shape(0) != rows) || a.shape(1) != cols)
+        throw std::invalid_argument(std::string(name) + " has the wrong shape");
+}
+
+py::tuple neighbor_list_py(CArray positions, CArray cell, py::array_t<bool> pbc, double cutoff,
+                           bool self_interaction) {
+    check_shape(positions, -1, 3, "positions (expected N x 3)");
+    check_shape(cell, 3, 3, "cell (expected 3 x 3)");
+    if (pbc.size() != 3) throw std::invalid_argument("pbc must have 3 entries");
+    bool flags[3] = {pbc.at(0), pbc.at(1), pbc.at(2)};
+    const double* pos = positions.data();
+    const double* c = cell.data();
+    const int64_t n = positions.shape(0);
+    mlff::PairList pl;
+    {
+        py::gil_scoped_release release;
+        pl = mlff::neighbor_list(pos, n, c, flags, cutoff, self_interaction);
+    }
+    return pack(std::move(pl));
+}
+
+py::tuple filter_pairs_py(CArray positions, CArray cell,
+                          py::array_t<int64_t, py::array::c_style | py::array::forcecast> first,
+                          py::array_t<int64_t, py::array::c_style | py::array::forcecast> second,
+                          py::array_t<int32_t, py::array::c_style | py::array::forcecast> shifts,
+                          double cutoff) {
+    check_shape(positions, -1, 3, "positions (expected N x 3)");
+    check_shape(cell, 3, 3, "cell (expected 3 x 3)");
+    const py::ssize_t np_ = first.size();
+    if (second.size() != np_ || shifts.size() != 3 * np_)
+        throw std::invalid_argument("pair arrays have inconsistent lengths");
+    mlff::PairList pl;
+    const double* pos = positions.data();
+    const double* c = cell.data();
+    const int64_t n = positions.shape(0);
+    const int64_t* f = first.data();
+    const int64_t* s = second.data();
+    const int32_t* sh = shifts.data();
+    {
+        py::gil_scoped_release release;
+        pl = mlff::filter_pairs(pos, n, c, f, s, sh, np_, cutoff);
+    }
+    return pack(std::move(pl));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "ase-mlff compiled core: neighbour lists (and tabulated-potential kernels).";
+    m.def("neighbor_list", &neighbor_list_py, py::arg("positions"), py::arg("cell"), py::arg("pbc"),
+          py::arg("cutoff"), py::arg("self_interaction") = false,
+          "Full neighbour list (i, j, shifts, vectors, distances) with |r_j - r_i + S.cell| < cutoff.");
+    m.def("filter_pairs", &filter_pairs_py, py::arg("positions"), py::arg("cell"), py::arg("first"),
+          py::arg("second"), py::arg("shifts"), py::arg("cutoff"),
+          "Recompute vectors of an existing pair list and keep pairs closer than cutoff.");
+}

@@ -1,0 +1,35 @@
+// Cell-list neighbour search for any triclinic cell with full, mixed or no periodicity.
+//
+// The search works in a basis B whose rows are the periodic cell vectors and, for each
+// non-periodic direction, a unit vector orthogonal to the periodic ones. Atoms are wrapped
+// into the periodic cell along periodic directions only, binned on a grid of that basis, and
+// each atom is compared with the atoms of the bins within reach of the cutoff. A pair is
+// reported as (i, j, S) with  d = r_j - r_i + S . cell,  |d| < cutoff,  S integer, S = 0
+// along non-periodic directions; the list is "full" (both (i,j,S) and (j,i,-S)).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mlff {
+
+struct PairList {
+    std::vector<int64_t> first;    // i
+    std::vector<int64_t> second;   // j
+    std::vector<int32_t> shifts;   // 3 per pair
+    std::vector<double> vectors;   // 3 per pair, r_j - r_i + S . cell
+    std::vector<double> distances; // 1 per pair
+};
+
+// positions: n x 3 (row major); cell: 3 x 3, rows are cell vectors; pbc: 3 flags.
+// Throws std::invalid_argument with a readable message on unusable input.
+PairList neighbor_list(const double* positions, int64_t n, const double* cell,
+                       const bool* pbc, double cutoff, bool self_interaction);
+
+// Recompute vectors/distances of an existing pair list for new positions/cell and keep only
+// the pairs closer than `cutoff`. Used for Verlet-skin reuse between MD steps.
+PairList filter_pairs(const double* positions, int64_t n, const double* cell,
+                      const int64_t* first, const int64_t* second, const int32_t* shifts,
+                      int64_t n_pairs, double cutoff);
+
+}  // namespace mlff

@@ -1,0 +1,222 @@
+"""One ASE calculator for every model family.
+
+Units: energy eV, forces eV/Å, stress eV/Å³ in ASE Voigt order (xx, yy, zz, yz, xz, xy) and
+ASE's sign (positive = tensile; pressure is ``-trace/3``).
+
+Stress is ``(1/V) dE/dε`` for a homogeneous strain ε applied to positions and cell together,
+exactly what ``ase.Atoms.set_cell(..., scale_atoms=True)`` finite differences measure. ``V`` is
+``|det(atoms.cell)|`` for any periodicity: for a slab or a wire the cell vectors along the
+non-periodic directions (the vacuum you set) enter the volume, so the stress of a slab is
+the strain derivative per volume of the simulation cell. Asking for stress of a structure
+whose cell has zero volume raises :class:`~ase_mlff.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from .errors import InputError
+from .graph import Graph, batch_graphs, graph_from_arrays
+from .models.base import Model
+from .neighbors import NeighborList, neighbor_list
+
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
+    if str(dtype) not in names:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return names[str(dtype)]
+
+
+def virial_to_voigt(virial: np.ndarray, volume: float) -> np.ndarray:
+    """(3, 3) dE/dε -> ASE Voigt stress (6,) in eV/Å³."""
+    return np.array([virial[a, b] for a, b in _VOIGT]) / volume
+
+
+class MLFFCalculator(Calculator):
+    """ASE calculator serving any ase-mlff model.
+
+    Parameters
+    ----------
+    model:
+        a :class:`~ase_mlff.models.base.Model` or the path of a model file.
+    device:
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: cpu).
+    dtype:
+        ``"float64"`` or ``"float32"``; default: the model's own dtype.
+    skin:
+        Verlet skin (Å) of the reused neighbour list; 0 rebuilds every call.
+    min_distance:
+        two atoms closer than this (Å) are reported as overlapping instead of evaluated.
+    uncertainty:
+        also compute the model's uncertainty results (where it has them; costs extra time).
+    """
+
+    def __init__(self, model: Model | str, device: str = "cpu", dtype=None, skin: float = 0.5,
+                 min_distance: float = 0.2, uncertainty: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(model, Model):
+            from .io import load_model
+
+            model = load_model(model)
+        dtype = _resolve_dtype(dtype) or model.dtype
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.min_distance = float(min_distance)
+        self.uncertainty = bool(uncertainty)
+        props = ["energy", "free_energy", "forces"]
+        if not model.is_global:
+            props.append("energies")
+        if model.supports_stress:
+            props.append("stress")
+        self.implemented_properties = props
+        self.nl = None if model.is_global else NeighborList(model.cutoff, skin)
+
+    # ------------------------------------------------------------------ checks
+    def _check_structure(self, atoms) -> None:
+        if len(atoms) == 0:
+            raise InputError("the structure has no atoms")
+        if not np.all(np.isfinite(atoms.positions)):
+            bad = np.unique(np.nonzero(~np.isfinite(atoms.positions))[0])
+            raise InputError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
+        if self.model.is_global and np.any(atoms.pbc) and not getattr(self.model, "periodic", False):
+            raise InputError(
+                f"this {self.model.family} model describes an isolated molecule; "
+                "set atoms.pbc = False to evaluate it"
+            )
+
+    def _check_distances(self, i, j, d) -> None:
+        if len(d) and d.min() < self.min_distance:
+            k = int(np.argmin(d))
+            raise InputError(
+                f"atoms {int(i[k])} and {int(j[k])} overlap: distance {d[k]:.3g} Å is below "
+                f"min_distance={self.min_distance} Å"
+            )
+
+    @staticmethod
+    def _volume(atoms) -> float:
+        return float(abs(np.linalg.det(atoms.cell.array)))
+
+    # ------------------------------------------------------------------ graph
+    def _graph(self, atoms, pairs) -> Graph:
+        return graph_from_arrays(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, pairs,
+                                 dtype=self.dtype, device=self.device)
+
+    def _want_stress(self, atoms, properties) -> bool:
+        if not self.model.supports_stress:
+            if "stress" in properties:
+                raise InputError(f"{self.model.family} models do not give stress")
+            return False
+        volume = self._volume(atoms)
+        if "stress" in properties and volume < 1e-10:
+            raise InputError(
+                "stress was asked for, but the cell has zero volume; give the structure a cell "
+                "(for a slab or a molecule: vacuum along the non-periodic directions)"
+            )
+        return volume >= 1e-10 and ("stress" in properties or bool(np.any(atoms.pbc)))
+
+    # ------------------------------------------------------------------ ASE entry point
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check_structure(atoms)
+        model = self.model
+        order = model.prepare_atoms(atoms.numbers, atoms.positions)
+        want_stress = self._want_stress(atoms, properties)
+
+        if model.is_global:
+            pos = atoms.positions
+            if len(pos) > 1:
+                dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos)) * 1e30
+                i, j = np.unravel_index(np.argmin(dist), dist.shape)
+                self._check_distances(np.array([i]), np.array([j]), np.array([dist[i, j]]))
+            pairs = None
+        else:
+            pairs = self.nl.update(atoms)
+            self._check_distances(pairs.i, pairs.j, pairs.distances)
+
+        if order is not None:
+            perm, _ = order
+            graph = graph_from_arrays(atoms.positions[perm], atoms.numbers[perm], atoms.cell.array,
+                                      atoms.pbc, None, dtype=self.dtype, device=self.device)
+        else:
+            graph = self._graph(atoms, pairs)
+        out = model.compute(graph, forces=True, stress=want_stress)
+        self.results = self._results(out, atoms, want_stress, order)
+        if self.uncertainty and model.extra_results:
+            for key, value in model.compute_extras(graph).items():
+                self.results[key] = value
+
+    def _results(self, out, atoms, want_stress, order=None) -> dict:
+        energy = float(out["energy"].detach().sum().cpu())
+        forces = out["forces"].detach().cpu().numpy().astype(np.float64)
+        if order is not None:
+            forces = forces[order[1]]
+        res = {"energy": energy, "free_energy": energy, "forces": forces}
+        if not self.model.is_global:
+            res["energies"] = out["energies"].detach().cpu().numpy().astype(np.float64)
+        if want_stress:
+            virial = out["virial"].detach().cpu().numpy().astype(np.float64)[0]
+            res["stress"] = virial_to_voigt(virial, self._volume(atoms))
+        return res
+
+    # ------------------------------------------------------------------ extras
+    def get_hessian(self, atoms=None) -> np.ndarray:
+        """Analytic Hessian d²E/dr² of shape (3N, 3N) in eV/Å² (second derivatives by autograd)."""
+        atoms = atoms if atoms is not None else self.atoms
+        if atoms is None:
+            raise InputError("no structure given")
+        self._check_structure(atoms)
+        order = self.model.prepare_atoms(atoms.numbers, atoms.positions)
+        if order is not None:
+            raise InputError("the Hessian needs the atoms in the model's own order")
+        pairs = None if self.model.is_global else neighbor_list(
+            atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff)
+        hess = self.model.hessian(self._graph(atoms, pairs))
+        return hess.detach().cpu().numpy().astype(np.float64)
+
+    def evaluate_batch(self, images: Sequence, stress: bool | None = None) -> list[dict]:
+        """Evaluate many structures in one batched model call (local models).
+
+        Returns one results dict per image with ``energy``, ``forces``, ``energies`` and,
+        for images with a non-zero cell volume (or all when ``stress=True``), ``stress``.
+        """
+        if self.model.is_global:
+            out = []
+            for atoms in images:
+                self.calculate(atoms, ["energy", "forces"])
+                out.append(dict(self.results))
+            return out
+        graphs, flags = [], []
+        for atoms in images:
+            self._check_structure(atoms)
+            self.model.check_numbers(atoms.numbers)
+            pairs = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff)
+            self._check_distances(pairs.i, pairs.j, pairs.distances)
+            graphs.append(self._graph(atoms, pairs))
+            flags.append(self._want_stress(atoms, ["stress"] if stress else []))
+        graph = batch_graphs(graphs)
+        want = any(flags)
+        out = self.model.compute(graph, forces=True, stress=want)
+        results = []
+        batch = graph.batch.cpu().numpy()
+        forces = out["forces"].detach().cpu().numpy().astype(np.float64)
+        energies = out["energies"].detach().cpu().numpy().astype(np.float64)
+        for b, atoms in enumerate(images):
+            sel = batch == b
+            e = float(out["energy"][b].detach().cpu())
+            r = {"energy": e, "free_energy": e, "forces": forces[sel], "energies": energies[sel]}
+            if flags[b]:
+                virial = out["virial"][b].detach().cpu().numpy().astype(np.float64)
+                r["stress"] = virial_to_voigt(virial, self._volume(atoms))
+            results.append(r)
+        return results

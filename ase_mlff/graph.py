@@ -1,0 +1,130 @@
+"""Atoms -> tensors: the one input every model receives.
+
+A :class:`Graph` holds one structure or a batch of structures (atoms of structure ``b`` have
+``batch == b``) with their neighbour pairs. Edge vectors are always computed from the
+positions and the cell, ``r_j - r_i + S @ cell``, so that autograd sees every dependence:
+forces are ``-dE/dpositions`` and, after :meth:`Graph.strained`, the stress is
+``(1/V) dE/d(strain)``, exact derivatives of the model's energy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .neighbors import Pairs
+
+
+@dataclass
+class Graph:
+    positions: torch.Tensor  # (N, 3)
+    numbers: torch.Tensor  # (N,) int64 atomic numbers
+    cell: torch.Tensor  # (B, 3, 3), rows are cell vectors
+    pbc: torch.Tensor  # (B, 3) bool
+    edge_index: torch.Tensor  # (2, P) int64: i (centre), j (neighbour)
+    shifts: torch.Tensor  # (P, 3) integer cell shifts, in the float dtype
+    batch: torch.Tensor  # (N,) int64 structure index of each atom
+    n_graphs: int = 1
+    strain: torch.Tensor | None = None  # (B, 3, 3) when built by strained()
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.positions.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    def edge_vectors(self) -> torch.Tensor:
+        """(P, 3) vectors from atom i to the image of atom j."""
+        i, j = self.edge_index
+        if self.n_graphs == 1:
+            shift_vec = self.shifts @ self.cell[0]
+        else:
+            shift_vec = torch.einsum("pk,pkl->pl", self.shifts, self.cell[self.batch[i]])
+        return self.positions[j] - self.positions[i] + shift_vec
+
+    def strained(self) -> "Graph":
+        """Copy in which positions and cell are deformed by a zero strain that requires grad.
+
+        With ``eps`` symmetric, ``r -> r (1 + eps)`` and ``cell -> cell (1 + eps)``; the
+        derivative of the energy with respect to ``eps`` at zero is the virial-like tensor
+        ``V * stress`` in ASE's sign convention.
+        """
+        eps = torch.zeros((self.n_graphs, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
+        sym = 0.5 * (eps + eps.transpose(1, 2))
+        if self.n_graphs == 1:
+            positions = self.positions + self.positions @ sym[0]
+        else:
+            positions = self.positions + torch.einsum("nk,nkl->nl", self.positions, sym[self.batch])
+        cell = self.cell + self.cell @ sym
+        return replace(self, positions=positions, cell=cell, strain=eps)
+
+    def to(self, device=None, dtype=None) -> "Graph":
+        def conv(t, floating):
+            return t.to(device=device, dtype=dtype if floating else None)
+
+        return replace(
+            self,
+            positions=conv(self.positions, True),
+            numbers=conv(self.numbers, False),
+            cell=conv(self.cell, True),
+            pbc=conv(self.pbc, False),
+            edge_index=conv(self.edge_index, False),
+            shifts=conv(self.shifts, True),
+            batch=conv(self.batch, False),
+        )
+
+
+def graph_from_arrays(
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    pairs: Pairs | None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> Graph:
+    """Single-structure graph. ``pairs`` may be None for global models (no neighbour list)."""
+    n = len(numbers)
+    if pairs is None:
+        edge_index = torch.zeros((2, 0), dtype=torch.long)
+        shifts = torch.zeros((0, 3), dtype=dtype)
+    else:
+        edge_index = torch.from_numpy(np.stack([pairs.i, pairs.j]))
+        shifts = torch.from_numpy(pairs.shifts).to(dtype)
+    return Graph(
+        positions=torch.as_tensor(np.asarray(positions, dtype=np.float64), dtype=dtype, device=device),
+        numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device),
+        cell=torch.as_tensor(np.asarray(cell, dtype=np.float64).reshape(1, 3, 3), dtype=dtype, device=device),
+        pbc=torch.as_tensor(np.asarray(pbc, dtype=bool).reshape(1, 3), device=device),
+        edge_index=edge_index.to(device),
+        shifts=shifts.to(device),
+        batch=torch.zeros(n, dtype=torch.long, device=device),
+        n_graphs=1,
+    )
+
+
+def batch_graphs(graphs: Sequence[Graph]) -> Graph:
+    """Concatenate single or batched graphs into one batched graph."""
+    if len(graphs) == 1:
+        return graphs[0]
+    offsets = np.cumsum([0] + [g.n_atoms for g in graphs[:-1]])
+    graph_offsets = np.cumsum([0] + [g.n_graphs for g in graphs[:-1]])
+    return Graph(
+        positions=torch.cat([g.positions for g in graphs]),
+        numbers=torch.cat([g.numbers for g in graphs]),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+        edge_index=torch.cat([g.edge_index + int(o) for g, o in zip(graphs, offsets)], dim=1),
+        shifts=torch.cat([g.shifts for g in graphs]),
+        batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
+        n_graphs=sum(g.n_graphs for g in graphs),
+    )

@@ -1,0 +1,3 @@
+"""Model families. Importing this package registers every family for :func:`ase_mlff.load`."""
+
+from .base import MODEL_REGISTRY, Model, register_model  # noqa: F401

@@ -1,0 +1,128 @@
+"""Neighbour lists: the compiled cell list, and a Verlet-skin list that is reused between MD steps.
+
+A pair ``(i, j, S)`` means atom ``j`` seen from atom ``i`` through the periodic image ``S``
+(integer cell shifts): ``vector = positions[j] - positions[i] + S @ cell`` and
+``|vector| < cutoff``. Lists are *full*: both ``(i, j, S)`` and ``(j, i, -S)`` appear. The
+self pair ``(i, i, 0)`` never appears, but images of an atom in a cell smaller than the
+cutoff do. ``S`` is zero along non-periodic directions. Pairs are sorted by ``i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _ext
+from .errors import InputError
+
+
+@dataclass
+class Pairs:
+    """A full neighbour list; arrays are aligned pair by pair."""
+
+    i: np.ndarray  # (P,) int64
+    j: np.ndarray  # (P,) int64
+    shifts: np.ndarray  # (P, 3) int32, integer cell shifts
+    vectors: np.ndarray  # (P, 3) float64, Å
+    distances: np.ndarray  # (P,) float64, Å
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+
+def _as_arrays(positions, cell, pbc):
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise InputError(f"positions must have shape (N, 3), got {positions.shape}")
+    if not np.all(np.isfinite(positions)):
+        bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
+        raise InputError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
+    cell = np.ascontiguousarray(np.asarray(cell, dtype=np.float64).reshape(3, 3))
+    if not np.all(np.isfinite(cell)):
+        raise InputError("the cell contains NaN or infinite entries")
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1)
+    if pbc.size == 1:
+        pbc = np.repeat(pbc, 3)
+    if pbc.size != 3:
+        raise InputError(f"pbc must be a bool or 3 bools, got {pbc}")
+    return positions, cell, pbc
+
+
+def neighbor_list(positions, cell, pbc, cutoff: float, self_interaction: bool = False) -> Pairs:
+    """Full neighbour list of all pairs closer than ``cutoff`` (Å); O(N) cell list in C++.
+
+    Works for any non-singular triclinic cell (however skewed), for full, mixed (slab, wire)
+    and no periodicity, and for periodic cells smaller than the cutoff. For a non-periodic
+    direction the cell vector is ignored (it may be zero).
+    """
+    positions, cell, pbc = _as_arrays(positions, cell, pbc)
+    try:
+        i, j, s, v, d = _ext.neighbor_list(positions, cell, pbc, float(cutoff), bool(self_interaction))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return Pairs(i, j, s, v, d)
+
+
+def atoms_neighbor_list(atoms, cutoff: float) -> Pairs:
+    """:func:`neighbor_list` for an :class:`ase.Atoms`."""
+    return neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+
+
+class NeighborList:
+    """Neighbour list kept between MD steps with a Verlet skin.
+
+    The list is built for ``cutoff + skin`` and reused while no atom has moved more than
+    ``skin / 2`` since the build (then no pair can have crossed into the cutoff unseen) and the
+    cell, pbc and atom count are unchanged; otherwise it is rebuilt. Every call returns the
+    pairs closer than ``cutoff`` for the current positions, identical to a fresh list.
+
+    >>> nl = NeighborList(cutoff=5.0, skin=0.5)
+    >>> pairs = nl.update(atoms)        # doctest: +SKIP
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.5):
+        if not cutoff > 0:
+            raise InputError(f"cutoff must be positive, got {cutoff}")
+        if not skin >= 0:
+            raise InputError(f"skin must be >= 0, got {skin}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.n_builds = 0
+        self.n_updates = 0
+        self._ref_positions = None
+        self._ref_cell = None
+        self._ref_pbc = None
+        self._pairs: Pairs | None = None
+
+    def _needs_rebuild(self, positions, cell, pbc) -> bool:
+        if self._pairs is None or self.skin == 0.0:
+            return True
+        if positions.shape != self._ref_positions.shape:
+            return True
+        if not np.array_equal(pbc, self._ref_pbc) or not np.array_equal(cell, self._ref_cell):
+            return True
+        disp2 = np.einsum("ij,ij->i", positions - self._ref_positions, positions - self._ref_positions)
+        return bool(disp2.max(initial=0.0) > (0.5 * self.skin) ** 2)
+
+    def update(self, atoms=None, *, positions=None, cell=None, pbc=None) -> Pairs:
+        """Pairs within ``cutoff`` for the current geometry, rebuilding only when needed."""
+        if atoms is not None:
+            positions, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
+        positions, cell, pbc = _as_arrays(positions, cell, pbc)
+        self.n_updates += 1
+        if self._needs_rebuild(positions, cell, pbc):
+            self._pairs = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
+            self._ref_positions = positions.copy()
+            self._ref_cell = cell.copy()
+            self._ref_pbc = pbc.copy()
+            self.n_builds += 1
+            if self.skin == 0.0:
+                return self._pairs
+        p = self._pairs
+        i, j, s, v, d = _ext.filter_pairs(positions, cell, p.i, p.j, p.shifts, self.cutoff)
+        return Pairs(i, j, s, v, d)
+
+    def reset(self) -> None:
+        """Forget the stored list; the next update rebuilds."""
+        self._pairs = None
