@@ -19,7 +19,8 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -289,8 +290,8 @@ class Dataset(Sequence):
         self,
         frames: Iterable[Frame],
         source: str | None = None,
-        source_energy_unit: str = "eV",
-        source_length_unit: str = "Ang",
+        source_energy_unit: str | None = "eV",
+        source_length_unit: str | None = "Ang",
         format: str | None = None,
         metadata: dict | None = None,
         *,
@@ -303,8 +304,9 @@ class Dataset(Sequence):
             if validate:
                 fr.validate(f"frame {i}")
         self.source = None if source is None else os.fspath(source)
-        self.source_energy_unit = canonical_energy_unit(source_energy_unit)
-        self.source_length_unit = canonical_length_unit(source_length_unit)
+        # None = unknown or mixed (e.g. a concatenation of datasets read in different units)
+        self.source_energy_unit = None if source_energy_unit is None else canonical_energy_unit(source_energy_unit)
+        self.source_length_unit = None if source_length_unit is None else canonical_length_unit(source_length_unit)
         self.format = format
         self.metadata = dict(metadata or {})
 
@@ -422,8 +424,16 @@ class Dataset(Sequence):
     def __add__(self, other: "Dataset") -> "Dataset":
         if not isinstance(other, Dataset):
             return NotImplemented
-        return Dataset(self._frames + other._frames, source=None, format="concatenated",
-                       metadata={"parts": [self.provenance(), other.provenance()]}, validate=False)
+        same = lambda a, b: a if a == b else None  # noqa: E731
+        return Dataset(
+            self._frames + other._frames,
+            source=None,
+            source_energy_unit=same(self.source_energy_unit, other.source_energy_unit),
+            source_length_unit=same(self.source_length_unit, other.source_length_unit),
+            format="concatenated",
+            metadata={"parts": [self.provenance(), other.provenance()]},
+            validate=False,
+        )
 
     # ---------------------------------------------------------------- properties
     @property
@@ -710,8 +720,8 @@ def _frame_from_parts(i, where, *, numbers, positions, cell, pbc, calc_results, 
     tag = f"{where}, frame {i}"
 
     def pick(explicit, calc_name, candidates, per_atom):
-        if explicit is not None:
-            return _lookup(explicit, calc_results, info, arrays, per_atom, n)
+        if explicit is not None:  # explicit key: no shape filtering, a wrong shape is reported below
+            return _lookup(explicit, calc_results, info, arrays, False, n)
         if calc_name is not None and calc_results and calc_results.get(calc_name) is not None:
             return f"calc:{calc_name}", calc_results[calc_name]
         for name in candidates:

@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,19 @@ def write_archive(path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     atomic_write_bytes(path, write)
 
 
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError)
+
+
+def _member(zf: zipfile.ZipFile, name: str, path) -> bytes:
+    """Bytes of one archive member; KeyError when absent, ModelFileError when damaged."""
+    try:
+        return zf.read(name)
+    except KeyError:
+        raise
+    except _READ_ERRORS as exc:
+        raise ModelFileError(f"{path}: {name} is corrupted ({exc})") from None
+
+
 def read_archive(path, load_arrays: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read and verify an archive written by :func:`write_archive`."""
     path = Path(path)
@@ -99,22 +113,22 @@ def read_archive(path, load_arrays: bool = True) -> tuple[dict[str, Any], dict[s
         raise ModelFileError(f"model file {path} does not exist")
     try:
         zf = zipfile.ZipFile(path, "r")
-    except zipfile.BadZipFile:
+    except _READ_ERRORS:
         raise ModelFileError(
             f"{path} is not an ase-mlff model file, or it is truncated (not a readable zip archive)"
         ) from None
     with zf:
         try:
-            meta_bytes = zf.read("meta.json")
-            recorded = zf.read("meta.sha256").decode().strip()
+            meta_bytes = _member(zf, "meta.json", path)
+            recorded = _member(zf, "meta.sha256", path).decode(errors="replace").strip()
         except KeyError:
             raise ModelFileError(f"{path} is a zip archive but not an ase-mlff model file (no meta.json)") from None
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ModelFileError(f"{path} is corrupted: {exc}") from None
         if _sha256(meta_bytes) != recorded:
             raise ModelFileError(f"{path}: meta.json does not match its checksum (file corrupted or modified)")
         try:
             meta = json.loads(meta_bytes)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
         except ValueError as exc:
             raise ModelFileError(f"{path}: meta.json is not valid JSON ({exc})") from None
         if meta.get("format") != FORMAT_NAME:
@@ -129,11 +143,9 @@ def read_archive(path, load_arrays: bool = True) -> tuple[dict[str, Any], dict[s
         if load_arrays:
             for name, info in meta.get("arrays", {}).items():
                 try:
-                    blob = zf.read(f"arrays/{name}.npy")
+                    blob = _member(zf, f"arrays/{name}.npy", path)
                 except KeyError:
                     raise ModelFileError(f"{path}: array {name!r} listed in meta.json is missing") from None
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-                    raise ModelFileError(f"{path}: array {name!r} is corrupted ({exc})") from None
                 if _sha256(blob) != info.get("sha256"):
                     raise ModelFileError(
                         f"{path}: array {name!r} does not match its checksum (file corrupted or modified)"

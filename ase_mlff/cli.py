@@ -1,0 +1,123 @@
+"""The ``ase-mlff`` command.
+
+Units everywhere: energies in eV, lengths in Å, forces in eV/Å, stress in eV/Å³ (ASE sign:
+positive = tensile). Datasets in other units (kcal/mol, Hartree, Bohr) are converted on
+reading; say which with ``--energy-unit`` / ``--length-unit`` when the file does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from ._version import __version__
+
+# subcommand -> (module, help). Each module provides configure_parser(parser) and run(args).
+_DELEGATED = {
+    "train": {
+        "sgdml": ("ase_mlff.training.sgdml_train", "train an sGDML model (global, one molecule)"),
+        "mff": ("ase_mlff.training.mff_train", "train a 2/3-body GP and map it onto splines (MFF)"),
+    },
+}
+
+
+def _info(args) -> int:
+    from .io import read_metadata
+
+    meta = read_metadata(args.model)
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    rows = [
+        ("file", args.model),
+        ("family", meta.get("family")),
+        ("elements", " ".join(meta.get("elements", []))),
+        ("cutoff", "none (global model)" if meta.get("cutoff") is None else f"{meta['cutoff']} Å"),
+        ("units", ", ".join(f"{k} {v}" for k, v in (meta.get("units") or {}).items())),
+        ("training units", json.dumps(meta.get("training_units"))),
+        ("dtype", meta.get("dtype")),
+        ("format version", meta.get("format_version")),
+        ("written by", f"ase-mlff {meta.get('package_version')} on {meta.get('created')}"),
+        ("training data sha256", meta.get("training_data_hash")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print("hyperparameters:")
+    for k, v in sorted((meta.get("hyperparameters") or {}).items()):
+        text = json.dumps(v)
+        print(f"  {k}: {text if len(text) < 100 else text[:97] + '...'}")
+    training = meta.get("training") or {}
+    if training:
+        print("training:")
+        for k, v in sorted(training.items()):
+            text = json.dumps(v)
+            print(f"  {k}: {text if len(text) < 200 else text[:197] + '...'}")
+    n = sum(1 for _ in meta.get("arrays", {}))
+    print(f"arrays: {n} ({', '.join(sorted(meta.get('arrays', {}))[:8])}{', ...' if n > 8 else ''})")
+    return 0
+
+
+def _add_delegated(sub, name, module, help_text):
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:  # a family not built into this installation
+        p.set_defaults(_run=lambda args, exc=exc: _unavailable(name, exc))
+        return
+    mod.configure_parser(p)
+    p.set_defaults(_run=mod.run)
+
+
+def _unavailable(name, exc) -> int:
+    print(f"ase-mlff: '{name}' is not available in this installation ({exc})", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ase-mlff",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ase-mlff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print a model file's metadata (family, elements, units, provenance)")
+    p.add_argument("model", help="model file (.mlff)")
+    p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+    p.set_defaults(_run=_info)
+
+    train = sub.add_parser("train", help="train a model from reference data (see `ase-mlff train FAMILY --help`)")
+    train_sub = train.add_subparsers(dest="family", metavar="FAMILY")
+    for name, (module, help_text) in _DELEGATED["train"].items():
+        _add_delegated(train_sub, name, module, help_text)
+
+    _add_delegated(sub, "export", "ase_mlff.export.lammps",
+                   "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from .errors import MLFFError
+
+    try:
+        return int(run(args) or 0)
+    except MLFFError as exc:
+        print(f"ase-mlff: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ase-mlff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Model files: round trip, self-description, and clear errors for every kind of damage."""
+
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+import ase_mlff
+from ase_mlff import ModelFileError
+from ase_mlff.io import FORMAT_VERSION, load_model, read_metadata, save_model
+
+
+@pytest.fixture
+def model_file(tmp_path, analytic_model):
+    path = tmp_path / "model.mlff"
+    save_model(analytic_model, path, training={"data_sha256": "ab" * 32, "units": {"energy": "eV"}, "n_train": 3})
+    return path
+
+
+def _rewrite(src, dst, change):
+    """Copy a zip archive, letting change(name, bytes) -> bytes alter members."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, change(info.filename, zin.read(info.filename)))
+
+
+def test_round_trip_identical_predictions(model_file, analytic_model, rng):
+    atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
+    atoms.numbers[::3] = 13
+    atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+    atoms.calc = ase_mlff.MLFFCalculator(analytic_model)
+    e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    atoms.calc = ase_mlff.load(model_file)
+    assert atoms.get_potential_energy() == e
+    np.testing.assert_array_equal(atoms.get_forces(), f)
+    np.testing.assert_array_equal(atoms.get_stress(), s)
+
+
+def test_metadata_self_describing(model_file):
+    meta = read_metadata(model_file)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["family"] == "test_analytic"
+    assert meta["elements"] == ["Al", "Cu"]
+    assert meta["cutoff"] == 4.5
+    assert meta["units"]["energy"] == "eV" and meta["units"]["length"] == "Ang"
+    assert meta["dtype"] == "float64"
+    assert meta["training_data_hash"] == "ab" * 32
+    assert meta["package_version"] == ase_mlff.__version__
+    assert meta["hyperparameters"]["r0"] == 2.5
+    assert meta["training"]["n_train"] == 3
+
+
+def test_no_pickle_in_file(model_file):
+    with zipfile.ZipFile(model_file) as zf:
+        for name in zf.namelist():
+            if name.endswith(".npy"):
+                arr = np.lib.format.read_array(io.BytesIO(zf.read(name)), allow_pickle=False)
+                assert arr.dtype != object
+
+
+def test_missing_and_not_a_model(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "nope.mlff")
+    junk = tmp_path / "junk.mlff"
+    junk.write_text("hello")
+    with pytest.raises(ModelFileError, match="not an ase-mlff model file|truncated"):
+        load_model(junk)
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("x.txt", "y")
+    with pytest.raises(ModelFileError, match="no meta.json"):
+        load_model(other)
+
+
+def test_truncated(model_file, tmp_path):
+    data = model_file.read_bytes()
+    for keep in (len(data) // 2, len(data) - 30):
+        bad = tmp_path / f"trunc{keep}.mlff"
+        bad.write_bytes(data[:keep])
+        with pytest.raises(ModelFileError):
+            load_model(bad)
+
+
+def test_corrupted_byte(model_file, tmp_path):
+    """Every single flipped byte gives either a ModelFileError or (for bytes in zip header
+    fields that do not touch content, e.g. timestamps) exactly the original model."""
+    original = load_model(model_file).get_arrays()
+    data = bytearray(model_file.read_bytes())
+    caught = 0
+    for pos in range(0, len(data), max(1, len(data) // 60)):
+        bad = tmp_path / "corrupt.mlff"
+        damaged = data.copy()
+        damaged[pos] ^= 0xFF
+        bad.write_bytes(bytes(damaged))
+        try:
+            arrays = load_model(bad).get_arrays()
+        except ModelFileError:
+            caught += 1
+            continue
+        assert arrays.keys() == original.keys()
+        for k in arrays:
+            np.testing.assert_array_equal(arrays[k], original[k])
+    assert caught >= 30
+
+
+def test_tampered_array_and_meta(model_file, tmp_path):
+    def change_array(name, blob):
+        if name.startswith("arrays/"):
+            arr = np.lib.format.read_array(io.BytesIO(blob))
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr * 1.01)
+            return buf.getvalue()
+        return blob
+
+    bad = tmp_path / "tampered.mlff"
+    _rewrite(model_file, bad, change_array)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(bad)
+
+    def change_meta(name, blob):
+        if name == "meta.json":
+            return blob.replace(b'"cutoff": 4.5', b'"cutoff": 9.5')
+        return blob
+
+    _rewrite(model_file, bad, change_meta)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(bad)
+
+
+def _with_meta(model_file, dst, edit):
+    import hashlib
+
+    with zipfile.ZipFile(model_file) as zf:
+        meta = json.loads(zf.read("meta.json"))
+    edit(meta)
+    new = json.dumps(meta).encode()
+
+    def change(name, blob):
+        if name == "meta.json":
+            return new
+        if name == "meta.sha256":
+            return hashlib.sha256(new).hexdigest().encode()
+        return blob
+
+    _rewrite(model_file, dst, change)
+
+
+def test_unknown_version_and_family(model_file, tmp_path):
+    bad = tmp_path / "future.mlff"
+    _with_meta(model_file, bad, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ModelFileError, match=f"version {FORMAT_VERSION + 1}.*versions 1 to {FORMAT_VERSION}"):
+        load_model(bad)
+    _with_meta(model_file, bad, lambda m: m.update(family="alien"))
+    with pytest.raises(ModelFileError, match="alien"):
+        load_model(bad)
+
+
+def test_atomic_write_keeps_old_file_on_failure(model_file, analytic_model, monkeypatch):
+    before = model_file.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(analytic_model, "get_arrays", lambda: {"x": np.zeros(3)})
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", boom)
+    with pytest.raises(RuntimeError):
+        save_model(analytic_model, model_file)
+    assert model_file.read_bytes() == before
+    assert [p for p in os.listdir(model_file.parent) if p.endswith(".tmp")] == []
