@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_delegated(sub, "export", "ase_mlff.export.lammps",
                    "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
+    try:  # md, relax, phonons, eos, eval
+        from .cli_workflows import register
+    except ImportError:  # pragma: no cover - only in a partial installation
+        pass
+    else:
+        register(sub)
     return parser
 
 
