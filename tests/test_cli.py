@@ -9,8 +9,10 @@ from ase_mlff.cli import main
 from ase_mlff.io import save_model
 
 
-def test_help_runs_as_a_command():
-    out = subprocess.run([sys.executable, "-m", "ase_mlff.cli", "--help"], capture_output=True, text=True)
+def test_help_runs_as_a_command(tmp_path):
+    # run outside the source tree so the installed (compiled) package is the one imported
+    out = subprocess.run([sys.executable, "-m", "ase_mlff.cli", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.returncode == 0
     assert "eV" in out.stdout and "info" in out.stdout and "train" in out.stdout
 
