@@ -16,10 +16,11 @@ import time
 import numpy as np
 from ase import units
 from ase.io import read
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 
 import ase_mlff
+from ase_mlff._compat import thermalize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, "..", "potentials", "ethanol_sgdml.mlff")
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     atoms.calc = calc
     print(f"model   {os.path.relpath(args.model)}: {meta['family']} for {atoms.get_chemical_formula()} "
           f"({len(atoms)} atoms), trained on {meta['training'].get('dataset', '?')}")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
+    thermalize(atoms, args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
     ZeroRotation(atoms)
     dyn = VelocityVerlet(atoms, args.dt * units.fs)

@@ -213,12 +213,12 @@ def test_clear_errors(analytic_model, rng):
 def test_neighbour_list_reused_in_md(analytic_model, rng):
     from ase import units
     from ase.md.verlet import VelocityVerlet
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase_mlff._compat import thermalize
 
     atoms = bulk("Cu", "fcc", a=3.7).repeat((3, 3, 3))
     calc = MLFFCalculator(analytic_model, skin=1.0)
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=rng)
+    thermalize(atoms, 300, rng=rng)
     e0 = atoms.get_total_energy()
     VelocityVerlet(atoms, 2 * units.fs).run(30)
     assert calc.nl.n_builds < calc.nl.n_updates
