@@ -239,3 +239,17 @@ def test_global_property_not_implemented(analytic_model):
     atoms.calc = calc
     with pytest.raises(PropertyNotImplementedError):
         atoms.calc.get_property("magmom", atoms)
+
+
+def test_cuda_matches_cpu(analytic_model, rng):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    atoms = structures(rng)["triclinic"]
+    atoms.calc = MLFFCalculator(analytic_model, device="cpu")
+    e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    atoms.calc = MLFFCalculator(analytic_model, device="cuda")
+    assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(), f, atol=1e-9)
+    np.testing.assert_allclose(atoms.get_stress(), s, atol=1e-11)
