@@ -1,11 +1,18 @@
 #include "neighbors.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <array>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 
 namespace mlff {
 namespace {
@@ -94,6 +101,75 @@ Mat3 search_basis(const Mat3& cell, const bool* pbc) {
     return basis;
 }
 
+// One neighbouring bin coordinate along a direction: the bin index c and the periodic image q
+// through which it is seen (q = 0 along non-periodic directions).
+struct BinStep {
+    int64_t c;
+    int64_t q;
+};
+// A run of consecutive bins [lo, hi] along the last direction, all seen through image q.
+struct BinRun {
+    int64_t lo, hi, q;
+};
+
+// For every bin b along one direction, the bins b + k, |k| <= reach, wrapped (periodic) or
+// clipped (non-periodic), as single steps (T = BinStep) or as runs of consecutive bins sharing
+// an image (T = BinRun). Returned flattened: the items of bin b are items[offs[b]:offs[b+1]].
+template <typename T>
+void build_steps(int64_t nb, int64_t reach, bool periodic, std::vector<int64_t>& offs,
+                 std::vector<T>& items) {
+    offs.assign(nb + 1, 0);
+    items.clear();
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int64_t k = -reach; k <= reach; ++k) {
+            int64_t c = b + k, q = 0;
+            if (periodic) {
+                q = floor_div(c, nb);
+                c -= q * nb;
+            } else if (c < 0 || c >= nb) {
+                continue;
+            }
+            if constexpr (std::is_same_v<T, BinRun>) {
+                if (!items.empty() && offs[b] < static_cast<int64_t>(items.size()) &&
+                    items.back().q == q && items.back().hi + 1 == c) {
+                    items.back().hi = c;
+                } else {
+                    items.push_back({c, c, q});
+                }
+            } else {
+                items.push_back({c, q});
+            }
+        }
+        offs[b + 1] = static_cast<int64_t>(items.size());
+    }
+}
+
+// Reserve room for `count` pairs. Large buffers are marked for transparent huge pages where
+// the kernel supports it: the output is written once, page by page, and 4 KiB page faults
+// otherwise cost as much as the search itself for lists of millions of pairs.
+template <typename T>
+void reserve_big(std::vector<T>& v, size_t count) {
+    v.reserve(count);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t bytes = count * sizeof(T);
+    const uintptr_t huge = uintptr_t(2) << 20;
+    if (bytes >= 2 * huge) {
+        const uintptr_t b = reinterpret_cast<uintptr_t>(v.data());
+        const uintptr_t a = (b + huge - 1) & ~(huge - 1), e = (b + bytes) & ~(huge - 1);
+        if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+    }
+#endif
+}
+
+void reserve_output(PairList& out, int64_t pairs) {
+    const size_t p = static_cast<size_t>(pairs);
+    reserve_big(out.first, p);
+    reserve_big(out.second, p);
+    reserve_big(out.shifts, 3 * p);
+    reserve_big(out.vectors, 3 * p);
+    reserve_big(out.distances, p);
+}
+
 }  // namespace
 
 PairList neighbor_list(const double* positions, int64_t n, const double* cell_ptr,
@@ -105,11 +181,16 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
 
     Mat3 cell;
     for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) cell[a][b] = cell_ptr[3 * a + b];
+        for (int b = 0; b < 3; ++b) {
+            cell[a][b] = cell_ptr[3 * a + b];
+            if (pbc[a] && !std::isfinite(cell[a][b]))
+                throw std::invalid_argument("the cell contains NaN or infinite entries");
+        }
     const Mat3 basis = search_basis(cell, pbc);
     const Mat3 inv = inverse(basis);
 
-    // Fractional coordinates in the search basis, wrapped along periodic directions.
+    // Fractional coordinates in the search basis, wrapped along periodic directions; offset
+    // is the integer image an atom was moved back from, wrapped = position - offset . cell.
     std::vector<double> frac(3 * n), wrapped(3 * n);
     std::vector<int64_t> offset(3 * n, 0);
     for (int64_t i = 0; i < n; ++i) {
@@ -136,18 +217,17 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
     }
 
     // Bin grid. Along periodic d the bins split [0,1) of the fractional coordinate; along a
-    // non-periodic d they split the atoms' extent [lo, hi]. reach[d] bins on each side cover
-    // the cutoff: |Δs_d| <= cutoff |b_d| where b_d is the d-th reciprocal vector.
-    double lo[3], span[3], recip_norm[3];
-    int64_t nbins[3], reach[3];
+    // non-periodic d they split the atoms' extent [lo, hi]. The bins are about cutoff / fine
+    // thick (fine = 1 or 2, 2 when the system is dense) and reach[d] bins on each side
+    // cover the cutoff: |Δs_d| <= cutoff |b_d| where b_d is the d-th reciprocal vector.
+    double lo[3], span[3], recip_norm[3], extent[3];
     for (int d = 0; d < 3; ++d) {
         recip_norm[d] = std::sqrt(inv[0][d] * inv[0][d] + inv[1][d] * inv[1][d] +
                                   inv[2][d] * inv[2][d]);
-        double extent;
         if (pbc[d]) {
             lo[d] = 0.0;
             span[d] = 1.0;
-            extent = 1.0 / recip_norm[d];  // distance between lattice planes
+            extent[d] = 1.0 / recip_norm[d];  // distance between lattice planes
         } else {
             double mn = std::numeric_limits<double>::infinity(), mx = -mn;
             for (int64_t i = 0; i < n; ++i) {
@@ -156,22 +236,21 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
             }
             lo[d] = mn;
             span[d] = mx - mn;
-            extent = span[d] * (1.0 / recip_norm[d]);
+            extent[d] = span[d] * (1.0 / recip_norm[d]);
         }
-        double nb = std::floor(extent / cutoff);
+    }
+    // Expected atoms in a cutoff-sized bin decides how finely to bin: finer bins check fewer
+    // candidates but cost more bookkeeping per atom, which only pays when bins stay populated.
+    double coarse_bins = 1.0;
+    for (int d = 0; d < 3; ++d) coarse_bins *= std::clamp(std::floor(extent[d] / cutoff), 1.0, 1e7);
+    const double per_coarse_bin = double(n) / coarse_bins;
+    const double fine = per_coarse_bin >= 2.0 ? 2.0 : 1.0;
+
+    int64_t nbins[3], reach[3];
+    for (int d = 0; d < 3; ++d) {
+        double nb = std::floor(extent[d] * fine / cutoff);
         nbins[d] = static_cast<int64_t>(std::clamp(nb, 1.0, double(1 << 20)));
     }
-    auto compute_reach = [&](int d) {
-        if (pbc[d]) {
-            reach[d] = static_cast<int64_t>(
-                std::ceil(cutoff * recip_norm[d] * double(nbins[d]) * (1.0 + 1e-10)));
-        } else if (nbins[d] == 1 || span[d] <= 0.0) {
-            reach[d] = 0;
-        } else {
-            double r = std::ceil(cutoff * recip_norm[d] * double(nbins[d]) / span[d] * (1.0 + 1e-10));
-            reach[d] = std::min<int64_t>(static_cast<int64_t>(r), nbins[d] - 1);
-        }
-    };
     // Keep the grid O(n): sparse systems (a molecule far from another) get coarser bins.
     const double max_bins = std::max<double>(64.0, 2.0 * double(n));
     while (double(nbins[0]) * double(nbins[1]) * double(nbins[2]) > max_bins) {
@@ -180,81 +259,188 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
             if (nbins[d] > nbins[dmax]) dmax = d;
         nbins[dmax] = std::max<int64_t>(1, nbins[dmax] / 2);
     }
-    for (int d = 0; d < 3; ++d) compute_reach(d);
+    for (int d = 0; d < 3; ++d) {
+        if (pbc[d]) {
+            const double x = cutoff * recip_norm[d] * double(nbins[d]);
+            reach[d] = static_cast<int64_t>(std::ceil(x * (1.0 + 1e-9) + 1e-9));
+        } else if (nbins[d] == 1 || span[d] <= 0.0) {
+            reach[d] = 0;
+        } else {
+            const double x = cutoff * recip_norm[d] * double(nbins[d]) / span[d];
+            const double r = std::ceil(x * (1.0 + 1e-9) + 1e-9);
+            reach[d] = r >= double(nbins[d] - 1) ? nbins[d] - 1 : static_cast<int64_t>(r);
+        }
+    }
     const int64_t total_bins = nbins[0] * nbins[1] * nbins[2];
 
-    // Counting sort of atoms by bin.
-    std::vector<int64_t> bin_of(3 * n), lin(n), start(total_bins + 1, 0);
+    // Counting sort of atoms by bin; per sorted slot k keep the wrapped position (for the
+    // search), the caller's position and image offset (for the exact output) and the index.
+    std::vector<int32_t> bin3(3 * n);
+    std::vector<int64_t> lin(n), start(total_bins + 1, 0);
     for (int64_t i = 0; i < n; ++i) {
+        int64_t bb[3];
         for (int d = 0; d < 3; ++d) {
             double u = span[d] > 0.0 ? (frac[3 * i + d] - lo[d]) / span[d] * double(nbins[d]) : 0.0;
             int64_t b = static_cast<int64_t>(std::floor(u));
-            bin_of[3 * i + d] = std::clamp<int64_t>(b, 0, nbins[d] - 1);
+            bb[d] = std::clamp<int64_t>(b, 0, nbins[d] - 1);
+            bin3[3 * i + d] = static_cast<int32_t>(bb[d]);
         }
-        lin[i] = (bin_of[3 * i] * nbins[1] + bin_of[3 * i + 1]) * nbins[2] + bin_of[3 * i + 2];
+        lin[i] = (bb[0] * nbins[1] + bb[1]) * nbins[2] + bb[2];
         ++start[lin[i] + 1];
     }
     for (int64_t b = 0; b < total_bins; ++b) start[b + 1] += start[b];
-    std::vector<int64_t> order(n), fill(start.begin(), start.end() - 1);
-    for (int64_t i = 0; i < n; ++i) order[fill[lin[i]]++] = i;
-    std::vector<double> sorted_pos(3 * n);
-    for (int64_t k = 0; k < n; ++k)
-        for (int d = 0; d < 3; ++d) sorted_pos[3 * k + d] = wrapped[3 * order[k] + d];
+    std::vector<int64_t> order(n), slot(n);
+    {
+        std::vector<int64_t> fill(start.begin(), start.end() - 1);
+        for (int64_t i = 0; i < n; ++i) {
+            slot[i] = fill[lin[i]]++;
+            order[slot[i]] = i;
+        }
+    }
+    std::vector<double> sx_(n), sy_(n), sz_(n), orig(3 * n);
+    std::vector<int64_t> soff(3 * n);
+    for (int64_t k = 0; k < n; ++k) {
+        const int64_t i = order[k];
+        sx_[k] = wrapped[3 * i];
+        sy_[k] = wrapped[3 * i + 1];
+        sz_[k] = wrapped[3 * i + 2];
+        for (int d = 0; d < 3; ++d) {
+            orig[3 * k + d] = positions[3 * i + d];
+            soff[3 * k + d] = offset[3 * i + d];
+        }
+    }
+    std::vector<double>().swap(frac);
+    std::vector<int64_t>().swap(lin);
+
+    // Neighbouring bins along each direction, precomputed once per bin coordinate.
+    std::vector<int64_t> off0, off1, off2;
+    std::vector<BinStep> st0, st1;
+    std::vector<BinRun> runs2;
+    build_steps(nbins[0], reach[0], pbc[0], off0, st0);
+    build_steps(nbins[1], reach[1], pbc[1], off1, st1);
+    build_steps(nbins[2], reach[2], pbc[2], off2, runs2);
 
     const double cut2 = cutoff * cutoff;
     const double loose2 = cut2 * (1.0 + 1e-9);
-    out.first.reserve(static_cast<size_t>(n) * 16);
-    out.second.reserve(static_cast<size_t>(n) * 16);
+    const double* X = sx_.data();
+    const double* Y = sy_.data();
+    const double* Z = sz_.data();
+    const int64_t* ST = start.data();
+    const int64_t nb1 = nbins[1], nb2 = nbins[2];
 
-    for (int64_t i = 0; i < n; ++i) {
+    // Visits, for atom i, every candidate slot k of the bins within reach, with the image
+    // (q0, q1, q2) and the search-space shift; calls f(k, q0, q1, q2) for those whose
+    // (wrapped) distance is below the loose bound, the self pair excluded.
+    auto visit = [&](int64_t i, auto&& f) {
         const double xi = wrapped[3 * i], yi = wrapped[3 * i + 1], zi = wrapped[3 * i + 2];
-        const int64_t* bi = &bin_of[3 * i];
-        for (int64_t k0 = -reach[0]; k0 <= reach[0]; ++k0) {
-            int64_t c0 = bi[0] + k0, q0 = 0;
-            if (pbc[0]) { q0 = floor_div(c0, nbins[0]); c0 -= q0 * nbins[0]; }
-            else if (c0 < 0 || c0 >= nbins[0]) continue;
-            for (int64_t k1 = -reach[1]; k1 <= reach[1]; ++k1) {
-                int64_t c1 = bi[1] + k1, q1 = 0;
-                if (pbc[1]) { q1 = floor_div(c1, nbins[1]); c1 -= q1 * nbins[1]; }
-                else if (c1 < 0 || c1 >= nbins[1]) continue;
-                for (int64_t k2 = -reach[2]; k2 <= reach[2]; ++k2) {
-                    int64_t c2 = bi[2] + k2, q2 = 0;
-                    if (pbc[2]) { q2 = floor_div(c2, nbins[2]); c2 -= q2 * nbins[2]; }
-                    else if (c2 < 0 || c2 >= nbins[2]) continue;
-                    const double sx = q0 * basis[0][0] + q1 * basis[1][0] + q2 * basis[2][0] - xi;
-                    const double sy = q0 * basis[0][1] + q1 * basis[1][1] + q2 * basis[2][1] - yi;
-                    const double sz = q0 * basis[0][2] + q1 * basis[1][2] + q2 * basis[2][2] - zi;
-                    const bool zero_image = (q0 == 0 && q1 == 0 && q2 == 0);
-                    const int64_t b = (c0 * nbins[1] + c1) * nbins[2] + c2;
-                    for (int64_t k = start[b]; k < start[b + 1]; ++k) {
-                        const double dx = sorted_pos[3 * k] + sx;
-                        const double dy = sorted_pos[3 * k + 1] + sy;
-                        const double dz = sorted_pos[3 * k + 2] + sz;
-                        const double r2 = dx * dx + dy * dy + dz * dz;
-                        if (r2 >= loose2) continue;
-                        const int64_t j = order[k];
-                        if (j == i && zero_image && !self_interaction) continue;
-                        // Exact vector from the caller's positions, as filter_pairs computes it.
-                        int32_t S[3] = {0, 0, 0};
-                        const int64_t q[3] = {q0, q1, q2};
-                        for (int d = 0; d < 3; ++d)
-                            if (pbc[d]) S[d] = static_cast<int32_t>(q[d] - offset[3 * j + d] + offset[3 * i + d]);
-                        double v[3];
-                        for (int d = 0; d < 3; ++d)
-                            v[d] = positions[3 * j + d] - positions[3 * i + d] +
-                                   (S[0] * cell[0][d] + S[1] * cell[1][d] + S[2] * cell[2][d]);
-                        const double rr = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-                        if (rr >= cut2 && !(self_interaction && j == i && zero_image)) continue;
-                        out.first.push_back(i);
-                        out.second.push_back(j);
-                        out.shifts.insert(out.shifts.end(), {S[0], S[1], S[2]});
-                        out.vectors.insert(out.vectors.end(), {v[0], v[1], v[2]});
-                        out.distances.push_back(std::sqrt(rr));
+        const int64_t ki = slot[i];
+        const int32_t* bi = &bin3[3 * i];
+        for (int64_t a = off0[bi[0]]; a < off0[bi[0] + 1]; ++a) {
+            const BinStep s0 = st0[a];
+            for (int64_t b = off1[bi[1]]; b < off1[bi[1] + 1]; ++b) {
+                const BinStep s1 = st1[b];
+                const int64_t row = (s0.c * nb1 + s1.c) * nb2;
+                const double px = double(s0.q) * basis[0][0] + double(s1.q) * basis[1][0] - xi;
+                const double py = double(s0.q) * basis[0][1] + double(s1.q) * basis[1][1] - yi;
+                const double pz = double(s0.q) * basis[0][2] + double(s1.q) * basis[1][2] - zi;
+                for (int64_t c = off2[bi[2]]; c < off2[bi[2] + 1]; ++c) {
+                    const BinRun r2 = runs2[c];
+                    const double dx0 = px + double(r2.q) * basis[2][0];
+                    const double dy0 = py + double(r2.q) * basis[2][1];
+                    const double dz0 = pz + double(r2.q) * basis[2][2];
+                    const int64_t kb = ST[row + r2.lo], ke = ST[row + r2.hi + 1];
+                    const bool zero_image = (s0.q == 0 && s1.q == 0 && r2.q == 0);
+                    for (int64_t k = kb; k < ke; ++k) {
+                        const double dx = X[k] + dx0, dy = Y[k] + dy0, dz = Z[k] + dz0;
+                        const double rr = dx * dx + dy * dy + dz * dz;
+                        if (rr < loose2) f(k, s0.q, s1.q, r2.q, zero_image && k == ki);
                     }
                 }
             }
         }
+    };
+
+    // Number of candidates of atom i below the loose bound, the self pair included.
+    auto count_candidates = [&](int64_t i) {
+        const double xi = wrapped[3 * i], yi = wrapped[3 * i + 1], zi = wrapped[3 * i + 2];
+        const int32_t* bi = &bin3[3 * i];
+        int64_t cnt = 0;
+        for (int64_t a = off0[bi[0]]; a < off0[bi[0] + 1]; ++a) {
+            const BinStep s0 = st0[a];
+            for (int64_t b = off1[bi[1]]; b < off1[bi[1] + 1]; ++b) {
+                const BinStep s1 = st1[b];
+                const int64_t row = (s0.c * nb1 + s1.c) * nb2;
+                const double px = double(s0.q) * basis[0][0] + double(s1.q) * basis[1][0] - xi;
+                const double py = double(s0.q) * basis[0][1] + double(s1.q) * basis[1][1] - yi;
+                const double pz = double(s0.q) * basis[0][2] + double(s1.q) * basis[1][2] - zi;
+                for (int64_t c = off2[bi[2]]; c < off2[bi[2] + 1]; ++c) {
+                    const BinRun r2 = runs2[c];
+                    const double dx0 = px + double(r2.q) * basis[2][0];
+                    const double dy0 = py + double(r2.q) * basis[2][1];
+                    const double dz0 = pz + double(r2.q) * basis[2][2];
+                    const int64_t kb = ST[row + r2.lo], ke = ST[row + r2.hi + 1];
+                    for (int64_t k = kb; k < ke; ++k) {
+                        const double dx = X[k] + dx0, dy = Y[k] + dy0, dz = Z[k] + dz0;
+                        cnt += (dx * dx + dy * dy + dz * dz < loose2) ? 1 : 0;
+                    }
+                }
+            }
+        }
+        return cnt;
+    };
+
+    // Pass 1: an upper bound of the number of pairs of each atom (loose distance test).
+    int64_t upper = 0;
+    for (int64_t i = 0; i < n; ++i) upper += count_candidates(i);
+    if (!self_interaction) upper -= n;  // every atom meets itself once, in its own bin
+
+    // Pass 2: exact vectors from the caller's positions (as filter_pairs computes them), the
+    // strict cutoff test on them, written straight into buffers sized by pass 1.
+    reserve_output(out, upper);
+    out.first.resize(upper);
+    out.second.resize(upper);
+    out.shifts.resize(3 * upper);
+    out.vectors.resize(3 * upper);
+    out.distances.resize(upper);
+    int64_t* o_i = out.first.data();
+    int64_t* o_j = out.second.data();
+    int32_t* o_s = out.shifts.data();
+    double* o_v = out.vectors.data();
+    double* o_d = out.distances.data();
+    int64_t p = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t ki = slot[i];
+        const double* ri = &orig[3 * ki];
+        const int64_t* oi = &soff[3 * ki];
+        visit(i, [&](int64_t k, int64_t q0, int64_t q1, int64_t q2, bool self) {
+            if (self && !self_interaction) return;
+            const int64_t* oj = &soff[3 * k];
+            const double* rj = &orig[3 * k];
+            const int32_t S0 = static_cast<int32_t>(q0 - oj[0] + oi[0]);
+            const int32_t S1 = static_cast<int32_t>(q1 - oj[1] + oi[1]);
+            const int32_t S2 = static_cast<int32_t>(q2 - oj[2] + oi[2]);
+            double v[3];
+            for (int d = 0; d < 3; ++d)
+                v[d] = rj[d] - ri[d] + (S0 * cell[0][d] + S1 * cell[1][d] + S2 * cell[2][d]);
+            const double rr = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+            if (rr >= cut2 && !self) return;
+            o_i[p] = i;
+            o_j[p] = order[k];
+            o_s[3 * p] = S0;
+            o_s[3 * p + 1] = S1;
+            o_s[3 * p + 2] = S2;
+            o_v[3 * p] = v[0];
+            o_v[3 * p + 1] = v[1];
+            o_v[3 * p + 2] = v[2];
+            o_d[p] = std::sqrt(rr);
+            ++p;
+        });
     }
+    out.first.resize(p);
+    out.second.resize(p);
+    out.shifts.resize(3 * p);
+    out.vectors.resize(3 * p);
+    out.distances.resize(p);
     return out;
 }
 
@@ -263,27 +449,40 @@ PairList filter_pairs(const double* positions, int64_t n, const double* cell,
                       int64_t n_pairs, double cutoff) {
     PairList out;
     const double cut2 = cutoff * cutoff;
-    out.first.reserve(n_pairs);
-    out.second.reserve(n_pairs);
-    out.shifts.reserve(3 * n_pairs);
-    out.vectors.reserve(3 * n_pairs);
-    out.distances.reserve(n_pairs);
+    for (int64_t p = 0; p < n_pairs; ++p)
+        if (first[p] < 0 || first[p] >= n || second[p] < 0 || second[p] >= n)
+            throw std::invalid_argument("pair index out of range");
+    reserve_output(out, n_pairs);
+    out.first.resize(n_pairs);
+    out.second.resize(n_pairs);
+    out.shifts.resize(3 * n_pairs);
+    out.vectors.resize(3 * n_pairs);
+    out.distances.resize(n_pairs);
+    int64_t m = 0;
     for (int64_t p = 0; p < n_pairs; ++p) {
         const int64_t i = first[p], j = second[p];
-        if (i < 0 || i >= n || j < 0 || j >= n) throw std::invalid_argument("pair index out of range");
         const int32_t* S = shifts + 3 * p;
         double v[3];
+        // Same expression, in the same order, as neighbor_list: identical vectors bit for bit.
         for (int d = 0; d < 3; ++d)
             v[d] = positions[3 * j + d] - positions[3 * i + d] +
                    (S[0] * cell[d] + S[1] * cell[3 + d] + S[2] * cell[6 + d]);
         const double rr = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
         if (rr >= cut2) continue;
-        out.first.push_back(i);
-        out.second.push_back(j);
-        out.shifts.insert(out.shifts.end(), {S[0], S[1], S[2]});
-        out.vectors.insert(out.vectors.end(), {v[0], v[1], v[2]});
-        out.distances.push_back(std::sqrt(rr));
+        out.first[m] = i;
+        out.second[m] = j;
+        for (int d = 0; d < 3; ++d) {
+            out.shifts[3 * m + d] = S[d];
+            out.vectors[3 * m + d] = v[d];
+        }
+        out.distances[m] = std::sqrt(rr);
+        ++m;
     }
+    out.first.resize(m);
+    out.second.resize(m);
+    out.shifts.resize(3 * m);
+    out.vectors.resize(3 * m);
+    out.distances.resize(m);
     return out;
 }
 

@@ -6,6 +6,10 @@
 // each atom is compared with the atoms of the bins within reach of the cutoff. A pair is
 // reported as (i, j, S) with  d = r_j - r_i + S . cell,  |d| < cutoff,  S integer, S = 0
 // along non-periodic directions; the list is "full" (both (i,j,S) and (j,i,-S)).
+// Bins are cutoff/2 thick in dense systems; the bins within reach are visited as runs of
+// consecutive bins along the last axis. A first pass counts the candidates (an upper bound),
+// the second computes the exact vectors from the caller's positions and writes them, sorted
+// by i, into buffers of that size (so there is no reallocation while writing).
 #pragma once
 
 #include <cstdint>
