@@ -147,11 +147,11 @@ void build_steps(int64_t nb, int64_t reach, bool periodic, std::vector<int64_t>&
 // Reserve room for `count` pairs. Large buffers are marked for transparent huge pages where
 // the kernel supports it: the output is written once, page by page, and 4 KiB page faults
 // otherwise cost as much as the search itself for lists of millions of pairs.
-template <typename T>
-void reserve_big(std::vector<T>& v, size_t count) {
+template <typename Vec>
+void reserve_big(Vec& v, size_t count) {
     v.reserve(count);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const size_t bytes = count * sizeof(T);
+    const size_t bytes = count * sizeof(typename Vec::value_type);
     const uintptr_t huge = uintptr_t(2) << 20;
     if (bytes >= 2 * huge) {
         const uintptr_t b = reinterpret_cast<uintptr_t>(v.data());

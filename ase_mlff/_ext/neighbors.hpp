@@ -13,16 +13,40 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace mlff {
 
+// Allocator whose resize() leaves new elements uninitialised: output buffers are sized to an
+// upper bound and then written, so zero-filling them first would be wasted memory traffic.
+template <typename T>
+struct uninit_allocator : std::allocator<T> {
+    using std::allocator<T>::allocator;
+    template <typename U>
+    struct rebind { using other = uninit_allocator<U>; };
+    template <typename U>
+    void construct(U* p) noexcept(std::is_nothrow_default_constructible<U>::value) {
+        ::new (static_cast<void*>(p)) U;
+    }
+    template <typename U, typename... Args>
+    void construct(U* p, Args&&... args) {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+};
+
+template <typename T>
+using buffer = std::vector<T, uninit_allocator<T>>;
+
 struct PairList {
-    std::vector<int64_t> first;    // i
-    std::vector<int64_t> second;   // j
-    std::vector<int32_t> shifts;   // 3 per pair
-    std::vector<double> vectors;   // 3 per pair, r_j - r_i + S . cell
-    std::vector<double> distances; // 1 per pair
+    buffer<int64_t> first;    // i
+    buffer<int64_t> second;   // j
+    buffer<int32_t> shifts;   // 3 per pair
+    buffer<double> vectors;   // 3 per pair, r_j - r_i + S . cell
+    buffer<double> distances; // 1 per pair
 };
 
 // positions: n x 3 (row major); cell: 3 x 3, rows are cell vectors; pbc: 3 flags.
