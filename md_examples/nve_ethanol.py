@@ -45,8 +45,14 @@ def main(argv=None) -> int:
     meta = calc.model.meta
     atoms = read(START)
     atoms.calc = calc
+    training = meta.get("training") or {}
+    test = training.get("test") or {}
     print(f"model   {os.path.relpath(args.model)}: {meta['family']} for {atoms.get_chemical_formula()} "
-          f"({len(atoms)} atoms), trained on {meta['training'].get('dataset', '?')}")
+          f"({len(atoms)} atoms), {training.get('n_train', '?')} training geometries from "
+          f"{os.path.basename(str(training.get('source', '?')))}")
+    if "forces_mae_meV_per_A" in test:
+        print(f"        held-out test errors: energy MAE {test['energy_mae_meV']:.2f} meV, "
+              f"force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å ({test.get('n', '?')} frames)")
     thermalize(atoms, args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
     ZeroRotation(atoms)

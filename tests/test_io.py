@@ -54,6 +54,12 @@ def test_metadata_self_describing(model_file):
     assert meta["training"]["n_train"] == 3
 
 
+def test_file_permissions_follow_umask(model_file):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (model_file.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
 def test_no_pickle_in_file(model_file):
     with zipfile.ZipFile(model_file) as zf:
         for name in zf.namelist():
