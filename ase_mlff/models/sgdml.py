@@ -1,0 +1,448 @@
+"""sGDML: symmetric gradient-domain machine learning (Chmiela et al.), as an ase-mlff model.
+
+The energy is a Gaussian process with a Matérn-5/2 kernel on the inverse-distance descriptor
+``D(x)``, symmetrised over a permutation group ``{P_q}``; the model is trained on forces only.
+With ``delta = D(x) - Pi_q D_i``, ``d = |delta|`` and ``a = sqrt(5)/sigma``::
+
+    g(d) = 5/(3 sigma^2) (1 + a d) exp(-a d)         (gradient of the Matérn kernel / delta)
+    h(d) = 25/(3 sigma^4) exp(-a d)
+    H(delta) = g(d) I - h(d) delta delta^T           (cross second derivative, positive definite)
+
+    E(x) = c - sum_{i,q} g(d_iq) delta_iq . (Pi_q v_i)
+    F(x) = J(x)^T w,  w = sum_{i,q} H(delta_iq) Pi_q v_i   (= -dE/dx exactly)
+
+``v_i = J(x_i) alpha_i`` are the descriptor-space coefficients of training geometry ``i`` and
+``c`` the integration constant. Everything is in eV and Å.
+
+Fast path: with ``Y`` the stacked permuted training descriptors and ``V`` the permuted
+coefficients, ``delta . v = x.v - y.v`` and ``d^2 = |x|^2 - 2 x.y + |y|^2``, so one prediction
+is two matrix-vector products with the (2 S M, P) matrix ``[Y; V]`` plus element-wise work on
+``S M`` numbers: no per-training-point loops and no autograd. Forces are the scatter of ``w``
+over atom pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from ase.symbols import Symbols
+
+from ..descriptors.inverse_distance import (
+    descriptor_permutation,
+    incidence_matrix,
+    inverse_distances_torch,
+    pair_indices,
+)
+from ..errors import InputError
+from ..graph import Graph
+from .base import Model, register_model, symbols
+
+#: largest RMS difference (Å) between the distance matrix of a reordered input and the
+#: closest training geometry for which the atom order is identified automatically
+REORDER_MAX_RESIDUAL = 0.25
+#: a same-element swap that is not a model symmetry must raise the residual by at least this
+#: much (Å) and by this factor for the identified order to count as unambiguous
+REORDER_MIN_GAP = 0.02
+REORDER_MIN_RATIO = 1.5
+
+
+def _formula(numbers) -> str:
+    return Symbols(np.asarray(numbers, dtype=int)).get_chemical_formula(mode="hill")
+
+
+@register_model
+class SGDMLModel(Model):
+    family = "sgdml"
+    is_global = True
+    extra_results = ()
+
+    def __init__(self, species=None, cutoff=None, n_atoms: int = 1, n_train: int = 1, n_perms: int = 1,
+                 sigma: float = 10.0, lam: float = 1e-10, c: float = 0.0, **config: Any):
+        if species is None:
+            species = [1]
+        config = dict(config)
+        super().__init__(species, None, config)
+        self.n_atoms = int(n_atoms)
+        self.n_train = int(n_train)
+        self.n_perms = int(n_perms)
+        self.sigma = float(sigma)
+        self.lam = float(lam)
+        self.c = float(c)
+        n, m, s = self.n_atoms, self.n_train, self.n_perms
+        p = n * (n - 1) // 2
+        self.n_desc = p
+        self.register_buffer("z", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("perms", torch.arange(n, dtype=torch.long).repeat(s, 1))
+        self.register_buffer("desc_train", torch.zeros(m, p, dtype=torch.float64))
+        self.register_buffer("v_train", torch.zeros(m, p, dtype=torch.float64))
+        # derived (not stored in files): permuted copies, (S*M, P), copy q of point i at q*M + i
+        self.register_buffer("Y", torch.zeros(s * m, p, dtype=torch.float64), persistent=False)
+        self.register_buffer("V", torch.zeros(s * m, p, dtype=torch.float64), persistent=False)
+        self.register_buffer("yy", torch.zeros(s * m, dtype=torch.float64), persistent=False)
+        self.register_buffer("yv", torch.zeros(s * m, dtype=torch.float64), persistent=False)
+        a, b = pair_indices(n)
+        self._pa, self._pb = a, b
+        self._inc = incidence_matrix(n)
+        self._np = None
+        self._ref_dist = None
+        self._ref_fp = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_training(cls, z, perms, desc_train, v_train, sigma, lam, c, **config) -> "SGDMLModel":
+        z = np.asarray(z, dtype=np.int64)
+        perms = np.asarray(perms, dtype=np.int64)
+        model = cls(species=sorted(set(z.tolist())), n_atoms=len(z), n_train=len(desc_train),
+                    n_perms=len(perms), sigma=sigma, lam=lam, c=c, **config)
+        model.set_arrays({"z": z, "perms": perms, "desc_train": np.asarray(desc_train, np.float64),
+                          "v_train": np.asarray(v_train, np.float64)})
+        return model
+
+    def get_config(self) -> dict[str, Any]:
+        return {"species": self.species, "cutoff": None, "n_atoms": self.n_atoms, "n_train": self.n_train,
+                "n_perms": self.n_perms, "sigma": self.sigma, "lam": self.lam, "c": self.c, **self.config}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        super().set_arrays(arrays)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Permuted copies of the training descriptors and coefficients."""
+        z = self.z.cpu().numpy()
+        perms = self.perms.cpu().numpy()
+        if perms.shape != (self.n_perms, self.n_atoms) or len(z) != self.n_atoms:
+            raise InputError("sGDML model arrays have inconsistent shapes")
+        for p in perms:
+            if sorted(p.tolist()) != list(range(self.n_atoms)) or np.any(z[p] != z):
+                raise InputError("sGDML model holds a permutation that is not an element-preserving permutation")
+        dperm = np.stack([descriptor_permutation(p) for p in perms])  # (S, P)
+        idx = torch.as_tensor(dperm, device=self.desc_train.device)
+        with torch.no_grad():
+            Y = self.desc_train[:, idx].permute(1, 0, 2).reshape(-1, self.n_desc)
+            V = self.v_train[:, idx].permute(1, 0, 2).reshape(-1, self.n_desc)
+            self.Y = Y.contiguous()
+            self.V = V.contiguous()
+            self.yy = (Y * Y).sum(1)
+            self.yv = (Y * V).sum(1)
+        self.dperm = dperm
+        self._np = None
+        self._ref_dist = None
+        self._ref_fp = None
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._np = None
+        return out
+
+    def _numpy_cache(self):
+        """Arrays for the single-geometry fast path (float64 numpy).
+
+        Instead of the S*M permuted training copies it permutes the query: since
+        ``|x - Pi_q D_i| = |Pi_q^T x - D_i|`` and ``H(Pi delta) Pi v = Pi H(delta) v``, the sums over
+        (i, q) become one (S, P) x (P, 2M) product with the unpermuted ``[D; V]`` (small enough
+        to stay in cache), and ``w = sum_q Pi_q w'_q``.
+        """
+        if self._np is None:
+            D = self.desc_train.detach().cpu().numpy().astype(np.float64)
+            V = self.v_train.detach().cpu().numpy().astype(np.float64)
+            dperm = self.dperm
+            inv = np.argsort(dperm, axis=1)
+            S, P = dperm.shape
+            self._np = {
+                "DV": np.ascontiguousarray(np.concatenate([D, V], 0)),
+                "DVt": np.ascontiguousarray(np.concatenate([D, V], 0).T),
+                "dd": (D * D).sum(1),
+                "dv": (D * V).sum(1),
+                "m": D.shape[0],
+                "inv": inv,
+                "gather": (np.arange(S)[:, None] * P + dperm).ravel(),
+                "S": S,
+                "P": P,
+            }
+        return self._np
+
+    # ------------------------------------------------------------------ constants
+    def _consts(self):
+        s = self.sigma
+        a = math.sqrt(5.0) / s
+        return a, 5.0 / (3.0 * s * s), 25.0 / (3.0 * s ** 4)
+
+    @property
+    def model_symbols(self) -> list[str]:
+        return symbols(self.z.cpu().numpy())
+
+    # ------------------------------------------------------------------ prediction (numpy)
+    def predict_numpy(self, R: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (B,) and forces (B, N, 3) for positions (B, N, 3) or (N, 3), model order."""
+        R = np.asarray(R, dtype=np.float64)
+        single = R.ndim == 2
+        if single:
+            e, f = self._predict_one(R)
+            return np.array([e]), f
+        B = R.shape[0]
+        E = np.empty(B)
+        F = np.empty_like(R)
+        for s in range(0, B, chunk):
+            E[s:s + chunk], F[s:s + chunk] = self._predict_many(R[s:s + chunk])
+        return E, F
+
+    def _predict_one(self, r: np.ndarray):
+        cache = self._np or self._numpy_cache()
+        a, c1, c2 = self._consts()
+        m = cache["m"]
+        DV = cache["DV"]
+        diff = r[self._pa] - r[self._pb]
+        x = 1.0 / np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        X = x[cache["inv"]]  # (S, P): Pi_q^T x
+        proj = X @ cache["DVt"]  # (S, 2M)
+        d2 = proj[:, :m] * -2.0
+        d2 += x @ x
+        d2 += cache["dd"]
+        np.maximum(d2, 0.0, out=d2)
+        ad = np.sqrt(d2, out=d2)
+        ad *= a
+        ex = np.exp(-ad)
+        dv = proj[:, m:] - cache["dv"]  # delta'.v
+        hdv = ex * dv  # h(d) delta'.v / c2
+        g = ad
+        g += 1.0
+        g *= ex  # g(d) / c1
+        energy = self.c - c1 * float(np.einsum("ij,ij->", g, dv))
+        hdv *= c2
+        g *= c1
+        Wq = np.concatenate([hdv, g], 1) @ DV  # (S, P)
+        Wq -= hdv.sum(1)[:, None] * X
+        w = Wq.ravel()[cache["gather"]].reshape(cache["S"], -1).sum(0)
+        s = w * x * (x * x)
+        forces = -(self._inc @ (s[:, None] * diff))
+        return energy, forces
+
+    def _predict_many(self, R: np.ndarray):
+        cache = self._numpy_cache()
+        a, c1, c2 = self._consts()
+        m, S, P = cache["m"], cache["S"], cache["P"]
+        DV = cache["DV"]
+        B = R.shape[0]
+        diff = R[:, self._pa] - R[:, self._pb]
+        x = 1.0 / np.sqrt(np.einsum("bij,bij->bi", diff, diff))  # (B, P)
+        X = x[:, cache["inv"]].reshape(B * S, P)
+        proj = X @ cache["DVt"]  # (B*S, 2M)
+        d2 = np.repeat((x * x).sum(1), S)[:, None] - 2.0 * proj[:, :m] + cache["dd"][None]
+        ad = a * np.sqrt(np.maximum(d2, 0.0))
+        ex = np.exp(-ad)
+        dv = proj[:, m:] - cache["dv"][None]
+        g = (1.0 + ad) * ex
+        hdv = ex * dv
+        E = self.c - c1 * (g * dv).sum(1).reshape(B, S).sum(1)
+        Wq = np.concatenate([c2 * hdv, c1 * g], 1) @ DV - (c2 * hdv.sum(1))[:, None] * X  # (B*S, P)
+        w = Wq.reshape(B, S * P)[:, cache["gather"]].reshape(B, S, P).sum(1)
+        s = w * x ** 3
+        F = -np.einsum("np,bpk->bnk", self._inc, s[:, :, None] * diff)
+        return E, F
+
+    # ------------------------------------------------------------------ prediction (torch)
+    def _torch_terms(self, R: torch.Tensor):
+        a, c1, c2 = self._consts()
+        X = inverse_distances_torch(R)  # (B, P)
+        Y, V = self.Y.to(R.dtype), self.V.to(R.dtype)
+        YX = X @ Y.T
+        VX = X @ V.T
+        d2 = (X * X).sum(-1, keepdim=True) - 2.0 * YX + self.yy.to(R.dtype)
+        d = torch.sqrt(torch.clamp(d2, min=1e-30))
+        ex = torch.exp(-a * d)
+        dv = VX - self.yv.to(R.dtype)
+        g = c1 * (1.0 + a * d) * ex
+        return X, d, ex, dv, g
+
+    def energy_torch(self, R: torch.Tensor) -> torch.Tensor:
+        """Differentiable energies (B,) of positions (B, N, 3) (used for Hessians)."""
+        X, d, ex, dv, g = self._torch_terms(R)
+        return self.c - (g * dv).sum(-1)
+
+    def energy_forces_torch(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Analytic energies (B,) and forces (B, N, 3) in torch (any device, differentiable)."""
+        a, c1, c2 = self._consts()
+        X, d, ex, dv, g = self._torch_terms(R)
+        Y, V = self.Y.to(R.dtype), self.V.to(R.dtype)
+        E = self.c - (g * dv).sum(-1)
+        hdv = c2 * ex * dv
+        w = g @ V + hdv @ Y - hdv.sum(-1, keepdim=True) * X
+        pa = torch.as_tensor(self._pa, device=R.device)
+        pb = torch.as_tensor(self._pb, device=R.device)
+        diff = R[:, pa] - R[:, pb]
+        fp = (w * X ** 3).unsqueeze(-1) * diff
+        F = torch.zeros_like(R)
+        F = F.index_add(1, pa, -fp).index_add(1, pb, fp)
+        return E, F
+
+    # ------------------------------------------------------------------ Model API
+    def _positions(self, graph: Graph) -> torch.Tensor:
+        pos = graph.positions
+        if pos.shape[0] != graph.n_graphs * self.n_atoms:
+            raise InputError(
+                f"this sGDML model is for {self.n_atoms} atoms per structure; got {pos.shape[0]} atoms "
+                f"in {graph.n_graphs} structure(s)"
+            )
+        return pos.reshape(graph.n_graphs, self.n_atoms, 3)
+
+    def forward(self, graph: Graph) -> torch.Tensor:
+        """Per-structure energies (sGDML has no per-atom energies)."""
+        return self.energy_torch(self._positions(graph))
+
+    def compute(self, graph: Graph, forces: bool = True, stress: bool = False,
+                create_graph: bool = False) -> dict[str, torch.Tensor]:
+        if stress:
+            raise InputError("sGDML models describe isolated molecules and do not give stress")
+        pos = graph.positions
+        if pos.device.type == "cpu" and not pos.requires_grad and not create_graph:
+            R = self._positions(graph).detach().numpy()
+            if graph.n_graphs == 1:
+                e, f = self._predict_one(R[0] if R.dtype == np.float64 else R[0].astype(np.float64))
+                E = torch.tensor([e], dtype=pos.dtype)
+                F = torch.from_numpy(f)
+            else:
+                E, F = self.predict_numpy(R)
+                E, F = torch.from_numpy(E), torch.from_numpy(F.reshape(-1, 3))
+            if pos.dtype != torch.float64:
+                E, F = E.to(pos.dtype), F.to(pos.dtype)
+            return {"energy": E, "forces": F}
+        E, F = self.energy_forces_torch(self._positions(graph))
+        return {"energy": E, "forces": F.reshape(-1, 3)}
+
+    def hessian(self, graph: Graph) -> torch.Tensor:
+        """d2E/dx2 (3N, 3N) in eV/Å² by double backward through :meth:`energy_torch`."""
+        pos = graph.positions.detach().clone().reshape(1, self.n_atoms, 3).requires_grad_(True)
+        with torch.enable_grad():
+            energy = self.energy_torch(pos).sum()
+            (grad,) = torch.autograd.grad(energy, pos, create_graph=True)
+            grad = grad.reshape(-1)
+            eye = torch.eye(grad.numel(), dtype=grad.dtype, device=grad.device)
+            (hess,) = torch.autograd.grad(grad, pos, grad_outputs=eye, is_grads_batched=True)
+        hess = hess.reshape(grad.numel(), -1)
+        return 0.5 * (hess + hess.T)
+
+    # ------------------------------------------------------------------ atom order
+    def describe(self) -> str:
+        z = self.z.cpu().numpy()
+        return f"{_formula(z)} ({self.n_atoms} atoms in order {' '.join(symbols(z))})"
+
+    def prepare_atoms(self, numbers: np.ndarray, positions: np.ndarray):
+        """``None`` when the atoms are in the model's order; ``(perm, inverse)`` when they are the
+        same elements in another order and the order can be identified unambiguously (see
+        :meth:`find_order`); :class:`InputError` otherwise."""
+        z = self._z_np if getattr(self, "_z_np", None) is not None else self._cache_z()
+        numbers = np.asarray(numbers)
+        if numbers.shape == z.shape and np.array_equal(numbers, z):
+            return None
+        if len(numbers) != len(z) or not np.array_equal(np.sort(numbers), np.sort(z)):
+            got = (f"{_formula(numbers)} ({len(numbers)} atoms in order {' '.join(symbols(numbers))})"
+                   if len(numbers) else "no atoms")
+            raise InputError(f"this sGDML model is for {self.describe()}; got {got}")
+        perm = self.find_order(numbers, positions)
+        return perm, np.argsort(perm)
+
+    def _cache_z(self):
+        self._z_np = self.z.cpu().numpy().astype(np.int64)
+        return self._z_np
+
+    def _refs(self):
+        if self._ref_dist is None:
+            D = self.desc_train.detach().cpu().numpy().astype(np.float64)
+            n = self.n_atoms
+            dist = np.zeros((len(D), n, n))
+            dist[:, self._pa, self._pb] = 1.0 / D
+            dist[:, self._pb, self._pa] = 1.0 / D
+            self._ref_dist = dist
+            self._ref_fp = self._fingerprint(dist, self.z.cpu().numpy())
+        return self._ref_dist, self._ref_fp
+
+    def _fingerprint(self, dist, numbers):
+        """Order-independent fingerprint: sorted distances per element pair type."""
+        numbers = np.asarray(numbers)
+        a, b = self._pa, self._pb
+        za, zb = np.maximum(numbers[a], numbers[b]), np.minimum(numbers[a], numbers[b])
+        parts = []
+        for t in sorted(set(zip(za.tolist(), zb.tolist()))):
+            sel = (za == t[0]) & (zb == t[1])
+            parts.append(np.sort(dist[..., a[sel], b[sel]], axis=-1))
+        return np.concatenate(parts, axis=-1)
+
+    def find_order(self, numbers, positions, n_refs: int = 5) -> np.ndarray:
+        """``perm`` with ``positions[perm]`` in the model's atom order.
+
+        Criterion: the input's distance matrix is matched to its ``n_refs`` nearest training
+        geometries (order-independent fingerprint of sorted distances per element pair). For
+        each, atoms are assigned within each element by the Hungarian algorithm on per-atom
+        sorted-distance signatures and polished by same-element swaps; the best match must have
+        an RMS distance-matrix residual <= ``REORDER_MAX_RESIDUAL`` Å, and every same-element
+        swap that is not a symmetry of the model must raise the residual by at least
+        ``REORDER_MIN_GAP`` Å and by a factor ``REORDER_MIN_RATIO``; otherwise the order is
+        ambiguous and :class:`InputError` is raised.
+        """
+        from scipy.optimize import linear_sum_assignment
+
+        from ..training.symmetries import _polish
+
+        numbers = np.asarray(numbers)
+        z = self.z.cpu().numpy()
+        pos = np.asarray(positions, dtype=np.float64)
+        A = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))
+        ref_dist, ref_fp = self._refs()
+        fp = self._fingerprint_input(A, numbers)
+        near = np.argsort(((ref_fp - fp[None]) ** 2).sum(1))[:n_refs]
+        elems = sorted(set(z.tolist()))
+
+        def signatures(dist, nums):
+            sig = []
+            for e in elems:
+                cols = np.flatnonzero(nums == e)
+                block = np.sort(dist[:, cols], axis=1)
+                sig.append(block)
+            return np.concatenate(sig, axis=1)
+
+        sig_in = signatures(A, numbers)
+        best = None
+        for k in near:
+            Aref = ref_dist[k]
+            sig_ref = signatures(Aref, z)  # (N, ...) same layout: self-distance 0 sorts first
+            cost = ((sig_ref[:, None, :] - sig_in[None, :, :]) ** 2).sum(-1)
+            cost = cost + (z[:, None] != numbers[None, :]) * (cost.max() + 1.0) * 10.0
+            rows, cols = linear_sum_assignment(cost)
+            perm = np.empty(len(z), dtype=np.int64)
+            perm[rows] = cols  # model atom rows[i] is input atom cols[i]
+            perm, res = _polish(Aref, A, perm, z)
+            if best is None or res < best[1]:
+                best = (perm, res, Aref)
+        perm, res, Aref = best
+        if res > REORDER_MAX_RESIDUAL:
+            raise InputError(
+                f"the atoms are not in the order of this sGDML model ({self.describe()}), and the "
+                f"order cannot be identified: the closest training geometry differs by an RMS "
+                f"{res:.3f} Å in interatomic distances (limit {REORDER_MAX_RESIDUAL} Å); put the atoms "
+                f"in the model's order"
+            )
+        equivalent = {tuple(perm[p].tolist()) for p in self.perms.cpu().numpy()}
+        n = len(z)
+        for i in range(n):
+            for j in range(i + 1, n):
+                if z[i] != z[j]:
+                    continue
+                alt = perm.copy()
+                alt[i], alt[j] = alt[j], alt[i]
+                if tuple(alt.tolist()) in equivalent:
+                    continue
+                r_alt = float(np.sqrt(np.mean((A[np.ix_(alt, alt)] - Aref) ** 2)))
+                if r_alt < res + REORDER_MIN_GAP or r_alt < REORDER_MIN_RATIO * res:
+                    raise InputError(
+                        f"the atoms are not in the order of this sGDML model ({self.describe()}), and "
+                        f"the order is ambiguous: exchanging model atoms {i} and {j} "
+                        f"({symbols([z[i]])[0]}) fits almost as well (RMS residual {r_alt:.3f} Å vs "
+                        f"{res:.3f} Å); put the atoms in the model's order"
+                    )
+        return perm
+
+    def _fingerprint_input(self, A, numbers):
+        return self._fingerprint(A, numbers)

@@ -1,0 +1,500 @@
+"""Train sGDML models: ``train_sgdml`` (Python) and the ``train sgdml`` command line.
+
+    python -m ase_mlff.training.sgdml_train data.npz --energy-unit kcal/mol \\
+        --n-train 1000 --n-valid 500 --output model.mlff
+
+The recipe: energy-stratified training set, symmetry detection, one closed-form (or
+preconditioned-CG) solve per sigma of the grid, the sigma with the lowest validation force
+RMSE wins, the integration constant is fitted on the training energies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DatasetError, TrainingError
+from ..models.sgdml import SGDMLModel
+from ..units import energy_factor
+from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
+from .symmetries import close_group, find_symmetries
+
+#: default sigma grid (descriptor units, 1/Å), as in the reference sGDML code
+DEFAULT_SIGMAS = tuple(range(10, 100, 10))
+#: fraction of the available memory the dense Cholesky path may use (one kernel, factorised in place)
+MEMORY_SAFETY = 0.75
+
+
+# ---------------------------------------------------------------------------------- data
+def _unpack(data) -> dict[str, Any]:
+    """Arrays (eV, Å) and provenance from a Dataset, a path or a dict of arrays."""
+    if isinstance(data, (str, os.PathLike)):
+        raise DatasetError("pass a Dataset (ase_mlff.data.read(path, energy_unit=...)) or arrays, not a path")
+    if isinstance(data, dict):
+        arr = {k: (None if data.get(k) is None else np.asarray(data[k])) for k in ("R", "z", "E", "F")}
+        unit = data.get("energy_unit", "eV")
+        return {**arr, "sha256": data.get("sha256"), "source": data.get("source"), "unit": unit, "ds": None}
+    arr = data.arrays()
+    return {**arr, "sha256": data.sha256(), "source": getattr(data, "source", None),
+            "unit": getattr(data, "source_energy_unit", None) or "eV", "ds": data}
+
+
+def _stratified(E: np.ndarray, cand: np.ndarray, n: int, seed: int) -> np.ndarray:
+    order = np.lexsort((cand, E[cand]))
+    rng = np.random.default_rng(seed)
+    return np.sort(np.array([int(b[rng.integers(len(b))]) for b in np.array_split(cand[order], n)], dtype=np.int64))
+
+
+def _errors(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    e = (np.asarray(pred) - np.asarray(ref)).ravel()
+    return float(np.abs(e).mean()), float(np.sqrt((e * e).mean()))
+
+
+def error_table(E_pred, E_ref, F_pred, F_ref, unit: str) -> dict[str, float]:
+    """Energy and force MAE/RMSE in meV, meV/Å and in ``unit`` (energy) / ``unit``/Å."""
+    f = energy_factor(unit)
+    e_mae, e_rmse = _errors(E_pred, E_ref)
+    f_mae, f_rmse = _errors(F_pred, F_ref)
+    return {
+        "n": int(len(E_ref)),
+        "energy_mae_meV": 1e3 * e_mae, "energy_rmse_meV": 1e3 * e_rmse,
+        "forces_mae_meV_per_A": 1e3 * f_mae, "forces_rmse_meV_per_A": 1e3 * f_rmse,
+        "unit": unit,
+        "energy_mae": e_mae / f, "energy_rmse": e_rmse / f,
+        "forces_mae": f_mae / f, "forces_rmse": f_rmse / f,
+    }
+
+
+def _available_memory() -> float:
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _peak_memory_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _symmetry_group(symmetries, R, z, seed):
+    N = len(z)
+    if isinstance(symmetries, str):
+        if symmetries == "none":
+            return np.arange(N)[None].astype(np.int64)
+        if symmetries == "auto":
+            return find_symmetries(R, z, seed=seed)
+        raise ValueError(f"symmetries must be 'auto', 'none' or a list of permutations, got {symmetries!r}")
+    perms = [np.asarray(p, dtype=np.int64) for p in symmetries]
+    for p in perms:
+        if sorted(p.tolist()) != list(range(N)):
+            raise ValueError(f"{p.tolist()} is not a permutation of {N} atoms")
+        if np.any(z[p] != z):
+            raise ValueError(f"permutation {p.tolist()} exchanges atoms of different elements")
+    group, complete = close_group(perms, N, 1000)
+    if not complete:
+        raise ValueError("the given permutations generate a group of more than 1000 elements")
+    return np.stack(group).astype(np.int64)
+
+
+def _label_checks(E_ref, E0) -> dict[str, float]:
+    """Regress reference energies on the integrated (constant-free) predictions."""
+    x = E0 - E0.mean()
+    yv = E_ref - E_ref.mean()
+    denom = float(x @ x)
+    slope = float(x @ yv) / denom if denom > 0 else float("nan")
+    r = float(np.corrcoef(E0, E_ref)[0, 1]) if denom > 0 and float(yv @ yv) > 0 else float("nan")
+    if slope < 0:
+        warnings.warn("forces look like gradients (sign): the reference energies fall where the integrated "
+                      f"force model rises (slope {slope:.3g})", stacklevel=3)
+    elif abs(slope - 1) > 0.1:
+        warnings.warn(f"energy and force units look inconsistent: reference energies vs integrated forces "
+                      f"have slope {slope:.3g} (expected 1)", stacklevel=3)
+    if not r >= 0.95:
+        warnings.warn(f"energy labels look inconsistent with the forces: Pearson r = {r:.3g} between "
+                      "reference energies and the integrated force model", stacklevel=3)
+    return {"slope": slope, "pearson_r": r}
+
+
+# ---------------------------------------------------------------------------------- training
+def train_sgdml(
+    data,
+    n_train: int,
+    n_valid: int,
+    sigmas: Sequence[float] | None = None,
+    lam: float = 1e-10,
+    symmetries="auto",
+    solver: str = "auto",
+    seed: int = 0,
+    train_indices=None,
+    valid_indices=None,
+    progress: Callable[[str], None] | None = None,
+    test=None,
+    n_test: int | None = None,
+    test_indices=None,
+    cg_tol: float = 1e-4,
+    cg_maxiter: int = 5000,
+    n_inducing: int | None = None,
+    memory_limit: float | None = None,
+) -> tuple[SGDMLModel, dict[str, Any]]:
+    """Train an sGDML model on forces; returns ``(model, report)``.
+
+    ``data``: :class:`ase_mlff.data.Dataset` or dict ``R`` (M,N,3) Å, ``z``, ``E`` (M,) eV,
+    ``F`` (M,N,3) eV/Å (optionally ``energy_unit`` for reporting, ``sha256``, ``source``).
+    ``n_train`` geometries are drawn stratified by energy (unless ``train_indices``), ``n_valid``
+    at random from the rest (unless ``valid_indices``). ``sigmas``: kernel length scales to
+    try (default 10, 20, ..., 90). ``symmetries``: "auto" (detected), "none" or a list of atom
+    permutations (closed into a group). ``solver``: "auto" (Cholesky when ~2 (3NM)^2 doubles fit
+    in ``MEMORY_SAFETY`` of the available memory, else CG), "cholesky" or "cg".
+    ``test``: optional separate test data (default: frames not used for training/validation);
+    ``n_test``: how many test frames (default all). ``progress(str)`` gets status lines.
+    """
+    t_start = time.perf_counter()
+    say = progress or (lambda msg: None)
+    d = _unpack(data)
+    R, z, E, F = d["R"], np.asarray(d["z"], dtype=np.int64), d["E"], d["F"]
+    if F is None:
+        raise DatasetError("sGDML trains on forces; the training data have none")
+    if E is None:
+        raise DatasetError("sGDML needs energies to fit the integration constant; the training data have none")
+    R = np.asarray(R, np.float64)
+    E = np.asarray(E, np.float64)
+    F = np.asarray(F, np.float64)
+    M_all, N = R.shape[:2]
+    unit = d["unit"]
+    rng = np.random.default_rng(seed)
+
+    # ---- split
+    if train_indices is None:
+        if n_train + n_valid > M_all:
+            raise DatasetError(f"asked for {n_train} training + {n_valid} validation frames, data have {M_all}")
+        if d["ds"] is not None and hasattr(d["ds"], "select_stratified"):
+            train_idx = np.asarray(d["ds"].select_stratified(None, n_train, seed), dtype=np.int64)
+        else:
+            train_idx = _stratified(E, np.arange(M_all), n_train, seed)
+    else:
+        train_idx = np.asarray(train_indices, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(M_all), train_idx)
+    if valid_indices is None:
+        if n_valid > len(rest):
+            raise DatasetError(f"only {len(rest)} frames left for {n_valid} validation frames")
+        valid_idx = np.sort(rng.choice(rest, n_valid, replace=False)) if n_valid else np.zeros(0, np.int64)
+    else:
+        valid_idx = np.asarray(valid_indices, dtype=np.int64)
+    if len(np.intersect1d(train_idx, valid_idx)):
+        raise DatasetError("training and validation frames overlap")
+    if len(valid_idx) == 0 and (sigmas is None or len(list(sigmas)) > 1):
+        raise DatasetError("the sigma search needs validation frames (n_valid > 0) or a single sigma")
+    M = len(train_idx)
+    sigmas = list(DEFAULT_SIGMAS if sigmas is None else sigmas)
+
+    # ---- symmetries
+    t0 = time.perf_counter()
+    Rt, Ft, Et = R[train_idx], F[train_idx], E[train_idx]
+    say("finding permutational symmetries" if symmetries == "auto" else "setting up symmetries")
+    perms = _symmetry_group(symmetries, Rt, z, seed)
+    t_sym = time.perf_counter() - t0
+    say(f"{len(perms)} symmetries ({t_sym:.1f} s)")
+
+    # ---- solver
+    kd = KernelData(Rt, perms)
+    n = 3 * N * M
+    avail = float(memory_limit) if memory_limit else _available_memory()
+    need = 1.1 * n * n * 8
+    if solver == "auto":
+        solver = "cholesky" if need <= MEMORY_SAFETY * avail else "cg"
+    if solver not in ("cholesky", "cg"):
+        raise ValueError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+    if solver == "cholesky" and need > avail:
+        raise TrainingError(
+            f"the dense kernel for {M} geometries of {N} atoms needs ~{need / 2**30:.1f} GiB, "
+            f"only {avail / 2**30:.1f} GiB available; use solver='cg'"
+        )
+    say(f"solver: {solver} ({n} unknowns)")
+    y = torch.from_numpy(Ft.reshape(-1).copy())
+    ystd = float(y.std())
+    ys = y / ystd
+
+    K_buf = torch.empty((n, n), dtype=torch.float64) if solver == "cholesky" else None
+    cg_info_all = {}
+    if solver == "cg":
+        if n_inducing is None:
+            budget = 0.25 * avail
+            n_inducing = int(max(1, min(M, 200, budget // (2.5 * n * 3 * N * 8))))
+        inducing = np.sort(rng.choice(M, min(n_inducing, M), replace=False))
+
+    Rv, Ev, Fv = R[valid_idx], E[valid_idx], F[valid_idx]
+    results = []
+    best = None
+    x_prev = None
+    for k, sigma in enumerate(sigmas):
+        ts = time.perf_counter()
+        say(f"sigma {sigma} ({k + 1}/{len(sigmas)}): building kernel")
+        try:
+            if solver == "cholesky":
+                assemble_kernel(kd, float(sigma), out=K_buf)
+                say(f"sigma {sigma}: Cholesky factorisation of {n}x{n}")
+                alpha = solve_cholesky(K_buf, ys, lam) * ystd
+            else:
+                op = KernelOperator(kd, float(sigma), lam)
+                mu = lam  # shift of the preconditioner: lam itself worked best (fewest iterations)
+                say(f"sigma {sigma}: Nyström preconditioner from {len(inducing)} geometries")
+                pre = NystromPreconditioner(kd, float(sigma), inducing, mu)
+                xs, cg_info = solve_pcg(op, ys, pre, tol=cg_tol, maxiter=cg_maxiter, x0=x_prev,
+                                        progress=lambda m: say(f"sigma {sigma}: {m}"))
+                del pre
+                x_prev = xs
+                alpha = xs * ystd
+                cg_info_all[str(sigma)] = {k2: v for k2, v in cg_info.items() if k2 != "history"}
+        except TrainingError as exc:
+            warnings.warn(f"sigma {sigma}: {exc}", stacklevel=2)
+            results.append({"sigma": float(sigma), "failed": str(exc)})
+            continue
+        v = torch.bmm(kd.J, alpha.reshape(M, -1, 1)).squeeze(-1).numpy()
+        model = SGDMLModel.from_training(z, perms, kd.D.numpy(), v, float(sigma), lam, 0.0)
+        E0, _ = model.predict_numpy(Rt)
+        model.c = float(np.mean(Et - E0))
+        entry = {"sigma": float(sigma), "time_s": time.perf_counter() - ts}
+        if len(valid_idx):
+            Epv, Fpv = model.predict_numpy(Rv)
+            entry["valid"] = error_table(Epv, Ev, Fpv, Fv, unit)
+            say(f"sigma {sigma}: validation force RMSE {entry['valid']['forces_rmse_meV_per_A']:.2f} meV/Å, "
+                f"MAE {entry['valid']['forces_mae_meV_per_A']:.2f} meV/Å ({entry['time_s']:.0f} s)")
+            score = entry["valid"]["forces_rmse"]
+        else:
+            score = 0.0
+        results.append(entry)
+        if best is None or score < best[0]:
+            best = (score, model, E0, k)
+    del K_buf
+    if best is None:
+        raise TrainingError("training failed for every sigma: " + "; ".join(r.get("failed", "") for r in results))
+    _, model, E0, kbest = best
+    ok = [r["sigma"] for r in results if "failed" not in r]
+    if len(sigmas) > 1 and (model.sigma == min(map(float, sigmas)) or model.sigma == max(map(float, sigmas))):
+        warnings.warn(f"the best sigma ({model.sigma:g}) is at the edge of the grid {sigmas}; "
+                      "extend the grid", stacklevel=2)
+    checks = _label_checks(Et, E0)
+
+    # ---- test
+    test_report = None
+    if test is not None:
+        dt = _unpack(test)
+        Rte, Ete, Fte = np.asarray(dt["R"], np.float64), dt["E"], dt["F"]
+        if not np.array_equal(np.asarray(dt["z"]), z):
+            raise DatasetError("test data have different atoms (or atom order) than the training data")
+        te_idx = np.arange(len(Rte)) if test_indices is None else np.asarray(test_indices, np.int64)
+        if test_indices is None and n_test is not None:
+            te_idx = te_idx[:n_test]
+    else:
+        Rte, Ete, Fte = R, E, F
+        if test_indices is not None:
+            te_idx = np.asarray(test_indices, np.int64)
+        else:
+            te_idx = np.setdiff1d(np.arange(M_all), np.concatenate([train_idx, valid_idx]))
+            if n_test is not None:
+                te_idx = np.sort(rng.choice(te_idx, min(n_test, len(te_idx)), replace=False))
+    if len(te_idx) and Ete is not None and Fte is not None:
+        say(f"testing on {len(te_idx)} frames")
+        Ep, Fp = model.predict_numpy(Rte[te_idx])
+        test_report = error_table(Ep, Ete[te_idx], Fp, Fte[te_idx], unit)
+
+    report = {
+        "sigma": model.sigma,
+        "sigmas": [float(s) for s in sigmas],
+        "per_sigma": results,
+        "lam": lam,
+        "n_symmetries": int(len(perms)),
+        "symmetries": perms.tolist(),
+        "solver": solver,
+        "cg": cg_info_all or None,
+        "n_train": int(M),
+        "n_valid": int(len(valid_idx)),
+        "n_test": int(len(te_idx)),
+        "train_indices": train_idx.tolist(),
+        "valid_indices": valid_idx.tolist(),
+        "integration_constant_eV": model.c,
+        "label_checks": checks,
+        "train_time_s": time.perf_counter() - t_start,
+        "symmetry_time_s": t_sym,
+        "peak_memory_bytes": _peak_memory_bytes(),
+        "valid": results[kbest].get("valid"),
+        "test": test_report,
+        "energy_unit": unit,
+        "data_sha256": d["sha256"],
+        "source": d["source"],
+    }
+    if ok and len(ok) < len(sigmas):
+        report["failed_sigmas"] = [r["sigma"] for r in results if "failed" in r]
+    return model, report
+
+
+def training_record(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``training`` dict for :func:`ase_mlff.io.save_model` (data hash, units, errors)."""
+    keep = ("sigma", "sigmas", "lam", "n_symmetries", "solver", "n_train", "n_valid", "n_test",
+            "train_time_s", "valid", "test", "label_checks", "source", "train_indices", "valid_indices")
+    rec = {k: report.get(k) for k in keep}
+    rec["per_sigma"] = [{k: v for k, v in r.items()} for r in report["per_sigma"]]
+    rec["method"] = "sGDML (ase-mlff)"
+    rec["data_sha256"] = report.get("data_sha256")
+    rec["units"] = {"energy": report.get("energy_unit"), "length": "Ang",
+                    "forces": f"{report.get('energy_unit')}/Ang"}
+    return rec
+
+
+# ---------------------------------------------------------------------------------- CLI
+_DEFAULTS = {"energy_unit": None, "n_train": 1000, "n_valid": 500, "n_test": None, "sigmas": None,
+             "lam": 1e-10, "symmetries": "auto", "solver": "auto", "seed": 0, "output": "model.mlff",
+             "plot": None, "test": None}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("dataset", nargs="?", help="training data (npz, extxyz, ASE db, ...)")
+    parser.add_argument("--energy-unit", dest="energy_unit", help="energy unit of the data file (e.g. kcal/mol)")
+    parser.add_argument("--n-train", dest="n_train", type=int, help="training geometries (default 1000)")
+    parser.add_argument("--n-valid", dest="n_valid", type=int, help="validation geometries (default 500)")
+    parser.add_argument("--n-test", dest="n_test", type=int, help="test geometries (default: all remaining)")
+    parser.add_argument("--test", help="separate test data file (same units); default: frames not used")
+    parser.add_argument("--sigmas", help="kernel length scales, e.g. '10,20,30' or '10:100:10' (default 10:100:10)")
+    parser.add_argument("--lam", type=float, help="regulariser (default 1e-10)")
+    parser.add_argument("--symmetries", choices=["auto", "none"], help="detect symmetries (default auto)")
+    parser.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="linear solver (default auto)")
+    parser.add_argument("--seed", type=int, help="random seed for the split (default 0)")
+    parser.add_argument("-o", "--output", help="model file to write (default model.mlff)")
+    parser.add_argument("--plot", help="write a parity plot (PNG) of the test predictions")
+    parser.add_argument("--config", help="JSON file with any of these options (command-line flags override)")
+    return parser
+
+
+def parse_sigmas(text) -> list[float] | None:
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        return [float(s) for s in text]
+    text = str(text).strip()
+    if ":" in text:
+        parts = [float(p) for p in text.split(":")]
+        start, stop, step = (parts + [10.0])[:3] if len(parts) == 2 else parts
+        return [float(s) for s in np.arange(start, stop, step)]
+    return [float(s) for s in text.split(",") if s.strip()]
+
+
+def _resolve(args) -> dict[str, Any]:
+    opts = dict(_DEFAULTS)
+    if getattr(args, "config", None):
+        with open(args.config) as fh:
+            cfg = json.load(fh)
+        unknown = set(cfg) - set(_DEFAULTS) - {"dataset"}
+        if unknown:
+            raise SystemExit(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
+        opts.update({k.replace("-", "_"): v for k, v in cfg.items()})
+    for k in list(_DEFAULTS) + ["dataset"]:
+        v = getattr(args, k, None)
+        if v is not None:
+            opts[k] = v
+    return opts
+
+
+def parity_plot(path, E_pred, E_ref, F_pred, F_ref, unit: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = energy_factor(unit)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
+    for a, p, r, lab in ((ax[0], np.ravel(E_pred) / f, np.ravel(E_ref) / f, f"energy ({unit})"),
+                         (ax[1], np.ravel(F_pred) / f, np.ravel(F_ref) / f, f"force ({unit}/Å)")):
+        a.plot(r, p, ".", ms=2, alpha=0.5)
+        lo, hi = float(min(r.min(), p.min())), float(max(r.max(), p.max()))
+        a.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        a.set_xlabel(f"reference {lab}")
+        a.set_ylabel(f"predicted {lab}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from .. import data as data_mod
+    from ..io import save_model
+
+    opts = _resolve(args)
+    if not opts.get("dataset"):
+        print("error: no dataset given", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+
+    def progress(msg):
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        ds = data_mod.read(opts["dataset"], energy_unit=opts["energy_unit"])
+        test = data_mod.read(opts["test"], energy_unit=opts["energy_unit"]) if opts.get("test") else None
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    progress(f"read {len(ds)} frames from {opts['dataset']}" + (f", {len(test)} test frames" if test else ""))
+    try:
+        model, report = train_sgdml(
+            ds, int(opts["n_train"]), int(opts["n_valid"]), sigmas=parse_sigmas(opts["sigmas"]),
+            lam=float(opts["lam"]), symmetries=opts["symmetries"], solver=opts["solver"],
+            seed=int(opts["seed"]), progress=progress, test=test,
+            n_test=None if opts["n_test"] is None else int(opts["n_test"]),
+        )
+    except (TrainingError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rec = training_record(report)
+    rec["command"] = " ".join(sys.argv)
+    if test is not None:
+        rec["test_source"] = test.source
+        rec["test_data_sha256"] = test.sha256()
+    save_model(model, opts["output"], training=rec)
+    unit = report["energy_unit"]
+    print(f"sGDML model written to {opts['output']} (sigma {report['sigma']:g}, {report['n_symmetries']} "
+          f"symmetries, solver {report['solver']}, {report['n_train']} training geometries, "
+          f"{report['train_time_s']:.0f} s, peak memory {report['peak_memory_bytes'] / 2**30:.2f} GiB)")
+    for name in ("valid", "test"):
+        t = report.get(name)
+        if not t:
+            continue
+        print(f"{name:5s} ({t['n']} frames): energy MAE {t['energy_mae']:.4f} {unit} ({t['energy_mae_meV']:.2f} meV), "
+              f"RMSE {t['energy_rmse']:.4f} {unit} ({t['energy_rmse_meV']:.2f} meV); "
+              f"forces MAE {t['forces_mae']:.4f} {unit}/Å ({t['forces_mae_meV_per_A']:.2f} meV/Å), "
+              f"RMSE {t['forces_rmse']:.4f} {unit}/Å ({t['forces_rmse_meV_per_A']:.2f} meV/Å)")
+    if opts.get("plot"):
+        if test is not None:
+            arr = test.arrays()
+            idx = np.arange(len(test)) if opts["n_test"] is None else np.arange(min(len(test), int(opts["n_test"])))
+        else:
+            arr = ds.arrays()
+            used = np.concatenate([report["train_indices"], report["valid_indices"]]).astype(int)
+            idx = np.setdiff1d(np.arange(len(ds)), used)
+        if len(idx):
+            Ep, Fp = model.predict_numpy(arr["R"][idx])
+            parity_plot(opts["plot"], Ep, arr["E"][idx], Fp, arr["F"][idx], unit,
+                        title=f"sGDML test parity ({len(idx)} frames)")
+            print(f"parity plot written to {opts['plot']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m ase_mlff.training.sgdml_train",
+                                                      description="Train an sGDML force field."))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
