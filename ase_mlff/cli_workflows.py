@@ -1,0 +1,265 @@
+"""``ase-mlff md | relax | phonons | eos | eval``: the workflows as subcommands.
+
+``register(subparsers)`` adds them to the ``ase-mlff`` parser; each sets ``_run`` to a
+function ``run(args) -> int``. Units: eV, Å, fs, K, pressure in GPa, frequencies in THz.
+Structures are read with :func:`ase.io.read` (any format it knows; ``--index`` picks the
+frame, default the last one, as ase does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_UNITS = ("Units: eV, Å, fs, K; pressures in GPa; phonon frequencies in THz. STRUCTURE is any file\n"
+          "ase.io.read reads; --index picks the frame (default the last one, as ase does).")
+_MODEL_HELP = "model file (.mlff)"
+_STRUCT_HELP = "structure file: any format ase.io.read reads (extxyz, cif, POSCAR, .traj, ...)"
+
+
+def _add_common(p, structure: bool = True) -> None:
+    p.add_argument("model", help=_MODEL_HELP)
+    if structure:
+        p.add_argument("structure", help=_STRUCT_HELP)
+        p.add_argument("-i", "--index", default=None,
+                       help="frame of STRUCTURE to use (ase index: 0, -1, ...; default: the last frame)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="evaluation precision (default: the model's own)")
+
+
+def _calc_and_atoms(args):
+    from .workflows._common import load_calculator, parse_index, read_structure
+
+    calc = load_calculator(args.model, device=args.device, dtype=args.dtype)
+    atoms = read_structure(args.structure, parse_index(args.index)) if hasattr(args, "structure") else None
+    return calc, atoms
+
+
+def _default_timestep(atoms) -> float:
+    return 0.5 if any(s == "H" for s in atoms.get_chemical_symbols()) else 1.0
+
+
+# ----------------------------------------------------------------------------------- md
+def _run_md(args) -> int:
+    from .workflows.md import run_md
+
+    calc, atoms = _calc_and_atoms(args)
+    timestep = args.timestep if args.timestep is not None else _default_timestep(atoms)
+    traj = None if args.trajectory in (None, "", "none") else args.trajectory
+    log = None if args.log in (None, "", "none") else args.log
+    print(f"model   {args.model}: {calc.model.family}, {atoms.get_chemical_formula()} ({len(atoms)} atoms), "
+          f"{args.ensemble.upper()}, T = {args.temperature:g} K"
+          + (f", P = {args.pressure:g} GPa" if args.ensemble == "npt" else "") + f", dt = {timestep:g} fs",
+          flush=True)
+    res = run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=timestep,
+                 steps=args.steps, pressure=args.pressure, friction=args.friction, tdamp=args.tdamp,
+                 pdamp=args.pdamp, barostat=args.barostat, init_velocities=not args.keep_velocities,
+                 seed=args.seed, trajectory=traj, traj_interval=args.traj_interval, logfile=log,
+                 log_interval=args.log_interval, progress=not args.no_progress)
+    print(res.summary())
+    if args.plot:
+        from .workflows.plotting import plot_md
+
+        print(f"written {plot_md(res, args.plot, title=f'{args.ensemble.upper()} {atoms.get_chemical_formula()}')}")
+    return 130 if res.interrupted else 0
+
+
+def _md_parser(p) -> None:
+    _add_common(p)
+    g = p.add_argument_group("dynamics")
+    g.add_argument("-e", "--ensemble", choices=["nve", "nvt", "npt"], default="nve",
+                   help="nve: velocity Verlet; nvt: Langevin; npt: MTK barostat + Nose-Hoover chains "
+                        "(ase IsotropicMTKNPT, or MTKNPT with --barostat anisotropic). Default nve")
+    g.add_argument("-T", "--temperature", type=float, default=300.0,
+                   help="temperature in K: of the initial Maxwell-Boltzmann velocities and of the thermostat "
+                        "(default 300)")
+    g.add_argument("-P", "--pressure", type=float, default=0.0, help="external pressure in GPa for npt (default 0)")
+    g.add_argument("-t", "--timestep", type=float, default=None,
+                   help="time step in fs (default 0.5 with hydrogen in the structure, else 1.0)")
+    g.add_argument("-n", "--steps", type=int, default=1000, help="number of steps (default 1000)")
+    g.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
+    g.add_argument("--tdamp", type=float, default=None, help="npt thermostat time constant in fs (default 100 steps)")
+    g.add_argument("--pdamp", type=float, default=None, help="npt barostat time constant in fs (default 1000 steps)")
+    g.add_argument("--barostat", choices=["isotropic", "anisotropic"], default="isotropic",
+                   help="npt: isotropic volume only (default) or all cell degrees of freedom")
+    g.add_argument("--seed", type=int, default=None, help="random seed for velocities and the Langevin noise")
+    g.add_argument("--keep-velocities", action="store_true",
+                   help="use the velocities stored in STRUCTURE instead of drawing Maxwell-Boltzmann ones "
+                        "(by default: Maxwell-Boltzmann at --temperature, zero total momentum and, for a "
+                        "molecule, zero angular momentum)")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--trajectory", default="md.traj",
+                   help="trajectory file, .traj or .extxyz by extension; 'none' for no file (default md.traj)")
+    o.add_argument("--traj-interval", type=int, default=10, help="write a frame every N steps (default 10)")
+    o.add_argument("--log", default="md.log",
+                   help="log file (step, time, Epot, Ekin, Etot, T, and P and V with stress); '-' for stdout, "
+                        "'none' for no log (default md.log)")
+    o.add_argument("--log-interval", type=int, default=10, help="log every N steps (default 10)")
+    o.add_argument("--plot", default=None, metavar="PNG", help="also plot energies and temperature to PNG")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(_run=_run_md)
+
+
+# ----------------------------------------------------------------------------------- relax
+def _run_relax(args) -> int:
+    from .workflows.relax import relax
+
+    calc, atoms = _calc_and_atoms(args)
+    output = args.output
+    if output is None:
+        stem = os.path.splitext(os.path.basename(args.structure))[0]
+        output = f"{stem}_relaxed.extxyz"
+    traj = None if args.trajectory in (None, "", "none") else args.trajectory
+    log = None if args.log == "none" else args.log
+    res = relax(atoms, calc, optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, cell=args.cell,
+                pressure=args.pressure, hydrostatic=args.hydrostatic, trajectory=traj, output=output,
+                logfile=log, progress=False)
+    print(res.summary())
+    if res.interrupted:
+        return 130
+    if not res.converged:
+        print(f"ase-mlff: warning: not converged to fmax = {args.fmax} eV/Å in {args.steps} steps "
+              "(exit status 3)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _relax_parser(p) -> None:
+    _add_common(p)
+    p.add_argument("--optimizer", default="BFGS", choices=["BFGS", "FIRE", "LBFGS", "BFGSLineSearch"],
+                   help="ase optimizer (default BFGS)")
+    p.add_argument("--fmax", type=float, default=0.01, help="force convergence in eV/Å (default 0.01)")
+    p.add_argument("-n", "--steps", type=int, default=500, help="maximum number of steps (default 500)")
+    p.add_argument("--cell", action="store_true",
+                   help="relax the cell too (ase.filters.FrechetCellFilter); needs a periodic model with stress")
+    p.add_argument("-P", "--pressure", type=float, default=0.0, help="external pressure in GPa with --cell (default 0)")
+    p.add_argument("--hydrostatic", action="store_true", help="with --cell: keep the cell shape, relax the volume")
+    p.add_argument("-o", "--output", default=None,
+                   help="relaxed structure, any format ase.io.write knows (default STRUCTURE-stem_relaxed.extxyz)")
+    p.add_argument("--trajectory", default="relax.traj",
+                   help="trajectory of the optimisation (.traj/.extxyz; 'none' for no file; default relax.traj)")
+    p.add_argument("--log", default="-", help="optimizer log: '-' stdout (default), a file, or 'none'")
+    p.set_defaults(_run=_run_relax)
+    p.epilog = "Exit status 0 when converged, 3 when not converged within --steps."
+
+
+# ----------------------------------------------------------------------------------- phonons
+def _run_phonons(args) -> int:
+    from .workflows.phonons import phonons
+
+    calc, atoms = _calc_and_atoms(args)
+    primitive = None if args.primitive == "none" else args.primitive
+    res = phonons(atoms, calc, supercell=args.supercell, method="hessian" if args.hessian else "displacement",
+                  displacement=args.displacement, primitive=primitive, path=args.path, npoints=args.npoints,
+                  mesh=args.mesh, outdir=args.outdir, plot=not args.no_plot, batch_size=args.batch_size,
+                  symmetrize=args.symmetrize)
+    print(res.summary())
+    return 0
+
+
+def _phonons_parser(p) -> None:
+    _add_common(p)
+    p.add_argument("-s", "--supercell", type=int, nargs="+", default=[3], metavar="N",
+                   help="supercell: N (NxNxN), Na Nb Nc, or 9 integers of a matrix (default 3)")
+    p.add_argument("-d", "--displacement", type=float, default=0.01,
+                   help="finite displacement amplitude in Å (default 0.01)")
+    p.add_argument("--hessian", action="store_true",
+                   help="force constants from the model's analytic Hessian of the supercell instead of "
+                        "finite displacements")
+    p.add_argument("--primitive", default="auto", choices=["auto", "none"],
+                   help="auto: phonopy finds the primitive cell (default); none: use the input cell")
+    p.add_argument("--path", default=None,
+                   help="band path in ASE notation, e.g. GXWKGLUWLK,UX (default: ASE's standard path for "
+                        "the Bravais lattice)")
+    p.add_argument("--npoints", type=int, default=51, help="q-points per band segment (default 51)")
+    p.add_argument("--mesh", type=int, nargs="+", default=[20], help="q-mesh for the DOS (default 20)")
+    p.add_argument("--symmetrize", action="store_true", help="symmetrise the force constants (phonopy)")
+    p.add_argument("--batch-size", type=int, default=8, help="displaced supercells per batched evaluation")
+    p.add_argument("--outdir", default=".", help="directory for phonopy_params.yaml, band.yaml, "
+                                                 "total_dos.dat and phonons.png (default .)")
+    p.add_argument("--no-plot", action="store_true", help="do not write phonons.png")
+    p.set_defaults(_run=_run_phonons)
+
+
+# ----------------------------------------------------------------------------------- eos
+def _run_eos(args) -> int:
+    from .workflows.eos import equation_of_state
+
+    calc, atoms = _calc_and_atoms(args)
+    res = equation_of_state(atoms, calc, volumes=tuple(args.range), npoints=args.points, form=args.eos,
+                            outdir=args.outdir, plot=not args.no_plot)
+    print(res.summary())
+    return 0
+
+
+def _eos_parser(p) -> None:
+    from .workflows.eos import EOS_FORMS
+
+    _add_common(p)
+    p.add_argument("--range", type=float, nargs=2, default=[0.90, 1.10], metavar=("VMIN", "VMAX"),
+                   help="volume range as fractions of the input volume (default 0.90 1.10)")
+    p.add_argument("--points", type=int, default=11, help="number of volumes (default 11)")
+    p.add_argument("--eos", default="birchmurnaghan", choices=EOS_FORMS, help="EOS form (default birchmurnaghan)")
+    p.add_argument("--outdir", default=".", help="directory for eos.dat and eos.png (default .)")
+    p.add_argument("--no-plot", action="store_true", help="do not write eos.png")
+    p.set_defaults(_run=_run_eos)
+
+
+# ----------------------------------------------------------------------------------- eval
+def _run_eval(args) -> int:
+    from .data import read
+    from .workflows._common import load_calculator
+    from .workflows.evaluate import evaluate
+
+    calc = load_calculator(args.model, device=args.device, dtype=args.dtype)
+    data = read(args.data, index=args.index, energy_unit=args.energy_unit, length_unit=args.length_unit,
+                require_energy=False, require_forces=False)
+    res = evaluate(calc, data, batch_size=args.batch_size, stress=False if args.no_stress else None,
+                   progress=not args.no_progress, outdir=args.outdir, plot=not args.no_plot)
+    print(f"model   {args.model}: {calc.model.family}; data {args.data} (index {args.index})")
+    print(res.summary())
+    return 0
+
+
+def _eval_parser(p) -> None:
+    _add_common(p, structure=False)
+    p.add_argument("data", help="labelled data: extxyz/ase formats, ASE .db, or MD17-style .npz")
+    p.add_argument("-i", "--index", default=":", help="frames to evaluate: ':', '0:100', '::10', '-1' (default all)")
+    p.add_argument("--energy-unit", default=None,
+                   help="energy unit of the data: eV, meV, kcal/mol, kJ/mol, Hartree, Ry "
+                        "(default: eV, or what an .npz file says)")
+    p.add_argument("--length-unit", default=None, help="length unit of the data: Ang or Bohr (default Ang)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per batched evaluation (default 16)")
+    p.add_argument("--no-stress", action="store_true", help="do not compare stresses")
+    p.add_argument("--outdir", default=".", help="directory for eval_metrics.json and parity.png (default .)")
+    p.add_argument("--no-plot", action="store_true", help="do not write parity.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(_run=_run_eval)
+
+
+_COMMANDS = {
+    "md": (_md_parser, "molecular dynamics: NVE, NVT (Langevin) or NPT (MTK) with trajectory and log"),
+    "relax": (_relax_parser, "relax positions (and with --cell the cell, under --pressure) with BFGS or FIRE"),
+    "phonons": (_phonons_parser, "phonon band structure and DOS with phonopy (finite displacements or "
+                                 "the analytic Hessian)"),
+    "eos": (_eos_parser, "equation of state: E(V) with a Birch-Murnaghan fit (V0, E0, B)"),
+    "eval": (_eval_parser, "errors of a model on a labelled dataset (energy, forces per element, stress) "
+                           "and a parity plot"),
+}
+
+
+def register(subparsers) -> None:
+    """Add md, relax, phonons, eos and eval to the ``ase-mlff`` subparsers."""
+    for name, (configure, help_text) in _COMMANDS.items():
+        p = subparsers.add_parser(name, help=help_text, description=f"{help_text}.\n\n{_UNITS}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        configure(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser with only the workflow commands (the ``ase-mlff`` one has them too)."""
+    parser = argparse.ArgumentParser(prog="ase-mlff")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser

@@ -1,0 +1,257 @@
+"""Helpers shared by the workflows: loading, reading structures, units, progress, output."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+
+import numpy as np
+from ase import units
+
+from ..errors import InputError
+
+#: pressures on the command line and in the workflow functions are in GPa
+GPA = units.GPa
+
+
+def load_calculator(model, device: str = "cpu", dtype=None, **options):
+    """An :class:`~ase_mlff.MLFFCalculator` from a model file path (or pass one through)."""
+    from ..calculator import MLFFCalculator
+    from ..models.base import Model
+
+    if isinstance(model, MLFFCalculator):
+        return model
+    if isinstance(model, Model):
+        return MLFFCalculator(model, device=device, dtype=dtype, **options)
+    from .. import load
+
+    return load(model, device=device, dtype=dtype, **options)
+
+
+def read_structure(path, index=None):
+    """One structure from any file :func:`ase.io.read` reads (``index``: ase's frame index;
+    default the last frame, as :func:`ase.io.read` does)."""
+    import ase.io
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"structure file not found: {path!r}")
+    try:
+        atoms = ase.io.read(path, index=-1 if index is None else index)
+    except (ValueError, KeyError, IndexError, StopIteration) as exc:
+        raise InputError(f"cannot read a structure from {path!r} (index {index!r}): {exc}") from None
+    if isinstance(atoms, list):
+        if not atoms:
+            raise InputError(f"{path!r} has no frame at index {index!r}")
+        if len(atoms) > 1:
+            raise InputError(f"index {index!r} selects {len(atoms)} frames of {path!r}; give one frame")
+        atoms = atoms[0]
+    atoms.calc = None
+    return atoms
+
+
+def parse_index(text):
+    """'3' / '-1' -> int; anything with ':' stays a string for ase."""
+    if text is None or isinstance(text, int):
+        return text
+    text = str(text).strip()
+    if ":" in text:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"cannot understand frame index {text!r}") from None
+
+
+def has_stress(calc, atoms) -> bool:
+    """Whether ``calc`` gives a stress for ``atoms`` (a local model and a cell with volume)."""
+    return "stress" in calc.implemented_properties and atoms.cell.rank == 3
+
+
+def require_stress(calc, atoms, what: str) -> None:
+    if "stress" not in calc.implemented_properties:
+        raise InputError(f"{what} needs the stress, which this {calc.model.family} model does not give")
+    if not all(atoms.pbc) or atoms.cell.rank != 3:
+        raise InputError(f"{what} needs a structure periodic in all three directions")
+
+
+def evaluate_images(calc, images, stress=None, batch_size: int = 16) -> list[dict]:
+    """Results (energy, forces[, stress]) for many structures: batched through
+    :meth:`MLFFCalculator.evaluate_batch` for local models, one by one for global ones."""
+    out: list[dict] = []
+    for start in range(0, len(images), max(1, batch_size)):
+        out.extend(calc.evaluate_batch(images[start:start + batch_size], stress=stress))
+    return out
+
+
+def output_path(path) -> str:
+    """``path`` as a string, its directory created."""
+    path = os.fspath(path)
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    return path
+
+
+def format_duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressBar:
+    """A plain-text progress bar on stderr: ``[#####.....] 512/1000 51% 123.4 steps/s ETA 00:04``.
+
+    On a terminal it redraws one line (at most ``refresh`` times a second); otherwise it prints a
+    line every 10% so that logs of batch jobs stay short. ``enabled=False`` makes it silent.
+    """
+
+    def __init__(self, total: int, label: str = "", unit: str = "steps", stream=None,
+                 enabled: bool = True, refresh: float = 0.2, width: int = 28):
+        self.total = max(int(total), 1)
+        self.label = label
+        self.unit = unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.refresh = refresh
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self._last = -1e9
+        self._last_decile = -1
+        self.done = 0
+
+    def rate(self) -> float:
+        dt = time.perf_counter() - self.t0
+        return self.done / dt if dt > 0 else float("nan")
+
+    def _line(self) -> str:
+        frac = min(self.done / self.total, 1.0)
+        fill = int(round(frac * self.width))
+        rate = self.rate()
+        eta = (self.total - self.done) / rate if rate and rate > 0 else float("inf")
+        label = f"{self.label} " if self.label else ""
+        return (f"{label}[{'#' * fill}{'.' * (self.width - fill)}] {self.done}/{self.total} "
+                f"{100 * frac:3.0f}% {rate:.1f} {self.unit}/s ETA {format_duration(eta)}")
+
+    def update(self, done: int) -> None:
+        self.done = int(done)
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.tty:
+            if now - self._last >= self.refresh or self.done >= self.total:
+                self._last = now
+                self.stream.write("\r" + self._line())
+                self.stream.flush()
+        else:
+            decile = int(10 * self.done / self.total)
+            if decile > self._last_decile:
+                self._last_decile = decile
+                self.stream.write(self._line() + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\r" + self._line() + "\n")
+            self.stream.flush()
+
+
+class FrameWriter:
+    """Append frames to ``.traj`` (ase Trajectory) or ``.extxyz``/``.xyz`` (extended XYZ).
+
+    Each extended-XYZ frame is formatted in memory and written with one ``write`` and a
+    flush, so an interrupted run leaves only whole frames in the file.
+    """
+
+    def __init__(self, path, atoms, mode: str = "w"):
+        self.path = output_path(path)
+        self.atoms = atoms
+        ext = os.path.splitext(self.path)[1].lower()
+        self.count = 0
+        if ext == ".traj":
+            from ase.io.trajectory import Trajectory
+
+            self.kind = "traj"
+            self._fh = Trajectory(self.path, mode, atoms)
+        elif ext in (".extxyz", ".xyz"):
+            self.kind = "extxyz"
+            self._fh = open(self.path, mode)
+        else:
+            raise InputError(f"trajectory file {path!r}: use a .traj, .extxyz or .xyz extension")
+
+    def write(self, atoms=None) -> None:
+        atoms = self.atoms if atoms is None else atoms
+        if self.kind == "traj":
+            self._fh.write(atoms)
+        else:
+            import ase.io
+
+            buf = io.StringIO()
+            ase.io.write(buf, atoms, format="extxyz")
+            self._fh.write(buf.getvalue())
+            self._fh.flush()
+        self.count += 1
+
+    __call__ = write
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class InterruptGuard:
+    """Make Ctrl-C stop a loop between steps instead of in the middle of one.
+
+    Inside ``with InterruptGuard() as guard:`` (main thread only) the first SIGINT only sets
+    ``guard.requested``; the loop calls :meth:`check` at a safe point, which raises
+    :class:`KeyboardInterrupt` there. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self, stream=None):
+        self.requested = False
+        self.stream = stream if stream is not None else sys.stderr
+        self._old = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        try:
+            self.stream.write("\ninterrupted: stopping after this step (Ctrl-C again to stop at once)\n")
+            self.stream.flush()
+        except Exception:  # pragma: no cover
+            pass
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        return False
