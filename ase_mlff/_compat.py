@@ -1,4 +1,4 @@
-"""Small shims over ase versions (ase >= 3.22 is supported)."""
+"""Small shims over ase versions (ase >= 3.25 is supported)."""
 
 from __future__ import annotations
 

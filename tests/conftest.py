@@ -1,6 +1,11 @@
 import os
 import sys
 
+# Threaded OpenBLAS makes small 3x3 matrix functions (ase's cell filters) orders of magnitude
+# slower on a loaded 2-core machine; the tests time nothing, so use one BLAS thread.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import numpy as np
 import pytest
 
