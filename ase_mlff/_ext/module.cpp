@@ -88,4 +88,5 @@ PYBIND11_MODULE(_core, m) {
     m.def("filter_pairs", &filter_pairs_py, py::arg("positions"), py::arg("cell"), py::arg("first"),
           py::arg("second"), py::arg("shifts"), py::arg("cutoff"),
           "Recompute vectors of an existing pair list and keep pairs closer than cutoff.");
+    register_mff(m);
 }

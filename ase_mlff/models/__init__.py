@@ -2,3 +2,4 @@
 
 from .base import MODEL_REGISTRY, Model, register_model  # noqa: F401
 from . import sgdml  # noqa: F401
+from . import mff  # noqa: F401

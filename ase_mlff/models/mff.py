@@ -1,0 +1,251 @@
+"""Mapped n-body force fields (MFF): 2- and 3-body energies tabulated as cubic B-splines.
+
+Local energy of atom ``i`` (species ``s``), identical in the GP it was mapped from
+(:mod:`ase_mlff.training.mff_gp`), the C++ kernel, the torch oracle below and the LAMMPS
+``pair_style uf3`` export (:mod:`ase_mlff.export.lammps`)::
+
+    eps_i = e0[s_i]
+          + sum_{j != i, r_ij < rc2}        V2[s_i, s_j](r_ij)
+          + sum_{j < k, r_ij, r_ik < rc3}   V3[s_i, s_j, s_k](r_ij, r_ik, r_jk)
+
+``V2`` is a uniform clamped cubic B-spline on ``[0, rc2]`` (``n2`` intervals); ``V3`` is a
+tensor product of such splines on ``[0, rc3]^2 x [0, 2 rc3]`` (``n3``, ``n3``, ``2 n3``
+intervals; the ``r_jk`` axis is twice as long because LAMMPS uf3 requires it). Each pair
+``(i, j)`` enters twice (once from each end), each triangle once per centre. ``e0`` are
+per-element reference energies (constants; they do not change forces or stress).
+
+Forces and stress are analytic derivatives of the spline energy, so MD with this model
+conserves energy to integrator accuracy. :meth:`MFFModel.compute` runs the compiled kernel
+(no Python loop over atoms); :meth:`MFFModel.forward` evaluates the same splines with torch
+(differentiable: Hessians, and the test oracle of the C++ path).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .. import _ext
+from ..graph import Graph
+from ..splines import UniformGrid, torch_basis
+from .base import Model, register_model
+
+
+def triplet_index(first: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs ``(e1, e2)``, ``e1 < e2``, of kept edges that share their centre atom.
+
+    ``first`` is the centre of every edge; edges need not be sorted. Returns edge indices.
+    """
+    idx = np.nonzero(keep)[0]
+    if len(idx) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(first[idx], kind="stable")
+    idx = idx[order]
+    centres = first[idx]
+    _, start, counts = np.unique(centres, return_index=True, return_counts=True)
+    # for edge at position q (block starting at s with c edges): partners q+1 .. s+c-1
+    block_end = np.repeat(start + counts, counts)
+    pos = np.arange(len(idx))
+    n_partner = block_end - pos - 1
+    total = int(n_partner.sum())
+    e1 = np.repeat(pos, n_partner)
+    first_partner = np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
+    e2 = e1 + 1 + (np.arange(total) - first_partner)
+    return idx[e1], idx[e2]
+
+
+@register_model
+class MFFModel(Model):
+    """Mapped 2+3-body force field on uniform cubic B-splines (family ``"mff"``)."""
+
+    family = "mff"
+
+    def __init__(self, species: Iterable[int], cutoff: float | None = None, rc2: float = 5.0,
+                 n2: int = 100, rc3: float = 0.0, n3: int = 0, config: dict[str, Any] | None = None,
+                 **extra):
+        species = sorted({int(z) for z in species})
+        rc2 = float(rc2)
+        rc3 = float(rc3)
+        if not rc2 > 0:
+            raise ValueError(f"rc2 must be positive, got {rc2}")
+        if rc3 < 0 or (rc3 > 0 and int(n3) < 1):
+            raise ValueError("a 3-body term needs rc3 > 0 and n3 >= 1")
+        cut = max(rc2, rc3)
+        if cutoff is not None and abs(float(cutoff) - cut) > 1e-12:
+            raise ValueError(f"cutoff {cutoff} does not match max(rc2, rc3) = {cut}")
+        cfg = dict(config or {})
+        cfg.update(extra)
+        cfg.update({"rc2": rc2, "n2": int(n2), "rc3": rc3, "n3": int(n3)})
+        super().__init__(species, cut, cfg)
+        self.rc2, self.n2, self.rc3, self.n3 = rc2, int(n2), rc3, int(n3)
+        S = len(self.species)
+        self.grid2 = UniformGrid(rc2, self.n2)
+        self.has3 = rc3 > 0
+        self.register_buffer("coef2", torch.zeros((S, S, self.grid2.n_coef), dtype=torch.float64))
+        self.register_buffer("e0", torch.zeros(S, dtype=torch.float64))
+        self.register_buffer("_table2", torch.from_numpy(self.grid2.table().copy()), persistent=False)
+        if self.has3:
+            self.grid3 = UniformGrid(rc3, self.n3)
+            self.grid3jk = UniformGrid(2 * rc3, 2 * self.n3)
+            shape = (S, S, S, self.grid3.n_coef, self.grid3.n_coef, self.grid3jk.n_coef)
+            self.register_buffer("coef3", torch.zeros(shape, dtype=torch.float64))
+            self.register_buffer("_table3", torch.from_numpy(self.grid3.table().copy()), persistent=False)
+            self.register_buffer("_table3jk", torch.from_numpy(self.grid3jk.table().copy()), persistent=False)
+        else:
+            self.grid3 = self.grid3jk = None
+            self.register_buffer("coef3", torch.zeros((0,), dtype=torch.float64))
+        self.n_threads = 0  # 0: all cores
+
+    # ----------------------------------------------------------------- helpers
+    def get_config(self) -> dict[str, Any]:
+        cfg = {k: v for k, v in self.config.items() if k not in ("rc2", "n2", "rc3", "n3")}
+        return {"species": self.species, "cutoff": self.cutoff, "rc2": self.rc2, "n2": self.n2,
+                "rc3": self.rc3, "n3": self.n3, **({"config": cfg} if cfg else {})}
+
+    def set_splines(self, coef2=None, coef3=None, e0=None) -> "MFFModel":
+        """Set coefficients (numpy or torch); 3-body blocks are symmetrised in (j, k)."""
+        with torch.no_grad():
+            if coef2 is not None:
+                c2 = torch.as_tensor(np.asarray(coef2), dtype=torch.float64)
+                self.coef2.copy_(0.5 * (c2 + c2.transpose(0, 1)))
+            if coef3 is not None:
+                if not self.has3:
+                    raise ValueError("this model has no 3-body term (rc3 = 0)")
+                c3 = torch.as_tensor(np.asarray(coef3), dtype=torch.float64)
+                self.coef3.copy_(0.5 * (c3 + c3.permute(0, 2, 1, 4, 3, 5)))
+            if e0 is not None:
+                self.e0.copy_(torch.as_tensor(np.asarray(e0), dtype=torch.float64))
+        return self
+
+    def jk_max(self) -> float:
+        """Largest r_jk at which any 3-body spline can be non-zero (triplets beyond are skipped)."""
+        if not self.has3:
+            return 0.0
+        c = self.coef3.detach().abs().cpu().numpy()
+        nz = np.nonzero(c.reshape(-1, c.shape[-1]).max(axis=0) > 0)[0]
+        if len(nz) == 0:
+            return 0.0
+        return self.grid3jk.support_end(int(nz[-1]))
+
+    # ----------------------------------------------------------------- torch path
+    def forward(self, graph: Graph) -> torch.Tensor:
+        dtype = graph.dtype
+        n = graph.n_atoms
+        s = self.species_index(graph.numbers)
+        i, j = graph.edge_index
+        vec = graph.edge_vectors()
+        r = torch.linalg.norm(vec, dim=1)
+        energies = self.e0.to(dtype)[s].clone()
+        # 2-body
+        keep = r.detach() < self.rc2
+        if bool(keep.any()):
+            ii, jj, rr = i[keep], j[keep], r[keep]
+            m, b, inside = torch_basis(self._table2.to(dtype), self.grid2.h, self.grid2.n, rr)
+            c = self.coef2.to(dtype)[s[ii], s[jj]]  # (P, n_coef)
+            cc = torch.gather(c, 1, m.unsqueeze(1) + torch.arange(4, device=m.device))
+            e = (cc * b).sum(1) * inside
+            energies = energies.index_add(0, ii, e)
+        # 3-body
+        if self.has3:
+            jk_max = self.jk_max()
+            keep3 = (r.detach() < self.rc3).cpu().numpy()
+            e1, e2 = triplet_index(i.detach().cpu().numpy(), keep3)
+            if len(e1) and jk_max > 0:
+                e1 = torch.from_numpy(e1).to(i.device)
+                e2 = torch.from_numpy(e2).to(i.device)
+                djk = vec[e2] - vec[e1]
+                rjk = torch.linalg.norm(djk, dim=1)
+                ok = rjk.detach() < jk_max
+                e1, e2, rjk = e1[ok], e2[ok], rjk[ok]
+                if len(e1):
+                    ci, cj, ck = i[e1], j[e1], j[e2]
+                    t3 = self._table3.to(dtype)
+                    m1, b1, in1 = torch_basis(t3, self.grid3.h, self.grid3.n, r[e1])
+                    m2, b2, in2 = torch_basis(t3, self.grid3.h, self.grid3.n, r[e2])
+                    m3, b3, in3 = torch_basis(self._table3jk.to(dtype), self.grid3jk.h, self.grid3jk.n, rjk)
+                    ar = torch.arange(4, device=m1.device)
+                    c3 = self.coef3.to(dtype)
+                    block = c3[s[ci], s[cj], s[ck]]  # (T, n, n, njk) -- fine for oracle sizes
+                    idx1 = (m1[:, None] + ar)[:, :, None, None]
+                    idx2 = (m2[:, None] + ar)[:, None, :, None]
+                    idx3 = (m3[:, None] + ar)[:, None, None, :]
+                    tt = torch.arange(len(e1), device=m1.device)[:, None, None, None]
+                    cc = block[tt, idx1, idx2, idx3]  # (T, 4, 4, 4)
+                    e = torch.einsum("tabc,ta,tb,tc->t", cc, b1, b2, b3) * (in1 & in2 & in3)
+                    energies = energies.index_add(0, ci, e)
+        return energies
+
+    # ----------------------------------------------------------------- compiled path
+    def _arrays_for_cpp(self):
+        cache = getattr(self, "_cpp_cache", None)
+        version = (self.coef2.data_ptr(), self.coef2._version, self.coef3.data_ptr(), self.coef3._version)
+        if cache is not None and cache[0] == version:
+            return cache[1]
+        t2 = self.grid2.table()
+        c2 = self.coef2.detach().cpu().numpy().astype(np.float64)
+        if self.has3:
+            args3 = (self.grid3.table(), self.grid3.h, self.grid3jk.table(), self.grid3jk.h,
+                     np.ascontiguousarray(self.coef3.detach().cpu().numpy(), dtype=np.float64),
+                     self.rc3, self.jk_max())
+        else:
+            empty = np.zeros((1, 4, 4))
+            args3 = (empty, 1.0, empty, 1.0, np.zeros(0), 0.0, 0.0)
+        arrays = (t2, self.grid2.h, np.ascontiguousarray(c2), self.rc2) + args3
+        self._cpp_cache = (version, arrays)
+        return arrays
+
+    def compute(self, graph: Graph, forces: bool = True, stress: bool = False,
+                create_graph: bool = False) -> dict[str, torch.Tensor]:
+        if create_graph or graph.positions.requires_grad or graph.device.type != "cpu":
+            return super().compute(graph, forces=forces, stress=stress, create_graph=create_graph)
+        t2, h2, c2, rc2, t3, h3, t3jk, h3jk, c3, rc3, jk_max = self._arrays_for_cpp()
+        dtype = graph.dtype
+        pos = graph.positions.detach().cpu().numpy().astype(np.float64)
+        species = self.species_index(graph.numbers).cpu().numpy()
+        first, second = graph.edge_index.cpu().numpy()
+        shifts = graph.shifts.detach().cpu().numpy().astype(np.float64)
+        cells = graph.cell.detach().cpu().numpy().astype(np.float64)
+        batch = graph.batch.cpu().numpy()
+        e0 = self.e0.detach().cpu().numpy()[species]
+        S = len(self.species)
+        energies = np.zeros(graph.n_atoms)
+        f = np.zeros((graph.n_atoms, 3))
+        virial = np.zeros((graph.n_graphs, 3, 3))
+        if graph.n_graphs == 1:
+            ranges = [(0, graph.n_atoms, np.arange(len(first)))]
+        else:
+            bounds = np.searchsorted(batch, np.arange(graph.n_graphs + 1))
+            edge_graph = batch[first]
+            ranges = [(bounds[b], bounds[b + 1], np.nonzero(edge_graph == b)[0]) for b in range(graph.n_graphs)]
+        for b, (a0, a1, sel) in enumerate(ranges):
+            e, fb, w = _ext._core.mff_compute(
+                pos[a0:a1], cells[b], species[a0:a1], first[sel] - a0, second[sel] - a0, shifts[sel], S,
+                t2, h2, c2, rc2, t3, h3, t3jk, h3jk, c3, rc3, jk_max, self.n_threads)
+            energies[a0:a1] = e
+            f[a0:a1] = fb
+            virial[b] = w
+        energies += e0
+        energy = np.bincount(batch, weights=energies, minlength=graph.n_graphs)
+        out = {"energy": torch.from_numpy(energy).to(dtype), "energies": torch.from_numpy(energies).to(dtype)}
+        if forces:
+            out["forces"] = torch.from_numpy(f).to(dtype)
+        if stress:
+            out["virial"] = torch.from_numpy(virial).to(dtype)
+        return out
+
+    # ----------------------------------------------------------------- tabulated functions
+    def pair_energy(self, r, a: int = 0, b: int = 0) -> np.ndarray:
+        """V2[a, b](r) for species indices a, b (numpy)."""
+        return self.grid2.design(np.asarray(r, dtype=float)) @ self.coef2[a, b].detach().cpu().numpy()
+
+    def triplet_energy(self, rij, rik, rjk, a: int = 0, b: int = 0, c: int = 0) -> np.ndarray:
+        """V3[a, b, c](r_ij, r_ik, r_jk) (numpy, broadcast over equal-length arrays)."""
+        if not self.has3:
+            return np.zeros(np.shape(rij))
+        b1 = self.grid3.design(np.ravel(rij))
+        b2 = self.grid3.design(np.ravel(rik))
+        b3 = self.grid3jk.design(np.ravel(rjk))
+        c = self.coef3[a, b, c].detach().cpu().numpy()
+        return np.einsum("xa,xb,xc,abc->x", b1, b2, b3, c).reshape(np.shape(rij))
