@@ -66,9 +66,10 @@ def _add_delegated(sub, name, module, help_text):
         mod = importlib.import_module(module)
     except ImportError as exc:  # a family not built into this installation
         p.set_defaults(_run=lambda args, exc=exc: _unavailable(name, exc))
-        return
+        return p
     mod.configure_parser(p)
     p.set_defaults(_run=mod.run)
+    return p
 
 
 def _unavailable(name, exc) -> int:
@@ -95,8 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in _DELEGATED["train"].items():
         _add_delegated(train_sub, name, module, help_text)
 
-    _add_delegated(sub, "export", "ase_mlff.export.lammps",
-                   "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
+    export = _add_delegated(sub, "export", "ase_mlff.export.lammps",
+                            "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
+    export.add_argument("--lammps", action="store_true",
+                        help="LAMMPS format: pair_style uf3 files plus an example input (the default "
+                             "and, for now, the only export format)")
     try:  # md, relax, phonons, eos, eval
         from .cli_workflows import register
     except ImportError:  # pragma: no cover - only in a partial installation
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
     from .errors import MLFFError
 
     try:
-        return int(run(args) or 0)
+        rc = run(args)
+        return rc if isinstance(rc, int) else 0
     except MLFFError as exc:
         print(f"ase-mlff: error: {exc}", file=sys.stderr)
         return 1

@@ -42,3 +42,16 @@ def test_console_script_installed():
         pytest.skip("ase-mlff console script not on PATH (package not pip-installed)")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "ase-mlff" in out.stdout
+
+
+def test_export_lammps_and_train_help(tmp_path, capsys):
+    import os
+
+    ni = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "potentials", "ni_mff.mlff")
+    assert main(["export", "--lammps", ni, str(tmp_path / "lmp")]) == 0
+    written = sorted(os.listdir(tmp_path / "lmp"))
+    assert any(f.endswith(".uf3") for f in written), written
+    for family in ("sgdml", "mff"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", family, "--help"])
+        assert exc.value.code == 0

@@ -116,11 +116,9 @@ def initialize_velocities(atoms, temperature: float, seed=None, zero_rotation: b
     molecule (no periodic direction; or when ``zero_rotation`` is True), zero angular momentum."""
     from ase.md import velocitydistribution as vd
 
-    rng = np.random.default_rng(seed)
-    if hasattr(vd, "thermalize_momenta"):  # ase >= 3.29
-        vd.thermalize_momenta(atoms, temperature, rng=rng)
-    else:  # pragma: no cover
-        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    from .._compat import thermalize
+
+    thermalize(atoms, temperature, rng=np.random.default_rng(seed))
     Stationary, ZeroRotation = vd.Stationary, vd.ZeroRotation
     Stationary(atoms)
     if zero_rotation is None:
