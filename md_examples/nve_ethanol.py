@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     thermalize(atoms, args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
     ZeroRotation(atoms)
+    # removing centre-of-mass motion and rotation took kinetic energy away: rescale to T0
+    atoms.set_momenta(atoms.get_momenta() * np.sqrt(args.temperature / atoms.get_temperature()))
     dyn = VelocityVerlet(atoms, args.dt * units.fs)
 
     e0 = atoms.get_total_energy()
