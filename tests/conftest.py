@@ -11,6 +11,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Property-based tests explore new random cases on developers' machines; in CI they replay a
+# fixed set, so that a red CI always means a reproducible failure.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
