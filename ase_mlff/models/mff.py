@@ -213,15 +213,19 @@ class MFFModel(Model):
         energies = np.zeros(graph.n_atoms)
         f = np.zeros((graph.n_atoms, 3))
         virial = np.zeros((graph.n_graphs, 3, 3))
-        if graph.n_graphs == 1:
-            ranges = [(0, graph.n_atoms, np.arange(len(first)))]
+        if graph.n_graphs == 1:  # the MD hot path: hand the pair arrays over without copies
+            parts = [(0, graph.n_atoms, first, second, shifts)]
         else:
             bounds = np.searchsorted(batch, np.arange(graph.n_graphs + 1))
             edge_graph = batch[first]
-            ranges = [(bounds[b], bounds[b + 1], np.nonzero(edge_graph == b)[0]) for b in range(graph.n_graphs)]
-        for b, (a0, a1, sel) in enumerate(ranges):
+            parts = []
+            for b in range(graph.n_graphs):
+                sel = np.nonzero(edge_graph == b)[0]
+                a0 = bounds[b]
+                parts.append((a0, bounds[b + 1], first[sel] - a0, second[sel] - a0, shifts[sel]))
+        for b, (a0, a1, fst, snd, shf) in enumerate(parts):
             e, fb, w = _ext._core.mff_compute(
-                pos[a0:a1], cells[b], species[a0:a1], first[sel] - a0, second[sel] - a0, shifts[sel], S,
+                pos[a0:a1], cells[b], species[a0:a1], fst, snd, shf, S,
                 t2, h2, c2, rc2, t3, h3, t3jk, h3jk, c3, rc3, jk_max, self.n_threads)
             energies[a0:a1] = e
             f[a0:a1] = fb
