@@ -42,7 +42,6 @@ def main(argv=None) -> int:
         return 2
     steps = 100 if args.quick else 1500
     outdir = args.outdir or tempfile.mkdtemp(prefix="npt_ni_")
-    os.makedirs(outdir, exist_ok=True)
     calc = ase_mlff.load(args.model)
 
     results = {}

@@ -305,7 +305,8 @@ def test_sigint_stops_after_the_current_step(tmp_path):
 # ------------------------------------------------------------------------------ the CLI end to end
 def test_cli_md_nve_molecule(molecule, tmp_path, capsys):
     model, path = molecule
-    traj, log = tmp_path / "nve.extxyz", tmp_path / "nve.log"
+    # output directories that do not exist yet are created
+    traj, log = tmp_path / "traj" / "nve.extxyz", tmp_path / "logs" / "nve.log"
     assert cli(["md", model, path, "-n", 20, "-T", 300, "-o", traj, "--traj-interval", 5, "--log", log,
                 "--log-interval", 5, "--seed", 1, "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -31,7 +31,7 @@ import numpy as np
 from ase import units
 
 from ..errors import InputError
-from ._common import GPA, FrameWriter, InterruptGuard, ProgressBar, has_stress, require_stress
+from ._common import GPA, FrameWriter, InterruptGuard, ProgressBar, has_stress, output_path, require_stress
 
 ENSEMBLES = ("nve", "nvt", "npt")
 
@@ -175,7 +175,7 @@ class _Recorder:
         self.fh = None
         self.logfile = logfile
         if logfile is not None:
-            self.fh = sys.stdout if logfile == "-" else open(logfile, "w")
+            self.fh = sys.stdout if logfile == "-" else open(output_path(logfile), "w")
             cols = f"{'step':>9} {'time[ps]':>10} {'Epot[eV]':>14} {'Ekin[eV]':>12} {'Etot[eV]':>14} {'T[K]':>9}"
             if stress:
                 cols += f" {'P[GPa]':>9} {'V[Ang^3]':>11}"
