@@ -232,13 +232,26 @@ def test_energy_only_molecule_without_pbc_has_no_stress_cost(analytic_model, rng
     assert "stress" not in mol.calc.results  # not periodic: stress only on request
 
 
-def test_global_property_not_implemented(analytic_model):
-    calc = MLFFCalculator(analytic_model)
-    assert "stress" in calc.implemented_properties and "energies" in calc.implemented_properties
-    atoms = bulk("Cu", "fcc", a=3.6)
-    atoms.calc = calc
+def test_implemented_properties_follow_the_model(analytic_model):
+    import os
+
+    from ase.io import read
+
+    import ase_mlff
+
+    local = MLFFCalculator(analytic_model)
+    assert {"energy", "free_energy", "forces", "stress", "energies"} <= set(local.implemented_properties)
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    calc = ase_mlff.load(os.path.join(root, "potentials", "ethanol_sgdml.mlff"))  # a global model
+    assert "stress" not in calc.implemented_properties and "energies" not in calc.implemented_properties
+    mol = read(os.path.join(root, "potentials", "ethanol_start.xyz"))
+    mol.calc = calc
+    assert np.isfinite(mol.get_potential_energy())
     with pytest.raises(PropertyNotImplementedError):
-        atoms.calc.get_property("magmom", atoms)
+        mol.get_stress()
+    with pytest.raises(PropertyNotImplementedError):
+        mol.get_potential_energies()
 
 
 def test_cuda_matches_cpu(analytic_model, rng):
