@@ -9,10 +9,19 @@ exactly what ``ase.Atoms.set_cell(..., scale_atoms=True)`` finite differences me
 non-periodic directions (the vacuum you set) enter the volume, so the stress of a slab is
 the strain derivative per volume of the simulation cell. Asking for stress of a structure
 whose cell has zero volume raises :class:`~ase_mlff.errors.InputError`.
+
+Threads: one calculator may be shared by several threads. ASE keeps a calculator's state
+(``atoms``, ``results``, here also the reused neighbour list) on the object and reads results
+back after ``calculate``, so every entry point that touches that state (``get_property`` and
+everything built on it, ``calculate``, ``get_hessian``, ``evaluate_batch``) holds one
+re-entrant lock: calls from different threads run one after the other and each gets the
+results of its own structure. For parallel throughput give each thread its own calculator
+(``copy.copy`` is not enough; load the model again) or use :meth:`evaluate_batch`.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -57,7 +66,9 @@ class MLFFCalculator(Calculator):
     min_distance:
         two atoms closer than this (Å) are reported as overlapping instead of evaluated.
     uncertainty:
-        also compute the model's uncertainty results (where it has them; costs extra time).
+        also compute the model's uncertainty results (costs extra time). A model without
+        uncertainty results raises :class:`~ase_mlff.errors.InputError` instead of silently
+        returning none.
     """
 
     def __init__(self, model: Model | str, device: str = "cpu", dtype=None, skin: float = 0.5,
@@ -73,6 +84,12 @@ class MLFFCalculator(Calculator):
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.min_distance = float(min_distance)
         self.uncertainty = bool(uncertainty)
+        if self.uncertainty and not any("uncertainty" in r for r in model.extra_results):
+            raise InputError(
+                f"uncertainty=True was asked for, but this {model.family} model gives no uncertainty "
+                f"(no committee or predictive variance is stored in it); load it without uncertainty=True"
+            )
+        self._lock = threading.RLock()
         props = ["energy", "free_energy", "forces"]
         if not model.is_global:
             props.append("energies")
@@ -80,6 +97,16 @@ class MLFFCalculator(Calculator):
             props.append("stress")
         self.implemented_properties = props
         self.nl = None if model.is_global else NeighborList(model.cutoff, skin)
+
+    def __getstate__(self):
+        # a lock cannot be copied or pickled; a copy gets its own (copy.deepcopy(calc) works)
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ checks
     def _check_structure(self, atoms) -> None:
@@ -125,7 +152,17 @@ class MLFFCalculator(Calculator):
         return volume >= 1e-10 and ("stress" in properties or bool(np.any(atoms.pbc)))
 
     # ------------------------------------------------------------------ ASE entry point
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        # ase's get_property resets, computes and then reads self.results: the whole sequence
+        # must be atomic, or a second thread's structure replaces the results in between
+        with self._lock:
+            return super().get_property(name, atoms, allow_calculation)
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        with self._lock:
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(self, atoms, properties, system_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self._check_structure(atoms)
@@ -172,6 +209,10 @@ class MLFFCalculator(Calculator):
     # ------------------------------------------------------------------ extras
     def get_hessian(self, atoms=None) -> np.ndarray:
         """Analytic Hessian d²E/dr² of shape (3N, 3N) in eV/Å² (second derivatives by autograd)."""
+        with self._lock:
+            return self._hessian(atoms)
+
+    def _hessian(self, atoms) -> np.ndarray:
         atoms = atoms if atoms is not None else self.atoms
         if atoms is None:
             raise InputError("no structure given")
@@ -190,6 +231,10 @@ class MLFFCalculator(Calculator):
         Returns one results dict per image with ``energy``, ``forces``, ``energies`` and,
         for images with a non-zero cell volume (or all when ``stress=True``), ``stress``.
         """
+        with self._lock:
+            return self._evaluate_batch(images, stress)
+
+    def _evaluate_batch(self, images, stress):
         if self.model.is_global:
             out = []
             for atoms in images:
