@@ -3,6 +3,11 @@
 Units everywhere: energies in eV, lengths in Å, forces in eV/Å, stress in eV/Å³ (ASE sign:
 positive = tensile). Datasets in other units (kcal/mol, Hartree, Bohr) are converted on
 reading; say which with ``--energy-unit`` / ``--length-unit`` when the file does not.
+
+Exit status (the same in every verb): 0 success; 1 unusable data, model file or structure
+(the error is printed as one line, no traceback); 2 wrong usage of the command line;
+130 stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Long jobs stop cleanly on either
+signal: files are flushed, training writes its checkpoint (resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
+import threading
 
 from ._version import __version__
 
@@ -110,24 +117,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+
+class _SigtermAsInterrupt:
+    """While active (main thread only), SIGTERM stops the command the way Ctrl-C does, so that
+    every clean-stop path (MD flushing its files, training writing its checkpoint) also runs
+    when a batch system or ``kill`` ends the job; ``received`` tells the exit status apart."""
+
+    def __init__(self):
+        self.received = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
+        return False
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help()
-        return 0 if args.command is None else 2
+        return EXIT_OK if args.command is None else EXIT_USAGE
     from .errors import MLFFError
 
-    try:
-        rc = run(args)
-        return rc if isinstance(rc, int) else 0
-    except MLFFError as exc:
-        print(f"ase-mlff: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("ase-mlff: interrupted", file=sys.stderr)
-        return 130
+    with _SigtermAsInterrupt() as term:
+        try:
+            rc = run(args)
+            rc = rc if isinstance(rc, int) else EXIT_OK
+        except MLFFError as exc:
+            print(f"ase-mlff: error: {exc}", file=sys.stderr)
+            rc = EXIT_ERROR
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            # a path the user gave cannot be read or written: their data, not our bug
+            print(f"ase-mlff: error: {exc.strerror or exc}: {exc.filename!r}", file=sys.stderr)
+            rc = EXIT_ERROR
+        except KeyboardInterrupt:
+            print("ase-mlff: terminated" if term.received else "ase-mlff: interrupted", file=sys.stderr)
+            rc = EXIT_SIGINT
+    if term.received and rc in (EXIT_OK, EXIT_SIGINT):
+        rc = EXIT_SIGTERM
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover
