@@ -12,6 +12,7 @@ without pickle.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Iterable
 
 import numpy as np
@@ -145,17 +146,95 @@ class Model(torch.nn.Module):
     def from_config(cls, config: dict[str, Any]) -> "Model":
         return cls(**config)
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Check hyperparameters read from a file; return the arrays they imply.
+
+        Returns ``{name: (shape, dtype name)}`` for every array :meth:`get_arrays` would give;
+        raises ``ValueError`` or ``TypeError`` naming the offending field. The loader compares
+        the result with the file before reading any array, so a family whose hyperparameters
+        set array sizes (sGDML, MFF) must override this to compute the shapes *without
+        allocating them*. This default builds the empty model to learn them, which is only
+        safe for families whose sizes do not come from the file.
+        """
+        model = cls.from_config(config)
+        return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+                for k, v in model.state_dict().items()}
+
+    @classmethod
+    def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Check the content of arrays read from a file (their names, shapes and dtypes already
+        match :meth:`check_config`, and float arrays are finite); raise ``ValueError`` naming
+        the array. Families override this for invariants such as valid permutations."""
+
     def get_arrays(self) -> dict[str, np.ndarray]:
         """All learned parameters and persistent buffers as numpy arrays."""
         return {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()}
 
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            from ..errors import ModelFileError
+        from ..errors import ModelFileError
 
+        own = self.state_dict()
+        missing = sorted(set(own) - set(arrays))
+        unexpected = sorted(set(arrays) - set(own))
+        if missing or unexpected:
             raise ModelFileError(
                 f"{self.family} model file arrays do not match the model: missing {missing}, "
                 f"unexpected {unexpected}"
             )
+        state = {}
+        for k, v in arrays.items():
+            v = np.asarray(v)
+            # load_state_dict would cast complex to real (dropping the imaginary part) and
+            # float to int without a word; a mismatch means the arrays belong to another model
+            want = own[k]
+            if v.dtype.kind not in "biuf" or tuple(v.shape) != tuple(want.shape):
+                raise ModelFileError(
+                    f"{self.family} model array {k!r} is {v.dtype} {list(v.shape)}, the model needs "
+                    f"{str(want.dtype).removeprefix('torch.')} {list(want.shape)}")
+            if want.is_floating_point() != (v.dtype.kind == "f"):
+                raise ModelFileError(
+                    f"{self.family} model array {k!r} is {v.dtype}, the model needs "
+                    f"{str(want.dtype).removeprefix('torch.')}")
+            state[k] = torch.from_numpy(np.ascontiguousarray(v))
+        self.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------- config checks
+# Helpers for check_config: each returns the value or raises ValueError naming the field.
+_MISSING = object()
+
+
+def config_int(config: dict[str, Any], key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+    value = config.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"hyperparameters.{key} is missing")
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"hyperparameters.{key} must be an integer from {lo} to {hi}, got {_short(value)}")
+    return value
+
+
+def config_float(config: dict[str, Any], key: str, lo: float = -math.inf, hi: float = math.inf,
+                 default: Any = _MISSING, lo_open: bool = False) -> float:
+    value = config.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"hyperparameters.{key} is missing")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (lo < value if lo_open else lo <= value) or not value <= hi:
+        low = f"> {lo}" if lo_open else f">= {lo}"
+        raise ValueError(f"hyperparameters.{key} must be a finite number {low} and <= {hi}, got {_short(value)}")
+    return float(value)
+
+
+def config_species(config: dict[str, Any]) -> list[int]:
+    value = config.get("species", _MISSING)
+    if (not isinstance(value, list) or not 1 <= len(value) <= 118
+            or not all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118 for z in value)
+            or len(set(value)) != len(value)):
+        raise ValueError(f"hyperparameters.species must be a list of distinct atomic numbers, got {_short(value)}")
+    return sorted(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -30,7 +30,7 @@ import torch
 from .. import _ext
 from ..graph import Graph
 from ..splines import UniformGrid, torch_basis
-from .base import Model, register_model
+from .base import Model, config_float, config_int, config_species, register_model
 
 
 def triplet_index(first: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +103,29 @@ class MFFModel(Model):
         cfg = {k: v for k, v in self.config.items() if k not in ("rc2", "n2", "rc3", "n3")}
         return {"species": self.species, "cutoff": self.cutoff, "rc2": self.rc2, "n2": self.n2,
                 "rc3": self.rc3, "n3": self.n3, **({"config": cfg} if cfg else {})}
+
+    #: bounds on hyperparameters read from files (far beyond any useful tabulation)
+    MAX_CUTOFF = 100.0
+    MAX_N2 = 1_000_000
+    MAX_N3 = 10_000
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shapes of coef2 (S, S, n2+3), e0 (S,) and coef3 (S, S, S, n3+3, n3+3, 2 n3+3), or (0,)
+        without a 3-body term, computed without allocating them."""
+        species = config_species(config)
+        rc2 = config_float(config, "rc2", 0.0, cls.MAX_CUTOFF, lo_open=True, default=5.0)
+        n2 = config_int(config, "n2", 1, cls.MAX_N2, default=100)
+        rc3 = config_float(config, "rc3", 0.0, cls.MAX_CUTOFF, default=0.0)
+        n3 = config_int(config, "n3", 1 if rc3 > 0 else 0, cls.MAX_N3, default=0)
+        cutoff = config.get("cutoff")
+        if cutoff is not None and config_float(config, "cutoff") != max(rc2, rc3):
+            raise ValueError(f"hyperparameters.cutoff {cutoff} does not match max(rc2, rc3) = {max(rc2, rc3)}")
+        if not isinstance(config.get("config", {}), dict):
+            raise ValueError("hyperparameters.config must be an object")
+        S = len(species)
+        coef3 = (S, S, S, n3 + 3, n3 + 3, 2 * n3 + 3) if rc3 > 0 else (0,)
+        return {"coef2": ((S, S, n2 + 3), "float64"), "e0": ((S,), "float64"), "coef3": (coef3, "float64")}
 
     def set_splines(self, coef2=None, coef3=None, e0=None) -> "MFFModel":
         """Set coefficients (numpy or torch); 3-body blocks are symmetrised in (j, k)."""
