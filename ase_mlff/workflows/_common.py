@@ -86,6 +86,24 @@ def evaluate_images(calc, images, stress=None, batch_size: int = 16) -> list[dic
     return out
 
 
+#: what to do with an output file that exists already: refuse ("new"), continue it, replace it
+OUTPUT_MODES = ("new", "append", "overwrite")
+
+
+def refuse_existing(paths, hint: str) -> None:
+    """Raise :class:`InputError` if any of ``paths`` (None entries ignored) exists.
+
+    Called before any work starts, so a refused run has written nothing and a long run cannot
+    end by failing to save its results. ``hint`` says how to ask for the file to be replaced
+    (the CLI names its flags, the Python API its keywords).
+    """
+    existing = [os.fspath(p) for p in paths if p is not None and os.path.lexists(os.fspath(p))]
+    if existing:
+        names = ", ".join(repr(p) for p in existing)
+        raise InputError(f"{names} {'exists' if len(existing) == 1 else 'exist'} already and would be "
+                         f"overwritten; {hint}, or choose another name. Nothing was written.")
+
+
 def output_path(path) -> str:
     """``path`` as a string, its directory created."""
     path = os.fspath(path)
@@ -166,10 +184,14 @@ class FrameWriter:
     """Append frames to ``.traj`` (ase Trajectory) or ``.extxyz``/``.xyz`` (extended XYZ).
 
     Each extended-XYZ frame is formatted in memory and written with one ``write`` and a
-    flush, so an interrupted run leaves only whole frames in the file.
+    flush, so an interrupted run leaves only whole frames in the file. Both formats keep the
+    momenta (when the atoms have them) and ``atoms.info``, which is what lets an MD run be
+    continued from its last frame. ``mode="a"`` appends to an existing file.
     """
 
     def __init__(self, path, atoms, mode: str = "w"):
+        if mode not in ("w", "a"):
+            raise InputError(f"FrameWriter mode must be 'w' or 'a', got {mode!r}")
         self.path = output_path(path)
         self.atoms = atoms
         ext = os.path.splitext(self.path)[1].lower()

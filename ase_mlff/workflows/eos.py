@@ -5,18 +5,31 @@ The cell is scaled isotropically (atoms follow: fractional coordinates fixed) ov
 energies of all scaled cells are evaluated in batches for local models. Internal
 coordinates are not relaxed: right for crystals whose atoms sit on symmetry-fixed sites
 (fcc, bcc, diamond...); relax the others per volume yourself.
+
+Reported besides V0, E0 and B = V d2E/dV2 (GPa): the lattice at V0 - the input cell scaled
+by (V0/V_input)^(1/3); for a cubic Bravais lattice (sc, fcc, bcc) its conventional lattice
+constant a0 (fcc: V0/atom = a0^3/4 for one atom per site), otherwise the cell lengths - and
+the RMS residual of the fit in meV/atom. A warning is given when V0 lies in the outer 10% of
+the sampled volume window (the fit is then poorly constrained on one side: recentre it).
+
+Files in ``outdir`` are never replaced silently: if ``eos.dat`` or ``eos.png`` exist,
+:class:`InputError` unless ``overwrite=True``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from ase import units
 
 from ..errors import InputError
-from ._common import evaluate_images
+from ._common import evaluate_images, refuse_existing
+
+#: V0 closer than this fraction of the window width to an end of the window: warn
+EDGE_FRACTION = 0.10
 
 EOS_FORMS = ("birchmurnaghan", "murnaghan", "vinet", "sj", "taylor", "antonschmidt", "p3")
 
@@ -34,6 +47,25 @@ class EOSResult:
     pressures_gpa: np.ndarray | None = None
     files: list = field(default_factory=list)
     eos: object = None
+    #: the input cell scaled isotropically to V0 (Å, rows are lattice vectors)
+    cell0: np.ndarray | None = None
+    #: conventional cubic lattice constant at V0 (Å); None for a non-cubic lattice
+    a0: float | None = None
+    lattice: str = ""
+    #: RMS of E_i - E_fit(V_i), eV/atom
+    residual_rms: float = float("nan")
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        lo, hi = self.volumes.min(), self.volumes.max()
+        if not (lo <= self.v0 <= hi):
+            out.append("V0 lies outside the sampled volumes: extrapolated; recentre the range")
+        elif (self.v0 - lo) < EDGE_FRACTION * (hi - lo) or (hi - self.v0) < EDGE_FRACTION * (hi - lo):
+            out.append(f"V0 lies near the edge of the volume window ({self.v0 / self.input_volume:.3f} of the input "
+                       f"volume, window {lo / self.input_volume:.3f}...{hi / self.input_volume:.3f}): the fit is "
+                       "poorly constrained on one side; recentre the range on V0")
+        return out
 
     def summary(self) -> str:
         n = self.natoms
@@ -44,18 +76,45 @@ class EOSResult:
             f"E0      {self.e0:.6f} eV ({self.e0 / n:.6f} eV/atom)",
             f"B       {self.bulk_modulus:.2f} GPa",
         ]
-        if not (self.volumes.min() <= self.v0 <= self.volumes.max()):
-            lines.append("warning V0 lies outside the sampled volumes: extrapolated; recentre the range")
+        if self.a0 is not None:
+            lines.append(f"a0      {self.a0:.4f} Å (cubic lattice constant at V0; input cell: {self.lattice.upper()})")
+        elif self.cell0 is not None:
+            a, b, c, al, be, ga = _cellpar(self.cell0)
+            lines.append(f"cell    a b c = {a:.4f} {b:.4f} {c:.4f} Å at V0 (angles {al:.2f} {be:.2f} {ga:.2f} deg, "
+                         "input cell scaled)")
+        lines.append(f"fit     RMS residual {1e3 * self.residual_rms:.4f} meV/atom")
+        for text in self.warnings:
+            lines.append(f"warning {text}")
         for name in self.files:
             lines.append(f"written {name}")
         return "\n".join(lines)
 
 
+def _cellpar(cell):
+    from ase.cell import Cell
+
+    return Cell(np.asarray(cell)).cellpar()
+
+
+def _cubic_lattice_constant(cell) -> tuple[float | None, str]:
+    """(a0, lattice name) when ``cell`` is a cubic Bravais lattice (CUB/FCC/BCC), else (None, name)."""
+    from ase.cell import Cell
+
+    try:
+        lat = Cell(np.asarray(cell)).get_bravais_lattice(eps=1e-4)
+    except Exception:  # ase cannot classify strongly distorted cells; then report lengths only
+        return None, ""
+    if lat.name in ("CUB", "FCC", "BCC"):
+        return float(lat.a), lat.name.lower()
+    return None, lat.name.lower()
+
+
 def equation_of_state(atoms, calc, *, volumes=(0.90, 1.10), npoints: int = 11, form: str = "birchmurnaghan",
-                      outdir=None, plot: bool = True, batch_size: int = 8, summary_stream=None) -> EOSResult:
+                      outdir=None, plot: bool = True, batch_size: int = 8, overwrite: bool = False,
+                      summary_stream=None) -> EOSResult:
     """Scale ``atoms``' cell over ``volumes`` (min, max fraction of its volume, ``npoints``
     points; or an explicit array of fractions), evaluate, fit and optionally write
-    ``eos.dat`` and ``eos.png`` into ``outdir``."""
+    ``eos.dat`` and ``eos.png`` into ``outdir`` (existing ones only with ``overwrite=True``)."""
     from ase.eos import EquationOfState
 
     if not all(atoms.pbc) or atoms.cell.rank != 3:
@@ -69,6 +128,9 @@ def equation_of_state(atoms, calc, *, volumes=(0.90, 1.10), npoints: int = 11, f
         fractions = np.linspace(fractions[0], fractions[1], npoints)
     if fractions.size < 5 or np.any(fractions <= 0):
         raise InputError("give at least 5 positive volume fractions")
+    if outdir is not None and not overwrite:
+        refuse_existing([os.path.join(os.fspath(outdir), n) for n in ("eos.dat", "eos.png" if plot else None) if n],
+                        "pass overwrite=True (ase-mlff eos: --overwrite) to replace")
     images = []
     for f in fractions:
         a = atoms.copy()
@@ -84,12 +146,26 @@ def equation_of_state(atoms, calc, *, volumes=(0.90, 1.10), npoints: int = 11, f
         pressures = np.array([-np.mean(r["stress"][:3]) / units.GPa for r in results])
     eos = EquationOfState(vols, energies, eos=form)
     try:
-        v0, e0, b = eos.fit()
+        with warnings.catch_warnings():
+            # scipy's curve_fit warns about the covariance it estimates, which ase does not use;
+            # a failed fit still raises, and a bad one shows in the residual and the edge warning
+            from scipy.optimize import OptimizeWarning
+
+            warnings.filterwarnings("ignore", category=OptimizeWarning)
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"(ase\.eos|scipy\.optimize)")
+            # said again, with what to do, by EOSResult.warnings
+            warnings.filterwarnings("ignore", message="The minimum volume of your fit is not in your volumes")
+            v0, e0, b = eos.fit()
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"the {form} fit failed ({exc}); widen or recentre the volume range") from None
+    cell0 = atoms.cell.array * (float(v0) / atoms.get_volume()) ** (1.0 / 3.0)
+    a0, lattice = _cubic_lattice_constant(cell0)
+    fit = eos.func(vols, *eos.eos_parameters)
     res = EOSResult(volumes=vols, energies=energies, natoms=len(atoms), v0=float(v0), e0=float(e0),
                     bulk_modulus=float(b / units.GPa), form=form,
-                    input_volume=float(atoms.get_volume()), pressures_gpa=pressures, eos=eos)
+                    input_volume=float(atoms.get_volume()), pressures_gpa=pressures, eos=eos,
+                    cell0=cell0, a0=a0, lattice=lattice,
+                    residual_rms=float(np.sqrt(np.mean((energies - fit) ** 2))) / len(atoms))
     if outdir is not None:
         outdir = os.fspath(outdir)
         os.makedirs(outdir, exist_ok=True)

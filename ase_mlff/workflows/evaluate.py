@@ -18,7 +18,7 @@ from ase import units
 from ase.data import chemical_symbols
 
 from ..errors import InputError
-from ._common import ProgressBar
+from ._common import ProgressBar, refuse_existing
 
 
 def _mae_rmse(err) -> tuple[float, float]:
@@ -91,13 +91,17 @@ class EvalResult:
 
 
 def evaluate(calc, dataset, *, batch_size: int = 16, stress: bool | None = None, progress: bool = False,
-             outdir=None, plot: bool = True, summary_stream=None) -> EvalResult:
+             outdir=None, plot: bool = True, overwrite: bool = False, summary_stream=None) -> EvalResult:
     """Evaluate ``calc`` on ``dataset`` (a :class:`~ase_mlff.data.Dataset`, a list of Frames or
     of ase Atoms with reference results). ``stress``: compare stresses (default: where the
-    model gives them and the frame has a stress label and a periodic cell)."""
+    model gives them and the frame has a stress label and a periodic cell). ``outdir``:
+    ``eval_metrics.json`` and ``parity.png``; existing ones only replaced with ``overwrite=True``."""
     frames = list(dataset)
     if not frames:
         raise InputError("the dataset is empty")
+    if outdir is not None and not overwrite:
+        refuse_existing([os.path.join(os.fspath(outdir), n) for n in ("eval_metrics.json", "parity.png" if plot else "")
+                         if n], "pass overwrite=True (ase-mlff eval: --overwrite) to replace them")
     from ..data import Frame
 
     if not isinstance(frames[0], Frame):

@@ -19,19 +19,28 @@ give (ASE notation, e.g. ``"GXWKGLUWLK,UX"``). Frequencies are in THz.
 
 Files written to ``outdir``: ``phonopy_params.yaml`` (structure, supercell matrix, force
 constants: reload with ``phonopy.load``), ``band.yaml``, ``total_dos.dat`` and, with
-``plot=True``, ``phonons.png`` (band structure and DOS).
+``plot=True``, ``phonons.png`` (band structure and DOS). Existing files are not replaced
+unless ``overwrite=True`` (checked before any work).
+
+Harmonic phonons are only meaningful at a stress-free equilibrium: when the model gives a
+stress and the input cell is under more than ``stress_warning`` GPa (largest absolute
+component of the stress tensor), the summary warns and suggests ``ase-mlff relax --cell``.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import InputError
-from ._common import evaluate_images
+from ._common import GPA, evaluate_images, has_stress, refuse_existing
+
+#: warn above this largest absolute stress component of the input cell, GPa
+STRESS_WARNING_GPA = 1.0
 
 METHODS = ("displacement", "hessian")
 
@@ -109,6 +118,24 @@ class PhononResult:
     dos_frequencies: np.ndarray | None = None
     dos: np.ndarray | None = None
     files: list = field(default_factory=list)
+    #: stress of the input cell (Voigt xx yy zz yz xz xy, GPa, ASE sign); None without model stress
+    stress_gpa: np.ndarray | None = None
+    stress_warning: float = STRESS_WARNING_GPA
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.frequencies and self.min_frequency < -0.05:
+            out.append("imaginary modes (negative frequencies below -0.05 THz): the structure is "
+                       "not a minimum, or the supercell is too small; relax it first")
+        if self.stress_gpa is not None:
+            smax = float(np.abs(self.stress_gpa).max())
+            if smax > self.stress_warning:
+                p = float(-np.mean(self.stress_gpa[:3]))
+                out.append(f"the input cell is under stress (max |stress| {smax:.2f} GPa, more than "
+                           f"{self.stress_warning:g} GPa; pressure {p:+.2f} GPa): these are the phonons of a strained crystal; relax the "
+                           "cell first (ase-mlff relax --cell)")
+        return out
 
     @property
     def min_frequency(self) -> float:
@@ -134,9 +161,11 @@ class PhononResult:
         if self.frequencies:
             lines.append(f"bands   {self.min_frequency:.3f} .. {self.max_frequency:.3f} THz along "
                          f"{' '.join(l.replace(chr(36), '').replace(chr(92), '') for l in self.labels)}")
-            if self.min_frequency < -0.05:
-                lines.append("warning imaginary modes (negative frequencies below -0.05 THz): the structure is "
-                             "not a minimum, or the supercell is too small; relax it first")
+        if self.stress_gpa is not None:
+            lines.append(f"stress  input cell: pressure {-np.mean(self.stress_gpa[:3]):+.3f} GPa, "
+                         f"max |stress| {np.abs(self.stress_gpa).max():.3f} GPa")
+        for text in self.warnings:
+            lines.append(f"warning {text}")
         g = self.frequencies_at([0, 0, 0])
         lines.append(f"Gamma   {' '.join(f'{x:.3f}' for x in g)} THz")
         for name in self.files:
@@ -147,14 +176,29 @@ class PhononResult:
 def phonons(atoms, calc, *, supercell=3, method: str = "displacement", displacement: float = 0.01,
             primitive="auto", path: str | None = None, npoints: int = 51, mesh=20,
             outdir=None, plot: bool = True, batch_size: int = 8, symmetrize: bool = False,
+            overwrite: bool = False, stress_warning: float = STRESS_WARNING_GPA,
             summary_stream=None) -> PhononResult:
     """Phonon band structure and DOS of the periodic ``atoms`` with ``calc``.
 
     ``supercell``: int, 3 ints or 9 ints. ``method``: ``"displacement"`` or ``"hessian"``.
     ``displacement``: amplitude in Å. ``primitive``: phonopy's ``primitive_matrix``
     (``"auto"``: found by symmetry). ``mesh``: q-mesh for the DOS (int or 3 ints).
-    ``outdir``: where to write the files (None: write nothing).
+    ``outdir``: where to write the files (None: write nothing; existing files are kept and
+    :class:`InputError` raised unless ``overwrite=True``). ``stress_warning``: GPa.
     """
+    with warnings.catch_warnings():
+        # phonopy's own deprecation notices are about its internals, not about what the user
+        # passed; nothing a user of this workflow can act on
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"phonopy(\.|$)")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"phonopy(\.|$)")
+        return _phonons(atoms, calc, supercell=supercell, method=method, displacement=displacement,
+                        primitive=primitive, path=path, npoints=npoints, mesh=mesh, outdir=outdir, plot=plot,
+                        batch_size=batch_size, symmetrize=symmetrize, overwrite=overwrite,
+                        stress_warning=stress_warning, summary_stream=summary_stream)
+
+
+def _phonons(atoms, calc, *, supercell, method, displacement, primitive, path, npoints, mesh, outdir, plot,
+             batch_size, symmetrize, overwrite, stress_warning, summary_stream) -> PhononResult:
     from phonopy import Phonopy
 
     if method not in METHODS:
@@ -163,6 +207,16 @@ def phonons(atoms, calc, *, supercell=3, method: str = "displacement", displacem
         raise InputError("phonons need a structure periodic in all three directions")
     if calc.model.is_global and not getattr(calc.model, "periodic", False):
         raise InputError(f"this {calc.model.family} model describes an isolated molecule, not a crystal")
+    if outdir is not None and not overwrite:
+        names = ["phonopy_params.yaml", "band.yaml" if npoints else None, "total_dos.dat" if mesh else None,
+                 "phonons.png" if plot and (npoints or mesh) else None]
+        refuse_existing([os.path.join(os.fspath(outdir), n) for n in names if n],
+                        "pass overwrite=True (ase-mlff phonons: --overwrite) to replace them")
+    stress = None
+    if has_stress(calc, atoms):
+        probe = atoms.copy()
+        probe.calc = calc
+        stress = np.asarray(probe.get_stress(voigt=True)) / GPA
     t0 = time.perf_counter()
     ph = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=supercell_matrix(supercell),
                  primitive_matrix=primitive)
@@ -183,7 +237,7 @@ def phonons(atoms, calc, *, supercell=3, method: str = "displacement", displacem
     if symmetrize:
         ph.symmetrize_force_constants(show_drift=False)
     res = PhononResult(phonopy=ph, method=method, n_supercell_atoms=len(sc), n_evaluations=n_eval,
-                       wall_time=0.0)
+                       wall_time=0.0, stress_gpa=stress, stress_warning=stress_warning)
     if npoints:
         segments, connections, labels = band_path(ph.primitive.cell, path, npoints)
         ph.run_band_structure(segments, path_connections=connections, labels=labels)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ._common import GPA, FrameWriter, InterruptGuard, ProgressBar, require_stress
+from ._common import GPA, FrameWriter, InterruptGuard, ProgressBar, refuse_existing, require_stress
 
 OPTIMIZERS = ("BFGS", "FIRE", "LBFGS", "BFGSLineSearch")
 
@@ -70,15 +70,20 @@ def _optimizer_class(name: str):
 
 def relax(atoms, calc=None, *, optimizer: str = "BFGS", fmax: float = 0.01, steps: int = 500,
           cell: bool = False, pressure: float = 0.0, hydrostatic: bool = False,
-          trajectory=None, output=None, logfile=None, progress: bool = False,
+          trajectory=None, output=None, logfile=None, progress: bool = False, overwrite: bool = False,
           summary_stream=None) -> RelaxResult:
     """Relax ``atoms`` in place; ``cell=True`` relaxes the cell too (FrechetCellFilter) at
     ``pressure`` GPa (``hydrostatic``: keep the cell shape). ``trajectory``: .traj/.extxyz of
-    every step; ``output``: the relaxed structure (any format ase.io.write knows)."""
+    every step; ``output``: the relaxed structure (any format ase.io.write knows). Existing
+    ``trajectory``/``output``/``logfile`` files are replaced only with ``overwrite=True``
+    (checked before the relaxation starts)."""
     if calc is not None:
         atoms.calc = calc
     if atoms.calc is None:
         raise InputError("no calculator: pass calc= or attach one to the atoms")
+    if not overwrite:
+        refuse_existing([trajectory, output, None if logfile in (None, "-") or not isinstance(logfile, (str, os.PathLike))
+                         else logfile], "pass overwrite=True (ase-mlff relax: --overwrite) to replace them")
     target = atoms
     if cell:
         from ase.filters import FrechetCellFilter
