@@ -4,6 +4,12 @@
 function ``run(args) -> int``. Units: eV, Å, fs, K, pressure in GPa, frequencies in THz.
 Structures are read with :func:`ase.io.read` (any format it knows; ``--index`` picks the
 frame, default the last one, as ase does).
+
+Conventions shared by the verbs: every ``--help`` shows each option's default; a bad value
+of an option is a usage error naming the flag (exit status 2, from argparse); a bad file,
+model or structure is an :class:`~ase_mlff.errors.MLFFError` (exit status 1, printed by
+``ase-mlff``'s main); Ctrl-C stops after the current step with exit status 130. No verb
+replaces an existing output file unless asked (``--overwrite``; ``md`` also ``--append``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,54 @@ import sys
 _UNITS = ("Units: eV, Å, fs, K; pressures in GPa; phonon frequencies in THz. STRUCTURE is any file\n"
           "ase.io.read reads; --index picks the frame (default the last one, as ase does).")
 _MODEL_HELP = "model file (.mlff)"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and adds "(default: X)" to every option whose help
+    does not state its default already (on/off flags excepted: they are off by default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings or action.default is argparse.SUPPRESS
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        value = action.default
+        if isinstance(value, (list, tuple)):
+            value = " ".join(str(v) for v in value)
+        return f"{text} (default: {value})"
+
+
+def _number(kind, low=None, strict=False, what="a number"):
+    """argparse type: ``kind`` (int/float) with a lower bound, so that a bad value is a usage
+    error that names the flag (argparse adds "argument --steps: ...")."""
+
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its own messages
+    return convert
+
+
+_pos_float = _number(float, 0.0, strict=True, what="a positive number")
+_nonneg_float = _number(float, 0.0, what="a number >= 0")
+_pos_int = _number(int, 1, what="a positive integer")
+_nonneg_int = _number(int, 0, what="an integer >= 0")
+
+
+def _index(text):
+    from .errors import InputError
+    from .workflows._common import parse_index
+
+    try:
+        return parse_index(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 _STRUCT_HELP = "structure file: any format ase.io.read reads (extxyz, cif, POSCAR, .traj, ...)"
 
 
@@ -22,18 +76,18 @@ def _add_common(p, structure: bool = True) -> None:
     p.add_argument("model", help=_MODEL_HELP)
     if structure:
         p.add_argument("structure", help=_STRUCT_HELP)
-        p.add_argument("-i", "--index", default=None,
+        p.add_argument("-i", "--index", default=None, type=_index,
                        help="frame of STRUCTURE to use (ase index: 0, -1, ...; default: the last frame)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"],
                    help="evaluation precision (default: the model's own)")
 
 
 def _calc_and_atoms(args):
-    from .workflows._common import load_calculator, parse_index, read_structure
+    from .workflows._common import load_calculator, read_structure
 
     calc = load_calculator(args.model, device=args.device, dtype=args.dtype)
-    atoms = read_structure(args.structure, parse_index(args.index)) if hasattr(args, "structure") else None
+    atoms = read_structure(args.structure, args.index) if hasattr(args, "structure") else None
     return calc, atoms
 
 
@@ -42,13 +96,26 @@ def _default_timestep(atoms) -> float:
 
 
 # ----------------------------------------------------------------------------------- md
+def _md_mode(args) -> str:
+    return "append" if args.append else ("overwrite" if args.overwrite else "new")
+
+
 def _run_md(args) -> int:
+    from .workflows._common import refuse_existing
     from .workflows.md import run_md
 
-    calc, atoms = _calc_and_atoms(args)
-    timestep = args.timestep if args.timestep is not None else _default_timestep(atoms)
     traj = None if args.trajectory in (None, "", "none") else args.trajectory
     log = None if args.log in (None, "", "none") else args.log
+    mode = _md_mode(args)
+    # checked before the model is loaded and anything runs, in the words of the command line
+    if mode == "new":
+        refuse_existing([traj, None if log == "-" else log],
+                        "give --append to continue that run or --overwrite to replace it, -o/--log for other "
+                        "names")
+    if args.plot and mode == "new":
+        refuse_existing([args.plot], "give --overwrite to replace it, or another --plot name")
+    calc, atoms = _calc_and_atoms(args)
+    timestep = args.timestep if args.timestep is not None else _default_timestep(atoms)
     print(f"model   {args.model}: {calc.model.family}, {atoms.get_chemical_formula()} ({len(atoms)} atoms), "
           f"{args.ensemble.upper()}, T = {args.temperature:g} K"
           + (f", P = {args.pressure:g} GPa" if args.ensemble == "npt" else "") + f", dt = {timestep:g} fs",
@@ -57,7 +124,7 @@ def _run_md(args) -> int:
                  steps=args.steps, pressure=args.pressure, friction=args.friction, tdamp=args.tdamp,
                  pdamp=args.pdamp, barostat=args.barostat, init_velocities=not args.keep_velocities,
                  seed=args.seed, trajectory=traj, traj_interval=args.traj_interval, logfile=log,
-                 log_interval=args.log_interval, progress=not args.no_progress)
+                 log_interval=args.log_interval, mode=mode, progress=not args.no_progress)
     print(res.summary())
     if args.plot:
         from .workflows.plotting import plot_md
@@ -71,33 +138,45 @@ def _md_parser(p) -> None:
     g = p.add_argument_group("dynamics")
     g.add_argument("-e", "--ensemble", choices=["nve", "nvt", "npt"], default="nve",
                    help="nve: velocity Verlet; nvt: Langevin; npt: MTK barostat + Nose-Hoover chains "
-                        "(ase IsotropicMTKNPT, or MTKNPT with --barostat anisotropic). Default nve")
-    g.add_argument("-T", "--temperature", type=float, default=300.0,
-                   help="temperature in K: of the initial Maxwell-Boltzmann velocities and of the thermostat "
-                        "(default 300)")
-    g.add_argument("-P", "--pressure", type=float, default=0.0, help="external pressure in GPa for npt (default 0)")
-    g.add_argument("-t", "--timestep", type=float, default=None,
+                        "(ase IsotropicMTKNPT, or MTKNPT with --barostat anisotropic)")
+    g.add_argument("-T", "--temperature", type=_nonneg_float, default=300.0,
+                   help="temperature in K: of the initial Maxwell-Boltzmann velocities and of the thermostat")
+    g.add_argument("-P", "--pressure", type=float, default=0.0, help="external pressure in GPa for npt")
+    g.add_argument("-t", "--timestep", type=_pos_float, default=None,
                    help="time step in fs (default 0.5 with hydrogen in the structure, else 1.0)")
-    g.add_argument("-n", "--steps", type=int, default=1000, help="number of steps (default 1000)")
-    g.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
-    g.add_argument("--tdamp", type=float, default=None, help="npt thermostat time constant in fs (default 100 steps)")
-    g.add_argument("--pdamp", type=float, default=None, help="npt barostat time constant in fs (default 1000 steps)")
+    g.add_argument("-n", "--steps", type=_nonneg_int, default=1000, help="number of steps")
+    g.add_argument("--friction", type=_nonneg_float, default=0.01, help="Langevin friction in 1/fs")
+    g.add_argument("--tdamp", type=_pos_float, default=None,
+                   help="npt thermostat time constant in fs (default 100 steps)")
+    g.add_argument("--pdamp", type=_pos_float, default=None,
+                   help="npt barostat time constant in fs (default 1000 steps)")
     g.add_argument("--barostat", choices=["isotropic", "anisotropic"], default="isotropic",
-                   help="npt: isotropic volume only (default) or all cell degrees of freedom")
-    g.add_argument("--seed", type=int, default=None, help="random seed for velocities and the Langevin noise")
+                   help="npt: isotropic volume only, or all cell degrees of freedom")
+    g.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="random seed; the velocities and the Langevin noise get independent streams of it "
+                        "(default: none, a different run each time)")
     g.add_argument("--keep-velocities", action="store_true",
                    help="use the velocities stored in STRUCTURE instead of drawing Maxwell-Boltzmann ones "
                         "(by default: Maxwell-Boltzmann at --temperature, zero total momentum and, for a "
                         "molecule, zero angular momentum)")
-    o = p.add_argument_group("output")
+    o = p.add_argument_group("output (an existing trajectory or log is never replaced without --overwrite)")
     o.add_argument("-o", "--trajectory", default="md.traj",
-                   help="trajectory file, .traj or .extxyz by extension; 'none' for no file (default md.traj)")
-    o.add_argument("--traj-interval", type=int, default=10, help="write a frame every N steps (default 10)")
+                   help="trajectory file, .traj or .extxyz by extension; 'none' for no file. Frames keep "
+                        "velocities, step and time")
+    o.add_argument("--traj-interval", type=_pos_int, default=10, help="write a frame every N steps")
     o.add_argument("--log", default="md.log",
                    help="log file (step, time, Epot, Ekin, Etot, T, and P and V with stress); '-' for stdout, "
-                        "'none' for no log (default md.log)")
-    o.add_argument("--log-interval", type=int, default=10, help="log every N steps (default 10)")
-    o.add_argument("--plot", default=None, metavar="PNG", help="also plot energies and temperature to PNG")
+                        "'none' for no log")
+    o.add_argument("--log-interval", type=_pos_int, default=10, help="log every N steps")
+    w = o.add_mutually_exclusive_group()
+    w.add_argument("--append", action="store_true",
+                   help="continue the run in the existing trajectory: start from its last frame (positions, cell, "
+                        "velocities), continue its step count and time, append frames and log rows "
+                        "(STRUCTURE then only checks that the system is the same)")
+    w.add_argument("--overwrite", action="store_true", help="replace an existing trajectory, log and plot")
+    o.add_argument("--plot", default=None, metavar="PNG",
+                   help="also plot energies and temperature (npt: also volume and pressure) to PNG "
+                        "(default: no plot)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(_run=_run_md)
 
@@ -115,7 +194,7 @@ def _run_relax(args) -> int:
     log = None if args.log == "none" else args.log
     res = relax(atoms, calc, optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, cell=args.cell,
                 pressure=args.pressure, hydrostatic=args.hydrostatic, trajectory=traj, output=output,
-                logfile=log, progress=False)
+                logfile=log, progress=False, overwrite=args.overwrite)
     print(res.summary())
     if res.interrupted:
         return 130
@@ -129,18 +208,20 @@ def _run_relax(args) -> int:
 def _relax_parser(p) -> None:
     _add_common(p)
     p.add_argument("--optimizer", default="BFGS", choices=["BFGS", "FIRE", "LBFGS", "BFGSLineSearch"],
-                   help="ase optimizer (default BFGS)")
-    p.add_argument("--fmax", type=float, default=0.01, help="force convergence in eV/Å (default 0.01)")
-    p.add_argument("-n", "--steps", type=int, default=500, help="maximum number of steps (default 500)")
+                   help="ase optimizer")
+    p.add_argument("--fmax", type=_pos_float, default=0.01, help="force convergence in eV/Å")
+    p.add_argument("-n", "--steps", type=_nonneg_int, default=500, help="maximum number of steps")
     p.add_argument("--cell", action="store_true",
                    help="relax the cell too (ase.filters.FrechetCellFilter); needs a periodic model with stress")
-    p.add_argument("-P", "--pressure", type=float, default=0.0, help="external pressure in GPa with --cell (default 0)")
+    p.add_argument("-P", "--pressure", type=float, default=0.0, help="external pressure in GPa with --cell")
     p.add_argument("--hydrostatic", action="store_true", help="with --cell: keep the cell shape, relax the volume")
     p.add_argument("-o", "--output", default=None,
                    help="relaxed structure, any format ase.io.write knows (default STRUCTURE-stem_relaxed.extxyz)")
     p.add_argument("--trajectory", default="relax.traj",
                    help="trajectory of the optimisation (.traj/.extxyz; 'none' for no file; default relax.traj)")
-    p.add_argument("--log", default="-", help="optimizer log: '-' stdout (default), a file, or 'none'")
+    p.add_argument("--log", default="-", help="optimizer log: '-' stdout, a file, or 'none'")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --output, --trajectory and --log files (default: refuse)")
     p.set_defaults(_run=_run_relax)
     p.epilog = "Exit status 0 when converged, 3 when not converged within --steps."
 
@@ -154,7 +235,7 @@ def _run_phonons(args) -> int:
     res = phonons(atoms, calc, supercell=args.supercell, method="hessian" if args.hessian else "displacement",
                   displacement=args.displacement, primitive=primitive, path=args.path, npoints=args.npoints,
                   mesh=args.mesh, outdir=args.outdir, plot=not args.no_plot, batch_size=args.batch_size,
-                  symmetrize=args.symmetrize)
+                  symmetrize=args.symmetrize, overwrite=args.overwrite)
     print(res.summary())
     return 0
 
@@ -163,23 +244,25 @@ def _phonons_parser(p) -> None:
     _add_common(p)
     p.add_argument("-s", "--supercell", type=int, nargs="+", default=[3], metavar="N",
                    help="supercell: N (NxNxN), Na Nb Nc, or 9 integers of a matrix (default 3)")
-    p.add_argument("-d", "--displacement", type=float, default=0.01,
-                   help="finite displacement amplitude in Å (default 0.01)")
+    p.add_argument("-d", "--displacement", type=_pos_float, default=0.01,
+                   help="finite displacement amplitude in Å")
     p.add_argument("--hessian", action="store_true",
                    help="force constants from the model's analytic Hessian of the supercell instead of "
                         "finite displacements")
     p.add_argument("--primitive", default="auto", choices=["auto", "none"],
-                   help="auto: phonopy finds the primitive cell (default); none: use the input cell")
+                   help="auto: phonopy finds the primitive cell; none: use the input cell")
     p.add_argument("--path", default=None,
                    help="band path in ASE notation, e.g. GXWKGLUWLK,UX (default: ASE's standard path for "
                         "the Bravais lattice)")
-    p.add_argument("--npoints", type=int, default=51, help="q-points per band segment (default 51)")
-    p.add_argument("--mesh", type=int, nargs="+", default=[20], help="q-mesh for the DOS (default 20)")
+    p.add_argument("--npoints", type=_nonneg_int, default=51, help="q-points per band segment (0: no bands)")
+    p.add_argument("--mesh", type=_nonneg_int, nargs="+", default=[20],
+                   help="q-mesh for the DOS: N or Na Nb Nc (0: no DOS)")
     p.add_argument("--symmetrize", action="store_true", help="symmetrise the force constants (phonopy)")
-    p.add_argument("--batch-size", type=int, default=8, help="displaced supercells per batched evaluation")
+    p.add_argument("--batch-size", type=_pos_int, default=8, help="displaced supercells per batched evaluation")
     p.add_argument("--outdir", default=".", help="directory for phonopy_params.yaml, band.yaml, "
-                                                 "total_dos.dat and phonons.png (default .)")
+                                                 "total_dos.dat and phonons.png")
     p.add_argument("--no-plot", action="store_true", help="do not write phonons.png")
+    p.add_argument("--overwrite", action="store_true", help="replace those files if they exist (default: refuse)")
     p.set_defaults(_run=_run_phonons)
 
 
@@ -189,7 +272,7 @@ def _run_eos(args) -> int:
 
     calc, atoms = _calc_and_atoms(args)
     res = equation_of_state(atoms, calc, volumes=tuple(args.range), npoints=args.points, form=args.eos,
-                            outdir=args.outdir, plot=not args.no_plot)
+                            outdir=args.outdir, plot=not args.no_plot, overwrite=args.overwrite)
     print(res.summary())
     return 0
 
@@ -198,12 +281,13 @@ def _eos_parser(p) -> None:
     from .workflows.eos import EOS_FORMS
 
     _add_common(p)
-    p.add_argument("--range", type=float, nargs=2, default=[0.90, 1.10], metavar=("VMIN", "VMAX"),
-                   help="volume range as fractions of the input volume (default 0.90 1.10)")
-    p.add_argument("--points", type=int, default=11, help="number of volumes (default 11)")
-    p.add_argument("--eos", default="birchmurnaghan", choices=EOS_FORMS, help="EOS form (default birchmurnaghan)")
-    p.add_argument("--outdir", default=".", help="directory for eos.dat and eos.png (default .)")
+    p.add_argument("--range", type=_pos_float, nargs=2, default=[0.90, 1.10], metavar=("VMIN", "VMAX"),
+                   help="volume range as fractions of the input volume")
+    p.add_argument("--points", type=_number(int, 5, what="an integer >= 5"), default=11, help="number of volumes")
+    p.add_argument("--eos", default="birchmurnaghan", choices=EOS_FORMS, help="EOS form")
+    p.add_argument("--outdir", default=".", help="directory for eos.dat and eos.png")
     p.add_argument("--no-plot", action="store_true", help="do not write eos.png")
+    p.add_argument("--overwrite", action="store_true", help="replace those files if they exist (default: refuse)")
     p.set_defaults(_run=_run_eos)
 
 
@@ -217,7 +301,8 @@ def _run_eval(args) -> int:
     data = read(args.data, index=args.index, energy_unit=args.energy_unit, length_unit=args.length_unit,
                 require_energy=False, require_forces=False)
     res = evaluate(calc, data, batch_size=args.batch_size, stress=False if args.no_stress else None,
-                   progress=not args.no_progress, outdir=args.outdir, plot=not args.no_plot)
+                   progress=not args.no_progress, outdir=args.outdir, plot=not args.no_plot,
+                   overwrite=args.overwrite)
     print(f"model   {args.model}: {calc.model.family}; data {args.data} (index {args.index})")
     print(res.summary())
     return 0
@@ -226,15 +311,16 @@ def _run_eval(args) -> int:
 def _eval_parser(p) -> None:
     _add_common(p, structure=False)
     p.add_argument("data", help="labelled data: extxyz/ase formats, ASE .db, or MD17-style .npz")
-    p.add_argument("-i", "--index", default=":", help="frames to evaluate: ':', '0:100', '::10', '-1' (default all)")
+    p.add_argument("-i", "--index", default=":", help="frames to evaluate: ':' (all), '0:100', '::10', '-1'")
     p.add_argument("--energy-unit", default=None,
                    help="energy unit of the data: eV, meV, kcal/mol, kJ/mol, Hartree, Ry "
                         "(default: eV, or what an .npz file says)")
     p.add_argument("--length-unit", default=None, help="length unit of the data: Ang or Bohr (default Ang)")
-    p.add_argument("--batch-size", type=int, default=16, help="frames per batched evaluation (default 16)")
+    p.add_argument("--batch-size", type=_pos_int, default=16, help="frames per batched evaluation")
     p.add_argument("--no-stress", action="store_true", help="do not compare stresses")
-    p.add_argument("--outdir", default=".", help="directory for eval_metrics.json and parity.png (default .)")
+    p.add_argument("--outdir", default=".", help="directory for eval_metrics.json and parity.png")
     p.add_argument("--no-plot", action="store_true", help="do not write parity.png")
+    p.add_argument("--overwrite", action="store_true", help="replace those files if they exist (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(_run=_run_eval)
 
@@ -254,7 +340,7 @@ def register(subparsers) -> None:
     """Add md, relax, phonons, eos and eval to the ``ase-mlff`` subparsers."""
     for name, (configure, help_text) in _COMMANDS.items():
         p = subparsers.add_parser(name, help=help_text, description=f"{help_text}.\n\n{_UNITS}",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=_HelpFormatter)
         configure(p)
 
 

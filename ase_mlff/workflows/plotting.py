@@ -120,22 +120,45 @@ def plot_parity(res, path, max_points: int = 20000) -> str:
 
 
 def plot_md(result, path, title: str = "") -> str:
-    """Total energy drift, potential/kinetic energy and temperature against time (:class:`MDResult`)."""
-    fig = _figure(6.0, 5.4)
-    ax0, ax1, ax2 = fig.subplots(3, 1, sharex=True)
+    """Energies and temperature against time (:class:`MDResult`); for NPT also the volume
+    and the pressure.
+
+    The top panel is the quantity the integrator conserves: Etot for NVE, the MTK H for NPT
+    (Etot is not conserved there, so its drift would say nothing about the integration);
+    Etot for NVT, marked as not conserved.
+    """
+    npt = result.ensemble == "npt" and result.volume is not None
+    fig = _figure(6.0, 8.4 if npt else 5.4)
+    axes = fig.subplots(5 if npt else 3, 1, sharex=True)
+    ax0, ax1, ax2 = axes[:3]
     t = result.time_ps
     n = result.natoms
-    ax0.plot(t, 1e3 * (result.etot - result.etot[0]), lw=1.0, color="C3")
-    what = "conserved" if result.ensemble == "nve" else "not conserved: thermostat"
-    ax0.set_ylabel("Etot - Etot(0)\n(meV)")
-    if len(result.etot) >= 3:
-        ax0.set_title(f"{title + ': ' if title else ''}Etot drift {1e3 * result.drift:+.3g} meV/atom/ps ({what})",
-                      fontsize=9)
+    if npt and result.conserved is not None:
+        ax0.plot(t, 1e3 * (result.conserved - result.conserved[0]), lw=1.0, color="C3")
+        ax0.set_ylabel("H - H(0)\n(meV)")
+        if len(t) >= 3:
+            ax0.set_title(f"{title + ': ' if title else ''}MTK conserved quantity H: drift "
+                          f"{1e3 * result.conserved_drift:+.3g} meV/atom/ps", fontsize=9)
+    else:
+        ax0.plot(t, 1e3 * (result.etot - result.etot[0]), lw=1.0, color="C3")
+        what = "conserved" if result.ensemble == "nve" else "not conserved: thermostat"
+        ax0.set_ylabel("Etot - Etot(0)\n(meV)")
+        if len(result.etot) >= 3:
+            ax0.set_title(f"{title + ': ' if title else ''}Etot drift {1e3 * result.drift:+.3g} meV/atom/ps ({what})",
+                          fontsize=9)
     ax1.plot(t, (result.epot - result.epot[0]) / n, lw=0.8, color="C0", label="Epot - Epot(0)")
     ax1.plot(t, result.ekin / n, lw=0.8, color="C1", label="Ekin")
     ax1.set_ylabel("eV/atom")
     ax1.legend(frameon=False, fontsize=8, loc="upper right", ncol=2)
     ax2.plot(t, result.temperature, lw=0.8, color="C2")
     ax2.set_ylabel("T (K)")
-    ax2.set_xlabel("time (ps)")
+    if npt:
+        ax3, ax4 = axes[3:]
+        ax3.plot(t, result.volume / n, lw=0.8, color="C4")
+        ax3.set_ylabel("V (Å³/atom)")
+        if result.pressure_gpa is not None:
+            ok = np.isfinite(result.pressure_gpa)  # the pressure is only evaluated on log steps
+            ax4.plot(t[ok], result.pressure_gpa[ok], ".-", lw=0.8, ms=3, color="C5")
+        ax4.set_ylabel("P (GPa)")
+    axes[-1].set_xlabel("time (ps)")
     return _save(fig, path)
