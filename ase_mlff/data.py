@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import DatasetError
+from .rng import random_stream
 from .units import (
     canonical_energy_unit,
     canonical_length_unit,
@@ -518,7 +519,8 @@ class Dataset(Sequence):
 
     # ---------------------------------------------------------------- splitting / selection
     def split(self, n_train: int, n_valid: int = 0, n_test: int | None = None, seed: int = 0) -> Split:
-        """Random disjoint ``Split(train, valid, test)`` of frame indices, reproducible for ``seed``.
+        """Random disjoint ``Split(train, valid, test)`` of frame indices, reproducible for ``seed``
+        (drawn from the named stream ``random_stream(seed, "split")`` of :mod:`ase_mlff.rng`).
 
         ``n_test=None`` puts every remaining frame into ``test``. Each array is sorted."""
         m = len(self)
@@ -535,7 +537,7 @@ class Dataset(Sequence):
                 + (f" + {n_test} test" if n_test is not None else "")
                 + f" = {need} frames but the dataset has only {m}"
             )
-        perm = np.random.default_rng(seed).permutation(m)
+        perm = random_stream(seed, "split").permutation(m)
         a, b = int(n_train), int(n_train + n_valid)
         c = m if n_test is None else b + int(n_test)
         return Split(np.sort(perm[:a]), np.sort(perm[a:b]), np.sort(perm[b:c]))
@@ -544,7 +546,8 @@ class Dataset(Sequence):
         """Pick ``n`` of ``indices`` (default: all frames) spread evenly over the energy distribution.
 
         The candidates are sorted by energy, cut into ``n`` equal-count (quantile) bins and one frame is
-        drawn at random from each bin (reproducible for ``seed``). Returns sorted frame indices."""
+        drawn at random from each bin (reproducible for ``seed``; named stream
+        ``random_stream(seed, "stratified")``). Returns sorted frame indices."""
         cand = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise DatasetError(f"select_stratified(): n must be a non-negative integer, got {n!r}")
@@ -561,7 +564,7 @@ class Dataset(Sequence):
             j = int(cand[np.flatnonzero(np.isnan(energies))[0]])
             raise DatasetError(f"select_stratified(): frame {j} has no energy")
         order = np.lexsort((cand, energies))  # by energy, ties by index (deterministic)
-        rng = np.random.default_rng(seed)
+        rng = random_stream(seed, "stratified")
         picks = [int(b[rng.integers(len(b))]) for b in np.array_split(cand[order], n)]
         return np.sort(np.array(picks, dtype=np.int64))
 

@@ -210,18 +210,31 @@ class NystromPreconditioner:
 
 
 def solve_pcg(op: KernelOperator, y: torch.Tensor, precond=None, tol: float = 1e-6, maxiter: int = 3000,
-              x0: torch.Tensor | None = None, progress=None) -> tuple[torch.Tensor, dict]:
-    """Preconditioned conjugate gradients on (K + lam I) x = y; stops at ``|r| <= tol |y|``."""
+              x0: torch.Tensor | None = None, progress=None, state: dict | None = None,
+              on_iteration=None) -> tuple[torch.Tensor, dict]:
+    """Preconditioned conjugate gradients on (K + lam I) x = y; stops at ``|r| <= tol |y|``.
+
+    Resumable: ``on_iteration(it, get_state)`` is called after every iteration (it may write a
+    checkpoint from ``get_state()`` and raise to stop); ``state``, such a dict, continues that
+    run. The state is the complete recurrence (``x``, ``r``, ``p``, ``rz``, iteration count),
+    so a resumed solve performs exactly the same arithmetic as an uninterrupted one.
+    """
     t0 = time.perf_counter()
-    x = torch.zeros_like(y) if x0 is None else x0.clone()
-    r = y - op.matvec(x) if x0 is not None else y.clone()
-    z = precond.apply(r) if precond is not None else r
-    p = z.clone()
-    rz = torch.dot(r, z)
     ynorm = float(torch.linalg.vector_norm(y))
-    history = []
+    if state is not None:
+        x, r, p = state["x"].clone(), state["r"].clone(), state["p"].clone()
+        rz = torch.as_tensor(state["rz"], dtype=y.dtype)
+        it = int(state["it"])
+        history = [tuple(h) for h in state.get("history", [])]
+    else:
+        x = torch.zeros_like(y) if x0 is None else x0.clone()
+        r = y - op.matvec(x) if x0 is not None else y.clone()
+        z = precond.apply(r) if precond is not None else r
+        p = z.clone()
+        rz = torch.dot(r, z)
+        it = 0
+        history = []
     rel = float(torch.linalg.vector_norm(r)) / ynorm
-    it = 0
     while rel > tol and it < maxiter:
         Ap = op.matvec(p)
         pAp = torch.dot(p, Ap)
@@ -240,6 +253,9 @@ def solve_pcg(op: KernelOperator, y: torch.Tensor, precond=None, tol: float = 1e
         rz_new = torch.dot(r, z)
         p = z + (rz_new / rz) * p
         rz = rz_new
+        if on_iteration is not None and rel > tol and it < maxiter:
+            on_iteration(it, lambda: {"x": x, "r": r, "p": p, "rz": float(rz), "it": it,
+                                      "history": [list(h) for h in history]})
     info = {"iterations": it, "relative_residual": rel, "time_s": time.perf_counter() - t0,
             "history": history}
     if rel > tol or not bool(torch.isfinite(x).all()):

@@ -22,9 +22,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import DatasetError, TrainingError
+from ..errors import DatasetError, MLFFError, TrainingError
 from ..models.sgdml import SGDMLModel
+from ..rng import random_stream
 from ..units import energy_factor
+from .checkpoint import Checkpointer, StopGuard, identity
 from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
 from .symmetries import close_group, find_symmetries
 
@@ -49,8 +51,9 @@ def _unpack(data) -> dict[str, Any]:
 
 
 def _stratified(E: np.ndarray, cand: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Same picks as :meth:`ase_mlff.data.Dataset.select_stratified` (same named stream)."""
     order = np.lexsort((cand, E[cand]))
-    rng = np.random.default_rng(seed)
+    rng = random_stream(seed, "stratified")
     return np.sort(np.array([int(b[rng.integers(len(b))]) for b in np.array_split(cand[order], n)], dtype=np.int64))
 
 
@@ -127,6 +130,24 @@ def _label_checks(E_ref, E0) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- training
+def _namer(cli: bool) -> Callable[[str], str]:
+    """How messages name an option: ``--n-train`` on the command line, ``n_train`` in Python."""
+    if cli:
+        return lambda name: "--" + name.replace("_", "-")
+    return lambda name: {"resume": "resume=True", "solver": "solver="}.get(name, name)
+
+
+def _arrays_sha256(R, z, E, F) -> str:
+    import hashlib
+
+    h = hashlib.sha256(b"ase-mlff sgdml arrays v1")
+    for a in (z, R, E, F):
+        a = np.ascontiguousarray(a, dtype=np.int64 if a is z else np.float64)
+        h.update(str(a.shape).encode())
+        h.update(a.astype(a.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
 def train_sgdml(
     data,
     n_train: int,
@@ -146,6 +167,12 @@ def train_sgdml(
     cg_maxiter: int = 5000,
     n_inducing: int | None = None,
     memory_limit: float | None = None,
+    checkpoint=None,
+    resume: bool = False,
+    checkpoint_interval: float = 60.0,
+    checkpoint_every: int | None = None,
+    stop_after: int | None = None,
+    _cli: bool = False,
 ) -> tuple[SGDMLModel, dict[str, Any]]:
     """Train an sGDML model on forces; returns ``(model, report)``.
 
@@ -158,9 +185,23 @@ def train_sgdml(
     in ``MEMORY_SAFETY`` of the available memory, else CG), "cholesky" or "cg".
     ``test``: optional separate test data (default: frames not used for training/validation);
     ``n_test``: how many test frames (default all). ``progress(str)`` gets status lines.
+
+    Random choices draw from named streams of ``seed`` (:func:`ase_mlff.rng.random_stream`):
+    "stratified" (training frames), "validation", "inducing" (CG preconditioner), "test".
+
+    Checkpoints (see :mod:`ase_mlff.training.checkpoint`): with ``checkpoint`` (a path) the
+    state is written atomically after every completed sigma, every ``checkpoint_interval``
+    seconds (and every ``checkpoint_every`` CG iterations) of a CG solve, and when SIGINT or
+    SIGTERM asks training to stop (it stops at the next safe point and raises
+    :class:`~ase_mlff.training.checkpoint.TrainingInterrupted`). ``resume=True`` continues
+    from the checkpoint and gives the same model as an uninterrupted run; it refuses a
+    checkpoint of other data or options. The checkpoint is left in place: delete it after
+    saving the model (the command line does). ``stop_after=k`` requests a stop after the
+    k-th safe point (CG iteration or completed sigma), for tests.
     """
     t_start = time.perf_counter()
     say = progress or (lambda msg: None)
+    opt = _namer(_cli)
     d = _unpack(data)
     R, z, E, F = d["R"], np.asarray(d["z"], dtype=np.int64), d["E"], d["F"]
     if F is None:
@@ -172,114 +213,186 @@ def train_sgdml(
     F = np.asarray(F, np.float64)
     M_all, N = R.shape[:2]
     unit = d["unit"]
-    rng = np.random.default_rng(seed)
-
-    # ---- split
-    if train_indices is None:
-        if n_train + n_valid > M_all:
-            raise DatasetError(f"asked for {n_train} training + {n_valid} validation frames, data have {M_all}")
-        if d["ds"] is not None and hasattr(d["ds"], "select_stratified"):
-            train_idx = np.asarray(d["ds"].select_stratified(None, n_train, seed), dtype=np.int64)
-        else:
-            train_idx = _stratified(E, np.arange(M_all), n_train, seed)
-    else:
-        train_idx = np.asarray(train_indices, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(M_all), train_idx)
-    if valid_indices is None:
-        if n_valid > len(rest):
-            raise DatasetError(f"only {len(rest)} frames left for {n_valid} validation frames")
-        valid_idx = np.sort(rng.choice(rest, n_valid, replace=False)) if n_valid else np.zeros(0, np.int64)
-    else:
-        valid_idx = np.asarray(valid_indices, dtype=np.int64)
-    if len(np.intersect1d(train_idx, valid_idx)):
-        raise DatasetError("training and validation frames overlap")
-    if len(valid_idx) == 0 and (sigmas is None or len(list(sigmas)) > 1):
-        raise DatasetError("the sigma search needs validation frames (n_valid > 0) or a single sigma")
-    M = len(train_idx)
     sigmas = list(DEFAULT_SIGMAS if sigmas is None else sigmas)
+    if solver not in ("auto", "cholesky", "cg"):
+        raise ValueError(f"{opt('solver')} must be 'auto', 'cholesky' or 'cg', got {solver!r}")
 
-    # ---- symmetries
-    t0 = time.perf_counter()
-    Rt, Ft, Et = R[train_idx], F[train_idx], E[train_idx]
-    say("finding permutational symmetries" if symmetries == "auto" else "setting up symmetries")
-    perms = _symmetry_group(symmetries, Rt, z, seed)
-    t_sym = time.perf_counter() - t0
-    say(f"{len(perms)} symmetries ({t_sym:.1f} s)")
+    # ---- checkpoint: what this run is (everything that changes the model)
+    sym_opt = symmetries if isinstance(symmetries, str) else [np.asarray(p).tolist() for p in symmetries]
+    ident = identity("sgdml", d["sha256"] or _arrays_sha256(R, z, E, F), {
+        "n_train": None if train_indices is not None else int(n_train),
+        "n_valid": None if valid_indices is not None else int(n_valid),
+        "sigmas": [float(s) for s in sigmas], "lam": float(lam), "symmetries": sym_opt, "solver": solver,
+        "seed": seed, "cg_tol": float(cg_tol), "cg_maxiter": int(cg_maxiter), "n_inducing": n_inducing,
+        "train_indices": None if train_indices is None else np.asarray(train_indices).tolist(),
+        "valid_indices": None if valid_indices is None else np.asarray(valid_indices).tolist(),
+    })
+    with StopGuard(stream=sys.stderr) as guard:
+        ckpt = Checkpointer(checkpoint, ident, interval_s=checkpoint_interval, every=checkpoint_every,
+                            stop_after=stop_after, guard=guard)
+        state: dict[str, Any] = {}
+        saved: dict[str, np.ndarray] = {}
+        if resume:
+            state, saved = ckpt.load()
+            say(f"resuming from {ckpt.path}: {len(state.get('results', []))} of {len(sigmas)} sigmas done")
+        elif ckpt.exists():
+            raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; continue it with "
+                                f"{opt('resume')}, or delete it to start over")
 
-    # ---- solver
-    kd = KernelData(Rt, perms)
-    n = 3 * N * M
-    avail = float(memory_limit) if memory_limit else _available_memory()
-    need = 1.1 * n * n * 8
-    if solver == "auto":
-        solver = "cholesky" if need <= MEMORY_SAFETY * avail else "cg"
-    if solver not in ("cholesky", "cg"):
-        raise ValueError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
-    if solver == "cholesky" and need > avail:
-        raise TrainingError(
-            f"the dense kernel for {M} geometries of {N} atoms needs ~{need / 2**30:.1f} GiB, "
-            f"only {avail / 2**30:.1f} GiB available; use solver='cg'"
-        )
-    say(f"solver: {solver} ({n} unknowns)")
-    y = torch.from_numpy(Ft.reshape(-1).copy())
-    ystd = float(y.std())
-    ys = y / ystd
-
-    K_buf = torch.empty((n, n), dtype=torch.float64) if solver == "cholesky" else None
-    cg_info_all = {}
-    if solver == "cg":
-        if n_inducing is None:
-            budget = 0.25 * avail
-            n_inducing = int(max(1, min(M, 200, budget // (2.5 * n * 3 * N * 8))))
-        inducing = np.sort(rng.choice(M, min(n_inducing, M), replace=False))
-
-    Rv, Ev, Fv = R[valid_idx], E[valid_idx], F[valid_idx]
-    results = []
-    best = None
-    x_prev = None
-    for k, sigma in enumerate(sigmas):
-        ts = time.perf_counter()
-        say(f"sigma {sigma} ({k + 1}/{len(sigmas)}): building kernel")
-        try:
-            if solver == "cholesky":
-                assemble_kernel(kd, float(sigma), out=K_buf)
-                say(f"sigma {sigma}: Cholesky factorisation of {n}x{n}")
-                alpha = solve_cholesky(K_buf, ys, lam) * ystd
-            else:
-                op = KernelOperator(kd, float(sigma), lam)
-                mu = lam  # shift of the preconditioner: lam itself worked best (fewest iterations)
-                say(f"sigma {sigma}: Nyström preconditioner from {len(inducing)} geometries")
-                pre = NystromPreconditioner(kd, float(sigma), inducing, mu)
-                xs, cg_info = solve_pcg(op, ys, pre, tol=cg_tol, maxiter=cg_maxiter, x0=x_prev,
-                                        progress=lambda m: say(f"sigma {sigma}: {m}"))
-                del pre
-                x_prev = xs
-                alpha = xs * ystd
-                cg_info_all[str(sigma)] = {k2: v for k2, v in cg_info.items() if k2 != "history"}
-        except TrainingError as exc:
-            warnings.warn(f"sigma {sigma}: {exc}", stacklevel=2)
-            results.append({"sigma": float(sigma), "failed": str(exc)})
-            continue
-        v = torch.bmm(kd.J, alpha.reshape(M, -1, 1)).squeeze(-1).numpy()
-        model = SGDMLModel.from_training(z, perms, kd.D.numpy(), v, float(sigma), lam, 0.0)
-        E0, _ = model.predict_numpy(Rt)
-        model.c = float(np.mean(Et - E0))
-        entry = {"sigma": float(sigma), "time_s": time.perf_counter() - ts}
-        if len(valid_idx):
-            Epv, Fpv = model.predict_numpy(Rv)
-            entry["valid"] = error_table(Epv, Ev, Fpv, Fv, unit)
-            say(f"sigma {sigma}: validation force RMSE {entry['valid']['forces_rmse_meV_per_A']:.2f} meV/Å, "
-                f"MAE {entry['valid']['forces_mae_meV_per_A']:.2f} meV/Å ({entry['time_s']:.0f} s)")
-            score = entry["valid"]["forces_rmse"]
+        # ---- split (stored in the checkpoint: a resumed run uses the very same frames)
+        if "train_idx" in saved:
+            train_idx, valid_idx = saved["train_idx"].astype(np.int64), saved["valid_idx"].astype(np.int64)
         else:
-            score = 0.0
-        results.append(entry)
-        if best is None or score < best[0]:
-            best = (score, model, E0, k)
-    del K_buf
+            if train_indices is None:
+                if n_train + n_valid > M_all:
+                    raise DatasetError(f"asked for {n_train} training ({opt('n_train')}) + {n_valid} validation "
+                                       f"({opt('n_valid')}) frames, the data have {M_all}")
+                if d["ds"] is not None and hasattr(d["ds"], "select_stratified"):
+                    train_idx = np.asarray(d["ds"].select_stratified(None, n_train, seed), dtype=np.int64)
+                else:
+                    train_idx = _stratified(E, np.arange(M_all), n_train, seed)
+            else:
+                train_idx = np.asarray(train_indices, dtype=np.int64)
+            rest = np.setdiff1d(np.arange(M_all), train_idx)
+            if valid_indices is None:
+                if n_valid > len(rest):
+                    raise DatasetError(f"only {len(rest)} frames left for {n_valid} validation frames "
+                                       f"({opt('n_valid')})")
+                vrng = random_stream(seed, "validation")
+                valid_idx = np.sort(vrng.choice(rest, n_valid, replace=False)) if n_valid else np.zeros(0, np.int64)
+            else:
+                valid_idx = np.asarray(valid_indices, dtype=np.int64)
+        if len(np.intersect1d(train_idx, valid_idx)):
+            raise DatasetError("training and validation frames overlap")
+        if len(valid_idx) == 0 and len(sigmas) > 1:
+            raise DatasetError(f"the sigma search needs validation frames ({opt('n_valid')} > 0) "
+                               f"or a single sigma ({opt('sigmas')})")
+        M = len(train_idx)
+
+        # ---- symmetries
+        t0 = time.perf_counter()
+        Rt, Ft, Et = R[train_idx], F[train_idx], E[train_idx]
+        if "perms" in saved:
+            perms = saved["perms"].astype(np.int64)
+        else:
+            say("finding permutational symmetries" if symmetries == "auto" else "setting up symmetries")
+            perms = _symmetry_group(symmetries, Rt, z, seed)
+        t_sym = time.perf_counter() - t0
+        say(f"{len(perms)} symmetries ({t_sym:.1f} s)")
+
+        # ---- solver (the resolved choice is part of the state: memory may differ on resume)
+        kd = KernelData(Rt, perms)
+        n = 3 * N * M
+        avail = float(memory_limit) if memory_limit else _available_memory()
+        need = 1.1 * n * n * 8
+        if "solver" in state:
+            solver = state["solver"]
+        elif solver == "auto":
+            solver = "cholesky" if need <= MEMORY_SAFETY * avail else "cg"
+        if solver == "cholesky" and need > avail:
+            raise TrainingError(
+                f"the dense kernel for {M} geometries of {N} atoms needs ~{need / 2**30:.1f} GiB, "
+                f"only {avail / 2**30:.1f} GiB available; use {opt('solver')} cg"
+            )
+        say(f"solver: {solver} ({n} unknowns)")
+        y = torch.from_numpy(Ft.reshape(-1).copy())
+        ystd = float(y.std())
+        ys = y / ystd
+
+        K_buf = torch.empty((n, n), dtype=torch.float64) if solver == "cholesky" else None
+        inducing = None
+        if solver == "cg":
+            if "inducing" in saved:
+                inducing = saved["inducing"].astype(np.int64)
+            else:
+                if n_inducing is None:
+                    budget = 0.25 * avail
+                    n_inducing = int(max(1, min(M, 200, budget // (2.5 * n * 3 * N * 8))))
+                inducing = np.sort(random_stream(seed, "inducing").choice(M, min(n_inducing, M), replace=False))
+
+        def model_from(alpha: torch.Tensor, sigma: float):
+            v = torch.bmm(kd.J, alpha.reshape(M, -1, 1)).squeeze(-1).numpy()
+            model = SGDMLModel.from_training(z, perms, kd.D.numpy(), v, float(sigma), lam, 0.0)
+            E0, _ = model.predict_numpy(Rt)
+            model.c = float(np.mean(Et - E0))
+            return model, E0
+
+        Rv, Ev, Fv = R[valid_idx], E[valid_idx], F[valid_idx]
+        results: list[dict[str, Any]] = list(state.get("results", []))
+        cg_info_all: dict[str, Any] = dict(state.get("cg_info", {}))
+        best = None  # (score, alpha, k)
+        if "best_alpha" in saved:
+            best = (float(state["best_score"]), torch.from_numpy(saved["best_alpha"]), int(state["best_k"]))
+        x_prev = torch.from_numpy(saved["x_prev"]) if "x_prev" in saved else None
+        cg_resume = None
+        if "cg_x" in saved:
+            cg_resume = {"x": torch.from_numpy(saved["cg_x"]), "r": torch.from_numpy(saved["cg_r"]),
+                         "p": torch.from_numpy(saved["cg_p"]), "rz": state["cg_rz"], "it": state["cg_it"],
+                         "history": state.get("cg_history", [])}
+
+        def snapshot(cg: dict | None = None):
+            st = {"solver": solver, "results": results, "cg_info": cg_info_all}
+            arr = {"train_idx": train_idx, "valid_idx": valid_idx, "perms": perms}
+            if inducing is not None:
+                arr["inducing"] = inducing
+            if best is not None:
+                st.update(best_score=best[0], best_k=best[2])
+                arr["best_alpha"] = best[1].numpy()
+            if x_prev is not None:
+                arr["x_prev"] = x_prev.numpy()
+            if cg is not None:
+                st.update(cg_rz=cg["rz"], cg_it=cg["it"], cg_history=cg["history"])
+                arr.update(cg_x=cg["x"].numpy(), cg_r=cg["r"].numpy(), cg_p=cg["p"].numpy())
+            return st, arr
+
+        for k, sigma in enumerate(sigmas):
+            if k < len(results):
+                continue  # completed before the interruption
+            ts = time.perf_counter()
+            say(f"sigma {sigma} ({k + 1}/{len(sigmas)}): building kernel")
+            try:
+                if solver == "cholesky":
+                    assemble_kernel(kd, float(sigma), out=K_buf)
+                    say(f"sigma {sigma}: Cholesky factorisation of {n}x{n}")
+                    alpha = solve_cholesky(K_buf, ys, lam) * ystd
+                else:
+                    op = KernelOperator(kd, float(sigma), lam)
+                    mu = lam  # shift of the preconditioner: lam itself worked best (fewest iterations)
+                    say(f"sigma {sigma}: Nyström preconditioner from {len(inducing)} geometries")
+                    pre = NystromPreconditioner(kd, float(sigma), inducing, mu)
+                    xs, cg_info = solve_pcg(
+                        op, ys, pre, tol=cg_tol, maxiter=cg_maxiter, x0=x_prev, state=cg_resume,
+                        progress=lambda m: say(f"sigma {sigma}: {m}"),
+                        on_iteration=lambda it, get: ckpt.safe_point(lambda: snapshot(get())))
+                    cg_resume = None
+                    del pre
+                    x_prev = xs
+                    alpha = xs * ystd
+                    cg_info_all[str(sigma)] = {k2: v for k2, v in cg_info.items() if k2 != "history"}
+            except TrainingError as exc:
+                warnings.warn(f"sigma {sigma}: {exc}", stacklevel=2)
+                results.append({"sigma": float(sigma), "failed": str(exc)})
+                ckpt.safe_point(snapshot, force=True)
+                continue
+            model, _ = model_from(alpha, sigma)
+            entry = {"sigma": float(sigma), "time_s": time.perf_counter() - ts}
+            if len(valid_idx):
+                Epv, Fpv = model.predict_numpy(Rv)
+                entry["valid"] = error_table(Epv, Ev, Fpv, Fv, unit)
+                say(f"sigma {sigma}: validation force RMSE {entry['valid']['forces_rmse_meV_per_A']:.2f} meV/Å, "
+                    f"MAE {entry['valid']['forces_mae_meV_per_A']:.2f} meV/Å ({entry['time_s']:.0f} s)")
+                score = entry["valid"]["forces_rmse"]
+            else:
+                score = 0.0
+            results.append(entry)
+            if best is None or score < best[0]:
+                best = (score, alpha, k)
+            ckpt.safe_point(snapshot, force=True)
+        del K_buf
     if best is None:
         raise TrainingError("training failed for every sigma: " + "; ".join(r.get("failed", "") for r in results))
-    _, model, E0, kbest = best
+    _, alpha_best, kbest = best
+    model, E0 = model_from(alpha_best, sigmas[kbest])
     ok = [r["sigma"] for r in results if "failed" not in r]
     if len(sigmas) > 1 and (model.sigma == min(map(float, sigmas)) or model.sigma == max(map(float, sigmas))):
         warnings.warn(f"the best sigma ({model.sigma:g}) is at the edge of the grid {sigmas}; "
@@ -303,7 +416,7 @@ def train_sgdml(
         else:
             te_idx = np.setdiff1d(np.arange(M_all), np.concatenate([train_idx, valid_idx]))
             if n_test is not None:
-                te_idx = np.sort(rng.choice(te_idx, min(n_test, len(te_idx)), replace=False))
+                te_idx = np.sort(random_stream(seed, "test").choice(te_idx, min(n_test, len(te_idx)), replace=False))
     if len(te_idx) and Ete is not None and Fte is not None:
         say(f"testing on {len(te_idx)} frames")
         Ep, Fp = model.predict_numpy(Rte[te_idx])
@@ -323,6 +436,7 @@ def train_sgdml(
         "n_test": int(len(te_idx)),
         "train_indices": train_idx.tolist(),
         "valid_indices": valid_idx.tolist(),
+        "test_indices": np.asarray(te_idx).tolist(),
         "integration_constant_eV": model.c,
         "label_checks": checks,
         "train_time_s": time.perf_counter() - t_start,
@@ -333,6 +447,9 @@ def train_sgdml(
         "energy_unit": unit,
         "data_sha256": d["sha256"],
         "source": d["source"],
+        "seed": seed,
+        "resumed": bool(resume),
+        "checkpoint": ckpt.path,
     }
     if ok and len(ok) < len(sigmas):
         report["failed_sigmas"] = [r["sigma"] for r in results if "failed" in r]
@@ -355,24 +472,44 @@ def training_record(report: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- CLI
 _DEFAULTS = {"energy_unit": None, "n_train": 1000, "n_valid": 500, "n_test": None, "sigmas": None,
              "lam": 1e-10, "symmetries": "auto", "solver": "auto", "seed": 0, "output": "model.mlff",
-             "plot": None, "test": None}
+             "plot": None, "test": None, "checkpoint": None, "checkpoint_interval": 60.0,
+             "resume": False, "overwrite": False}
+
+#: exit codes of ``train sgdml`` and ``train mff`` (documented in docs/training.md)
+EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    # defaults live in _DEFAULTS (a --config file sits between them and the flags), so each
+    # help text states its default itself
     parser.add_argument("dataset", nargs="?", help="training data (npz, extxyz, ASE db, ...)")
-    parser.add_argument("--energy-unit", dest="energy_unit", help="energy unit of the data file (e.g. kcal/mol)")
-    parser.add_argument("--n-train", dest="n_train", type=int, help="training geometries (default 1000)")
-    parser.add_argument("--n-valid", dest="n_valid", type=int, help="validation geometries (default 500)")
+    parser.add_argument("--energy-unit", dest="energy_unit",
+                        help="energy unit of the data file, e.g. kcal/mol (default: the unit the file states)")
+    parser.add_argument("--n-train", dest="n_train", type=int, help="training geometries (default: 1000)")
+    parser.add_argument("--n-valid", dest="n_valid", type=int, help="validation geometries (default: 500)")
     parser.add_argument("--n-test", dest="n_test", type=int, help="test geometries (default: all remaining)")
-    parser.add_argument("--test", help="separate test data file (same units); default: frames not used")
-    parser.add_argument("--sigmas", help="kernel length scales, e.g. '10,20,30' or '10:100:10' (default 10:100:10)")
-    parser.add_argument("--lam", type=float, help="regulariser (default 1e-10)")
-    parser.add_argument("--symmetries", choices=["auto", "none"], help="detect symmetries (default auto)")
-    parser.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="linear solver (default auto)")
-    parser.add_argument("--seed", type=int, help="random seed for the split (default 0)")
-    parser.add_argument("-o", "--output", help="model file to write (default model.mlff)")
-    parser.add_argument("--plot", help="write a parity plot (PNG) of the test predictions")
-    parser.add_argument("--config", help="JSON file with any of these options (command-line flags override)")
+    parser.add_argument("--test", help="separate test data file, same units (default: the frames not used)")
+    parser.add_argument("--sigmas", help="kernel length scales, e.g. '10,20,30' or '10:100:10' (default: 10:100:10)")
+    parser.add_argument("--lam", type=float, help="regulariser (default: 1e-10)")
+    parser.add_argument("--symmetries", choices=["auto", "none"], help="detect symmetries (default: auto)")
+    parser.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="linear solver (default: auto)")
+    parser.add_argument("--seed", type=int,
+                        help="seed of the random streams: training/validation/test frames, CG inducing "
+                             "geometries (default: 0)")
+    parser.add_argument("-o", "--output", help="model file to write (default: model.mlff)")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="replace an existing output model file (default: refuse)")
+    parser.add_argument("--checkpoint",
+                        help="checkpoint file, written during training and removed after the model is saved "
+                             "(default: OUTPUT.ckpt)")
+    parser.add_argument("--checkpoint-interval", dest="checkpoint_interval", type=float,
+                        help="seconds between checkpoints during a CG solve; a checkpoint is also written "
+                             "after every sigma and on Ctrl-C/SIGTERM (default: 60)")
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="continue an interrupted run from its checkpoint (same data and options) "
+                             "(default: start afresh)")
+    parser.add_argument("--plot", help="write a parity plot (PNG) of the test predictions (default: none)")
+    parser.add_argument("--config", help="JSON file with any of these options; flags override it (default: none)")
     return parser
 
 
@@ -382,22 +519,38 @@ def parse_sigmas(text) -> list[float] | None:
     if isinstance(text, (list, tuple)):
         return [float(s) for s in text]
     text = str(text).strip()
-    if ":" in text:
-        parts = [float(p) for p in text.split(":")]
-        start, stop, step = (parts + [10.0])[:3] if len(parts) == 2 else parts
-        return [float(s) for s in np.arange(start, stop, step)]
-    return [float(s) for s in text.split(",") if s.strip()]
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            start, stop, step = (parts + [10.0])[:3] if len(parts) == 2 else parts
+            out = [float(s) for s in np.arange(start, stop, step)]
+        else:
+            out = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        out = []
+    if not out or not all(np.isfinite(out)) or min(out) <= 0:
+        raise ValueError(f"--sigmas {text!r} is not a list of positive numbers like '10,20,30' or a range "
+                         "START:STOP[:STEP] like '10:100:10'")
+    return out
+
+
+class _UsageError(Exception):
+    """A problem with the command line itself (exit code 2)."""
 
 
 def _resolve(args) -> dict[str, Any]:
     opts = dict(_DEFAULTS)
     if getattr(args, "config", None):
-        with open(args.config) as fh:
-            cfg = json.load(fh)
+        try:
+            with open(args.config) as fh:
+                cfg = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise _UsageError(f"cannot read --config {args.config}: {exc}") from None
+        cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
         unknown = set(cfg) - set(_DEFAULTS) - {"dataset"}
         if unknown:
-            raise SystemExit(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
-        opts.update({k.replace("-", "_"): v for k, v in cfg.items()})
+            raise _UsageError(f"unknown option(s) in --config {args.config}: {', '.join(sorted(unknown))}")
+        opts.update(cfg)
     for k in list(_DEFAULTS) + ["dataset"]:
         v = getattr(args, k, None)
         if v is not None:
@@ -405,35 +558,78 @@ def _resolve(args) -> dict[str, Any]:
     return opts
 
 
-def parity_plot(path, E_pred, E_ref, F_pred, F_ref, unit: str, title: str = "") -> None:
-    import matplotlib
+def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") -> str:
+    """Predicted against reference, in the units of ``ase-mlff eval``: energy per atom in
+    meV/atom (relative to the mean reference energy per atom, so the ticks stay readable for
+    molecules with energies of -10^4 eV) and force components in eV/Å; the titles give the
+    MAE in meV/atom and meV/Å. Arrays in eV and eV/Å; ``n_atoms`` per frame."""
+    from ..workflows.plotting import _figure, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    n_atoms = np.broadcast_to(np.asarray(n_atoms, dtype=float), np.shape(E_ref))
+    e_ref, e_pred = np.asarray(E_ref) / n_atoms, np.asarray(E_pred) / n_atoms
+    shift = float(e_ref.mean())
+    panels = [("energy per atom - mean (meV/atom)", 1e3 * (e_ref - shift), 1e3 * (e_pred - shift), 1.0, "meV/atom"),
+              ("force component (eV/Å)", np.concatenate([np.ravel(f) for f in F_ref]),
+               np.concatenate([np.ravel(f) for f in F_pred]), 1e3, "meV/Å")]
+    fig = _figure(6.8, 3.5)
+    for k, (name, ref, pred, factor, unit) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=0.8)
+        ax.plot(ref, pred, ".", ms=2, alpha=0.5, color=f"C{k}")
+        ax.ticklabel_format(useOffset=False)
+        ax.set_title(f"MAE {np.abs(pred - ref).mean() * factor:.3g} {unit}", fontsize=9)
+        ax.set_xlabel(f"reference {name}", fontsize=9)
+        ax.set_ylabel(f"model {name}", fontsize=9)
+        ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path, dpi=120)
 
-    f = energy_factor(unit)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
-    for a, p, r, lab in ((ax[0], np.ravel(E_pred) / f, np.ravel(E_ref) / f, f"energy ({unit})"),
-                         (ax[1], np.ravel(F_pred) / f, np.ravel(F_ref) / f, f"force ({unit}/Å)")):
-        a.plot(r, p, ".", ms=2, alpha=0.5)
-        lo, hi = float(min(r.min(), p.min())), float(max(r.max(), p.max()))
-        a.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        a.set_xlabel(f"reference {lab}")
-        a.set_ylabel(f"predicted {lab}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def cli_message(exc: BaseException) -> str:
+    """An error message with the Python keywords of the readers replaced by their flags."""
+    text = str(exc)
+    for kw, flag in (("energy_unit=", "--energy-unit "), ("length_unit=", "--length-unit ")):
+        text = text.replace(kw, flag)
+    return text
+
+
+def interrupted_message(exc, command: str) -> str:
+    where = (f"checkpoint written to {exc.checkpoint}; resume with the same command plus --resume"
+             if exc.checkpoint else "no checkpoint was written")
+    return f"{command}: interrupted ({exc.signal_name}); {where}"
 
 
 def run(args) -> int:
     from .. import data as data_mod
     from ..io import save_model
+    from .checkpoint import TrainingInterrupted, check_output, default_checkpoint_path
 
-    opts = _resolve(args)
+    def fail(msg, code):
+        print(f"ase-mlff train sgdml: error: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        opts = _resolve(args)
+        sigmas = parse_sigmas(opts["sigmas"])
+    except (_UsageError, ValueError) as exc:
+        return fail(exc, EXIT_USAGE)
     if not opts.get("dataset"):
-        print("error: no dataset given", file=sys.stderr)
-        return 2
+        return fail("no dataset given (the first argument, or \"dataset\" in --config)", EXIT_USAGE)
+    output = opts["output"]
+    ckpt_path = opts["checkpoint"] or default_checkpoint_path(output)
+    try:
+        check_output(output, bool(opts["overwrite"]), bool(opts["resume"]))
+    except FileExistsError as exc:
+        return fail(exc, EXIT_USAGE)
+    if not opts["resume"] and os.path.exists(ckpt_path):
+        return fail(f"checkpoint {ckpt_path} exists from an interrupted run; add --resume to continue it, "
+                    "or delete it to start over", EXIT_USAGE)
+    if opts["resume"] and not os.path.exists(ckpt_path):
+        return fail(f"--resume: there is no checkpoint {ckpt_path} (give it with --checkpoint, "
+                    "or start without --resume)", EXIT_USAGE)
     t0 = time.perf_counter()
 
     def progress(msg):
@@ -442,28 +638,34 @@ def run(args) -> int:
     try:
         ds = data_mod.read(opts["dataset"], energy_unit=opts["energy_unit"])
         test = data_mod.read(opts["test"], energy_unit=opts["energy_unit"]) if opts.get("test") else None
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DatasetError, OSError) as exc:
+        return fail(cli_message(exc), EXIT_DATA)
     progress(f"read {len(ds)} frames from {opts['dataset']}" + (f", {len(test)} test frames" if test else ""))
     try:
         model, report = train_sgdml(
-            ds, int(opts["n_train"]), int(opts["n_valid"]), sigmas=parse_sigmas(opts["sigmas"]),
+            ds, int(opts["n_train"]), int(opts["n_valid"]), sigmas=sigmas,
             lam=float(opts["lam"]), symmetries=opts["symmetries"], solver=opts["solver"],
             seed=int(opts["seed"]), progress=progress, test=test,
             n_test=None if opts["n_test"] is None else int(opts["n_test"]),
+            checkpoint=ckpt_path, resume=bool(opts["resume"]),
+            checkpoint_interval=float(opts["checkpoint_interval"]),
+            stop_after=getattr(args, "_stop_after", None), _cli=True,
         )
-    except (TrainingError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except TrainingInterrupted as exc:
+        print(interrupted_message(exc, "ase-mlff train sgdml"), file=sys.stderr)
+        return exc.exit_code
+    except MLFFError as exc:
+        return fail(cli_message(exc), EXIT_DATA)
     rec = training_record(report)
     rec["command"] = " ".join(sys.argv)
     if test is not None:
         rec["test_source"] = test.source
         rec["test_data_sha256"] = test.sha256()
-    save_model(model, opts["output"], training=rec)
+    save_model(model, output, training=rec)
+    if os.path.exists(ckpt_path):
+        os.unlink(ckpt_path)  # the model holds everything the checkpoint did
     unit = report["energy_unit"]
-    print(f"sGDML model written to {opts['output']} (sigma {report['sigma']:g}, {report['n_symmetries']} "
+    print(f"sGDML model written to {output} (sigma {report['sigma']:g}, {report['n_symmetries']} "
           f"symmetries, solver {report['solver']}, {report['n_train']} training geometries, "
           f"{report['train_time_s']:.0f} s, peak memory {report['peak_memory_bytes'] / 2**30:.2f} GiB)")
     for name in ("valid", "test"):
@@ -475,19 +677,14 @@ def run(args) -> int:
               f"forces MAE {t['forces_mae']:.4f} {unit}/Å ({t['forces_mae_meV_per_A']:.2f} meV/Å), "
               f"RMSE {t['forces_rmse']:.4f} {unit}/Å ({t['forces_rmse_meV_per_A']:.2f} meV/Å)")
     if opts.get("plot"):
-        if test is not None:
-            arr = test.arrays()
-            idx = np.arange(len(test)) if opts["n_test"] is None else np.arange(min(len(test), int(opts["n_test"])))
-        else:
-            arr = ds.arrays()
-            used = np.concatenate([report["train_indices"], report["valid_indices"]]).astype(int)
-            idx = np.setdiff1d(np.arange(len(ds)), used)
+        arr = (test if test is not None else ds).arrays()
+        idx = np.asarray(report["test_indices"], dtype=np.int64)
         if len(idx):
             Ep, Fp = model.predict_numpy(arr["R"][idx])
-            parity_plot(opts["plot"], Ep, arr["E"][idx], Fp, arr["F"][idx], unit,
+            parity_plot(opts["plot"], Ep, arr["E"][idx], Fp, arr["F"][idx], arr["R"].shape[1],
                         title=f"sGDML test parity ({len(idx)} frames)")
             print(f"parity plot written to {opts['plot']}")
-    return 0
+    return EXIT_OK
 
 
 def main(argv=None) -> int:
