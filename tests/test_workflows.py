@@ -435,3 +435,103 @@ def test_cli_reads_a_frame_by_index(tmp_path, analytic_pair_file, capsys):
 def test_cli_bad_input_is_a_clear_error(tmp_path, analytic_file, capsys):
     assert cli(["md", analytic_file, tmp_path / "missing.xyz"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ issue #8: reports, safety, CLI
+def test_eos_reports_a0_and_residual_and_warns_at_the_window_edge():
+    calc = MLFFCalculator(_analytic(three_body=0.0))
+    prim, conv = bulk("Cu", "fcc", a=A_CU), bulk("Cu", "fcc", a=A_CU, cubic=True)
+    r_prim = equation_of_state(prim, calc, volumes=(0.94, 1.06), npoints=7)
+    r_conv = equation_of_state(conv, calc, volumes=(0.94, 1.06), npoints=7)
+    # a0 from V0: fcc has 4 atoms per conventional cube, whichever cell was given
+    assert r_prim.a0 == pytest.approx((4 * r_prim.v0) ** (1 / 3), rel=1e-6)
+    assert r_conv.a0 == pytest.approx(r_prim.a0, rel=1e-4)
+    assert r_prim.a0 == pytest.approx(A_CU, rel=0.02)
+    assert "a0" in r_prim.summary() and "RMS residual" in r_prim.summary()
+    assert 0 <= r_prim.residual_rms < 1e-3  # eV/atom: a smooth potential fits well
+    assert not r_prim.warnings
+    # the minimum near the upper end of the window: warned, with what to do
+    edge = equation_of_state(prim, calc, volumes=(r_prim.v0 / prim.get_volume() - 0.16,
+                                                  r_prim.v0 / prim.get_volume() + 0.01), npoints=7)
+    assert any("edge" in w and "recentre" in w for w in edge.warnings), edge.summary()
+    assert "warning V0 lies near the edge" in edge.summary()
+    # a non-cubic lattice: the cell lengths at V0 instead of a0
+    hcp = bulk("Cu", "hcp", a=A_CU / np.sqrt(2), c=A_CU / np.sqrt(2) * 1.633)
+    r_hcp = equation_of_state(hcp, calc, volumes=(0.9, 1.1), npoints=7)
+    assert r_hcp.a0 is None and "a b c =" in r_hcp.summary()
+
+
+def test_phonons_warn_about_a_stressed_cell():
+    calc = MLFFCalculator(_analytic())
+    a0 = equation_of_state(bulk("Cu", "fcc", a=A_CU), calc, volumes=(0.97, 1.03), npoints=5).a0  # P ~ 0
+    relaxed = phonons(bulk("Cu", "fcc", a=a0), calc, supercell=2, npoints=3, mesh=0)
+    squeezed = phonons(bulk("Cu", "fcc", a=0.95 * A_CU), calc, supercell=2, npoints=3, mesh=0)
+    assert np.abs(relaxed.stress_gpa).max() < 1.0 and not any("stress" in w for w in relaxed.warnings)
+    assert -np.mean(squeezed.stress_gpa[:3]) > 1.0  # compressed: positive pressure
+    assert any("relax the cell first" in w for w in squeezed.warnings), squeezed.summary()
+    assert "warning the input cell is under stress" in squeezed.summary()
+
+
+def test_eos_and_phonons_keep_existing_output_files(periodic, tmp_path, capsys):
+    model, path = periodic
+    (tmp_path / "eos.dat").write_text("mine\n")
+    assert cli(["eos", model, path, "--points", 5, "--range", 0.95, 1.05, "--outdir", tmp_path]) == 1
+    err = capsys.readouterr().err
+    assert "eos.dat" in err and "--overwrite" in err
+    assert (tmp_path / "eos.dat").read_text() == "mine\n" and not (tmp_path / "eos.png").exists()
+    assert cli(["eos", model, path, "--points", 5, "--range", 0.95, 1.05, "--outdir", tmp_path, "--overwrite"]) == 0
+    assert np.loadtxt(tmp_path / "eos.dat").shape[0] == 5
+    calc = MLFFCalculator(_analytic(three_body=0.0))
+    from ase_mlff.errors import InputError
+
+    with pytest.raises(InputError, match="phonons.png"):
+        (tmp_path / "phonons.png").write_bytes(b"x")
+        phonons(bulk("Cu", "fcc", a=A_CU), calc, supercell=2, npoints=3, mesh=0, outdir=tmp_path)
+    assert (tmp_path / "phonons.png").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("verb", ["md", "relax", "phonons", "eos", "eval"])
+def test_every_workflow_help_shows_the_defaults(verb, capsys):
+    """Each option that takes a value says its default in --help (on/off flags are off)."""
+    import re
+
+    with pytest.raises(SystemExit) as exc:
+        cli([verb, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    options = text.split("options:", 1)[1]
+    # one block per option: from a line starting with "  -" to the next such line or heading
+    blocks = re.split(r"\n(?=  -|\S)", options)
+    checked = 0
+    for block in blocks:
+        head = block.strip().split("\n")[0]
+        if not head.startswith("-") or head.startswith("-h, --help"):
+            continue
+        takes_value = re.match(r"^(-\w+ |--[\w-]+ )[A-Z{]", head.split(",")[-1].strip() + " ") or \
+            re.match(r"^-\w [A-Z{]", head)
+        if takes_value:
+            checked += 1
+            assert "default" in " ".join(block.split()), f"{verb}: {head!r} does not show its default"
+    assert checked >= 4
+
+
+def test_cli_exit_codes(periodic, tmp_path, capsys, monkeypatch):
+    model, path = periodic
+    # usage errors: argparse, status 2, the flag named
+    for argv, flag in ((["md", model, path, "-n", "-5"], "--steps"), (["md", model, path, "-T", "hot"], "--temperature"),
+                       (["md", model, path, "-i", "x"], "--index"), (["eos", model, path, "--points", 3], "--points")):
+        with pytest.raises(SystemExit) as exc:
+            cli(argv)
+        assert exc.value.code == 2, argv
+        assert flag in capsys.readouterr().err, argv
+    # bad data: status 1
+    assert cli(["eos", model, tmp_path / "missing.extxyz", "--outdir", tmp_path]) == 1
+    assert "not found" in capsys.readouterr().err
+    # Ctrl-C outside the MD loop: 130 (the MD loop itself returns 130 after an interrupted run)
+    import ase_mlff.workflows.eos as eos_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eos_module, "equation_of_state", interrupted)
+    assert cli(["eos", model, path, "--outdir", tmp_path]) == 130
