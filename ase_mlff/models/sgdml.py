@@ -38,7 +38,7 @@ from ..descriptors.inverse_distance import (
 )
 from ..errors import InputError
 from ..graph import Graph
-from .base import Model, register_model, symbols
+from .base import Model, config_float, config_int, config_species, register_model, symbols
 
 #: largest RMS difference (Å) between the distance matrix of a reordered input and the
 #: closest training geometry for which the atom order is identified automatically
@@ -78,11 +78,13 @@ class SGDMLModel(Model):
         self.register_buffer("perms", torch.arange(n, dtype=torch.long).repeat(s, 1))
         self.register_buffer("desc_train", torch.zeros(m, p, dtype=torch.float64))
         self.register_buffer("v_train", torch.zeros(m, p, dtype=torch.float64))
-        # derived (not stored in files): permuted copies, (S*M, P), copy q of point i at q*M + i
-        self.register_buffer("Y", torch.zeros(s * m, p, dtype=torch.float64), persistent=False)
-        self.register_buffer("V", torch.zeros(s * m, p, dtype=torch.float64), persistent=False)
-        self.register_buffer("yy", torch.zeros(s * m, dtype=torch.float64), persistent=False)
-        self.register_buffer("yv", torch.zeros(s * m, dtype=torch.float64), persistent=False)
+        # derived (not stored in files): permuted copies, (S*M, P), copy q of point i at q*M + i.
+        # They start empty because _derive replaces them: S*M*P zeros here would double the
+        # peak memory of a load and allocate before the arrays are known to fit the sizes.
+        self.register_buffer("Y", torch.zeros(0, p, dtype=torch.float64), persistent=False)
+        self.register_buffer("V", torch.zeros(0, p, dtype=torch.float64), persistent=False)
+        self.register_buffer("yy", torch.zeros(0, dtype=torch.float64), persistent=False)
+        self.register_buffer("yv", torch.zeros(0, dtype=torch.float64), persistent=False)
         a, b = pair_indices(n)
         self._pa, self._pb = a, b
         self._inc = incidence_matrix(n)
@@ -100,6 +102,49 @@ class SGDMLModel(Model):
         model.set_arrays({"z": z, "perms": perms, "desc_train": np.asarray(desc_train, np.float64),
                           "v_train": np.asarray(v_train, np.float64)})
         return model
+
+    #: bounds on hyperparameters read from files (far beyond any molecule sGDML can train on)
+    MAX_ATOMS = 10_000
+    MAX_TRAIN = 10_000_000
+    MAX_PERMS = 1_000_000
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shapes of z (N,), perms (S, N), desc_train and v_train (M, P), without allocating."""
+        species = config_species(config)
+        if config.get("cutoff") is not None:
+            raise ValueError(f"hyperparameters.cutoff must be null for sGDML (a global model), "
+                             f"got {config['cutoff']!r:.40}")
+        n = config_int(config, "n_atoms", 2, cls.MAX_ATOMS)
+        m = config_int(config, "n_train", 1, cls.MAX_TRAIN)
+        s = config_int(config, "n_perms", 1, cls.MAX_PERMS)
+        if len(species) > n:
+            raise ValueError(f"hyperparameters.species lists {len(species)} elements for {n} atoms")
+        config_float(config, "sigma", 0.0, lo_open=True, default=10.0)
+        config_float(config, "lam", 0.0, default=1e-10)
+        config_float(config, "c", default=0.0)
+        p = n * (n - 1) // 2
+        return {"z": ((n,), "int64"), "perms": ((s, n), "int64"),
+                "desc_train": ((m, p), "float64"), "v_train": ((m, p), "float64")}
+
+    @classmethod
+    def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """z holds exactly the species; perms are distinct element-preserving permutations (each
+        is a symmetry the kernel sums over, so a duplicate would count a term twice); the
+        descriptors are inverse distances, hence positive."""
+        z, perms = arrays["z"], arrays["perms"]
+        if sorted(set(z.tolist())) != sorted(config["species"]):
+            raise ValueError(f"array 'z' holds elements {sorted(set(z.tolist()))}, "
+                             f"hyperparameters.species says {sorted(config['species'])}")
+        n = len(z)
+        if not np.array_equal(np.sort(perms, axis=1), np.broadcast_to(np.arange(n), perms.shape)):
+            raise ValueError("array 'perms' holds a row that is not a permutation of the atoms")
+        if not np.array_equal(z[perms], np.broadcast_to(z, perms.shape)):
+            raise ValueError("array 'perms' holds a permutation that exchanges different elements")
+        if len(np.unique(perms, axis=0)) != len(perms):
+            raise ValueError("array 'perms' holds the same permutation twice")
+        if not (arrays["desc_train"] > 0).all():
+            raise ValueError("array 'desc_train' holds non-positive inverse distances")
 
     def get_config(self) -> dict[str, Any]:
         return {"species": self.species, "cutoff": None, "n_atoms": self.n_atoms, "n_train": self.n_train,
