@@ -428,19 +428,20 @@ class _Archive:
             raise ModelFileError(f"{where} 'arrays' must be an object of name -> {{shape, dtype, sha256}}")
         out = {}
         for name, entry in table.items():
-            field = f"{where} 'arrays.{name}'" if len(name) < 130 else f"{where} 'arrays'"
+            def field(sub=""):
+                return f"{where} 'arrays.{name}{sub}'"
             if not _ARRAY_NAME.match(name):
                 raise ModelFileError(f"{where} 'arrays' has an invalid array name {_short(name)}")
             if not isinstance(entry, dict) or set(entry) != {"shape", "dtype", "sha256"}:
-                raise ModelFileError(f"{field} must be an object with exactly shape, dtype and sha256")
+                raise ModelFileError(f"{field()} must be an object with exactly shape, dtype and sha256")
             shape, dtype, sha = entry["shape"], entry["dtype"], entry["sha256"]
             if (not isinstance(shape, list) or len(shape) > 32
                     or not all(_is_int(n) and 0 <= n < 2**62 for n in shape)):
-                raise ModelFileError(f"{field}.shape must be a list of non-negative integers, got {_short(shape)}")
+                raise ModelFileError(f"{field('.shape')} must be a list of non-negative integers, got {_short(shape)}")
             if not isinstance(dtype, str) or dtype not in ARRAY_DTYPES:
-                raise ModelFileError(f"{field}.dtype must be one of {', '.join(ARRAY_DTYPES)}, got {_short(dtype)}")
+                raise ModelFileError(f"{field('.dtype')} must be one of {', '.join(ARRAY_DTYPES)}, got {_short(dtype)}")
             if not isinstance(sha, str) or not _SHA256.match(sha):
-                raise ModelFileError(f"{field}.sha256 must be 64 lowercase hex digits, got {_short(sha)}")
+                raise ModelFileError(f"{field('.sha256')} must be 64 lowercase hex digits, got {_short(sha)}")
             out[name] = (tuple(shape), dtype, sha)
         return out
 

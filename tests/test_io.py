@@ -177,3 +177,60 @@ def test_atomic_write_keeps_old_file_on_failure(model_file, analytic_model, monk
         save_model(analytic_model, model_file)
     assert model_file.read_bytes() == before
     assert [p for p in os.listdir(model_file.parent) if p.endswith(".tmp")] == []
+
+
+def test_killed_save_leaves_a_recognisable_temporary_that_the_next_save_removes(model_file, analytic_model):
+    """A writer killed mid-save leaves ``.{name}.{pid}.{random}.tmp``; once that pid is gone,
+    the next save to the same path removes it, and leftovers of live writers or of other
+    files stay."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys\n"
+        "from ase_mlff.io import atomic_write_bytes\n"
+        "def write(fh):\n"
+        "    fh.write(b'half a model')\n"
+        "    fh.flush()\n"
+        "    os._exit(9)\n"
+        "atomic_write_bytes(sys.argv[1], write)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(model_file)], check=False)
+    folder = model_file.parent
+    leftovers = [p for p in os.listdir(folder) if p.endswith(".tmp")]
+    assert len(leftovers) == 1
+    assert re.fullmatch(r"\.model\.mlff\.\d+\.\w+\.tmp", leftovers[0])
+    live = folder / f".model.mlff.{os.getpid()}.livewriter.tmp"  # this process: still writing
+    other = folder / ".other.mlff.1.x.tmp"  # another file's temporary
+    old_style = folder / ".model.mlff.abcd1234.tmp"  # no pid; removed only once old
+    recent_old_style = folder / ".model.mlff.efgh5678.tmp"
+    for p in (live, other, old_style, recent_old_style):
+        p.write_bytes(b"x")
+    hours_ago = time.time() - 7200
+    os.utime(old_style, (hours_ago, hours_ago))
+    save_model(analytic_model, model_file)
+    remaining = sorted(p for p in os.listdir(folder) if p.endswith(".tmp"))
+    assert remaining == sorted([live.name, other.name, recent_old_style.name])
+    load_model(model_file)  # the model itself is whole
+
+
+def test_stale_temporary_of_a_live_pid_is_removed_when_old(model_file, analytic_model):
+    import time
+
+    stale = model_file.parent / f".model.mlff.{os.getpid()}.abandoned.tmp"
+    stale.write_bytes(b"x")
+    hours_ago = time.time() - 7200
+    os.utime(stale, (hours_ago, hours_ago))
+    save_model(analytic_model, model_file)
+    assert not stale.exists()
+
+
+def test_temporary_cleanup_never_follows_links(model_file, analytic_model, tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = model_file.parent / ".model.mlff.1.link.tmp"
+    os.symlink(target, link)
+    save_model(analytic_model, model_file)
+    assert target.read_text() == "keep me"

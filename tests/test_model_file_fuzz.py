@@ -1,0 +1,562 @@
+"""Hostile model files: damaged, edited or crafted archives either load as exactly the model
+that was saved or raise ModelFileError, quickly and without allocating what they claim.
+
+The shipped potentials are mutated the way an attacker or a broken disk would: single
+meta.json edits with the checksum recomputed (so only the schema checks stand in the way),
+bit flips and truncations of the zip, array members rewritten with other dtypes, shapes or
+NaNs (table entry and checksum updated), and zip members whose inflated size is a lie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import read
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ase_mlff import ModelFileError
+from ase_mlff.cli import main
+from ase_mlff.io import load_model, read_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = {"sgdml": ROOT / "potentials" / "ethanol_sgdml.mlff", "mff": ROOT / "potentials" / "ni_mff.mlff"}
+#: a refused file may use at most this much traced memory while being refused
+MAX_REFUSED_BYTES = 32 * 2**20
+
+
+# --------------------------------------------------------------------------- crafting
+def _members(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {i.filename: zf.read(i.filename) for i in zf.infolist()}
+
+
+def _npy(arr, allow_pickle=False) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def craft(src, edit_meta=None, arrays=None, raw=None) -> bytes:
+    """Bytes of a copy of ``src`` with meta.json edited in place by ``edit_meta(meta)``, arrays
+    replaced (``{name: ndarray}``, table entry and checksums updated) or members replaced by
+    ``raw`` (``{member: bytes}``, nothing updated); meta.sha256 always matches meta.json."""
+    members = _members(src)
+    meta = json.loads(members["meta.json"])
+    for name, arr in (arrays or {}).items():
+        blob = _npy(arr, allow_pickle=arr.dtype.hasobject)
+        members[f"arrays/{name}.npy"] = blob
+        meta["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                                "sha256": hashlib.sha256(blob).hexdigest()}
+    if edit_meta is not None:
+        edit_meta(meta)
+    members.update(raw or {})
+    meta_bytes = json.dumps(meta).encode()
+    members["meta.json"] = meta_bytes
+    members["meta.sha256"] = hashlib.sha256(meta_bytes).hexdigest().encode()
+    return _zip(members)
+
+
+def _array(src, name) -> np.ndarray:
+    return np.lib.format.read_array(io.BytesIO(_members(src)[f"arrays/{name}.npy"]))
+
+
+def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
+    """Rewrite the recorded uncompressed size and CRC of ``member`` in both zip headers."""
+    data = bytearray(data)
+    name = member.encode()
+    local = data.find(b"PK\x03\x04" + data[4:4])  # first local header
+    while local >= 0:
+        nlen = struct.unpack_from("<H", data, local + 26)[0]
+        if data[local + 30:local + 30 + nlen] == name:
+            struct.pack_into("<I", data, local + 14, crc)
+            struct.pack_into("<I", data, local + 22, file_size)
+            break
+        local = data.find(b"PK\x03\x04", local + 4)
+    central = data.find(b"PK\x01\x02")
+    while central >= 0:
+        nlen = struct.unpack_from("<H", data, central + 28)[0]
+        if data[central + 46:central + 46 + nlen] == name:
+            struct.pack_into("<I", data, central + 16, crc)
+            struct.pack_into("<I", data, central + 24, file_size)
+        central = data.find(b"PK\x01\x02", central + 4)
+    return bytes(data)
+
+
+# --------------------------------------------------------------------------- reference results
+def _structure(family):
+    if family == "sgdml":
+        return read(ROOT / "potentials" / "ethanol_start.xyz")
+    atoms = bulk("Ni", "fcc", a=3.52, cubic=True)
+    atoms.positions += np.random.default_rng(7).normal(scale=0.05, size=atoms.positions.shape)
+    return atoms
+
+
+def _predict(model, family):
+    from ase_mlff import MLFFCalculator
+
+    atoms = _structure(family)
+    atoms.calc = MLFFCalculator(model)
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+_REFERENCE: dict[str, tuple] = {}
+
+
+def _reference(family):
+    if family not in _REFERENCE:
+        _REFERENCE[family] = _predict(load_model(SHIPPED[family]), family)
+    return _REFERENCE[family]
+
+
+def _load_bounded(path):
+    """load_model(path) with the traced peak memory; the result is a model or the exception."""
+    tracemalloc.start()
+    try:
+        try:
+            result = load_model(path)
+        except ModelFileError as exc:
+            result = exc
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+# --------------------------------------------------------------------------- fuzz
+def _paths(value, prefix=()):
+    """Paths to every field of meta.json (the first three items of long lists)."""
+    out = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.append(prefix + (k,))
+            out += _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            out.append(prefix + (i,))
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+def _nested(depth):
+    v = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+REPLACEMENTS = {
+    "delete": None, "none": None, "str": "x", "empty_str": "", "list": [1, 2], "dict": {"a": 1},
+    "huge_int": 10**30, "huge_digits": int("9" * 30), "negative": -1, "negative_float": -2.5,
+    "nan": math.nan, "inf": math.inf, "true": True, "zero": 0, "float": 0.5, "nested": _nested(200),
+    "mildly_nested": _nested(40),
+}
+
+#: hyperparameters for which any finite number gives a valid (but different) model
+FREE_PARAMETERS = {("hyperparameters", "c"), ("hyperparameters", "sigma")}
+
+
+def _edit(meta, path, kind):
+    parent = meta
+    for key in path[:-1]:
+        parent = parent[key]
+    if kind == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = json.loads(json.dumps(REPLACEMENTS[kind]))
+
+
+mutation = st.one_of(
+    st.tuples(st.just("meta"), st.integers(0, 10**6), st.sampled_from(sorted(REPLACEMENTS))),
+    st.tuples(st.just("flip"), st.integers(0, 10**7), st.integers(1, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10**7), st.just(0)),
+    st.tuples(st.just("dtype"), st.integers(0, 10), st.sampled_from(
+        ["complex128", "U3", "object", "float32", "int64", "int32", "bool", ">f8", "float16"])),
+    st.tuples(st.just("shape"), st.integers(0, 10), st.sampled_from(["drop_row", "transpose", "flat", "add_axis"])),
+    st.tuples(st.just("nan"), st.integers(0, 10), st.sampled_from([math.nan, math.inf, -math.inf])),
+)
+
+
+def _mutate(family, kind, a, b) -> tuple[bytes, tuple | None]:
+    """Bytes of the mutated shipped file and, for meta edits, the edited path."""
+    src = SHIPPED[family]
+    data = src.read_bytes()
+    if kind == "flip":
+        out = bytearray(data)
+        out[a % len(data)] ^= b
+        return bytes(out), None
+    if kind == "truncate":
+        return data[:a % len(data)], None
+    if kind == "meta":
+        meta = json.loads(_members(src)["meta.json"])
+        paths = _paths(meta)
+        path = paths[a % len(paths)]
+        return craft(src, lambda m: _edit(m, path, b)), path
+    names = sorted(json.loads(_members(src)["meta.json"])["arrays"])
+    name = names[a % len(names)]
+    arr = _array(src, name)
+    if kind == "dtype":
+        if b == "complex128":
+            new = arr.astype(np.complex128) + (1j if arr.dtype.kind == "f" else 0)
+        elif b == "U3":
+            new = arr.astype(str).astype("U3")
+        elif b == "object":
+            new = arr.astype(object)
+        else:
+            new = arr.astype(b)
+    elif kind == "shape":
+        if b == "drop_row":
+            new = arr[:-1] if arr.ndim and len(arr) else np.zeros(1)
+        elif b == "transpose":
+            new = np.ascontiguousarray(arr.T) if arr.ndim > 1 else arr[::-1].copy()
+        elif b == "flat":
+            new = arr.reshape(-1) if arr.ndim > 1 else arr.reshape(1, -1)
+        else:
+            new = arr[None]
+    else:  # nan
+        new = arr.astype(np.float64) if arr.dtype.kind != "f" else arr.copy()
+        if new.size:
+            new.reshape(-1)[new.size // 2] = b
+        else:
+            new = np.array([b])
+    return craft(src, arrays={name: new}), None
+
+
+@pytest.mark.parametrize("family", ["sgdml", "mff"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(change=mutation)
+def test_mutated_model_file_is_refused_or_identical(family, change, tmp_path):
+    kind, a, b = change
+    data, path = _mutate(family, kind, a, b)
+    bad = tmp_path / f"{family}.mlff"
+    bad.write_bytes(data)
+    result, peak = _load_bounded(bad)
+    if isinstance(result, ModelFileError):
+        assert peak < MAX_REFUSED_BYTES, f"refusing used {peak / 2**20:.1f} MiB"
+        assert str(bad) in str(result)
+        return
+    e, f = _predict(result, family)
+    e0, f0 = _reference(family)
+    if path in FREE_PARAMETERS and e != e0:
+        # a valid edit of a free parameter: the loader must have taken exactly the file's value
+        assert getattr(result, path[1]) == float(result.meta["hyperparameters"][path[1]])
+        assert np.isfinite(e) and np.isfinite(f).all()
+        return
+    assert e == e0, (kind, a, b, path)
+    np.testing.assert_array_equal(f, f0)
+
+
+@pytest.mark.parametrize("family", ["sgdml", "mff"])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edit=st.tuples(st.integers(0, 10**6), st.sampled_from(sorted(REPLACEMENTS))))
+def test_info_on_edited_meta_never_shows_a_traceback(family, edit, tmp_path, capsys):
+    src = SHIPPED[family]
+    paths = _paths(json.loads(_members(src)["meta.json"]))
+    path = paths[edit[0] % len(paths)]
+    bad = tmp_path / "edited.mlff"
+    bad.write_bytes(craft(src, lambda m: _edit(m, path, edit[1])))
+    rc = main(["info", str(bad)])
+    out, err = capsys.readouterr()
+    assert rc in (0, 1)
+    if rc == 1:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(bad) in err
+
+
+# --------------------------------------------------------------------------- explicit cases
+def _refused(path, match):
+    with pytest.raises(ModelFileError, match=match) as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_shipped_files_load_unchanged():
+    for family, path in SHIPPED.items():
+        e, f = _predict(load_model(path), family)
+        assert np.isfinite(e) and np.isfinite(f).all()
+        assert read_metadata(path)["family"] == family
+
+
+def test_huge_sizes_in_hyperparameters_are_refused_before_allocating(tmp_path):
+    src = SHIPPED["sgdml"]
+    cases = {
+        "n_train": lambda m: m["hyperparameters"].update(n_train=10**7),
+        "n_perms": lambda m: m["hyperparameters"].update(n_perms=10**6),
+        "n_atoms": lambda m: m["hyperparameters"].update(n_atoms=10**4),
+        "beyond_bounds": lambda m: m["hyperparameters"].update(n_train=10**12),
+    }
+    for field, edit in cases.items():
+        path = tmp_path / f"{field}.mlff"
+        path.write_bytes(craft(src, edit))
+        result, peak = _load_bounded(path)
+        assert isinstance(result, ModelFileError), field
+        assert "n_train" in str(result) or "arrays." in str(result)
+        assert peak < MAX_REFUSED_BYTES
+    # the table agrees with the hyperparameters, but the members do not hold that much data
+    path = tmp_path / "table.mlff"
+
+    def both(m):
+        m["hyperparameters"]["n_train"] = 10**7
+        for name in ("desc_train", "v_train"):
+            m["arrays"][name]["shape"] = [10**7, 36]
+
+    path.write_bytes(craft(src, both))
+    _refused(path, r"member arrays/desc_train.npy is \d+ bytes uncompressed, but meta.json field "
+                   r"'arrays.desc_train' declares float64 \[10000000, 36\]")
+    mff = tmp_path / "mff.mlff"
+    mff.write_bytes(craft(SHIPPED["mff"], lambda m: m["hyperparameters"].update(n3=5000)))
+    _refused(mff, "arrays.coef3")
+
+
+def _bomb(tmp_path, honest: bool) -> Path:
+    """The ethanol model whose desc_train member inflates to 200 MiB more than its array; with
+    ``honest`` the zip directory says so, otherwise it claims the array's true size."""
+    src = SHIPPED["sgdml"]
+    members = _members(src)
+    real = members["arrays/desc_train.npy"]
+    inflated = real + bytes(200 * 2**20)
+    members["arrays/desc_train.npy"] = inflated
+    data = _zip(members)
+    if not honest:
+        data = _patch_sizes(data, "arrays/desc_train.npy", len(real), zlib.crc32(inflated))
+    path = tmp_path / f"bomb_{honest}.mlff"
+    path.write_bytes(data)
+    assert path.stat().st_size < 2 * 2**20
+    return path
+
+
+def test_zip_bomb_is_refused_without_inflating(tmp_path):
+    result, peak = _load_bounded(_bomb(tmp_path, honest=True))
+    assert isinstance(result, ModelFileError) and "declares float64 [1000, 36]" in str(result)
+    assert peak < MAX_REFUSED_BYTES
+    result, peak = _load_bounded(_bomb(tmp_path, honest=False))
+    assert isinstance(result, ModelFileError) and "desc_train" in str(result)
+    assert peak < MAX_REFUSED_BYTES
+
+
+def test_honest_but_extreme_compression_is_refused(tmp_path):
+    src = SHIPPED["sgdml"]
+    n_train = 70 * 2**20 // (36 * 8)
+    zeros = np.zeros((n_train, 36))
+    path = tmp_path / "zeros.mlff"
+    path.write_bytes(craft(src, lambda m: m["hyperparameters"].update(n_train=n_train),
+                           arrays={"desc_train": zeros, "v_train": zeros}))
+    result, peak = _load_bounded(path)
+    assert isinstance(result, ModelFileError) and "zip bomb" in str(result)
+    assert peak < MAX_REFUSED_BYTES
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_device_is_refused():
+    _refused("/dev/zero", "not a regular file")
+    assert main(["info", "/dev/zero"]) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "model.mlff"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def attempt():
+        try:
+            load_model(fifo)
+        except ModelFileError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # blocked opening the FIFO: give it a writer so the thread ends
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        worker.join(timeout=5)
+        pytest.fail("load_model blocked on a FIFO")
+    assert outcome and "not a regular file" in str(outcome[0])
+
+
+def test_directory_is_refused(tmp_path):
+    _refused(tmp_path, "not a regular file")
+
+
+def test_nan_and_inf_coefficients_are_refused(tmp_path):
+    for family, name in (("mff", "coef2"), ("mff", "coef3"), ("sgdml", "v_train")):
+        for value in (math.nan, math.inf):
+            arr = _array(SHIPPED[family], name).copy()
+            arr.reshape(-1)[arr.size // 3] = value
+            path = tmp_path / f"{family}_{name}.mlff"
+            path.write_bytes(craft(SHIPPED[family], arrays={name: arr}))
+            _refused(path, f"array '{name}' holds NaN or infinite values")
+
+
+@pytest.mark.parametrize("dtype,match", [
+    ("complex128", "'arrays.desc_train.dtype' must be one of"),
+    ("object", "'arrays.desc_train.dtype' must be one of"),
+    ("U8", "'arrays.desc_train.dtype' must be one of"),
+    ("float32", "float32"),
+])
+def test_array_dtypes_are_checked(tmp_path, dtype, match):
+    arr = _array(SHIPPED["sgdml"], "desc_train").astype(dtype)
+    path = tmp_path / "dtype.mlff"
+    path.write_bytes(craft(SHIPPED["sgdml"], arrays={"desc_train": arr}))
+    _refused(path, match)
+
+
+def test_npy_header_must_agree_with_the_table(tmp_path):
+    """A member whose .npy header says complex (or object, or another shape) is refused from
+    the header, even when the table entry and checksum were forged to claim float64."""
+    src = SHIPPED["sgdml"]
+    arr = _array(src, "desc_train")
+    for stored, match in ((arr.astype(np.complex128)[:, :18], "stored as '<c16'"),
+                          (arr.astype(object), "stored as '\\|O'|uncompressed"),
+                          (arr.reshape(36, 1000), r"has shape \[36, 1000\]")):
+        blob = _npy(stored, allow_pickle=True)
+
+        def forge(m, blob=blob):
+            m["arrays"]["desc_train"]["sha256"] = hashlib.sha256(blob).hexdigest()
+
+        path = tmp_path / "header.mlff"
+        path.write_bytes(craft(src, forge, raw={"arrays/desc_train.npy": blob}))
+        _refused(path, match)
+
+
+def test_wrong_content_is_refused(tmp_path):
+    src = SHIPPED["sgdml"]
+    perms = _array(src, "perms").copy()
+    perms[1] = perms[0]
+    path = tmp_path / "perms.mlff"
+    path.write_bytes(craft(src, arrays={"perms": perms}))
+    _refused(path, "same permutation twice")
+    z = _array(src, "z").copy()
+    z[0] = 7
+    path.write_bytes(craft(src, arrays={"z": z}))
+    _refused(path, "array 'z' holds elements")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("elements", [1, 6, 8], "'elements'"),
+    ("elements", ["H", "C", "N"], "'elements' must name the elements"),
+    ("atomic_numbers", "168", "'atomic_numbers'"),
+    ("cutoff", math.nan, "'cutoff'"),
+    ("cutoff", -1.0, "'cutoff'"),
+    ("format_version", "1", "format version '1'"),
+    ("family", ["sgdml"], "'family'"),
+    ("units", {"energy": "kcal/mol"}, "'units'"),
+    ("hyperparameters", [], "'hyperparameters'"),
+    ("training", "x", "'training'"),
+    ("arrays", {"z": [9]}, "'arrays.z'"),
+])
+def test_meta_fields_are_checked(tmp_path, field, value, match, capsys):
+    path = tmp_path / "meta.mlff"
+    path.write_bytes(craft(SHIPPED["sgdml"], lambda m: m.update({field: value})))
+    _refused(path, match)
+    assert main(["info", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ase-mlff: error: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("key,value", [("sigma", -1.0), ("sigma", "10"), ("n_atoms", 9.5), ("n_perms", True),
+                                       ("lam", math.nan), ("c", None), ("n_train", -3), ("cutoff", 5.0)])
+def test_sgdml_hyperparameters_are_checked(tmp_path, key, value):
+    path = tmp_path / "hp.mlff"
+    path.write_bytes(craft(SHIPPED["sgdml"], lambda m: m["hyperparameters"].update({key: value})))
+    _refused(path, f"hyperparameters.{key}")
+
+
+def test_deeply_nested_meta_is_refused(tmp_path, capsys):
+    src = SHIPPED["mff"]
+    for depth in (100, 100_000):
+        text = "[" * depth + "]" * depth
+        edit = lambda m: m["training"].update(x="@@")  # noqa: E731
+        data = craft(src, edit)
+        members = _members(io.BytesIO(data))
+        meta_bytes = members["meta.json"].replace(b'"@@"', text.encode())
+        members["meta.json"] = meta_bytes
+        members["meta.sha256"] = hashlib.sha256(meta_bytes).hexdigest().encode()
+        path = tmp_path / f"nested{depth}.mlff"
+        path.write_bytes(_zip(members))
+        _refused(path, "nested too deeply")
+        assert main(["info", str(path)]) == 1
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_extra_members_and_oversized_meta_are_refused(tmp_path):
+    src = SHIPPED["mff"]
+    path = tmp_path / "extra.mlff"
+    path.write_bytes(craft(src, raw={"payload.bin": bytes(100)}))
+    _refused(path, "payload.bin")
+    path.write_bytes(craft(src, lambda m: m["training"].update(blob="x" * 5 * 2**20)))
+    _refused(path, "meta.json is .* bytes")
+
+
+def test_refused_crafted_files_stay_small_in_a_fresh_process(tmp_path):
+    """In a fresh interpreter with the address space capped a few hundred MiB above what
+    importing needs, every crafted file is a ModelFileError (an allocation of what the file
+    claims would fail instead), and the resident peak grows by at most tens of MiB."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("uses /proc and RLIMIT_AS")
+    files = []
+    src = SHIPPED["sgdml"]
+    for name, edit in {"n_train": lambda m: m["hyperparameters"].update(n_train=10**7),
+                       "n_perms": lambda m: m["hyperparameters"].update(n_perms=10**6),
+                       "n_atoms": lambda m: m["hyperparameters"].update(n_atoms=10**4)}.items():
+        path = tmp_path / f"{name}.mlff"
+        path.write_bytes(craft(src, edit))
+        files.append(str(path))
+    files += [str(_bomb(tmp_path, True)), str(_bomb(tmp_path, False))]
+    mff = tmp_path / "mff_n3.mlff"
+    mff.write_bytes(craft(SHIPPED["mff"], lambda m: m["hyperparameters"].update(n3=5000)))
+    files.append(str(mff))
+    script = textwrap.dedent("""
+        import json, resource, sys
+        from ase_mlff import ModelFileError
+        from ase_mlff.io import load_model
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 400 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = {}
+        for path in sys.argv[1:]:
+            try:
+                load_model(path)
+                out[path] = "loaded"
+            except ModelFileError as exc:
+                out[path] = "ModelFileError"
+            except BaseException as exc:
+                out[path] = type(exc).__name__ + ": " + str(exc)[:200]
+            out[path + ":peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script, *files], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path in files:
+        assert out[path] == "ModelFileError", (path, out[path])
+    assert max(out[p + ":peak_kib"] for p in files) < 48 * 1024, out
