@@ -44,7 +44,7 @@ import scipy.optimize
 import torch
 
 from .. import _ext
-from ..errors import InputError
+from ..errors import InputError, TrainingError
 from ..graph import Graph
 from ..models.base import Model
 from ..models.mff import MFFModel, triplet_index
@@ -420,18 +420,37 @@ class NBodyGP:
 
     # ----------------------------------------------------------------- training
     def optimise_hyperparameters(self, labels: LabelSet, l2_bounds=(0.15, 3.0), l3_bounds=(0.2, 3.0),
-                                 rounds: int = 2, maxiter: int = 8, log=None) -> Hyper:
-        """Maximise the log marginal likelihood on ``labels`` (a subset of the training data)."""
+                                 rounds: int = 2, maxiter: int = 8, log=None, replay: Sequence[dict] = (),
+                                 on_evaluation=None) -> Hyper:
+        """Maximise the log marginal likelihood on ``labels`` (a subset of the training data).
+
+        Resumable: ``on_evaluation(record)`` is called after each length-scale evaluation with a
+        JSON record (``l2``, ``l3``, the optimised ``hyper`` and ``lml``); passing those records
+        back as ``replay`` makes the first evaluations return them instead of recomputing. The
+        search is deterministic, so it asks for the same length scales in the same order and
+        ends where an uninterrupted search would."""
         cache = GramCache(labels, self.use2, self.use3)
         has_e, has_f = labels.n_energy > 0, labels.n_force > 0
         hp = self.hyper
         best = {"lml": -np.inf, "hp": hp}
+        replay = list(replay)
+        calls = [0]
 
         def evaluate(l2, l3):
             nonlocal hp
-            trial = Hyper(l2, l3, hp.sigma2, hp.sigma3, hp.sigma_f, hp.sigma_e)
-            trial, lml = optimise_amplitudes(cache.k2(l2), cache.k3(l3), labels, trial, self.use2, self.use3,
-                                             has_e, has_f)
+            k = calls[0]
+            calls[0] += 1
+            if k < len(replay):
+                rec = replay[k]
+                if (rec["l2"], rec["l3"]) != (l2, l3):
+                    raise TrainingError("the hyperparameter search did not retrace the checkpointed one "
+                                        f"(step {k}: l2, l3 = {l2}, {l3}, checkpoint {rec['l2']}, {rec['l3']}); "
+                                        "delete the checkpoint to start over")
+                trial, lml = Hyper(**rec["hyper"]), float(rec["lml"])
+            else:
+                trial = Hyper(l2, l3, hp.sigma2, hp.sigma3, hp.sigma_f, hp.sigma_e)
+                trial, lml = optimise_amplitudes(cache.k2(l2), cache.k3(l3), labels, trial, self.use2, self.use3,
+                                                 has_e, has_f)
             self.history.append({**trial.as_dict(), "log_marginal_likelihood": lml})
             if log:
                 log(f"  l2={l2:.3f} l3={l3:.3f} sigma2={trial.sigma2:.3g} sigma3={trial.sigma3:.3g} "
@@ -439,6 +458,8 @@ class NBodyGP:
             if lml > best["lml"]:
                 best.update(lml=lml, hp=trial)
                 hp = trial
+            if on_evaluation is not None and k >= len(replay):
+                on_evaluation({"l2": l2, "l3": l3, "hyper": trial.as_dict(), "lml": float(lml)})
             return -lml
 
         evaluate(hp.l2, hp.l3)
@@ -458,13 +479,15 @@ class NBodyGP:
 
     def fit(self, frames, energy_frames: Sequence[int] = (), force_atoms=(), e0: np.ndarray | None = None,
             hyper_subset: tuple[Sequence[int], Any] | None = None, optimise: bool = True, log=None,
-            **opt_kwargs) -> "NBodyGP":
+            alpha: np.ndarray | None = None, **opt_kwargs) -> "NBodyGP":
         """Train on the energies of ``energy_frames`` and the forces of ``force_atoms``
         (list of ``(frame index, atom indices)``) of ``frames`` (a Dataset or list of Frames).
 
         ``e0``: per-element reference energies (default: least squares on the energy frames,
         or on all frames with energies). ``hyper_subset``: ``(energy_frames, force_atoms)``
-        used to optimise the hyperparameters (default: the training labels).
+        used to optimise the hyperparameters (default: the training labels). ``alpha``: the dual
+        coefficients of an earlier identical fit (a checkpoint), which skips the factorisation;
+        the factor is then recomputed only if :meth:`energy_variance` needs it.
         """
         t0 = time.perf_counter()
         if e0 is None:
@@ -481,7 +504,23 @@ class NBodyGP:
         labels = build_labels(frames, list(energy_frames), list(force_atoms), self.species, self.rc2, self.rc3,
                               self.e0)
         self.n_labels = {"energies": labels.n_energy, "force_components": labels.n_force}
-        hp = self.hyper
+        self.labels = labels
+        if alpha is not None:
+            self.alpha = np.asarray(alpha, dtype=np.float64)
+            self._chol = None
+        else:
+            self._factorise()
+            y = labels.y
+            self.alpha = scipy.linalg.cho_solve(self._chol, y, check_finite=False)
+            self.log_marginal_likelihood = float(-0.5 * y @ self.alpha - np.log(np.diag(self._chol[0])).sum()
+                                                 - 0.5 * len(y) * np.log(2 * np.pi))
+        self._collapse()
+        self.timings["fit_s"] = time.perf_counter() - t
+        self.timings["train_total_s"] = time.perf_counter() - t0
+        return self
+
+    def _factorise(self) -> None:
+        hp, labels = self.hyper, self.labels
         cache = GramCache(labels, self.use2, self.use3)
         noise, _, _ = _noise_diag(labels, hp.sigma_e, hp.sigma_f)
         c = hp.sigma2**2 * cache.k2(hp.l2) + hp.sigma3**2 * cache.k3(hp.l3) + np.diag(noise)
@@ -489,17 +528,8 @@ class NBodyGP:
         try:
             self._chol = scipy.linalg.cho_factor(c, lower=True, check_finite=False)
         except np.linalg.LinAlgError as exc:
-            raise RuntimeError(f"GP covariance matrix is not positive definite ({exc}); "
-                               "increase the noise levels") from None
-        y = labels.y
-        self.alpha = scipy.linalg.cho_solve(self._chol, y, check_finite=False)
-        self.log_marginal_likelihood = float(-0.5 * y @ self.alpha - np.log(np.diag(self._chol[0])).sum()
-                                             - 0.5 * len(y) * np.log(2 * np.pi))
-        self.labels = labels
-        self._collapse()
-        self.timings["fit_s"] = time.perf_counter() - t
-        self.timings["train_total_s"] = time.perf_counter() - t0
-        return self
+            raise TrainingError(f"the GP covariance matrix is not positive definite ({exc}); "
+                                "increase the noise levels") from None
 
     def _collapse(self):
         """Fold the dual coefficients into per-point weights (a, b) of the predictive mean."""
@@ -583,13 +613,19 @@ class NBodyGP:
         if self.use3:
             prior += hp.sigma3**2 * gram(q3, q3, hp.l3)[0, 0]
             kstar += hp.sigma3**2 * np.concatenate([gram(q3, lab.e3, hp.l3)[0], gram(q3, lab.f3, hp.l3)[0]])
+        if self._chol is None:
+            self._factorise()
         v = scipy.linalg.cho_solve(self._chol, kstar, check_finite=False)
         return float(max(prior - kstar @ v, 0.0))
 
     # ----------------------------------------------------------------- mapping
     def to_mff(self, n2: int | None = None, n3: int | None = None, h2: float = 0.05, h3: float = 0.1,
-               samples_per_interval: int = 2, log=None) -> MFFModel:
-        """Tabulate V2 and V3 of every element combination on splines (see module docstring)."""
+               samples_per_interval: int = 2, log=None, done: dict | None = None, on_block=None) -> MFFModel:
+        """Tabulate V2 and V3 of every element combination on splines (see module docstring).
+
+        Resumable per block (one element pair or triple): ``on_block(key, coefficients)`` is
+        called after each block is fitted; ``done``, a dict of such blocks, skips them."""
+        done = {} if done is None else done
         t0 = time.perf_counter()
         n2 = int(n2 or math.ceil(self.rc2 / h2)) if self.use2 else 1
         n3 = int(n3 or math.ceil(self.rc3 / h3)) if self.use3 else 0
@@ -603,10 +639,15 @@ class NBodyGP:
             r = torch.from_numpy(xs)
             for a in range(S):
                 for b in range(a, S):
-                    with torch.no_grad():
-                        vals = self.v2(r, torch.full_like(r, a, dtype=torch.long),
-                                       torch.full_like(r, b, dtype=torch.long)).numpy()
-                    coef2[a, b] = coef2[b, a] = fit_1d(g, xs, vals, trailing_zeros=3)
+                    key = f"coef2_{a}_{b}"
+                    if key not in done:
+                        with torch.no_grad():
+                            vals = self.v2(r, torch.full_like(r, a, dtype=torch.long),
+                                           torch.full_like(r, b, dtype=torch.long)).numpy()
+                        done[key] = fit_1d(g, xs, vals, trailing_zeros=3)
+                        if on_block is not None:
+                            on_block(key, done[key])
+                    coef2[a, b] = coef2[b, a] = done[key]
         coef3 = None
         if self.use3:
             coef3 = np.zeros(model.coef3.shape)
@@ -616,8 +657,13 @@ class NBodyGP:
             for a in range(S):
                 for b in range(S):
                     for c in range(b, S):
-                        vals = self._tabulate3(xs, a, b, c)
-                        block = fit_tensor([g, g, gjk], [xs, xs, xs], vals, [g.n, g.n, g.n])
+                        key = f"coef3_{a}_{b}_{c}"
+                        if key not in done:
+                            vals = self._tabulate3(xs, a, b, c)
+                            done[key] = fit_tensor([g, g, gjk], [xs, xs, xs], vals, [g.n, g.n, g.n])
+                            if on_block is not None:
+                                on_block(key, done[key])
+                        block = done[key]
                         coef3[a, b, c] = block
                         coef3[a, c, b] = np.transpose(block, (1, 0, 2))
             del n

@@ -7,27 +7,41 @@ Command line (also ``ase-mlff train mff ...``)::
         --hyper-force-atoms 40 --hyper-energy 4 --h2 0.1 --h3 0.1 --samples-per-interval 2 --n-gp-eval 6
 
 Steps: read the data (:func:`ase_mlff.data.read`), hold out ``--n-test`` frames (random,
-``--seed``), pick ``--n-energy`` training energies spread over the energy distribution and
+``--seed``; every random choice has its own named stream of the seed, see
+:mod:`ase_mlff.rng`: "split", "stratified", "force-atoms", "hyper-force-atoms"), pick ``--n-energy`` training energies spread over the energy distribution and
 the forces of ``--n-force-atoms`` random atoms of random training frames, fit per-element
 reference energies by least squares, optimise the GP hyperparameters by the log marginal
 likelihood on a smaller subset, train the GP, map it onto splines, and report the errors of
 the GP and of the mapped model against DFT on the test frames (the GP on the first
 ``--n-gp-eval`` of them: it is ~1e3-1e4 times slower) and the mapped-vs-GP difference.
+
+Checkpoints (:mod:`ase_mlff.training.checkpoint`): the hyperparameter search is checkpointed
+after every length-scale evaluation, the GP after its fit, the mapping after every spline
+block (element pair / triple); Ctrl-C or SIGTERM stops at the next of these points after
+writing the checkpoint (exit 130 / 143) and ``--resume`` continues to the same model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
 
+#: options that change the trained model (recorded in checkpoints; a resume must match them)
+MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
+                 "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("data", help="training data file (extxyz, npz, db ...; eV, Å)")
-    parser.add_argument("-o", "--output", required=True, help="model file to write (.mlff)")
+    parser.add_argument("-o", "--output", required=True, help="model file to write (.mlff; required)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output model file")
     parser.add_argument("--rc2", type=float, default=5.0, help="2-body cutoff (Å; 0: no 2-body term)")
     parser.add_argument("--rc3", type=float, default=3.7, help="3-body cutoff (Å; 0: no 3-body term)")
     parser.add_argument("--n-test", type=int, default=60, help="frames held out for testing")
@@ -43,8 +57,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--h3", type=float, default=0.1, help="3-body spline knot spacing (Å; LAMMPS export: rc3/h3 <= ~45)")
     parser.add_argument("--samples-per-interval", type=int, default=2, help="GP samples per 3-body spline interval (LS fit)")
     parser.add_argument("--n-gp-eval", type=int, default=8, help="test frames on which the unmapped GP is evaluated")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random streams (test split, training energies and force atoms)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file, removed after the model is saved (None: OUTPUT.ckpt)")
+    parser.add_argument("--checkpoint-interval", type=float, default=60.0,
+                        help="least seconds between checkpoints (one is always written after the fit, "
+                             "and on Ctrl-C/SIGTERM)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its checkpoint (same data and options)")
     parser.add_argument("--report", help="write the measured errors and timings to this JSON file")
+    parser.add_argument("--plot", help="write a parity plot (PNG) of the mapped model on the test frames")
     return parser
 
 
@@ -91,39 +114,102 @@ def _pick_force_atoms(dataset, pool, n_atoms, per_frame, rng):
     return out
 
 
-def run(args) -> dict:
-    from .. import data
-    from ..calculator import MLFFCalculator
-    from ..io import save_model
-    from .mff_gp import Hyper, NBodyGP
+def _check_counts(args, n_frames: int) -> None:
+    from ..errors import DatasetError
 
-    def log(msg):
-        print(msg, flush=True)
+    for flag, v in (("--n-test", args.n_test), ("--n-energy", args.n_energy), ("--n-force-atoms", args.n_force_atoms),
+                    ("--atoms-per-frame", args.atoms_per_frame), ("--hyper-energy", args.hyper_energy),
+                    ("--hyper-force-atoms", args.hyper_force_atoms), ("--n-gp-eval", args.n_gp_eval)):
+        if v < 0:
+            raise _UsageError(f"{flag} must be a non-negative integer, got {v}")
+    if args.rc2 <= 0 and args.rc3 <= 0:
+        raise _UsageError("at least one of --rc2 and --rc3 must be positive")
+    if args.n_test >= n_frames:
+        raise DatasetError(f"--n-test {args.n_test} leaves no training frames: the data have {n_frames} frames")
+
+
+class _UsageError(Exception):
+    """A problem with the command line itself (exit code 2)."""
+
+
+def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkpoint_interval: float = 60.0,
+              stop_after: int | None = None):
+    """Train the GP, map it, evaluate; returns ``(model, gp, report)``. ``args``: the parsed
+    options (an ``argparse.Namespace`` of :func:`configure_parser`); ``ds``: the dataset.
+    ``checkpoint``/``resume``/``stop_after``: see :mod:`ase_mlff.training.checkpoint`."""
+    from ..calculator import MLFFCalculator
+    from ..rng import random_stream
+    from .checkpoint import Checkpointer, StopGuard, identity
+    from .mff_gp import Hyper, NBodyGP, fit_reference_energies
 
     t_start = time.perf_counter()
-    ds = data.read(args.data)
-    rng = np.random.default_rng(args.seed)
+    _check_counts(args, len(ds))
+    ident = identity("mff", ds.sha256(), {k: getattr(args, k) for k in MODEL_OPTIONS})
     split = ds.split(len(ds) - args.n_test, 0, args.n_test, seed=args.seed)
     pool = split.train
     energy_pool = [int(i) for i in pool if ds[int(i)].energy is not None]
-    energy_frames = [int(i) for i in ds.select_stratified(np.array(energy_pool), n=min(args.n_energy, len(energy_pool)), seed=args.seed)] if args.n_energy > 0 else []
-    force_atoms = _pick_force_atoms(ds, pool, args.n_force_atoms, args.atoms_per_frame, rng)
+    energy_frames = [int(i) for i in ds.select_stratified(np.array(energy_pool), n=min(args.n_energy, len(energy_pool)),
+                                                          seed=args.seed)] if args.n_energy > 0 else []
+    force_atoms = _pick_force_atoms(ds, pool, args.n_force_atoms, args.atoms_per_frame,
+                                    random_stream(args.seed, "force-atoms"))
     hyper_energy = energy_frames[: args.hyper_energy]
     hyper_force = _pick_force_atoms(ds, [f for f, _ in force_atoms], args.hyper_force_atoms, args.atoms_per_frame,
-                                    np.random.default_rng(args.seed + 1))
+                                    random_stream(args.seed, "hyper-force-atoms"))
     species = ds.elements
     log(f"data: {len(ds)} frames, elements {species}; training pool {len(pool)}, test {len(split.test)}; "
         f"{len(energy_frames)} energies, {sum(len(a) for _, a in force_atoms)} force atoms")
     gp = NBodyGP(species, rc2=args.rc2, rc3=args.rc3, hyper=Hyper(l2=args.l2, l3=args.l3))
     e0 = None
     if energy_frames:
-        from .mff_gp import fit_reference_energies
-
         e0 = fit_reference_energies([ds[int(i)] for i in energy_pool], gp.species)
-    gp.fit(ds, energy_frames=energy_frames, force_atoms=force_atoms, e0=e0,
-           hyper_subset=(hyper_energy, hyper_force), optimise=not args.no_optimise, log=log)
-    log(f"GP trained: {gp.hyper.as_dict()}  timings {gp.timings}")
-    model = gp.to_mff(h2=args.h2, h3=args.h3, samples_per_interval=args.samples_per_interval, log=log)
+
+    with StopGuard(stream=sys.stderr) as guard:
+        ckpt = Checkpointer(checkpoint, ident, interval_s=checkpoint_interval, stop_after=stop_after, guard=guard)
+        state, saved = {}, {}
+        if resume:
+            state, saved = ckpt.load()
+            log(f"resuming from {ckpt.path}: stage {state.get('stage')}")
+        elif ckpt.exists():
+            from ..errors import TrainingError
+
+            raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; continue it with "
+                                "--resume, or delete it to start over")
+        evaluations = list(state.get("evaluations", []))
+        blocks = {k: v for k, v in saved.items() if k.startswith("coef")}
+
+        def snapshot():
+            st = {"stage": "mapping" if "alpha" in arrays_fit else "hyperparameters", "evaluations": evaluations}
+            st.update(fit_state)
+            return st, {**arrays_fit, **blocks}
+
+        fit_state = {k: state[k] for k in ("hyper", "lml", "history") if k in state}
+        arrays_fit = {"alpha": saved["alpha"]} if "alpha" in saved else {}
+
+        def on_evaluation(rec):
+            evaluations.append(rec)
+            ckpt.safe_point(snapshot)
+
+        if arrays_fit:
+            gp.hyper = Hyper(**fit_state["hyper"])
+            gp.history = list(fit_state["history"])
+            gp.fit(ds, energy_frames=energy_frames, force_atoms=force_atoms, e0=e0, optimise=False,
+                   alpha=arrays_fit["alpha"])
+            gp.log_marginal_likelihood = fit_state["lml"]
+        else:
+            gp.fit(ds, energy_frames=energy_frames, force_atoms=force_atoms, e0=e0,
+                   hyper_subset=(hyper_energy, hyper_force), optimise=not args.no_optimise, log=log,
+                   replay=evaluations, on_evaluation=on_evaluation)
+            fit_state.update(hyper=gp.hyper.as_dict(), lml=float(gp.log_marginal_likelihood), history=gp.history)
+            arrays_fit["alpha"] = gp.alpha
+            ckpt.safe_point(snapshot, force=True)
+        log(f"GP trained: {gp.hyper.as_dict()}  timings {gp.timings}")
+
+        def on_block(key, coef):
+            blocks[key] = coef
+            ckpt.safe_point(snapshot)
+
+        model = gp.to_mff(h2=args.h2, h3=args.h3, samples_per_interval=args.samples_per_interval, log=log,
+                          done=dict(blocks), on_block=on_block)
     if energy_pool:
         # Forces fix the n-body functions, energies only weakly (sigma_e may go to its bound):
         # re-fit the per-element constants e0 by least squares on all training-pool energies
@@ -173,24 +259,94 @@ def run(args) -> dict:
         "test_subset_mapped": err_mapped_sub,
         "test_subset_gp": err_gp_sub,
         "mapped_vs_gp_force_rms_mev_a": mapped_vs_gp,
+        "resumed": bool(resume),
         "total_s": time.perf_counter() - t_start,
     }
+    return model, gp, report
+
+
+def _parity(path, model, frames) -> None:
+    from ..calculator import MLFFCalculator
+    from .sgdml_train import parity_plot
+
+    calc = MLFFCalculator(model)
+    E_ref, E_pred, F_ref, F_pred, n = [], [], [], [], []
+    for fr in frames:
+        if fr.energy is None or fr.forces is None:
+            continue
+        atoms = fr.to_atoms()
+        atoms.calc = calc
+        E_pred.append(atoms.get_potential_energy())
+        F_pred.append(atoms.get_forces())
+        E_ref.append(fr.energy)
+        F_ref.append(fr.forces)
+        n.append(len(fr))
+    if E_ref:
+        parity_plot(path, np.array(E_pred), np.array(E_ref), F_pred, F_ref, np.array(n),
+                    title=f"MFF test parity ({len(E_ref)} frames)")
+
+
+def run(args) -> int:
+    """The ``train mff`` command; returns the exit code (0, 1 bad data, 2 usage, 130/143 interrupted)."""
+    from .. import data
+    from ..errors import MLFFError
+    from ..io import save_model
+    from .checkpoint import TrainingInterrupted, check_output, default_checkpoint_path
+    from .sgdml_train import cli_message, interrupted_message
+
+    def log(msg):
+        print(msg, flush=True)
+
+    def fail(msg, code):
+        print(f"ase-mlff train mff: error: {msg}", file=sys.stderr)
+        return code
+
+    ckpt_path = args.checkpoint or default_checkpoint_path(args.output)
+    try:
+        check_output(args.output, args.overwrite, args.resume)
+    except FileExistsError as exc:
+        return fail(exc, 2)
+    if not args.resume and os.path.exists(ckpt_path):
+        return fail(f"checkpoint {ckpt_path} exists from an interrupted run; add --resume to continue it, "
+                    "or delete it to start over", 2)
+    if args.resume and not os.path.exists(ckpt_path):
+        return fail(f"--resume: there is no checkpoint {ckpt_path} (give it with --checkpoint, "
+                    "or start without --resume)", 2)
+    try:
+        ds = data.read(args.data)
+        model, gp, report = train_mff(args, ds, log=log, checkpoint=ckpt_path, resume=args.resume,
+                                      checkpoint_interval=args.checkpoint_interval,
+                                      stop_after=getattr(args, "_stop_after", None))
+    except _UsageError as exc:
+        return fail(exc, 2)
+    except TrainingInterrupted as exc:
+        print(interrupted_message(exc, "ase-mlff train mff"), file=sys.stderr)
+        return exc.exit_code
+    except (MLFFError, OSError) as exc:
+        return fail(cli_message(exc), 1)
     save_model(model, args.output, training={
         "data_sha256": ds.sha256(), "source": args.data, "units": {"energy": "eV", "length": "Ang"},
         "recipe": "ase_mlff.training.mff_train", "split": report["split"], "hyperparameters": report["hyperparameters"],
-        "test_errors": {"mapped": err_mapped, "gp_subset": err_gp_sub, "mapped_subset": err_mapped_sub,
-                        "mapped_vs_gp_force_rms_mev_a": mapped_vs_gp}})
+        "seed": args.seed,
+        "test_errors": {"mapped": report["test_mapped"], "gp_subset": report["test_subset_gp"],
+                        "mapped_subset": report["test_subset_mapped"],
+                        "mapped_vs_gp_force_rms_mev_a": report["mapped_vs_gp_force_rms_mev_a"]}})
+    if os.path.exists(ckpt_path):
+        os.unlink(ckpt_path)  # the model holds everything the checkpoint did
     log(json.dumps(report, indent=1))
     if args.report:
         with open(args.report, "w") as fh:
             json.dump(report, fh, indent=1)
-    return report
+    if args.plot:
+        _parity(args.plot, model, [ds[int(i)] for i in report["split"]["test_indices"]])
+        log(f"parity plot written to {args.plot}")
+    return 0
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = configure_parser(argparse.ArgumentParser(prog="ase-mlff train mff", description=__doc__.split("\n\n")[0]))
     return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
