@@ -112,8 +112,9 @@ def _run_md(args) -> int:
         refuse_existing([traj, None if log == "-" else log],
                         "give --append to continue that run or --overwrite to replace it, -o/--log for other "
                         "names")
-    if args.plot and mode == "new":
-        refuse_existing([args.plot], "give --overwrite to replace it, or another --plot name")
+    if args.plot and mode != "overwrite":  # also with --append: the old plot may be all the user has of run 1
+        refuse_existing([args.plot], "give another --plot name (or --overwrite, which also replaces the run's "
+                                     "trajectory and log)")
     calc, atoms = _calc_and_atoms(args)
     timestep = args.timestep if args.timestep is not None else _default_timestep(atoms)
     print(f"model   {args.model}: {calc.model.family}, {atoms.get_chemical_formula()} ({len(atoms)} atoms), "
@@ -173,7 +174,7 @@ def _md_parser(p) -> None:
                    help="continue the run in the existing trajectory: start from its last frame (positions, cell, "
                         "velocities), continue its step count and time, append frames and log rows "
                         "(STRUCTURE then only checks that the system is the same)")
-    w.add_argument("--overwrite", action="store_true", help="replace an existing trajectory, log and plot")
+    w.add_argument("--overwrite", action="store_true", help="replace an existing trajectory, log and --plot file")
     o.add_argument("--plot", default=None, metavar="PNG",
                    help="also plot energies and temperature (npt: also volume and pressure) to PNG "
                         "(default: no plot)")
