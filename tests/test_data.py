@@ -431,6 +431,22 @@ def test_split(rmd17):
         rmd17.split(-1)
 
 
+def test_split_and_stratified_selection_draw_from_their_own_named_streams(rmd17):
+    """Issue #8: a split and a stratified pick with the same seed are independent draws, each
+    from its named stream of ase_mlff.rng (not default_rng(seed), which both used to share)."""
+    from ase_mlff.rng import random_stream
+
+    s = rmd17.split(100, 50, 20, seed=7)
+    perm = random_stream(7, "split").permutation(len(rmd17))
+    np.testing.assert_array_equal(s.train, np.sort(perm[:100]))
+    assert not np.array_equal(s.train, np.sort(np.random.default_rng(7).permutation(len(rmd17))[:100]))
+    cand = np.arange(len(rmd17))
+    order = cand[np.lexsort((cand, rmd17.energies))]
+    rng = random_stream(7, "stratified")
+    expect = np.sort([int(b[rng.integers(len(b))]) for b in np.array_split(order, 20)])
+    np.testing.assert_array_equal(rmd17.select_stratified(None, 20, seed=7), expect)
+
+
 def test_select_stratified(rmd17):
     train = rmd17.split(200, seed=0).train
     n = 10
