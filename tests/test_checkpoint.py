@@ -78,19 +78,21 @@ def test_sgdml_interrupted_twice_then_resumed_equals_uninterrupted(eth, sgdml_re
     assert r1["test"]["forces_rmse"] == pytest.approx(r0["test"]["forces_rmse"], rel=1e-10)
 
 
-def test_real_sigint_stops_at_the_next_safe_point(eth, sgdml_reference, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_real_signal_stops_at_the_next_safe_point(eth, sgdml_reference, tmp_path, signum, code):
     ck = tmp_path / "m.ckpt"
     sent = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def progress(msg):
         if "CG iteration 25" in msg and not sent:
             sent.append(msg)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     with pytest.raises(TrainingInterrupted) as exc:
         _sgdml(eth, checkpoint=ck, progress=progress)
-    assert exc.value.signum == signal.SIGINT and ck.exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed again
+    assert exc.value.signum == signum and exc.value.exit_code == code and ck.exists()
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers removed again
     from ase_mlff.io import read_archive
 
     meta, arrays = read_archive(ck)
