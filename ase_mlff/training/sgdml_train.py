@@ -459,7 +459,8 @@ def train_sgdml(
 def training_record(report: dict[str, Any]) -> dict[str, Any]:
     """The ``training`` dict for :func:`ase_mlff.io.save_model` (data hash, units, errors)."""
     keep = ("sigma", "sigmas", "lam", "n_symmetries", "solver", "n_train", "n_valid", "n_test",
-            "train_time_s", "valid", "test", "label_checks", "source", "train_indices", "valid_indices")
+            "train_time_s", "valid", "test", "label_checks", "source", "train_indices", "valid_indices",
+            "seed")
     rec = {k: report.get(k) for k in keep}
     rec["per_sigma"] = [{k: v for k, v in r.items()} for r in report["per_sigma"]]
     rec["method"] = "sGDML (ase-mlff)"
