@@ -166,9 +166,10 @@ def main(argv=None) -> int:
             # a path the user gave cannot be read or written: their data, not our bug
             print(f"ase-mlff: error: {exc.strerror or exc}: {exc.filename!r}", file=sys.stderr)
             rc = EXIT_ERROR
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             print("ase-mlff: terminated" if term.received else "ase-mlff: interrupted", file=sys.stderr)
-            rc = EXIT_SIGINT
+            # training's TrainingInterrupted knows which signal stopped it (130 or 143)
+            rc = getattr(exc, "exit_code", EXIT_SIGINT)
     if term.received and rc in (EXIT_OK, EXIT_SIGINT):
         rc = EXIT_SIGTERM
     return rc
