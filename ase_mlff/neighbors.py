@@ -5,6 +5,26 @@ A pair ``(i, j, S)`` means atom ``j`` seen from atom ``i`` through the periodic 
 ``|vector| < cutoff``. Lists are *full*: both ``(i, j, S)`` and ``(j, i, -S)`` appear. The
 self pair ``(i, i, 0)`` never appears, but images of an atom in a cell smaller than the
 cutoff do. ``S`` is zero along non-periodic directions. Pairs are sorted by ``i``.
+
+Bounded work. Before searching, the compiled search estimates from the cell, the cutoff ``rc``
+and the atom count ``N`` alone (in microseconds) what the search would cost, and refuses with
+an :class:`~ase_mlff.errors.InputError` that says which bound failed and why:
+
+* ``MAX_IMAGES`` (1e6) periodic images of the cell within reach, ``prod_d (2 ceil(rc / h_d) + 1)``
+  over periodic directions, ``h_d`` the cell's height (distance between lattice planes) along
+  ``d``. Only a nearly singular or needlessly skewed cell gets there: a = (7.04, 0, 0),
+  b = (7.04, 0.001, 0) has heights of 0.001 Å along a and b, so a 5 Å cutoff reaches 3e8
+  images (minutes of search before; refused in milliseconds now). The same lattice described
+  by a reduced cell (``atoms.cell.minkowski_reduce()``) is accepted. A 2 Å thick cell with a
+  20 Å cutoff reaches 21^3 = 9261.
+* ``MAX_PAIRS`` (1e9, 60 GB of output) expected pairs, ``N * (N / V) * 4/3 pi rc^3`` with ``V``
+  the cell volume (along a non-periodic direction, the atoms' extent, at least ``2 rc``).
+* ``MAX_CANDIDATES`` (1e10, minutes of work) candidate pairs tested: ``N * (bins visited per
+  atom) * (atoms per bin)``. Dense solids test a few candidates per pair found, so for them
+  ``MAX_PAIRS`` comes first; this bound stops thin or skewed cells with many atoms.
+
+Ctrl-C. The search runs without the GIL and checks for signals every ~10 ms in both passes,
+so Ctrl-C (``KeyboardInterrupt``) stops a long search promptly.
 """
 
 from __future__ import annotations
@@ -16,6 +36,10 @@ import numpy as np
 from . import _ext
 from .errors import InputError
 
+# The compiled search's limits (see the module docstring), read from the extension itself.
+MAX_IMAGES = _ext._core.NEIGHBOR_MAX_IMAGES  # periodic images within the cutoff's reach
+MAX_PAIRS = _ext._core.NEIGHBOR_MAX_PAIRS  # expected pairs in the list
+MAX_CANDIDATES = _ext._core.NEIGHBOR_MAX_CANDIDATES  # candidate pairs the search would test
 
 @dataclass
 class Pairs:
@@ -54,7 +78,9 @@ def neighbor_list(positions, cell, pbc, cutoff: float, self_interaction: bool = 
 
     Works for any non-singular triclinic cell (however skewed), for full, mixed (slab, wire)
     and no periodicity, and for periodic cells smaller than the cutoff. For a non-periodic
-    direction the cell vector is ignored (it may be zero).
+    direction the cell vector is ignored (it may be zero). Raises :class:`InputError` on bad
+    input and on searches beyond the limits in the module docstring (``MAX_IMAGES``,
+    ``MAX_PAIRS``, ``MAX_CANDIDATES``), and ``KeyboardInterrupt`` on Ctrl-C.
     """
     positions, cell, pbc = _as_arrays(positions, cell, pbc)
     try:

@@ -9,6 +9,9 @@ side of the cutoff they fall depends on rounding.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 
 from ase_mlff import _ext
 from ase_mlff.errors import InputError
-from ase_mlff.neighbors import NeighborList, Pairs, neighbor_list
+from ase_mlff.neighbors import MAX_IMAGES, NeighborList, Pairs, neighbor_list
 
 TIE = 1e-8  # Å; pairs this close to the cutoff may go either way
 
@@ -289,6 +292,137 @@ def test_singular_periodic_cell_raises():
         neighbor_list(positions, [[3.0, 0, 0], [6.0, 0, 0], [0, 0, 0]], [True, True, False], 2.0)
     # a zero vector along a non-periodic direction is fine
     assert len(neighbor_list(positions, np.diag([3.0, 3.0, 0.0]), [True, True, False], 2.0)) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded work: refused before searching, legitimate edge cases unaffected, Ctrl-C
+# --------------------------------------------------------------------------------------------
+
+
+def test_nearly_singular_cell_is_refused_at_once():
+    """Issue #8: this cell made the search visit 3e8 images (15 s to minutes, no Ctrl-C)."""
+    cell = np.array([[7.04, 0.0, 0.0], [7.04, 0.001, 0.0], [0.0, 0.0, 7.04]])
+    positions = np.random.default_rng(0).random((4, 3)) @ cell
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="nearly singular") as err:
+        neighbor_list(positions, cell, [True] * 3, 5.0)
+    assert time.perf_counter() - t0 < 1.0
+    msg = str(err.value)
+    assert "height along a is 0.001 Å" in msg and "along b 0.001 Å" in msg
+    assert "minkowski_reduce" in msg and "1e+06" in msg
+    # The same lattice in a reduced cell is accepted (and correct): the hint in the message works.
+    from ase.cell import Cell
+
+    reduced = Cell(cell).minkowski_reduce()[0].array
+    p = neighbor_list(positions, reduced, [True] * 3, 5.0)
+    check_consistent(p, positions, reduced, [True] * 3)
+    ref = brute_force(positions, reduced, [True] * 3, 5.0, max_images=400_000)
+    assert as_set(p.i, p.j, p.shifts, p.distances, 5.0) == as_set(*ref, 5.0)
+    assert len(p) > 100_000
+
+
+def test_image_limit_is_the_documented_one():
+    """One atom in a 0.1 Å cube: 49 images on either side (99^3 < 1e6) pass, 50 (101^3) do not."""
+    assert MAX_IMAGES == 1e6
+    cell = np.eye(3) * 0.1
+    positions = np.array([[0.01, 0.02, 0.03]])
+    cutoff = 4.85
+    p = neighbor_list(positions, cell, [True] * 3, cutoff)
+    ours = as_set(p.i, p.j, p.shifts, p.distances, cutoff)
+    ref = as_set(*brute_force(positions, cell, [True] * 3, cutoff, max_images=2_000_000), cutoff)
+    assert ours == ref and len(ours) > 400_000
+    with pytest.raises(InputError, match="101 x 101 x 101 cells|1.03e\\+06 periodic images"):
+        neighbor_list(positions, cell, [True] * 3, 5.0)
+    # a slab reaches images along its periodic directions only
+    assert len(neighbor_list(positions, cell, [True, True, False], cutoff)) > 7000
+
+
+def test_too_many_pairs_are_refused_at_once():
+    # positions in nm read as Å: 1e5 atoms in a (10 Å)^3 box
+    positions = np.random.default_rng(1).random((100_000, 3)) * 10.0
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=r"about 5.2e\+09 pairs .* refuses more than 1e\+09"):
+        neighbor_list(positions, np.eye(3) * 10.0, [True] * 3, 5.0)
+    # a molecule: every pair of 50000 atoms piled within the cutoff
+    with pytest.raises(InputError, match="pairs are expected"):
+        neighbor_list(positions[:50_000] * 0.1, np.zeros((3, 3)), [False] * 3, 5.0)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_too_many_candidates_are_refused():
+    """A thin cell with many atoms: few pairs but billions of candidates."""
+    cell = np.array([[20.0, 0.0, 0.0], [20.0, 0.02, 0.0], [0.0, 0.0, 20.0]])
+    positions = np.random.default_rng(2).random((400, 3)) @ cell
+    with pytest.raises(InputError, match="candidate pairs .* too thin or too skewed"):
+        neighbor_list(positions, cell, [True] * 3, 5.0)
+
+
+def test_legitimate_edge_cases_are_not_refused():
+    # a 2.5 Å fcc primitive cell with a 6 Å cutoff (heights 2.04 Å: 343 images)
+    fcc = bulk("Ni", "fcc", a=2.5 * np.sqrt(2.0))
+    fcc.rattle(0.05, seed=3)
+    compare_with_references(fcc.positions, fcc.cell.array, fcc.pbc, 6.0)
+    # a slab with 2000 Å of vacuum, periodic in all three directions
+    slab = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 2))
+    slab.center(vacuum=1000.0, axis=2)
+    slab.rattle(0.05, seed=4)
+    compare_with_references(slab.positions, slab.cell.array, [True] * 3, 5.0)
+    # a long thin skewed cell that is not pathological (heights 1.2 Å, 7 images each side)
+    cell = np.array([[1.5, 0.0, 0.0], [1.0, 1.4, 0.0], [0.3, 0.8, 1.3]])
+    positions = np.random.default_rng(5).random((3, 3)) @ cell
+    compare_with_references(positions, cell, [True] * 3, 8.0, with_ase=False)
+
+
+def test_quarter_million_atoms():
+    """256,000 atoms of perfect fcc: exactly 12 neighbours each within 3 Å."""
+    a = 3.61
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((40, 40, 40))
+    p = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 3.0)
+    assert len(p) == 12 * len(atoms)
+    np.testing.assert_allclose(p.distances, a / np.sqrt(2.0), rtol=1e-10)
+    assert np.array_equal(np.bincount(p.i, minlength=len(atoms)), np.full(len(atoms), 12))
+
+
+# Within the limits but slow: 200 atoms in a 0.02 Å thin cell with a 5 Å cutoff visit 7.5e5
+# images each, about 6e9 candidates (tens of seconds uninterrupted).
+SLOW_SEARCH = r"""
+import signal, time
+import numpy as np
+from ase_mlff.neighbors import neighbor_list
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+cell = np.array([[20.0, 0.0, 0.0], [20.0, 0.02, 0.0], [0.0, 0.0, 20.0]])
+positions = np.random.default_rng(0).random((200, 3)) @ cell
+print("searching", flush=True)
+t0 = time.perf_counter()
+try:
+    neighbor_list(positions, cell, [True] * 3, 5.0)
+    print("finished after", time.perf_counter() - t0, flush=True)
+except KeyboardInterrupt:
+    print("interrupted after", time.perf_counter() - t0, flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+def test_ctrl_c_stops_a_long_search():
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SEARCH], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "searching", proc.stderr.read()
+        time.sleep(0.5)  # well inside the C++ search by now
+        proc.send_signal(signal.SIGINT)
+        t_signal = time.perf_counter()
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the search went on for 15 s after SIGINT")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    waited = time.perf_counter() - t_signal
+    assert out.startswith("interrupted after"), (out, err)
+    assert waited < 5.0, f"KeyboardInterrupt came {waited:.1f} s after SIGINT"
 
 
 def test_nan_positions_raise():

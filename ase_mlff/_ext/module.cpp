@@ -46,10 +46,19 @@ py::tuple neighbor_list_py(CArray positions, CArray cell, py::array_t<bool> pbc,
     const double* pos = positions.data();
     const double* c = cell.data();
     const int64_t n = positions.shape(0);
+    // The search runs without the GIL (other Python threads go on) and takes it back every
+    // ~10 ms only to look for Ctrl-C: PyErr_CheckSignals runs the Python signal handlers
+    // and, when one raised (KeyboardInterrupt), leaves that exception set for us to rethrow.
+    const mlff::InterruptCheck ctrl_c = [] {
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
     mlff::PairList pl;
-    {
+    try {
         py::gil_scoped_release release;
-        pl = mlff::neighbor_list(pos, n, c, flags, cutoff, self_interaction);
+        pl = mlff::neighbor_list(pos, n, c, flags, cutoff, self_interaction, ctrl_c);
+    } catch (const mlff::Interrupted&) {
+        throw py::error_already_set();  // the GIL is held again here: `release` is gone
     }
     return pack(std::move(pl));
 }
@@ -88,5 +97,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("filter_pairs", &filter_pairs_py, py::arg("positions"), py::arg("cell"), py::arg("first"),
           py::arg("second"), py::arg("shifts"), py::arg("cutoff"),
           "Recompute vectors of an existing pair list and keep pairs closer than cutoff.");
+    const mlff::SearchLimits limits;
+    m.attr("NEIGHBOR_MAX_IMAGES") = limits.max_images;
+    m.attr("NEIGHBOR_MAX_PAIRS") = limits.max_pairs;
+    m.attr("NEIGHBOR_MAX_CANDIDATES") = limits.max_candidates;
     register_mff(m);
 }

@@ -1,7 +1,9 @@
 #include "neighbors.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -161,6 +163,82 @@ void reserve_big(Vec& v, size_t count) {
 #endif
 }
 
+// Calls the caller's interrupt check every ~10 ms of search. tick() sits in the search's
+// row loop, so it only counts; the clock is read every kTicksPerClock ticks, and the check
+// (in Python: take the GIL, look for Ctrl-C) runs only when enough time has passed.
+class Poller {
+public:
+    explicit Poller(const InterruptCheck& check)
+        : check_(check), next_(check ? kTicksPerClock : std::numeric_limits<int64_t>::max()),
+          last_(std::chrono::steady_clock::now()) {}
+    void tick() {
+        if (++ticks_ >= next_) slow();
+    }
+
+private:
+    static constexpr int64_t kTicksPerClock = 4096;
+    void slow() {
+        next_ = ticks_ + kTicksPerClock;
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_ < std::chrono::milliseconds(10)) return;
+        last_ = now;
+        if (check_()) throw Interrupted();
+    }
+    const InterruptCheck& check_;
+    int64_t ticks_ = 0, next_;
+    std::chrono::steady_clock::time_point last_;
+};
+
+std::string fmt(const char* format, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, format, v);
+    return buf;
+}
+
+const char* const kAxis[3] = {"a", "b", "c"};
+
+// "its height along a is 0.001 Å, along b 0.001 Å and along c 7.04 Å": the distances between
+// lattice planes, which is what decides how many images a cutoff reaches.
+std::string describe_heights(const double* height, const bool* pbc) {
+    std::string s;
+    int count = 0, total = 0;
+    for (int d = 0; d < 3; ++d) total += pbc[d];
+    for (int d = 0; d < 3; ++d) {
+        if (!pbc[d]) continue;
+        s += count == 0 ? "its height along " : (count + 1 == total ? " and along " : ", along ");
+        s += std::string(kAxis[d]) + (count == 0 ? " is " : " ") + fmt("%.3g", height[d]) + " Å";
+        ++count;
+    }
+    return s;
+}
+
+const char* const kReduceHint =
+    "Check the cell; if it is right, describe the same lattice by a reduced cell first, "
+    "e.g. atoms.set_cell(atoms.cell.minkowski_reduce()[0]), or use a smaller cutoff.";
+
+// Refuses a periodic cell whose images within the cutoff are too many to visit (see
+// SearchLimits::max_images). Needs only the heights, so it answers before any O(n) work.
+void check_images(const double* height, const bool* pbc, double cutoff, const SearchLimits& lim) {
+    double images = 1.0, reach[3] = {0.0, 0.0, 0.0};
+    for (int d = 0; d < 3; ++d) {
+        if (!pbc[d]) continue;
+        reach[d] = std::ceil(cutoff / height[d]);
+        images *= 2.0 * reach[d] + 1.0;
+    }
+    if (!(images > lim.max_images)) return;
+    std::string cells;
+    for (int d = 0; d < 3; ++d) {
+        if (!pbc[d]) continue;
+        cells += (cells.empty() ? "" : " x ") + fmt("%.0f", reach[d]);
+    }
+    throw std::invalid_argument(
+        "the periodic cell is nearly singular or very skewed for this cutoff: " +
+        describe_heights(height, pbc) + " (distances between lattice planes), so the " +
+        fmt("%g", cutoff) + " Å cutoff reaches " + cells + " cells on either side, " +
+        fmt("%.3g", images) + " periodic images in all; the neighbour search refuses more than " +
+        fmt("%.0e", lim.max_images) + ". " + kReduceHint);
+}
+
 void reserve_output(PairList& out, int64_t pairs) {
     const size_t p = static_cast<size_t>(pairs);
     reserve_big(out.first, p);
@@ -173,7 +251,8 @@ void reserve_output(PairList& out, int64_t pairs) {
 }  // namespace
 
 PairList neighbor_list(const double* positions, int64_t n, const double* cell_ptr,
-                       const bool* pbc, double cutoff, bool self_interaction) {
+                       const bool* pbc, double cutoff, bool self_interaction,
+                       const InterruptCheck& interrupted, const SearchLimits& limits) {
     if (!(cutoff > 0.0) || !std::isfinite(cutoff))
         throw std::invalid_argument("cutoff must be a positive finite number");
     PairList out;
@@ -188,6 +267,15 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
         }
     const Mat3 basis = search_basis(cell, pbc);
     const Mat3 inv = inverse(basis);
+    // |b_d|, b_d the d-th reciprocal vector of the search basis: along a periodic d,
+    // 1 / |b_d| is the cell's height (distance between lattice planes).
+    double recip_norm[3], height[3];
+    for (int d = 0; d < 3; ++d) {
+        recip_norm[d] = std::sqrt(inv[0][d] * inv[0][d] + inv[1][d] * inv[1][d] +
+                                  inv[2][d] * inv[2][d]);
+        height[d] = 1.0 / recip_norm[d];
+    }
+    check_images(height, pbc, cutoff, limits);
 
     // Fractional coordinates in the search basis, wrapped along periodic directions; offset
     // is the integer image an atom was moved back from, wrapped = position - offset . cell.
@@ -220,14 +308,12 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
     // non-periodic d they split the atoms' extent [lo, hi]. The bins are about cutoff / fine
     // thick (fine = 1 or 2, 2 when the system is dense) and reach[d] bins on each side
     // cover the cutoff: |Δs_d| <= cutoff |b_d| where b_d is the d-th reciprocal vector.
-    double lo[3], span[3], recip_norm[3], extent[3];
+    double lo[3], span[3], extent[3];
     for (int d = 0; d < 3; ++d) {
-        recip_norm[d] = std::sqrt(inv[0][d] * inv[0][d] + inv[1][d] * inv[1][d] +
-                                  inv[2][d] * inv[2][d]);
         if (pbc[d]) {
             lo[d] = 0.0;
             span[d] = 1.0;
-            extent[d] = 1.0 / recip_norm[d];  // distance between lattice planes
+            extent[d] = height[d];
         } else {
             double mn = std::numeric_limits<double>::infinity(), mx = -mn;
             for (int64_t i = 0; i < n; ++i) {
@@ -272,6 +358,43 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
         }
     }
     const int64_t total_bins = nbins[0] * nbins[1] * nbins[2];
+
+    // Bound the output and the work before allocating either (SearchLimits). The expected
+    // pair count assumes a uniform density over the cell (or, along a non-periodic direction,
+    // over the atoms' extent, at least 2 cutoffs): clustering only adds pairs, so the estimate
+    // does not refuse systems that would fit. The candidates are those of the bins visited.
+    {
+        const double dn = double(n);
+        const double sphere = 4.0 / 3.0 * 3.14159265358979323846 * cutoff * cutoff * cutoff;
+        double volume = std::fabs(dot(basis[0], cross(basis[1], basis[2])));
+        double visited = 1.0;
+        for (int d = 0; d < 3; ++d) {
+            if (!pbc[d]) volume *= std::max(extent[d], 2.0 * cutoff);
+            const double steps = 2.0 * double(reach[d]) + 1.0;
+            visited *= pbc[d] ? steps : std::min(steps, double(nbins[d]));
+        }
+        const double pairs = dn * std::min(dn * sphere / volume, dn * visited);
+        if (pairs > limits.max_pairs)
+            throw std::invalid_argument(
+                "about " + fmt("%.2g", pairs) + " pairs are expected within the " +
+                fmt("%g", cutoff) + " Å cutoff (" + fmt("%.0f", dn) + " atoms at " +
+                fmt("%.3g", dn / volume) + " atoms/Å^3), " + fmt("%.3g", pairs * 60e-9) +
+                " GB of output; the neighbour search refuses more than " +
+                fmt("%.0e", limits.max_pairs) +
+                ". Check that the positions and the cell are in Å, or use a smaller cutoff.");
+        const double candidates = dn * visited * (dn / double(total_bins));
+        if (candidates > limits.max_candidates)
+            throw std::invalid_argument(
+                "the neighbour search would test about " + fmt("%.2g", candidates) +
+                " candidate pairs to find about " + fmt("%.2g", pairs) +
+                " (it refuses more than " + fmt("%.0e", limits.max_candidates) +
+                "): " +
+                (pbc[0] || pbc[1] || pbc[2]
+                     ? "for this cutoff the cell is too thin or too skewed (" +
+                           describe_heights(height, pbc) + "). " + kReduceHint
+                     : std::string("the atoms are too dense for this cutoff. Check that the "
+                                   "positions are in Å, or use a smaller cutoff.")));
+    }
 
     // Counting sort of atoms by bin; per sorted slot k keep the wrapped position (for the
     // search), the caller's position and image offset (for the exact output) and the index.
@@ -331,6 +454,7 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
     // Visits, for atom i, every candidate slot k of the bins within reach, with the image
     // (q0, q1, q2) and the search-space shift; calls f(k, q0, q1, q2) for those whose
     // (wrapped) distance is below the loose bound, the self pair excluded.
+    Poller poller(interrupted);
     auto visit = [&](int64_t i, auto&& f) {
         const double xi = wrapped[3 * i], yi = wrapped[3 * i + 1], zi = wrapped[3 * i + 2];
         const int64_t ki = slot[i];
@@ -338,6 +462,7 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
         for (int64_t a = off0[bi[0]]; a < off0[bi[0] + 1]; ++a) {
             const BinStep s0 = st0[a];
             for (int64_t b = off1[bi[1]]; b < off1[bi[1] + 1]; ++b) {
+                poller.tick();
                 const BinStep s1 = st1[b];
                 const int64_t row = (s0.c * nb1 + s1.c) * nb2;
                 const double px = double(s0.q) * basis[0][0] + double(s1.q) * basis[1][0] - xi;

@@ -10,10 +10,17 @@
 // consecutive bins along the last axis. A first pass counts the candidates (an upper bound),
 // the second computes the exact vectors from the caller's positions and writes them, sorted
 // by i, into buffers of that size (so there is no reallocation while writing).
+//
+// Before any of that, the work is bounded from the cell, the cutoff and the atom count alone
+// (see SearchLimits): a nearly singular cell would otherwise visit hundreds of millions of
+// periodic images for a handful of atoms. Long loops call an interrupt check now and then, so
+// that a caller (Python) can abandon a search that is legitimate but slow.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <stdexcept>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -49,10 +56,36 @@ struct PairList {
     buffer<double> distances; // 1 per pair
 };
 
+// What the search refuses before it starts (std::invalid_argument naming the cause):
+//  * max_images: the periodic images of the cell the cutoff reaches, prod over periodic d of
+//    (2 ceil(cutoff / h_d) + 1), h_d the distance between the lattice planes across d. Only a
+//    nearly singular or needlessly skewed cell (or an absurd cutoff) gets near 1e6: a 2 Å
+//    thick cell with a 20 Å cutoff reaches 21^3 = 9261.
+//  * max_pairs: the expected pairs n * (n / V) * 4/3 pi cutoff^3 (V: volume of the cell, or of
+//    the atoms' extent along non-periodic directions); 1e9 pairs are 60 GB of output.
+//  * max_candidates: the candidate pairs the search would test, n * (bins visited per atom) *
+//    (atoms per bin); dense solids need a few per pair found, 1e10 is minutes of work.
+struct SearchLimits {
+    double max_images = 1e6;
+    double max_pairs = 1e9;
+    double max_candidates = 1e10;
+};
+
+// Called from long loops at most every few milliseconds; returning true abandons the search,
+// which then throws Interrupted. Empty: never interrupted.
+using InterruptCheck = std::function<bool()>;
+
+struct Interrupted : std::runtime_error {
+    Interrupted() : std::runtime_error("neighbour search interrupted") {}
+};
+
 // positions: n x 3 (row major); cell: 3 x 3, rows are cell vectors; pbc: 3 flags.
-// Throws std::invalid_argument with a readable message on unusable input.
+// Throws std::invalid_argument with a readable message on unusable input or on a search over
+// the limits, Interrupted when `interrupted` asks to stop.
 PairList neighbor_list(const double* positions, int64_t n, const double* cell,
-                       const bool* pbc, double cutoff, bool self_interaction);
+                       const bool* pbc, double cutoff, bool self_interaction,
+                       const InterruptCheck& interrupted = {},
+                       const SearchLimits& limits = {});
 
 // Recompute vectors/distances of an existing pair list for new positions/cell and keep only
 // the pairs closer than `cutoff`. Used for Verlet-skin reuse between MD steps.
