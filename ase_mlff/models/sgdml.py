@@ -38,15 +38,22 @@ from ..descriptors.inverse_distance import (
 )
 from ..errors import InputError
 from ..graph import Graph
+from .atom_order import (OrderTracker, distance_matrix, element_pairs, labelling_residuals, polish,
+                         same_element_swaps)
 from .base import Model, config_float, config_int, config_species, register_model, symbols
 
 #: largest RMS difference (Å) between the distance matrix of a reordered input and the
-#: closest training geometry for which the atom order is identified automatically
+#: closest training geometry for which the atom order is identified automatically (inputs whose
+#: given order is itself the best fit are accepted beyond it, see ``find_order``)
 REORDER_MAX_RESIDUAL = 0.25
 #: a same-element swap that is not a model symmetry must raise the residual by at least this
 #: much (Å) and by this factor for the identified order to count as unambiguous
 REORDER_MIN_GAP = 0.02
 REORDER_MIN_RATIO = 1.5
+#: largest atom displacement (Å, after removing the mean displacement) between two calls for
+#: which the previous call's order is reused without a full identification; also capped at a
+#: third of the smallest same-element distance (see ``atom_order.OrderTracker``)
+REORDER_TRACK_MAX_STEP = 0.25
 
 
 def _formula(numbers) -> str:
@@ -375,19 +382,64 @@ class SGDMLModel(Model):
         return f"{_formula(z)} ({self.n_atoms} atoms in order {' '.join(symbols(z))})"
 
     def prepare_atoms(self, numbers: np.ndarray, positions: np.ndarray):
-        """``None`` when the atoms are in the model's order; ``(perm, inverse)`` when they are the
-        same elements in another order and the order can be identified unambiguously (see
-        :meth:`find_order`); :class:`InputError` otherwise."""
-        z = self._z_np if getattr(self, "_z_np", None) is not None else self._cache_z()
+        """Identify which input atom is which model atom, for every input.
+
+        Returns ``None`` when the atoms can be used as given (the given order is the best
+        assignment up to the model's symmetries), ``(perm, inverse)`` when the input is a
+        relabelling that :meth:`find_order` identifies unambiguously (``positions[perm]`` is in
+        the model's order, ``forces[inverse]`` back in the caller's), and raises
+        :class:`InputError` for other elements, another atom count, or an order that cannot be
+        identified. Numbers in the model's order do not prove the order: two atoms of one element
+        may still be swapped, and sGDML would silently give wrong energies and forces for them.
+
+        Cheap along a trajectory: the last answered geometry is remembered (in the caller's
+        labelling) and its answer reused when no atom moved by more than
+        ``REORDER_TRACK_MAX_STEP`` (see :class:`~ase_mlff.models.atom_order.OrderTracker`);
+        otherwise :meth:`find_order` runs. ``order_tracker.misses`` counts those full runs.
+        """
+        state = self._order_state()
         numbers = np.asarray(numbers)
-        if numbers.shape == z.shape and np.array_equal(numbers, z):
-            return None
+        pos = np.asarray(positions, dtype=np.float64)
+        tracker = state["tracker"]
+        hit, result = tracker.lookup(numbers, pos)
+        if hit:
+            return result
+        z = state["z"]
         if len(numbers) != len(z) or not np.array_equal(np.sort(numbers), np.sort(z)):
             got = (f"{_formula(numbers)} ({len(numbers)} atoms in order {' '.join(symbols(numbers))})"
                    if len(numbers) else "no atoms")
             raise InputError(f"this sGDML model is for {self.describe()}; got {got}")
-        perm = self.find_order(numbers, positions)
-        return perm, np.argsort(perm)
+        # a geometry that is refused below must not stay the reference of the cheap path
+        tracker.clear()
+        perm = self._identify(numbers, pos)
+        if perm is None:
+            result = None
+        else:
+            inverse = np.argsort(perm)
+            perm.setflags(write=False)  # the same arrays are handed out again from the cache
+            inverse.setflags(write=False)
+            result = (perm, inverse)
+        tracker.store(numbers, pos, result)
+        return result
+
+    @property
+    def order_tracker(self) -> OrderTracker:
+        """The cache of :meth:`prepare_atoms` (``hits``: answered from the cache, ``misses``: full
+        identifications)."""
+        return self._order_state()["tracker"]
+
+    def _order_state(self) -> dict:
+        """Arrays for the atom-order checks and the order cache. ``_derive`` drops
+        ``_ref_dist`` when the model's arrays change; everything here is rebuilt with it."""
+        state = getattr(self, "_order", None)
+        if state is None or state["ref_dist"] is not self._ref_dist:
+            ref_dist, ref_fp = self._refs()
+            state = {"ref_dist": ref_dist, "ref_fp": ref_fp, "z": self._cache_z(),
+                     "group": self.perms.cpu().numpy().astype(np.int64),
+                     "pairs": element_pairs(self._z_np),
+                     "tracker": OrderTracker(REORDER_TRACK_MAX_STEP)}
+            self._order = state
+        return state
 
     def _cache_z(self):
         self._z_np = self.z.cpu().numpy().astype(np.int64)
@@ -416,77 +468,104 @@ class SGDMLModel(Model):
         return np.concatenate(parts, axis=-1)
 
     def find_order(self, numbers, positions, n_refs: int = 5) -> np.ndarray:
-        """``perm`` with ``positions[perm]`` in the model's atom order.
+        """``perm`` with ``positions[perm]`` in the model's atom order (``arange(N)`` when the
+        atoms can be used as given); :class:`InputError` when the order cannot be identified.
 
-        Criterion: the input's distance matrix is matched to its ``n_refs`` nearest training
-        geometries (order-independent fingerprint of sorted distances per element pair). For
-        each, atoms are assigned within each element by the Hungarian algorithm on per-atom
-        sorted-distance signatures and polished by same-element swaps; the best match must have
-        an RMS distance-matrix residual <= ``REORDER_MAX_RESIDUAL`` Å, and every same-element
-        swap that is not a symmetry of the model must raise the residual by at least
-        ``REORDER_MIN_GAP`` Å and by a factor ``REORDER_MIN_RATIO``; otherwise the order is
-        ambiguous and :class:`InputError` is raised.
+        Criterion (residuals as in :mod:`~ase_mlff.models.atom_order`: RMS distance-matrix
+        difference to the closest of the ``n_refs`` training geometries nearest in an
+        order-independent fingerprint, minimised over the model's symmetries ``perms``):
+
+        1. Candidates: for each of those training geometries, atoms are assigned within each
+           element by the Hungarian algorithm on per-atom sorted-distance signatures and polished
+           by same-element swaps; when the numbers are in the model's order, the given order is
+           a candidate too. The best candidate (the given order on a tie) is kept.
+        2. Unambiguous: every exchange of two same-element atoms of the best candidate that is
+           not a model symmetry must raise the residual by at least ``REORDER_MIN_GAP`` Å and by
+           a factor ``REORDER_MIN_RATIO``.
+        3. If the best candidate is the given order (up to symmetry) it is accepted whatever its
+           residual: a geometry far from training is evaluated, as long as no other labelling
+           competes with the given one.
+        4. Otherwise the input is a relabelling; it is identified only if the best residual is
+           <= ``REORDER_MAX_RESIDUAL`` Å and, for numbers in the model's order, the given order
+           fits clearly worse (by the margins of 2).
         """
+        perm = self._identify(numbers, positions, n_refs)
+        return np.arange(self.n_atoms) if perm is None else perm
+
+    def _identify(self, numbers, positions, n_refs: int = 5):
+        """:meth:`find_order`, returning ``None`` for "use as given"."""
         from scipy.optimize import linear_sum_assignment
 
-        from ..training.symmetries import _polish
-
+        state = self._order_state()
+        z, group = state["z"], state["group"]
+        ref_dist, ref_fp = state["ref_dist"], state["ref_fp"]
         numbers = np.asarray(numbers)
-        z = self.z.cpu().numpy()
-        pos = np.asarray(positions, dtype=np.float64)
-        A = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))
-        ref_dist, ref_fp = self._refs()
+        n = len(z)
+        A = distance_matrix(np.asarray(positions, dtype=np.float64))
         fp = self._fingerprint_input(A, numbers)
         near = np.argsort(((ref_fp - fp[None]) ** 2).sum(1))[:n_refs]
+        refs = ref_dist[near]
         elems = sorted(set(z.tolist()))
+        given = bool(np.array_equal(numbers, z))
 
         def signatures(dist, nums):
-            sig = []
-            for e in elems:
-                cols = np.flatnonzero(nums == e)
-                block = np.sort(dist[:, cols], axis=1)
-                sig.append(block)
-            return np.concatenate(sig, axis=1)
+            # per atom: its sorted distances to each element (self-distance 0 sorts first)
+            return np.concatenate([np.sort(dist[:, nums == e], axis=1) for e in elems], axis=1)
 
         sig_in = signatures(A, numbers)
-        best = None
-        for k in near:
-            Aref = ref_dist[k]
-            sig_ref = signatures(Aref, z)  # (N, ...) same layout: self-distance 0 sorts first
+        cands = []
+        for Aref in refs:
+            sig_ref = signatures(Aref, z)
             cost = ((sig_ref[:, None, :] - sig_in[None, :, :]) ** 2).sum(-1)
             cost = cost + (z[:, None] != numbers[None, :]) * (cost.max() + 1.0) * 10.0
             rows, cols = linear_sum_assignment(cost)
-            perm = np.empty(len(z), dtype=np.int64)
+            perm = np.empty(n, dtype=np.int64)
             perm[rows] = cols  # model atom rows[i] is input atom cols[i]
-            perm, res = _polish(Aref, A, perm, z)
-            if best is None or res < best[1]:
-                best = (perm, res, Aref)
-        perm, res, Aref = best
-        if res > REORDER_MAX_RESIDUAL:
+            cands.append(polish(A, Aref, perm, state["pairs"]))
+        if given:
+            cands.append(np.arange(n))
+        cands = np.stack(cands)
+        res = labelling_residuals(A, cands, group, refs)
+        best = int(np.argmin(res))
+        if given and res[-1] <= res[best]:
+            best = len(cands) - 1
+        perm, r_best = cands[best], float(res[best])
+        # identity[q] = q: the given order is the best up to symmetry iff perm is in the group
+        given_best = given and bool(np.any(np.all(group == perm[None], axis=1)))
+        what = f"this sGDML model ({self.describe()})"
+        if not given_best and r_best > REORDER_MAX_RESIDUAL:
+            lead = ("the atoms' numbers are in the model's order, but another labelling of "
+                    "same-element atoms fits the training geometries better; " if given else
+                    f"the atoms are not in the order of {what}, and ")
             raise InputError(
-                f"the atoms are not in the order of this sGDML model ({self.describe()}), and the "
-                f"order cannot be identified: the closest training geometry differs by an RMS "
-                f"{res:.3f} Å in interatomic distances (limit {REORDER_MAX_RESIDUAL} Å); put the atoms "
-                f"in the model's order"
+                f"{lead}the order cannot be identified: the closest training geometry differs by an "
+                f"RMS {r_best:.3f} Å in interatomic distances (limit {REORDER_MAX_RESIDUAL} Å); put "
+                f"the atoms in the model's order and check that the structure is an intact, not "
+                f"strongly distorted {_formula(z)} molecule"
             )
-        equivalent = {tuple(perm[p].tolist()) for p in self.perms.cpu().numpy()}
-        n = len(z)
-        for i in range(n):
-            for j in range(i + 1, n):
-                if z[i] != z[j]:
-                    continue
-                alt = perm.copy()
-                alt[i], alt[j] = alt[j], alt[i]
-                if tuple(alt.tolist()) in equivalent:
-                    continue
-                r_alt = float(np.sqrt(np.mean((A[np.ix_(alt, alt)] - Aref) ** 2)))
-                if r_alt < res + REORDER_MIN_GAP or r_alt < REORDER_MIN_RATIO * res:
-                    raise InputError(
-                        f"the atoms are not in the order of this sGDML model ({self.describe()}), and "
-                        f"the order is ambiguous: exchanging model atoms {i} and {j} "
-                        f"({symbols([z[i]])[0]}) fits almost as well (RMS residual {r_alt:.3f} Å vs "
-                        f"{res:.3f} Å); put the atoms in the model's order"
-                    )
+        alts, pairs = same_element_swaps(perm, z, group)
+        if len(alts):
+            r_alt = labelling_residuals(A, alts, group, refs)
+            close = (r_alt < r_best + REORDER_MIN_GAP) | (r_alt < REORDER_MIN_RATIO * r_best)
+            if np.any(close):
+                k = int(np.flatnonzero(close)[np.argmin(r_alt[close])])
+                i, j = (int(v) for v in pairs[k])
+                raise InputError(
+                    f"the atom order for {what} cannot be identified, it is ambiguous: exchanging "
+                    f"model atoms {i} and {j} ({symbols([z[i]])[0]}) fits the training geometries "
+                    f"almost as well (RMS residual {r_alt[k]:.3f} Å vs {r_best:.3f} Å), so the model "
+                    f"cannot tell which atom is which; check that the structure is an intact, not "
+                    f"strongly distorted {_formula(z)} molecule near the training geometries"
+                )
+        if given_best:
+            return None
+        if given and (res[-1] < r_best + REORDER_MIN_GAP or res[-1] < REORDER_MIN_RATIO * r_best):
+            raise InputError(
+                f"the atom order for {what} cannot be identified, it is ambiguous: the order given "
+                f"(RMS residual {res[-1]:.3f} Å) and another labelling of same-element atoms "
+                f"({r_best:.3f} Å) fit the training geometries about equally well; check that the "
+                f"structure is an intact, not strongly distorted {_formula(z)} molecule"
+            )
         return perm
 
     def _fingerprint_input(self, A, numbers):
