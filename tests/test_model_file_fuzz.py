@@ -90,7 +90,7 @@ def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
     """Rewrite the recorded uncompressed size and CRC of ``member`` in both zip headers."""
     data = bytearray(data)
     name = member.encode()
-    local = data.find(b"PK\x03\x04" + data[4:4])  # first local header
+    local = data.find(b"PK\x03\x04")  # first local header
     while local >= 0:
         nlen = struct.unpack_from("<H", data, local + 26)[0]
         if data[local + 30:local + 30 + nlen] == name:
