@@ -532,8 +532,15 @@ class SGDMLModel(Model):
         perm, r_best = cands[best], float(res[best])
         # identity[q] = q: the given order is the best up to symmetry iff perm is in the group
         given_best = given and bool(np.any(np.all(group == perm[None], axis=1)))
+        if given and (given_best or res[-1] < r_best + REORDER_MIN_GAP or res[-1] < REORDER_MIN_RATIO * r_best):
+            # The caller's order is the best fit up to symmetry, or as good as the best within the
+            # ambiguity margin. A same-element swap that fits about as well (in ethanol: the two
+            # CH2 hydrogens, whose exchange mirrors the molecule) is no evidence of a wrong order,
+            # and refusing would reject ordinary distorted frames; a wrong order shows as another
+            # labelling fitting clearly better (a swapped carbon pair: by tenths of an Å).
+            return None
         what = f"this sGDML model ({self.describe()})"
-        if not given_best and r_best > REORDER_MAX_RESIDUAL:
+        if r_best > REORDER_MAX_RESIDUAL:
             lead = ("the atoms' numbers are in the model's order, but another labelling of "
                     "same-element atoms fits the training geometries better; " if given else
                     f"the atoms are not in the order of {what}, and ")
@@ -557,15 +564,6 @@ class SGDMLModel(Model):
                     f"cannot tell which atom is which; check that the structure is an intact, not "
                     f"strongly distorted {_formula(z)} molecule near the training geometries"
                 )
-        if given_best:
-            return None
-        if given and (res[-1] < r_best + REORDER_MIN_GAP or res[-1] < REORDER_MIN_RATIO * r_best):
-            raise InputError(
-                f"the atom order for {what} cannot be identified, it is ambiguous: the order given "
-                f"(RMS residual {res[-1]:.3f} Å) and another labelling of same-element atoms "
-                f"({r_best:.3f} Å) fit the training geometries about equally well; check that the "
-                f"structure is an intact, not strongly distorted {_formula(z)} molecule"
-            )
         return perm
 
     def _fingerprint_input(self, A, numbers):
