@@ -139,7 +139,9 @@ def check_consistent(p: Pairs, positions, cell, pbc):
 def compare_with_references(positions, cell, pbc, cutoff, with_ase=True):
     p = neighbor_list(positions, cell, pbc, cutoff)
     check_consistent(p, positions, cell, pbc)
-    assert np.all(p.distances < cutoff)
+    # pairs are kept when |r|^2 < cutoff^2; sqrt of a square one ulp below cutoff^2 can round to
+    # exactly the cutoff (one atom, images at 1, 2, ... 5 Å, cutoff 5 Å), so <= here
+    assert np.all(p.distances <= cutoff)
     ours = as_set(p.i, p.j, p.shifts, p.distances, cutoff)
     bi, bj, bS, bd = brute_force(positions, cell, pbc, cutoff)
     ref = as_set(bi, bj, bS, bd, cutoff)
