@@ -216,3 +216,12 @@ def test_mff_interrupted_in_each_stage_then_resumed_equals_uninterrupted(tmp_pat
     for k, a in m0.get_arrays().items():
         np.testing.assert_allclose(m1.get_arrays()[k], a, rtol=1e-10, atol=1e-12, err_msg=k)
     assert not (tmp_path / "m.mlff.ckpt").exists()
+    # the model carries a periodic training frame, so a LAMMPS export has a runnable example
+    # even where the training data file is not at hand
+    from ase_mlff.export.lammps import export_lammps
+    from ase_mlff.io import read_metadata
+
+    example = read_metadata(out)["training"]["example_structure"]
+    assert set(example["symbols"]) == {"Ni"} and all(example["pbc"])
+    export_lammps(str(out), tmp_path / "lmp", name="ni")
+    assert any(f.endswith(".data") for f in os.listdir(tmp_path / "lmp"))

@@ -169,6 +169,22 @@ def _thickness(cell) -> float:
     return 0.0 if vol == 0.0 else float(min(vol / a for a in areas))
 
 
+def example_frame_index(ds, atomic_numbers, indices=None) -> int | None:
+    """Index of the frame of ``ds`` (among ``indices``, default all) best suited as an example:
+    periodic in all directions, holding every element of ``atomic_numbers``, with the thickest
+    cell (the largest cutoff LAMMPS can use without ghost-atom trouble); None if there is none."""
+    wanted = set(int(z) for z in atomic_numbers)
+    best = None
+    for k in (range(len(ds)) if indices is None else indices):
+        fr = ds[int(k)]
+        if not np.all(fr.pbc) or not wanted <= set(int(z) for z in fr.numbers):
+            continue
+        thick = _thickness(fr.cell)
+        if thick > 0 and (best is None or thick > best[0]):
+            best = (thick, int(k))
+    return None if best is None else best[1]
+
+
 def _training_frame(meta: dict, model_path):
     """(atoms, origin) of a frame of the model's training data, or (None, why not)."""
     training = meta.get("training") or {}
@@ -193,19 +209,11 @@ def _training_frame(meta: dict, model_path):
             continue
         if ds.sha256() != expected:
             continue
-        wanted = set(int(z) for z in meta.get("atomic_numbers", []))
-        best = None
-        for k in range(len(ds)):
-            fr = ds[k]
-            if not np.all(fr.pbc) or not wanted <= set(int(z) for z in fr.numbers):
-                continue
-            thick = _thickness(fr.cell)
-            if thick > 0 and (best is None or thick > best[0]):
-                best = (thick, k)
-        if best is not None:
-            atoms = ds[best[1]].to_atoms()
+        k = example_frame_index(ds, meta.get("atomic_numbers", []))
+        if k is not None:
+            atoms = ds[k].to_atoms()
             atoms.calc = None
-            return atoms, f"frame {best[1]} of the training data {path} (sha256 {expected[:12]}...)"
+            return atoms, f"frame {k} of the training data {path} (sha256 {expected[:12]}...)"
         return None, f"no periodic frame of {path} holds all of the model's elements"
     return None, f"{', '.join(map(str, found))} does not hash to the model's training_data_hash"
 

@@ -324,7 +324,15 @@ def run(args) -> int:
         return exc.exit_code
     except (MLFFError, OSError) as exc:
         return fail(cli_message(exc), 1)
+    from ..export.lammps import example_frame_index, structure_record
+
+    training_extra = {}
+    held_out = set(report["split"]["test_indices"])
+    k = example_frame_index(ds, model.species, [i for i in range(len(ds)) if i not in held_out])
+    if k is not None:  # lets `ase-mlff export --lammps` write a runnable example without the data
+        training_extra["example_structure"] = structure_record(ds[k].to_atoms(), f"frame {k} of {args.data}")
     save_model(model, args.output, training={
+        **training_extra,
         "data_sha256": ds.sha256(), "source": args.data, "units": {"energy": "eV", "length": "Ang"},
         "recipe": "ase_mlff.training.mff_train", "split": report["split"], "hyperparameters": report["hyperparameters"],
         "seed": args.seed,
