@@ -32,3 +32,15 @@ def analytic_model():
     from analytic_potential import AnalyticTestPotential
 
     return AnalyticTestPotential(species=(13, 29), cutoff=4.5)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny test systems: one intra-op thread is ~10x faster than two on a loaded machine.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,14 +21,7 @@ from ase_mlff.workflows import initialize_velocities, make_integrator, run_md
 A_CU = 3.18
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _calc():

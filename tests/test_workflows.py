@@ -35,15 +35,7 @@ need_ni = pytest.mark.skipif(not os.path.exists(NI_MODEL),
 A_CU = 3.18  # lattice constant (Å) of fcc Cu at zero pressure for the analytic potential with cutoff 3.6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny test systems: one intra-op thread is ~10x faster than two on a loaded machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _analytic(three_body=0.05):
