@@ -197,7 +197,8 @@ def test_killed_save_leaves_a_recognisable_temporary_that_the_next_save_removes(
         "    os._exit(9)\n"
         "atomic_write_bytes(sys.argv[1], write)\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(model_file)], check=False)
+    # cwd outside the source tree: the child must import the installed (compiled) package
+    subprocess.run([sys.executable, "-c", script, str(model_file)], check=False, cwd=model_file.parent)
     folder = model_file.parent
     leftovers = [p for p in os.listdir(folder) if p.endswith(".tmp")]
     assert len(leftovers) == 1

@@ -553,8 +553,9 @@ def test_refused_crafted_files_stay_small_in_a_fresh_process(tmp_path):
         print(json.dumps(out))
     """)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # cwd outside the source tree: the child must import the installed (compiled) package
     proc = subprocess.run([sys.executable, "-c", script, *files], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for path in files:

@@ -406,9 +406,10 @@ except KeyboardInterrupt:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
-def test_ctrl_c_stops_a_long_search():
+def test_ctrl_c_stops_a_long_search(tmp_path):
+    # cwd outside the source tree: the child must import the installed (compiled) package
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SEARCH], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert proc.stdout.readline().strip() == "searching", proc.stderr.read()
         time.sleep(0.5)  # well inside the C++ search by now
