@@ -141,10 +141,11 @@ def _run_example(directory, inp, steps=5):
 def test_example_without_a_training_cell_says_what_to_supply(tmp_path):
     """An Al model that records no training cell: no made-up lattice (never Ni's fcc 3.52)."""
     model = _model((13,))
-    (tmp_path / "al.data").write_text("stale")
+    (tmp_path / "al.data").write_text("the user's own structure")
     paths = export_lammps(model, tmp_path, name="al")
     inp = paths["input"].read_text()
-    assert "data" not in paths and not (tmp_path / "al.data").exists()
+    # the input asks for al.data, so the file already there is the user's: left as it is
+    assert "data" not in paths and (tmp_path / "al.data").read_text() == "the user's own structure"
     assert "No example structure" in inp and "Supply al.data yourself" in inp
     assert "atom types 1 = Al" in inp and "--structure FILE" in inp
     assert "read_data       al.data" in inp
@@ -229,3 +230,20 @@ def test_example_input_from_a_training_cell_runs(tmp_path):
     paths = export_lammps(path, tmp_path)
     e_model, natoms = _run_example(tmp_path, paths["input"].read_text())
     assert natoms == 16 and np.isfinite(e_model)
+
+
+def test_export_never_replaces_an_earlier_export_unless_asked(tmp_path, capsys):
+    from ase_mlff.cli import main
+    from ase_mlff.io import save_model
+
+    path = save_model(_model((13,)), tmp_path / "al.mlff",
+                      training={"example_structure": structure_record(_al_cell(), "a test cell")})
+    out = tmp_path / "out"
+    assert main(["export", "--lammps", str(path), str(out)]) == 0
+    (out / "al.uf3").write_text("edited by hand")
+    assert main(["export", "--lammps", str(path), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "al.uf3" in err and "al.data" in err and "--overwrite" in err
+    assert (out / "al.uf3").read_text() == "edited by hand"
+    assert main(["export", "--lammps", str(path), str(out), "--overwrite"]) == 0
+    assert (out / "al.uf3").read_text() != "edited by hand"

@@ -298,8 +298,12 @@ run             1000
 """
 
 
-def export_lammps(model_or_path, directory, name: str | None = None, atoms=None) -> dict[str, Path]:
+def export_lammps(model_or_path, directory, name: str | None = None, atoms=None,
+                  overwrite: bool = False) -> dict[str, Path]:
     """Write ``<name>.uf3``, an example input ``in.<name>`` and ``<name>.json`` into ``directory``.
+
+    Files of an earlier export with the same name (including ``<name>.data``) are never
+    replaced unless ``overwrite=True``: :class:`~ase_mlff.errors.InputError` names them.
 
     ``model_or_path``: an :class:`~ase_mlff.models.mff.MFFModel` or a model file path.
     ``atoms``: optional structure written as ``<name>.data`` and used by the example input;
@@ -316,12 +320,18 @@ def export_lammps(model_or_path, directory, name: str | None = None, atoms=None)
     elements = [chemical_symbols[z] for z in model.species]
     paths = {"potential": directory / f"{name}.uf3", "input": directory / f"in.{name}",
              "info": directory / f"{name}.json"}
-    paths["potential"].write_text(uf3_text(model))
-    e0 = model.e0.detach().cpu().numpy().tolist()
     model_path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
     atoms, origin = example_structure(model, model_path, atoms)
+    # <name>.data is only written (and so only replaced) when there is an example structure;
+    # without one the input asks the user to supply that file, so one already there is theirs
+    targets = [*paths.values()] + ([directory / f"{name}.data"] if atoms is not None else [])
+    existing = [p.name for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{directory} already holds {', '.join(existing)} (an earlier export?); "
+                         "give --overwrite to replace them, or another --name or directory")
+    paths["potential"].write_text(uf3_text(model))
+    e0 = model.e0.detach().cpu().numpy().tolist()
     data_file, q = None, None
-    (directory / f"{name}.data").unlink(missing_ok=True)  # never leave a stale one behind
     if atoms is not None:
         data_file = f"{name}.data"
         q = write_data_file(directory / data_file, atoms, elements)
@@ -407,6 +417,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--name", help="file stem (default: the model file's stem)")
     parser.add_argument("--structure", help="structure file (any ASE format) for the example input, written as "
                         "<name>.data (default: a training structure the model file records or names)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier export with the same name (default: refuse)")
     return parser
 
 
@@ -416,7 +428,8 @@ def run(args) -> dict:
         import ase.io
 
         atoms = ase.io.read(args.structure)
-    paths = export_lammps(args.model, args.directory, name=args.name, atoms=atoms)
+    paths = export_lammps(args.model, args.directory, name=args.name, atoms=atoms,
+                          overwrite=getattr(args, "overwrite", False))
     for kind, p in paths.items():
         print(f"{kind:9s} {p}")
     if "data" not in paths:
