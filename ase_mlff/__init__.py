@@ -7,7 +7,7 @@
 
 from ._version import __version__
 from .calculator import MLFFCalculator
-from .errors import DatasetError, InputError, MLFFError, ModelFileError, TrainingError
+from .errors import DatasetError, InputError, MLFFError, ModelFileError, OutputExistsError, TrainingError
 from .neighbors import NeighborList, neighbor_list
 
 
@@ -23,5 +23,5 @@ def load(path, **calculator_options) -> MLFFCalculator:
 
 __all__ = [
     "__version__", "load", "MLFFCalculator", "NeighborList", "neighbor_list",
-    "MLFFError", "InputError", "ModelFileError", "DatasetError", "TrainingError",
+    "MLFFError", "InputError", "ModelFileError", "DatasetError", "TrainingError", "OutputExistsError",
 ]

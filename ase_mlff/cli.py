@@ -5,7 +5,9 @@ positive = tensile). Datasets in other units (kcal/mol, Hartree, Bohr) are conve
 reading; say which with ``--energy-unit`` / ``--length-unit`` when the file does not.
 
 Exit status (the same in every verb): 0 success; 1 unusable data, model file or structure
-(the error is printed as one line, no traceback); 2 wrong usage of the command line;
+(the error is printed as one line, no traceback); 2 wrong usage of the command line, including
+an output file that exists already (nothing was written; ask with --overwrite / --append /
+--resume);
 130 stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Long jobs stop cleanly on either
 signal: files are flushed, training writes its checkpoint (resume with ``--resume``).
 """
@@ -153,12 +155,15 @@ def main(argv=None) -> int:
     if run is None:
         parser.print_help()
         return EXIT_OK if args.command is None else EXIT_USAGE
-    from .errors import MLFFError
+    from .errors import MLFFError, OutputExistsError
 
     with _SigtermAsInterrupt() as term:
         try:
             rc = run(args)
             rc = rc if isinstance(rc, int) else EXIT_OK
+        except OutputExistsError as exc:  # the fix is another command line: a usage error
+            print(f"ase-mlff: error: {exc}", file=sys.stderr)
+            rc = EXIT_USAGE
         except MLFFError as exc:
             print(f"ase-mlff: error: {exc}", file=sys.stderr)
             rc = EXIT_ERROR

@@ -10,6 +10,12 @@ class InputError(MLFFError, ValueError):
     wrong atom order, overlapping atoms, singular cell, ...)."""
 
 
+class OutputExistsError(InputError, FileExistsError):
+    """An output file a command would write exists already; nothing was written. Replacing it
+    (or continuing it) must be asked for: ``--overwrite`` / ``--append`` / ``--resume``. The
+    command line treats it as a usage error (exit status 2): the fix is a different command."""
+
+
 class ModelFileError(MLFFError, ValueError):
     """A model file is missing, truncated, corrupted, modified or of an unknown version."""
 

@@ -241,7 +241,7 @@ def test_export_never_replaces_an_earlier_export_unless_asked(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["export", "--lammps", str(path), str(out)]) == 0
     (out / "al.uf3").write_text("edited by hand")
-    assert main(["export", "--lammps", str(path), str(out)]) == 1
+    assert main(["export", "--lammps", str(path), str(out)]) == 2  # usage: ask with --overwrite
     err = capsys.readouterr().err
     assert "al.uf3" in err and "al.data" in err and "--overwrite" in err
     assert (out / "al.uf3").read_text() == "edited by hand"

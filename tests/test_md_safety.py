@@ -104,7 +104,7 @@ def test_cli_refuses_an_existing_trajectory_naming_the_flags(tmp_path, capsys, a
     traj.write_bytes(b"precious")
     rc = cli(["md", analytic_model, start, "-n", 2, "-o", traj, "--log", tmp_path / "md.log", "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "--append" in err and "--overwrite" in err and "md.traj" in err
+    assert rc == 2 and "--append" in err and "--overwrite" in err and "md.traj" in err
     assert traj.read_bytes() == b"precious" and not (tmp_path / "md.log").exists()
 
 

@@ -467,7 +467,7 @@ def test_phonons_warn_about_a_stressed_cell():
 def test_eos_and_phonons_keep_existing_output_files(periodic, tmp_path, capsys):
     model, path = periodic
     (tmp_path / "eos.dat").write_text("mine\n")
-    assert cli(["eos", model, path, "--points", 5, "--range", 0.95, 1.05, "--outdir", tmp_path]) == 1
+    assert cli(["eos", model, path, "--points", 5, "--range", 0.95, 1.05, "--outdir", tmp_path]) == 2  # usage
     err = capsys.readouterr().err
     assert "eos.dat" in err and "--overwrite" in err
     assert (tmp_path / "eos.dat").read_text() == "mine\n" and not (tmp_path / "eos.png").exists()

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
-from ..errors import InputError
+from ..errors import InputError, OutputExistsError
 
 
 def _line(values, fmt: str = "{:.10g}") -> str:
@@ -327,7 +327,7 @@ def export_lammps(model_or_path, directory, name: str | None = None, atoms=None,
     targets = [*paths.values()] + ([directory / f"{name}.data"] if atoms is not None else [])
     existing = [p.name for p in targets if p.exists()]
     if existing and not overwrite:
-        raise InputError(f"{directory} already holds {', '.join(existing)} (an earlier export?); "
+        raise OutputExistsError(f"{directory} already holds {', '.join(existing)} (an earlier export?); "
                          "give --overwrite to replace them, or another --name or directory")
     paths["potential"].write_text(uf3_text(model))
     e0 = model.e0.detach().cpu().numpy().tolist()

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._version import __version__
-from ..errors import ModelFileError, TrainingError
+from ..errors import ModelFileError, OutputExistsError, TrainingError
 
 CONTENT = "training-checkpoint"
 
@@ -235,4 +235,4 @@ def _short(v) -> str:
 def check_output(output, overwrite: bool, resume: bool, flag: str = "--overwrite") -> None:
     """Refuse to replace an existing model file unless asked to (or resuming into it)."""
     if output is not None and Path(output).exists() and not (overwrite or resume):
-        raise FileExistsError(f"{output} exists; pass {flag} to replace it, or choose another output file")
+        raise OutputExistsError(f"{output} exists; pass {flag} to replace it, or choose another output file")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 from ase import units
 
-from ..errors import InputError
+from ..errors import InputError, OutputExistsError
 
 #: pressures on the command line and in the workflow functions are in GPa
 GPA = units.GPa
@@ -91,7 +91,8 @@ OUTPUT_MODES = ("new", "append", "overwrite")
 
 
 def refuse_existing(paths, hint: str) -> None:
-    """Raise :class:`InputError` if any of ``paths`` (None entries ignored) exists.
+    """Raise :class:`~ase_mlff.errors.OutputExistsError` (an :class:`InputError`) if any of
+    ``paths`` (None entries ignored) exists.
 
     Called before any work starts, so a refused run has written nothing and a long run cannot
     end by failing to save its results. ``hint`` says how to ask for the file to be replaced
@@ -100,7 +101,7 @@ def refuse_existing(paths, hint: str) -> None:
     existing = [os.fspath(p) for p in paths if p is not None and os.path.lexists(os.fspath(p))]
     if existing:
         names = ", ".join(repr(p) for p in existing)
-        raise InputError(f"{names} {'exists' if len(existing) == 1 else 'exist'} already and would be "
+        raise OutputExistsError(f"{names} {'exists' if len(existing) == 1 else 'exist'} already and would be "
                          f"overwritten; {hint}, or choose another name. Nothing was written.")
 
 
