@@ -29,8 +29,8 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .errors import InputError
-from .graph import Graph, batch_graphs, graph_from_arrays
-from .models.base import Model
+from .graph import Graph, batch_graphs, graph_from_arrays, graph_from_structure
+from .models.base import Model, ModelOutput
 from .neighbors import NeighborList, neighbor_list
 
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -97,6 +97,17 @@ class MLFFCalculator(Calculator):
             props.append("stress")
         self.implemented_properties = props
         self.nl = None if model.is_global else NeighborList(model.cutoff, skin)
+        # what made these numbers, in ASE's place for it: todict() goes into trajectories
+        source = getattr(model, "source", None) or {}
+        self.parameters.update(
+            model=source.get("path"), model_sha256=source.get("sha256"), family=model.family,
+            elements=model.elements, cutoff=model.cutoff, device=str(self.device),
+            dtype=str(dtype).removeprefix("torch."), skin=float(skin), min_distance=self.min_distance,
+            uncertainty=self.uncertainty)
+
+    def todict(self) -> dict:
+        """The model file (path and sha256) and the options: ASE writes this into trajectories."""
+        return dict(self.parameters)
 
     def __getstate__(self):
         # a lock cannot be copied or pickled; a copy gets its own (copy.deepcopy(calc) works)
@@ -115,7 +126,7 @@ class MLFFCalculator(Calculator):
         if not np.all(np.isfinite(atoms.positions)):
             bad = np.unique(np.nonzero(~np.isfinite(atoms.positions))[0])
             raise InputError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
-        if self.model.is_global and np.any(atoms.pbc) and not getattr(self.model, "periodic", False):
+        if np.any(atoms.pbc) and not self.model.periodic:
             raise InputError(
                 f"this {self.model.family} model describes an isolated molecule; "
                 "set atoms.pbc = False to evaluate it"
@@ -134,10 +145,6 @@ class MLFFCalculator(Calculator):
         return float(abs(np.linalg.det(atoms.cell.array)))
 
     # ------------------------------------------------------------------ graph
-    def _graph(self, atoms, pairs) -> Graph:
-        return graph_from_arrays(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, pairs,
-                                 dtype=self.dtype, device=self.device)
-
     def _want_stress(self, atoms, properties) -> bool:
         if not self.model.supports_stress:
             if "stress" in properties:
@@ -165,11 +172,23 @@ class MLFFCalculator(Calculator):
     def _calculate(self, atoms, properties, system_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        want_stress = self._want_stress(atoms, properties)
+        graph, order = self._prepare(atoms, self.nl)
+        out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)
+        self.results = self._unpack(out, atoms, want_stress, order)
+
+    # ------------------------------------------------------------------ the one data path
+    def _prepare(self, atoms, nl: NeighborList | None = None):
+        """Checks, atom order and neighbour list of ``atoms`` -> ``(graph, order)``.
+
+        The only place structures become model input: ``calculate``, ``get_hessian`` and
+        ``evaluate_batch`` all come through here. ``nl``: the reused neighbour list (MD);
+        without it the pairs are computed afresh. ``order``: ``(perm, inverse)`` for a global
+        model given its atoms in another order, else None.
+        """
         self._check_structure(atoms)
         model = self.model
         order = model.prepare_atoms(atoms.numbers, atoms.positions)
-        want_stress = self._want_stress(atoms, properties)
-
         if model.is_global:
             pos = atoms.positions
             if len(pos) > 1:
@@ -178,32 +197,42 @@ class MLFFCalculator(Calculator):
                 self._check_distances(np.array([i]), np.array([j]), np.array([dist[i, j]]))
             pairs = None
         else:
-            pairs = self.nl.update(atoms)
+            pairs = nl.update(atoms) if nl is not None else neighbor_list(
+                atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff)
             self._check_distances(pairs.i, pairs.j, pairs.distances)
+        graph = graph_from_structure(atoms, model.cutoff, pairs=pairs,
+                                     order=None if order is None else order[0],
+                                     dtype=self.dtype, device=self.device)
+        return graph, order
 
-        if order is not None:
-            perm, _ = order
-            graph = graph_from_arrays(atoms.positions[perm], atoms.numbers[perm], atoms.cell.array,
-                                      atoms.pbc, None, dtype=self.dtype, device=self.device)
-        else:
-            graph = self._graph(atoms, pairs)
-        out = model.compute(graph, forces=True, stress=want_stress)
-        self.results = self._results(out, atoms, want_stress, order)
-        if self.uncertainty and model.extra_results:
-            for key, value in model.compute_extras(graph).items():
-                self.results[key] = value
+    def _unpack(self, out: ModelOutput, atoms, want_stress: bool, order=None, b: int = 0,
+                sel=None) -> dict:
+        """ASE results (numpy, float64, the caller's atom order) of structure ``b`` of ``out``;
+        ``sel`` selects that structure's atoms in a batch."""
+        def atoms_of(t):
+            a = t.detach().cpu().numpy().astype(np.float64)
+            return a if sel is None else a[sel]
 
-    def _results(self, out, atoms, want_stress, order=None) -> dict:
-        energy = float(out["energy"].detach().sum().cpu())
-        forces = out["forces"].detach().cpu().numpy().astype(np.float64)
+        energy = float(out.energy[b])
+        forces = atoms_of(out.forces)
         if order is not None:
             forces = forces[order[1]]
         res = {"energy": energy, "free_energy": energy, "forces": forces}
-        if not self.model.is_global:
-            res["energies"] = out["energies"].detach().cpu().numpy().astype(np.float64)
+        if out.energies is not None:
+            res["energies"] = atoms_of(out.energies)
+        volume = self._volume(atoms)
         if want_stress:
-            virial = out["virial"].detach().cpu().numpy().astype(np.float64)[0]
-            res["stress"] = virial_to_voigt(virial, self._volume(atoms))
+            res["stress"] = virial_to_voigt(out.virial[b].detach().cpu().numpy().astype(np.float64), volume)
+        for key, value in out.extras.items():
+            value = value.detach().cpu().numpy().astype(np.float64)
+            if key == "stress_uncertainty":
+                if want_stress:
+                    res[key] = virial_to_voigt(value[b], volume)
+            elif key.startswith("energy_"):
+                res[key] = float(value[b])
+            else:  # per atom
+                value = value if sel is None else value[sel]
+                res[key] = value[order[1]] if order is not None else value
         return res
 
     # ------------------------------------------------------------------ extras
@@ -216,13 +245,10 @@ class MLFFCalculator(Calculator):
         atoms = atoms if atoms is not None else self.atoms
         if atoms is None:
             raise InputError("no structure given")
-        self._check_structure(atoms)
-        order = self.model.prepare_atoms(atoms.numbers, atoms.positions)
+        graph, order = self._prepare(atoms)
         if order is not None:
             raise InputError("the Hessian needs the atoms in the model's own order")
-        pairs = None if self.model.is_global else neighbor_list(
-            atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff)
-        hess = self.model.hessian(self._graph(atoms, pairs))
+        hess = self.model.hessian(graph)
         return hess.detach().cpu().numpy().astype(np.float64)
 
     def evaluate_batch(self, images: Sequence, stress: bool | None = None) -> list[dict]:
@@ -243,25 +269,9 @@ class MLFFCalculator(Calculator):
             return out
         graphs, flags = [], []
         for atoms in images:
-            self._check_structure(atoms)
-            self.model.check_numbers(atoms.numbers)
-            pairs = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff)
-            self._check_distances(pairs.i, pairs.j, pairs.distances)
-            graphs.append(self._graph(atoms, pairs))
+            graphs.append(self._prepare(atoms)[0])
             flags.append(self._want_stress(atoms, ["stress"] if stress else []))
         graph = batch_graphs(graphs)
-        want = any(flags)
-        out = self.model.compute(graph, forces=True, stress=want)
-        results = []
+        out = self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty)
         batch = graph.batch.cpu().numpy()
-        forces = out["forces"].detach().cpu().numpy().astype(np.float64)
-        energies = out["energies"].detach().cpu().numpy().astype(np.float64)
-        for b, atoms in enumerate(images):
-            sel = batch == b
-            e = float(out["energy"][b].detach().cpu())
-            r = {"energy": e, "free_energy": e, "forces": forces[sel], "energies": energies[sel]}
-            if flags[b]:
-                virial = out["virial"][b].detach().cpu().numpy().astype(np.float64)
-                r["stress"] = virial_to_voigt(virial, self._volume(atoms))
-            results.append(r)
-        return results
+        return [self._unpack(out, atoms, flags[b], b=b, sel=batch == b) for b, atoms in enumerate(images)]

@@ -1,7 +1,10 @@
 """Atoms -> tensors: the one input every model receives.
 
 A :class:`Graph` holds one structure or a batch of structures (atoms of structure ``b`` have
-``batch == b``) with their neighbour pairs. Edge vectors are always computed from the
+``batch == b``) with their neighbour pairs. :func:`graph_from_structure` is the one builder:
+the calculator (one ``ase.Atoms``), ``evaluate_batch`` and training (dataset frames, through
+:class:`FrameGraphs`, which computes each frame's neighbour list once) all use it, so a model
+sees exactly the same input when it is trained and when it is served. Edge vectors are always computed from the
 positions and the cell, ``r_j - r_i + S @ cell``, so that autograd sees every dependence:
 forces are ``-dE/dpositions`` and, after :meth:`Graph.strained`, the stress is
 ``(1/V) dE/d(strain)``, exact derivatives of the model's energy.
@@ -15,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .neighbors import Pairs
+from .neighbors import Pairs, neighbor_list
 
 
 @dataclass
@@ -128,3 +131,58 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
         batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
         n_graphs=sum(g.n_graphs for g in graphs),
     )
+
+
+def graph_from_structure(structure, cutoff: float | None, pairs: Pairs | None = None, order=None,
+                         dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Graph:
+    """Graph of an ``ase.Atoms`` or a dataset :class:`~ase_mlff.data.Frame` (anything with
+    ``positions``, ``numbers``, ``cell`` and ``pbc``).
+
+    ``cutoff``: the model's (``None`` for a global model: no pairs). ``pairs``: a neighbour list
+    computed already (e.g. by a :class:`~ase_mlff.neighbors.NeighborList` with a Verlet skin);
+    computed here when omitted. ``order``: index array putting the atoms into a global model's
+    order (``positions[order]``).
+    """
+    positions = np.asarray(structure.positions, dtype=np.float64)
+    numbers = np.asarray(structure.numbers)
+    cell = np.asarray(getattr(structure.cell, "array", structure.cell), dtype=np.float64)
+    pbc = np.asarray(structure.pbc, dtype=bool)
+    if order is not None:
+        positions, numbers = positions[order], numbers[order]
+    if cutoff is None:
+        pairs = None
+    elif pairs is None:
+        pairs = neighbor_list(positions, cell, pbc, cutoff)
+    return graph_from_arrays(positions, numbers, cell, pbc, pairs, dtype=dtype, device=device)
+
+
+class FrameGraphs:
+    """Graphs of many structures for training or batched evaluation: each structure's
+    neighbour list is computed once (on first use) and kept; :meth:`batch` joins any subset.
+
+    ``structures``: a :class:`~ase_mlff.data.Dataset`, a list of frames or of ``ase.Atoms``.
+    """
+
+    def __init__(self, structures, cutoff: float | None, dtype: torch.dtype = torch.float64,
+                 device: str | torch.device = "cpu"):
+        self.structures = structures
+        self.cutoff = cutoff
+        self.dtype = dtype
+        self.device = device
+        self._cache: dict[int, Graph] = {}
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    def __getitem__(self, index: int) -> Graph:
+        index = int(index)
+        graph = self._cache.get(index)
+        if graph is None:
+            graph = graph_from_structure(self.structures[index], self.cutoff, dtype=self.dtype,
+                                         device=self.device)
+            self._cache[index] = graph
+        return graph
+
+    def batch(self, indices) -> Graph:
+        """One batched graph of the structures ``indices`` (in that order)."""
+        return batch_graphs([self[i] for i in indices])

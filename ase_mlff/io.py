@@ -348,6 +348,14 @@ class _Archive:
         self.zf.close()
         self.fh.close()
 
+    def file_sha256(self) -> str:
+        """sha256 of the whole file, as read through the same (regular-file) handle."""
+        h = hashlib.sha256()
+        self.fh.seek(0)
+        for chunk in iter(lambda: self.fh.read(1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+
     def __enter__(self):
         return self
 
@@ -641,9 +649,9 @@ def load_model(path, device: str = "cpu") -> Model:
                 f"(known: {', '.join(sorted(MODEL_REGISTRY))})"
             )
         cls = MODEL_REGISTRY[family]
-        if meta["global_model"] != cls.is_global:
-            raise ModelFileError(f"{path}: meta.json field 'global_model' must be {str(cls.is_global).lower()} "
-                                 f"for a {family} model")
+        if meta["global_model"] != (meta["cutoff"] is None):  # a global model is one without a cutoff
+            raise ModelFileError(f"{path}: meta.json field 'global_model' must be "
+                                 f"{str(meta['cutoff'] is None).lower()} for a model with cutoff {meta['cutoff']}")
         config = meta["hyperparameters"]
         try:
             specs = cls.check_config(config)
@@ -657,6 +665,9 @@ def load_model(path, device: str = "cpu") -> Model:
                 raise ModelFileError(f"{path}: array {name!r} holds NaN or infinite values; the model "
                                      "is unusable (retrain it, or restore the file from a copy)")
             arrays[name] = arr
+        # provenance of the loaded model: which file, byte for byte (ASE trajectories record it
+        # through MLFFCalculator.todict)
+        source = {"path": str(Path(path).resolve()), "sha256": archive.file_sha256()}
     try:
         cls.check_arrays(config, arrays)
     except (TypeError, ValueError, KeyError, IndexError) as exc:
@@ -671,6 +682,7 @@ def load_model(path, device: str = "cpu") -> Model:
         # must still give a ModelFileError, not a traceback.
         raise ModelFileError(f"{path}: cannot rebuild the {family} model from this file ({exc})") from None
     model.meta = meta
+    model.source = source
     return model.to(device)
 
 

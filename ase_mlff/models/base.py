@@ -1,9 +1,35 @@
-"""What every model family declares and the one evaluation path they share.
+"""The model contract: what every family declares, and the one evaluation path they share.
 
-A model is a ``torch.nn.Module`` that maps a :class:`~ase_mlff.graph.Graph` to per-atom
-energies (eV). :meth:`Model.compute` turns that into total energies, forces and the strain
-derivative by autograd; a family with a faster analytic path (sGDML kernels, MFF splines)
-overrides :meth:`Model.compute` and must return exactly the same quantities.
+A model is a ``torch.nn.Module`` with these declarations (class attributes unless noted):
+
+==================  ========================================================================
+``family``          name written into model files ("sgdml", "mff", ...)
+``species``         (instance) sorted atomic numbers it was trained on; ``elements`` symbols
+``cutoff``          (instance) Å for local models; ``None`` for global models (sGDML), which
+                    see all atoms in a fixed order with no neighbour list
+``periodic``        whether periodic cells are accepted (local models: yes; sGDML: no)
+``per_atom_energies`` whether :meth:`forward` gives one energy per atom (N,) or per
+                    structure (B,); only the former give ``energies`` and stress
+``units``           ``{"energy": "eV", "length": "Å"}`` for every family: data in other units
+                    are converted on reading (:mod:`ase_mlff.units`)
+``extra_results``   names of extra results :meth:`compute` can add with ``extras=True``
+                    (``energy_uncertainty``, ``forces_uncertainty``, ``stress_uncertainty``)
+==================  ========================================================================
+
+Evaluation. :meth:`forward` is the family's differentiable energy (eV), a function of the
+:class:`~ase_mlff.graph.Graph` alone. :meth:`compute` is the only entry point callers use and
+no family overrides it; it returns a :class:`ModelOutput` and never modifies its inputs. It
+decides in one place between two ways of getting the derivatives:
+
+* the family's analytic path, :meth:`analytic` (sGDML kernels, MFF splines in C++), when the
+  family has one, the graph lives on a device in ``analytic_devices``, and nobody needs
+  gradients through the result (``create_graph=False`` and positions not requiring grad);
+* otherwise autograd through :meth:`forward`: forces ``-dE/dr`` and the virial
+  ``dE/d(strain)`` on a copy of the graph whose positions (and strain) are fresh leaves.
+
+Both paths must give the same numbers (the conformance suite checks it). Total energies are
+accumulated in float64 whatever the model's dtype: a float32 total of -14,000 eV has a
+rounding step near 1 meV, which would ruin finite differences and NVE conservation.
 
 Serialisation: a model is ``config`` (JSON-able hyperparameters, enough to rebuild the empty
 module) plus named numpy arrays (its parameters and buffers). :mod:`ase_mlff.io` stores both
@@ -13,6 +39,7 @@ without pickle.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Iterable
 
 import numpy as np
@@ -23,6 +50,14 @@ from ..errors import InputError
 from ..graph import Graph
 
 MODEL_REGISTRY: dict[str, type["Model"]] = {}
+
+#: extra results a model may declare, with their units
+EXTRA_RESULTS = {
+    "energy_uncertainty": "eV, one per structure",
+    "forces_uncertainty": "eV/Å, one per atom",
+    "stress_uncertainty": "eV/Å³, one per structure (Voigt order, like stress)",
+    "energies_uncertainty": "eV, one per atom",
+}
 
 
 def register_model(cls: type["Model"]) -> type["Model"]:
@@ -35,13 +70,49 @@ def symbols(numbers: Iterable[int]) -> list[str]:
     return [chemical_symbols[int(z)] for z in numbers]
 
 
+@dataclass
+class ModelOutput:
+    """What :meth:`Model.compute` returns (torch tensors; energies in eV, lengths in Å).
+
+    ``energy`` (B,) float64 total energy of each structure; ``energies`` (N,) per-atom energies
+    (None for global models); ``forces`` (N, 3) eV/Å when asked; ``virial`` (B, 3, 3)
+    ``dE/d(strain)`` in eV (volume times ASE stress, same sign) when asked; ``extras``: the
+    declared extra results that were asked for (``extras=True``).
+    """
+
+    energy: torch.Tensor
+    energies: torch.Tensor | None = None
+    forces: torch.Tensor | None = None
+    virial: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def detach(self) -> "ModelOutput":
+        def d(t):
+            return None if t is None else t.detach()
+
+        return ModelOutput(d(self.energy), d(self.energies), d(self.forces), d(self.virial),
+                           {k: v.detach() for k, v in self.extras.items()})
+
+
+def sum_per_structure(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """(B,) float64 sums of per-atom ``values`` (N,) over the atoms of each structure."""
+    total = torch.zeros(n_graphs, dtype=torch.float64, device=values.device)
+    return total.index_add(0, batch, values.to(torch.float64))
+
+
 class Model(torch.nn.Module):
     #: name of the model family, written into model files ("sgdml", "mff", ...)
     family: ClassVar[str] = "base"
-    #: global models see all atoms in a fixed order and have no cutoff (sGDML)
-    is_global: ClassVar[bool] = False
-    #: extra per-structure results the model can produce (e.g. "energy_uncertainty")
+    #: periodic cells accepted (global molecular models set False)
+    periodic: ClassVar[bool] = True
+    #: forward() gives per-atom energies (N,) (False: one energy per structure, (B,))
+    per_atom_energies: ClassVar[bool] = True
+    #: units of every input and output (data in other units are converted on reading)
+    units: ClassVar[dict[str, str]] = {"energy": "eV", "length": "Å"}
+    #: extra results compute(..., extras=True) can add (names from EXTRA_RESULTS)
     extra_results: ClassVar[tuple[str, ...]] = ()
+    #: devices on which analytic() may be used (checked by compute, never by families)
+    analytic_devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, species: Iterable[int], cutoff: float | None, config: dict[str, Any] | None = None):
         super().__init__()
@@ -55,10 +126,19 @@ class Model(torch.nn.Module):
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("_species_table", table, persistent=False)
 
-    # ----------------------------------------------------------------- properties
+    # ----------------------------------------------------------------- declarations
+    @property
+    def is_global(self) -> bool:
+        """A global model (no cutoff) sees all atoms of a structure in a fixed order."""
+        return self.cutoff is None
+
+    @property
+    def elements(self) -> list[str]:
+        return symbols(self.species)
+
     @property
     def supports_stress(self) -> bool:
-        return not self.is_global
+        return self.per_atom_energies and self.cutoff is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,6 +151,11 @@ class Model(torch.nn.Module):
         """Index of each atom's element in ``self.species``."""
         return self._species_table[numbers]
 
+    def describe(self) -> str:
+        """One line: family, elements, cutoff."""
+        cut = "global (no cutoff)" if self.cutoff is None else f"cutoff {self.cutoff:g} Å"
+        return f"{self.family} model for {', '.join(self.elements)}, {cut}"
+
     # ----------------------------------------------------------------- checks
     def check_numbers(self, numbers: np.ndarray) -> None:
         """Raise :class:`InputError` naming any element the model was not trained on."""
@@ -82,54 +167,91 @@ class Model(torch.nn.Module):
             )
 
     def prepare_atoms(self, numbers: np.ndarray, positions: np.ndarray):
-        """Hook for global models: check (and possibly reorder) the atoms.
+        """Check the atoms (and, for global models, identify their order).
 
-        Returns ``(order, inverse)`` index arrays or ``None`` when atoms are used as given.
+        Returns ``(order, inverse)`` index arrays (``positions[order]`` is in the model's order,
+        ``forces[inverse]`` back in the caller's) or ``None`` when the atoms are used as given.
         """
         self.check_numbers(numbers)
         return None
 
     # ----------------------------------------------------------------- evaluation
     def forward(self, graph: Graph) -> torch.Tensor:  # pragma: no cover - abstract
-        """Per-atom energies (N,) in eV."""
+        """Differentiable energies in eV: per atom (N,), or per structure (B,) when
+        ``per_atom_energies`` is False."""
         raise NotImplementedError
 
-    def compute(self, graph: Graph, forces: bool = True, stress: bool = False,
-                create_graph: bool = False) -> dict[str, torch.Tensor]:
-        """Energies and their derivatives by autograd.
+    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:  # pragma: no cover
+        """Optional fast path with the same results as autograd through :meth:`forward`
+        (detached). Families without one do not override it."""
+        raise NotImplementedError
 
-        Returns ``energy`` (B,), ``energies`` (N,), and when asked ``forces`` (N, 3) and
-        ``virial`` (B, 3, 3) = dE/d(strain), i.e. volume times ASE stress.
+    def compute_extras(self, graph: Graph, output: ModelOutput, stress: bool) -> dict[str, torch.Tensor]:
+        """The declared extra results for ``graph`` (families with ``extra_results`` override)."""
+        raise InputError(f"this {self.family} model gives no extra results (no uncertainty)")
+
+    @property
+    def has_analytic(self) -> bool:
+        return type(self).analytic is not Model.analytic
+
+    def uses_analytic(self, graph: Graph, create_graph: bool = False) -> bool:
+        """The one rule choosing the analytic path over autograd (see the module docstring)."""
+        return (self.has_analytic and not create_graph and not graph.positions.requires_grad
+                and graph.device.type in self.analytic_devices)
+
+    def compute(self, graph: Graph, forces: bool = True, stress: bool = False,
+                create_graph: bool = False, extras: bool = False) -> ModelOutput:
+        """Energies and, when asked, forces, the virial and the declared extra results.
+
+        ``create_graph``: keep the autograd graph of forces/virial (training on forces,
+        Hessians). ``graph`` is never modified.
         """
+        if stress and not self.supports_stress:
+            raise InputError(f"{self.family} models give no stress (global model without per-atom energies)")
+        if self.uses_analytic(graph, create_graph):
+            out = self.analytic(graph, forces, stress)
+        else:
+            out = self._autograd(graph, forces, stress, create_graph)
+        if extras:
+            if not self.extra_results:
+                raise InputError(f"this {self.family} model gives no extra results (no uncertainty)")
+            missing = [k for k in self.extra_results if k not in out.extras]
+            if missing:
+                out.extras.update(self.compute_extras(graph, out, stress))
+        return out
+
+    def _autograd(self, graph: Graph, forces: bool, stress: bool, create_graph: bool) -> ModelOutput:
+        positions = graph.positions
+        if forces and not positions.requires_grad:
+            positions = positions.detach().requires_grad_(True)  # a fresh leaf: the input stays as it was
+        g = replace(graph, positions=positions)
         if stress:
-            graph = graph.strained()
-        inputs = []
-        if forces:
-            if not graph.positions.requires_grad:
-                graph.positions.requires_grad_(True)
-            inputs.append(graph.positions)
-        if stress:
-            inputs.append(graph.strain)
-        # Evaluate with grad enabled even if the caller is in no_grad mode.
+            g = g.strained()
+        inputs = ([positions] if forces else []) + ([g.strain] if stress else [])
+        # with grad enabled even when the caller is in no_grad mode
         with torch.enable_grad():
-            energies = self(graph)
-            energy = torch.zeros(graph.n_graphs, dtype=energies.dtype, device=energies.device)
-            energy = energy.index_add(0, graph.batch, energies)
-            out = {"energy": energy, "energies": energies}
+            e = self(g)
+            if self.per_atom_energies:
+                energies, energy = e, sum_per_structure(e, graph.batch, graph.n_graphs)
+            else:
+                energies, energy = None, e.to(torch.float64)
+            out = ModelOutput(energy=energy, energies=energies)
             if inputs:
                 grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
-                grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+                grads = [torch.zeros_like(x) if gr is None else gr for gr, x in zip(grads, inputs)]
                 if forces:
-                    out["forces"] = -grads[0]
+                    out.forces = -grads[0].to(graph.dtype)
                 if stress:
-                    out["virial"] = grads[-1]
+                    out.virial = grads[-1].to(graph.dtype)
+        if not create_graph:
+            out = out.detach()
         return out
 
     def hessian(self, graph: Graph) -> torch.Tensor:
         """Second derivatives of the energy, (3N, 3N) in eV/Å², by double backward."""
         positions = graph.positions.detach().clone().requires_grad_(True)
-        g = Graph(**{**graph.__dict__, "positions": positions})
-        forces = self.compute(g, forces=True, create_graph=True)["forces"].reshape(-1)
+        g = replace(graph, positions=positions)
+        forces = self.compute(g, forces=True, create_graph=True).forces.reshape(-1)
         rows = []
         for k in range(forces.numel()):
             (row,) = torch.autograd.grad(-forces[k], positions, retain_graph=True, allow_unused=True)

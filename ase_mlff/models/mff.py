@@ -30,7 +30,7 @@ import torch
 from .. import _ext
 from ..graph import Graph
 from ..splines import UniformGrid, torch_basis
-from .base import Model, config_float, config_int, config_species, register_model
+from .base import Model, ModelOutput, config_float, config_int, config_species, register_model
 
 
 def triplet_index(first: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,10 +219,9 @@ class MFFModel(Model):
         self._cpp_cache = (version, arrays)
         return arrays
 
-    def compute(self, graph: Graph, forces: bool = True, stress: bool = False,
-                create_graph: bool = False) -> dict[str, torch.Tensor]:
-        if create_graph or graph.positions.requires_grad or graph.device.type != "cpu":
-            return super().compute(graph, forces=forces, stress=stress, create_graph=create_graph)
+    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+        """The compiled spline kernel: energies, forces and virial in one pass over pairs and
+        triplets (same numbers as autograd through :meth:`forward`)."""
         t2, h2, c2, rc2, t3, h3, t3jk, h3jk, c3, rc3, jk_max = self._arrays_for_cpp()
         dtype = graph.dtype
         pos = graph.positions.detach().cpu().numpy().astype(np.float64)
@@ -255,12 +254,9 @@ class MFFModel(Model):
             virial[b] = w
         energies += e0
         energy = np.bincount(batch, weights=energies, minlength=graph.n_graphs)
-        out = {"energy": torch.from_numpy(energy).to(dtype), "energies": torch.from_numpy(energies).to(dtype)}
-        if forces:
-            out["forces"] = torch.from_numpy(f).to(dtype)
-        if stress:
-            out["virial"] = torch.from_numpy(virial).to(dtype)
-        return out
+        return ModelOutput(energy=torch.from_numpy(energy), energies=torch.from_numpy(energies).to(dtype),
+                           forces=torch.from_numpy(f).to(dtype) if forces else None,
+                           virial=torch.from_numpy(virial).to(dtype) if stress else None)
 
     # ----------------------------------------------------------------- tabulated functions
     def pair_energy(self, r, a: int = 0, b: int = 0) -> np.ndarray:

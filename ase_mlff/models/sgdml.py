@@ -40,7 +40,7 @@ from ..errors import InputError
 from ..graph import Graph
 from .atom_order import (OrderTracker, distance_matrix, element_pairs, labelling_residuals, polish,
                          same_element_swaps)
-from .base import Model, config_float, config_int, config_species, register_model, symbols
+from .base import Model, ModelOutput, config_float, config_int, config_species, register_model, symbols
 
 #: largest RMS difference (Å) between the distance matrix of a reordered input and the
 #: closest training geometry for which the atom order is identified automatically (inputs whose
@@ -63,8 +63,10 @@ def _formula(numbers) -> str:
 @register_model
 class SGDMLModel(Model):
     family = "sgdml"
-    is_global = True
-    extra_results = ()
+    periodic = False  # an isolated molecule
+    per_atom_energies = False  # one energy per structure: no per-atom energies, no stress
+    # the analytic path is numpy on the CPU and closed-form torch elsewhere
+    analytic_devices = ("cpu", "cuda", "mps", "xpu")
 
     def __init__(self, species=None, cutoff=None, n_atoms: int = 1, n_train: int = 1, n_perms: int = 1,
                  sigma: float = 10.0, lam: float = 1e-10, c: float = 0.0, **config: Any):
@@ -344,25 +346,23 @@ class SGDMLModel(Model):
         """Per-structure energies (sGDML has no per-atom energies)."""
         return self.energy_torch(self._positions(graph))
 
-    def compute(self, graph: Graph, forces: bool = True, stress: bool = False,
-                create_graph: bool = False) -> dict[str, torch.Tensor]:
-        if stress:
-            raise InputError("sGDML models describe isolated molecules and do not give stress")
+    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+        """Closed-form energies and forces (module docstring): numpy on the CPU (one geometry:
+        two small matrix-vector products), torch on other devices."""
         pos = graph.positions
-        if pos.device.type == "cpu" and not pos.requires_grad and not create_graph:
+        if pos.device.type == "cpu":
             R = self._positions(graph).detach().numpy()
             if graph.n_graphs == 1:
                 e, f = self._predict_one(R[0] if R.dtype == np.float64 else R[0].astype(np.float64))
-                E = torch.tensor([e], dtype=pos.dtype)
-                F = torch.from_numpy(f)
+                E, F = torch.tensor([e], dtype=torch.float64), torch.from_numpy(f)
             else:
                 E, F = self.predict_numpy(R)
                 E, F = torch.from_numpy(E), torch.from_numpy(F.reshape(-1, 3))
-            if pos.dtype != torch.float64:
-                E, F = E.to(pos.dtype), F.to(pos.dtype)
-            return {"energy": E, "forces": F}
-        E, F = self.energy_forces_torch(self._positions(graph))
-        return {"energy": E, "forces": F.reshape(-1, 3)}
+        else:
+            with torch.no_grad():
+                E, F = self.energy_forces_torch(self._positions(graph))
+            F = F.reshape(-1, 3)
+        return ModelOutput(energy=E.to(torch.float64), forces=F.to(pos.dtype) if forces else None)
 
     def hessian(self, graph: Graph) -> torch.Tensor:
         """d2E/dx2 (3N, 3N) in eV/Å² by double backward through :meth:`energy_torch`."""

@@ -205,7 +205,7 @@ def _phonons(atoms, calc, *, supercell, method, displacement, primitive, path, n
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not all(atoms.pbc) or atoms.cell.rank != 3:
         raise InputError("phonons need a structure periodic in all three directions")
-    if calc.model.is_global and not getattr(calc.model, "periodic", False):
+    if not calc.model.periodic:
         raise InputError(f"this {calc.model.family} model describes an isolated molecule, not a crystal")
     if outdir is not None and not overwrite:
         names = ["phonopy_params.yaml", "band.yaml" if npoints else None, "total_dos.dat" if mesh else None,
