@@ -1,7 +1,7 @@
 """Mapped n-body force fields (MFF): 2- and 3-body energies tabulated as cubic B-splines.
 
 Local energy of atom ``i`` (species ``s``), identical in the GP it was mapped from
-(:mod:`ase_mlff.training.mff_gp`), the C++ kernel, the torch oracle below and the LAMMPS
+(:mod:`ase_mlff.models.nbody_gp`), the C++ kernel, the torch oracle below and the LAMMPS
 ``pair_style uf3`` export (:mod:`ase_mlff.export.lammps`)::
 
     eps_i = e0[s_i]
@@ -17,7 +17,8 @@ per-element reference energies (constants; they do not change forces or stress).
 Forces and stress are analytic derivatives of the spline energy, so MD with this model
 conserves energy to integrator accuracy. :meth:`MFFModel.compute` runs the compiled kernel
 (no Python loop over atoms); :meth:`MFFModel.forward` evaluates the same splines with torch
-(differentiable: Hessians, and the test oracle of the C++ path).
+(differentiable: Hessians, and the test oracle of the C++ path); the pairs and triangles it
+sums over come from :mod:`ase_mlff.descriptors.nbody`, the same code GP training uses.
 """
 
 from __future__ import annotations
@@ -28,32 +29,10 @@ import numpy as np
 import torch
 
 from .. import _ext
+from ..descriptors.nbody import triangles, triplet_index  # noqa: F401 (triplet_index: old home)
 from ..graph import Graph
 from ..splines import UniformGrid, torch_basis
 from .base import Model, ModelOutput, config_float, config_int, config_species, register_model
-
-
-def triplet_index(first: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs ``(e1, e2)``, ``e1 < e2``, of kept edges that share their centre atom.
-
-    ``first`` is the centre of every edge; edges need not be sorted. Returns edge indices.
-    """
-    idx = np.nonzero(keep)[0]
-    if len(idx) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    order = np.argsort(first[idx], kind="stable")
-    idx = idx[order]
-    centres = first[idx]
-    _, start, counts = np.unique(centres, return_index=True, return_counts=True)
-    # for edge at position q (block starting at s with c edges): partners q+1 .. s+c-1
-    block_end = np.repeat(start + counts, counts)
-    pos = np.arange(len(idx))
-    n_partner = block_end - pos - 1
-    total = int(n_partner.sum())
-    e1 = np.repeat(pos, n_partner)
-    first_partner = np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
-    e2 = e1 + 1 + (np.arange(total) - first_partner)
-    return idx[e1], idx[e2]
 
 
 @register_model
@@ -170,34 +149,27 @@ class MFFModel(Model):
             cc = torch.gather(c, 1, m.unsqueeze(1) + torch.arange(4, device=m.device))
             e = (cc * b).sum(1) * inside
             energies = energies.index_add(0, ii, e)
-        # 3-body
+        # 3-body: triangles beyond the spline's r_jk support add nothing
         if self.has3:
             jk_max = self.jk_max()
-            keep3 = (r.detach() < self.rc3).cpu().numpy()
-            e1, e2 = triplet_index(i.detach().cpu().numpy(), keep3)
-            if len(e1) and jk_max > 0:
-                e1 = torch.from_numpy(e1).to(i.device)
-                e2 = torch.from_numpy(e2).to(i.device)
-                djk = vec[e2] - vec[e1]
-                rjk = torch.linalg.norm(djk, dim=1)
-                ok = rjk.detach() < jk_max
-                e1, e2, rjk = e1[ok], e2[ok], rjk[ok]
-                if len(e1):
-                    ci, cj, ck = i[e1], j[e1], j[e2]
-                    t3 = self._table3.to(dtype)
-                    m1, b1, in1 = torch_basis(t3, self.grid3.h, self.grid3.n, r[e1])
-                    m2, b2, in2 = torch_basis(t3, self.grid3.h, self.grid3.n, r[e2])
-                    m3, b3, in3 = torch_basis(self._table3jk.to(dtype), self.grid3jk.h, self.grid3jk.n, rjk)
-                    ar = torch.arange(4, device=m1.device)
-                    c3 = self.coef3.to(dtype)
-                    block = c3[s[ci], s[cj], s[ck]]  # (T, n, n, njk) -- fine for oracle sizes
-                    idx1 = (m1[:, None] + ar)[:, :, None, None]
-                    idx2 = (m2[:, None] + ar)[:, None, :, None]
-                    idx3 = (m3[:, None] + ar)[:, None, None, :]
-                    tt = torch.arange(len(e1), device=m1.device)[:, None, None, None]
-                    cc = block[tt, idx1, idx2, idx3]  # (T, 4, 4, 4)
-                    e = torch.einsum("tabc,ta,tb,tc->t", cc, b1, b2, b3) * (in1 & in2 & in3)
-                    energies = energies.index_add(0, ci, e)
+            tri = triangles(i, vec, r, self.rc3, jk_max)
+            if len(tri) and jk_max > 0:
+                e1, e2, rjk = tri.e1, tri.e2, tri.rjk
+                ci, cj, ck = i[e1], j[e1], j[e2]
+                t3 = self._table3.to(dtype)
+                m1, b1, in1 = torch_basis(t3, self.grid3.h, self.grid3.n, r[e1])
+                m2, b2, in2 = torch_basis(t3, self.grid3.h, self.grid3.n, r[e2])
+                m3, b3, in3 = torch_basis(self._table3jk.to(dtype), self.grid3jk.h, self.grid3jk.n, rjk)
+                ar = torch.arange(4, device=m1.device)
+                c3 = self.coef3.to(dtype)
+                block = c3[s[ci], s[cj], s[ck]]  # (T, n, n, njk) -- fine for oracle sizes
+                idx1 = (m1[:, None] + ar)[:, :, None, None]
+                idx2 = (m2[:, None] + ar)[:, None, :, None]
+                idx3 = (m3[:, None] + ar)[:, None, None, :]
+                tt = torch.arange(len(e1), device=m1.device)[:, None, None, None]
+                cc = block[tt, idx1, idx2, idx3]  # (T, 4, 4, 4)
+                e = torch.einsum("tabc,ta,tb,tc->t", cc, b1, b2, b3) * (in1 & in2 & in3)
+                energies = energies.index_add(0, ci, e)
         return energies
 
     # ----------------------------------------------------------------- compiled path

@@ -29,13 +29,18 @@ noises by L-BFGS with analytic gradients at fixed length scales, the length scal
 bounded 1-D search on each in turn (Gram matrices recomputed per length scale).
 Per-element reference energies ``e0`` are fitted first by least squares on the training
 energies; the GP learns the remainder.
+
+Where the pieces live: the pairs and triangles (and the cutoff ``fc``) in
+:mod:`ase_mlff.descriptors.nbody`; labels as linear functionals and their Gram matrices in
+:mod:`ase_mlff.training.nbody_labels`; the hyperparameters and the likelihood in
+:mod:`ase_mlff.training.gp_hyperparameters`; the trained posterior mean, a model, in
+:mod:`ase_mlff.models.nbody_gp`; this module fits the GP and maps it onto splines.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,15 +48,16 @@ import scipy.linalg
 import scipy.optimize
 import torch
 
-from .. import _ext
-from ..errors import InputError, TrainingError
-from ..graph import Graph
-from ..models.base import Model
-from ..models.mff import MFFModel, triplet_index
-from ..neighbors import neighbor_list
-from ..splines import UniformGrid, fit_1d, fit_tensor, sample_points
+from ..descriptors.nbody import Points, cutoff_fn, cutoff_grad, structure_points  # noqa: F401 (old home)
+from ..errors import TrainingError
+from ..models.mff import MFFModel
+from ..models.nbody_gp import GPModel
+from ..splines import fit_1d, fit_tensor, sample_points
+from .common import reference_energies as fit_reference_energies
+from .gp_hyperparameters import Hyper, log_marginal_likelihood, optimise_amplitudes  # noqa: F401
+from .nbody_labels import (FunctionalSet, GramCache, LabelSet, _noise_diag, build_labels,  # noqa: F401
+                           energy_functional, force_functional, gram)
 
-# side permutations induced by the 6 vertex permutations of a triangle (sides r01, r02, r12)
 _VPERM = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
 
 
@@ -61,333 +67,6 @@ def _side(a, b):
 
 
 _SPERM = np.array([[_side(p[0], p[1]), _side(p[0], p[2]), _side(p[1], p[2])] for p in _VPERM])
-
-
-# ------------------------------------------------------------------------------ cutoff
-def cutoff_fn(r, rc):
-    """fc(r) = 1/2 + 9/16 cos(pi r/rc) - 1/16 cos(3 pi r/rc) for r < rc, else 0 (numpy or torch)."""
-    if isinstance(r, torch.Tensor):
-        x = math.pi * r / rc
-        val = 0.5 + 0.5625 * torch.cos(x) - 0.0625 * torch.cos(3.0 * x)
-        return torch.where(r < rc, val, torch.zeros_like(r))
-    r = np.asarray(r, dtype=np.float64)
-    x = np.pi * r / rc
-    return np.where(r < rc, 0.5 + 0.5625 * np.cos(x) - 0.0625 * np.cos(3.0 * x), 0.0)
-
-
-def cutoff_grad(r, rc):
-    r = np.asarray(r, dtype=np.float64)
-    x = np.pi * r / rc
-    return np.where(r < rc, -(np.pi / rc) * (0.5625 * np.sin(x) - 0.1875 * np.sin(3.0 * x)), 0.0)
-
-
-# ------------------------------------------------------------------------------ points
-@dataclass
-class Points:
-    """Distinct n-plets of one structure: coordinates, species, weight, atoms and Jacobians."""
-
-    x: np.ndarray  # (U, D)
-    spec: np.ndarray  # (U, V) int32 (pairs: sorted species pair; triangles: vertex species)
-    weight: np.ndarray  # (U,) multiplicity
-    atoms: np.ndarray  # (U, V) vertex atom indices
-    jac: np.ndarray  # (U, V, D, 3) d x_d / d r_vertex
-    w: np.ndarray  # (U,) cutoff product
-    dw: np.ndarray  # (U, D) gradient of the cutoff product
-
-    @property
-    def n(self) -> int:
-        return len(self.x)
-
-
-def structure_points(positions, numbers, cell, pbc, species: Sequence[int], rc2: float, rc3: float):
-    """(pairs, triangles) :class:`Points` of one structure (either may be None)."""
-    table = {int(z): k for k, z in enumerate(species)}
-    try:
-        s = np.array([table[int(z)] for z in numbers], dtype=np.int32)
-    except KeyError as exc:
-        raise InputError(f"element {exc} is not among the model's species {list(species)}") from None
-    cut = max(rc2, rc3)
-    p = neighbor_list(positions, cell, pbc, cut)
-    i, j, vec, r = p.i, p.j, p.vectors, p.distances
-    pairs = tri = None
-    if rc2 > 0:
-        keep = (r < rc2) & (i <= j)
-        ii, jj, d, rr = i[keep], j[keep], vec[keep], r[keep]
-        u = d / rr[:, None]
-        jac = np.stack([-u, u], axis=1)[:, :, None, :]  # (U, 2, 1, 3)
-        spec = np.sort(np.stack([s[ii], s[jj]], axis=1), axis=1).astype(np.int32)
-        pairs = Points(rr[:, None], spec, np.where(ii == jj, 1.0, 2.0), np.stack([ii, jj], 1), jac,
-                       cutoff_fn(rr, rc2), cutoff_grad(rr, rc2)[:, None])
-    if rc3 > 0:
-        e1, e2 = triplet_index(i, r < rc3)
-        ci, cj, ck = i[e1], j[e1], j[e2]
-        keep = (ci <= cj) & (ci <= ck)
-        e1, e2, ci, cj, ck = e1[keep], e2[keep], ci[keep], cj[keep], ck[keep]
-        djk = vec[e2] - vec[e1]
-        rjk = np.linalg.norm(djk, axis=1)
-        keep = rjk < rc3
-        e1, e2, ci, cj, ck, djk, rjk = e1[keep], e2[keep], ci[keep], cj[keep], ck[keep], djk[keep], rjk[keep]
-        x = np.stack([r[e1], r[e2], rjk], axis=1)
-        uij = vec[e1] / r[e1][:, None]
-        uik = vec[e2] / r[e2][:, None]
-        ujk = djk / rjk[:, None]
-        z = np.zeros_like(uij)
-        jac = np.stack([np.stack([-uij, -uik, z], 1), np.stack([uij, z, -ujk], 1), np.stack([z, uik, ujk], 1)], 1)
-        mult = 1 + (ci == cj).astype(float) + (ci == ck).astype(float)
-        fcx = cutoff_fn(x, rc3)
-        dfx = cutoff_grad(x, rc3)
-        w = fcx.prod(1)
-        dw = np.stack([dfx[:, 0] * fcx[:, 1] * fcx[:, 2], fcx[:, 0] * dfx[:, 1] * fcx[:, 2],
-                       fcx[:, 0] * fcx[:, 1] * dfx[:, 2]], 1)
-        tri = Points(x, np.stack([s[ci], s[cj], s[ck]], 1).astype(np.int32), 3.0 / mult,
-                     np.stack([ci, cj, ck], 1), jac, w, dw)
-    return pairs, tri
-
-
-@dataclass
-class FunctionalSet:
-    """Entries of many linear functionals (groups with C channels) of one n-body GP."""
-
-    x: np.ndarray
-    grp: np.ndarray
-    spec: np.ndarray
-    a: np.ndarray  # (U, C)
-    b: np.ndarray  # (U, C, D)
-    n_groups: int
-    channels: int
-
-    @staticmethod
-    def concat(parts: list["FunctionalSet"], D: int, V: int, C: int) -> "FunctionalSet":
-        parts = [p for p in parts if p is not None]
-        offs = np.cumsum([0] + [p.n_groups for p in parts])
-        if not parts:
-            return FunctionalSet(np.zeros((0, D)), np.zeros(0, np.int64), np.zeros((0, V), np.int32),
-                                 np.zeros((0, C)), np.zeros((0, C, D)), 0, C)
-        return FunctionalSet(
-            np.concatenate([p.x for p in parts]), np.concatenate([p.grp + o for p, o in zip(parts, offs)]),
-            np.concatenate([p.spec for p in parts]), np.concatenate([p.a for p in parts]),
-            np.concatenate([p.b for p in parts]), int(offs[-1]), C)
-
-
-def energy_functional(pts: Points | None, D: int, V: int) -> FunctionalSet:
-    """Total (n-body part of the) energy of one structure: one group, one channel."""
-    if pts is None or pts.n == 0:
-        return FunctionalSet(np.zeros((0, D)), np.zeros(0, np.int64), np.zeros((0, V), np.int32),
-                             np.zeros((0, 1)), np.zeros((0, 1, D)), 1, 1)
-    a = (pts.weight * pts.w)[:, None]
-    return FunctionalSet(pts.x, np.zeros(pts.n, np.int64), pts.spec, a, np.zeros((pts.n, 1, D)), 1, 1)
-
-
-def force_functional(pts: Points | None, atoms: np.ndarray, D: int, V: int) -> FunctionalSet:
-    """Force components on ``atoms`` (one group of 3 channels per atom, in the given order)."""
-    atoms = np.asarray(atoms, dtype=np.int64)
-    if pts is None or pts.n == 0:
-        return FunctionalSet(np.zeros((0, D)), np.zeros(0, np.int64), np.zeros((0, V), np.int32),
-                             np.zeros((0, 3)), np.zeros((0, 3, D)), len(atoms), 3)
-    pos = {int(a): g for g, a in enumerate(atoms)}
-    lookup = np.full(max(int(pts.atoms.max()), int(atoms.max())) + 1, -1)
-    lookup[atoms] = np.arange(len(atoms))
-    u, v = np.nonzero(lookup[pts.atoms] >= 0)
-    grp = lookup[pts.atoms[u, v]]
-    order = np.argsort(grp, kind="stable")
-    u, v, grp = u[order], v[order], grp[order]
-    jac = pts.jac[u, v]  # (E, D, 3)
-    wt = pts.weight[u]
-    a = -wt[:, None] * np.einsum("ed,edc->ec", pts.dw[u], jac)
-    b = -(wt * pts.w[u])[:, None, None] * np.transpose(jac, (0, 2, 1))  # (E, 3, D)
-    del pos
-    return FunctionalSet(pts.x[u], grp, pts.spec[u], a, b, len(atoms), 3)
-
-
-def gram(s1: FunctionalSet, s2: FunctionalSet, ell: float, symmetric: bool = False) -> np.ndarray:
-    if s1.n_groups == 0 or s2.n_groups == 0:
-        return np.zeros((s1.n_groups * s1.channels, s2.n_groups * s2.channels))
-    return _ext._core.gp_gram(s1.x, s1.grp, s1.spec, s1.a, s1.b, s1.n_groups,
-                              s2.x, s2.grp, s2.spec, s2.a, s2.b, s2.n_groups, float(ell), bool(symmetric), 0)
-
-
-# ------------------------------------------------------------------------------ data
-@dataclass
-class LabelSet:
-    """Training labels as functionals of g2 and g3: energies (1 channel) and forces (3)."""
-
-    e2: FunctionalSet
-    e3: FunctionalSet
-    f2: FunctionalSet
-    f3: FunctionalSet
-    y_energy: np.ndarray  # energies minus e0
-    n_atoms_energy: np.ndarray
-    y_forces: np.ndarray  # (G_F * 3,)
-
-    @property
-    def y(self) -> np.ndarray:
-        return np.concatenate([self.y_energy, self.y_forces])
-
-    @property
-    def n_energy(self) -> int:
-        return len(self.y_energy)
-
-    @property
-    def n_force(self) -> int:
-        return len(self.y_forces)
-
-
-def build_labels(frames, energy_frames, force_atoms, species, rc2, rc3, e0) -> LabelSet:
-    """``energy_frames``: frame indices whose energies are used; ``force_atoms``: list of
-    (frame index, atom indices) whose forces are used."""
-    e2, e3, f2, f3, ye, ne, yf = [], [], [], [], [], [], []
-    need = sorted(set(energy_frames) | {f for f, _ in force_atoms})
-    cache = {}
-    for f in need:
-        fr = frames[f]
-        cache[f] = structure_points(fr.positions, fr.numbers, fr.cell, fr.pbc, species, rc2, rc3)
-    table = {int(z): k for k, z in enumerate(species)}
-    for f in energy_frames:
-        fr = frames[f]
-        p2, p3 = cache[f]
-        e2.append(energy_functional(p2, 1, 2) if rc2 > 0 else None)
-        e3.append(energy_functional(p3, 3, 3) if rc3 > 0 else None)
-        ye.append(fr.energy - sum(e0[table[int(z)]] for z in fr.numbers))
-        ne.append(len(fr))
-    for f, atoms in force_atoms:
-        fr = frames[f]
-        p2, p3 = cache[f]
-        f2.append(force_functional(p2, atoms, 1, 2) if rc2 > 0 else None)
-        f3.append(force_functional(p3, atoms, 3, 3) if rc3 > 0 else None)
-        yf.append(fr.forces[np.asarray(atoms)].reshape(-1))
-    ngrp_e = len(energy_frames)
-    ngrp_f = sum(len(a) for _, a in force_atoms)
-
-    def cat(parts, D, V, C, ngroups):
-        parts = [p for p in parts if p is not None]
-        if not parts:
-            return FunctionalSet(np.zeros((0, D)), np.zeros(0, np.int64), np.zeros((0, V), np.int32),
-                                 np.zeros((0, C)), np.zeros((0, C, D)), ngroups, C)
-        return FunctionalSet.concat(parts, D, V, C)
-
-    return LabelSet(cat(e2, 1, 2, 1, ngrp_e), cat(e3, 3, 3, 1, ngrp_e), cat(f2, 1, 2, 3, ngrp_f),
-                    cat(f3, 3, 3, 3, ngrp_f), np.array(ye, dtype=float), np.array(ne, dtype=float),
-                    np.concatenate(yf) if yf else np.zeros(0))
-
-
-def fit_reference_energies(frames, species) -> np.ndarray:
-    """Per-element constants e0 minimising sum_f (E_f - sum_i e0[s_i])**2."""
-    frames = [f for f in frames if f.energy is not None]
-    if not frames:
-        return np.zeros(len(species))
-    counts = np.array([[np.sum(f.numbers == z) for z in species] for f in frames], dtype=float)
-    energies = np.array([f.energy for f in frames])
-    return np.linalg.lstsq(counts, energies, rcond=None)[0]
-
-
-# ------------------------------------------------------------------------------ hyperparameters
-@dataclass
-class Hyper:
-    l2: float = 0.8
-    l3: float = 0.8
-    sigma2: float = 1.0
-    sigma3: float = 0.1
-    sigma_f: float = 0.05
-    sigma_e: float = 0.005
-
-    def as_dict(self) -> dict:
-        return {k: float(v) for k, v in self.__dict__.items()}
-
-
-class GramCache:
-    """Unit-amplitude Gram matrices of a label set, per length scale."""
-
-    def __init__(self, labels: LabelSet, use2: bool, use3: bool):
-        self.labels, self.use2, self.use3 = labels, use2, use3
-        self._k2: dict[float, np.ndarray] = {}
-        self._k3: dict[float, np.ndarray] = {}
-        self.seconds = 0.0
-
-    @staticmethod
-    def _full(e: FunctionalSet, f: FunctionalSet, ell: float) -> np.ndarray:
-        ee = gram(e, e, ell, symmetric=True)
-        ef = gram(e, f, ell)
-        ff = gram(f, f, ell, symmetric=True)
-        return np.block([[ee, ef], [ef.T, ff]])
-
-    def k2(self, ell: float) -> np.ndarray:
-        m = self.labels.n_energy + self.labels.n_force
-        if not self.use2:
-            return np.zeros((m, m))
-        if ell not in self._k2:
-            t = time.perf_counter()
-            self._k2[ell] = self._full(self.labels.e2, self.labels.f2, ell)
-            self.seconds += time.perf_counter() - t
-        return self._k2[ell]
-
-    def k3(self, ell: float) -> np.ndarray:
-        m = self.labels.n_energy + self.labels.n_force
-        if not self.use3:
-            return np.zeros((m, m))
-        if ell not in self._k3:
-            t = time.perf_counter()
-            self._k3[ell] = self._full(self.labels.e3, self.labels.f3, ell)
-            self.seconds += time.perf_counter() - t
-        return self._k3[ell]
-
-
-def _noise_diag(labels: LabelSet, sigma_e: float, sigma_f: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    de = labels.n_atoms_energy
-    diag_e = np.concatenate([de, np.zeros(labels.n_force)])
-    diag_f = np.concatenate([np.zeros(labels.n_energy), np.ones(labels.n_force)])
-    return sigma_e**2 * diag_e + sigma_f**2 * diag_f, diag_e, diag_f
-
-
-def log_marginal_likelihood(k2, k3, labels: LabelSet, hp: Hyper, grad: bool = False):
-    """log p(y | theta) and (optionally) its gradient w.r.t. log(sigma2, sigma3, sigma_f, sigma_e)."""
-    y = labels.y
-    noise, de, df = _noise_diag(labels, hp.sigma_e, hp.sigma_f)
-    c = hp.sigma2**2 * k2 + hp.sigma3**2 * k3 + np.diag(noise)
-    try:
-        cf = scipy.linalg.cho_factor(c, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return (-np.inf, np.zeros(4)) if grad else -np.inf
-    alpha = scipy.linalg.cho_solve(cf, y, check_finite=False)
-    logdet = 2.0 * np.log(np.diag(cf[0])).sum()
-    lml = -0.5 * y @ alpha - 0.5 * logdet - 0.5 * len(y) * np.log(2 * np.pi)
-    if not grad:
-        return lml
-    cinv = scipy.linalg.cho_solve(cf, np.eye(len(y)), check_finite=False)
-    w = np.outer(alpha, alpha) - cinv
-
-    def g(dc):
-        return 0.5 * np.sum(w * dc)
-
-    grads = np.array([
-        g(2 * hp.sigma2**2 * k2),
-        g(2 * hp.sigma3**2 * k3),
-        0.5 * np.sum(np.diag(w) * 2 * hp.sigma_f**2 * df),
-        0.5 * np.sum(np.diag(w) * 2 * hp.sigma_e**2 * de),
-    ])
-    return lml, grads
-
-
-def optimise_amplitudes(k2, k3, labels: LabelSet, hp: Hyper, use2: bool, use3: bool,
-                        has_energy: bool, has_force: bool) -> tuple[Hyper, float]:
-    """Maximise the log marginal likelihood over log(sigma2, sigma3, sigma_f, sigma_e)."""
-    mask = np.array([use2, use3, has_force, has_energy])
-    x0 = np.log([hp.sigma2, hp.sigma3, hp.sigma_f, hp.sigma_e])
-
-    def unpack(x):
-        z = np.where(mask, x, x0)
-        return Hyper(hp.l2, hp.l3, *np.exp(z))
-
-    def fun(x):
-        lml, gr = log_marginal_likelihood(k2, k3, labels, unpack(x), grad=True)
-        if not np.isfinite(lml):
-            return 1e30, np.zeros_like(x)
-        return -lml, -gr * mask
-
-    bounds = [(-12, 12), (-12, 12), (np.log(1e-4), np.log(2.0)), (np.log(1e-5), np.log(1.0))]
-    res = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                  options={"maxiter": 200})
-    best = unpack(res.x)
-    return best, -float(res.fun)
 
 
 # ------------------------------------------------------------------------------ the GP
@@ -562,41 +241,18 @@ class NBodyGP:
                                  for k, v in terms.items()}
 
     # ----------------------------------------------------------------- prediction
-    def _g(self, order: str, x: torch.Tensor, key: tuple, chunk: int | None = None) -> torch.Tensor:
-        """Posterior mean of g_order at points x (Q, D) with species key; differentiable in x
-        (first derivatives, computed analytically chunk by chunk: memory O(Q D), not O(Q U))."""
-        terms = self._terms.get(order, {}).get(tuple(int(k) for k in key))
-        if terms is None or x.shape[0] == 0:
-            return torch.zeros(x.shape[0], dtype=x.dtype) + 0.0 * x.sum()
-        y, a, b = (t.to(x.dtype) for t in terms)
-        ell = self.hyper.l2 if order == "2" else self.hyper.l3
-        return _GPMean.apply(x, y, a, b, ell, chunk or max(16, int(2e6 // max(1, y.shape[0]))))
+    def as_model(self) -> GPModel:
+        """The unmapped GP (posterior mean, current ``e0``) as a
+        :class:`~ase_mlff.models.nbody_gp.GPModel` (slow; the reference of the mapping)."""
+        return GPModel(self.species, self.rc2, self.rc3, self.hyper.l2, self.hyper.l3, self.e0, self._terms)
 
     def v2(self, r: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
-        """Pair energy V2 at distances r for species indices (sa, sb) (torch, differentiable)."""
-        out = torch.zeros_like(r)
-        if not self.use2:
-            return out
-        lo, hi = torch.minimum(sa, sb), torch.maximum(sa, sb)
-        for key in {(int(p), int(q)) for p, q in zip(lo.tolist(), hi.tolist())}:
-            sel = (lo == key[0]) & (hi == key[1])
-            out = out.index_put((sel.nonzero()[:, 0],), self._g("2", r[sel][:, None], key))
-        return out * cutoff_fn(r, self.rc2)
+        """Pair energy V2 at distances r for species indices (sa, sb) (see :meth:`GPModel.v2`)."""
+        return self.as_model().v2(r, sa, sb)
 
     def v3(self, x: torch.Tensor, si, sj, sk) -> torch.Tensor:
-        """Triangle energy V3 at sides x = (r_ij, r_ik, r_jk) (Q, 3) for vertex species."""
-        out = torch.zeros(x.shape[0], dtype=x.dtype)
-        if not self.use3 or x.shape[0] == 0:
-            return out
-        spec = torch.stack([si, sj, sk], 1)
-        for key in {tuple(k) for k in spec.tolist()}:
-            sel = (spec == torch.tensor(key)).all(1)
-            out = out.index_put((sel.nonzero()[:, 0],), self._g("3", x[sel], key))
-        return out * cutoff_fn(x, self.rc3).prod(1)
-
-    def as_model(self) -> "GPModel":
-        """The unmapped GP as an :class:`~ase_mlff.models.base.Model` (slow; for checks)."""
-        return GPModel(self)
+        """Triangle energy V3 at sides x = (r_ij, r_ik, r_jk) (see :meth:`GPModel.v3`)."""
+        return self.as_model().v3(x, si, sj, sk)
 
     def energy_variance(self, frame_or_atoms) -> float:
         """GP predictive variance of the total energy (eV^2) of one structure."""
@@ -701,68 +357,3 @@ class NBodyGP:
         elif b == c:
             vals[i2[sel], i1[sel], i3[sel]] = vals_sel
         return vals
-
-
-class _GPMean(torch.autograd.Function):
-    """sum_u exp(-|x - y_u|^2 / 2 l^2) (a_u + b_u . (x - y_u) / l^2) and its gradient in x."""
-
-    @staticmethod
-    def forward(ctx, x, y, a, b, ell, chunk):
-        inv = 1.0 / ell**2
-        c0 = a - (b * y).sum(1) * inv
-        y2 = (y * y).sum(1)
-        # outputs preallocated: per-chunk tensors kept alive between the large temporaries
-        # fragment the heap (memory then grows with the number of chunks)
-        vals = torch.empty(x.shape[0], dtype=x.dtype)
-        grad = torch.empty_like(x)
-        with torch.no_grad():
-            for q0 in range(0, x.shape[0], chunk):
-                xq = x[q0:q0 + chunk]
-                arg = (xq * xq).sum(1)[:, None] + y2[None, :] - 2.0 * xq @ y.T
-                k = torch.exp_(arg.clamp_min_(0.0).mul_(-0.5 * inv))
-                del arg
-                sv = k * (c0[None, :] + (xq @ b.T) * inv)
-                v = sv.sum(1)
-                vals[q0:q0 + chunk] = v
-                grad[q0:q0 + chunk] = -(xq * v[:, None] - sv @ y) * inv + (k @ b) * inv
-                del k, sv
-        ctx.save_for_backward(grad)
-        return vals
-
-    @staticmethod
-    def backward(ctx, gout):
-        (grad,) = ctx.saved_tensors
-        return gout[:, None] * grad, None, None, None, None, None
-
-
-class GPModel(Model):
-    """The unmapped GP as a torch model (forces and stress by autograd; no second derivatives).
-    Not saved to files."""
-
-    family = "mff_gp"
-
-    def __init__(self, gp: NBodyGP):
-        super().__init__(gp.species, max(gp.rc2, gp.rc3))
-        self.gp = gp
-        self.register_buffer("e0", torch.as_tensor(gp.e0, dtype=torch.float64))
-
-    def forward(self, graph: Graph) -> torch.Tensor:
-        gp = self.gp
-        s = self.species_index(graph.numbers)
-        i, j = graph.edge_index
-        vec = graph.edge_vectors()
-        r = torch.linalg.norm(vec, dim=1)
-        energies = self.e0.to(graph.dtype)[s].clone()
-        if gp.use2:
-            keep = r.detach() < gp.rc2
-            energies = energies.index_add(0, i[keep], gp.v2(r[keep], s[i[keep]], s[j[keep]]))
-        if gp.use3:
-            e1, e2 = triplet_index(i.cpu().numpy(), (r.detach() < gp.rc3).cpu().numpy())
-            if len(e1):
-                e1, e2 = torch.from_numpy(e1), torch.from_numpy(e2)
-                rjk = torch.linalg.norm(vec[e2] - vec[e1], dim=1)
-                ok = rjk.detach() < gp.rc3
-                e1, e2, rjk = e1[ok], e2[ok], rjk[ok]
-                x = torch.stack([r[e1], r[e2], rjk], 1)
-                energies = energies.index_add(0, i[e1], gp.v3(x, s[i[e1]], s[j[e1]], s[j[e2]]))
-        return energies

@@ -1,0 +1,290 @@
+"""What every training recipe shares: reference energies, error metrics, options and configs,
+progress lines and the training record written into model files.
+
+Metrics (one naming, the same as ``ase-mlff eval``, :mod:`ase_mlff.workflows.evaluate`):
+errors are prediction minus reference; MAE and RMSE of
+
+==============================  ==========================================================
+``energy_{mae,rmse}_meV``         total energy, meV
+``energy_per_atom_{mae,rmse}_meV`` energy per atom, meV/atom
+``forces_{mae,rmse}_meV_per_A``    force components, meV/Å (``forces_per_element``: the same
+                                  per element, ``mae_meV_per_A``, ``rmse_meV_per_A``, ``n_atoms``)
+``stress_{mae,rmse}_GPa``         the six Voigt components, GPa (and ``..._meV_per_A3``)
+``n_frames``, ``n_atoms``, ``n_energy``, ``n_forces``, ``n_stress``  counts
+``per_config_type``               the same table per ``frame.info["config_type"]``, when any
+                                  frame has one
+==============================  ==========================================================
+
+Per-element reference energies: ``e0 = argmin sum_f (E_f - sum_i e0[s_i])^2`` (least squares
+over the frames' element counts), the constant part every local model subtracts first.
+
+Options: every recipe declares its options once, as :class:`Option` rows; the library call
+(``ase_mlff.train(family, data, **options)``), the command-line flags (``--n-train``) and the
+YAML/JSON config keys (``n_train`` or ``n-train``) are generated from that table. Precedence:
+flags, then the config file, then the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from ase import units
+from ase.data import chemical_symbols
+
+# ------------------------------------------------------------------------------ reference energies
+
+
+def reference_energies(frames, species: Sequence[int]) -> np.ndarray:
+    """Per-element constants e0 (eV) minimising sum_f (E_f - sum_i e0[s_i])**2 over the frames
+    with an energy (zeros when none has one)."""
+    frames = [f for f in frames if f.energy is not None]
+    if not frames:
+        return np.zeros(len(species))
+    counts = np.array([[np.sum(f.numbers == z) for z in species] for f in frames], dtype=float)
+    energies = np.array([f.energy for f in frames])
+    return np.linalg.lstsq(counts, energies, rcond=None)[0]
+
+
+# ------------------------------------------------------------------------------ metrics
+def _mae_rmse(err) -> tuple[float, float]:
+    err = np.asarray(err, dtype=float).ravel()
+    if err.size == 0:
+        return float("nan"), float("nan")
+    return float(np.abs(err).mean()), float(np.sqrt((err ** 2).mean()))
+
+
+def error_metrics(energy_ref=(), energy_pred=(), n_atoms=(), forces_ref=(), forces_pred=(), numbers=(),
+                  stress_ref=(), stress_pred=()) -> dict[str, Any]:
+    """Metrics (module docstring) of labelled predictions, eV and Å in.
+
+    ``energy_ref``/``energy_pred``/``n_atoms`` (M,) per frame with an energy; ``forces_ref``/
+    ``forces_pred`` lists of (N, 3) arrays (or stacked (K, 3)) with the atomic ``numbers`` of
+    their atoms; ``stress_ref``/``stress_pred`` (S, 6) Voigt, eV/Å³."""
+    m: dict[str, Any] = {}
+    e_ref, e_pred = np.asarray(energy_ref, float).ravel(), np.asarray(energy_pred, float).ravel()
+    if len(e_ref):
+        de = e_pred - e_ref
+        m["energy_mae_meV"], m["energy_rmse_meV"] = (1e3 * x for x in _mae_rmse(de))
+        m["energy_per_atom_mae_meV"], m["energy_per_atom_rmse_meV"] = (
+            1e3 * x for x in _mae_rmse(de / np.asarray(n_atoms, dtype=float).ravel()))
+        m["n_energy"] = int(len(de))
+    if len(forces_ref):
+        f_ref = np.concatenate([np.reshape(f, (-1, 3)) for f in forces_ref])
+        f_pred = np.concatenate([np.reshape(f, (-1, 3)) for f in forces_pred])
+        z = np.concatenate([np.ravel(n) for n in numbers]) if not np.isscalar(numbers[0]) else np.asarray(numbers)
+        df = f_pred - f_ref
+        m["forces_mae_meV_per_A"], m["forces_rmse_meV_per_A"] = (1e3 * x for x in _mae_rmse(df))
+        m["n_forces"] = int(len(df))
+        per = {}
+        for el in np.unique(z):
+            mae, rmse = _mae_rmse(df[z == el])
+            per[chemical_symbols[int(el)]] = {"mae_meV_per_A": 1e3 * mae, "rmse_meV_per_A": 1e3 * rmse,
+                                              "n_atoms": int((z == el).sum())}
+        m["forces_per_element"] = per
+    s_ref = np.asarray(stress_ref, float).reshape(-1, 6)
+    if len(s_ref):
+        ds = np.asarray(stress_pred, float).reshape(-1, 6) - s_ref
+        m["stress_mae_meV_per_A3"], m["stress_rmse_meV_per_A3"] = (1e3 * x for x in _mae_rmse(ds))
+        m["stress_mae_GPa"], m["stress_rmse_GPa"] = (x / units.GPa for x in _mae_rmse(ds))
+        m["n_stress"] = int(len(ds))
+    return m
+
+
+def frame_metrics(frames: Sequence, predictions: Sequence[dict]) -> dict[str, Any]:
+    """Metrics of ``predictions`` (dicts with ``energy`` eV, ``forces`` eV/Å and optionally
+    ``stress``, one per frame) against the labels of ``frames`` (:class:`~ase_mlff.data.Frame`);
+    a label enters only where the frame has it (stress: where the prediction has one too).
+    Adds ``per_config_type`` when frames carry ``info["config_type"]``."""
+
+    def table(idx):
+        e_ref, e_pred, nat, f_ref, f_pred, z, s_ref, s_pred = [], [], [], [], [], [], [], []
+        for k in idx:
+            fr, p = frames[k], predictions[k]
+            if fr.energy is not None and p.get("energy") is not None:
+                e_ref.append(fr.energy), e_pred.append(float(p["energy"])), nat.append(len(fr))
+            if fr.forces is not None and p.get("forces") is not None:
+                f_ref.append(fr.forces), f_pred.append(p["forces"]), z.append(fr.numbers)
+            if fr.stress is not None and p.get("stress") is not None:
+                s_ref.append(fr.stress), s_pred.append(p["stress"])
+        m = {"n_frames": len(idx), "n_atoms": int(sum(len(frames[k]) for k in idx))}
+        m.update(error_metrics(e_ref, e_pred, nat, f_ref, f_pred, z, s_ref, s_pred))
+        return m
+
+    out = table(range(len(frames)))
+    types = [(fr.info or {}).get("config_type") for fr in frames]
+    if any(t is not None for t in types):
+        out["per_config_type"] = {str(t): table([k for k, u in enumerate(types) if u == t])
+                                  for t in sorted({str(t) for t in types if t is not None})}
+    return out
+
+
+def predict_frames(calc, frames: Sequence, stress: bool = True) -> list[dict]:
+    """Energy, forces (and stress of periodic frames with a stress label, when ``stress``) of
+    ``calc`` on each frame, one structure at a time."""
+    out = []
+    for fr in frames:
+        atoms = fr.to_atoms()
+        atoms.calc = calc
+        p = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        if stress and fr.stress is not None and np.all(fr.pbc):
+            p["stress"] = atoms.get_stress()
+        out.append(p)
+    return out
+
+
+def format_metrics(name: str, m: dict) -> str:
+    """One line of the main metrics, for progress output."""
+    parts = [f"{name} ({m.get('n_frames', m.get('n_energy', '?'))} frames):"]
+    if "energy_mae_meV" in m:
+        parts.append(f"energy MAE {m['energy_per_atom_mae_meV']:.3g} meV/atom ({m['energy_mae_meV']:.3g} meV)")
+    if "forces_mae_meV_per_A" in m:
+        parts.append(f"forces MAE {m['forces_mae_meV_per_A']:.3g} meV/Å, RMSE {m['forces_rmse_meV_per_A']:.3g} meV/Å")
+    if "stress_rmse_GPa" in m:
+        parts.append(f"stress RMSE {m['stress_rmse_GPa']:.3g} GPa")
+    return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
+
+
+# ------------------------------------------------------------------------------ record
+def training_record(family: str, recipe: str, *, data_sha256, source, seed, options: dict, split: dict,
+                    metrics: dict, units: dict | None = None, **family_items) -> dict[str, Any]:
+    """The ``training`` dict saved in a model file, the same keys for every family.
+
+    ``split``: ``{"train": [...], "valid": [...], "test": [...]}`` frame indices (``None`` where
+    a family does not use a set); ``metrics``: ``{"valid": ..., "test": ...}`` tables of
+    :func:`frame_metrics`; ``units``: the units of the source data (recorded as
+    ``training_units``); ``family_items``: the family's own results (e.g. ``sigma``)."""
+    return {
+        "family": family, "recipe": recipe, "source": source, "data_sha256": data_sha256,
+        "units": units or {"energy": "eV", "length": "Ang"}, "seed": seed,
+        "options": _jsonable(options), "split": split, "metrics": metrics, **family_items,
+    }
+
+
+def _jsonable(options: dict) -> dict:
+    def conv(v):
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, (np.integer, np.floating)):
+            return v.item()
+        if v is None or isinstance(v, (bool, int, float, str, dict)):
+            return v
+        return str(v)
+
+    return {k: conv(v) for k, v in options.items()}
+
+
+# ------------------------------------------------------------------------------ progress
+def timed_printer(stream=None) -> Callable[[str], None]:
+    """Progress callback for the command line: ``[  12.3 s] message`` lines on stderr."""
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=stream or sys.stderr, flush=True)
+
+    return say
+
+
+# ------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class Option:
+    """One training option: Python keyword ``name``, flag ``--name-with-dashes``, config key
+    (either spelling). ``default`` is stated in the help text; ``kind``: "value", "flag"
+    (store_true) or "dataset" (a path read like the training data on the command line)."""
+
+    name: str
+    default: Any
+    help: str
+    type: Callable | None = None
+    kind: str = "value"
+    choices: Sequence | None = None
+    cli: bool = True  # False: library only (e.g. arrays of indices)
+
+
+class UsageError(Exception):
+    """A problem with the command line or the config file (exit status 2)."""
+
+
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> argparse.ArgumentParser:
+    """Flags for ``options`` (all with default None, so that a config file can sit between the
+    defaults and the flags) plus ``--config``."""
+    for opt in options:
+        if not opt.cli:
+            continue
+        flag = "--" + opt.name.replace("_", "-")
+        shown = "none" if opt.default is None else ("off" if opt.default is False else opt.default)
+        text = f"{opt.help} (default: {shown})"
+        if opt.kind == "flag":
+            parser.add_argument(flag, dest=opt.name, action="store_true", default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=opt.name, type=opt.type, choices=opt.choices, default=None, help=text)
+    parser.add_argument("--config", help="YAML (or JSON) file of options, keys = flag names without '--' "
+                                         "(n-train or n_train); flags override it (default: none)")
+    return parser
+
+
+def load_config(path) -> dict[str, Any]:
+    """Options from a YAML or JSON file (a mapping; ``-`` in keys read as ``_``)."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read --config {path}: {exc}") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--config {path} must hold a mapping of option names to values, got {type(cfg).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in cfg.items()}
+
+
+def resolve_options(options: Sequence[Option], args=None, given: dict | None = None,
+                    extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Defaults, then ``--config`` (from ``args``), then the flags that were given (not None)
+    and ``given`` (library keywords). Unknown names raise :class:`UsageError` (config) or
+    ``TypeError`` (keywords); ``extra`` names are accepted as they are."""
+    names = {o.name for o in options} | set(extra)
+    opts: dict[str, Any] = {o.name: o.default for o in options}
+    config = getattr(args, "config", None) if args is not None else None
+    if config:
+        cfg = load_config(config)
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise UsageError(f"unknown option(s) in --config {config}: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(names))})")
+        opts.update(cfg)
+    if args is not None:
+        for k in names:
+            v = getattr(args, k, None)
+            if v is not None:
+                opts[k] = v
+    if given:
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise TypeError(f"unknown training option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        opts.update(given)
+    return opts
+
+
+def check_new_output(output, overwrite: bool, resume: bool, checkpoint: str) -> None:
+    """Refuse (UsageError) to replace a model file or a checkpoint that was not asked for."""
+    from .checkpoint import check_output
+
+    try:
+        check_output(output, overwrite, resume)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    if not resume and os.path.exists(checkpoint):
+        raise UsageError(f"checkpoint {checkpoint} exists from an interrupted run; add --resume to continue it, "
+                         "or delete it to start over")
+    if resume and not os.path.exists(checkpoint):
+        raise UsageError(f"--resume: there is no checkpoint {checkpoint} (give it with --checkpoint, "
+                         "or start without --resume)")
