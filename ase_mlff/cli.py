@@ -81,6 +81,24 @@ def _add_delegated(sub, name, module, help_text):
     return p
 
 
+def _add_committee(p, family) -> None:
+    """``--committee K`` and its options on a family's train parser: with it, the committee
+    trainer runs instead of the family's own (which then only reads its flags)."""
+    try:
+        from .training import committee
+    except ImportError:  # pragma: no cover - only in a partial installation
+        return
+    committee.add_arguments(p)
+    single = p.get_default("_run")
+
+    def dispatch(args):
+        if getattr(args, "committee", None) is not None:
+            return committee.run(family, args)
+        return single(args)
+
+    p.set_defaults(_run=dispatch)
+
+
 def _unavailable(name, exc) -> int:
     print(f"ase-mlff: '{name}' is not available in this installation ({exc})", file=sys.stderr)
     return 2
@@ -103,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from reference data (see `ase-mlff train FAMILY --help`)")
     train_sub = train.add_subparsers(dest="family", metavar="FAMILY")
     for name, (module, help_text) in _DELEGATED["train"].items():
-        _add_delegated(train_sub, name, module, help_text)
+        _add_committee(_add_delegated(train_sub, name, module, help_text), name)
 
     export = _add_delegated(sub, "export", "ase_mlff.export.lammps",
                             "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")

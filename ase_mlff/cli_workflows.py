@@ -8,7 +8,8 @@ frame, default the last one, as ase does).
 Conventions shared by the verbs: every ``--help`` shows each option's default; a bad value
 of an option is a usage error naming the flag (exit status 2, from argparse); a bad file,
 model or structure is an :class:`~ase_mlff.errors.MLFFError` (exit status 1, printed by
-``ase-mlff``'s main); Ctrl-C stops after the current step with exit status 130. No verb
+``ase-mlff``'s main); Ctrl-C stops after the current step with exit status 130; ``md`` stopped
+by ``--max-uncertainty`` exits with status 3. No verb
 replaces an existing output file unless asked (``--overwrite``; ``md`` also ``--append``).
 """
 
@@ -125,13 +126,21 @@ def _run_md(args) -> int:
                  steps=args.steps, pressure=args.pressure, friction=args.friction, tdamp=args.tdamp,
                  pdamp=args.pdamp, barostat=args.barostat, init_velocities=not args.keep_velocities,
                  seed=args.seed, trajectory=traj, traj_interval=args.traj_interval, logfile=log,
-                 log_interval=args.log_interval, mode=mode, progress=not args.no_progress)
+                 log_interval=args.log_interval, mode=mode, progress=not args.no_progress,
+                 max_uncertainty=args.max_uncertainty, on_uncertainty=args.on_uncertainty)
     print(res.summary())
     if args.plot:
         from .workflows.plotting import plot_md
 
         print(f"written {plot_md(res, args.plot, title=f'{args.ensemble.upper()} {atoms.get_chemical_formula()}')}")
-    return 130 if res.interrupted else 0
+    if res.interrupted:
+        return 130
+    return EXIT_UNCERTAIN if res.stop_reason else 0
+
+
+#: exit status of ``md`` stopped by --max-uncertainty: not an error of the input (1) or of the
+#: command line (2), but a run that ended early on purpose, which scripts must tell apart
+EXIT_UNCERTAIN = 3
 
 
 def _md_parser(p) -> None:
@@ -160,6 +169,13 @@ def _md_parser(p) -> None:
                    help="use the velocities stored in STRUCTURE instead of drawing Maxwell-Boltzmann ones "
                         "(by default: Maxwell-Boltzmann at --temperature, zero total momentum and, for a "
                         "molecule, zero angular momentum)")
+    u = p.add_argument_group("uncertainty (models that give it, e.g. committees: docs/uncertainty.md)")
+    u.add_argument("--max-uncertainty", type=_pos_float, default=None, metavar="EV_PER_A",
+                   help="limit on the largest per-atom force uncertainty in eV/Å, checked every step; above it "
+                        "the run stops cleanly (exit status 3; the frame is written) or warns, see "
+                        "--on-uncertainty (default: no limit). A model without uncertainty is an error")
+    u.add_argument("--on-uncertainty", choices=["stop", "warn"], default="stop",
+                   help="what to do when --max-uncertainty is crossed")
     o = p.add_argument_group("output (an existing trajectory or log is never replaced without --overwrite)")
     o.add_argument("-o", "--trajectory", default="md.traj",
                    help="trajectory file, .traj or .extxyz by extension; 'none' for no file. Frames keep "

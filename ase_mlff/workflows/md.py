@@ -44,6 +44,16 @@ Output files are never replaced silently (``mode``):
   segment's. Without an existing trajectory, ``"append"`` starts a new run (the log, if it
   exists, is appended to).
 * ``"overwrite"``: replace both files.
+
+Uncertainty limit (``max_uncertainty``, ``ase-mlff md --max-uncertainty X``): with a model
+that gives ``forces_uncertainty`` (a committee, docs/uncertainty.md), the largest per-atom
+force uncertainty ``max_a sigma_F[a]`` (eV/Å, calibrated) is checked after every step,
+including step 0. When it exceeds X, ``on_uncertainty="stop"`` (default) ends the run after
+that step like a Ctrl-C does (files flushed and closed, the offending frame written to the
+trajectory even between ``traj_interval`` frames, ``stop_reason`` and the summary say why;
+the command exits with status 3); ``"warn"`` issues a warning each time the limit is crossed
+from below and keeps going. Either way ``MDResult.max_forces_uncertainty`` holds the value
+of every step. A model without uncertainty is refused before the run starts.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +100,13 @@ class MDResult:
     #: step number of the first entry (non-zero for a run continued with ``mode="append"``)
     start_step: int = 0
     continued_from: str | None = None
+    #: per step: max over atoms of the calibrated force uncertainty (eV/Å), with max_uncertainty
+    max_forces_uncertainty: np.ndarray | None = None
+    uncertainty_limit: float | None = None
+    #: step numbers at which the uncertainty crossed the limit from below
+    uncertainty_crossings: list = field(default_factory=list)
+    #: why the run ended before ``steps_requested`` (None: it did not, or Ctrl-C: ``interrupted``)
+    stop_reason: str | None = None
 
     @property
     def natoms(self) -> int:
@@ -133,6 +151,8 @@ class MDResult:
         done = f"{self.steps}/{self.steps_requested} steps"
         if self.interrupted:
             done = f"INTERRUPTED after {done}"
+        elif self.stop_reason:
+            done = f"STOPPED after {done}"
         lines = [
             f"md      {self.ensemble.upper()}: {done} x {self.timestep_fs:g} fs = "
             f"{self.steps * self.timestep_fs / 1000:.4g} ps, {self.natoms} atoms",
@@ -162,6 +182,15 @@ class MDResult:
         if self.volume is not None and len(self.volume):
             lines.append(f"V       initial {self.volume[0]:.3f} Å^3, mean {self.volume.mean():.3f} Å^3, "
                          f"final {self.volume[-1]:.3f} Å^3")
+        if self.uncertainty_limit is not None and self.max_forces_uncertainty is not None:
+            u = self.max_forces_uncertainty
+            top = f"{np.max(u):.4g}" if len(u) else "n/a"
+            crossed = (f"crossed {len(self.uncertainty_crossings)} time(s), first at step {self.uncertainty_crossings[0]}"
+                       if self.uncertainty_crossings else "never crossed")
+            lines.append(f"sigma_F max per-atom force uncertainty over the run {top} eV/Å; limit "
+                         f"{self.uncertainty_limit:g} eV/Å {crossed}")
+        if self.stop_reason:
+            lines.append(f"stopped {self.stop_reason}")
         if self.trajectory:
             lines.append(f"written {self.trajectory} ({self.trajectory_frames} frames)")
         if self.logfile and self.logfile != "-":
@@ -344,12 +373,70 @@ def _continue_from(atoms, frame, path) -> None:
     atoms.set_momenta(frame.get_momenta(), apply_constraint=False)
 
 
+class _UncertaintyMonitor:
+    """Observer: max per-atom force uncertainty of every step against a limit (module docstring)."""
+
+    def __init__(self, atoms, limit: float, action: str, dyn):
+        calc = atoms.calc
+        model = getattr(calc, "model", None)
+        if model is None or "forces_uncertainty" not in getattr(model, "extra_results", ()):
+            what = f"this {model.family} model" if model is not None else f"the calculator {type(calc).__name__}"
+            raise InputError(f"max_uncertainty (--max-uncertainty) needs a model that gives forces_uncertainty, "
+                             f"but {what} gives none; train a committee (ase-mlff train FAMILY --committee K) "
+                             "or run without the limit")
+        if not (np.isfinite(limit) and limit > 0):
+            raise InputError(f"max_uncertainty must be a positive number of eV/Å, got {limit!r}")
+        if action not in ("stop", "warn"):
+            raise InputError(f"on_uncertainty must be 'stop' or 'warn', got {action!r}")
+        self.atoms, self.calc, self.limit, self.action, self.dyn = atoms, calc, float(limit), action, dyn
+        self.values: list[float] = []
+        self.crossings: list[int] = []
+        self.above = False
+        self.tripped = None  # (step, value, atom) once a stop is due
+        self.last_step = None
+        # the calculator computes the uncertainty only when asked; ask for the run, restore afterwards
+        self.was_on = bool(calc.uncertainty)
+        if not self.was_on:
+            calc.uncertainty = True
+            calc.reset()
+
+    def restore(self) -> None:
+        if not self.was_on:
+            self.calc.uncertainty = False
+            self.calc.reset()
+
+    def __call__(self):
+        step = self.dyn.nsteps
+        if step == self.last_step:
+            return
+        self.last_step = step
+        self.atoms.get_forces()  # the step's forces are computed already: this only reads them
+        sigma = self.calc.results.get("forces_uncertainty")
+        if sigma is None:  # results computed before the uncertainty was switched on
+            self.calc.reset()
+            self.atoms.get_forces()
+            sigma = self.calc.results["forces_uncertainty"]
+        atom = int(np.argmax(sigma))
+        value = float(sigma[atom])
+        self.values.append(value)
+        over = value > self.limit
+        if over and not self.above:
+            self.crossings.append(step)
+            if self.action == "warn":
+                warnings.warn(f"step {step}: the force uncertainty of atom {atom} is {value:.4g} eV/Å, above the "
+                              f"limit {self.limit:g} eV/Å: the model is extrapolating", stacklevel=2)
+        self.above = over
+        if over and self.action == "stop" and self.tripped is None:
+            self.tripped = (step, value, atom)
+
+
 def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.0,
            timestep: float = 1.0, steps: int = 1000, pressure: float = 0.0, friction: float = 0.01,
            tdamp: float | None = None, pdamp: float | None = None, barostat: str = "isotropic",
            init_velocities: bool = True, seed=None, zero_rotation: bool | None = None,
            trajectory=None, traj_interval: int = 10, logfile=None, log_interval: int = 10,
-           mode: str = "new", progress: bool = False, observers=(), summary_stream=None) -> MDResult:
+           mode: str = "new", progress: bool = False, observers=(), summary_stream=None,
+           max_uncertainty: float | None = None, on_uncertainty: str = "stop") -> MDResult:
     """Run ``steps`` steps of MD on ``atoms`` (modified in place) and return an :class:`MDResult`.
 
     ``calc``: calculator to attach (default: the one on ``atoms``). ``trajectory``: ``.traj`` or
@@ -366,6 +453,10 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
     :class:`KeyboardInterrupt` raised anywhere in the loop (e.g. by an observer) also ends the
     run cleanly: files are flushed and closed, and the result has ``interrupted=True``.
     ``summary_stream``: where to print the summary at the end (None: do not print).
+
+    ``max_uncertainty`` (eV/Å): limit on the largest per-atom force uncertainty, checked every
+    step; ``on_uncertainty``: ``"stop"`` (end the run cleanly, ``stop_reason`` says why) or
+    ``"warn"``. Needs a model with ``forces_uncertainty`` (module docstring).
     """
     if calc is not None:
         atoms.calc = calc
@@ -395,6 +486,9 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
     dyn = make_integrator(atoms, ensemble, timestep, temperature, pressure, friction, tdamp, pdamp,
                           barostat, seed, noise_stream=f"langevin@{start_step}" if continued else "langevin")
     dyn.nsteps = start_step
+    monitor = None
+    if max_uncertainty is not None:
+        monitor = _UncertaintyMonitor(atoms, max_uncertainty, on_uncertainty, dyn)
     stress = has_stress(atoms.calc, atoms) and bool(all(atoms.pbc))
     result = MDResult(atoms=atoms, ensemble=ensemble.lower(), timestep_fs=timestep, steps_requested=steps,
                       trajectory=traj_path, logfile=log_path, start_step=start_step,
@@ -420,6 +514,10 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
         if continued:  # ase calls no observer before the first step of a run not starting at 0
             recorder(log=False)
         dyn.attach(recorder, interval=1)
+        if monitor is not None:
+            if continued:
+                monitor()
+            dyn.attach(monitor, interval=1)
         for fn, interval in observers:
             dyn.attach(fn, interval=interval)
         t0 = time.perf_counter()
@@ -428,12 +526,25 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
                 for _ in dyn.irun(steps):
                     result.steps = dyn.nsteps - start_step
                     bar.update(result.steps)
+                    if monitor is not None and monitor.tripped is not None:
+                        step, value, atom = monitor.tripped
+                        result.stop_reason = (f"at step {step}: the force uncertainty of atom {atom} is {value:.4g} "
+                                              f"eV/Å, above the limit {monitor.limit:g} eV/Å (max_uncertainty)")
+                        # the geometry that crossed the limit is what a user wants to inspect or label
+                        if writer is not None and dyn.nsteps % max(1, int(traj_interval)) != 0:
+                            write_frame()
+                        break
                     guard.check()
             except KeyboardInterrupt:
                 result.interrupted = True
                 result.steps = dyn.nsteps - start_step
         result.wall_time = time.perf_counter() - t0
     finally:
+        if monitor is not None:
+            monitor.restore()
+            result.max_forces_uncertainty = np.array(monitor.values)
+            result.uncertainty_limit = monitor.limit
+            result.uncertainty_crossings = list(monitor.crossings)
         bar.close()
         if writer is not None:
             writer.close()

@@ -1,0 +1,417 @@
+"""Train committees of any family: ``train_committee`` (Python), ``ase-mlff train FAMILY --committee K``.
+
+Recipe (the model is :class:`ase_mlff.models.committee.CommitteeModel`; its docstring gives
+the equations of the served prediction and the uncertainties):
+
+1. Hold out calibration frames: ``calibration`` data when given (``n_calibration`` of them,
+   drawn from the named stream "calibration" of ``seed``), else the validation frames of the
+   training data (sGDML: ``n_valid``; MFF: ``n_test``).
+2. Members ``k = 0 .. K-1``: member ``k`` is trained on ``n_member`` frames drawn without
+   replacement from the training pool (stream ``"committee-member-{k}"``), with seed
+   ``seed + k + 1`` for the family's own random choices. Different frames make the members
+   disagree where the data are thin, which is the point: their spread measures how well the
+   data pin the model down at a geometry.
+3. Served mean (``mean``): ``"all"`` trains one more model on the whole pool and serves it;
+   ``"members"`` serves the member average; a :class:`~ase_mlff.models.base.Model` (e.g. a
+   shipped model trained on the same data) is served as it is. ``"all"`` is the default
+   because the average of K members trained on subsamples is less accurate than one model
+   trained on all frames (docs/uncertainty.md measures it for rMD17 ethanol).
+4. Calibration (:func:`fit_calibration`): factors ``c`` such that on the held-out frames the
+   mean predicted variance equals the mean squared error of the served prediction, for
+   energies, forces (per atom, vector length) and, when those frames carry stress, stress;
+   without stress labels the stress factor is the force factor (both are spreads of
+   derivatives of the same members).
+
+sGDML members use ``train_sgdml`` with explicit ``train_indices``; their length scale is the
+served mean's (chosen by its own validation search) unless ``sigmas`` is given, so that the
+spread reflects the data and not a noisy hyperparameter search on small subsets. MFF members
+use ``train_mff`` on a sub-dataset with no test frames of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import DatasetError, InputError, TrainingError
+from ..models.base import Model
+from ..models.committee import CommitteeModel
+from ..rng import random_stream
+
+FAMILIES = ("sgdml", "mff")
+
+
+def _as_dataset(data):
+    from ..data import Dataset
+
+    if not isinstance(data, Dataset):
+        raise DatasetError("pass a Dataset (ase_mlff.data.read(path, energy_unit=...)) to train a committee")
+    return data
+
+
+def _member_indices(pool: np.ndarray, n_member: int, k: int, seed: int) -> np.ndarray:
+    rng = random_stream(seed, f"committee-member-{k}")
+    return np.sort(rng.choice(pool, n_member, replace=False)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- calibration
+def committee_errors(model: CommitteeModel, frames, calibrated: bool = False) -> dict[str, np.ndarray]:
+    """Served predictions, their errors and the (raw or calibrated) uncertainties on ``frames``.
+
+    Returns arrays: ``dE`` (frames,) eV, ``sigma_E`` (frames,), ``dF2`` (atoms,) squared length
+    of each atom's force error (eV/Å)², ``sigma_F`` (atoms,), ``frame`` (atoms,) frame index of
+    each atom, and ``dS``/``sigma_S`` (frames with stress, 6) eV/Å³ when frames carry stress.
+    """
+    from ..calculator import MLFFCalculator
+
+    saved = dict(model.calibration)
+    if not calibrated:
+        model.calibration = {k: 1.0 for k in saved}
+    try:
+        calc = MLFFCalculator(model, uncertainty=True)
+        out = {k: [] for k in ("dE", "sigma_E", "dF2", "sigma_F", "frame", "dS", "sigma_S")}
+        for n, fr in enumerate(frames):
+            atoms = fr.to_atoms()
+            want_stress = fr.stress is not None and bool(np.all(fr.pbc)) and model.supports_stress
+            calc.calculate(atoms, ["energy", "forces"] + (["stress"] if want_stress else []))
+            r = calc.results
+            if fr.energy is not None:
+                out["dE"].append(r["energy"] - fr.energy)
+                out["sigma_E"].append(r["energy_uncertainty"])
+            if fr.forces is not None:
+                d = r["forces"] - fr.forces
+                out["dF2"].append((d * d).sum(1))
+                out["sigma_F"].append(r["forces_uncertainty"])
+                out["frame"].append(np.full(len(fr), n))
+            if want_stress and "stress_uncertainty" in r:
+                out["dS"].append(r["stress"] - fr.stress)
+                out["sigma_S"].append(r["stress_uncertainty"])
+    finally:
+        model.calibration = saved
+    res = {}
+    for k, v in out.items():
+        if k in ("dF2", "sigma_F", "frame"):
+            res[k] = np.concatenate(v) if v else np.zeros(0)
+        else:
+            res[k] = np.array(v, dtype=float)
+    return res
+
+
+def fit_calibration(model: CommitteeModel, frames) -> tuple[dict[str, float], dict[str, Any]]:
+    """Calibration factors (module docstring, step 4) fitted on held-out ``frames``; returns
+    ``(factors, record)``; the record has the frame count and the raw RMS error and spread."""
+    e = committee_errors(model, frames, calibrated=False)
+    factors, record = {}, {"n_frames": len(frames)}
+
+    def ratio(err2, var, what):
+        if len(err2) == 0:
+            return None
+        if not np.mean(var) > 0:
+            raise TrainingError(f"the committee members agree exactly on the {what} of every calibration "
+                                "frame (zero spread); train them on different frames or seeds")
+        record[what] = {"rms_error": float(np.sqrt(np.mean(err2))), "rms_spread": float(np.sqrt(np.mean(var))),
+                        "n": int(len(err2))}
+        return float(np.sqrt(np.mean(err2) / np.mean(var)))
+
+    factors["energy"] = ratio(e["dE"] ** 2, e["sigma_E"] ** 2, "energy")
+    factors["forces"] = ratio(e["dF2"], e["sigma_F"] ** 2, "forces")
+    factors["stress"] = ratio((e["dS"] ** 2).ravel(), (e["sigma_S"] ** 2).ravel(), "stress") if len(e["dS"]) else None
+    if factors["forces"] is None:
+        raise DatasetError("the calibration frames have no forces; give frames with forces")
+    if factors["energy"] is None:
+        factors["energy"] = 1.0
+        record["energy"] = "no energies in the calibration frames: factor 1 (uncalibrated)"
+    if factors["stress"] is None:
+        factors["stress"] = factors["forces"]
+        record["stress"] = "no stress in the calibration frames: the force factor is used"
+    return factors, record
+
+
+# ----------------------------------------------------------------------------- training
+def train_committee(family: str, data, K: int, *, n_member: int | None = None, mean="all", seed: int = 0,
+                    calibration=None, n_calibration: int | None = None,
+                    progress: Callable[[str], None] | None = None, **options) -> tuple[CommitteeModel, dict]:
+    """Train a committee of ``K`` ``family`` models on ``data`` (a Dataset); returns
+    ``(model, report)``. See the module docstring for the recipe.
+
+    ``n_member``: frames per member (default: a quarter of the training pool). ``mean``:
+    ``"all"``, ``"members"`` or a trained model of ``family`` to serve. ``calibration``: a
+    Dataset of held-out frames (``n_calibration`` of them are used; default all); without
+    it the validation/test frames held out of ``data`` are used. ``options``: the family's
+    training options — sGDML: keywords of :func:`~ase_mlff.training.sgdml_train.train_sgdml`
+    (``n_valid``, ``sigmas``, ``lam``, ``symmetries``, ``solver``); MFF: options of
+    ``ase-mlff train mff`` by their Python names (``rc2``, ``rc3``, ``n_test``, ``n_energy``,
+    ``n_force_atoms``, ``h2``, ...).
+    """
+    say = progress or (lambda msg: None)
+    ds = _as_dataset(data)
+    if family not in FAMILIES:
+        raise InputError(f"committees can be trained for {', '.join(FAMILIES)}, not {family!r}")
+    if not isinstance(K, int) or K < 2:
+        raise InputError(f"a committee needs K >= 2 members (--committee), got {K!r}")
+    if isinstance(mean, Model):
+        if mean.family != family:
+            raise InputError(f"the served mean is a {mean.family} model; the committee is of {family} models")
+    elif mean not in ("all", "members"):
+        raise InputError(f"mean must be 'all', 'members' or a trained {family} model, got {mean!r}")
+    t0 = time.perf_counter()
+    if family == "sgdml":
+        members, served, report, held_out = _train_sgdml(ds, K, n_member, mean, seed, say, options)
+    else:
+        members, served, report, held_out = _train_mff(ds, K, n_member, mean, seed, say, options)
+    model = CommitteeModel(members, served)
+
+    # ---- calibration frames: never frames the served mean or a member was trained on
+    if calibration is not None:
+        cal = _as_dataset(calibration)
+        n = len(cal) if n_calibration is None else int(n_calibration)
+        if not 0 < n <= len(cal):
+            raise DatasetError(f"asked for {n} calibration frames (n_calibration), the calibration data have {len(cal)}")
+        idx = np.sort(random_stream(seed, "calibration").choice(len(cal), n, replace=False))
+        frames, where = cal[idx], {"source": cal.source, "data_sha256": cal.sha256(), "indices": idx.tolist()}
+    else:
+        idx = np.asarray(held_out, dtype=np.int64)
+        if n_calibration is not None:
+            idx = idx[: int(n_calibration)]
+        frames, where = ds[idx], {"source": ds.source, "data_sha256": ds.sha256(), "indices": idx.tolist()}
+        if isinstance(mean, Model):
+            _check_disjoint(mean, ds, idx)
+    if len(frames) == 0:
+        warnings.warn("no calibration frames: the uncertainties are the raw member spread (factors 1)",
+                      stacklevel=2)
+        factors, record = {"energy": 1.0, "forces": 1.0, "stress": 1.0}, {"n_frames": 0}
+    else:
+        say(f"calibrating on {len(frames)} held-out frames")
+        factors, record = fit_calibration(model, frames)
+    model.calibration = factors
+    say(f"calibration factors: energy {factors['energy']:.3g}, forces {factors['forces']:.3g}, "
+        f"stress {factors['stress']:.3g}")
+    report.update(family=family, K=K, seed=seed, calibration={**record, "factors": factors, **where},
+                  train_time_s=time.perf_counter() - t0, data_sha256=ds.sha256(), source=ds.source,
+                  energy_unit=getattr(ds, "source_energy_unit", None) or "eV")
+    return model, report
+
+
+def _check_disjoint(mean: Model, ds, idx) -> None:
+    """A given served mean must not have been trained on the calibration frames."""
+    meta = getattr(mean, "meta", None) or {}
+    train = (meta.get("training") or {}).get("train_indices")
+    if meta.get("training_data_hash") == ds.sha256() and train is not None:
+        both = np.intersect1d(np.asarray(train, dtype=np.int64), idx)
+        if len(both):
+            raise DatasetError(f"the served mean was trained on {len(both)} of the calibration frames of this "
+                               "data file; give separate calibration data (--calibration-data)")
+
+
+def _train_sgdml(ds, K, n_member, mean, seed, say, options):
+    from .sgdml_train import train_sgdml
+
+    options = dict(options)
+    n_valid = int(options.pop("n_valid", 0) or 0)
+    sigmas = options.pop("sigmas", None)
+    for drop in ("n_train", "test", "n_test", "checkpoint", "resume"):
+        options.pop(drop, None)
+    M = len(ds)
+    if n_valid >= M:
+        raise DatasetError(f"{n_valid} validation frames leave no training frames: the data have {M}")
+    valid = np.sort(random_stream(seed, "committee-validation").choice(M, n_valid, replace=False)).astype(np.int64)
+    pool = np.setdiff1d(np.arange(M), valid)
+    n_member = len(pool) // 4 if n_member is None else int(n_member)
+    if not 1 <= n_member <= len(pool):
+        raise DatasetError(f"{n_member} frames per member (--n-train) from a pool of {len(pool)} training frames")
+    report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "valid_indices": valid.tolist()}
+    served = None
+    if mean == "all":
+        say(f"served mean: sGDML on all {len(pool)} training frames")
+        served, rep = train_sgdml(ds, len(pool), len(valid), sigmas=sigmas, seed=seed, train_indices=pool,
+                                  valid_indices=valid, test_indices=np.zeros(0, np.int64), progress=say, **options)
+        report["mean"] = {"kind": "all", "sigma": rep["sigma"], "n_train": rep["n_train"], "valid": rep["valid"]}
+    elif isinstance(mean, Model):
+        served = mean
+        report["mean"] = {"kind": "given", "source": (getattr(mean, "source", None) or {}).get("path"),
+                          "sha256": (getattr(mean, "source", None) or {}).get("sha256"),
+                          "n_train": getattr(mean, "n_train", None), "sigma": getattr(mean, "sigma", None)}
+    else:
+        report["mean"] = {"kind": "members"}
+    member_sigmas = sigmas if sigmas is not None or served is None else [served.sigma]
+    if member_sigmas is not None and len(member_sigmas) > 1 and not len(valid):
+        raise DatasetError("choosing sigma for the members needs validation frames (--n-valid) or one --sigmas value")
+    members, recs = [], []
+    for k in range(K):
+        idx = _member_indices(pool, n_member, k, seed)
+        say(f"member {k + 1}/{K}: {n_member} frames")
+        m, rep = train_sgdml(ds, n_member, len(valid), sigmas=member_sigmas, seed=seed + k + 1,
+                             train_indices=idx, valid_indices=valid, test_indices=np.zeros(0, np.int64),
+                             progress=say, **options)
+        members.append(m)
+        recs.append({"seed": seed + k + 1, "sigma": rep["sigma"], "n_symmetries": rep["n_symmetries"],
+                     "train_indices": idx.tolist(), "valid": rep["valid"]})
+    report["members"] = recs
+    return members, served, report, valid
+
+
+def mff_options(**overrides) -> argparse.Namespace:
+    """The options of ``ase-mlff train mff`` (defaults) with ``overrides`` by Python name."""
+    from .mff_train import configure_parser
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(["data", "-o", "unused.mlff"])
+    unknown = set(overrides) - set(vars(args))
+    if unknown:
+        raise InputError(f"unknown MFF training option(s): {', '.join(sorted(unknown))}")
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def _train_mff(ds, K, n_member, mean, seed, say, options):
+    from .mff_train import train_mff
+
+    args = options.pop("args", None) or mff_options(**options)
+    n_test = int(args.n_test)
+    if n_test >= len(ds):
+        raise DatasetError(f"--n-test {n_test} leaves no training frames: the data have {len(ds)} frames")
+    split = ds.split(len(ds) - n_test, 0, n_test, seed=seed)
+    pool, held = split.train, split.test
+    n_member = len(pool) // 2 if n_member is None else int(n_member)
+    if not 1 <= n_member <= len(pool):
+        raise DatasetError(f"{n_member} frames per member from a pool of {len(pool)} training frames")
+    report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "held_out_indices": held.tolist()}
+
+    def fit(indices, member_seed):
+        a = argparse.Namespace(**{**vars(args), "n_test": 0, "n_gp_eval": 0, "seed": member_seed})
+        model, _gp, rep = train_mff(a, ds[indices], log=say)
+        return model, rep
+
+    served = None
+    if mean == "all":
+        say(f"served mean: MFF on all {len(pool)} training frames")
+        served, rep = fit(pool, seed)
+        report["mean"] = {"kind": "all", "hyperparameters": rep["hyperparameters"]}
+    elif isinstance(mean, Model):
+        served = mean
+        report["mean"] = {"kind": "given", "source": (getattr(mean, "source", None) or {}).get("path")}
+    else:
+        report["mean"] = {"kind": "members"}
+    members, recs = [], []
+    for k in range(K):
+        idx = _member_indices(pool, n_member, k, seed)
+        say(f"member {k + 1}/{K}: {n_member} frames")
+        m, rep = fit(idx, seed + k + 1)
+        members.append(m)
+        recs.append({"seed": seed + k + 1, "train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"]})
+    report["members"] = recs
+    report["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and _jsonable(v)}
+    return members, served, report, held
+
+
+def _jsonable(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def training_record(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``training`` dict of the committee's model file."""
+    rec = {k: v for k, v in report.items() if k not in ("energy_unit",)}
+    rec["method"] = f"committee of {report['K']} {report['family']} models (ase-mlff)"
+    unit = report.get("energy_unit") or "eV"
+    rec["units"] = {"energy": unit, "length": "Ang", "forces": f"{unit}/Ang"}
+    return rec
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The committee options of every ``ase-mlff train FAMILY`` parser."""
+    g = parser.add_argument_group(
+        "committee (uncertainty; docs/uncertainty.md)",
+        "With --committee K, K models are trained on random subsets of the training frames and stored "
+        "in one file with a served mean; MLFFCalculator(..., uncertainty=True) then gives "
+        "energy_uncertainty (eV), forces_uncertainty (eV/Å per atom) and stress_uncertainty.")
+    g.add_argument("--committee", type=int, default=None, metavar="K",
+                   help="train a committee of K >= 2 members (default: one model). sGDML: --n-train is then "
+                        "the frames per member; MFF: --committee-frames")
+    g.add_argument("--committee-mean", default="all", metavar="all|members|MODEL",
+                   help="what the committee serves as energy and forces: 'all' (a model trained on all "
+                        "training frames; the default), 'members' (the member average) or a model file of "
+                        "the same family trained on the same data")
+    g.add_argument("--committee-frames", type=int, default=None, metavar="N",
+                   help="MFF: training frames per member (default: half of the training pool)")
+    g.add_argument("--calibration-data", default=None, metavar="FILE",
+                   help="held-out frames (same units) on which the uncertainty is calibrated (default: the "
+                        "validation frames (sGDML --n-valid) or test frames (MFF --n-test) of the data)")
+    g.add_argument("--n-calibration", type=int, default=None, metavar="N",
+                   help="calibration frames drawn from --calibration-data (default: all)")
+
+
+def run(family: str, args) -> int:
+    """``ase-mlff train FAMILY --committee K ...``; exit status 0, 1 (data), 2 (usage)."""
+    from .. import data as data_mod
+    from ..errors import MLFFError
+    from ..io import load_model, save_model
+    from .checkpoint import check_output
+
+    def fail(msg, code):
+        print(f"ase-mlff train {family} --committee: error: {msg}", file=sys.stderr)
+        return code
+
+    t0 = time.perf_counter()
+
+    def progress(msg):
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    K = args.committee
+    if K < 2:
+        return fail(f"--committee {K}: a committee needs at least 2 members", 2)
+    if getattr(args, "resume", False):
+        return fail("--resume is not available for committees (each member trains in one go)", 2)
+    if family == "sgdml":
+        from .sgdml_train import _resolve, _UsageError, parse_sigmas
+
+        try:
+            opts = _resolve(args)
+            sigmas = parse_sigmas(opts["sigmas"])
+        except (_UsageError, ValueError) as exc:
+            return fail(exc, 2)
+        if not opts.get("dataset"):
+            return fail("no dataset given", 2)
+        dataset, unit, output, overwrite = opts["dataset"], opts["energy_unit"], opts["output"], opts["overwrite"]
+        options = {"n_valid": int(opts["n_valid"]),
+                   "sigmas": sigmas, "lam": float(opts["lam"]), "symmetries": opts["symmetries"],
+                   "solver": opts["solver"]}
+        n_member, seed = int(opts["n_train"]), int(opts["seed"])
+    else:
+        dataset, unit, output, overwrite = args.data, None, args.output, args.overwrite
+        options = {"args": argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})}
+        n_member, seed = args.committee_frames, args.seed
+    try:
+        check_output(output, bool(overwrite), False)
+    except FileExistsError as exc:
+        return fail(exc, 2)
+    try:
+        ds = data_mod.read(dataset, energy_unit=unit)
+        cal = data_mod.read(args.calibration_data, energy_unit=unit) if args.calibration_data else None
+        mean = args.committee_mean
+        if mean not in ("all", "members"):
+            mean = load_model(mean)
+        model, report = train_committee(family, ds, K, n_member=n_member, mean=mean, seed=seed, calibration=cal,
+                                        n_calibration=args.n_calibration, progress=progress, **options)
+    except MLFFError as exc:
+        from .sgdml_train import cli_message
+
+        return fail(cli_message(exc), 1)
+    rec = training_record(report)
+    rec["command"] = " ".join(sys.argv)
+    save_model(model, output, training=rec)
+    c = report["calibration"]
+    print(f"committee of {K} {family} models written to {output} (serving "
+          f"{report['mean']['kind']}; calibration factors energy {c['factors']['energy']:.3g}, "
+          f"forces {c['factors']['forces']:.3g} on {c['n_frames']} held-out frames; "
+          f"{report['train_time_s']:.0f} s)")
+    f = c.get("forces")
+    if isinstance(f, dict):
+        print(f"held-out force error (RMS per-atom vector length) {1e3 * f['rms_error']:.2f} meV/Å, "
+              f"raw member spread {1e3 * f['rms_spread']:.2f} meV/Å")
+    return 0
