@@ -38,8 +38,8 @@ from ..descriptors.inverse_distance import (
 )
 from ..errors import InputError
 from ..graph import Graph
-from .atom_order import (OrderTracker, distance_matrix, element_pairs, labelling_residuals, polish,
-                         same_element_swaps)
+from ..descriptors.matching import (OrderTracker, distance_matrix, element_pairs, labelling_residuals,
+                                   polish, same_element_swaps)
 from .base import Model, ModelOutput, config_float, config_int, config_species, register_model, symbols
 
 #: largest RMS difference (Å) between the distance matrix of a reordered input and the
@@ -52,7 +52,7 @@ REORDER_MIN_GAP = 0.02
 REORDER_MIN_RATIO = 1.5
 #: largest atom displacement (Å, after removing the mean displacement) between two calls for
 #: which the previous call's order is reused without a full identification; also capped at a
-#: third of the smallest same-element distance (see ``atom_order.OrderTracker``)
+#: third of the smallest same-element distance (see ``descriptors.matching.OrderTracker``)
 REORDER_TRACK_MAX_STEP = 0.25
 
 
@@ -394,7 +394,7 @@ class SGDMLModel(Model):
 
         Cheap along a trajectory: the last answered geometry is remembered (in the caller's
         labelling) and its answer reused when no atom moved by more than
-        ``REORDER_TRACK_MAX_STEP`` (see :class:`~ase_mlff.models.atom_order.OrderTracker`);
+        ``REORDER_TRACK_MAX_STEP`` (see :class:`~ase_mlff.descriptors.matching.OrderTracker`);
         otherwise :meth:`find_order` runs. ``order_tracker.misses`` counts those full runs.
         """
         state = self._order_state()
@@ -471,7 +471,7 @@ class SGDMLModel(Model):
         """``perm`` with ``positions[perm]`` in the model's atom order (``arange(N)`` when the
         atoms can be used as given); :class:`InputError` when the order cannot be identified.
 
-        Criterion (residuals as in :mod:`~ase_mlff.models.atom_order`: RMS distance-matrix
+        Criterion (residuals as in :mod:`~ase_mlff.descriptors.matching`: RMS distance-matrix
         difference to the closest of the ``n_refs`` training geometries nearest in an
         order-independent fingerprint, minimised over the model's symmetries ``perms``):
 
