@@ -21,7 +21,20 @@ def load(path, **calculator_options) -> MLFFCalculator:
     return MLFFCalculator(load_model(path), **calculator_options)
 
 
+def train(family: str, data, **options):
+    """Train a model of ``family`` ("sgdml", "mff", ...) on ``data`` (a Dataset or a path);
+    returns ``(model, record)``, ``record`` being the training record for its model file::
+
+        model, record = ase_mlff.train("mff", "train.extxyz", rc2=5.0, rc3=3.7, n_test=60)
+        ase_mlff.io.save_model(model, "ni.mlff", training=record)
+
+    Options: the family's flags with ``_`` for ``-`` (docs/training.md)."""
+    from .training import train as _train
+
+    return _train(family, data, **options)
+
+
 __all__ = [
-    "__version__", "load", "MLFFCalculator", "NeighborList", "neighbor_list",
+    "__version__", "load", "train", "MLFFCalculator", "NeighborList", "neighbor_list",
     "MLFFError", "InputError", "ModelFileError", "DatasetError", "TrainingError", "OutputExistsError",
 ]

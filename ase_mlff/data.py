@@ -239,6 +239,18 @@ class Frame:
 # --------------------------------------------------------------------------------------------
 
 
+def stratified_indices(energies: np.ndarray, candidates: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` of ``candidates`` spread evenly over their ``energies`` (same length): sorted by
+    energy (ties by index), cut into ``n`` equal-count bins, one drawn at random from each
+    (named stream ``random_stream(seed, "stratified")``). Sorted int64 indices. Every
+    stratified choice of the package (datasets, sGDML training frames) is this function."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    order = np.lexsort((candidates, energies))  # by energy, ties by index (deterministic)
+    rng = random_stream(seed, "stratified")
+    picks = [int(b[rng.integers(len(b))]) for b in np.array_split(candidates[order], n)]
+    return np.sort(np.array(picks, dtype=np.int64))
+
+
 class Split(NamedTuple):
     """Disjoint index arrays (sorted, int64) into a :class:`Dataset`."""
 
@@ -563,10 +575,7 @@ class Dataset(Sequence):
         if np.isnan(energies).any():
             j = int(cand[np.flatnonzero(np.isnan(energies))[0]])
             raise DatasetError(f"select_stratified(): frame {j} has no energy")
-        order = np.lexsort((cand, energies))  # by energy, ties by index (deterministic)
-        rng = random_stream(seed, "stratified")
-        picks = [int(b[rng.integers(len(b))]) for b in np.array_split(cand[order], n)]
-        return np.sort(np.array(picks, dtype=np.int64))
+        return stratified_indices(energies, cand, n, seed)
 
     # ---------------------------------------------------------------- statistics
     def statistics(self) -> DatasetStatistics:

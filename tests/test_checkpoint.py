@@ -194,14 +194,14 @@ def test_mff_interrupted_in_each_stage_then_resumed_equals_uninterrupted(tmp_pat
     p = _parser(mff_train)
     ref = tmp_path / "ref.mlff"
     assert mff_train.run(p.parse_args([NI, "-o", str(ref)] + MFF_ARGS)) == 0
-    n_total = sum(1 for line in capsys.readouterr().out.splitlines() if "log ML=" in line)
+    n_total = sum(1 for line in capsys.readouterr().err.splitlines() if "log ML=" in line)
     out = tmp_path / "m.mlff"
     argv = [NI, "-o", str(out)] + MFF_ARGS
     args = p.parse_args(argv)
     args._stop_after = 3  # inside the hyperparameter search
     assert mff_train.run(args) == 130
     assert not out.exists() and (tmp_path / "m.mlff.ckpt").exists()
-    n_eval = sum(1 for line in capsys.readouterr().out.splitlines() if "log ML=" in line)
+    n_eval = sum(1 for line in capsys.readouterr().err.splitlines() if "log ML=" in line)
     args = p.parse_args(argv + ["--resume"])
     args._stop_after = n_total - 3 + 2  # the rest of the search, the fit, then one mapping block
     from ase_mlff.io import read_archive

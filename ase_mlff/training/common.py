@@ -51,6 +51,15 @@ def reference_energies(frames, species: Sequence[int]) -> np.ndarray:
     return np.linalg.lstsq(counts, energies, rcond=None)[0]
 
 
+def read_training_data(data, energy_unit=None):
+    """A Dataset (or dict of arrays) as given; a path read by :func:`ase_mlff.data.read`."""
+    if isinstance(data, (str, os.PathLike)):
+        from .. import data as data_mod
+
+        return data_mod.read(data, energy_unit=energy_unit)
+    return data
+
+
 # ------------------------------------------------------------------------------ metrics
 def _mae_rmse(err) -> tuple[float, float]:
     err = np.asarray(err, dtype=float).ravel()
@@ -206,27 +215,50 @@ class Option:
     kind: str = "value"
     choices: Sequence | None = None
     cli: bool = True  # False: library only (e.g. arrays of indices)
+    library: bool = True  # False: command line only (output file, plot, ...)
+    short: str | None = None  # e.g. "-o"
 
 
 class UsageError(Exception):
     """A problem with the command line or the config file (exit status 2)."""
 
 
+class _Given(argparse.Action):
+    """Stores like ``store`` / ``store_true`` and records that the flag was given, so that a
+    config file overrides defaults but never a flag the user typed."""
+
+    def __init__(self, option_strings, dest, flag=False, **kwargs):
+        if flag:
+            kwargs.update(nargs=0)
+        self.flag = flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True if self.flag else values)
+        given = set(getattr(namespace, "_given", ()))
+        given.add(self.dest)
+        setattr(namespace, "_given", given)
+
+
 def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> argparse.ArgumentParser:
-    """Flags for ``options`` (all with default None, so that a config file can sit between the
-    defaults and the flags) plus ``--config``."""
+    """Flags for the command-line ``options`` (defaults and units stated in the help) plus
+    ``--config``. Parsed values carry the defaults; the flags actually typed are recorded in
+    ``args._given`` for :func:`resolve_options`."""
     for opt in options:
         if not opt.cli:
             continue
         flag = "--" + opt.name.replace("_", "-")
         shown = "none" if opt.default is None else ("off" if opt.default is False else opt.default)
         text = f"{opt.help} (default: {shown})"
+        flags = (opt.short, flag) if opt.short else (flag,)
         if opt.kind == "flag":
-            parser.add_argument(flag, dest=opt.name, action="store_true", default=None, help=text)
+            parser.add_argument(*flags, dest=opt.name, action=_Given, flag=True, default=opt.default, help=text)
         else:
-            parser.add_argument(flag, dest=opt.name, type=opt.type, choices=opt.choices, default=None, help=text)
+            parser.add_argument(*flags, dest=opt.name, action=_Given, type=opt.type, choices=opt.choices,
+                                default=opt.default, help=text)
     parser.add_argument("--config", help="YAML (or JSON) file of options, keys = flag names without '--' "
                                          "(n-train or n_train); flags override it (default: none)")
+    parser.set_defaults(_given=frozenset())
     return parser
 
 
@@ -247,24 +279,34 @@ def load_config(path) -> dict[str, Any]:
 
 
 def resolve_options(options: Sequence[Option], args=None, given: dict | None = None,
-                    extra: Sequence[str] = ()) -> dict[str, Any]:
-    """Defaults, then ``--config`` (from ``args``), then the flags that were given (not None)
-    and ``given`` (library keywords). Unknown names raise :class:`UsageError` (config) or
-    ``TypeError`` (keywords); ``extra`` names are accepted as they are."""
+                    extra: Sequence[str] = (), aliases: dict | None = None) -> dict[str, Any]:
+    """Defaults, then ``--config`` (from ``args``), then the flags typed on the command line
+    (``args._given``; without that record, every value of ``args`` that is not None), then
+    ``given`` (library keywords). Unknown names raise :class:`UsageError` (config) or
+    ``TypeError`` (keywords); ``extra`` names are accepted as they are; ``aliases`` maps other
+    config spellings to option names (e.g. ``dataset`` -> ``data``)."""
     names = {o.name for o in options} | set(extra)
     opts: dict[str, Any] = {o.name: o.default for o in options}
     config = getattr(args, "config", None) if args is not None else None
     if config:
         cfg = load_config(config)
+        for old, new in (aliases or {}).items():
+            if old in cfg and new not in cfg:
+                cfg[new] = cfg.pop(old)
         unknown = sorted(set(cfg) - names)
         if unknown:
             raise UsageError(f"unknown option(s) in --config {config}: {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(names))})")
         opts.update(cfg)
     if args is not None:
+        typed = getattr(args, "_given", None)
+        declared = {o.name for o in options}
         for k in names:
             v = getattr(args, k, None)
-            if v is not None:
+            if k in declared and typed is not None:
+                if k in typed:
+                    opts[k] = v
+            elif v is not None:  # positional arguments (None unless given), hand-built namespaces
                 opts[k] = v
     if given:
         unknown = sorted(set(given) - names)

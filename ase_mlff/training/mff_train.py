@@ -32,71 +32,49 @@ import time
 import numpy as np
 
 
+from .common import (Option, UsageError, add_options, check_new_output, format_metrics, frame_metrics,
+                     predict_frames, read_training_data, reference_energies, resolve_options, timed_printer)
+from .common import training_record as common_record
+
 #: options that change the trained model (recorded in checkpoints; a resume must match them)
 MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
                  "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed")
 
+#: every option of ``train mff``: library keyword, flag and config key (docs/training.md)
+OPTIONS = (
+    Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
+    Option("rc2", 5.0, "2-body cutoff (Å; 0: no 2-body term)", float),
+    Option("rc3", 3.7, "3-body cutoff (Å; 0: no 3-body term)", float),
+    Option("n_test", 60, "frames held out for testing", int),
+    Option("n_energy", 8, "training energies used", int),
+    Option("n_force_atoms", 100, "atoms whose forces are used", int),
+    Option("atoms_per_frame", 2, "force atoms taken per frame", int),
+    Option("hyper_energy", 4, "energies in the hyperparameter subset", int),
+    Option("hyper_force_atoms", 40, "force atoms in the hyperparameter subset", int),
+    Option("no_optimise", False, "keep the initial hyperparameters", kind="flag"),
+    Option("l2", 0.8, "initial 2-body length scale (Å)", float),
+    Option("l3", 1.0, "initial 3-body length scale (Å)", float),
+    Option("h2", 0.1, "2-body spline knot spacing (Å; LAMMPS export: rc2/h2 <= ~55)", float),
+    Option("h3", 0.1, "3-body spline knot spacing (Å; LAMMPS export: rc3/h3 <= ~45)", float),
+    Option("samples_per_interval", 2, "GP samples per 3-body spline interval (LS fit)", int),
+    Option("n_gp_eval", 8, "test frames on which the unmapped GP is evaluated", int),
+    Option("seed", 0, "seed of the random streams (test split, training energies and force atoms)", int),
+    Option("checkpoint", None, "checkpoint file, removed after the model is saved "
+                               "(none: OUTPUT.ckpt on the command line; no checkpoints in Python)"),
+    Option("checkpoint_interval", 60.0, "least seconds between checkpoints (one is always written after "
+                                        "the fit, and on Ctrl-C/SIGTERM)", float),
+    Option("resume", False, "continue an interrupted run from its checkpoint (same data and options)", kind="flag"),
+    Option("output", None, "model file to write (.mlff; required)", library=False, short="-o"),
+    Option("overwrite", False, "replace an existing output model file", kind="flag", library=False),
+    Option("report", None, "write the measured errors and timings to this JSON file", library=False),
+    Option("plot", None, "write a parity plot (PNG) of the mapped model on the test frames", library=False),
+)
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.add_argument("data", help="training data file (extxyz, npz, db ...; eV, Å)")
-    parser.add_argument("-o", "--output", required=True, help="model file to write (.mlff; required)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output model file")
-    parser.add_argument("--rc2", type=float, default=5.0, help="2-body cutoff (Å; 0: no 2-body term)")
-    parser.add_argument("--rc3", type=float, default=3.7, help="3-body cutoff (Å; 0: no 3-body term)")
-    parser.add_argument("--n-test", type=int, default=60, help="frames held out for testing")
-    parser.add_argument("--n-energy", type=int, default=8, help="training energies used")
-    parser.add_argument("--n-force-atoms", type=int, default=100, help="atoms whose forces are used")
-    parser.add_argument("--atoms-per-frame", type=int, default=2, help="force atoms taken per frame")
-    parser.add_argument("--hyper-energy", type=int, default=4, help="energies in the hyperparameter subset")
-    parser.add_argument("--hyper-force-atoms", type=int, default=40, help="force atoms in the hyperparameter subset")
-    parser.add_argument("--no-optimise", action="store_true", help="keep the initial hyperparameters")
-    parser.add_argument("--l2", type=float, default=0.8, help="initial 2-body length scale (Å)")
-    parser.add_argument("--l3", type=float, default=1.0, help="initial 3-body length scale (Å)")
-    parser.add_argument("--h2", type=float, default=0.1, help="2-body spline knot spacing (Å; LAMMPS export: rc2/h2 <= ~55)")
-    parser.add_argument("--h3", type=float, default=0.1, help="3-body spline knot spacing (Å; LAMMPS export: rc3/h3 <= ~45)")
-    parser.add_argument("--samples-per-interval", type=int, default=2, help="GP samples per 3-body spline interval (LS fit)")
-    parser.add_argument("--n-gp-eval", type=int, default=8, help="test frames on which the unmapped GP is evaluated")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the random streams (test split, training energies and force atoms)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint file, removed after the model is saved (None: OUTPUT.ckpt)")
-    parser.add_argument("--checkpoint-interval", type=float, default=60.0,
-                        help="least seconds between checkpoints (one is always written after the fit, "
-                             "and on Ctrl-C/SIGTERM)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from its checkpoint (same data and options)")
-    parser.add_argument("--report", help="write the measured errors and timings to this JSON file")
-    parser.add_argument("--plot", help="write a parity plot (PNG) of the mapped model on the test frames")
-    return parser
-
-
-def _errors(calc, frames, stress: bool = True, keep: list | None = None) -> dict:
-    de, df, ds = [], [], []
-    for fr in frames:
-        atoms = fr.to_atoms()
-        atoms.calc = calc
-        e = atoms.get_potential_energy()
-        f = atoms.get_forces()
-        if keep is not None:
-            keep.append(f)
-        if fr.energy is not None:
-            de.append((e - fr.energy) / len(fr))
-        if fr.forces is not None:
-            df.append(f - fr.forces)
-        if stress and fr.stress is not None and np.all(fr.pbc):
-            ds.append(atoms.get_stress() - fr.stress)
-    out = {"n_frames": len(frames)}
-    if de:
-        de = np.array(de)
-        out.update(energy_mae_mev_atom=1e3 * np.abs(de).mean(), energy_rmse_mev_atom=1e3 * np.sqrt((de**2).mean()))
-    if df:
-        df = np.concatenate(df)
-        out.update(force_mae_mev_a=1e3 * np.abs(df).mean(), force_rmse_mev_a=1e3 * np.sqrt((df**2).mean()))
-    if ds:
-        ds = np.array(ds)
-        out.update(stress_rmse_gpa=float(np.sqrt((ds**2).mean()) * 160.21766))
-    return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in out.items()}
+    parser.add_argument("data", nargs="?", help="training data file (extxyz, npz, db ...; eV, Å; "
+                                                "default: \"data\" in --config)")
+    return add_options(parser, OPTIONS)
 
 
 def _pick_force_atoms(dataset, pool, n_atoms, per_frame, rng):
@@ -128,8 +106,7 @@ def _check_counts(args, n_frames: int) -> None:
         raise DatasetError(f"--n-test {args.n_test} leaves no training frames: the data have {n_frames} frames")
 
 
-class _UsageError(Exception):
-    """A problem with the command line itself (exit code 2)."""
+_UsageError = UsageError  # old name
 
 
 def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkpoint_interval: float = 60.0,
@@ -140,7 +117,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     from ..calculator import MLFFCalculator
     from ..rng import random_stream
     from .checkpoint import Checkpointer, StopGuard, identity
-    from .mff_gp import Hyper, NBodyGP, fit_reference_energies
+    from .mff_gp import Hyper, NBodyGP
 
     t_start = time.perf_counter()
     _check_counts(args, len(ds))
@@ -161,7 +138,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     gp = NBodyGP(species, rc2=args.rc2, rc3=args.rc3, hyper=Hyper(l2=args.l2, l3=args.l3))
     e0 = None
     if energy_frames:
-        e0 = fit_reference_energies([ds[int(i)] for i in energy_pool], gp.species)
+        e0 = reference_energies([ds[int(i)] for i in energy_pool], gp.species)
 
     with StopGuard(stream=sys.stderr) as guard:
         ckpt = Checkpointer(checkpoint, ident, interval_s=checkpoint_interval, stop_after=stop_after, guard=guard)
@@ -233,21 +210,24 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     mapped_calc = MLFFCalculator(model)
     gp_calc = MLFFCalculator(gp.as_model())
     t = time.perf_counter()
-    err_mapped = _errors(mapped_calc, test)
-    f_map, f_gp = [], []
-    err_mapped_sub = _errors(mapped_calc, test[: args.n_gp_eval], keep=f_map)
+    pred_mapped = predict_frames(mapped_calc, test)
+    err_mapped = frame_metrics(test, pred_mapped)
+    sub = test[: args.n_gp_eval]
+    err_mapped_sub = frame_metrics(sub, pred_mapped[: len(sub)])
     t_mapped = time.perf_counter() - t
     t = time.perf_counter()
-    err_gp_sub = _errors(gp_calc, test[: args.n_gp_eval], keep=f_gp)
+    pred_gp = predict_frames(gp_calc, sub)
+    err_gp_sub = frame_metrics(sub, pred_gp)
     t_gp = time.perf_counter() - t
-    diff = [fm - fg for fm, fg in zip(f_map, f_gp)]
+    diff = [pm["forces"] - pg["forces"] for pm, pg in zip(pred_mapped, pred_gp)]
     mapped_vs_gp = 1e3 * float(np.sqrt(np.mean(np.concatenate(diff) ** 2))) if diff else None
     report = {
         "command": " ".join(sys.argv) if sys.argv else None,
-        "data": args.data,
+        "data": getattr(args, "data", None) or getattr(ds, "source", None),
         "data_sha256": ds.sha256(),
         "seed": args.seed,
-        "split": {"n_pool": len(pool), "n_test": len(test), "test_indices": [int(i) for i in split.test]},
+        "split": {"n_pool": len(pool), "n_test": len(test), "test_indices": [int(i) for i in split.test],
+                  "pool_indices": [int(i) for i in pool]},
         "training_labels": gp.n_labels,
         "energy_frames": energy_frames,
         "hyperparameters": gp.hyper.as_dict(),
@@ -258,11 +238,51 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         "test_mapped": err_mapped,
         "test_subset_mapped": err_mapped_sub,
         "test_subset_gp": err_gp_sub,
-        "mapped_vs_gp_force_rms_mev_a": mapped_vs_gp,
+        "mapped_vs_gp_forces_rmse_meV_per_A": mapped_vs_gp,
         "resumed": bool(resume),
         "total_s": time.perf_counter() - t_start,
     }
     return model, gp, report
+
+
+def training_record(model, gp, report: dict, options: dict, ds) -> dict:
+    """The ``training`` dict of an MFF model file: the shared record (split, metrics, units,
+    seed) plus the GP's results, and a periodic training frame for ``export --lammps``."""
+    from ..export.lammps import example_frame_index, structure_record
+
+    extra = {}
+    held_out = set(report["split"]["test_indices"])
+    k = example_frame_index(ds, model.species, [i for i in range(len(ds)) if i not in held_out])
+    if k is not None:  # lets `ase-mlff export --lammps` write a runnable example without the data
+        extra["example_structure"] = structure_record(ds[k].to_atoms(), f"frame {k} of {report['data']}")
+    return common_record(
+        "mff", "ase_mlff.training.mff_train", data_sha256=report["data_sha256"], source=report["data"],
+        seed=report["seed"], options=options,
+        split={"train": report["split"]["pool_indices"], "valid": None, "test": report["split"]["test_indices"]},
+        metrics={"test": report["test_mapped"], "test_subset": report["test_subset_mapped"],
+                 "test_subset_gp": report["test_subset_gp"]},
+        method="2+3-body GP mapped onto splines (ase-mlff)",
+        mapped_vs_gp_forces_rmse_meV_per_A=report["mapped_vs_gp_forces_rmse_meV_per_A"],
+        hyperparameters=report["hyperparameters"], log_marginal_likelihood=report["log_marginal_likelihood"],
+        reference_energies_eV=report["reference_energies_eV"], training_labels=report["training_labels"],
+        energy_frames=report["energy_frames"], train_time_s=report["total_s"], resumed=report["resumed"],
+        **extra)
+
+
+def train(data, progress=None, stop_after: int | None = None, _cli: bool = False, **options):
+    """``ase_mlff.train("mff", data, **options)``: train the GP, map it, evaluate; returns
+    ``(model, record)``, the record being the ``training`` dict its model file gets. ``data``:
+    a Dataset or a path; ``options``: the names of :data:`OPTIONS`."""
+    opts = resolve_options([o for o in OPTIONS if o.library], given=options)
+    ds = read_training_data(data, opts["energy_unit"])
+    args = argparse.Namespace(**opts)
+    args.data = data if isinstance(data, (str, os.PathLike)) else getattr(ds, "source", None)
+    model, gp, report = train_mff(args, ds, log=progress or (lambda msg: None), checkpoint=opts["checkpoint"],
+                                  resume=bool(opts["resume"]), checkpoint_interval=float(opts["checkpoint_interval"]),
+                                  stop_after=stop_after)
+    rec = training_record(model, gp, report, opts, ds)
+    rec["_report"] = report  # taken out by run() (--report); not saved
+    return model, rec
 
 
 def _parity(path, model, frames) -> None:
@@ -287,67 +307,59 @@ def _parity(path, model, frames) -> None:
 
 
 def run(args) -> int:
-    """The ``train mff`` command; returns the exit code (0, 1 bad data, 2 usage, 130/143 interrupted)."""
-    from .. import data
+    """The ``train mff`` command: options (flags over --config over defaults), then
+    :func:`train`, then the model file; returns the exit code (0, 1 bad data, 2 usage,
+    130/143 interrupted)."""
     from ..errors import MLFFError
     from ..io import save_model
-    from .checkpoint import TrainingInterrupted, check_output, default_checkpoint_path
+    from .checkpoint import TrainingInterrupted, default_checkpoint_path
     from .sgdml_train import cli_message, interrupted_message
-
-    def log(msg):
-        print(msg, flush=True)
 
     def fail(msg, code):
         print(f"ase-mlff train mff: error: {msg}", file=sys.stderr)
         return code
 
-    ckpt_path = args.checkpoint or default_checkpoint_path(args.output)
     try:
-        check_output(args.output, args.overwrite, args.resume)
-    except FileExistsError as exc:
+        opts = resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",), aliases={"dataset": "data"})
+        if not opts.get("data"):
+            raise UsageError("no data given (the first argument, or \"data\" in --config)")
+        if not opts.get("output"):
+            raise UsageError("no output model file given (-o/--output, or \"output\" in --config)")
+        output = opts["output"]
+        ckpt_path = opts["checkpoint"] or default_checkpoint_path(output)
+        check_new_output(output, bool(opts["overwrite"]), bool(opts["resume"]), ckpt_path)
+    except UsageError as exc:
         return fail(exc, 2)
-    if not args.resume and os.path.exists(ckpt_path):
-        return fail(f"checkpoint {ckpt_path} exists from an interrupted run; add --resume to continue it, "
-                    "or delete it to start over", 2)
-    if args.resume and not os.path.exists(ckpt_path):
-        return fail(f"--resume: there is no checkpoint {ckpt_path} (give it with --checkpoint, "
-                    "or start without --resume)", 2)
+    progress = timed_printer()
+    lib = {o.name: opts[o.name] for o in OPTIONS if o.library and o.cli}
+    lib["checkpoint"] = ckpt_path
     try:
-        ds = data.read(args.data)
-        model, gp, report = train_mff(args, ds, log=log, checkpoint=ckpt_path, resume=args.resume,
-                                      checkpoint_interval=args.checkpoint_interval,
-                                      stop_after=getattr(args, "_stop_after", None))
-    except _UsageError as exc:
+        ds = read_training_data(opts["data"], opts["energy_unit"])
+        model, rec = train(ds, progress=progress,
+                           stop_after=getattr(args, "_stop_after", None), _cli=True, **lib)
+    except UsageError as exc:
         return fail(exc, 2)
     except TrainingInterrupted as exc:
         print(interrupted_message(exc, "ase-mlff train mff"), file=sys.stderr)
         return exc.exit_code
     except (MLFFError, OSError) as exc:
         return fail(cli_message(exc), 1)
-    from ..export.lammps import example_frame_index, structure_record
-
-    training_extra = {}
-    held_out = set(report["split"]["test_indices"])
-    k = example_frame_index(ds, model.species, [i for i in range(len(ds)) if i not in held_out])
-    if k is not None:  # lets `ase-mlff export --lammps` write a runnable example without the data
-        training_extra["example_structure"] = structure_record(ds[k].to_atoms(), f"frame {k} of {args.data}")
-    save_model(model, args.output, training={
-        **training_extra,
-        "data_sha256": ds.sha256(), "source": args.data, "units": {"energy": "eV", "length": "Ang"},
-        "recipe": "ase_mlff.training.mff_train", "split": report["split"], "hyperparameters": report["hyperparameters"],
-        "seed": args.seed,
-        "test_errors": {"mapped": report["test_mapped"], "gp_subset": report["test_subset_gp"],
-                        "mapped_subset": report["test_subset_mapped"],
-                        "mapped_vs_gp_force_rms_mev_a": report["mapped_vs_gp_force_rms_mev_a"]}})
+    report = rec.pop("_report")
+    rec["source"] = report["data"] = opts["data"]
+    rec["command"] = " ".join(sys.argv)
+    save_model(model, output, training=rec)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the model holds everything the checkpoint did
-    log(json.dumps(report, indent=1))
-    if args.report:
-        with open(args.report, "w") as fh:
+    print(f"MFF model written to {output} (rc2 {model.rc2:g} Å, rc3 {model.rc3:g} Å, "
+          f"{report['total_s']:.0f} s)")
+    for name, m in rec["metrics"].items():
+        print(format_metrics(name, m))
+    if opts.get("report"):
+        with open(opts["report"], "w") as fh:
             json.dump(report, fh, indent=1)
-    if args.plot:
-        _parity(args.plot, model, [ds[int(i)] for i in report["split"]["test_indices"]])
-        log(f"parity plot written to {args.plot}")
+    if opts.get("plot"):
+        _parity(opts["plot"], model, [ds[int(i)] for i in report["split"]["test_indices"]])
+        print(f"parity plot written to {opts['plot']}")
     return 0
 
 

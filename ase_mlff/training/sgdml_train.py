@@ -22,11 +22,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..data import stratified_indices
 from ..errors import DatasetError, MLFFError, TrainingError
 from ..models.sgdml import SGDMLModel
 from ..rng import random_stream
 from ..units import energy_factor
 from .checkpoint import Checkpointer, StopGuard, identity
+from .common import (Option, UsageError, add_options, check_new_output, error_metrics, format_metrics,
+                     read_training_data, resolve_options, timed_printer)
+from .common import training_record as common_record
 from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
 from .symmetries import close_group, find_symmetries
 
@@ -51,10 +55,8 @@ def _unpack(data) -> dict[str, Any]:
 
 
 def _stratified(E: np.ndarray, cand: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Same picks as :meth:`ase_mlff.data.Dataset.select_stratified` (same named stream)."""
-    order = np.lexsort((cand, E[cand]))
-    rng = random_stream(seed, "stratified")
-    return np.sort(np.array([int(b[rng.integers(len(b))]) for b in np.array_split(cand[order], n)], dtype=np.int64))
+    """Same picks as :meth:`ase_mlff.data.Dataset.select_stratified` (the same code)."""
+    return stratified_indices(E[cand], cand, n, seed)
 
 
 def _errors(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -62,19 +64,39 @@ def _errors(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(np.abs(e).mean()), float(np.sqrt((e * e).mean()))
 
 
-def error_table(E_pred, E_ref, F_pred, F_ref, unit: str) -> dict[str, float]:
-    """Energy and force MAE/RMSE in meV, meV/Å and in ``unit`` (energy) / ``unit``/Å."""
+def error_table(E_pred, E_ref, F_pred, F_ref, unit: str, z=None) -> dict[str, float]:
+    """The shared metrics (:func:`ase_mlff.training.common.error_metrics`: meV, meV/atom,
+    meV/Å, per element when ``z`` is given) plus MAE/RMSE in the data's ``unit`` (energy) and
+    ``unit``/Å (``energy_mae``, ``forces_rmse``, ...), and ``n`` frames."""
     f = energy_factor(unit)
+    E_ref = np.asarray(E_ref)
+    F_ref = np.asarray(F_ref)
+    n_atoms = F_ref.shape[-2] if F_ref.ndim >= 2 else 1
+    numbers = np.broadcast_to(np.asarray(z if z is not None else np.zeros(n_atoms, np.int64)),
+                              F_ref.shape[:-1]).reshape(-1)
+    shared = error_metrics(E_ref, E_pred, np.full(len(E_ref), n_atoms), F_ref.reshape(-1, 3),
+                           np.asarray(F_pred).reshape(-1, 3), numbers)
+    if z is None:
+        shared.pop("forces_per_element", None)
     e_mae, e_rmse = _errors(E_pred, E_ref)
     f_mae, f_rmse = _errors(F_pred, F_ref)
     return {
-        "n": int(len(E_ref)),
+        "n": int(len(E_ref)), "n_frames": int(len(E_ref)), "n_atoms": int(len(E_ref) * n_atoms), **shared,
         "energy_mae_meV": 1e3 * e_mae, "energy_rmse_meV": 1e3 * e_rmse,
         "forces_mae_meV_per_A": 1e3 * f_mae, "forces_rmse_meV_per_A": 1e3 * f_rmse,
         "unit": unit,
         "energy_mae": e_mae / f, "energy_rmse": e_rmse / f,
         "forces_mae": f_mae / f, "forces_rmse": f_rmse / f,
     }
+
+
+#: keys of :func:`error_table` in the data's own unit (not part of the shared metrics)
+_DATA_UNIT_KEYS = ("n", "unit", "energy_mae", "energy_rmse", "forces_mae", "forces_rmse")
+
+
+def shared_metrics(table: dict | None) -> dict | None:
+    """The shared-metrics part of an :func:`error_table` (what model files record)."""
+    return None if table is None else {k: v for k, v in table.items() if k not in _DATA_UNIT_KEYS}
 
 
 def _available_memory() -> float:
@@ -378,7 +400,7 @@ def train_sgdml(
             entry = {"sigma": float(sigma), "time_s": time.perf_counter() - ts}
             if len(valid_idx):
                 Epv, Fpv = model.predict_numpy(Rv)
-                entry["valid"] = error_table(Epv, Ev, Fpv, Fv, unit)
+                entry["valid"] = error_table(Epv, Ev, Fpv, Fv, unit, z)
                 say(f"sigma {sigma}: validation force RMSE {entry['valid']['forces_rmse_meV_per_A']:.2f} meV/Å, "
                     f"MAE {entry['valid']['forces_mae_meV_per_A']:.2f} meV/Å ({entry['time_s']:.0f} s)")
                 score = entry["valid"]["forces_rmse"]
@@ -420,7 +442,7 @@ def train_sgdml(
     if len(te_idx) and Ete is not None and Fte is not None:
         say(f"testing on {len(te_idx)} frames")
         Ep, Fp = model.predict_numpy(Rte[te_idx])
-        test_report = error_table(Ep, Ete[te_idx], Fp, Fte[te_idx], unit)
+        test_report = error_table(Ep, Ete[te_idx], Fp, Fte[te_idx], unit, z)
 
     report = {
         "sigma": model.sigma,
@@ -456,62 +478,90 @@ def train_sgdml(
     return model, report
 
 
-def training_record(report: dict[str, Any]) -> dict[str, Any]:
-    """The ``training`` dict for :func:`ase_mlff.io.save_model` (data hash, units, errors)."""
-    keep = ("sigma", "sigmas", "lam", "n_symmetries", "solver", "n_train", "n_valid", "n_test",
-            "train_time_s", "valid", "test", "label_checks", "source", "train_indices", "valid_indices",
-            "seed")
-    rec = {k: report.get(k) for k in keep}
-    rec["per_sigma"] = [{k: v for k, v in r.items()} for r in report["per_sigma"]]
-    rec["method"] = "sGDML (ase-mlff)"
-    rec["data_sha256"] = report.get("data_sha256")
-    rec["units"] = {"energy": report.get("energy_unit"), "length": "Ang",
-                    "forces": f"{report.get('energy_unit')}/Ang"}
-    return rec
+def training_record(report: dict[str, Any], options: dict | None = None) -> dict[str, Any]:
+    """The ``training`` dict for :func:`ase_mlff.io.save_model`: the shared record
+    (:func:`ase_mlff.training.common.training_record`: split, metrics, units, seed) plus the
+    sGDML results (sigma search, symmetries, solver, label checks)."""
+    unit = report.get("energy_unit")
+    valid = shared_metrics(report.get("valid"))
+    return common_record(
+        "sgdml", "ase_mlff.training.sgdml_train", data_sha256=report.get("data_sha256"),
+        source=report.get("source"), seed=report.get("seed"),
+        options=options if options is not None else {k: report.get(k) for k in ("sigmas", "lam", "solver")},
+        split={"train": report["train_indices"], "valid": report["valid_indices"],
+               "test": report.get("test_indices")},
+        metrics={"valid": valid, "test": shared_metrics(report.get("test"))},
+        units={"energy": unit, "length": "Ang", "forces": f"{unit}/Ang"},
+        method="sGDML (ase-mlff)",
+        sigma=report.get("sigma"), n_symmetries=report.get("n_symmetries"), solver=report.get("solver"),
+        n_train=report.get("n_train"), n_valid=report.get("n_valid"), n_test=report.get("n_test"),
+        per_sigma=[{k: (shared_metrics(v) if k == "valid" else v) for k, v in r.items()}
+                   for r in report["per_sigma"]],
+        label_checks=report.get("label_checks"), train_time_s=report.get("train_time_s"),
+        resumed=report.get("resumed"),
+    )
 
 
-# ---------------------------------------------------------------------------------- CLI
-_DEFAULTS = {"energy_unit": None, "n_train": 1000, "n_valid": 500, "n_test": None, "sigmas": None,
-             "lam": 1e-10, "symmetries": "auto", "solver": "auto", "seed": 0, "output": "model.mlff",
-             "plot": None, "test": None, "checkpoint": None, "checkpoint_interval": 60.0,
-             "resume": False, "overwrite": False}
+# ---------------------------------------------------------------------------------- options
+#: every option of ``train sgdml``: library keyword, flag and config key (docs/training.md)
+OPTIONS = (
+    Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (default: the unit the file states)"),
+    Option("n_train", 1000, "training geometries (drawn stratified by energy)", int),
+    Option("n_valid", 500, "validation geometries (choose sigma)", int),
+    Option("n_test", None, "test geometries (none: all remaining)", int),
+    Option("test", None, "separate test data file, same units (none: the frames not used)", kind="dataset"),
+    Option("sigmas", None, "kernel length scales, e.g. '10,20,30' or '10:100:10' (none: 10:100:10)"),
+    Option("lam", 1e-10, "regulariser", float),
+    Option("symmetries", "auto", "detect permutational symmetries (auto) or not (none)", choices=["auto", "none"]),
+    Option("solver", "auto", "linear solver", choices=["auto", "cholesky", "cg"]),
+    Option("seed", 0, "seed of the random streams: training/validation/test frames, CG inducing geometries", int),
+    Option("cg_tol", 1e-4, "relative residual at which CG stops", float),
+    Option("cg_maxiter", 5000, "most CG iterations", int),
+    Option("n_inducing", None, "geometries of the CG preconditioner (none: by memory)", int),
+    Option("memory_limit", None, "bytes of memory the solver may assume (none: what is available)", float),
+    Option("train_indices", None, "explicit training frames", cli=False),
+    Option("valid_indices", None, "explicit validation frames", cli=False),
+    Option("test_indices", None, "explicit test frames", cli=False),
+    Option("checkpoint", None, "checkpoint file, written during training and removed after the model is saved "
+                               "(none: OUTPUT.ckpt on the command line; no checkpoints in Python)"),
+    Option("checkpoint_interval", 60.0, "seconds between checkpoints during a CG solve; one is also written "
+                                        "after every sigma and on Ctrl-C/SIGTERM", float),
+    Option("checkpoint_every", None, "CG iterations between checkpoints", int, cli=False),
+    Option("resume", False, "continue an interrupted run from its checkpoint (same data and options)", kind="flag"),
+    Option("output", "model.mlff", "model file to write", library=False, short="-o"),
+    Option("overwrite", False, "replace an existing output model file", kind="flag", library=False),
+    Option("plot", None, "parity plot (PNG) of the test predictions", library=False),
+)
+_DEFAULTS = {o.name: o.default for o in OPTIONS if o.cli}
 
 #: exit codes of ``train sgdml`` and ``train mff`` (documented in docs/training.md)
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
 
+def train(data, progress: Callable[[str], None] | None = None, stop_after: int | None = None,
+          _cli: bool = False, **options) -> tuple[SGDMLModel, dict[str, Any]]:
+    """``ase_mlff.train("sgdml", data, **options)``: train and return ``(model, record)``, the
+    record being the ``training`` dict its model file gets. ``data``: a Dataset, a path (read
+    with ``energy_unit``) or a dict of arrays (see :func:`train_sgdml`); ``options``: the names
+    of :data:`OPTIONS`. ``test`` may be a Dataset or a path."""
+    opts = resolve_options([o for o in OPTIONS if o.library], given=options)
+    ds = read_training_data(data, opts["energy_unit"])
+    test = read_training_data(opts["test"], opts["energy_unit"]) if opts["test"] is not None else None
+    kw = {k: v for k, v in opts.items() if k not in ("energy_unit", "test", "n_train", "n_valid", "sigmas")}
+    model, report = train_sgdml(ds, int(opts["n_train"]), int(opts["n_valid"]), sigmas=parse_sigmas(opts["sigmas"]),
+                                test=test, progress=progress, stop_after=stop_after, _cli=_cli, **kw)
+    rec = training_record(report, opts)
+    if test is not None:
+        rec["test_source"] = getattr(test, "source", None)
+        rec["test_data_sha256"] = test.sha256() if hasattr(test, "sha256") else None
+    return model, rec
+
+
+# ---------------------------------------------------------------------------------- CLI
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    # defaults live in _DEFAULTS (a --config file sits between them and the flags), so each
-    # help text states its default itself
-    parser.add_argument("dataset", nargs="?", help="training data (npz, extxyz, ASE db, ...)")
-    parser.add_argument("--energy-unit", dest="energy_unit",
-                        help="energy unit of the data file, e.g. kcal/mol (default: the unit the file states)")
-    parser.add_argument("--n-train", dest="n_train", type=int, help="training geometries (default: 1000)")
-    parser.add_argument("--n-valid", dest="n_valid", type=int, help="validation geometries (default: 500)")
-    parser.add_argument("--n-test", dest="n_test", type=int, help="test geometries (default: all remaining)")
-    parser.add_argument("--test", help="separate test data file, same units (default: the frames not used)")
-    parser.add_argument("--sigmas", help="kernel length scales, e.g. '10,20,30' or '10:100:10' (default: 10:100:10)")
-    parser.add_argument("--lam", type=float, help="regulariser (default: 1e-10)")
-    parser.add_argument("--symmetries", choices=["auto", "none"], help="detect symmetries (default: auto)")
-    parser.add_argument("--solver", choices=["auto", "cholesky", "cg"], help="linear solver (default: auto)")
-    parser.add_argument("--seed", type=int,
-                        help="seed of the random streams: training/validation/test frames, CG inducing "
-                             "geometries (default: 0)")
-    parser.add_argument("-o", "--output", help="model file to write (default: model.mlff)")
-    parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="replace an existing output model file (default: refuse)")
-    parser.add_argument("--checkpoint",
-                        help="checkpoint file, written during training and removed after the model is saved "
-                             "(default: OUTPUT.ckpt)")
-    parser.add_argument("--checkpoint-interval", dest="checkpoint_interval", type=float,
-                        help="seconds between checkpoints during a CG solve; a checkpoint is also written "
-                             "after every sigma and on Ctrl-C/SIGTERM (default: 60)")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue an interrupted run from its checkpoint (same data and options) "
-                             "(default: start afresh)")
-    parser.add_argument("--plot", help="write a parity plot (PNG) of the test predictions (default: none)")
-    parser.add_argument("--config", help="JSON file with any of these options; flags override it (default: none)")
-    return parser
+    parser.add_argument("dataset", nargs="?", help="training data (npz, extxyz, ASE db, ...; default: \"data\" "
+                                                   "in --config)")
+    return add_options(parser, OPTIONS)
 
 
 def parse_sigmas(text) -> list[float] | None:
@@ -535,28 +585,12 @@ def parse_sigmas(text) -> list[float] | None:
     return out
 
 
-class _UsageError(Exception):
-    """A problem with the command line itself (exit code 2)."""
+_UsageError = UsageError  # old name
 
 
 def _resolve(args) -> dict[str, Any]:
-    opts = dict(_DEFAULTS)
-    if getattr(args, "config", None):
-        try:
-            with open(args.config) as fh:
-                cfg = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise _UsageError(f"cannot read --config {args.config}: {exc}") from None
-        cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
-        unknown = set(cfg) - set(_DEFAULTS) - {"dataset"}
-        if unknown:
-            raise _UsageError(f"unknown option(s) in --config {args.config}: {', '.join(sorted(unknown))}")
-        opts.update(cfg)
-    for k in list(_DEFAULTS) + ["dataset"]:
-        v = getattr(args, k, None)
-        if v is not None:
-            opts[k] = v
-    return opts
+    """Options of a parsed command line: defaults, then --config, then the flags typed."""
+    return resolve_options([o for o in OPTIONS if o.cli], args, extra=("dataset",), aliases={"data": "dataset"})
 
 
 def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") -> str:
@@ -604,9 +638,11 @@ def interrupted_message(exc, command: str) -> str:
 
 
 def run(args) -> int:
-    from .. import data as data_mod
+    """The ``train sgdml`` command: options (flags over --config over defaults), then
+    :func:`train`, then the model file (and parity plot). Exit status 0, 1 (data), 2 (usage),
+    130/143 (interrupted; resume with --resume)."""
     from ..io import save_model
-    from .checkpoint import TrainingInterrupted, check_output, default_checkpoint_path
+    from .checkpoint import TrainingInterrupted, default_checkpoint_path
 
     def fail(msg, code):
         print(f"ase-mlff train sgdml: error: {msg}", file=sys.stderr)
@@ -614,72 +650,40 @@ def run(args) -> int:
 
     try:
         opts = _resolve(args)
-        sigmas = parse_sigmas(opts["sigmas"])
-    except (_UsageError, ValueError) as exc:
+        parse_sigmas(opts["sigmas"])
+        if not opts.get("dataset"):
+            raise UsageError("no dataset given (the first argument, or \"data\" in --config)")
+        output = opts["output"]
+        ckpt_path = opts["checkpoint"] or default_checkpoint_path(output)
+        check_new_output(output, bool(opts["overwrite"]), bool(opts["resume"]), ckpt_path)
+    except (UsageError, ValueError) as exc:
         return fail(exc, EXIT_USAGE)
-    if not opts.get("dataset"):
-        return fail("no dataset given (the first argument, or \"dataset\" in --config)", EXIT_USAGE)
-    output = opts["output"]
-    ckpt_path = opts["checkpoint"] or default_checkpoint_path(output)
+    progress = timed_printer()
+    lib = {o.name: opts[o.name] for o in OPTIONS if o.library and o.cli}
+    lib["checkpoint"] = ckpt_path
     try:
-        check_output(output, bool(opts["overwrite"]), bool(opts["resume"]))
-    except FileExistsError as exc:
-        return fail(exc, EXIT_USAGE)
-    if not opts["resume"] and os.path.exists(ckpt_path):
-        return fail(f"checkpoint {ckpt_path} exists from an interrupted run; add --resume to continue it, "
-                    "or delete it to start over", EXIT_USAGE)
-    if opts["resume"] and not os.path.exists(ckpt_path):
-        return fail(f"--resume: there is no checkpoint {ckpt_path} (give it with --checkpoint, "
-                    "or start without --resume)", EXIT_USAGE)
-    t0 = time.perf_counter()
-
-    def progress(msg):
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    try:
-        ds = data_mod.read(opts["dataset"], energy_unit=opts["energy_unit"])
-        test = data_mod.read(opts["test"], energy_unit=opts["energy_unit"]) if opts.get("test") else None
-    except (DatasetError, OSError) as exc:
-        return fail(cli_message(exc), EXIT_DATA)
-    progress(f"read {len(ds)} frames from {opts['dataset']}" + (f", {len(test)} test frames" if test else ""))
-    try:
-        model, report = train_sgdml(
-            ds, int(opts["n_train"]), int(opts["n_valid"]), sigmas=sigmas,
-            lam=float(opts["lam"]), symmetries=opts["symmetries"], solver=opts["solver"],
-            seed=int(opts["seed"]), progress=progress, test=test,
-            n_test=None if opts["n_test"] is None else int(opts["n_test"]),
-            checkpoint=ckpt_path, resume=bool(opts["resume"]),
-            checkpoint_interval=float(opts["checkpoint_interval"]),
-            stop_after=getattr(args, "_stop_after", None), _cli=True,
-        )
+        ds = read_training_data(opts["dataset"], opts["energy_unit"])
+        progress(f"read {len(ds)} frames from {opts['dataset']}")
+        model, rec = train(ds, progress=progress, stop_after=getattr(args, "_stop_after", None), _cli=True, **lib)
     except TrainingInterrupted as exc:
         print(interrupted_message(exc, "ase-mlff train sgdml"), file=sys.stderr)
         return exc.exit_code
-    except MLFFError as exc:
+    except (MLFFError, OSError) as exc:
         return fail(cli_message(exc), EXIT_DATA)
-    rec = training_record(report)
     rec["command"] = " ".join(sys.argv)
-    if test is not None:
-        rec["test_source"] = test.source
-        rec["test_data_sha256"] = test.sha256()
     save_model(model, output, training=rec)
     if os.path.exists(ckpt_path):
         os.unlink(ckpt_path)  # the model holds everything the checkpoint did
-    unit = report["energy_unit"]
-    print(f"sGDML model written to {output} (sigma {report['sigma']:g}, {report['n_symmetries']} "
-          f"symmetries, solver {report['solver']}, {report['n_train']} training geometries, "
-          f"{report['train_time_s']:.0f} s, peak memory {report['peak_memory_bytes'] / 2**30:.2f} GiB)")
+    print(f"sGDML model written to {output} (sigma {rec['sigma']:g}, {rec['n_symmetries']} "
+          f"symmetries, solver {rec['solver']}, {rec['n_train']} training geometries, "
+          f"{rec['train_time_s']:.0f} s)")
     for name in ("valid", "test"):
-        t = report.get(name)
-        if not t:
-            continue
-        print(f"{name:5s} ({t['n']} frames): energy MAE {t['energy_mae']:.4f} {unit} ({t['energy_mae_meV']:.2f} meV), "
-              f"RMSE {t['energy_rmse']:.4f} {unit} ({t['energy_rmse_meV']:.2f} meV); "
-              f"forces MAE {t['forces_mae']:.4f} {unit}/Å ({t['forces_mae_meV_per_A']:.2f} meV/Å), "
-              f"RMSE {t['forces_rmse']:.4f} {unit}/Å ({t['forces_rmse_meV_per_A']:.2f} meV/Å)")
+        if rec["metrics"].get(name):
+            print(format_metrics(name, rec["metrics"][name]))
     if opts.get("plot"):
-        arr = (test if test is not None else ds).arrays()
-        idx = np.asarray(report["test_indices"], dtype=np.int64)
+        test = read_training_data(opts["test"], opts["energy_unit"]) if opts.get("test") else ds
+        arr = test.arrays()
+        idx = np.asarray(rec["split"]["test"], dtype=np.int64)
         if len(idx):
             Ep, Fp = model.predict_numpy(arr["R"][idx])
             parity_plot(opts["plot"], Ep, arr["E"][idx], Fp, arr["F"][idx], arr["R"].shape[1],
