@@ -493,7 +493,7 @@ def training_record(report: dict[str, Any], options: dict | None = None) -> dict
         metrics={"valid": valid, "test": shared_metrics(report.get("test"))},
         units={"energy": unit, "length": "Ang", "forces": f"{unit}/Ang"},
         method="sGDML (ase-mlff)",
-        sigma=report.get("sigma"), n_symmetries=report.get("n_symmetries"), solver=report.get("solver"),
+        sigma=report.get("sigma"), sigmas=report.get("sigmas"), lam=report.get("lam"), n_symmetries=report.get("n_symmetries"), solver=report.get("solver"),
         n_train=report.get("n_train"), n_valid=report.get("n_valid"), n_test=report.get("n_test"),
         per_sigma=[{k: (shared_metrics(v) if k == "valid" else v) for k, v in r.items()}
                    for r in report["per_sigma"]],
