@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -272,7 +273,7 @@ def test_cli_interrupt_exit_code_and_resume(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- data parallel
 def test_two_processes_give_the_single_process_loss_curve(tmp_path):
-    """torchrun with 2 gloo processes on CPU and one process, same global batch: the same loss
+    """2 gloo processes on CPU (as ``torchrun --nproc_per_node 2`` starts them) and one process, same global batch: the same loss
     curve (to float64 summation-order tolerance) and the same final weights."""
     import torch.distributed as dist
 
@@ -281,11 +282,19 @@ def test_two_processes_give_the_single_process_loss_curve(tmp_path):
     common = [MO, "--family", "test_pair_mlp", "--import", "test_trainer", "--model-config",
               '{"cutoff": 4.0, "hidden": 6}', "--epochs", "3", "--batch-size", "4", "--n-valid", "2",
               "--dtype", "float64", "--no-plots", "--device", "cpu", "--lr", "3e-3"]
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-           "-m", "ase_mlff.training.trainer", *common, "-o", str(tmp_path / "ddp.mlff")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the environment torchrun gives its workers (launching the workers directly saves the
+    # agent's start-up, seconds on a loaded machine); the command is the documented one
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "ase_mlff.training.trainer", *common, "-o", str(tmp_path / "ddp.mlff")]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.path.dirname(__file__), OMP_NUM_THREADS="1",
+                                       RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     assert main(common + ["-o", str(tmp_path / "one.mlff")]) == 0
 
     from ase_mlff.io import load_model, read_metadata
@@ -299,3 +308,17 @@ def test_two_processes_give_the_single_process_loss_curve(tmp_path):
     a, b = load_model(tmp_path / "ddp.mlff").state_dict(), load_model(tmp_path / "one.mlff").state_dict()
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-8, atol=1e-12, err_msg=k)
+
+
+def test_diverging_loss_is_an_error_not_nan_weights(ni):
+    from ase_mlff.errors import TrainingError
+
+    frames = [f.copy() for f in _small(ni)[:2]]
+    frames[1].forces[0, 0] = 1e200  # finite label, but its square overflows
+    model = PairMLP()
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    with pytest.raises(TrainingError, match="lower --lr"):
+        train_network(model, frames, (), TrainerOptions(epochs=1, batch_size=2, dtype="float64",
+                                                         fit_reference=False), plots=False)
+    for k, p in model.named_parameters():  # the step that diverged was not taken
+        assert torch.equal(p.detach(), before[k]), k

@@ -678,12 +678,12 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                     scheduler.step(monitor)
                 st["epoch"] += 1
                 st["perm"], st["step"] = None, 0
-                if opts.patience and st["epoch"] - st["best_epoch"] >= opts.patience:
+                if opts.patience and st["epoch"] - (st["best_epoch"] or 0) >= opts.patience:
                     st["finished"], st["stopped"] = True, "early_stopping"
                 elif st["epoch"] >= opts.epochs:
                     st["finished"], st["stopped"] = True, "epochs"
                 line = f"epoch {st['epoch']}/{opts.epochs} lr {entry['lr']:.3g} " + _metrics_text(entry)
-                if ddp.is_main:
+                if ddp.is_main and not bar.enabled:  # the bar shows the same numbers
                     say(line)
                 bar.update(st["epoch"], _metrics_text(entry))
                 st["elapsed"] = elapsed0 + time.perf_counter() - t_start
@@ -805,10 +805,16 @@ def _train_step(model, params, optimizer, batch, graphs, labels, opts, ddp, need
     else:
         for p, g in zip(params, grads):
             p.grad = g
+    values = [float(x) for x in terms.cpu()]
+    if not math.isfinite(values[0]):
+        # every process sees the same summed loss, so all of them stop here together
+        raise TrainingError(f"the training loss became {values[0]} (learning rate "
+                            f"{optimizer.param_groups[0]['lr']:.3g}); lower --lr or --clip, or look for "
+                            "frames with absurd labels; the weights were not updated")
     if opts.clip > 0:
         torch.nn.utils.clip_grad_norm_(params, opts.clip)
     optimizer.step()
-    return [float(x) for x in terms.cpu()]
+    return values
 
 
 @torch.no_grad()
@@ -861,6 +867,7 @@ class _EpochBar:
                 return super()._line() + (f" | {bar.text}" if bar.text else "")
 
         self.text = ""
+        self.enabled = enabled
         self.bar = Bar(total, label="epoch", unit="epochs", enabled=enabled)
         self.bar.done = start
 
