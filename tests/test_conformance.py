@@ -70,13 +70,7 @@ FAMILIES = sorted(set(package_families()) | set(EXAMPLES))
 
 #: (test, family) -> why that family fails that check today (strict: an unexpected pass fails,
 #: so the entry is removed when the family is fixed)
-KNOWN_FAILURES = {
-    ("test_float32_agrees_with_float64", "sgdml"): (
-        "sGDML.to(float32) rounds its stored kernel arrays (desc_train, v_train: coefficients up to "
-        "7.7e6 that cancel) to float32: on the ethanol example the energy is off by 0.23 eV and the "
-        "forces by 0.093 eV/Å (4 % of the largest force); float32 positions alone cost only 1e-7 eV "
-        "and 2e-6 eV/Å. The kernel arrays should stay float64 (or float32 be refused)."),
-}
+KNOWN_FAILURES: dict = {}
 
 
 def families(test: str) -> list:

@@ -55,7 +55,9 @@ MODEL_REGISTRY: dict[str, type["Model"]] = {}
 EXTRA_RESULTS = {
     "energy_uncertainty": "eV, one per structure",
     "forces_uncertainty": "eV/Å, one per atom",
-    "stress_uncertainty": "eV/Å³, one per structure (Voigt order, like stress)",
+    # compute() gives it like the virial, (B, 3, 3) in eV; the calculator divides by the volume
+    # and returns ASE Voigt order in eV/Å³, like stress
+    "stress_uncertainty": "eV, (B, 3, 3) spread of the virial dE/d(strain)",
     "energies_uncertainty": "eV, one per atom",
 }
 
@@ -113,6 +115,9 @@ class Model(torch.nn.Module):
     extra_results: ClassVar[tuple[str, ...]] = ()
     #: devices on which analytic() may be used (checked by compute, never by families)
     analytic_devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: buffers that stay float64 when the model is moved to another dtype (``model.to(float32)``):
+    #: kernel coefficients that cancel (sGDML's reach 1e7), reference energies of -1000 eV/atom
+    float64_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, species: Iterable[int], cutoff: float | None, config: dict[str, Any] | None = None):
         super().__init__()
@@ -125,6 +130,15 @@ class Model(torch.nn.Module):
         table = torch.full((max(119, max(species) + 1),), -1, dtype=torch.long)
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("_species_table", table, persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        keep = {n: self._buffers[n] for n in self.float64_buffers if self._buffers.get(n) is not None}
+        out = super()._apply(fn, *args, **kwargs)
+        for name, original in keep.items():
+            moved = self._buffers[name]
+            if moved.dtype != torch.float64:  # take the float64 original, on the new device
+                self._buffers[name] = original.to(device=moved.device, dtype=torch.float64)
+        return out
 
     # ----------------------------------------------------------------- declarations
     @property
