@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     atoms = read(START)
     atoms.calc = calc
     training = meta.get("training") or {}
-    test = training.get("test") or {}
+    # held-out errors: model files record them under metrics.test (older files: test)
+    test = (training.get("metrics") or {}).get("test") or training.get("test") or {}
     print(f"model   {os.path.relpath(args.model)}: {meta['family']} for {atoms.get_chemical_formula()} "
           f"({len(atoms)} atoms), {training.get('n_train', '?')} training geometries from "
           f"{os.path.basename(str(training.get('source', '?')))}")

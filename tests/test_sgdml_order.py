@@ -15,7 +15,7 @@ import pytest
 
 import ase_mlff
 from ase_mlff.errors import InputError
-from ase_mlff.models.atom_order import OrderTracker
+from ase_mlff.descriptors.matching import OrderTracker
 from ase_mlff.models.sgdml import REORDER_MAX_RESIDUAL, SGDMLModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
