@@ -279,3 +279,22 @@ def build_example(family: str) -> Example:
         pytest.fail(f"the example of the global family {family!r} must give its molecule "
                     f"(Example.molecule, in the model's atom order)", pytrace=False)
     return example
+
+
+def bpnn_example() -> Example:
+    """A Behler-Parrinello model for H and O: a small G2/G5 library (every function kept),
+    random but seeded tanh networks, in float64 (the suite's finite differences need it; the
+    float32 check converts it)."""
+    import torch
+
+    from ase_mlff.descriptors.acsf import library_for
+    from ase_mlff.models.bpnn import BPNNModel
+
+    sfset = library_for([1, 8], 4.0, np.full((2, 2), 2.0), n_radial=3, n_eta=2, zetas=(1, 2), lambdas=(-1, 1))
+    torch.manual_seed(3)
+    model = BPNNModel.from_set(sfset, hidden=(8, 8), reference_energies=[-13.6, -432.0], energy_scale=0.5,
+                               dtype="float64")
+    return Example(model, notes="autograd through G2/G5 symmetry functions (pairs only), two elements")
+
+
+EXAMPLES["bpnn"] = bpnn_example

@@ -1,0 +1,214 @@
+"""Behler–Parrinello neural-network potential (HDNNP; B13, B12 §12.2).
+
+Energy (eV) as a sum of atomic energies, one feed-forward network per element (Eqs. 13.1–13.3)::
+
+    E = Σ_i E_i,    E_i = e0[Z_i] + s · NN_{Z_i}( (G(i) − μ_{Z_i}) / σ_{Z_i} )
+
+* ``G(i)``: the element's selected symmetry functions (radial G2, angular G5, cosine cutoff;
+  :mod:`ase_mlff.descriptors.acsf`), dimensionless;
+* ``μ, σ``: per-element mean and standard deviation of each function on the training set
+  (B13 Eq. 13.11), stored in the model file. Every input the network sees is O(1), which is
+  what keeps its weights O(1) (n2p2's NaN weights come from unscaled inputs);
+* ``NN_Z``: ``len(hidden)`` hidden layers of ``tanh`` (B13's choice: smooth, and bounded, so
+  an atom whose functions leave the training range gets a bounded energy instead of a
+  runaway one; the second derivative needed for force training is smooth) and one linear
+  output node;
+* ``e0[Z]`` (eV): per-element reference energies fitted by least squares on the training
+  energies before the networks, ``s`` (eV): an energy scale (the RMS force component of the
+  training set, eV/Å × 1 Å). Both are hyperparameters (JSON numbers, exact in float64), so the
+  networks learn O(1) residuals and the large constant is added in float64.
+
+Forces ``−dE/dr`` and the virial ``dE/dε`` are exact derivatives by autograd through the
+model contract (:mod:`ase_mlff.models.base`); the descriptor is built from the Graph's pairs
+only (no triplet list), so memory and time are linear in atoms.
+
+dtype: networks and descriptors run in float32 by default (measured in docs/bpnn.md: about
+2x faster than float64 on CPU, force differences ~1e-5 eV/Å, far below the model error); per-atom energies
+are returned in float64 (network output + e0), and ``compute`` sums them in float64.
+
+Extrapolation (B13 §13.4): the training-set minimum and maximum of every function are stored;
+:meth:`BPNNModel.extrapolation` counts atoms outside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
+from .base import Model, config_float, config_species, register_model
+
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ElementNetwork(torch.nn.Module):
+    """Feed-forward network of one element: (n, F) scaled functions -> (n,) outputs.
+
+    Buffers ``mean``, ``std`` (F,) scale the inputs; ``fmin``, ``fmax`` (F,) are the training
+    range (for extrapolation checks).
+    """
+
+    def __init__(self, n_in: int, hidden: Sequence[int], activation: str, dtype: torch.dtype):
+        super().__init__()
+        sizes = [n_in, *hidden, 1]
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b, dtype=dtype) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.act = ACTIVATIONS[activation]()
+        for name in ("mean", "fmin", "fmax"):
+            self.register_buffer(name, torch.zeros(n_in, dtype=dtype))
+        self.register_buffer("std", torch.ones(n_in, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x - self.mean) / self.std
+        for layer in self.layers[:-1]:
+            h = self.act(layer(h))
+        return self.layers[-1](h).squeeze(-1)
+
+
+@register_model
+class BPNNModel(Model):
+    """Behler–Parrinello model; build one with :func:`ase_mlff.training.bpnn_train.train_bpnn`
+    or from a :class:`~ase_mlff.descriptors.acsf.SymmetryFunctionSet` (``BPNNModel.from_set``)."""
+
+    family = "bpnn"
+    periodic = True
+    per_atom_energies = True
+
+    MAX_WIDTH = 4096
+    MAX_LAYERS = 16
+
+    def __init__(self, species, cutoff, radial_eta, radial_shift, angular_eta, angular_zeta, angular_lambda,
+                 selected, hidden=(25, 25), activation="tanh", reference_energies=None, energy_scale=1.0,
+                 dtype="float32"):
+        species = sorted(int(z) for z in species)
+        sfset = SymmetryFunctionSet.from_config(species, cutoff, {
+            "radial_eta": radial_eta, "radial_shift": radial_shift, "angular_eta": angular_eta,
+            "angular_zeta": list(angular_zeta), "angular_lambda": list(angular_lambda), "selected": selected})
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        e0 = [0.0] * len(species) if reference_energies is None else [float(v) for v in reference_energies]
+        if len(e0) != len(species):
+            raise ValueError("reference_energies needs one value per element")
+        config = {**sfset.as_config(), "hidden": [int(h) for h in hidden], "activation": activation,
+                  "reference_energies": e0, "energy_scale": float(energy_scale)}
+        super().__init__(species, cutoff, config)
+        torch_dtype = _DTYPES[dtype]
+        self.sfset = sfset
+        self.acsf = ACSF(sfset)
+        self.nets = torch.nn.ModuleList(ElementNetwork(len(sel), hidden, activation, torch_dtype)
+                                        for sel in sfset.selected)
+        for k, sel in enumerate(sfset.selected):
+            self.register_buffer(f"_selected_{k}", torch.as_tensor(sel, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def from_set(cls, sfset: SymmetryFunctionSet, **kwargs) -> "BPNNModel":
+        c = sfset.as_config()
+        return cls(sfset.species, sfset.cutoff, c["radial_eta"], c["radial_shift"], c["angular_eta"],
+                   c["angular_zeta"], c["angular_lambda"], c["selected"], **kwargs)
+
+    # ----------------------------------------------------------------- evaluation
+    def descriptors(self, graph) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per element: (atom indices, selected functions (n, F) before scaling)."""
+        s = self.species_index(graph.numbers)
+        if bool((s < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())
+        lib = self.acsf(graph)
+        out = []
+        for k in range(len(self.species)):
+            idx = torch.nonzero(s == k).squeeze(1)
+            out.append((idx, lib[idx][:, getattr(self, f"_selected_{k}")]))
+        return out
+
+    def forward(self, graph) -> torch.Tensor:
+        """Per-atom energies (N,) in eV, float64."""
+        dtype = self.nets[0].mean.dtype
+        if graph.dtype != dtype:
+            graph = graph.to(dtype=dtype)
+        y = torch.zeros(graph.n_atoms, dtype=dtype, device=graph.device)
+        for (idx, x), net in zip(self.descriptors(graph), self.nets):
+            if len(idx):
+                y = y.index_copy(0, idx, net(x))
+        s = self.species_index(graph.numbers)
+        # e0 from the (JSON, float64) hyperparameters: never rounded by .to(float32)
+        e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=graph.device)
+        return e0[s] + self.config["energy_scale"] * y.to(torch.float64)
+
+    def extrapolation(self, graph, tolerance: float = 0.0) -> dict[str, Any]:
+        """Atoms whose functions leave the training range [min, max] (widened by ``tolerance``
+        times the range): B13's cheap extrapolation warning. Returns counts per element."""
+        out = {}
+        with torch.no_grad():
+            for (idx, x), net, z in zip(self.descriptors(graph), self.nets, self.species):
+                width = (net.fmax - net.fmin) * tolerance
+                outside = ((x < net.fmin - width) | (x > net.fmax + width)).any(dim=1)
+                out[chemical_symbols[z]] = int(outside.sum())
+        return out
+
+    # ----------------------------------------------------------------- serialisation
+    def get_config(self) -> dict[str, Any]:
+        return {"species": self.species, "cutoff": self.cutoff, **self.config,
+                "dtype": str(self.nets[0].mean.dtype).removeprefix("torch.")}
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Array shapes of every network, from the hyperparameters alone (nothing allocated)."""
+        species = config_species(config)
+        config_float(config, "cutoff", 0.0, 100.0, lo_open=True)
+        config_float(config, "energy_scale", 0.0, 1e6, lo_open=True)
+        sizes = check_set(config, species)
+        if "selected" not in config:
+            raise ValueError("hyperparameters.selected is missing")
+        hidden = config.get("hidden")
+        if (not isinstance(hidden, list) or not 1 <= len(hidden) <= cls.MAX_LAYERS
+                or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= cls.MAX_WIDTH for h in hidden)):
+            raise ValueError(f"hyperparameters.hidden must be 1..{cls.MAX_LAYERS} layer widths in 1..{cls.MAX_WIDTH}")
+        if config.get("activation") not in ACTIVATIONS:
+            raise ValueError(f"hyperparameters.activation must be one of {sorted(ACTIVATIONS)}")
+        dtype = config.get("dtype", "float32")
+        if dtype not in _DTYPES:
+            raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
+        e0 = config.get("reference_energies")
+        if (not isinstance(e0, list) or len(e0) != len(species)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in e0)):
+            raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+        shapes = {}
+        for k, z in enumerate(species):
+            F = sizes["n_selected"][chemical_symbols[z]]
+            dims = [F, *hidden, 1]
+            for name in ("mean", "std", "fmin", "fmax"):
+                shapes[f"nets.{k}.{name}"] = ((F,), dtype)
+            for l, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+                shapes[f"nets.{k}.layers.{l}.weight"] = ((b, a), dtype)
+                shapes[f"nets.{k}.layers.{l}.bias"] = ((b,), dtype)
+        return shapes
+
+    @classmethod
+    def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        for name, a in arrays.items():
+            if name.endswith(".std") and not np.all(a > 0):
+                raise ValueError(f"{name} must be positive (it divides the symmetry functions)")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "BPNNModel":
+        return cls(**config)
+
+    def set_scaling(self, element_index: int, X: np.ndarray) -> None:
+        """Store mean/std/min/max of the selected functions ``X`` (n, F) of one element."""
+        net = self.nets[element_index]
+        X = np.asarray(X, dtype=np.float64)
+        std = X.std(0)
+        # a function that is constant on the training set is excluded by the selection; this
+        # floor only guards a set chosen by hand
+        std = np.where(std > 1e-8 * (1 + np.abs(X.mean(0))), std, 1.0)
+        with torch.no_grad():
+            for name, v in (("mean", X.mean(0)), ("std", std), ("fmin", X.min(0)), ("fmax", X.max(0))):
+                getattr(net, name).copy_(torch.as_tensor(v))
+
+    def set_reference_energies(self, e0: Sequence[float], energy_scale: float | None = None) -> None:
+        self.config["reference_energies"] = [float(v) for v in e0]
+        if energy_scale is not None:
+            self.config["energy_scale"] = float(energy_scale)
+

@@ -1,0 +1,450 @@
+"""Train Behler–Parrinello models: ``train_bpnn`` (Python) and ``ase-mlff train bpnn``.
+
+    python -m ase_mlff.training.bpnn_train water.extxyz --cutoff 6 --n-train 256 --n-valid 32 \\
+        --epochs 200 --output water_bpnn.mlff
+
+The recipe:
+
+1. split the frames (``Dataset.split``, seed): training, validation, test;
+2. symmetry functions chosen from the training frames (:func:`ase_mlff.descriptors.acsf.automatic_set`:
+   stated library rule, then B13 §13.3.3 selection), and per-element scaling (mean/std);
+3. per-element reference energies ``e0`` by least squares on the training energies (element
+   counts), energy scale ``s`` = RMS training force component (so the networks fit O(1)
+   residuals);
+4. Adam on the loss ``w_E mean((ΔE/N)²) + w_F mean(ΔF²)`` (eV²/atom², eV²/Å²; B13 Eq. 13.24,
+   per-atom energies as in B12 Eq. 12.4), learning rate halved after ``patience`` epochs
+   without a better validation loss; the model with the best validation loss is kept.
+
+Why training is fast. The symmetry functions do not depend on the weights, so for every
+training frame their values ``G`` and their derivatives with respect to the pair vectors,
+``dG(i)/d(r_ij)`` ((P, F, 3): G5 has no ``r_jk`` term, so atom i's functions depend on i's
+own pairs only), are computed once. A training step then needs only the networks: forces are
+``F = −Σ_p (∂E/∂G(i_p)) · dG(i_p)/d(vec_p)`` scattered to ``i_p`` and ``j_p``, and the
+gradient of the force loss flows through the small networks alone (no double backward through
+the descriptor: ~40x faster per frame than autograd through :meth:`Model.compute`; the
+test suite checks both give the same forces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from ..descriptors.acsf import automatic_set, library_values
+from ..errors import DatasetError, MLFFError, TrainingError
+from ..graph import graph_from_structure
+from ..models.bpnn import BPNNModel
+from .checkpoint import Checkpointer, StopGuard, TrainingInterrupted, identity
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+
+
+# ------------------------------------------------------------------------- model set-up
+def fit_reference_energies(frames, species: Sequence[int]) -> np.ndarray:
+    """e0 (S,) eV: least squares of the total energies on the element counts (minimum-norm
+    solution when the counts are collinear, e.g. every frame is water: then only the
+    composition-weighted sum of e0 is determined, and that is all that matters)."""
+    counts = np.array([[np.sum(np.asarray(f.numbers) == z) for z in species] for f in frames], dtype=float)
+    E = np.array([f.energy for f in frames], dtype=float)
+    e0, *_ = np.linalg.lstsq(counts, E, rcond=None)
+    return e0
+
+
+def prepare_model(frames, cutoff: float = 6.0, hidden: Sequence[int] = (25, 25), activation: str = "tanh",
+                  n_radial: int = 8, n_eta: int = 4, zetas: Sequence[int] = (1, 2, 4),
+                  max_correlation: float = 0.9, dtype: str = "float32", seed: int = 0,
+                  species: Sequence[int] | None = None):
+    """An untrained model whose functions, scaling, e0 and energy scale come from ``frames``.
+    Returns ``(model, selection_report)``."""
+    frames = list(frames)
+    if any(f.energy is None or f.forces is None for f in frames):
+        raise DatasetError("BPNN training needs energies and forces in every training frame")
+    sfset, report = automatic_set(frames, cutoff, species=species, n_radial=n_radial, n_eta=n_eta, zetas=zetas,
+                                  max_correlation=max_correlation)
+    torch.manual_seed(seed)
+    e0 = fit_reference_energies(frames, sfset.species)
+    f_rms = float(np.sqrt(np.mean(np.concatenate([np.ravel(f.forces) for f in frames]) ** 2)))
+    model = BPNNModel.from_set(sfset, hidden=tuple(hidden), activation=activation, reference_energies=e0.tolist(),
+                               energy_scale=max(f_rms, 1e-3), dtype=dtype)
+    values = library_values(sfset, frames[:: max(1, len(frames) // 64)])
+    for k, sel in enumerate(sfset.selected):
+        model.set_scaling(k, values[k][:, sel])
+    return model, report
+
+
+# ------------------------------------------------------------------------- training cache
+@dataclass
+class FrameCache:
+    """What a training step needs of one frame (see the module docstring)."""
+
+    n_atoms: int
+    species: torch.Tensor  # (N,) element index
+    x: list  # per element: (n_k, F_k) selected functions
+    atoms: list  # per element: (n_k,) atom indices
+    i: torch.Tensor  # (P,) pair centre
+    j: torch.Tensor  # (P,) pair neighbour
+    jac: torch.Tensor  # (P, Fmax, 3) d(selected functions of i_p, padded)/d(vec_p)
+    energy: float
+    forces: torch.Tensor  # (N, 3)
+
+
+def cache_frame(model: BPNNModel, frame) -> FrameCache:
+    g = graph_from_structure(frame, model.cutoff, dtype=model.dtype)
+    i, j = g.edge_index
+    vec = g.edge_vectors().detach().requires_grad_(True)
+    s = model.species_index(g.numbers)
+    if bool((s < 0).any()):
+        model.check_numbers(g.numbers.numpy())
+    lib = model.acsf.from_vectors(g.numbers, i, j, vec)
+    sels = [getattr(model, f"_selected_{k}") for k in range(len(model.species))]
+    fmax = max(len(x) for x in sels)
+    # padded per-atom column table: column f of atom n is lib[n, cols[n, f]] (padding repeats col 0
+    # and is multiplied by a zero adjoint)
+    cols = torch.zeros(g.n_atoms, fmax, dtype=torch.long)
+    for k, sel in enumerate(sels):
+        cols[s == k, :len(sel)] = sel
+    xsel = torch.gather(lib, 1, cols)
+    jac = torch.empty(len(i), fmax, 3, dtype=vec.dtype)
+    for f in range(fmax):
+        (gr,) = torch.autograd.grad(xsel[:, f].sum(), vec, retain_graph=f < fmax - 1)
+        jac[:, f] = gr
+    xsel = xsel.detach()
+    atoms = [torch.nonzero(s == k).squeeze(1) for k in range(len(sels))]
+    x = [xsel[a][:, :len(sel)] for a, sel in zip(atoms, sels)]
+    return FrameCache(g.n_atoms, s, x, atoms, i, j, jac, float(frame.energy),
+                      torch.as_tensor(frame.forces, dtype=vec.dtype))
+
+
+def collate(caches: Sequence[FrameCache]) -> dict[str, Any]:
+    """Join cached frames into one batch (atom and pair indices offset, Jacobians padded)."""
+    n_el = len(caches[0].x)
+    fmax = max(c.jac.shape[1] for c in caches)
+    offsets = np.cumsum([0] + [c.n_atoms for c in caches[:-1]])
+    jac = [torch.nn.functional.pad(c.jac, (0, 0, 0, fmax - c.jac.shape[1])) for c in caches]
+    return {
+        "n_atoms": int(sum(c.n_atoms for c in caches)),
+        "batch": torch.cat([torch.full((c.n_atoms,), b, dtype=torch.long) for b, c in enumerate(caches)]),
+        "species": torch.cat([c.species for c in caches]),
+        "x": [torch.cat([c.x[k] for c in caches]) for k in range(n_el)],
+        "atoms": [torch.cat([c.atoms[k] + int(o) for c, o in zip(caches, offsets)]) for k in range(n_el)],
+        "i": torch.cat([c.i + int(o) for c, o in zip(caches, offsets)]),
+        "j": torch.cat([c.j + int(o) for c, o in zip(caches, offsets)]),
+        "jac": torch.cat(jac),
+        "energy": torch.tensor([c.energy for c in caches], dtype=torch.float64),
+        "n": torch.tensor([c.n_atoms for c in caches], dtype=torch.float64),
+        "forces": torch.cat([c.forces for c in caches]),
+    }
+
+
+def predict_cached(model: BPNNModel, caches, create_graph: bool = True):
+    """Energies (B,) float64 and forces (sum N, 3) of cached frames (a list of
+    :class:`FrameCache` or a :func:`collate` batch), differentiable in the weights."""
+    b = caches if isinstance(caches, dict) else collate(caches)
+    scale = model.config["energy_scale"]
+    e0 = torch.tensor(model.config["reference_energies"], dtype=torch.float64)
+    xs = [x.clone().requires_grad_(True) for x in b["x"]]
+    N = b["n_atoms"]
+    y = torch.zeros(N, dtype=b["jac"].dtype)
+    for net, x, a in zip(model.nets, xs, b["atoms"]):
+        if len(a):
+            y = y.index_copy(0, a, net(x))
+    grads = torch.autograd.grad(y.sum(), xs, create_graph=create_graph, allow_unused=True)
+    v = torch.zeros(N, b["jac"].shape[1], dtype=y.dtype)
+    for a, gr, x in zip(b["atoms"], grads, xs):
+        if gr is not None and len(a):
+            v = v.index_put((a[:, None], torch.arange(x.shape[1])[None, :]), gr)
+    dvec = torch.einsum("pf,pfc->pc", v[b["i"]], b["jac"])  # dE_nn/d(vec_p)
+    # vec_p = r_j - r_i + shift: dE/dr_j += dvec_p, dE/dr_i -= dvec_p; F = -dE/dr
+    f = torch.zeros(N, 3, dtype=dvec.dtype).index_add(0, b["i"], dvec).index_add(0, b["j"], -dvec)
+    n_frames = len(b["energy"])
+    e_atoms = e0[b["species"]] + scale * y.to(torch.float64)
+    energies = torch.zeros(n_frames, dtype=torch.float64).index_add(0, b["batch"], e_atoms)
+    return energies, scale * f
+
+
+def _loss(model, caches, w_e, w_f, create_graph=True):
+    b = caches if isinstance(caches, dict) else collate(caches)
+    E, F = predict_cached(model, b, create_graph)
+    E_ref, n, F_ref = b["energy"], b["n"], b["forces"]
+    de = (E - E_ref) / n
+    df = F - F_ref
+    loss = w_e * (de ** 2).mean() + w_f * (df.to(torch.float64) ** 2).mean()
+    return loss, de.detach(), df.detach()
+
+
+def evaluate_cached(model, caches, batch: int = 16) -> dict[str, float]:
+    """Energy (meV/atom, meV per frame) and force (meV/Å) MAE/RMSE of cached frames."""
+    des, dfs, ns = [], [], []
+    for k in range(0, len(caches), batch):
+        part = caches[k:k + batch]
+        _, de, df = _loss(model, part, 1.0, 1.0, create_graph=False)
+        des.append(de.numpy())
+        dfs.append(df.numpy().ravel())
+        ns.append([c.n_atoms for c in part])
+    de, df, n = np.concatenate(des), np.concatenate(dfs), np.concatenate(ns)
+    return {"n_frames": int(len(de)),
+            "energy_per_atom_mae_meV": 1e3 * float(np.abs(de).mean()),
+            "energy_per_atom_rmse_meV": 1e3 * float(np.sqrt((de ** 2).mean())),
+            "energy_mae_meV": 1e3 * float(np.abs(de * n).mean()),
+            "forces_mae_meV_per_A": 1e3 * float(np.abs(df).mean()),
+            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+
+
+def evaluate_frames(model, frames) -> dict[str, float]:
+    """The errors of :func:`evaluate_cached`, through the serving path (``Model.compute``)."""
+    des, dfs, ns = [], [], []
+    with torch.no_grad():
+        for f in frames:
+            out = model.compute(graph_from_structure(f, model.cutoff, dtype=model.dtype), forces=True)
+            n = len(f.numbers)
+            des.append((float(out.energy[0]) - f.energy) / n)
+            dfs.append((out.forces.double().numpy() - f.forces).ravel())
+            ns.append(n)
+    de, df, n = np.array(des), np.concatenate(dfs), np.array(ns)
+    return {"n_frames": int(len(de)),
+            "energy_per_atom_mae_meV": 1e3 * float(np.abs(de).mean()),
+            "energy_per_atom_rmse_meV": 1e3 * float(np.sqrt((de ** 2).mean())),
+            "energy_mae_meV": 1e3 * float(np.abs(de * n).mean()),
+            "forces_mae_meV_per_A": 1e3 * float(np.abs(df).mean()),
+            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+
+
+# ------------------------------------------------------------------------- the loop
+def fit(model: BPNNModel, train: Sequence[FrameCache], valid: Sequence[FrameCache], epochs: int = 100,
+        lr: float = 3e-3, batch_size: int = 8, energy_weight: float = 10.0, force_weight: float = 1.0,
+        patience: int = 10, min_lr: float = 1e-5, seed: int = 0, progress: Callable[[str], None] | None = None,
+        checkpoint=None, resume: bool = False, ident: dict | None = None, stop_after: int | None = None):
+    """Adam with the best-validation model kept; returns ``(model, history)``. Checkpoints (one
+    safe point per epoch) go through :class:`~ase_mlff.training.checkpoint.Checkpointer`."""
+    say = progress or (lambda msg: None)
+    if not train:
+        raise DatasetError("no training frames")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    state = {"epoch": 0, "lr": lr, "best": None, "since_best": 0, "history": []}
+    best_arrays = model.get_arrays()
+    with StopGuard(stream=sys.stderr) as guard:
+        ckpt = Checkpointer(checkpoint, ident or identity("bpnn", None, {}), interval_s=60.0, guard=guard,
+                            stop_after=stop_after)
+        if resume:
+            state, arrays = ckpt.load()
+            model.set_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+            best_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("best/")}
+            opt_state = opt.state_dict()
+            for n, p in enumerate(model.parameters()):
+                if f"opt/{n}/m" in arrays:
+                    opt_state["state"][n] = {"step": torch.tensor(float(arrays[f"opt/{n}/step"])),
+                                             "exp_avg": torch.from_numpy(arrays[f"opt/{n}/m"]),
+                                             "exp_avg_sq": torch.from_numpy(arrays[f"opt/{n}/v"])}
+            opt.load_state_dict(opt_state)
+            rng = np.random.default_rng([seed, state["epoch"]])
+            say(f"resumed at epoch {state['epoch']}")
+        elif ckpt.exists():
+            raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; resume it or delete it")
+
+        def snapshot():
+            arrays = {f"model/{k}": v for k, v in model.get_arrays().items()}
+            arrays.update({f"best/{k}": v for k, v in best_arrays.items()})
+            for n, p in enumerate(model.parameters()):
+                st = opt.state.get(p)
+                if st:
+                    arrays[f"opt/{n}/m"] = st["exp_avg"].numpy()
+                    arrays[f"opt/{n}/v"] = st["exp_avg_sq"].numpy()
+                    arrays[f"opt/{n}/step"] = np.array(float(st["step"]))
+            return state, arrays
+
+        while state["epoch"] < epochs and state["lr"] >= min_lr:
+            for group in opt.param_groups:
+                group["lr"] = state["lr"]
+            order = rng.permutation(len(train))
+            t0 = time.perf_counter()
+            for k in range(0, len(order), batch_size):
+                loss, _, _ = _loss(model, [train[q] for q in order[k:k + batch_size]], energy_weight, force_weight)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"the training loss became {float(loss)} at epoch {state['epoch']}; "
+                                        "lower the learning rate (--lr)")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            vm = evaluate_cached(model, valid or train)
+            vloss = energy_weight * (vm["energy_per_atom_rmse_meV"] * 1e-3) ** 2 + force_weight * (
+                vm["forces_rmse_meV_per_A"] * 1e-3) ** 2
+            state["epoch"] += 1
+            rec = {"epoch": state["epoch"], "lr": state["lr"], "valid_loss": vloss,
+                   "valid_energy_rmse_meV_per_atom": vm["energy_per_atom_rmse_meV"],
+                   "valid_forces_rmse_meV_per_A": vm["forces_rmse_meV_per_A"],
+                   "epoch_s": time.perf_counter() - t0}
+            state["history"].append(rec)
+            if state["best"] is None or vloss < state["best"]:
+                state["best"], state["since_best"] = vloss, 0
+                best_arrays = model.get_arrays()
+            else:
+                state["since_best"] += 1
+                if state["since_best"] >= patience:
+                    state["lr"] *= 0.5
+                    state["since_best"] = 0
+            say(f"epoch {state['epoch']:4d}  lr {rec['lr']:.2e}  valid E RMSE {rec['valid_energy_rmse_meV_per_atom']:.3f} "
+                f"meV/atom  F RMSE {rec['valid_forces_rmse_meV_per_A']:.1f} meV/Å  ({rec['epoch_s']:.1f} s)")
+            ckpt.safe_point(snapshot)
+    model.set_arrays(best_arrays)
+    return model, state["history"]
+
+
+def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, seed: int = 0,
+               cutoff: float = 6.0, hidden: Sequence[int] = (25, 25), activation: str = "tanh",
+               n_radial: int = 8, n_eta: int = 4, zetas: Sequence[int] = (1, 2, 4), max_correlation: float = 0.9,
+               dtype: str = "float32", epochs: int = 100, lr: float = 3e-3, batch_size: int = 8,
+               energy_weight: float = 10.0, force_weight: float = 1.0, patience: int = 10,
+               progress: Callable[[str], None] | None = None, checkpoint=None, resume: bool = False,
+               stop_after: int | None = None):
+    """Split ``dataset`` (:class:`ase_mlff.data.Dataset`), prepare and fit a model; returns
+    ``(model, report)`` with the split, the selection report and validation/test errors."""
+    say = progress or (lambda msg: None)
+    split = dataset.split(n_train, n_valid, n_test, seed=seed)
+    frames = dataset.frames
+    train_f = [frames[k] for k in split.train]
+    valid_f = [frames[k] for k in split.valid]
+    test_f = [frames[k] for k in split.test]
+    options = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed, "cutoff": cutoff,
+               "hidden": list(hidden), "activation": activation, "n_radial": n_radial, "n_eta": n_eta,
+               "zetas": list(zetas), "max_correlation": max_correlation, "dtype": dtype, "epochs": epochs,
+               "lr": lr, "batch_size": batch_size, "energy_weight": energy_weight, "force_weight": force_weight,
+               "patience": patience}
+    ident = identity("bpnn", dataset.sha256(), options)
+    model, selection = prepare_model(train_f, cutoff, hidden, activation, n_radial, n_eta, zetas, max_correlation,
+                                     dtype, seed)
+    say("symmetry functions: " + ", ".join(f"{k} {len(v['kept'])} of {v['n_library']}" for k, v in selection.items()))
+    t0 = time.perf_counter()
+    train_c = [cache_frame(model, f) for f in train_f]
+    valid_c = [cache_frame(model, f) for f in valid_f]
+    say(f"cached functions and derivatives of {len(train_c) + len(valid_c)} frames ({time.perf_counter() - t0:.0f} s)")
+    t0 = time.perf_counter()
+    model, history = fit(model, train_c, valid_c, epochs=epochs, lr=lr, batch_size=batch_size,
+                         energy_weight=energy_weight, force_weight=force_weight, patience=patience, seed=seed,
+                         progress=say, checkpoint=checkpoint, resume=resume, ident=ident, stop_after=stop_after)
+    report = {"split": {k: getattr(split, k).tolist() for k in ("train", "valid", "test")}, "options": options,
+              "selection": {k: {"kept": v["kept"], "n_dropped": len(v["dropped"])} for k, v in selection.items()},
+              "history": history, "train_time_s": time.perf_counter() - t0,
+              "valid": evaluate_cached(model, valid_c) if valid_c else None,
+              "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+              "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None)}
+    if test_f:
+        report["test"] = evaluate_frames(model, test_f)
+    return model, report
+
+
+# ------------------------------------------------------------------------- command line
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.description = (parser.description or "") + (
+        " Units: energies eV, lengths Å, forces eV/Å (other units: --energy-unit/--length-unit). "
+        "Symmetry functions are chosen from the training frames (G2 grid, G5, B13 selection); "
+        "per-element tanh networks are fitted to energies and forces.")
+    a = parser.add_argument
+    a("dataset", help="training data (extxyz, ASE db, npz) with energies and forces")
+    a("--output", "-o", default="bpnn.mlff", help="model file to write (default bpnn.mlff)")
+    a("--overwrite", action="store_true", help="replace an existing output file")
+    a("--energy-unit", default=None, help="energy unit of the data when not eV")
+    a("--length-unit", default=None, help="length unit of the data when not Å")
+    a("--n-train", type=int, required=True, help="training frames")
+    a("--n-valid", type=int, required=True, help="validation frames (learning-rate schedule, best model)")
+    a("--n-test", type=int, default=None, help="test frames (default: all the rest)")
+    a("--seed", type=int, default=0, help="split, initial weights and batch order")
+    a("--cutoff", type=float, default=6.0, help="cutoff radius in Å (default 6)")
+    a("--hidden", default="25,25", help="hidden layer widths, comma-separated (default 25,25)")
+    a("--activation", default="tanh", choices=["tanh", "silu"])
+    a("--n-radial", type=int, default=8, help="G2 shifts per element pair before selection (default 8)")
+    a("--n-eta", type=int, default=4, help="G5 widths per element before selection (default 4)")
+    a("--zetas", default="1,2,4", help="G5 zeta values (default 1,2,4), each with lambda = -1 and +1")
+    a("--max-correlation", type=float, default=0.9, help="drop functions correlated above this (default 0.9)")
+    a("--dtype", default="float32", choices=["float32", "float64"])
+    a("--epochs", type=int, default=100)
+    a("--lr", type=float, default=3e-3, help="initial Adam learning rate (default 3e-3)")
+    a("--batch-size", type=int, default=8, help="frames per step (default 8)")
+    a("--energy-weight", type=float, default=10.0, help="weight of (energy error per atom)^2, eV^-2 (default 10)")
+    a("--force-weight", type=float, default=1.0, help="weight of (force error)^2, Å^2/eV^2 (default 1)")
+    a("--patience", type=int, default=10, help="epochs without improvement before halving the rate")
+    a("--checkpoint", default=None, help="checkpoint file (default OUTPUT.ckpt)")
+    a("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    return parser
+
+
+def run(args) -> int:
+    from .. import data as data_mod
+    from ..io import save_model
+    from .checkpoint import check_output, default_checkpoint_path
+
+    def fail(msg, code):
+        print(f"ase-mlff train bpnn: error: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        hidden = [int(h) for h in str(args.hidden).split(",")]
+        zetas = [int(z) for z in str(args.zetas).split(",")]
+    except ValueError:
+        return fail("--hidden and --zetas take comma-separated integers", EXIT_USAGE)
+    ckpt = args.checkpoint or default_checkpoint_path(args.output)
+    try:
+        check_output(args.output, bool(args.overwrite), bool(args.resume))
+    except FileExistsError as exc:
+        return fail(exc, EXIT_USAGE)
+    if not args.resume and os.path.exists(ckpt):
+        return fail(f"checkpoint {ckpt} exists from an interrupted run; add --resume, or delete it", EXIT_USAGE)
+    t0 = time.perf_counter()
+
+    def progress(msg):
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
+    except (DatasetError, OSError) as exc:
+        return fail(exc, EXIT_DATA)
+    progress(f"read {len(ds)} frames from {args.dataset}")
+    try:
+        model, report = train_bpnn(ds, args.n_train, args.n_valid, args.n_test, seed=args.seed, cutoff=args.cutoff,
+                                   hidden=hidden, activation=args.activation, n_radial=args.n_radial,
+                                   n_eta=args.n_eta, zetas=zetas, max_correlation=args.max_correlation,
+                                   dtype=args.dtype, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                   energy_weight=args.energy_weight, force_weight=args.force_weight,
+                                   patience=args.patience, progress=progress, checkpoint=ckpt, resume=args.resume)
+    except TrainingInterrupted as exc:
+        where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
+        print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+        return exc.exit_code
+    except MLFFError as exc:
+        return fail(exc, EXIT_DATA)
+    rec = {k: report[k] for k in ("options", "split", "selection", "valid", "test", "train_time_s",
+                                  "peak_memory_bytes", "source") if k in report}
+    rec["data_sha256"] = report["data_sha256"]
+    rec["epochs_run"] = len(report["history"])
+    rec["command"] = " ".join(sys.argv)
+    save_model(model, args.output, training=rec)
+    if os.path.exists(ckpt):
+        os.unlink(ckpt)  # the model holds the result; the checkpoint only served a resume
+    print(f"BPNN model written to {args.output} ({', '.join(k + ' ' + str(len(v['kept'])) + ' functions' for k, v in report['selection'].items())})")
+    for name in ("valid", "test"):
+        m = report.get(name)
+        if m:
+            print(f"{name:5s} ({m['n_frames']} frames): energy RMSE {m['energy_per_atom_rmse_meV']:.3f} meV/atom, "
+                  f"MAE {m['energy_per_atom_mae_meV']:.3f} meV/atom; forces RMSE {m['forces_rmse_meV_per_A']:.1f} meV/Å, "
+                  f"MAE {m['forces_mae_meV_per_A']:.1f} meV/Å")
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m ase_mlff.training.bpnn_train",
+                                                      description="Train a Behler-Parrinello force field."))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
