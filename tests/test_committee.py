@@ -382,3 +382,24 @@ def test_shipped_committee_serves_the_shipped_model_and_flags_a_broken_bond():
     calc.get_forces(stretched)
     far = calc.results["forces_uncertainty"]
     assert far[h] > 3 * near.max() and calc.results["energy_uncertainty"] > 3 * near_e
+
+
+def test_train_mff_committee_from_the_command_line(tmp_path):
+    """A local family end to end: members, a served model on all pool frames, stress calibrated
+    on the held-out frames' own stress labels, the family's flags still honoured."""
+    from ase_mlff.cli import main
+
+    out = tmp_path / "ni.mlff"
+    rc = main(["train", "mff", os.path.join(DATA, "ni_mlearn_20.extxyz"), "-o", str(out), "--committee", "2",
+               "--committee-frames", "8", "--rc2", "4.0", "--rc3", "0", "--n-test", "6", "--n-energy", "3",
+               "--n-force-atoms", "20", "--hyper-energy", "2", "--hyper-force-atoms", "8", "--no-optimise",
+               "--h2", "0.2"])
+    assert rc == 0
+    model = load_model(out)
+    assert model.member_family == "mff" and model.mean_model is not None and model.cutoff == 4.0
+    assert "stress_uncertainty" in model.extra_results
+    cal = model.meta["training"]["calibration"]
+    assert cal["n_frames"] == 6 and isinstance(cal["stress"], dict)  # fitted, not borrowed from forces
+    assert model.calibration["stress"] != model.calibration["forces"]
+    held = set(cal["indices"])
+    assert all(not held & set(m["train_indices"]) for m in model.meta["training"]["members"])

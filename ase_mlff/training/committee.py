@@ -383,9 +383,23 @@ def run(family: str, args) -> int:
                    "solver": opts["solver"]}
         n_member, seed = int(opts["n_train"]), int(opts["seed"])
     else:
-        dataset, unit, output, overwrite = args.data, None, args.output, args.overwrite
-        options = {"args": argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})}
-        n_member, seed = args.committee_frames, args.seed
+        given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        try:  # flags over --config over defaults, as in ``train mff`` itself
+            from .common import UsageError, resolve_options
+            from .mff_train import OPTIONS
+
+            given.update(resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",),
+                                         aliases={"dataset": "data"}))
+        except ImportError:  # pragma: no cover - a training package without option layering
+            pass
+        except UsageError as exc:
+            return fail(exc, 2)
+        if not given.get("data") or not given.get("output"):
+            return fail("give the data file and -o/--output", 2)
+        dataset, unit, output = given["data"], given.get("energy_unit"), given["output"]
+        overwrite = given.get("overwrite")
+        options = {"args": argparse.Namespace(**given)}
+        n_member, seed = args.committee_frames, int(given.get("seed") or 0)
     try:
         check_output(output, bool(overwrite), False)
     except FileExistsError as exc:
