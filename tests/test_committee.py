@@ -334,8 +334,10 @@ def test_md_command_exits_3_when_the_uncertainty_limit_stops_it(tmp_path, mff_co
     assert main(args) == 3
     assert "stopped at step 0" in capsys.readouterr().out
     args[1] = str(member)
+    args[args.index("--log") + 1] = str(tmp_path / "other.log")
     assert main(args + ["--overwrite"]) == 1
     assert "gives none" in capsys.readouterr().err
+    assert not (tmp_path / "other.log").exists()  # refused before anything was written
 
 
 # --------------------------------------------------------------------------- command line

@@ -378,16 +378,7 @@ class _UncertaintyMonitor:
 
     def __init__(self, atoms, limit: float, action: str, dyn):
         calc = atoms.calc
-        model = getattr(calc, "model", None)
-        if model is None or "forces_uncertainty" not in getattr(model, "extra_results", ()):
-            what = f"this {model.family} model" if model is not None else f"the calculator {type(calc).__name__}"
-            raise InputError(f"max_uncertainty (--max-uncertainty) needs a model that gives forces_uncertainty, "
-                             f"but {what} gives none; train a committee (ase-mlff train FAMILY --committee K) "
-                             "or run without the limit")
-        if not (np.isfinite(limit) and limit > 0):
-            raise InputError(f"max_uncertainty must be a positive number of eV/Å, got {limit!r}")
-        if action not in ("stop", "warn"):
-            raise InputError(f"on_uncertainty must be 'stop' or 'warn', got {action!r}")
+        self.check(calc, limit, action)
         self.atoms, self.calc, self.limit, self.action, self.dyn = atoms, calc, float(limit), action, dyn
         self.values: list[float] = []
         self.crossings: list[int] = []
@@ -399,6 +390,20 @@ class _UncertaintyMonitor:
         if not self.was_on:
             calc.uncertainty = True
             calc.reset()
+
+    @staticmethod
+    def check(calc, limit: float, action: str) -> None:
+        """Refuse a model without uncertainty, a bad limit or action (before any file is written)."""
+        model = getattr(calc, "model", None)
+        if model is None or "forces_uncertainty" not in getattr(model, "extra_results", ()):
+            what = f"this {model.family} model" if model is not None else f"the calculator {type(calc).__name__}"
+            raise InputError(f"max_uncertainty (--max-uncertainty) needs a model that gives forces_uncertainty, "
+                             f"but {what} gives none; train a committee (ase-mlff train FAMILY --committee K) "
+                             "or run without the limit")
+        if not (np.isfinite(limit) and limit > 0):
+            raise InputError(f"max_uncertainty must be a positive number of eV/Å, got {limit!r}")
+        if action not in ("stop", "warn"):
+            raise InputError(f"on_uncertainty must be 'stop' or 'warn', got {action!r}")
 
     def restore(self) -> None:
         if not self.was_on:
@@ -468,6 +473,8 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
         raise InputError(f"the time step must be positive, got {timestep} fs")
     if mode not in OUTPUT_MODES:
         raise InputError(f"mode must be one of {', '.join(OUTPUT_MODES)}, got {mode!r}")
+    if max_uncertainty is not None:
+        _UncertaintyMonitor.check(atoms.calc, max_uncertainty, on_uncertainty)
     traj_path = None if trajectory is None else os.fspath(trajectory)
     log_path = None if logfile is None else os.fspath(logfile)
     if mode == "new":
@@ -486,9 +493,6 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
     dyn = make_integrator(atoms, ensemble, timestep, temperature, pressure, friction, tdamp, pdamp,
                           barostat, seed, noise_stream=f"langevin@{start_step}" if continued else "langevin")
     dyn.nsteps = start_step
-    monitor = None
-    if max_uncertainty is not None:
-        monitor = _UncertaintyMonitor(atoms, max_uncertainty, on_uncertainty, dyn)
     stress = has_stress(atoms.calc, atoms) and bool(all(atoms.pbc))
     result = MDResult(atoms=atoms, ensemble=ensemble.lower(), timestep_fs=timestep, steps_requested=steps,
                       trajectory=traj_path, logfile=log_path, start_step=start_step,
@@ -499,6 +503,9 @@ def run_md(atoms, calc=None, *, ensemble: str = "nve", temperature: float = 300.
                          start_time_fs, append=mode == "append", marker=marker)
     writer = None
     bar = ProgressBar(steps, label=ensemble.upper(), enabled=progress)
+    # last before the run: it switches the calculator's uncertainty on, and the finally below
+    # switches it off again
+    monitor = None if max_uncertainty is None else _UncertaintyMonitor(atoms, max_uncertainty, on_uncertainty, dyn)
 
     def write_frame():
         if continued and dyn.nsteps == start_step:  # that frame is the last one of the file already
