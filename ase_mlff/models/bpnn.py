@@ -207,6 +207,18 @@ class BPNNModel(Model):
             for name, v in (("mean", X.mean(0)), ("std", std), ("fmin", X.min(0)), ("fmax", X.max(0))):
                 getattr(net, name).copy_(torch.as_tensor(v))
 
+    def fit_scaling(self, graphs) -> None:
+        """Hook of the shared trainer (:mod:`ase_mlff.training.trainer`): per-element mean/std/
+        range of the selected functions on (up to 64 evenly spaced) training structures."""
+        from ..descriptors.acsf import library_values
+
+        frames = list(getattr(graphs, "structures", graphs))
+        frames = frames[:: max(1, len(frames) // 64)]
+        values = library_values(self.sfset, frames)
+        for k, sel in enumerate(self.sfset.selected):
+            if len(values[k]):
+                self.set_scaling(k, values[k][:, sel])
+
     def set_reference_energies(self, e0: Sequence[float], energy_scale: float | None = None) -> None:
         self.config["reference_energies"] = [float(v) for v in e0]
         if energy_scale is not None:
