@@ -95,6 +95,8 @@ class MLFFCalculator(Calculator):
             props.append("energies")
         if model.supports_stress:
             props.append("stress")
+        if self.uncertainty:  # atoms.calc.get_property("forces_uncertainty") works like "forces"
+            props += [k for k in model.extra_results if k != "stress_uncertainty" or model.supports_stress]
         self.implemented_properties = props
         self.nl = None if model.is_global else NeighborList(model.cutoff, skin)
         # what made these numbers, in ASE's place for it: todict() goes into trajectories
@@ -172,6 +174,8 @@ class MLFFCalculator(Calculator):
     def _calculate(self, atoms, properties, system_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        if atoms is None:
+            raise InputError("no structure given: pass the atoms (calc.get_property(name, atoms))")
         want_stress = self._want_stress(atoms, properties)
         graph, order = self._prepare(atoms, self.nl)
         out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)

@@ -7,7 +7,8 @@ reading; say which with ``--energy-unit`` / ``--length-unit`` when the file does
 Exit status (the same in every verb): 0 success; 1 unusable data, model file or structure
 (the error is printed as one line, no traceback); 2 wrong usage of the command line, including
 an output file that exists already (nothing was written; ask with --overwrite / --append /
---resume);
+--resume); 3 the job ran but did not reach its goal (relax not converged, md stopped by
+--max-uncertainty);
 130 stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Long jobs stop cleanly on either
 signal: files are flushed, training writes its checkpoint (resume with ``--resume``).
 """
@@ -24,12 +25,24 @@ import threading
 from ._version import __version__
 
 # subcommand -> (module, help). Each module provides configure_parser(parser) and run(args).
-_DELEGATED = {
-    "train": {
-        "sgdml": ("ase_mlff.training.sgdml_train", "train an sGDML model (global, one molecule)"),
-        "mff": ("ase_mlff.training.mff_train", "train a 2/3-body GP and map it onto splines (MFF)"),
-    },
+#: one-line help of the families whose recipe docstring does not start with one that fits
+_TRAIN_HELP = {
+    "sgdml": "train an sGDML model (global, one molecule)",
+    "mff": "train a 2/3-body GP and map it onto splines (MFF)",
+    "bpnn": "train a Behler-Parrinello network on atom-centred symmetry functions",
 }
+
+
+def _train_families() -> dict[str, tuple[str, str]]:
+    """family -> (recipe module, help) for every ``ase_mlff.training.<family>_train`` module: a
+    new family's recipe appears here (and as ``ase-mlff train FAMILY``) without editing this file."""
+    from .training import families
+
+    out = {}
+    for name in families():
+        help_text = _TRAIN_HELP.get(name, f"train a {name} model")
+        out[name] = (f"ase_mlff.training.{name}_train", help_text)
+    return out
 
 
 def _info(args) -> int:
@@ -120,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from reference data (see `ase-mlff train FAMILY --help`)")
     train_sub = train.add_subparsers(dest="family", metavar="FAMILY")
-    for name, (module, help_text) in _DELEGATED["train"].items():
+    for name, (module, help_text) in _train_families().items():
         _add_committee(_add_delegated(train_sub, name, module, help_text), name)
 
     export = _add_delegated(sub, "export", "ase_mlff.export.lammps",

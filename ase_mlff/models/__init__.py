@@ -1,7 +1,14 @@
-"""Model families. Importing this package registers every family for :func:`ase_mlff.load`."""
+"""Model families. Importing this package registers every family for :func:`ase_mlff.load`.
+
+Every module of this package is imported (``pkgutil``), so a new family registers itself by
+being a module here with ``@register_model``: nothing else to edit.
+"""
+
+import importlib
+import pkgutil
 
 from .base import MODEL_REGISTRY, Model, register_model  # noqa: F401
-from . import sgdml  # noqa: F401
-from . import mff  # noqa: F401
-from . import committee  # noqa: F401
-from . import bpnn  # noqa: F401
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
