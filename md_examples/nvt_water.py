@@ -46,6 +46,7 @@ def goo(frames, r_max: float, n_bins: int = 124):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=4000, help="MD steps (default 4000 = 2 ps at 0.5 fs)")
+    ap.add_argument("--quick", action="store_true", help="a 40-step smoke run (tests)")
     ap.add_argument("--dt", type=float, default=0.5, help="time step in fs")
     ap.add_argument("--temperature", type=float, default=300.0)
     ap.add_argument("--nve", action="store_true", help="NVE instead of NVT (reports the energy drift)")
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, help="write g_OO(r) to this PNG")
     ap.add_argument("--trajectory", default=None, help="extxyz trajectory (default: none)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.steps = 40
     if not os.path.exists(args.model):
         print(f"this example needs {os.path.relpath(args.model)} (the shipped water BPNN potential)", file=sys.stderr)
         return 2

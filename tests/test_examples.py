@@ -22,6 +22,7 @@ CASES = {
     "relax_ni.py": ("ni_mff.mlff", ["--quick"]),
     "phonons_ni.py": ("ni_mff.mlff", ["--quick"]),
     "eos_ni.py": ("ni_mff.mlff", ["--quick"]),
+    "nvt_water.py": ("water_bpnn.mlff", ["--quick"]),
 }
 
 
@@ -53,7 +54,7 @@ def test_example_runs_quick(script, tmp_path, capsys):
     if not os.path.exists(os.path.join(POTENTIALS, potential)):
         pytest.skip(f"{script} needs potentials/{potential}, which is not there yet")
     module = _load(script)
-    extra = [] if script == "nve_ethanol.py" else ["--outdir", str(tmp_path / "out")]
+    extra = [] if script in ("nve_ethanol.py", "nvt_water.py") else ["--outdir", str(tmp_path / "out")]
     if script in ("nvt_ethanol.py", "npt_ni.py", "phonons_ni.py", "eos_ni.py"):
         extra += ["--plots", str(tmp_path / "img")]
     assert module.main(args + extra) == 0
