@@ -203,6 +203,40 @@ def test_interrupt_then_resume_equals_uninterrupted(ni, tmp_path, schedule):
     assert resumed.config["reference_energies"] == full.config["reference_energies"]
 
 
+def test_bpnn_hook_interrupt_then_resume_equals_uninterrupted(tmp_path):
+    """The BPNN trains through its training_batch hook (cached descriptor Jacobians, rebuilt
+    on resume, never stored): stopped mid-run after the 4th of 6 safe points and resumed, it
+    reaches the weights of the uninterrupted run."""
+    from ase_mlff import data
+    from ase_mlff.training.bpnn_train import prepare_model, repulsion_for
+
+    frames = data.read(os.path.join(DATA, "rmd17_ethanol_300.npz"), index="0:60:10", energy_unit="kcal/mol").frames
+
+    def model():
+        m, _ = prepare_model(frames[:4], cutoff=3.5, hidden=(6,), n_radial=3, n_eta=2, zetas=(1,), dtype="float64",
+                             seed=0)
+        m.set_repulsion(repulsion_for(frames[:4], m.species, 3.5))
+        return m
+
+    opts = TrainerOptions(epochs=2, batch_size=2, dtype="float64", ema=0.9, lr=3e-3, seed=1, energy_weight=10.0,
+                          force_weight=1.0)
+    calls = []
+    full = model()
+    full.prepare_training_frame = lambda fr, _m=full: calls.append(1) or type(_m).prepare_training_frame(_m, fr)
+    full, rec_full = train_network(full, frames[:4], frames[4:], opts, plots=False)
+    assert len(calls) == 6  # one cache per training and validation frame, built once
+    ckpt = tmp_path / "bpnn.ckpt"
+    with pytest.raises(TrainingInterrupted):
+        train_network(model(), frames[:4], frames[4:], opts, checkpoint=ckpt, plots=False, stop_after=4)
+    resumed, rec = train_network(model(), frames[:4], frames[4:], opts, checkpoint=ckpt, resume=True, plots=False)
+    a, b = _weights(full), _weights(resumed)
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-6, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose([h["valid_loss"] for h in rec.history],
+                               [h["valid_loss"] for h in rec_full.history], rtol=1e-6)
+    assert rec.best_epoch == rec_full.best_epoch
+
+
 def test_resume_refuses_other_options(ni, tmp_path):
     from ase_mlff.errors import TrainingError
 

@@ -323,6 +323,90 @@ class ACSF(torch.nn.Module):
         return torch.cat(blocks, dim=1)
 
 
+    def pair_jacobian(self, numbers: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                      vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The library (N, n_library) and, per pair ``p``, ``d library(i_p) / d vec_p``
+        (P, n_library, 3), analytically (no autograd; pairs shorter than the cutoff).
+
+        Atom i's functions depend on i's own pair vectors only (G5 has no r_jk term), so this
+        is the whole Jacobian. Derivatives used (r = |vec|, u = vec/r, du/dvec = (1 − u uᵀ)/r):
+        G2 pair term g(r) → g'(r) u; G5 moments T^J_α(i) = Σ_j w(r_ij) u_ij^α, so
+        dT^J_α/dvec_p = w' u u^α + (w/r) (∂u^α/∂u − m u u^α) (Euler: u·∂u^α/∂u = m u^α for
+        |α| = m); G5 = Σ_α A_α T^J_α T^K_α is bilinear in the moments, and the J = K
+        self-term subtracts diag · Σ_j w_j², whose derivative is 2 w w' u. One pass over the
+        pairs replaces one backward pass per function (measured in docs/bpnn.md)."""
+        with torch.no_grad():
+            N, S = len(numbers), self.n_species
+            dtype = vec.dtype
+            lib = self.from_vectors(numbers, i, j, vec)
+            P = len(i)
+            jac = torch.zeros(P, self.n_library, 3, dtype=dtype, device=vec.device)
+            if P == 0:
+                return lib, jac
+            r = torch.linalg.norm(vec, dim=1)
+            u = vec / r[:, None]
+            si = self.species_table[numbers[i]]
+            sj = self.species_table[numbers[j]]
+            rc = self.cutoff
+            x = torch.clamp(r / rc, max=1.0)
+            fc = 0.5 * (torch.cos(math.pi * x) + 1.0)
+            dfc = -0.5 * math.pi / rc * torch.sin(math.pi * x)
+            # G2: columns sj * n_radial + k of the pair's centre
+            eta = self.radial_eta.to(dtype)[si, sj]
+            rs = self.radial_shift.to(dtype)[si, sj]
+            ex = torch.exp(-eta * (r[:, None] - rs) ** 2)
+            dg2 = ex * (-2.0 * eta * (r[:, None] - rs) * fc[:, None] + dfc[:, None])  # (P, n_radial)
+            cols = sj[:, None] * self.n_radial + torch.arange(self.n_radial, device=vec.device)
+            jac.scatter_(1, cols[:, :, None].expand(-1, -1, 3), dg2[:, :, None] * u[:, None, :])
+            if not (self.n_zl and self.n_eta):
+                return lib, jac
+            e = self.exps
+            powers = [torch.ones_like(u)]
+            for _ in range(self.m_max):
+                powers.append(powers[-1] * u)
+            pw = torch.stack(powers, dim=2)  # (P, 3, m_max + 1)
+            mono = pw[:, 0, e[:, 0]] * pw[:, 1, e[:, 1]] * pw[:, 2, e[:, 2]]  # (P, K)
+            # ∂u^α/∂u_β = α_β u^(α − e_β)
+            lower = (e - 1).clamp_min(0)
+            d_mono = torch.stack([
+                e[:, 0] * pw[:, 0, lower[:, 0]] * pw[:, 1, e[:, 1]] * pw[:, 2, e[:, 2]],
+                e[:, 1] * pw[:, 0, e[:, 0]] * pw[:, 1, lower[:, 1]] * pw[:, 2, e[:, 2]],
+                e[:, 2] * pw[:, 0, e[:, 0]] * pw[:, 1, e[:, 1]] * pw[:, 2, lower[:, 2]]], dim=2)  # (P, K, 3)
+            deg = e.sum(1).to(dtype)
+            aeta = self.angular_eta.to(dtype)[si]  # (P, n_eta)
+            ew = torch.exp(-aeta * (r * r)[:, None])
+            w = ew * fc[:, None]
+            dw = ew * (-2.0 * aeta * r[:, None] * fc[:, None] + dfc[:, None])
+            K = mono.shape[1]
+            slot = i * S + sj
+            T = torch.zeros(N * S, self.n_eta * K, dtype=dtype, device=vec.device)
+            T = T.index_add(0, slot, (w[:, :, None] * mono[:, None, :]).reshape(-1, self.n_eta * K))
+            T = T.reshape(N, S, self.n_eta, K)
+            A, diag = self.A.to(dtype), self.diag.to(dtype)
+            radial_width = S * self.n_radial
+            width = self.n_eta * self.n_zl
+            for b, (J, Kel) in enumerate(self.pairs):
+                mask = (sj == J) | (sj == Kel)
+                if not bool(mask.any()):
+                    continue
+                pm = torch.nonzero(mask).squeeze(1)
+                other = torch.where(sj[pm] == J, torch.full_like(pm, Kel), torch.full_like(pm, J))
+                To = T[i[pm], other]  # (p, n_eta, K): the moments of the other neighbour element
+                # Σ_α A_αt T_α ∂(w u^α)/∂vec; for J = K the factor 2 of the product rule meets the ½
+                H = torch.einsum("pk,pek,kt->pet", mono[pm], To, A)
+                Hm = torch.einsum("pk,pek,kt->pet", mono[pm] * deg, To, A)
+                Hd = torch.einsum("pkb,pek,kt->petb", d_mono[pm], To, A)
+                up, rp = u[pm], r[pm]
+                d = (dw[pm][:, :, None, None] * H[..., None] * up[:, None, None, :]
+                     + (w[pm] / rp[:, None])[:, :, None, None] * (Hd - Hm[..., None] * up[:, None, None, :]))
+                if J == Kel:
+                    d = d - (diag[None, None, :, None] * (w[pm] * dw[pm])[:, :, None, None]
+                             * up[:, None, None, :])
+                start = radial_width + b * width
+                jac[pm, start:start + width] = d.reshape(len(pm), width, 3)
+            return lib, jac
+
+
 # --------------------------------------------------------------------------- automatic set
 @dataclass
 class Selection:

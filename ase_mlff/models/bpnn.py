@@ -45,6 +45,37 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+#: ZBL universal screening function (Ziegler, Biersack, Littmark 1985): coefficients, exponents
+_ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
+_ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
+_COULOMB = 14.399645  # e²/(4π ε0) in eV·Å
+
+
+def zbl(r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+    """ZBL screened nuclear repulsion (eV) of nuclei ``zi``, ``zj`` at distance ``r`` (Å):
+    ``k zi zj / r · φ(r/a)``, ``a = 0.46850 / (zi^0.23 + zj^0.23)`` Å."""
+    a = 0.46850 / (zi ** 0.23 + zj ** 0.23)
+    x = r / a
+    phi = sum(c * torch.exp(-d * x) for c, d in zip(_ZBL_C, _ZBL_D))
+    return _COULOMB * zi * zj / r * phi
+
+
+def _check_repulsion(rep, n_species: int) -> dict:
+    """``{"inner": (S, S) Å, symmetric, "width": Å}``: the wall is ZBL switched on below
+    ``inner`` and fully on below ``inner − width``."""
+    if not isinstance(rep, dict) or set(rep) != {"inner", "width"}:
+        raise ValueError("hyperparameters.repulsion must be {'inner': [[Å per element pair]], 'width': Å}")
+    inner = np.asarray(rep["inner"], dtype=float)
+    width = rep["width"]
+    if inner.shape != (n_species, n_species) or not np.all(np.isfinite(inner)) or np.any(inner < 0) \
+            or not np.allclose(inner, inner.T):
+        raise ValueError("hyperparameters.repulsion.inner must be a symmetric (elements x elements) table "
+                         "of distances >= 0 (Å)")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < 100:
+        raise ValueError("hyperparameters.repulsion.width must be a positive distance (Å)")
+    return {"inner": inner.tolist(), "width": float(width)}
+
+
 class ElementNetwork(torch.nn.Module):
     """Feed-forward network of one element: (n, F) scaled functions -> (n,) outputs.
 
@@ -82,7 +113,7 @@ class BPNNModel(Model):
 
     def __init__(self, species, cutoff, radial_eta, radial_shift, angular_eta, angular_zeta, angular_lambda,
                  selected, hidden=(25, 25), activation="tanh", reference_energies=None, energy_scale=1.0,
-                 dtype="float32"):
+                 dtype="float32", repulsion=None):
         species = sorted(int(z) for z in species)
         sfset = SymmetryFunctionSet.from_config(species, cutoff, {
             "radial_eta": radial_eta, "radial_shift": radial_shift, "angular_eta": angular_eta,
@@ -94,6 +125,8 @@ class BPNNModel(Model):
             raise ValueError("reference_energies needs one value per element")
         config = {**sfset.as_config(), "hidden": [int(h) for h in hidden], "activation": activation,
                   "reference_energies": e0, "energy_scale": float(energy_scale)}
+        if repulsion is not None:
+            config["repulsion"] = _check_repulsion(repulsion, len(species))
         super().__init__(species, cutoff, config)
         torch_dtype = _DTYPES[dtype]
         self.sfset = sfset
@@ -134,7 +167,50 @@ class BPNNModel(Model):
         s = self.species_index(graph.numbers)
         # e0 from the (JSON, float64) hyperparameters: never rounded by .to(float32)
         e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=graph.device)
-        return e0[s] + self.config["energy_scale"] * y.to(torch.float64)
+        e = e0[s] + self.config["energy_scale"] * y.to(torch.float64)
+        if self.config.get("repulsion") is not None:
+            i, j = graph.edge_index
+            e = e + self.prior_atom_energies(graph.numbers, i, j, graph.edge_vectors()).to(torch.float64)
+        return e
+
+    # ----------------------------------------------------------------- short-range prior
+    def prior_atom_energies(self, numbers, i, j, vec) -> torch.Tensor:
+        """Per-atom energies (N,) eV of the declared short-range repulsion (zeros without one):
+        half of each pair's ``ZBL(r) · sw(r)`` goes to each atom (the pair list is directed)."""
+        N = len(numbers)
+        rep = self.config.get("repulsion")
+        if rep is None or len(i) == 0:
+            return torch.zeros(N, dtype=vec.dtype, device=vec.device)
+        s = self.species_index(numbers)
+        inner = torch.tensor(rep["inner"], dtype=vec.dtype, device=vec.device)[s[i], s[j]]
+        r = torch.linalg.norm(vec, dim=1)
+        near = r < inner
+        if not bool(near.any()):
+            return torch.zeros(N, dtype=vec.dtype, device=vec.device)
+        # only the few pairs inside the wall are evaluated (most steps: none)
+        r, inner = r[near], inner[near]
+        zi = numbers[i[near]].to(vec.dtype)
+        zj = numbers[j[near]].to(vec.dtype)
+        t = ((inner - r) / float(rep["width"])).clamp(0.0, 1.0)
+        sw = t * t * t * (10.0 - 15.0 * t + 6.0 * t * t)  # 0 at inner, 1 at inner - width; C2
+        e_pair = zbl(r, zi, zj) * sw
+        return torch.zeros(N, dtype=vec.dtype, device=vec.device).index_add(0, i[near], 0.5 * e_pair)
+
+    def prior_terms(self, numbers, i, j, vec) -> tuple[float, torch.Tensor]:
+        """Energy (eV) and forces (N, 3) of the short-range prior alone, for the training cache
+        (it does not depend on the weights). Pairs given as in ``ACSF.from_vectors``."""
+        N = len(numbers)
+        if self.config.get("repulsion") is None:
+            return 0.0, torch.zeros(N, 3, dtype=vec.dtype, device=vec.device)
+        with torch.enable_grad():
+            v = vec.detach().clone().requires_grad_(True)
+            e = self.prior_atom_energies(numbers, i, j, v).sum()
+            if not e.requires_grad:
+                return float(e.detach()), torch.zeros(N, 3, dtype=vec.dtype, device=vec.device)
+            (dv,) = torch.autograd.grad(e, v)
+        # vec_p = r_j - r_i (+ shift): F_i = +dE/dvec_p, F_j = -dE/dvec_p
+        f = torch.zeros(N, 3, dtype=vec.dtype, device=vec.device).index_add(0, i, dv).index_add(0, j, -dv)
+        return float(e.detach()), f
 
     def extrapolation(self, graph, tolerance: float = 0.0) -> dict[str, Any]:
         """Atoms whose functions leave the training range [min, max] (widened by ``tolerance``
@@ -174,6 +250,8 @@ class BPNNModel(Model):
         if (not isinstance(e0, list) or len(e0) != len(species)
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in e0)):
             raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+        if config.get("repulsion") is not None:
+            _check_repulsion(config["repulsion"], len(species))
         shapes = {}
         for k, z in enumerate(species):
             F = sizes["n_selected"][chemical_symbols[z]]
@@ -218,6 +296,30 @@ class BPNNModel(Model):
         for k, sel in enumerate(self.sfset.selected):
             if len(values[k]):
                 self.set_scaling(k, values[k][:, sel])
+
+    def set_repulsion(self, repulsion) -> None:
+        """Declare (or with None remove) the short-range prior: a hyperparameter, saved in the file."""
+        if repulsion is None:
+            self.config.pop("repulsion", None)
+        else:
+            self.config["repulsion"] = _check_repulsion(repulsion, len(self.species))
+
+    # ----------------------------------------------------------------- shared-trainer hooks
+    def prepare_training_frame(self, frame):
+        """Training-time cache of one labelled frame (:class:`~ase_mlff.training.bpnn_train.FrameCache`):
+        selected functions and their pair-vector Jacobian, which depend only on the frame and
+        the hyperparameters (never on weights or scaling), so the trainer rebuilds it on resume."""
+        from ..training.bpnn_train import cache_frame
+
+        return cache_frame(self, frame)
+
+    def training_batch(self, caches, create_graph: bool = True):
+        """Energies (B,) float64 and forces (ΣN, 3) of cached frames, differentiable in the
+        weights: forces by the chain rule through the cached Jacobian (no double backward
+        through the descriptor)."""
+        from ..training.bpnn_train import predict_cached
+
+        return predict_cached(self, caches, create_graph=create_graph)
 
     def set_reference_energies(self, e0: Sequence[float], energy_scale: float | None = None) -> None:
         self.config["reference_energies"] = [float(v) for v in e0]

@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from ..descriptors.acsf import automatic_set, library_values
+from ..descriptors.acsf import automatic_set, library_values, smallest_distances
 from ..errors import DatasetError, MLFFError, TrainingError
 from ..graph import graph_from_structure
 from ..models.bpnn import BPNNModel
-from .checkpoint import Checkpointer, StopGuard, TrainingInterrupted, identity
+from .checkpoint import TrainingInterrupted
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -96,80 +96,97 @@ class FrameCache:
     jac: torch.Tensor  # (P, Fmax, 3) d(selected functions of i_p, padded)/d(vec_p)
     energy: float
     forces: torch.Tensor  # (N, 3)
+    prior_energy: float = 0.0  # eV: the model's fixed short-range repulsion (weights not involved)
+    prior_forces: torch.Tensor | None = None  # (N, 3) eV/Å, of the same term
 
 
 def cache_frame(model: BPNNModel, frame) -> FrameCache:
-    g = graph_from_structure(frame, model.cutoff, dtype=model.dtype)
+    """Functions and their pair-vector derivatives of one frame (weights not involved), on the
+    model's device and in its dtype."""
+    dev = next(model.parameters()).device
+    g = graph_from_structure(frame, model.cutoff, dtype=model.nets[0].mean.dtype)
+    if dev.type != "cpu":
+        g = g.to(device=dev)
     i, j = g.edge_index
-    vec = g.edge_vectors().detach().requires_grad_(True)
+    vec = g.edge_vectors().detach()
+    keep = torch.linalg.norm(vec, dim=1) < model.cutoff  # a list built for a longer cutoff
+    i, j, vec = i[keep], j[keep], vec[keep]
     s = model.species_index(g.numbers)
     if bool((s < 0).any()):
-        model.check_numbers(g.numbers.numpy())
-    lib = model.acsf.from_vectors(g.numbers, i, j, vec)
+        model.check_numbers(g.numbers.cpu().numpy())
+    # analytic derivatives (ACSF.pair_jacobian): one pass instead of one backward per function
+    lib, jac_lib = model.acsf.pair_jacobian(g.numbers, i, j, vec)
     sels = [getattr(model, f"_selected_{k}") for k in range(len(model.species))]
     fmax = max(len(x) for x in sels)
     # padded per-atom column table: column f of atom n is lib[n, cols[n, f]] (padding repeats col 0
     # and is multiplied by a zero adjoint)
-    cols = torch.zeros(g.n_atoms, fmax, dtype=torch.long)
+    cols = torch.zeros(g.n_atoms, fmax, dtype=torch.long, device=dev)
     for k, sel in enumerate(sels):
         cols[s == k, :len(sel)] = sel
     xsel = torch.gather(lib, 1, cols)
-    jac = torch.empty(len(i), fmax, 3, dtype=vec.dtype)
-    for f in range(fmax):
-        (gr,) = torch.autograd.grad(xsel[:, f].sum(), vec, retain_graph=f < fmax - 1)
-        jac[:, f] = gr
-    xsel = xsel.detach()
+    jac = torch.gather(jac_lib, 1, cols[i][:, :, None].expand(-1, -1, 3))
     atoms = [torch.nonzero(s == k).squeeze(1) for k in range(len(sels))]
     x = [xsel[a][:, :len(sel)] for a, sel in zip(atoms, sels)]
-    return FrameCache(g.n_atoms, s, x, atoms, i, j, jac, float(frame.energy),
-                      torch.as_tensor(frame.forces, dtype=vec.dtype))
+    pe, pf = model.prior_terms(g.numbers, i, j, vec)
+    return FrameCache(g.n_atoms, s.to(dev), [t.to(dev) for t in x], [a.to(dev) for a in atoms], i.to(dev),
+                      j.to(dev), jac.to(dev), float(frame.energy) if frame.energy is not None else float("nan"),
+                      torch.as_tensor(frame.forces if frame.forces is not None else np.zeros((g.n_atoms, 3)),
+                                      dtype=vec.dtype).to(dev), pe, pf.to(dev))
 
 
 def collate(caches: Sequence[FrameCache]) -> dict[str, Any]:
     """Join cached frames into one batch (atom and pair indices offset, Jacobians padded)."""
     n_el = len(caches[0].x)
+    dev = caches[0].jac.device
     fmax = max(c.jac.shape[1] for c in caches)
     offsets = np.cumsum([0] + [c.n_atoms for c in caches[:-1]])
     jac = [torch.nn.functional.pad(c.jac, (0, 0, 0, fmax - c.jac.shape[1])) for c in caches]
     return {
         "n_atoms": int(sum(c.n_atoms for c in caches)),
-        "batch": torch.cat([torch.full((c.n_atoms,), b, dtype=torch.long) for b, c in enumerate(caches)]),
+        "batch": torch.cat([torch.full((c.n_atoms,), b, dtype=torch.long, device=dev) for b, c in enumerate(caches)]),
         "species": torch.cat([c.species for c in caches]),
         "x": [torch.cat([c.x[k] for c in caches]) for k in range(n_el)],
         "atoms": [torch.cat([c.atoms[k] + int(o) for c, o in zip(caches, offsets)]) for k in range(n_el)],
         "i": torch.cat([c.i + int(o) for c, o in zip(caches, offsets)]),
         "j": torch.cat([c.j + int(o) for c, o in zip(caches, offsets)]),
         "jac": torch.cat(jac),
-        "energy": torch.tensor([c.energy for c in caches], dtype=torch.float64),
-        "n": torch.tensor([c.n_atoms for c in caches], dtype=torch.float64),
+        "energy": torch.tensor([c.energy for c in caches], dtype=torch.float64, device=dev),
+        "n": torch.tensor([c.n_atoms for c in caches], dtype=torch.float64, device=dev),
         "forces": torch.cat([c.forces for c in caches]),
+        "prior_energy": torch.tensor([c.prior_energy for c in caches], dtype=torch.float64, device=dev),
+        "prior_forces": torch.cat([c.prior_forces if c.prior_forces is not None
+                                   else torch.zeros_like(c.forces) for c in caches]),
     }
 
 
 def predict_cached(model: BPNNModel, caches, create_graph: bool = True):
     """Energies (B,) float64 and forces (sum N, 3) of cached frames (a list of
-    :class:`FrameCache` or a :func:`collate` batch), differentiable in the weights."""
+    :class:`FrameCache` or a :func:`collate` batch), differentiable in the weights. This is
+    the BPNN's ``training_batch`` hook of the shared trainer."""
     b = caches if isinstance(caches, dict) else collate(caches)
+    dev = b["jac"].device
     scale = model.config["energy_scale"]
-    e0 = torch.tensor(model.config["reference_energies"], dtype=torch.float64)
-    xs = [x.clone().requires_grad_(True) for x in b["x"]]
+    e0 = torch.tensor(model.config["reference_energies"], dtype=torch.float64, device=dev)
     N = b["n_atoms"]
-    y = torch.zeros(N, dtype=b["jac"].dtype)
-    for net, x, a in zip(model.nets, xs, b["atoms"]):
-        if len(a):
-            y = y.index_copy(0, a, net(x))
-    grads = torch.autograd.grad(y.sum(), xs, create_graph=create_graph, allow_unused=True)
-    v = torch.zeros(N, b["jac"].shape[1], dtype=y.dtype)
+    with torch.enable_grad():  # also under the trainer's no_grad validation: forces need dE/dG
+        xs = [x.clone().requires_grad_(True) for x in b["x"]]
+        y = torch.zeros(N, dtype=b["jac"].dtype, device=dev)
+        for net, x, a in zip(model.nets, xs, b["atoms"]):
+            if len(a):
+                y = y.index_copy(0, a, net(x))
+        grads = torch.autograd.grad(y.sum(), xs, create_graph=create_graph, allow_unused=True)
+    v = torch.zeros(N, b["jac"].shape[1], dtype=y.dtype, device=dev)
     for a, gr, x in zip(b["atoms"], grads, xs):
         if gr is not None and len(a):
-            v = v.index_put((a[:, None], torch.arange(x.shape[1])[None, :]), gr)
+            v = v.index_put((a[:, None], torch.arange(x.shape[1], device=dev)[None, :]), gr)
     dvec = torch.einsum("pf,pfc->pc", v[b["i"]], b["jac"])  # dE_nn/d(vec_p)
     # vec_p = r_j - r_i + shift: dE/dr_j += dvec_p, dE/dr_i -= dvec_p; F = -dE/dr
-    f = torch.zeros(N, 3, dtype=dvec.dtype).index_add(0, b["i"], dvec).index_add(0, b["j"], -dvec)
+    f = torch.zeros(N, 3, dtype=dvec.dtype, device=dev).index_add(0, b["i"], dvec).index_add(0, b["j"], -dvec)
     n_frames = len(b["energy"])
     e_atoms = e0[b["species"]] + scale * y.to(torch.float64)
-    energies = torch.zeros(n_frames, dtype=torch.float64).index_add(0, b["batch"], e_atoms)
-    return energies, scale * f
+    energies = torch.zeros(n_frames, dtype=torch.float64, device=dev).index_add(0, b["batch"], e_atoms)
+    # the fixed short-range prior (zero on frames without contacts inside its wall)
+    return energies + b["prior_energy"], scale * f + b["prior_forces"]
 
 
 def _loss(model, caches, w_e, w_f, create_graph=True):
@@ -220,84 +237,40 @@ def evaluate_frames(model, frames) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------- the loop
-def fit(model: BPNNModel, train: Sequence[FrameCache], valid: Sequence[FrameCache], epochs: int = 100,
-        lr: float = 3e-3, batch_size: int = 8, energy_weight: float = 10.0, force_weight: float = 1.0,
-        patience: int = 10, min_lr: float = 1e-5, seed: int = 0, progress: Callable[[str], None] | None = None,
-        checkpoint=None, resume: bool = False, ident: dict | None = None, stop_after: int | None = None):
-    """Adam with the best-validation model kept; returns ``(model, history)``. Checkpoints (one
-    safe point per epoch) go through :class:`~ase_mlff.training.checkpoint.Checkpointer`."""
-    say = progress or (lambda msg: None)
-    if not train:
-        raise DatasetError("no training frames")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
-    state = {"epoch": 0, "lr": lr, "best": None, "since_best": 0, "history": []}
-    best_arrays = model.get_arrays()
-    with StopGuard(stream=sys.stderr) as guard:
-        ckpt = Checkpointer(checkpoint, ident or identity("bpnn", None, {}), interval_s=60.0, guard=guard,
-                            stop_after=stop_after)
-        if resume:
-            state, arrays = ckpt.load()
-            model.set_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-            best_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("best/")}
-            opt_state = opt.state_dict()
-            for n, p in enumerate(model.parameters()):
-                if f"opt/{n}/m" in arrays:
-                    opt_state["state"][n] = {"step": torch.tensor(float(arrays[f"opt/{n}/step"])),
-                                             "exp_avg": torch.from_numpy(arrays[f"opt/{n}/m"]),
-                                             "exp_avg_sq": torch.from_numpy(arrays[f"opt/{n}/v"])}
-            opt.load_state_dict(opt_state)
-            rng = np.random.default_rng([seed, state["epoch"]])
-            say(f"resumed at epoch {state['epoch']}")
-        elif ckpt.exists():
-            raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; resume it or delete it")
+def trainer_options(epochs: int = 100, lr: float = 3e-3, batch_size: int = 8, energy_weight: float = 10.0,
+                    force_weight: float = 1.0, patience: int = 10, stop_patience: int = 30, ema: float = 0.99,
+                    min_lr: float = 1e-5, dtype: str = "float32", seed: int = 0, device: str = "cpu"):
+    """The BPNN recipe as options of the shared trainer: Adam (AdamW without decay), rate
+    halved after ``patience`` epochs without a better validation loss, floor ``min_lr``,
+    early stop after ``stop_patience`` such epochs, EMA of the weights."""
+    from .trainer import TrainerOptions
 
-        def snapshot():
-            arrays = {f"model/{k}": v for k, v in model.get_arrays().items()}
-            arrays.update({f"best/{k}": v for k, v in best_arrays.items()})
-            for n, p in enumerate(model.parameters()):
-                st = opt.state.get(p)
-                if st:
-                    arrays[f"opt/{n}/m"] = st["exp_avg"].numpy()
-                    arrays[f"opt/{n}/v"] = st["exp_avg_sq"].numpy()
-                    arrays[f"opt/{n}/step"] = np.array(float(st["step"]))
-            return state, arrays
+    return TrainerOptions(epochs=epochs, batch_size=batch_size, lr=lr, energy_weight=energy_weight,
+                          force_weight=force_weight, schedule="plateau", lr_factor=0.5, lr_patience=patience,
+                          min_lr=min_lr, ema=ema, patience=stop_patience, dtype=dtype, seed=seed,
+                          device=device).check()
 
-        while state["epoch"] < epochs and state["lr"] >= min_lr:
-            for group in opt.param_groups:
-                group["lr"] = state["lr"]
-            order = rng.permutation(len(train))
-            t0 = time.perf_counter()
-            for k in range(0, len(order), batch_size):
-                loss, _, _ = _loss(model, [train[q] for q in order[k:k + batch_size]], energy_weight, force_weight)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"the training loss became {float(loss)} at epoch {state['epoch']}; "
-                                        "lower the learning rate (--lr)")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            vm = evaluate_cached(model, valid or train)
-            vloss = energy_weight * (vm["energy_per_atom_rmse_meV"] * 1e-3) ** 2 + force_weight * (
-                vm["forces_rmse_meV_per_A"] * 1e-3) ** 2
-            state["epoch"] += 1
-            rec = {"epoch": state["epoch"], "lr": state["lr"], "valid_loss": vloss,
-                   "valid_energy_rmse_meV_per_atom": vm["energy_per_atom_rmse_meV"],
-                   "valid_forces_rmse_meV_per_A": vm["forces_rmse_meV_per_A"],
-                   "epoch_s": time.perf_counter() - t0}
-            state["history"].append(rec)
-            if state["best"] is None or vloss < state["best"]:
-                state["best"], state["since_best"] = vloss, 0
-                best_arrays = model.get_arrays()
-            else:
-                state["since_best"] += 1
-                if state["since_best"] >= patience:
-                    state["lr"] *= 0.5
-                    state["since_best"] = 0
-            say(f"epoch {state['epoch']:4d}  lr {rec['lr']:.2e}  valid E RMSE {rec['valid_energy_rmse_meV_per_atom']:.3f} "
-                f"meV/atom  F RMSE {rec['valid_forces_rmse_meV_per_A']:.1f} meV/Å  ({rec['epoch_s']:.1f} s)")
-            ckpt.safe_point(snapshot)
-    model.set_arrays(best_arrays)
-    return model, state["history"]
+
+def fit(model: BPNNModel, train_frames, valid_frames, options=None, **kwargs):
+    """Train ``model`` on labelled frames with the shared trainer
+    (:func:`ase_mlff.training.trainer.train_network`; the BPNN's ``training_batch`` hook makes
+    each step run the networks only). ``kwargs`` go to ``train_network`` (``checkpoint``,
+    ``resume``, ``log``, ``stop_after``, ...). Returns ``(model, record)``."""
+    from .trainer import train_network
+
+    kwargs.setdefault("plots", False)
+    return train_network(model, train_frames, valid_frames, options or trainer_options(), **kwargs)
+
+
+def repulsion_for(frames, species: Sequence[int], cutoff: float, width: float = 0.5) -> dict:
+    """The short-range prior of :class:`BPNNModel` from the training frames: ZBL switched on
+    below the smallest I–J distance seen (so it is exactly zero on every training frame and
+    the networks fit what they did before) and fully on ``min(width, r0/2)`` closer."""
+    r0 = smallest_distances(frames, species, cutoff)
+    r0 = np.where(np.isfinite(r0), r0, 0.0)  # a pair never seen: no wall (nothing to go below)
+    positive = r0[r0 > 0]
+    w = min(float(width), 0.5 * float(positive.min())) if len(positive) else float(width)
+    return {"inner": r0.tolist(), "width": w}
 
 
 def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, seed: int = 0,
@@ -306,9 +279,11 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
                dtype: str = "float32", epochs: int = 100, lr: float = 3e-3, batch_size: int = 8,
                energy_weight: float = 10.0, force_weight: float = 1.0, patience: int = 10,
                progress: Callable[[str], None] | None = None, checkpoint=None, resume: bool = False,
-               stop_after: int | None = None):
-    """Split ``dataset`` (:class:`ase_mlff.data.Dataset`), prepare and fit a model; returns
-    ``(model, report)`` with the split, the selection report and validation/test errors."""
+               stop_after: int | None = None, stop_patience: int = 30, ema: float = 0.99,
+               repulsion: bool = True, repulsion_width: float = 0.5, device: str = "cpu"):
+    """Split ``dataset`` (:class:`ase_mlff.data.Dataset`), prepare and fit a model with the
+    shared trainer; returns ``(model, report)`` with the split, the selection report,
+    validation/test errors and the trainer's record (``report["record"]``)."""
     say = progress or (lambda msg: None)
     split = dataset.split(n_train, n_valid, n_test, seed=seed)
     frames = dataset.frames
@@ -319,23 +294,26 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
                "hidden": list(hidden), "activation": activation, "n_radial": n_radial, "n_eta": n_eta,
                "zetas": list(zetas), "max_correlation": max_correlation, "dtype": dtype, "epochs": epochs,
                "lr": lr, "batch_size": batch_size, "energy_weight": energy_weight, "force_weight": force_weight,
-               "patience": patience}
-    ident = identity("bpnn", dataset.sha256(), options)
+               "patience": patience, "stop_patience": stop_patience, "ema": ema, "repulsion": repulsion,
+               "repulsion_width": repulsion_width}
     model, selection = prepare_model(train_f, cutoff, hidden, activation, n_radial, n_eta, zetas, max_correlation,
                                      dtype, seed)
+    if repulsion:
+        rep = repulsion_for(train_f, model.species, cutoff, repulsion_width)
+        model.set_repulsion(rep)
+        say("short-range prior: ZBL below " + ", ".join(
+            f"{chemical_symbols[a]}-{chemical_symbols[b]} {rep['inner'][p][q]:.2f} Å"
+            for p, a in enumerate(model.species) for q, b in enumerate(model.species) if p <= q)
+            + f" (fully on {rep['width']:.2f} Å closer)")
     say("symmetry functions: " + ", ".join(f"{k} {len(v['kept'])} of {v['n_library']}" for k, v in selection.items()))
-    t0 = time.perf_counter()
-    train_c = [cache_frame(model, f) for f in train_f]
-    valid_c = [cache_frame(model, f) for f in valid_f]
-    say(f"cached functions and derivatives of {len(train_c) + len(valid_c)} frames ({time.perf_counter() - t0:.0f} s)")
-    t0 = time.perf_counter()
-    model, history = fit(model, train_c, valid_c, epochs=epochs, lr=lr, batch_size=batch_size,
-                         energy_weight=energy_weight, force_weight=force_weight, patience=patience, seed=seed,
-                         progress=say, checkpoint=checkpoint, resume=resume, ident=ident, stop_after=stop_after)
+    opts = trainer_options(epochs, lr, batch_size, energy_weight, force_weight, patience, stop_patience, ema,
+                           dtype=dtype, seed=seed, device=device)
+    model, record = fit(model, train_f, valid_f, opts, checkpoint=checkpoint, resume=resume, log=say,
+                        stop_after=stop_after)
     report = {"split": {k: getattr(split, k).tolist() for k in ("train", "valid", "test")}, "options": options,
               "selection": {k: {"kept": v["kept"], "n_dropped": len(v["dropped"])} for k, v in selection.items()},
-              "history": history, "train_time_s": time.perf_counter() - t0,
-              "valid": evaluate_cached(model, valid_c) if valid_c else None,
+              "history": record.history, "record": record, "train_time_s": record.train_time_s,
+              "valid": evaluate_frames(model, valid_f) if valid_f else None,
               "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
               "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None)}
     if test_f:
@@ -373,6 +351,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--energy-weight", type=float, default=10.0, help="weight of (energy error per atom)^2, eV^-2 (default 10)")
     a("--force-weight", type=float, default=1.0, help="weight of (force error)^2, Å^2/eV^2 (default 1)")
     a("--patience", type=int, default=10, help="epochs without improvement before halving the rate")
+    a("--stop-patience", type=int, default=30, help="epochs without improvement before stopping (0: never)")
+    a("--ema", type=float, default=0.99, help="decay of the moving average of the weights (0: off)")
+    a("--no-repulsion", dest="repulsion", action="store_false",
+      help="no short-range prior (ZBL below the smallest distance of each element pair in the training frames)")
+    a("--repulsion-width", type=float, default=0.5, help="Å over which the prior switches on (default 0.5)")
+    a("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="training device (default cpu)")
+    a("--no-plots", dest="plots", action="store_false", help="no learning-curve and parity PNGs beside the model")
+    a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after k safe points
     a("--checkpoint", default=None, help="checkpoint file (default OUTPUT.ckpt)")
     a("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     return parser
@@ -415,7 +401,10 @@ def run(args) -> int:
                                    n_eta=args.n_eta, zetas=zetas, max_correlation=args.max_correlation,
                                    dtype=args.dtype, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                    energy_weight=args.energy_weight, force_weight=args.force_weight,
-                                   patience=args.patience, progress=progress, checkpoint=ckpt, resume=args.resume)
+                                   patience=args.patience, progress=progress, checkpoint=ckpt, resume=args.resume,
+                                   stop_patience=args.stop_patience, ema=args.ema, repulsion=args.repulsion,
+                                   repulsion_width=args.repulsion_width, device=args.device,
+                                   stop_after=args.stop_after)
     except TrainingInterrupted as exc:
         where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
         print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
@@ -427,7 +416,14 @@ def run(args) -> int:
     rec["data_sha256"] = report["data_sha256"]
     rec["epochs_run"] = len(report["history"])
     rec["command"] = " ".join(sys.argv)
+    rec["trainer"] = report["record"].as_dict()
     save_model(model, args.output, training=rec)
+    if args.plots:
+        from .trainer import _default_plots, write_plots
+
+        frames = [ds.frames[k] for k in report["split"]["valid"]] or [ds.frames[k] for k in report["split"]["train"]]
+        for path in write_plots(report["record"], model, frames, _default_plots(args.output, None)):
+            progress(f"plot written to {path}")
     if os.path.exists(ckpt):
         os.unlink(ckpt)  # the model holds the result; the checkpoint only served a resume
     print(f"BPNN model written to {args.output} ({', '.join(k + ' ' + str(len(v['kept'])) + ' functions' for k, v in report['selection'].items())})")

@@ -473,11 +473,39 @@ class _Labels:
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
-def _errors(model, graph, labels, idx, need_f: bool, need_s: bool, create_graph: bool):
-    """Errors of the model on one batch: (dE/N over frames with energy, dF over atoms with
-    forces, dσ over frames with stress), float64."""
+class FamilyCache:
+    """The family's training-time caches of a frame list (the ``training_batch`` hook):
+    ``model.prepare_training_frame(frame)`` once per frame, after the model has its training
+    dtype and device. Rebuilt (never stored) on resume: a cache depends only on the frame and
+    the model's hyperparameters."""
+
+    def __init__(self, model, frames, say=None):
+        t0 = time.perf_counter()
+        self.items = [model.prepare_training_frame(fr) for fr in frames]
+        if say is not None and frames:
+            say(f"prepared the training caches of {len(frames)} frames ({time.perf_counter() - t0:.1f} s)")
+
+    def __len__(self):
+        return len(self.items)
+
+
+def has_training_hook(model) -> bool:
+    """Whether the family supplies its own training-time evaluation (both hooks)."""
+    return callable(getattr(model, "training_batch", None)) and callable(getattr(model, "prepare_training_frame", None))
+
+
+def _errors(model, source, labels, idx, need_f: bool, need_s: bool, create_graph: bool):
+    """Errors of the model on one batch (``idx`` into ``source``: :class:`FrameGraphs`, or a
+    :class:`FamilyCache`): (dE/N over frames with energy, dF over atoms with forces, dσ over
+    frames with stress), float64."""
     e, n, me, forces, mf, stress, ms, vol = labels.batch(idx)
-    out = model.compute(graph, forces=need_f, stress=need_s, create_graph=create_graph)
+    if isinstance(source, FamilyCache):
+        # the family's own evaluation: same energies/forces as compute(), cheaper to train
+        energy, f_pred = model.training_batch([source.items[int(k)] for k in idx], create_graph=create_graph)
+        de = ((energy - e) / n)[me]
+        df = (f_pred.to(torch.float64) - forces)[mf] if need_f else forces[:0]
+        return de, df, stress[:0]
+    out = model.compute(source.batch(idx), forces=need_f, stress=need_s, create_graph=create_graph)
     de = ((out.energy - e) / n)[me]
     df = (out.forces.to(torch.float64) - forces)[mf] if need_f else forces[:0]
     if need_s:
@@ -575,6 +603,12 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
         params = [p for _, p in _trainable(model)]
         graphs = FrameGraphs(train_frames, model.cutoff, dtype=dtype, device=ddp.device)
         vgraphs = FrameGraphs(valid_frames, model.cutoff, dtype=dtype, device=ddp.device)
+        if has_training_hook(model):
+            # the family's cache (e.g. BPNN: descriptor values and Jacobians), built once here
+            # and again on resume; fit_scaling still sees the FrameGraphs
+            tsource, vsource = FamilyCache(model, train_frames, say), FamilyCache(model, valid_frames, say)
+        else:
+            tsource, vsource = graphs, vgraphs
         labels, vlabels = _Labels(train_frames, ddp.device), _Labels(valid_frames, ddp.device)
         record = TrainingRecord(options=opts.as_dict(), n_train=len(train_frames), n_valid=len(valid_frames),
                                 world_size=ddp.world)
@@ -645,7 +679,7 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                 while st["step"] < steps_per_epoch:
                     s = st["step"]
                     batch = st["perm"][s * opts.batch_size:(s + 1) * opts.batch_size]
-                    terms = _train_step(model, params, optimizer, batch, graphs, labels, opts, ddp, need_s_any)
+                    terms = _train_step(model, params, optimizer, batch, tsource, labels, opts, ddp, need_s_any)
                     if opts.schedule == "cosine":
                         scheduler.step()
                     if ema is not None:
@@ -661,7 +695,7 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                 if ema is not None:
                     ema.swap(model)
                 try:
-                    val = _validate(model, vgraphs, vlabels, opts, ddp) if valid_frames else {}
+                    val = _validate(model, vsource, vlabels, opts, ddp) if valid_frames else {}
                     mean = [x / max(st["n_steps"], 1) for x in st["sums"]]
                     entry = {"epoch": st["epoch"] + 1, "lr": optimizer.param_groups[0]["lr"],
                              "train_loss": mean[0], "train_energy": mean[1], "train_forces": mean[2],
@@ -733,6 +767,10 @@ def _check_labels(model, train_frames, valid_frames, opts) -> None:
     if opts.force_weight > 0 and not any(f.forces is not None for f in train_frames) and opts.energy_weight == 0:
         raise DatasetError("no training frame has forces and the energy weight is 0; nothing to fit")
     if opts.stress_weight > 0:
+        if has_training_hook(model):
+            raise TrainingError(f"--stress-weight {opts.stress_weight:g}: the {model.family} family trains "
+                                "through its training_batch hook, which gives energies and forces only; set "
+                                "the stress weight to 0")
         if not getattr(model, "supports_stress", False):
             raise TrainingError(f"--stress-weight {opts.stress_weight:g}: this {model.family} model gives no "
                                 "stress; set the stress weight to 0")
@@ -785,8 +823,7 @@ def _train_step(model, params, optimizer, batch, graphs, labels, opts, ddp, need
     if len(local):
         need_f = w_f > 0 and bool(labels.has_f[local].any())
         need_s = need_s_any and w_s > 0 and bool(labels.has_s[local].any())
-        graph = graphs.batch(local)
-        de, df, ds = _errors(model, graph, labels, local, need_f, need_s, create_graph=need_f or need_s)
+        de, df, ds = _errors(model, graphs, labels, local, need_f, need_s, create_graph=need_f or need_s)
         # sums divided by the global counts: the processes' losses add up to the global loss
         parts = torch.stack([w_e * (de ** 2).sum(), w_f * (df ** 2).sum(), w_s * (ds ** 2).sum()])
         loss = parts.sum()
@@ -829,7 +866,7 @@ def _validate(model, vgraphs, vlabels, opts, ddp) -> dict[str, Any]:
     sums = torch.zeros(6, dtype=torch.float64, device=ddp.device)
     for k in range(0, len(mine), opts.batch_size):
         idx = mine[k:k + opts.batch_size]
-        de, df, ds = _errors(model, vgraphs.batch(idx), vlabels, idx, need_f, need_s, create_graph=False)
+        de, df, ds = _errors(model, vgraphs, vlabels, idx, need_f, need_s, create_graph=False)
         sums += torch.stack([de.abs().sum(), (de ** 2).sum(), df.abs().sum(), (df ** 2).sum(),
                              ds.abs().sum(), (ds ** 2).sum()])
     ddp.all_reduce(sums)
