@@ -405,3 +405,50 @@ def test_train_mff_committee_from_the_command_line(tmp_path):
     assert model.calibration["stress"] != model.calibration["forces"]
     held = set(cal["indices"])
     assert all(not held & set(m["train_indices"]) for m in model.meta["training"]["members"])
+
+
+def test_train_bpnn_committee_from_the_command_line(tmp_path, ethanol):
+    """BPNN end to end through the CLI: members on subsamples with their own seeds, the served
+    model is the one plain ``train bpnn`` gives, calibration on the --n-test frames, the
+    uncertainties through ASE (stress too: a local family)."""
+    from ase_mlff.cli import main
+
+    small = tmp_path / "eth.extxyz"
+    ethanol[:24].to_extxyz(small)
+    common = [str(small), "--n-train", "8", "--n-valid", "2", "--n-test", "6", "--cutoff", "4", "--hidden", "6",
+              "--n-radial", "3", "--n-eta", "2", "--zetas", "1", "--epochs", "2", "--seed", "3"]
+    out = tmp_path / "c.mlff"
+    assert main(["train", "bpnn", *common, "--committee", "2", "--committee-frames", "6", "-o", str(out)]) == 0
+    model = load_model(out)
+    assert model.member_family == "bpnn" and model.n_members == 2 and model.mean_model is not None
+    tr = model.meta["training"]
+    split = tr["split"]
+    cal = tr["calibration"]
+    assert cal["n_frames"] == 6 and cal["indices"] == split["test"]
+    pool = set(split["train"]) | set(split["valid"])
+    frames = [set(m["frames"]) for m in tr["members"]]
+    assert all(len(f) == 6 and f <= pool for f in frames) and frames[0] != frames[1]
+    assert [m["seed"] for m in tr["members"]] == [4, 5]
+    assert all(not set(cal["indices"]) & f for f in frames)
+    assert model.calibration["forces"] > 0 and model.calibration["forces"] != 1.0
+
+    # the served mean is what a plain ``train bpnn`` with the same flags writes
+    single = tmp_path / "one.mlff"
+    assert main(["train", "bpnn", *common, "-o", str(single)]) == 0
+    one = load_model(single)
+    atoms = ethanol[30].to_atoms()
+    atoms.set_cell([12.0, 12.0, 12.0])
+    atoms.center()
+    atoms.pbc = True
+    calc = MLFFCalculator(model, uncertainty=True)
+    atoms.calc = calc
+    f, s = atoms.get_forces(), atoms.get_stress()
+    np.testing.assert_array_equal(f, MLFFCalculator(one).get_forces(atoms))
+    res = calc.results
+    assert isinstance(res["energy_uncertainty"], float) and res["energy_uncertainty"] > 0
+    assert res["forces_uncertainty"].shape == (9,) and np.all(res["forces_uncertainty"] > 0)
+    assert res["stress_uncertainty"].shape == (6,) and s.shape == (6,)
+    # the forces uncertainty is the calibrated member spread
+    F = np.stack([MLFFCalculator(m).get_forces(atoms) for m in model.members])
+    sigma = np.sqrt(((F - F.mean(0)) ** 2).sum(axis=(0, 2)) / (len(F) - 1))
+    np.testing.assert_allclose(res["forces_uncertainty"], model.calibration["forces"] * sigma, rtol=1e-4)

@@ -5,7 +5,7 @@ the equations of the served prediction and the uncertainties):
 
 1. Hold out calibration frames: ``calibration`` data when given (``n_calibration`` of them,
    drawn from the named stream "calibration" of ``seed``), else the validation frames of the
-   training data (sGDML: ``n_valid``; MFF: ``n_test``).
+   training data (sGDML: ``n_valid``; MFF and BPNN: ``n_test``).
 2. Members ``k = 0 .. K-1``: member ``k`` is trained on ``n_member`` frames drawn without
    replacement from the training pool (stream ``"committee-member-{k}"``), with seed
    ``seed + k + 1`` for the family's own random choices. Different frames make the members
@@ -26,6 +26,15 @@ sGDML members use ``train_sgdml`` with explicit ``train_indices``; their length 
 served mean's (chosen by its own validation search) unless ``sigmas`` is given, so that the
 spread reflects the data and not a noisy hyperparameter search on small subsets. MFF members
 use ``train_mff`` on a sub-dataset with no test frames of their own.
+
+BPNN: the data are split as ``ase-mlff train bpnn`` splits them (``Dataset.split(n_train,
+n_valid, n_test, seed)``), so the served mean ("all") is the very model that command trains
+(same frames, seed and initial weights); the test frames are the calibration frames. The pool
+is the training plus validation frames (the networks keep their best-validation weights, so
+the validation frames are not held out). Member ``k`` is ``train_bpnn`` on its ``n_member``
+pool frames, of which a share ``n_valid / n_pool`` (at least one when ``n_valid > 0``) is its
+own validation set, with seed ``seed + k + 1`` (initial weights, batch order, that split). Its
+symmetry functions are selected from its own frames, as any BPNN's are.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from ..models.base import Model
 from ..models.committee import CommitteeModel
 from ..rng import random_stream
 
-FAMILIES = ("sgdml", "mff")
+FAMILIES = ("sgdml", "mff", "bpnn")
 
 
 def _as_dataset(data):
@@ -146,7 +155,9 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     training options — sGDML: keywords of :func:`~ase_mlff.training.sgdml_train.train_sgdml`
     (``n_valid``, ``sigmas``, ``lam``, ``symmetries``, ``solver``); MFF: options of
     ``ase-mlff train mff`` by their Python names (``rc2``, ``rc3``, ``n_test``, ``n_energy``,
-    ``n_force_atoms``, ``h2``, ...).
+    ``n_force_atoms``, ``h2``, ...); BPNN: keywords of
+    :func:`~ase_mlff.training.bpnn_train.train_bpnn` (``n_train``, ``n_valid``, ``n_test``,
+    ``cutoff``, ``hidden``, ``epochs``, ...; ``n_member`` defaults to half of the pool).
     """
     say = progress or (lambda msg: None)
     ds = _as_dataset(data)
@@ -162,6 +173,8 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     t0 = time.perf_counter()
     if family == "sgdml":
         members, served, report, held_out = _train_sgdml(ds, K, n_member, mean, seed, say, options)
+    elif family == "bpnn":
+        members, served, report, held_out = _train_bpnn(ds, K, n_member, mean, seed, say, options)
     else:
         members, served, report, held_out = _train_mff(ds, K, n_member, mean, seed, say, options)
     model = CommitteeModel(members, served)
@@ -200,7 +213,12 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
 def _check_disjoint(mean: Model, ds, idx) -> None:
     """A given served mean must not have been trained on the calibration frames."""
     meta = getattr(mean, "meta", None) or {}
-    train = (meta.get("training") or {}).get("train_indices")
+    training = meta.get("training") or {}
+    train = training.get("train_indices")
+    split = training.get("split")
+    if train is None and isinstance(split, dict):  # the shared record: train and valid frames were fitted on
+        used = [i for key in ("train", "valid") for i in (split.get(key) or [])]
+        train = used or None
     if meta.get("training_data_hash") == ds.sha256() and train is not None:
         both = np.intersect1d(np.asarray(train, dtype=np.int64), idx)
         if len(both):
@@ -309,6 +327,91 @@ def _train_mff(ds, K, n_member, mean, seed, say, options):
     return members, served, report, held
 
 
+def _bpnn_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
+    n_valid = int(options.pop("n_valid", 0) or 0)
+    n_test = options.pop("n_test", None)
+    n_train = options.pop("n_train", None)
+    if n_train is None:  # every frame that is not validation or test
+        n_train = M - n_valid - int(n_test or 0)
+    n_test = None if n_test is None else int(n_test)
+    if int(n_train) < 1 or n_train + n_valid + (n_test or 0) > M:
+        raise DatasetError(f"{n_train} training + {n_valid} validation + {n_test or 0} test frames: the data "
+                           f"have {M} frames")
+    return int(n_train), n_valid, n_test
+
+
+def _train_bpnn(ds, K, n_member, mean, seed, say, options):
+    from .bpnn_train import train_bpnn
+
+    options = dict(options)
+    for drop in ("seed", "progress", "checkpoint", "resume", "stop_after", "dataset"):
+        options.pop(drop, None)
+    n_train, n_valid, n_test = _bpnn_split_counts(len(ds), options)
+    # the split of ``ase-mlff train bpnn`` with the same counts and seed
+    split = ds.split(n_train, n_valid, n_test, seed=seed)
+    pool = np.sort(np.concatenate([split.train, split.valid])).astype(np.int64)
+    held = split.test
+    n_member = len(pool) // 2 if n_member is None else int(n_member)
+    if not 2 <= n_member <= len(pool):
+        raise DatasetError(f"{n_member} frames per member (--committee-frames) from a pool of {len(pool)} "
+                           "training and validation frames; a member needs at least 2")
+    n_valid_member = 0 if n_valid == 0 else min(n_member - 1, max(1, round(n_valid * n_member / len(pool))))
+    report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "n_valid_member": n_valid_member,
+                              "split": {"train": split.train.tolist(), "valid": split.valid.tolist(),
+                                        "test": held.tolist()}, "held_out_indices": held.tolist(),
+                              "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}}
+    served = None
+    if mean == "all":
+        say(f"served mean: BPNN on all {n_train} training frames ({n_valid} validation)")
+        # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
+        # the test frames are evaluated below, as calibration frames
+        served, rep = train_bpnn(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
+        report["mean"] = {"kind": "all", "n_train": n_train, "n_valid": n_valid, "valid": rep.get("valid"),
+                          "epochs_run": len(rep.get("history") or [])}
+    elif isinstance(mean, Model):
+        served = mean
+        report["mean"] = {"kind": "given", "source": (getattr(mean, "source", None) or {}).get("path")}
+    else:
+        report["mean"] = {"kind": "members"}
+    members, recs = [], []
+    for k in range(K):
+        idx = _member_indices(pool, n_member, k, seed)
+        say(f"member {k + 1}/{K}: {n_member} frames ({n_valid_member} of them for validation)")
+        m, rep = train_bpnn(ds[idx], n_member - n_valid_member, n_valid_member, 0, seed=seed + k + 1,
+                            progress=say, **options)
+        members.append(m)
+        sub = rep.get("split") or {}
+        recs.append({"seed": seed + k + 1, "frames": idx.tolist(),
+                     "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
+                     "valid_indices": idx[np.asarray(sub.get("valid", []), dtype=np.int64)].tolist(),
+                     "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or [])})
+    report["members"] = recs
+    return members, served, report, held
+
+
+def bpnn_options(args) -> dict[str, Any]:
+    """Keywords of :func:`~ase_mlff.training.bpnn_train.train_bpnn` from the parsed flags of
+    ``ase-mlff train bpnn`` (those of its parameters that the parser has)."""
+    import inspect
+
+    from .bpnn_train import train_bpnn
+
+    given = vars(args)
+    skip = {"dataset", "seed", "progress", "checkpoint", "resume", "stop_after"}
+    opts = {}
+    for name in inspect.signature(train_bpnn).parameters:
+        if name in skip or name not in given or given[name] is None and name != "n_test":
+            continue
+        v = given[name]
+        if name in ("hidden", "zetas") and isinstance(v, str):
+            try:
+                v = tuple(int(x) for x in v.split(","))
+            except ValueError:
+                raise InputError(f"--{name} takes comma-separated integers, got {v!r}") from None
+        opts[name] = v
+    return opts
+
+
 def _jsonable(v) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
 
@@ -338,10 +441,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "training frames; the default), 'members' (the member average) or a model file of "
                         "the same family trained on the same data")
     g.add_argument("--committee-frames", type=int, default=None, metavar="N",
-                   help="MFF: training frames per member (default: half of the training pool)")
+                   help="MFF, BPNN: frames per member (default: half of the training pool; BPNN: of the "
+                        "--n-train + --n-valid frames)")
     g.add_argument("--calibration-data", default=None, metavar="FILE",
                    help="held-out frames (same units) on which the uncertainty is calibrated (default: the "
-                        "validation frames (sGDML --n-valid) or test frames (MFF --n-test) of the data)")
+                        "validation frames (sGDML --n-valid) or test frames (MFF, BPNN --n-test) of the data)")
     g.add_argument("--n-calibration", type=int, default=None, metavar="N",
                    help="calibration frames drawn from --calibration-data (default: all)")
 
@@ -382,6 +486,14 @@ def run(family: str, args) -> int:
                    "sigmas": sigmas, "lam": float(opts["lam"]), "symmetries": opts["symmetries"],
                    "solver": opts["solver"]}
         n_member, seed = int(opts["n_train"]), int(opts["seed"])
+    elif family == "bpnn":
+        try:
+            options = bpnn_options(args)
+        except InputError as exc:
+            return fail(exc, 2)
+        dataset, unit, output = args.dataset, getattr(args, "energy_unit", None), args.output
+        overwrite = getattr(args, "overwrite", False)
+        n_member, seed = args.committee_frames, int(getattr(args, "seed", 0) or 0)
     else:
         given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         try:  # flags over --config over defaults, as in ``train mff`` itself
@@ -405,8 +517,11 @@ def run(family: str, args) -> int:
     except FileExistsError as exc:
         return fail(exc, 2)
     try:
-        ds = data_mod.read(dataset, energy_unit=unit)
-        cal = data_mod.read(args.calibration_data, energy_unit=unit) if args.calibration_data else None
+        units = {"energy_unit": unit}
+        if getattr(args, "length_unit", None):
+            units["length_unit"] = args.length_unit
+        ds = data_mod.read(dataset, **units)
+        cal = data_mod.read(args.calibration_data, **units) if args.calibration_data else None
         mean = args.committee_mean
         if mean not in ("all", "members"):
             mean = load_model(mean)
