@@ -32,6 +32,7 @@ Extrapolation (B13 §13.4): the training-set minimum and maximum of every functi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from ase.data import chemical_symbols
 
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
+from ..graph import graph_from_structure
 from .base import Model, config_float, config_species, register_model
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
@@ -306,19 +308,15 @@ class BPNNModel(Model):
 
     # ----------------------------------------------------------------- shared-trainer hooks
     def prepare_training_frame(self, frame):
-        """Training-time cache of one labelled frame (:class:`~ase_mlff.training.bpnn_train.FrameCache`):
+        """Training-time cache of one labelled frame (:class:`FrameCache`):
         selected functions and their pair-vector Jacobian, which depend only on the frame and
         the hyperparameters (never on weights or scaling), so the trainer rebuilds it on resume."""
-        from ..training.bpnn_train import cache_frame
-
         return cache_frame(self, frame)
 
     def training_batch(self, caches, create_graph: bool = True):
         """Energies (B,) float64 and forces (ΣN, 3) of cached frames, differentiable in the
         weights: forces by the chain rule through the cached Jacobian (no double backward
         through the descriptor)."""
-        from ..training.bpnn_train import predict_cached
-
         return predict_cached(self, caches, create_graph=create_graph)
 
     def set_reference_energies(self, e0: Sequence[float], energy_scale: float | None = None) -> None:
@@ -326,3 +324,111 @@ class BPNNModel(Model):
         if energy_scale is not None:
             self.config["energy_scale"] = float(energy_scale)
 
+
+# ------------------------------------------------------------------------- training-time cache
+# The shared trainer's hook (prepare_training_frame / training_batch) of this family. It lives
+# here, beside the model, so that models/ never imports training/.
+@dataclass
+class FrameCache:
+    """What a training step needs of one frame (see the module docstring)."""
+
+    n_atoms: int
+    species: torch.Tensor  # (N,) element index
+    x: list  # per element: (n_k, F_k) selected functions
+    atoms: list  # per element: (n_k,) atom indices
+    i: torch.Tensor  # (P,) pair centre
+    j: torch.Tensor  # (P,) pair neighbour
+    jac: torch.Tensor  # (P, Fmax, 3) d(selected functions of i_p, padded)/d(vec_p)
+    energy: float
+    forces: torch.Tensor  # (N, 3)
+    prior_energy: float = 0.0  # eV: the model's fixed short-range repulsion (weights not involved)
+    prior_forces: torch.Tensor | None = None  # (N, 3) eV/Å, of the same term
+
+
+def cache_frame(model: "BPNNModel", frame) -> FrameCache:
+    """Functions and their pair-vector derivatives of one frame (weights not involved), on the
+    model's device and in its dtype."""
+    dev = next(model.parameters()).device
+    g = graph_from_structure(frame, model.cutoff, dtype=model.nets[0].mean.dtype)
+    if dev.type != "cpu":
+        g = g.to(device=dev)
+    i, j = g.edge_index
+    vec = g.edge_vectors().detach()
+    keep = torch.linalg.norm(vec, dim=1) < model.cutoff  # a list built for a longer cutoff
+    i, j, vec = i[keep], j[keep], vec[keep]
+    s = model.species_index(g.numbers)
+    if bool((s < 0).any()):
+        model.check_numbers(g.numbers.cpu().numpy())
+    # analytic derivatives (ACSF.pair_jacobian): one pass instead of one backward per function
+    lib, jac_lib = model.acsf.pair_jacobian(g.numbers, i, j, vec)
+    sels = [getattr(model, f"_selected_{k}") for k in range(len(model.species))]
+    fmax = max(len(x) for x in sels)
+    # padded per-atom column table: column f of atom n is lib[n, cols[n, f]] (padding repeats col 0
+    # and is multiplied by a zero adjoint)
+    cols = torch.zeros(g.n_atoms, fmax, dtype=torch.long, device=dev)
+    for k, sel in enumerate(sels):
+        cols[s == k, :len(sel)] = sel
+    xsel = torch.gather(lib, 1, cols)
+    jac = torch.gather(jac_lib, 1, cols[i][:, :, None].expand(-1, -1, 3))
+    atoms = [torch.nonzero(s == k).squeeze(1) for k in range(len(sels))]
+    x = [xsel[a][:, :len(sel)] for a, sel in zip(atoms, sels)]
+    pe, pf = model.prior_terms(g.numbers, i, j, vec)
+    return FrameCache(g.n_atoms, s.to(dev), [t.to(dev) for t in x], [a.to(dev) for a in atoms], i.to(dev),
+                      j.to(dev), jac.to(dev), float(frame.energy) if frame.energy is not None else float("nan"),
+                      torch.as_tensor(frame.forces if frame.forces is not None else np.zeros((g.n_atoms, 3)),
+                                      dtype=vec.dtype).to(dev), pe, pf.to(dev))
+
+
+def collate(caches: Sequence[FrameCache]) -> dict[str, Any]:
+    """Join cached frames into one batch (atom and pair indices offset, Jacobians padded)."""
+    n_el = len(caches[0].x)
+    dev = caches[0].jac.device
+    fmax = max(c.jac.shape[1] for c in caches)
+    offsets = np.cumsum([0] + [c.n_atoms for c in caches[:-1]])
+    jac = [torch.nn.functional.pad(c.jac, (0, 0, 0, fmax - c.jac.shape[1])) for c in caches]
+    return {
+        "n_atoms": int(sum(c.n_atoms for c in caches)),
+        "batch": torch.cat([torch.full((c.n_atoms,), b, dtype=torch.long, device=dev) for b, c in enumerate(caches)]),
+        "species": torch.cat([c.species for c in caches]),
+        "x": [torch.cat([c.x[k] for c in caches]) for k in range(n_el)],
+        "atoms": [torch.cat([c.atoms[k] + int(o) for c, o in zip(caches, offsets)]) for k in range(n_el)],
+        "i": torch.cat([c.i + int(o) for c, o in zip(caches, offsets)]),
+        "j": torch.cat([c.j + int(o) for c, o in zip(caches, offsets)]),
+        "jac": torch.cat(jac),
+        "energy": torch.tensor([c.energy for c in caches], dtype=torch.float64, device=dev),
+        "n": torch.tensor([c.n_atoms for c in caches], dtype=torch.float64, device=dev),
+        "forces": torch.cat([c.forces for c in caches]),
+        "prior_energy": torch.tensor([c.prior_energy for c in caches], dtype=torch.float64, device=dev),
+        "prior_forces": torch.cat([c.prior_forces if c.prior_forces is not None
+                                   else torch.zeros_like(c.forces) for c in caches]),
+    }
+
+
+def predict_cached(model: "BPNNModel", caches, create_graph: bool = True):
+    """Energies (B,) float64 and forces (sum N, 3) of cached frames (a list of
+    :class:`FrameCache` or a :func:`collate` batch), differentiable in the weights. This is
+    the BPNN's ``training_batch`` hook of the shared trainer."""
+    b = caches if isinstance(caches, dict) else collate(caches)
+    dev = b["jac"].device
+    scale = model.config["energy_scale"]
+    e0 = torch.tensor(model.config["reference_energies"], dtype=torch.float64, device=dev)
+    N = b["n_atoms"]
+    with torch.enable_grad():  # also under the trainer's no_grad validation: forces need dE/dG
+        xs = [x.clone().requires_grad_(True) for x in b["x"]]
+        y = torch.zeros(N, dtype=b["jac"].dtype, device=dev)
+        for net, x, a in zip(model.nets, xs, b["atoms"]):
+            if len(a):
+                y = y.index_copy(0, a, net(x))
+        grads = torch.autograd.grad(y.sum(), xs, create_graph=create_graph, allow_unused=True)
+    v = torch.zeros(N, b["jac"].shape[1], dtype=y.dtype, device=dev)
+    for a, gr, x in zip(b["atoms"], grads, xs):
+        if gr is not None and len(a):
+            v = v.index_put((a[:, None], torch.arange(x.shape[1], device=dev)[None, :]), gr)
+    dvec = torch.einsum("pf,pfc->pc", v[b["i"]], b["jac"])  # dE_nn/d(vec_p)
+    # vec_p = r_j - r_i + shift: dE/dr_j += dvec_p, dE/dr_i -= dvec_p; F = -dE/dr
+    f = torch.zeros(N, 3, dtype=dvec.dtype, device=dev).index_add(0, b["i"], dvec).index_add(0, b["j"], -dvec)
+    n_frames = len(b["energy"])
+    e_atoms = e0[b["species"]] + scale * y.to(torch.float64)
+    energies = torch.zeros(n_frames, dtype=torch.float64, device=dev).index_add(0, b["batch"], e_atoms)
+    # the fixed short-range prior (zero on frames without contacts inside its wall)
+    return energies + b["prior_energy"], scale * f + b["prior_forces"]
