@@ -92,6 +92,17 @@ def _loss(model, caches, w_e, w_f, create_graph=True):
     return loss, de.detach(), df.detach()
 
 
+def _errors(de: np.ndarray, df: np.ndarray, n: np.ndarray) -> dict[str, float]:
+    """Error summary from per-frame energy errors per atom ``de`` (eV), force component errors
+    ``df`` (eV/Å) and atom counts ``n``."""
+    return {"n_frames": int(len(de)),
+            "energy_per_atom_mae_meV": 1e3 * float(np.abs(de).mean()),
+            "energy_per_atom_rmse_meV": 1e3 * float(np.sqrt((de ** 2).mean())),
+            "energy_mae_meV": 1e3 * float(np.abs(de * n).mean()),
+            "forces_mae_meV_per_A": 1e3 * float(np.abs(df).mean()),
+            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+
+
 def evaluate_cached(model, caches, batch: int = 16) -> dict[str, float]:
     """Energy (meV/atom, meV per frame) and force (meV/Å) MAE/RMSE of cached frames."""
     des, dfs, ns = [], [], []
@@ -102,12 +113,7 @@ def evaluate_cached(model, caches, batch: int = 16) -> dict[str, float]:
         dfs.append(df.numpy().ravel())
         ns.append([c.n_atoms for c in part])
     de, df, n = np.concatenate(des), np.concatenate(dfs), np.concatenate(ns)
-    return {"n_frames": int(len(de)),
-            "energy_per_atom_mae_meV": 1e3 * float(np.abs(de).mean()),
-            "energy_per_atom_rmse_meV": 1e3 * float(np.sqrt((de ** 2).mean())),
-            "energy_mae_meV": 1e3 * float(np.abs(de * n).mean()),
-            "forces_mae_meV_per_A": 1e3 * float(np.abs(df).mean()),
-            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+    return _errors(de, df, n)
 
 
 def evaluate_frames(model, frames) -> dict[str, float]:
@@ -121,12 +127,7 @@ def evaluate_frames(model, frames) -> dict[str, float]:
             dfs.append((out.forces.double().numpy() - f.forces).ravel())
             ns.append(n)
     de, df, n = np.array(des), np.concatenate(dfs), np.array(ns)
-    return {"n_frames": int(len(de)),
-            "energy_per_atom_mae_meV": 1e3 * float(np.abs(de).mean()),
-            "energy_per_atom_rmse_meV": 1e3 * float(np.sqrt((de ** 2).mean())),
-            "energy_mae_meV": 1e3 * float(np.abs(de * n).mean()),
-            "forces_mae_meV_per_A": 1e3 * float(np.abs(df).mean()),
-            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+    return _errors(de, df, n)
 
 
 # ------------------------------------------------------------------------- the loop
