@@ -716,7 +716,12 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                     st["finished"], st["stopped"] = True, "early_stopping"
                 elif st["epoch"] >= opts.epochs:
                     st["finished"], st["stopped"] = True, "epochs"
-                line = f"epoch {st['epoch']}/{opts.epochs} lr {entry['lr']:.3g} " + _metrics_text(entry)
+                from ..workflows._common import format_duration as _format_duration
+
+                recent = [h["time_s"] for h in st["history"][-5:]]
+                eta = (opts.epochs - st["epoch"]) * sum(recent) / len(recent)  # at most: early stop may come first
+                line = (f"epoch {st['epoch']}/{opts.epochs} lr {entry['lr']:.3g} " + _metrics_text(entry)
+                        + f", ETA {_format_duration(eta)}")
                 if ddp.is_main and not bar.enabled:  # the bar shows the same numbers
                     say(line)
                 bar.update(st["epoch"], _metrics_text(entry))
