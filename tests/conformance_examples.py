@@ -298,3 +298,22 @@ def bpnn_example() -> Example:
 
 
 EXAMPLES["bpnn"] = bpnn_example
+
+
+def schnet_example() -> Example:
+    """A small SchNet (Al, Cu): 16 features, 2 interaction blocks, 12 Gaussians, seeded random
+    weights, in float64 (the suite's finite differences need it; the float32 check converts it).
+    Energy scale 20 eV: freshly initialised blocks give a nearly flat surface, whose forces
+    would be too small for the finite-difference check to prove anything."""
+    import torch
+
+    from ase_mlff.models.schnet import SchNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = SchNetModel([13, 29], cutoff=4.5, n_features=16, n_interactions=2, n_rbf=12,
+                            reference_energies=[-1.5, -2.0], energy_scale=20.0, dtype="float64")
+    return Example(model, notes="message passing over the pair list (continuous-filter convolutions), autograd")
+
+
+EXAMPLES["schnet"] = schnet_example

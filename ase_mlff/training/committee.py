@@ -52,7 +52,7 @@ from ..models.base import Model
 from ..models.committee import CommitteeModel
 from ..rng import random_stream
 
-FAMILIES = ("sgdml", "mff", "bpnn")
+FAMILIES = ("sgdml", "mff", "bpnn", "schnet")
 
 
 def _as_dataset(data):
@@ -173,8 +173,8 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     t0 = time.perf_counter()
     if family == "sgdml":
         members, served, report, held_out = _train_sgdml(ds, K, n_member, mean, seed, say, options)
-    elif family == "bpnn":
-        members, served, report, held_out = _train_bpnn(ds, K, n_member, mean, seed, say, options)
+    elif family in ("bpnn", "schnet"):  # SchNet: the same split and member scheme as BPNN
+        members, served, report, held_out = _train_bpnn(ds, K, n_member, mean, seed, say, options, family)
     else:
         members, served, report, held_out = _train_mff(ds, K, n_member, mean, seed, say, options)
     model = CommitteeModel(members, served)
@@ -340,8 +340,8 @@ def _bpnn_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
     return int(n_train), n_valid, n_test
 
 
-def _train_bpnn(ds, K, n_member, mean, seed, say, options):
-    from .bpnn_train import train_bpnn
+def _train_bpnn(ds, K, n_member, mean, seed, say, options, family="bpnn"):
+    train_bpnn = _nn_recipe(family)
 
     options = dict(options)
     for drop in ("seed", "progress", "checkpoint", "resume", "stop_after", "dataset"):
@@ -362,7 +362,7 @@ def _train_bpnn(ds, K, n_member, mean, seed, say, options):
                               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}}
     served = None
     if mean == "all":
-        say(f"served mean: BPNN on all {n_train} training frames ({n_valid} validation)")
+        say(f"served mean: {family} on all {n_train} training frames ({n_valid} validation)")
         # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
         # the test frames are evaluated below, as calibration frames
         served, rep = train_bpnn(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
@@ -389,13 +389,24 @@ def _train_bpnn(ds, K, n_member, mean, seed, say, options):
     return members, served, report, held
 
 
-def bpnn_options(args) -> dict[str, Any]:
-    """Keywords of :func:`~ase_mlff.training.bpnn_train.train_bpnn` from the parsed flags of
-    ``ase-mlff train bpnn`` (those of its parameters that the parser has)."""
-    import inspect
+def _nn_recipe(family: str):
+    """The one-model trainer of a shared-trainer family (same keywords and split counts)."""
+    if family == "schnet":
+        from .schnet_train import train_schnet
 
+        return train_schnet
     from .bpnn_train import train_bpnn
 
+    return train_bpnn
+
+
+def bpnn_options(args, family: str = "bpnn") -> dict[str, Any]:
+    """Keywords of :func:`~ase_mlff.training.bpnn_train.train_bpnn` (or of
+    :func:`~ase_mlff.training.schnet_train.train_schnet`) from the parsed flags of
+    ``ase-mlff train bpnn`` (``schnet``): those of its parameters that the parser has."""
+    import inspect
+
+    train_bpnn = _nn_recipe(family)
     given = vars(args)
     skip = {"dataset", "seed", "progress", "checkpoint", "resume", "stop_after"}
     opts = {}
@@ -486,9 +497,9 @@ def run(family: str, args) -> int:
                    "sigmas": sigmas, "lam": float(opts["lam"]), "symmetries": opts["symmetries"],
                    "solver": opts["solver"]}
         n_member, seed = int(opts["n_train"]), int(opts["seed"])
-    elif family == "bpnn":
+    elif family in ("bpnn", "schnet"):
         try:
-            options = bpnn_options(args)
+            options = bpnn_options(args, family)
         except InputError as exc:
             return fail(exc, 2)
         dataset, unit, output = args.dataset, getattr(args, "energy_unit", None), args.output

@@ -1,0 +1,211 @@
+"""SchNet: continuous-filter convolutional neural network (B11; Schütt et al. 2017/2018).
+
+Energy (eV) as a sum of atomic energies::
+
+    E = Σ_i E_i,    E_i = e0[Z_i] + s · y_i
+
+* embedding: ``x_i⁰ = A[Z_i]`` (F features per element; a learned table, shape (S, F));
+* ``T`` interaction blocks, each a residual update ``x_i ← x_i + v_i`` with::
+
+      v_i = W₄ ssp(W₃ m_i + b₃) + b₄,         m_i = Σ_{j ∈ N(i)} (W₁ x_j) ⊙ W(r_ij)
+      W(r) = (U₂ ssp(U₁ e(r) + c₁) + c₂) · f_c(r)
+
+  ``e_k(r) = exp(−γ (r − μ_k)²)`` K Gaussians (Å⁻² γ, centres μ_k evenly spaced on [0, r_c],
+  γ = 1/(2Δμ²) so that neighbouring Gaussians overlap at half height), the cosine cutoff
+  ``f_c(r) = ½ (cos(π r / r_c) + 1)`` for ``r < r_c`` and 0 beyond (the filter, and so the
+  energy and its first derivative, go smoothly to zero at the cutoff), and the shifted softplus
+  ``ssp(x) = ln(½ eᵡ + ½)`` (ssp(0) = 0, smooth, unbounded like a ReLU);
+* atom-wise output network ``y_i = w₂ · ssp(W_o x_iᵀ + b_o) + b₂`` (F → F/2 → 1), dimensionless;
+* ``e0[Z]`` (eV) per-element reference energies and ``s`` (eV) the energy scale: both
+  hyperparameters in the config (JSON numbers, exact in float64), set by the shared trainer's
+  ``set_reference_energies`` hook, so the network learns O(1) residuals and the large constant
+  is added in float64 whatever the network dtype.
+
+The convolution runs over the Graph's directed pair list (``edge_index``), so time and memory
+are linear in the number of atoms (tensors are (P, F) with P pairs). Forces ``−dE/dr`` and the
+virial ``dE/dε`` are autograd derivatives through the model contract
+(:mod:`ase_mlff.models.base`); periodic cells work because the pair vectors carry the cell
+shifts. Units: positions Å, energies eV.
+
+Transfer learning (S001): the parameters form three groups, ``embedding`` (A),
+``interactions`` (every block) and ``output`` (the atom-wise network), which
+:meth:`SchNetModel.freeze` switches off for training (``requires_grad = False``; the shared
+trainer then leaves them out of the optimizer, the weight average and weight decay).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..graph import Graph
+from .base import Model, config_float, config_int, config_species, register_model
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: the parameter groups that transfer learning can freeze (prefix of the parameter names)
+GROUPS = ("embedding", "interactions", "output")
+_LN2 = math.log(2.0)
+
+
+def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
+    """``ln(½eˣ + ½) = softplus(x) − ln 2``: zero at zero, so an untrained block starts near
+    the identity (the residual adds little)."""
+    return torch.nn.functional.softplus(x) - _LN2
+
+
+def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """½(cos(πr/r_c) + 1) inside the cutoff, 0 outside (pair lists may be built for a longer one)."""
+    return torch.where(r < cutoff, 0.5 * (torch.cos(r * (math.pi / cutoff)) + 1.0), torch.zeros_like(r))
+
+
+class Interaction(torch.nn.Module):
+    """One SchNet interaction block (continuous-filter convolution and atom-wise update)."""
+
+    def __init__(self, n_features: int, n_rbf: int, dtype: torch.dtype):
+        super().__init__()
+        F, K = n_features, n_rbf
+        self.in2f = torch.nn.Linear(F, F, bias=False, dtype=dtype)
+        self.filter1 = torch.nn.Linear(K, F, dtype=dtype)
+        self.filter2 = torch.nn.Linear(F, F, dtype=dtype)
+        self.f2out1 = torch.nn.Linear(F, F, dtype=dtype)
+        self.f2out2 = torch.nn.Linear(F, F, dtype=dtype)
+
+    def forward(self, x, rbf, fcut, i, j):
+        w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]  # (P, F)
+        msg = self.in2f(x)[j] * w
+        m = torch.zeros_like(x).index_add(0, i, msg)  # Σ over the neighbours j of i
+        return self.f2out2(shifted_softplus(self.f2out1(m)))
+
+
+@register_model
+class SchNetModel(Model):
+    family = "schnet"
+    periodic = True
+    per_atom_energies = True
+    MAX_FEATURES = 1024
+    MAX_INTERACTIONS = 16
+    MAX_RBF = 512
+
+    def __init__(self, species: Iterable[int], cutoff: float = 5.0, n_features: int = 64,
+                 n_interactions: int = 3, n_rbf: int = 25, reference_energies: Sequence[float] | None = None,
+                 energy_scale: float = 1.0, dtype: str = "float32"):
+        species = sorted({int(z) for z in species})
+        e0 = [0.0] * len(species) if reference_energies is None else [float(v) for v in reference_energies]
+        if len(e0) != len(species):
+            raise ValueError("reference_energies needs one value per element")
+        config = {"n_features": int(n_features), "n_interactions": int(n_interactions), "n_rbf": int(n_rbf),
+                  "reference_energies": e0, "energy_scale": float(energy_scale)}
+        super().__init__(species, cutoff, config)
+        dt = _DTYPES[dtype]
+        F, T, K = int(n_features), int(n_interactions), int(n_rbf)
+        self.embedding = torch.nn.Embedding(len(species), F, dtype=dt)
+        self.interactions = torch.nn.ModuleList(Interaction(F, K, dt) for _ in range(T))
+        self.output = torch.nn.Sequential(torch.nn.Linear(F, max(F // 2, 1), dtype=dt),
+                                          _SSP(), torch.nn.Linear(max(F // 2, 1), 1, dtype=dt))
+
+    # ----------------------------------------------------------------- evaluation
+    def rbf(self, r: torch.Tensor) -> torch.Tensor:
+        """(P, K) Gaussian expansion of the distances ``r`` (Å)."""
+        K = self.config["n_rbf"]
+        mu = torch.linspace(0.0, self.cutoff, K, dtype=r.dtype, device=r.device)
+        delta = self.cutoff / max(K - 1, 1)
+        gamma = 0.5 / delta ** 2
+        return torch.exp(-gamma * (r[:, None] - mu[None, :]) ** 2)
+
+    def features(self, graph: Graph) -> torch.Tensor:
+        """Per-atom features (N, F) after the last interaction block (the descriptor that the
+        output network reads)."""
+        s = self.species_index(graph.numbers)
+        if bool((s < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())  # raises InputError naming the element
+        dt = self.embedding.weight.dtype
+        i, j = graph.edge_index
+        r = torch.linalg.norm(graph.edge_vectors(), dim=1).to(dt)
+        rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
+        x = self.embedding(s)
+        for block in self.interactions:
+            x = x + block(x, rbf, fcut, i, j)
+        return x
+
+    def forward(self, graph: Graph) -> torch.Tensor:
+        """Per-atom energies (N,) float64, eV."""
+        y = self.output(self.features(graph)).squeeze(-1)
+        e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=y.device)
+        s = self.species_index(graph.numbers)
+        return e0[s] + self.config["energy_scale"] * y.to(torch.float64)
+
+    # ----------------------------------------------------------------- transfer learning
+    def parameter_groups(self) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+        """Parameters by group (``embedding``, ``interactions``, ``output``)."""
+        return {g: [(n, p) for n, p in self.named_parameters() if n.split(".")[0] == g] for g in GROUPS}
+
+    def freeze(self, groups: Iterable[str]) -> None:
+        """Exclude the named groups from training (requires_grad False); the others train."""
+        groups = set(groups)
+        unknown = groups - set(GROUPS)
+        if unknown:
+            raise InputError(f"cannot freeze {', '.join(sorted(unknown))}: the groups are {', '.join(GROUPS)}")
+        for g, params in self.parameter_groups().items():
+            for _, p in params:
+                p.requires_grad_(g not in groups)
+
+    # ----------------------------------------------------------------- shared-trainer hook
+    def set_reference_energies(self, e0: Sequence[float], energy_scale: float | None = None) -> None:
+        self.config["reference_energies"] = [float(v) for v in e0]
+        if energy_scale is not None:
+            self.config["energy_scale"] = float(energy_scale)
+
+    # ----------------------------------------------------------------- serialisation
+    def get_config(self) -> dict[str, Any]:
+        return {"species": self.species, "cutoff": self.cutoff, **self.config,
+                "dtype": str(self.embedding.weight.dtype).removeprefix("torch.")}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "SchNetModel":
+        return cls(**config)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Array shapes from the hyperparameters alone (nothing allocated)."""
+        known = {"species", "cutoff", "n_features", "n_interactions", "n_rbf", "reference_energies",
+                 "energy_scale", "dtype"}
+        extra = sorted(set(config) - known)
+        if extra:
+            raise ValueError(f"unknown schnet hyperparameters: {', '.join(extra)}")
+        species = config_species(config)
+        config_float(config, "cutoff", 0.0, 100.0, lo_open=True)
+        config_float(config, "energy_scale", 0.0, 1e6, lo_open=True)
+        F = config_int(config, "n_features", 1, cls.MAX_FEATURES)
+        T = config_int(config, "n_interactions", 0, cls.MAX_INTERACTIONS)
+        K = config_int(config, "n_rbf", 2, cls.MAX_RBF)
+        dtype = config.get("dtype", "float32")
+        if dtype not in _DTYPES:
+            raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
+        e0 = config.get("reference_energies")
+        if (not isinstance(e0, list) or len(e0) != len(species)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in e0)):
+            raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+        H = max(F // 2, 1)
+        shapes = {"embedding.weight": ((len(species), F), dtype)}
+        for t in range(T):
+            p = f"interactions.{t}."
+            shapes[p + "in2f.weight"] = ((F, F), dtype)
+            shapes[p + "filter1.weight"] = ((F, K), dtype)
+            shapes[p + "filter1.bias"] = ((F,), dtype)
+            for name in ("filter2", "f2out1", "f2out2"):
+                shapes[p + name + ".weight"] = ((F, F), dtype)
+                shapes[p + name + ".bias"] = ((F,), dtype)
+        shapes["output.0.weight"] = ((H, F), dtype)
+        shapes["output.0.bias"] = ((H,), dtype)
+        shapes["output.2.weight"] = ((1, H), dtype)
+        shapes["output.2.bias"] = ((1,), dtype)
+        return shapes
+
+
+class _SSP(torch.nn.Module):
+    def forward(self, x):
+        return shifted_softplus(x)

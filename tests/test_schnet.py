@@ -1,0 +1,170 @@
+"""SchNet family: unknown elements, a short training on real frames, and transfer learning
+(frozen groups stay bit-identical, impossible transfers refused, the parent's hash recorded).
+The contract itself (derivatives, stress, invariances, file round trip) is checked by the
+conformance suite on tests/conformance_examples.py's schnet example."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from ase_mlff import data
+from ase_mlff.calculator import MLFFCalculator
+from ase_mlff.cli import main as cli_main
+from ase_mlff.errors import InputError
+from ase_mlff.graph import graph_from_structure
+from ase_mlff.io import load_model, read_metadata, save_model
+from ase_mlff.models.schnet import SchNetModel
+from ase_mlff.training.schnet_train import evaluate_frames, train_schnet
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+ETHANOL = os.path.join(DATA, "rmd17_ethanol_300.npz")
+WATER = os.path.join(DATA, "water_deepmd_4.extxyz")
+SMALL = {"cutoff": 4.0, "n_features": 16, "n_interactions": 2, "n_rbf": 12}
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_torch_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return data.read(ETHANOL, energy_unit="kcal/mol")
+
+
+def _parent(tmp_path, species=(1, 6, 8), cutoff=4.0, name="parent.mlff"):
+    """A small random SchNet with reference energies, saved to a file (transfer does not need
+    a trained parent to show what is frozen and what is refused)."""
+    torch.manual_seed(1)
+    model = SchNetModel(species, cutoff=cutoff, n_features=16, n_interactions=2, n_rbf=12,
+                        reference_energies=[-13.6 - k for k in range(len(species))], energy_scale=1.0)
+    path = tmp_path / name
+    save_model(model, path, training={"note": "test parent"})
+    return path
+
+
+def test_unknown_element_is_a_clear_input_error():
+    model = SchNetModel([1, 8], **SMALL)
+    atoms = Atoms("OHN", positions=[[0, 0, 0], [0.96, 0, 0], [0, 1.2, 0]])
+    with pytest.raises(InputError, match="N not known to this schnet model"):
+        MLFFCalculator(model).get_potential_energy(atoms)
+    g = graph_from_structure(data.Frame(numbers=atoms.numbers, positions=atoms.positions), model.cutoff,
+                             dtype=model.dtype)
+    with pytest.raises(InputError, match="N not known"):
+        model.compute(g)
+
+
+def test_periodic_water_gives_energy_forces_stress():
+    ds = data.read(WATER)
+    model = SchNetModel(ds.elements, **SMALL)
+    atoms = ds[0].to_atoms()
+    atoms.calc = MLFFCalculator(model)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_forces().shape == (len(atoms), 3)
+    assert np.all(np.isfinite(atoms.get_stress()))
+
+
+def test_short_training_lowers_the_validation_force_error(ethanol):
+    """20 epochs on 40 ethanol frames: the validation force MAE falls below 70 % of that of
+    predicting zero forces (the untrained model is close to that baseline). Not timed."""
+    model, report = train_schnet(ethanol, 40, 20, 0, epochs=20, lr=5e-3, batch_size=4, **SMALL)
+    valid = [ethanol.frames[k] for k in report["split"]["valid"]]
+    zero_mae = 1e3 * np.mean(np.abs(np.concatenate([f.forces.ravel() for f in valid])))
+    assert report["valid"]["forces_mae_meV_per_A"] < 0.7 * zero_mae
+    assert evaluate_frames(model, valid)["forces_mae_meV_per_A"] == pytest.approx(
+        report["valid"]["forces_mae_meV_per_A"])
+
+
+@pytest.mark.parametrize("freeze", [["embedding"], ["embedding", "interactions"], []])
+def test_frozen_groups_stay_bit_identical_and_the_others_train(ethanol, tmp_path, freeze):
+    path = _parent(tmp_path)
+    parent = load_model(path)
+    model, report = train_schnet(ethanol, 16, 8, 0, init=str(path), freeze=freeze, epochs=2, batch_size=4,
+                                 lr=5e-3, weight_decay=0.1, ema=0.9)
+    before, after = parent.get_arrays(), model.get_arrays()
+    assert before.keys() == after.keys()
+    for name, value in after.items():
+        group = name.split(".")[0]
+        if group in freeze:
+            assert np.array_equal(value, before[name]), f"{name} is frozen but changed"
+        else:
+            assert not np.array_equal(value, before[name]), f"{name} should have trained"
+    for group, params in model.parameter_groups().items():
+        assert all(p.requires_grad == (group not in freeze) for _, p in params)
+    # the parent's reference energies, energy scale and cutoff are kept
+    assert model.config["reference_energies"] == parent.config["reference_energies"]
+    assert model.config["energy_scale"] == parent.config["energy_scale"]
+    assert model.cutoff == parent.cutoff
+    assert report["parent"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report["parent"]["freeze"] == freeze
+
+
+def test_new_element_gets_an_embedding_and_a_reference_energy(ethanol, tmp_path):
+    path = _parent(tmp_path, species=(1, 6))  # no oxygen
+    model, _ = train_schnet(ethanol, 8, 4, 0, init=str(path), freeze=["interactions"], epochs=1, batch_size=4)
+    assert model.species == [1, 6, 8]
+    assert model.config["reference_energies"][:2] == load_model(path).config["reference_energies"]
+
+
+def _cli(args, capsys):
+    code = cli_main(["train", "schnet", ETHANOL, "--energy-unit", "kcal/mol", "--n-train", "8", "--n-valid", "4",
+                     "--n-test", "4", "--epochs", "1", "--batch-size", "4", "--no-plots", *args])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("new_element_frozen_embedding", "not in the parent model"),
+    ("cutoff", "differs from the parent's"),
+    ("family", "only a schnet model can initialise"),
+    ("unknown_group", "the groups are embedding, interactions, output"),
+    ("freeze_without_init", "--freeze needs --init"),
+])
+def test_cli_refuses_impossible_transfers(tmp_path, capsys, case, message):
+    out = str(tmp_path / "child.mlff")
+    if case == "new_element_frozen_embedding":
+        args = ["--init", str(_parent(tmp_path, species=(1, 6))), "--freeze", "embedding"]
+    elif case == "cutoff":
+        args = ["--init", str(_parent(tmp_path)), "--cutoff", "5.0"]
+    elif case == "family":
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        args = ["--init", os.path.join(root, "potentials", "ethanol_sgdml.mlff")]
+    elif case == "unknown_group":
+        args = ["--init", str(_parent(tmp_path)), "--freeze", "embedding,filters"]
+    else:
+        args = ["--freeze", "output"]
+    code, cap = _cli([*args, "-o", out], capsys)
+    assert code == 2
+    assert message in cap.err
+    assert not os.path.exists(out)
+
+
+def test_cli_fine_tuning_records_the_parent_hash(tmp_path, capsys):
+    parent = _parent(tmp_path)
+    out = tmp_path / "child.mlff"
+    code, cap = _cli(["--init", str(parent), "--freeze", "embedding", "--freeze", "interactions", "-o", str(out)],
+                     capsys)
+    assert code == 0, cap.err
+    meta = read_metadata(out)
+    rec = meta["training"]["parent"]
+    assert rec["sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert rec["freeze"] == ["embedding", "interactions"]
+    child = load_model(out)
+    assert np.array_equal(child.get_arrays()["embedding.weight"], load_model(parent).get_arrays()["embedding.weight"])
+
+
+def test_cli_committee_of_schnet_models(tmp_path, capsys):
+    out = tmp_path / "committee.mlff"
+    code, cap = _cli(["--committee", "2", "--committee-frames", "6", *sum(([k, str(v)] for k, v in (
+        ("--cutoff", 4.0), ("--n-features", 8), ("--n-interactions", 1), ("--n-rbf", 8))), []), "-o", str(out)],
+        capsys)
+    assert code == 0, cap.err
+    model = load_model(out)
+    assert model.family == "committee" and [m.family for m in model.members] == ["schnet", "schnet"]
+    atoms = data.read(ETHANOL, index="0", energy_unit="kcal/mol")[0].to_atoms()
+    atoms.calc = MLFFCalculator(model, uncertainty=True)
+    assert atoms.get_forces().shape == (9, 3)
+    assert np.all(atoms.calc.results["forces_uncertainty"] >= 0)
