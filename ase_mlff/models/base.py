@@ -362,6 +362,24 @@ def config_float(config: dict[str, Any], key: str, lo: float = -math.inf, hi: fl
     return float(value)
 
 
+def config_dtype(config: dict[str, Any], default: str = "float32") -> str:
+    """A network's declared dtype: "float32" or "float64"."""
+    dtype = config.get("dtype", default)
+    if dtype not in ("float32", "float64"):
+        raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
+    return dtype
+
+
+def config_reference_energies(config: dict[str, Any], n_species: int) -> list[float]:
+    """Per-element reference energies (eV): one finite number per element, kept in the config
+    (JSON numbers are float64, so moving the model to float32 never rounds them)."""
+    e0 = config.get("reference_energies")
+    if (not isinstance(e0, list) or len(e0) != n_species
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in e0)):
+        raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+    return [float(v) for v in e0]
+
+
 def config_species(config: dict[str, Any]) -> list[int]:
     value = config.get("species", _MISSING)
     if (not isinstance(value, list) or not 1 <= len(value) <= 118

@@ -41,7 +41,7 @@ from ase.data import chemical_symbols
 
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
 from ..graph import graph_from_structure
-from .base import Model, config_float, config_species, register_model
+from .base import Model, config_dtype, config_float, config_reference_energies, config_species, register_model
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -245,13 +245,8 @@ class BPNNModel(Model):
             raise ValueError(f"hyperparameters.hidden must be 1..{cls.MAX_LAYERS} layer widths in 1..{cls.MAX_WIDTH}")
         if config.get("activation") not in ACTIVATIONS:
             raise ValueError(f"hyperparameters.activation must be one of {sorted(ACTIVATIONS)}")
-        dtype = config.get("dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
-        e0 = config.get("reference_energies")
-        if (not isinstance(e0, list) or len(e0) != len(species)
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in e0)):
-            raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+        dtype = config_dtype(config)
+        config_reference_energies(config, len(species))
         if config.get("repulsion") is not None:
             _check_repulsion(config["repulsion"], len(species))
         shapes = {}

@@ -43,7 +43,8 @@ import torch
 
 from ..errors import InputError
 from ..graph import Graph
-from .base import Model, config_float, config_int, config_species, register_model
+from .base import (Model, config_dtype, config_float, config_int, config_reference_energies, config_species,
+                   register_model)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: the parameter groups that transfer learning can freeze (prefix of the parameter names)
@@ -182,13 +183,8 @@ class SchNetModel(Model):
         F = config_int(config, "n_features", 1, cls.MAX_FEATURES)
         T = config_int(config, "n_interactions", 0, cls.MAX_INTERACTIONS)
         K = config_int(config, "n_rbf", 2, cls.MAX_RBF)
-        dtype = config.get("dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
-        e0 = config.get("reference_energies")
-        if (not isinstance(e0, list) or len(e0) != len(species)
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in e0)):
-            raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+        dtype = config_dtype(config)
+        config_reference_energies(config, len(species))
         H = max(F // 2, 1)
         shapes = {"embedding.weight": ((len(species), F), dtype)}
         for t in range(T):
