@@ -16,7 +16,7 @@ back after ``calculate``, so every entry point that touches that state (``get_pr
 everything built on it, ``calculate``, ``get_hessian``, ``evaluate_batch``) holds one
 re-entrant lock: calls from different threads run one after the other and each gets the
 results of its own structure. For parallel throughput give each thread its own calculator
-(``copy.copy`` is not enough; load the model again) or use :meth:`evaluate_batch`.
+(``copy.deepcopy(calc)``, which gets its own lock and model) or use :meth:`evaluate_batch`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .errors import InputError
-from .graph import Graph, batch_graphs, graph_from_arrays, graph_from_structure
+from .graph import batch_graphs, graph_from_structure
 from .models.base import Model, ModelOutput
 from .neighbors import NeighborList, neighbor_list
 
@@ -43,6 +43,16 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     if str(dtype) not in names:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     return names[str(dtype)]
+
+
+def _as_numpy(out: ModelOutput) -> dict:
+    """Every tensor of ``out`` as float64 numpy, once (a batch is then sliced, not converted
+    again per structure)."""
+    def conv(t):
+        return None if t is None else t.detach().cpu().numpy().astype(np.float64)
+
+    return {"energy": conv(out.energy), "energies": conv(out.energies), "forces": conv(out.forces),
+            "virial": conv(out.virial), "extras": {k: conv(v) for k, v in out.extras.items()}}
 
 
 def virial_to_voigt(virial: np.ndarray, volume: float) -> np.ndarray:
@@ -179,7 +189,7 @@ class MLFFCalculator(Calculator):
         want_stress = self._want_stress(atoms, properties)
         graph, order = self._prepare(atoms, self.nl)
         out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)
-        self.results = self._unpack(out, atoms, want_stress, order)
+        self.results = self._unpack(_as_numpy(out), atoms, want_stress, order)
 
     # ------------------------------------------------------------------ the one data path
     def _prepare(self, atoms, nl: NeighborList | None = None):
@@ -209,34 +219,28 @@ class MLFFCalculator(Calculator):
                                      dtype=self.dtype, device=self.device)
         return graph, order
 
-    def _unpack(self, out: ModelOutput, atoms, want_stress: bool, order=None, b: int = 0,
-                sel=None) -> dict:
-        """ASE results (numpy, float64, the caller's atom order) of structure ``b`` of ``out``;
-        ``sel`` selects that structure's atoms in a batch."""
-        def atoms_of(t):
-            a = t.detach().cpu().numpy().astype(np.float64)
-            return a if sel is None else a[sel]
+    def _unpack(self, out: dict, atoms, want_stress: bool, order=None, b: int = 0, sel=None) -> dict:
+        """ASE results (the caller's atom order) of structure ``b`` of ``out`` (:func:`_as_numpy`
+        of a ModelOutput); ``sel`` selects that structure's atoms in a batch."""
+        def atoms_of(a):
+            a = a if sel is None else a[sel]
+            return a if order is None else a[order[1]]
 
-        energy = float(out.energy[b])
-        forces = atoms_of(out.forces)
-        if order is not None:
-            forces = forces[order[1]]
-        res = {"energy": energy, "free_energy": energy, "forces": forces}
-        if out.energies is not None:
-            res["energies"] = atoms_of(out.energies)
-        volume = self._volume(atoms)
+        energy = float(out["energy"][b])
+        res = {"energy": energy, "free_energy": energy, "forces": atoms_of(out["forces"])}
+        if out["energies"] is not None:
+            res["energies"] = atoms_of(out["energies"])
         if want_stress:
-            res["stress"] = virial_to_voigt(out.virial[b].detach().cpu().numpy().astype(np.float64), volume)
-        for key, value in out.extras.items():
-            value = value.detach().cpu().numpy().astype(np.float64)
+            volume = self._volume(atoms)
+            res["stress"] = virial_to_voigt(out["virial"][b], volume)
+        for key, value in out["extras"].items():
             if key == "stress_uncertainty":
                 if want_stress:
                     res[key] = virial_to_voigt(value[b], volume)
             elif key.startswith("energy_"):
                 res[key] = float(value[b])
             else:  # per atom
-                value = value if sel is None else value[sel]
-                res[key] = value[order[1]] if order is not None else value
+                res[key] = atoms_of(value)
         return res
 
     # ------------------------------------------------------------------ extras
@@ -276,6 +280,6 @@ class MLFFCalculator(Calculator):
             graphs.append(self._prepare(atoms)[0])
             flags.append(self._want_stress(atoms, ["stress"] if stress else []))
         graph = batch_graphs(graphs)
-        out = self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty)
+        out = _as_numpy(self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty))
         batch = graph.batch.cpu().numpy()
         return [self._unpack(out, atoms, flags[b], b=b, sel=batch == b) for b, atoms in enumerate(images)]
