@@ -226,6 +226,33 @@ def _check_disjoint(mean: Model, ds, idx) -> None:
                                "data file; give separate calibration data (--calibration-data)")
 
 
+def _served_mean(mean, fit_all, say, what: str):
+    """The served model and its report entry: ``mean`` is "all" (``fit_all()`` -> (model, report
+    entry) trains one model on all the training frames), a given :class:`Model`, or "members"
+    (the member average is served: None)."""
+    if mean == "all":
+        say(f"served mean: {what}")
+        served, entry = fit_all()
+        return served, {"kind": "all", **entry}
+    if isinstance(mean, Model):
+        source = getattr(mean, "source", None) or {}
+        return mean, {"kind": "given", "source": source.get("path"), "sha256": source.get("sha256")}
+    return None, {"kind": "members"}
+
+
+def _train_members(K: int, pool: np.ndarray, n_member: int, seed: int, fit_member, say, note: str = ""):
+    """K members, member k on its own subsample of ``pool`` with seed ``seed + k + 1``:
+    ``fit_member(indices, member_seed)`` -> (model, record); returns (models, records)."""
+    members, recs = [], []
+    for k in range(K):
+        idx = _member_indices(pool, n_member, k, seed)
+        say(f"member {k + 1}/{K}: {n_member} frames{note}")
+        model, rec = fit_member(idx, seed + k + 1)
+        members.append(model)
+        recs.append({"seed": seed + k + 1, **rec})
+    return members, recs
+
+
 def _train_sgdml(ds, K, n_member, mean, seed, say, options):
     from .sgdml_train import train_sgdml
 
@@ -243,32 +270,26 @@ def _train_sgdml(ds, K, n_member, mean, seed, say, options):
     if not 1 <= n_member <= len(pool):
         raise DatasetError(f"{n_member} frames per member (--n-train) from a pool of {len(pool)} training frames")
     report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "valid_indices": valid.tolist()}
-    served = None
-    if mean == "all":
-        say(f"served mean: sGDML on all {len(pool)} training frames")
-        served, rep = train_sgdml(ds, len(pool), len(valid), sigmas=sigmas, seed=seed, train_indices=pool,
-                                  valid_indices=valid, test_indices=np.zeros(0, np.int64), progress=say, **options)
-        report["mean"] = {"kind": "all", "sigma": rep["sigma"], "n_train": rep["n_train"], "valid": rep["valid"]}
-    elif isinstance(mean, Model):
-        served = mean
-        report["mean"] = {"kind": "given", "source": (getattr(mean, "source", None) or {}).get("path"),
-                          "sha256": (getattr(mean, "source", None) or {}).get("sha256"),
-                          "n_train": getattr(mean, "n_train", None), "sigma": getattr(mean, "sigma", None)}
-    else:
-        report["mean"] = {"kind": "members"}
+    def fit_all():
+        model, rep = train_sgdml(ds, len(pool), len(valid), sigmas=sigmas, seed=seed, train_indices=pool,
+                                 valid_indices=valid, test_indices=np.zeros(0, np.int64), progress=say, **options)
+        return model, {"sigma": rep["sigma"], "n_train": rep["n_train"], "valid": rep["valid"]}
+
+    served, report["mean"] = _served_mean(mean, fit_all, say, f"sGDML on all {len(pool)} training frames")
+    if report["mean"]["kind"] == "given":
+        report["mean"].update(n_train=getattr(mean, "n_train", None), sigma=getattr(mean, "sigma", None))
     member_sigmas = sigmas if sigmas is not None or served is None else [served.sigma]
     if member_sigmas is not None and len(member_sigmas) > 1 and not len(valid):
         raise DatasetError("choosing sigma for the members needs validation frames (--n-valid) or one --sigmas value")
-    members, recs = [], []
-    for k in range(K):
-        idx = _member_indices(pool, n_member, k, seed)
-        say(f"member {k + 1}/{K}: {n_member} frames")
-        m, rep = train_sgdml(ds, n_member, len(valid), sigmas=member_sigmas, seed=seed + k + 1,
+
+    def fit_member(idx, member_seed):
+        m, rep = train_sgdml(ds, n_member, len(valid), sigmas=member_sigmas, seed=member_seed,
                              train_indices=idx, valid_indices=valid, test_indices=np.zeros(0, np.int64),
                              progress=say, **options)
-        members.append(m)
-        recs.append({"seed": seed + k + 1, "sigma": rep["sigma"], "n_symmetries": rep["n_symmetries"],
-                     "train_indices": idx.tolist(), "valid": rep["valid"]})
+        return m, {"sigma": rep["sigma"], "n_symmetries": rep["n_symmetries"], "train_indices": idx.tolist(),
+                   "valid": rep["valid"]}
+
+    members, recs = _train_members(K, pool, n_member, seed, fit_member, say)
     report["members"] = recs
     return members, served, report, valid
 
@@ -305,23 +326,16 @@ def _train_mff(ds, K, n_member, mean, seed, say, options):
         model, _gp, rep = train_mff(a, ds[indices], log=say)
         return model, rep
 
-    served = None
-    if mean == "all":
-        say(f"served mean: MFF on all {len(pool)} training frames")
-        served, rep = fit(pool, seed)
-        report["mean"] = {"kind": "all", "hyperparameters": rep["hyperparameters"]}
-    elif isinstance(mean, Model):
-        served = mean
-        report["mean"] = {"kind": "given", "source": (getattr(mean, "source", None) or {}).get("path")}
-    else:
-        report["mean"] = {"kind": "members"}
-    members, recs = [], []
-    for k in range(K):
-        idx = _member_indices(pool, n_member, k, seed)
-        say(f"member {k + 1}/{K}: {n_member} frames")
-        m, rep = fit(idx, seed + k + 1)
-        members.append(m)
-        recs.append({"seed": seed + k + 1, "train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"]})
+    def fit_all():
+        model, rep = fit(pool, seed)
+        return model, {"hyperparameters": rep["hyperparameters"]}
+
+    def fit_member(idx, member_seed):
+        m, rep = fit(idx, member_seed)
+        return m, {"train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"]}
+
+    served, report["mean"] = _served_mean(mean, fit_all, say, f"MFF on all {len(pool)} training frames")
+    members, recs = _train_members(K, pool, n_member, seed, fit_member, say)
     report["members"] = recs
     report["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and _jsonable(v)}
     return members, served, report, held
@@ -360,31 +374,26 @@ def _train_bpnn(ds, K, n_member, mean, seed, say, options, family="bpnn"):
                               "split": {"train": split.train.tolist(), "valid": split.valid.tolist(),
                                         "test": held.tolist()}, "held_out_indices": held.tolist(),
                               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}}
-    served = None
-    if mean == "all":
-        say(f"served mean: {family} on all {n_train} training frames ({n_valid} validation)")
+    def fit_all():
         # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
         # the test frames are evaluated below, as calibration frames
-        served, rep = train_bpnn(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
-        report["mean"] = {"kind": "all", "n_train": n_train, "n_valid": n_valid, "valid": rep.get("valid"),
-                          "epochs_run": len(rep.get("history") or [])}
-    elif isinstance(mean, Model):
-        served = mean
-        report["mean"] = {"kind": "given", "source": (getattr(mean, "source", None) or {}).get("path")}
-    else:
-        report["mean"] = {"kind": "members"}
-    members, recs = [], []
-    for k in range(K):
-        idx = _member_indices(pool, n_member, k, seed)
-        say(f"member {k + 1}/{K}: {n_member} frames ({n_valid_member} of them for validation)")
-        m, rep = train_bpnn(ds[idx], n_member - n_valid_member, n_valid_member, 0, seed=seed + k + 1,
+        model, rep = train_bpnn(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
+        return model, {"n_train": n_train, "n_valid": n_valid, "valid": rep.get("valid"),
+                       "epochs_run": len(rep.get("history") or [])}
+
+    def fit_member(idx, member_seed):
+        m, rep = train_bpnn(ds[idx], n_member - n_valid_member, n_valid_member, 0, seed=member_seed,
                             progress=say, **options)
-        members.append(m)
         sub = rep.get("split") or {}
-        recs.append({"seed": seed + k + 1, "frames": idx.tolist(),
-                     "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
-                     "valid_indices": idx[np.asarray(sub.get("valid", []), dtype=np.int64)].tolist(),
-                     "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or [])})
+        return m, {"frames": idx.tolist(),
+                   "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
+                   "valid_indices": idx[np.asarray(sub.get("valid", []), dtype=np.int64)].tolist(),
+                   "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or [])}
+
+    served, report["mean"] = _served_mean(
+        mean, fit_all, say, f"{family} on all {n_train} training frames ({n_valid} validation)")
+    members, recs = _train_members(K, pool, n_member, seed, fit_member, say,
+                                   f" ({n_valid_member} of them for validation)")
     report["members"] = recs
     return members, served, report, held
 
