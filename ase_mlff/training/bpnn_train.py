@@ -32,7 +32,6 @@ import json
 import os
 import resource
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -261,7 +260,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def run(args) -> int:
     from .. import data as data_mod
     from ..io import save_model
-    from .checkpoint import check_output, default_checkpoint_path
+    from .checkpoint import default_checkpoint_path
+    from .common import UsageError, check_new_output, timed_printer
 
     def fail(msg, code):
         print(f"ase-mlff train bpnn: error: {msg}", file=sys.stderr)
@@ -274,15 +274,10 @@ def run(args) -> int:
         return fail("--hidden and --zetas take comma-separated integers", EXIT_USAGE)
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
     try:
-        check_output(args.output, bool(args.overwrite), bool(args.resume))
-    except FileExistsError as exc:
+        check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
+    except UsageError as exc:
         return fail(exc, EXIT_USAGE)
-    if not args.resume and os.path.exists(ckpt):
-        return fail(f"checkpoint {ckpt} exists from an interrupted run; add --resume, or delete it", EXIT_USAGE)
-    t0 = time.perf_counter()
-
-    def progress(msg):
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+    progress = timed_printer()
 
     try:
         ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)

@@ -476,16 +476,13 @@ def run(family: str, args) -> int:
     from ..errors import MLFFError
     from ..io import load_model, save_model
     from .checkpoint import check_output
+    from .common import timed_printer
 
     def fail(msg, code):
         print(f"ase-mlff train {family} --committee: error: {msg}", file=sys.stderr)
         return code
 
-    t0 = time.perf_counter()
-
-    def progress(msg):
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
-
+    progress = timed_printer()
     K = args.committee
     if K < 2:
         return fail(f"--committee {K}: a committee needs at least 2 members", 2)

@@ -39,7 +39,6 @@ import argparse
 import hashlib
 import os
 import sys
-import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -306,22 +305,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def run(args) -> int:
     from .. import data as data_mod
     from ..io import save_model
-    from .checkpoint import TrainingInterrupted, check_output, default_checkpoint_path
+    from .checkpoint import TrainingInterrupted, default_checkpoint_path
+    from .common import UsageError, check_new_output, timed_printer
 
     def fail(msg, code):
         print(f"ase-mlff train schnet: error: {msg}", file=sys.stderr)
         return code
 
-    try:
-        check_output(args.output, bool(args.overwrite), bool(args.resume))
-        freeze = parse_freeze(args.freeze)
-    except (FileExistsError, InputError) as exc:
-        return fail(exc, EXIT_USAGE)
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
-    t0 = time.perf_counter()
-
-    def progress(msg):
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+    try:
+        check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
+        freeze = parse_freeze(args.freeze)
+    except (UsageError, InputError) as exc:
+        return fail(exc, EXIT_USAGE)
+    progress = timed_printer()
 
     try:
         ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
