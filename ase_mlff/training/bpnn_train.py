@@ -43,21 +43,12 @@ from ..errors import DatasetError, MLFFError, TrainingError
 from ..graph import graph_from_structure
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
 from .checkpoint import TrainingInterrupted
+from .common import reference_energies
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
 
 # ------------------------------------------------------------------------- model set-up
-def fit_reference_energies(frames, species: Sequence[int]) -> np.ndarray:
-    """e0 (S,) eV: least squares of the total energies on the element counts (minimum-norm
-    solution when the counts are collinear, e.g. every frame is water: then only the
-    composition-weighted sum of e0 is determined, and that is all that matters)."""
-    counts = np.array([[np.sum(np.asarray(f.numbers) == z) for z in species] for f in frames], dtype=float)
-    E = np.array([f.energy for f in frames], dtype=float)
-    e0, *_ = np.linalg.lstsq(counts, E, rcond=None)
-    return e0
-
-
 def prepare_model(frames, cutoff: float = 6.0, hidden: Sequence[int] = (25, 25), activation: str = "tanh",
                   n_radial: int = 8, n_eta: int = 4, zetas: Sequence[int] = (1, 2, 4),
                   max_correlation: float = 0.9, dtype: str = "float32", seed: int = 0,
@@ -70,7 +61,7 @@ def prepare_model(frames, cutoff: float = 6.0, hidden: Sequence[int] = (25, 25),
     sfset, report = automatic_set(frames, cutoff, species=species, n_radial=n_radial, n_eta=n_eta, zetas=zetas,
                                   max_correlation=max_correlation)
     torch.manual_seed(seed)
-    e0 = fit_reference_energies(frames, sfset.species)
+    e0 = reference_energies(frames, sfset.species)
     f_rms = float(np.sqrt(np.mean(np.concatenate([np.ravel(f.forces) for f in frames]) ** 2)))
     model = BPNNModel.from_set(sfset, hidden=tuple(hidden), activation=activation, reference_energies=e0.tolist(),
                                energy_scale=max(f_rms, 1e-3), dtype=dtype)

@@ -40,15 +40,21 @@ from ase.data import chemical_symbols
 # ------------------------------------------------------------------------------ reference energies
 
 
-def reference_energies(frames, species: Sequence[int]) -> np.ndarray:
-    """Per-element constants e0 (eV) minimising sum_f (E_f - sum_i e0[s_i])**2 over the frames
-    with an energy (zeros when none has one)."""
+def reference_energies(frames, species: Sequence[int], with_rank: bool = False):
+    """Per-element constants e0 (eV, float64, in the order of ``species``) minimising
+    sum_f (E_f - sum_i e0[s_i])**2 over the frames with an energy (zeros when none has one).
+
+    With fewer independent compositions than elements (e.g. every frame is the same molecule)
+    the minimum-norm solution is returned: it reproduces the composition-weighted mean, which
+    is all that matters. ``with_rank``: also return the rank of the composition matrix."""
     frames = [f for f in frames if f.energy is not None]
     if not frames:
-        return np.zeros(len(species))
-    counts = np.array([[np.sum(f.numbers == z) for z in species] for f in frames], dtype=float)
-    energies = np.array([f.energy for f in frames])
-    return np.linalg.lstsq(counts, energies, rcond=None)[0]
+        e0, rank = np.zeros(len(species)), 0
+    else:
+        counts = np.array([[np.sum(np.asarray(f.numbers) == z) for z in species] for f in frames], dtype=float)
+        energies = np.array([f.energy for f in frames], dtype=np.float64)
+        e0, _, rank, _ = np.linalg.lstsq(counts, energies, rcond=None)
+    return (e0, int(rank)) if with_rank else e0
 
 
 def read_training_data(data, energy_unit=None):

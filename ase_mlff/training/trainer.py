@@ -202,23 +202,11 @@ def _metrics_text(h: dict[str, Any]) -> str:
 
 # =============================================================================== statistics
 def fit_reference_energies(frames: Sequence, species: Sequence[int]) -> tuple[np.ndarray, int]:
-    """Per-element energies ``e0`` (eV, float64, in the order of ``species``) minimising
-    ``Σ_b (E_b − Σ_i e0[Z_i])²`` over the frames with an energy, and the rank of the
-    composition matrix. With fewer independent compositions than elements (e.g. one molecule)
-    the minimum-norm solution is returned: it reproduces the mean energy, and the network
-    learns the rest."""
-    species = [int(z) for z in species]
-    rows, energies = [], []
-    for fr in frames:
-        if fr.energy is None:
-            continue
-        rows.append([np.count_nonzero(fr.numbers == z) for z in species])
-        energies.append(fr.energy)
-    if not rows:
-        return np.zeros(len(species)), 0
-    A, y = np.asarray(rows, dtype=np.float64), np.asarray(energies, dtype=np.float64)
-    coef, _, rank, _ = np.linalg.lstsq(A, y, rcond=None)
-    return coef.astype(np.float64), int(rank)
+    """``(e0, rank)``: :func:`ase_mlff.training.common.reference_energies` (least squares of the
+    energies on the element counts, minimum-norm when compositions are collinear)."""
+    from .common import reference_energies
+
+    return reference_energies(frames, [int(z) for z in species], with_rank=True)
 
 
 def energy_scale(frames: Sequence, species: Sequence[int], e0: np.ndarray) -> float:
