@@ -487,15 +487,13 @@ class SGDMLModel(Model):
            element by the Hungarian algorithm on per-atom sorted-distance signatures and polished
            by same-element swaps; when the numbers are in the model's order, the given order is
            a candidate too. The best candidate (the given order on a tie) is kept.
-        2. Unambiguous: every exchange of two same-element atoms of the best candidate that is
-           not a model symmetry must raise the residual by at least ``REORDER_MIN_GAP`` Å and by
-           a factor ``REORDER_MIN_RATIO``.
-        3. If the best candidate is the given order (up to symmetry) it is accepted whatever its
-           residual: a geometry far from training is evaluated, as long as no other labelling
-           competes with the given one.
-        4. Otherwise the input is a relabelling; it is identified only if the best residual is
-           <= ``REORDER_MAX_RESIDUAL`` Å and, for numbers in the model's order, the given order
-           fits clearly worse (by the margins of 2).
+        2. Numbers in the model's order and the given order as good as the best candidate (it is
+           the best up to symmetry, or within the margins of 3): used as given, whatever its
+           residual (a geometry far from training is extrapolation, not an order problem).
+        3. Otherwise the best candidate is a relabelling, identified only if its residual is
+           <= ``REORDER_MAX_RESIDUAL`` Å and every exchange of two same-element atoms that is not
+           a model symmetry raises the residual by at least ``REORDER_MIN_GAP`` Å and by a
+           factor ``REORDER_MIN_RATIO`` (unambiguous).
         """
         perm = self._identify(numbers, positions, n_refs)
         return np.arange(self.n_atoms) if perm is None else perm
@@ -510,7 +508,7 @@ class SGDMLModel(Model):
         numbers = np.asarray(numbers)
         n = len(z)
         A = distance_matrix(np.asarray(positions, dtype=np.float64))
-        fp = self._fingerprint_input(A, numbers)
+        fp = self._fingerprint(A, numbers)
         near = np.argsort(((ref_fp - fp[None]) ** 2).sum(1))[:n_refs]
         refs = ref_dist[near]
         elems = sorted(set(z.tolist()))
@@ -574,5 +572,3 @@ class SGDMLModel(Model):
                 )
         return perm
 
-    def _fingerprint_input(self, A, numbers):
-        return self._fingerprint(A, numbers)
