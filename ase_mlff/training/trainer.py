@@ -229,18 +229,11 @@ def energy_scale(frames: Sequence, species: Sequence[int], e0: np.ndarray) -> fl
 
 # =============================================================================== model helpers
 def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``model.to(dtype)``, except buffers named in the model's ``float64_buffers`` (default:
-    any buffer called ``reference_energies``), which stay float64: reference energies of
-    thousands of eV rounded to float32 would be off by ~0.1 meV per atom."""
-    keep = set(getattr(model, "float64_buffers", ()))
-    saved = {name: buf for name, buf in model.named_buffers()
-             if buf.is_floating_point() and (name in keep or name.rsplit(".", 1)[-1] == "reference_energies")}
+    """``model.to(dtype)``; buffers a family lists in ``float64_buffers`` stay float64 (that is
+    :class:`~ase_mlff.models.base.Model`'s own rule), and a ``config["dtype"]`` follows, so the
+    model file rebuilds the module in the trained dtype."""
     model.to(dtype)
-    for name, buf in saved.items():
-        owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-        owner._buffers[name.rsplit(".", 1)[-1]] = buf.to(torch.float64)
     if isinstance(getattr(model, "config", None), dict) and "dtype" in model.config:
-        # load_model rebuilds the module from its config: keep it in the trained dtype
         model.config["dtype"] = str(dtype).removeprefix("torch.")
     return model
 
@@ -392,8 +385,14 @@ class Distributed:
         if self.initialized_here:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
-            self.initialized_here = False
+            # Everyone waits for rank 0 (which saves the model and plots) before the group is torn
+            # down: a rank that destroyed its gloo group early aborted at exit now and then
+            # ("terminate called without an active exception", status -6).
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
+                self.initialized_here = False
 
 
 def init_distributed(device: str = "auto") -> Distributed:
