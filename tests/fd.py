@@ -3,18 +3,21 @@
 import numpy as np
 
 
-def numerical_forces(atoms, d=1e-5):
+def numerical_forces(atoms, d=1e-5, components=None):
+    """-dE/dx by central differences; ``components``: only these (atom, axis) pairs (the others
+    stay 0), for large structures."""
     forces = np.zeros((len(atoms), 3))
     pos0 = atoms.positions.copy()
-    for a in range(len(atoms)):
-        for c in range(3):
-            e = []
-            for sign in (1, -1):
-                pos = pos0.copy()
-                pos[a, c] += sign * d
-                atoms.positions = pos
-                e.append(atoms.get_potential_energy())
-            forces[a, c] = -(e[0] - e[1]) / (2 * d)
+    if components is None:
+        components = [(a, c) for a in range(len(atoms)) for c in range(3)]
+    for a, c in components:
+        e = []
+        for sign in (1, -1):
+            pos = pos0.copy()
+            pos[a, c] += sign * d
+            atoms.positions = pos
+            e.append(atoms.get_potential_energy())
+        forces[a, c] = -(e[0] - e[1]) / (2 * d)
     atoms.positions = pos0
     return forces
 
