@@ -244,6 +244,24 @@ class MLFFCalculator(Calculator):
         return res
 
     # ------------------------------------------------------------------ extras
+    def get_descriptors(self, atoms=None) -> np.ndarray:
+        """Per-atom descriptors (N, D), float64, in the caller's atom order: the features the
+        model's energy is computed from (SchNet: the atom features after the last interaction
+        block; Behler–Parrinello: the symmetry functions). Frozen, they are a representation
+        for other targets (``ase-mlff fit-head``, :mod:`ase_mlff.training.head`). A family
+        without per-atom features (sGDML, MFF) raises :class:`~ase_mlff.errors.InputError`."""
+        with self._lock:
+            atoms = atoms if atoms is not None else self.atoms
+            if atoms is None:
+                raise InputError("no structure given: pass the atoms (calc.get_descriptors(atoms))")
+            if not self.model.has_descriptors:
+                self.model.atom_descriptors(None)  # raises InputError naming the family
+            graph, order = self._prepare(atoms)
+            with torch.no_grad():
+                x = self.model.atom_descriptors(graph)
+            x = x.detach().cpu().numpy().astype(np.float64)
+            return x if order is None else x[order[1]]
+
     def get_hessian(self, atoms=None) -> np.ndarray:
         """Analytic Hessian d²E/dr² of shape (3N, 3N) in eV/Å² (second derivatives by autograd)."""
         with self._lock:

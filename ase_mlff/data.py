@@ -793,8 +793,10 @@ def _frame_from_parts(i, where, *, numbers, positions, cell, pbc, calc_results, 
     for label, k in (("energy", ek), ("forces", fk), ("stress", sk)):
         if k is not None:
             used[label].add(k)
+    # labels people group by (strings) and per-structure scalars (targets for fit-head, e.g. a gap)
     keep_info = {k: v for k, v in (info or {}).items()
-                 if k in ("config_type", "description", "name", "tag") and isinstance(v, str)}
+                 if (k in ("config_type", "description", "name", "tag") and isinstance(v, str))
+                 or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)))}
     try:
         fr = Frame(numbers, positions, cell, pbc, energy, forces, stress, info=keep_info)
     except DatasetError as err:

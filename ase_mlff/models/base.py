@@ -204,6 +204,21 @@ class Model(torch.nn.Module):
         """The declared extra results for ``graph`` (families with ``extra_results`` override)."""
         raise InputError(f"this {self.family} model gives no extra results (no uncertainty)")
 
+    def atom_descriptors(self, graph: Graph) -> torch.Tensor:
+        """Per-atom descriptors (N, D) of ``graph``: what the family's energy is a function of,
+        e.g. SchNet's features after the last interaction block or Behler–Parrinello symmetry
+        functions. Frozen, they serve as a learned representation for other targets (S000;
+        :mod:`ase_mlff.training.head`). Families with such features override this and
+        :attr:`has_descriptors`; the others (global or kernel models) raise InputError."""
+        raise InputError(
+            f"{self.family} models have no per-atom descriptors (get_descriptors needs a local "
+            "family with atom features: schnet, bpnn, or a committee of them)"
+        )
+
+    @property
+    def has_descriptors(self) -> bool:
+        return type(self).atom_descriptors is not Model.atom_descriptors
+
     @property
     def has_analytic(self) -> bool:
         return type(self).analytic is not Model.analytic

@@ -157,6 +157,15 @@ class BPNNModel(Model):
             out.append((idx, lib[idx][:, getattr(self, f"_selected_{k}")]))
         return out
 
+    def atom_descriptors(self, graph) -> torch.Tensor:
+        """Every symmetry function of the library for every atom (N, L), before scaling: the
+        same columns for every element (each element's network reads its selected subset)."""
+        s = self.species_index(graph.numbers)
+        if bool((s < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())
+        dtype = self.nets[0].mean.dtype
+        return self.acsf(graph if graph.dtype == dtype else graph.to(dtype=dtype))
+
     def forward(self, graph) -> torch.Tensor:
         """Per-atom energies (N,) in eV, float64."""
         dtype = self.nets[0].mean.dtype

@@ -132,6 +132,17 @@ class CommitteeModel(Model):
             return self.mean_model(graph)
         return torch.stack([m(graph) for m in self.members]).mean(dim=0)
 
+    def atom_descriptors(self, graph: Graph) -> torch.Tensor:
+        """The served model's descriptors when the committee serves a model trained on all the
+        data; otherwise every member's, side by side (N, K·D), in member order."""
+        if self.mean_model is not None:
+            return self.mean_model.atom_descriptors(graph)
+        return torch.cat([m.atom_descriptors(graph) for m in self.members], dim=1)
+
+    @property
+    def has_descriptors(self) -> bool:
+        return (self.mean_model or self.members[0]).has_descriptors
+
     def _member_outputs(self, graph: Graph, stress: bool) -> list[ModelOutput]:
         cached = self._members_out
         self._members_out = None

@@ -132,6 +132,10 @@ class SchNetModel(Model):
             x = x + block(x, rbf, fcut, i, j)
         return x
 
+    def atom_descriptors(self, graph: Graph) -> torch.Tensor:
+        """The learned per-atom representation: :meth:`features` (N, F)."""
+        return self.features(graph)
+
     def forward(self, graph: Graph) -> torch.Tensor:
         """Per-atom energies (N,) float64, eV."""
         y = self.output(self.features(graph)).squeeze(-1)
