@@ -168,3 +168,62 @@ def test_cli_committee_of_schnet_models(tmp_path, capsys):
     atoms.calc = MLFFCalculator(model, uncertainty=True)
     assert atoms.get_forces().shape == (9, 3)
     assert np.all(atoms.calc.results["forces_uncertainty"] >= 0)
+
+
+# ----------------------------------------------------------------------------- serving path
+def _water_graph(dtype, repeat=(1, 1, 1)):
+    import ase.io
+
+    atoms = ase.io.read(WATER, 0).repeat(repeat)
+    return graph_from_structure(atoms, 5.0, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tabulated_filters_give_the_network_numbers(dtype):
+    """The serving path (filter networks replaced by cubic Hermite tables, fused C++ pass)
+    against autograd through the network itself, at the default width, on a periodic box."""
+    torch.manual_seed(3)
+    model = SchNetModel([1, 8], dtype=dtype, energy_scale=3.0)
+    graph = _water_graph(getattr(torch, dtype))
+    assert model.uses_analytic(graph)
+    fast = model.compute(graph, forces=True, stress=True)
+    exact = model._autograd(graph, True, True, False)
+    tol = {"float32": 2e-6, "float64": 1e-8}[dtype]  # measured: 3e-8 and 3e-10
+    fscale = float(exact.forces.abs().max())
+    assert float((fast.forces - exact.forces).abs().max()) <= tol * fscale
+    assert float((fast.virial - exact.virial).abs().max()) <= tol * float(exact.virial.abs().max())
+    assert float((fast.energies - exact.energies).abs().max()) <= tol * 3.0
+
+
+def test_compiled_convolution_equals_the_torch_fallback(monkeypatch):
+    from ase_mlff.models import schnet
+
+    if schnet._core is None:
+        pytest.skip("compiled extension without cfconv")
+    torch.manual_seed(4)
+    model = SchNetModel([1, 8], dtype="float64")
+    graph = _water_graph(torch.float64)
+    compiled = model.compute(graph, forces=True, stress=True)
+    monkeypatch.setattr(schnet, "_core", None)
+    fallback = model.compute(graph, forces=True, stress=True)
+    for a, b in ((compiled.forces, fallback.forces), (compiled.virial, fallback.virial),
+                 (compiled.energies, fallback.energies)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-12)
+
+
+def test_tables_follow_the_weights_and_training_uses_the_network():
+    torch.manual_seed(5)
+    model = SchNetModel([1, 8], dtype="float64", **SMALL)
+    graph = _water_graph(torch.float64)
+    before = model.compute(graph, forces=True).energy
+    with torch.no_grad():
+        model.interactions[0].filter2.bias.add_(0.1)  # in place: the table must be rebuilt
+    after = model.compute(graph, forces=True).energy
+    exact = model._autograd(graph, True, False, False).energy
+    assert float(abs(after - before)) > 1e-6
+    np.testing.assert_allclose(after.numpy(), exact.numpy(), rtol=1e-12)
+    # training (create_graph) differentiates the network, whose forces have second derivatives
+    out = model.compute(graph, forces=True, create_graph=True)
+    assert out.forces.requires_grad
+    (out.forces ** 2).sum().backward()
+    assert model.interactions[0].filter1.weight.grad is not None

@@ -11,6 +11,7 @@
 namespace py = pybind11;
 
 void register_mff(pybind11::module_& m);
+void register_cfconv(pybind11::module_& m);
 
 namespace {
 
@@ -102,4 +103,5 @@ PYBIND11_MODULE(_core, m) {
     m.attr("NEIGHBOR_MAX_PAIRS") = limits.max_pairs;
     m.attr("NEIGHBOR_MAX_CANDIDATES") = limits.max_candidates;
     register_mff(m);
+    register_cfconv(m);
 }

@@ -43,8 +43,15 @@ import torch
 
 from ..errors import InputError
 from ..graph import Graph
-from .base import (Model, config_dtype, config_float, config_int, config_reference_energies, config_species,
+from .base import (Model, ModelOutput, config_dtype, config_float, config_int, config_reference_energies, config_species,
                    register_model)
+
+try:  # the compiled kernel of the serving path; without it, the same numbers from torch ops
+    from .._ext import _core
+    if not hasattr(_core, "cfconv_forward"):  # pragma: no cover - an extension built before it
+        _core = None
+except ImportError:  # pragma: no cover
+    _core = None
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: the parameter groups that transfer learning can freeze (prefix of the parameter names)
@@ -75,11 +82,85 @@ class Interaction(torch.nn.Module):
         self.f2out1 = torch.nn.Linear(F, F, dtype=dtype)
         self.f2out2 = torch.nn.Linear(F, F, dtype=dtype)
 
-    def forward(self, x, rbf, fcut, i, j):
-        w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]  # (P, F)
+    def filter(self, rbf, fcut):
+        """The continuous filter W(r) (P, F) from the distance expansion and the cutoff."""
+        return self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
+
+    def forward(self, x, w, i, j):
         msg = self.in2f(x)[j] * w
         m = torch.zeros_like(x).index_add(0, i, msg)  # Σ over the neighbours j of i
         return self.f2out2(shifted_softplus(self.f2out1(m)))
+
+    def forward_tabulated(self, x, r, table, inv_h, i, j):
+        """:meth:`forward` with the filter from ``table`` (:meth:`SchNetModel.filter_tables`),
+        fused into one compiled pass over the pairs on CPU (no (pairs x features) tensor)."""
+        y = self.in2f(x)
+        if _core is not None and y.device.type == "cpu":
+            m = _CFConv.apply(y, r, table, inv_h, i, j)
+        else:
+            m = torch.zeros_like(x).index_add(0, i, y[j] * _TabulatedFilter.apply(r, table, inv_h))
+        return self.f2out2(shifted_softplus(self.f2out1(m)))
+
+    @torch.no_grad()
+    def filter_table(self, centres: torch.Tensor, gamma: float, cutoff: float, r: torch.Tensor):
+        """Values and r-derivatives (G, F) of W at the distances ``r`` (float64), in closed form."""
+        W1, b1 = self.filter1.weight.to(torch.float64), self.filter1.bias.to(torch.float64)
+        W2, b2 = self.filter2.weight.to(torch.float64), self.filter2.bias.to(torch.float64)
+        d = r[:, None] - centres[None, :]
+        e = torch.exp(-gamma * d ** 2)                      # (G, K)
+        de = -2.0 * gamma * d * e
+        z1 = e @ W1.T + b1
+        dz1 = de @ W1.T
+        a, da = shifted_softplus(z1), torch.sigmoid(z1) * dz1
+        z2, dz2 = a @ W2.T + b2, da @ W2.T
+        inside = r < cutoff
+        fc = torch.where(inside, 0.5 * (torch.cos(r * (math.pi / cutoff)) + 1.0), torch.zeros_like(r))
+        dfc = torch.where(inside, -0.5 * (math.pi / cutoff) * torch.sin(r * (math.pi / cutoff)), torch.zeros_like(r))
+        return z2 * fc[:, None], dz2 * fc[:, None] + z2 * dfc[:, None]
+
+
+class _CFConv(torch.autograd.Function):
+    """m_i = Σ_j y_j ⊙ W(r_ij) by the compiled kernel (``_core.cfconv_forward``/``_backward``);
+    first derivatives only (serving path)."""
+
+    @staticmethod
+    def forward(ctx, y, r, table, inv_h, i, j):
+        y, r = y.detach().contiguous(), r.detach().contiguous()
+        i, j = i.contiguous(), j.contiguous()
+        m = _core.cfconv_forward(y.numpy(), r.numpy(), i.numpy(), j.numpy(), table.numpy(), float(inv_h))
+        ctx.save_for_backward(y, r, table, i, j)
+        ctx.inv_h = float(inv_h)
+        return torch.from_numpy(m)
+
+    @staticmethod
+    def backward(ctx, grad_m):
+        y, r, table, i, j = ctx.saved_tensors
+        gy, gr = _core.cfconv_backward(grad_m.detach().contiguous().numpy(), y.numpy(), r.numpy(), i.numpy(),
+                                       j.numpy(), table.numpy(), ctx.inv_h)
+        return torch.from_numpy(gy), torch.from_numpy(gr), None, None, None, None
+
+
+class _TabulatedFilter(torch.autograd.Function):
+    """W(r) from a cubic Hermite table: ``coeffs`` (G, 4, F) power-form coefficients of each of
+    the G intervals of width 1/inv_h on [0, r_c]. First derivatives only (the serving path:
+    forces and virial); Hessians and training go through the network itself."""
+
+    @staticmethod
+    def forward(ctx, r, coeffs, inv_h):
+        G = coeffs.shape[0]
+        u = (r * inv_h).clamp(0.0, float(G))
+        k = u.floor().to(torch.long).clamp_(max=G - 1)
+        t = (u - k)[:, None]
+        c = coeffs[k]                                       # (P, 4, F)
+        a, b, c2, c3 = c.unbind(1)
+        w = a + t * (b + t * (c2 + t * c3))
+        ctx.save_for_backward((b + t * (2.0 * c2 + 3.0 * t * c3)) * inv_h)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad_w):
+        (dw,) = ctx.saved_tensors
+        return (grad_w * dw).sum(dim=1), None, None
 
 
 @register_model
@@ -117,20 +198,70 @@ class SchNetModel(Model):
         gamma = 0.5 / delta ** 2
         return torch.exp(-gamma * (r[:, None] - mu[None, :]) ** 2)
 
-    def features(self, graph: Graph) -> torch.Tensor:
+    def features(self, graph: Graph, tabulated: bool = False) -> torch.Tensor:
         """Per-atom features (N, F) after the last interaction block (the descriptor that the
-        output network reads)."""
+        output network reads). ``tabulated``: filters from :meth:`filter_tables` (serving)."""
         s = self.species_index(graph.numbers)
         if bool((s < 0).any()):
             self.check_numbers(graph.numbers.cpu().numpy())  # raises InputError naming the element
         dt = self.embedding.weight.dtype
         i, j = graph.edge_index
         r = torch.linalg.norm(graph.edge_vectors(), dim=1).to(dt)
-        rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         x = self.embedding(s)
+        if tabulated:
+            tables, inv_h = self.filter_tables()
+            for block, table in zip(self.interactions, tables):
+                x = x + block.forward_tabulated(x, r, table, inv_h, i, j)
+            return x
+        rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         for block in self.interactions:
-            x = x + block(x, rbf, fcut, i, j)
+            x = x + block(x, block.filter(rbf, fcut), i, j)
         return x
+
+    # ----------------------------------------------------------------- serving path
+    #: table spacing (Å) of the tabulated filters by network dtype: the cubic Hermite error
+    #: (h⁴/384 · max|W⁗|) stays orders of magnitude below the dtype's rounding
+    TABLE_SPACING = {torch.float32: 0.004, torch.float64: 0.0005}
+
+    def filter_tables(self):
+        """Each block's filter W(r) as cubic Hermite coefficients on [0, r_c] (exact values and
+        derivatives at the nodes, from :meth:`Interaction.filter_table`), built once and rebuilt
+        when a filter parameter changes (training, loading, another dtype or device)."""
+        params = [p for b in self.interactions for p in (b.filter1.weight, b.filter1.bias, b.filter2.weight,
+                                                          b.filter2.bias)]
+        dt = self.embedding.weight.dtype
+        key = (dt, self.embedding.weight.device, tuple((p.data_ptr(), p._version) for p in params))
+        cached = getattr(self, "_tables", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        h_target = self.TABLE_SPACING.get(dt, 0.004)
+        G = max(8, int(math.ceil(self.cutoff / h_target)))
+        h = self.cutoff / G
+        r = torch.linspace(0.0, self.cutoff, G + 1, dtype=torch.float64)
+        K = self.config["n_rbf"]
+        centres = torch.linspace(0.0, self.cutoff, K, dtype=torch.float64)
+        gamma = 0.5 / (self.cutoff / max(K - 1, 1)) ** 2
+        tables = []
+        for block in self.interactions:
+            w, dw = block.filter_table(centres, gamma, self.cutoff, r)
+            w0, w1, d0, d1 = w[:-1], w[1:], dw[:-1] * h, dw[1:] * h
+            coeffs = torch.stack([w0, d0, 3.0 * (w1 - w0) - 2.0 * d0 - d1, 2.0 * (w0 - w1) + d0 + d1], dim=1)
+            tables.append(coeffs.to(dtype=dt, device=self.embedding.weight.device).contiguous())
+        self._tables = (key, tables, 1.0 / h)
+        return tables, 1.0 / h
+
+    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+        """Serving path: autograd through the network with each block's filter network replaced
+        by its cubic Hermite table (:meth:`filter_tables`). The filter network (two dense layers
+        on every pair) is most of SchNet's cost; the table gives the same W(r) to ~1e-9
+        relative (float32 spacing 0.004 Å) and exact derivatives of the interpolant, so forces
+        stay conservative. Training, Hessians and graphs needing grad use the network itself."""
+        self._serving = True
+        try:
+            with torch.enable_grad():
+                return self._autograd(graph, forces, stress, create_graph=False).detach()
+        finally:
+            self._serving = False
 
     def atom_descriptors(self, graph: Graph) -> torch.Tensor:
         """The learned per-atom representation: :meth:`features` (N, F)."""
@@ -138,7 +269,7 @@ class SchNetModel(Model):
 
     def forward(self, graph: Graph) -> torch.Tensor:
         """Per-atom energies (N,) float64, eV."""
-        y = self.output(self.features(graph)).squeeze(-1)
+        y = self.output(self.features(graph, tabulated=getattr(self, "_serving", False))).squeeze(-1)
         e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=y.device)
         s = self.species_index(graph.numbers)
         return e0[s] + self.config["energy_scale"] * y.to(torch.float64)

@@ -1,0 +1,150 @@
+// Continuous-filter convolution of SchNet with tabulated filters (serving path).
+//
+//   m[i, :] = sum over pairs p with first[p] = i of  y[second[p], :] * W(r[p], :)
+//
+// W(r) is each block's filter network tabulated as cubic Hermite pieces: coeffs (G, 4, F) are
+// the power-form coefficients of the G intervals of width h = 1 / inv_h on [0, r_c], so
+// W(r) = c0 + t (c1 + t (c2 + t c3)) with u = r / h, k = min(floor(u), G - 1), t = u - k, and
+// dW/dr = (c1 + t (2 c2 + 3 t c3)) / h. Beyond r_c the last node (W = 0, W' = 0) applies.
+//
+// The forward pass and the backward pass (gradients with respect to y and r; first derivatives
+// only) each read every pair once, so no (pairs x features) tensor is ever materialised: the
+// filter network, the gather of y[second] and the scatter to first become one loop.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style>;
+
+struct Shapes {
+    int64_t n_atoms, n_pairs, n_features, n_intervals;
+};
+
+template <typename T>
+Shapes check(const carray<T>& y, const carray<T>& r, const carray<int64_t>& first, const carray<int64_t>& second,
+             const carray<T>& coeffs) {
+    if (y.ndim() != 2 || r.ndim() != 1 || first.ndim() != 1 || second.ndim() != 1 || coeffs.ndim() != 3)
+        throw std::invalid_argument("cfconv: y (N, F), r (P,), first (P,), second (P,), coeffs (G, 4, F) expected");
+    Shapes s{y.shape(0), r.shape(0), y.shape(1), coeffs.shape(0)};
+    if (first.shape(0) != s.n_pairs || second.shape(0) != s.n_pairs)
+        throw std::invalid_argument("cfconv: first/second must have one entry per distance");
+    if (coeffs.shape(1) != 4 || coeffs.shape(2) != s.n_features || s.n_intervals < 1)
+        throw std::invalid_argument("cfconv: coeffs must have shape (G, 4, F) with the features of y");
+    const int64_t* a = first.data();
+    const int64_t* b = second.data();
+    for (int64_t p = 0; p < s.n_pairs; ++p)
+        if (a[p] < 0 || a[p] >= s.n_atoms || b[p] < 0 || b[p] >= s.n_atoms)
+            throw std::out_of_range("cfconv: pair " + std::to_string(p) + " refers to an atom out of range");
+    return s;
+}
+
+template <typename T>
+inline const T* piece(const T* coeffs, T r, T inv_h, int64_t G, int64_t F, T& t) {
+    T u = std::min(std::max(r * inv_h, T(0)), T(G));
+    int64_t k = std::min<int64_t>(static_cast<int64_t>(u), G - 1);
+    t = u - T(k);
+    return coeffs + k * 4 * F;
+}
+
+template <typename T>
+carray<T> forward(const carray<T>& y, const carray<T>& r, const carray<int64_t>& first,
+                  const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_) {
+    const Shapes s = check(y, r, first, second, coeffs);
+    const int64_t F = s.n_features, G = s.n_intervals;
+    carray<T> out({s.n_atoms, F});
+    T* m = out.mutable_data();
+    const T* Y = y.data();
+    const T* R = r.data();
+    const T* C = coeffs.data();
+    const int64_t* I = first.data();
+    const int64_t* J = second.data();
+    const T inv_h = static_cast<T>(inv_h_);
+    {
+        py::gil_scoped_release release;
+        std::fill(m, m + s.n_atoms * F, T(0));
+        for (int64_t p = 0; p < s.n_pairs; ++p) {
+            T t;
+            const T* c = piece(C, R[p], inv_h, G, F, t);
+            const T* __restrict__ c0 = c;
+            const T* __restrict__ c1 = c + F;
+            const T* __restrict__ c2 = c + 2 * F;
+            const T* __restrict__ c3 = c + 3 * F;
+            const T* __restrict__ yj = Y + J[p] * F;
+            T* __restrict__ mi = m + I[p] * F;
+#pragma omp simd
+            for (int64_t f = 0; f < F; ++f) mi[f] += yj[f] * (c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f])));
+        }
+    }
+    return out;
+}
+
+template <typename T>
+py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>& r, const carray<int64_t>& first,
+                   const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_) {
+    const Shapes s = check(y, r, first, second, coeffs);
+    if (grad_m.ndim() != 2 || grad_m.shape(0) != s.n_atoms || grad_m.shape(1) != s.n_features)
+        throw std::invalid_argument("cfconv: the gradient must have the shape of the output (N, F)");
+    const int64_t F = s.n_features, G = s.n_intervals;
+    carray<T> gy_arr({s.n_atoms, F});
+    carray<T> gr_arr({s.n_pairs});
+    T* gy = gy_arr.mutable_data();
+    T* gr = gr_arr.mutable_data();
+    const T* GM = grad_m.data();
+    const T* Y = y.data();
+    const T* R = r.data();
+    const T* C = coeffs.data();
+    const int64_t* I = first.data();
+    const int64_t* J = second.data();
+    const T inv_h = static_cast<T>(inv_h_);
+    {
+        py::gil_scoped_release release;
+        std::fill(gy, gy + s.n_atoms * F, T(0));
+        for (int64_t p = 0; p < s.n_pairs; ++p) {
+            T t;
+            const T* c = piece(C, R[p], inv_h, G, F, t);
+            const T* __restrict__ c0 = c;
+            const T* __restrict__ c1 = c + F;
+            const T* __restrict__ c2 = c + 2 * F;
+            const T* __restrict__ c3 = c + 3 * F;
+            const T* __restrict__ gi = GM + I[p] * F;
+            const T* __restrict__ yj = Y + J[p] * F;
+            T* __restrict__ gyj = gy + J[p] * F;
+            T acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t f = 0; f < F; ++f) {
+                const T w = c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f]));
+                const T dw = c1[f] + t * (T(2) * c2[f] + T(3) * t * c3[f]);
+                gyj[f] += gi[f] * w;
+                acc += gi[f] * yj[f] * dw;
+            }
+            gr[p] = acc * inv_h;
+        }
+    }
+    return py::make_tuple(gy_arr, gr_arr);
+}
+
+}  // namespace
+
+void register_cfconv(py::module_& m) {
+    m.def("cfconv_forward", &forward<float>, py::arg("y"), py::arg("r"), py::arg("first"), py::arg("second"),
+          py::arg("coeffs"), py::arg("inv_h"),
+          "SchNet continuous-filter convolution with a cubic Hermite filter table (float32).");
+    m.def("cfconv_forward", &forward<double>, py::arg("y"), py::arg("r"), py::arg("first"), py::arg("second"),
+          py::arg("coeffs"), py::arg("inv_h"), "float64 version.");
+    m.def("cfconv_backward", &backward<float>, py::arg("grad_m"), py::arg("y"), py::arg("r"), py::arg("first"),
+          py::arg("second"), py::arg("coeffs"), py::arg("inv_h"),
+          "Gradients (d/dy, d/dr) of cfconv_forward (float32).");
+    m.def("cfconv_backward", &backward<double>, py::arg("grad_m"), py::arg("y"), py::arg("r"), py::arg("first"),
+          py::arg("second"), py::arg("coeffs"), py::arg("inv_h"), "float64 version.");
+}
