@@ -44,7 +44,7 @@ import torch
 from ..errors import InputError
 from ..graph import Graph
 from .base import (Model, ModelOutput, config_dtype, config_float, config_int, config_reference_energies, config_species,
-                   register_model)
+                   register_model, sum_per_structure)
 
 try:  # the compiled kernel of the serving path; without it, the same numbers from torch ops
     from .._ext import _core
@@ -91,16 +91,6 @@ class Interaction(torch.nn.Module):
         m = torch.zeros_like(x).index_add(0, i, msg)  # Σ over the neighbours j of i
         return self.f2out2(shifted_softplus(self.f2out1(m)))
 
-    def forward_tabulated(self, x, r, table, inv_h, i, j):
-        """:meth:`forward` with the filter from ``table`` (:meth:`SchNetModel.filter_tables`),
-        fused into one compiled pass over the pairs on CPU (no (pairs x features) tensor)."""
-        y = self.in2f(x)
-        if _core is not None and y.device.type == "cpu":
-            m = _CFConv.apply(y, r, table, inv_h, i, j)
-        else:
-            m = torch.zeros_like(x).index_add(0, i, y[j] * _TabulatedFilter.apply(r, table, inv_h))
-        return self.f2out2(shifted_softplus(self.f2out1(m)))
-
     @torch.no_grad()
     def filter_table(self, centres: torch.Tensor, gamma: float, cutoff: float, r: torch.Tensor):
         """Values and r-derivatives (G, F) of W at the distances ``r`` (float64), in closed form."""
@@ -119,48 +109,34 @@ class Interaction(torch.nn.Module):
         return z2 * fc[:, None], dz2 * fc[:, None] + z2 * dfc[:, None]
 
 
-class _CFConv(torch.autograd.Function):
-    """m_i = Σ_j y_j ⊙ W(r_ij) by the compiled kernel (``_core.cfconv_forward``/``_backward``);
-    first derivatives only (serving path)."""
-
-    @staticmethod
-    def forward(ctx, y, r, table, inv_h, i, j):
-        y, r = y.detach().contiguous(), r.detach().contiguous()
-        i, j = i.contiguous(), j.contiguous()
-        m = _core.cfconv_forward(y.numpy(), r.numpy(), i.numpy(), j.numpy(), table.numpy(), float(inv_h))
-        ctx.save_for_backward(y, r, table, i, j)
-        ctx.inv_h = float(inv_h)
-        return torch.from_numpy(m)
-
-    @staticmethod
-    def backward(ctx, grad_m):
-        y, r, table, i, j = ctx.saved_tensors
-        gy, gr = _core.cfconv_backward(grad_m.detach().contiguous().numpy(), y.numpy(), r.numpy(), i.numpy(),
-                                       j.numpy(), table.numpy(), ctx.inv_h)
-        return torch.from_numpy(gy), torch.from_numpy(gr), None, None, None, None
+def _hermite(r, table, inv_h):
+    """(W, dW/dr) (P, F) from a filter table (torch ops; the compiled kernel does this inline)."""
+    G = table.shape[0]
+    u = (r * inv_h).clamp(0.0, float(G))
+    k = u.floor().to(torch.long).clamp_(max=G - 1)
+    t = (u - k)[:, None]
+    c0, c1, c2, c3 = table[k].unbind(1)
+    return c0 + t * (c1 + t * (c2 + t * c3)), (c1 + t * (2.0 * c2 + 3.0 * t * c3)) * inv_h
 
 
-class _TabulatedFilter(torch.autograd.Function):
-    """W(r) from a cubic Hermite table: ``coeffs`` (G, 4, F) power-form coefficients of each of
-    the G intervals of width 1/inv_h on [0, r_c]. First derivatives only (the serving path:
-    forces and virial); Hessians and training go through the network itself."""
+def cfconv_forward(y, r, table, inv_h, i, j):
+    """m_i = Σ_j y_j ⊙ W(r_ij) with W from ``table`` (N, F)."""
+    if _core is not None and y.device.type == "cpu":
+        return torch.from_numpy(_core.cfconv_forward(y.contiguous().numpy(), r.contiguous().numpy(), i.numpy(),
+                                                     j.numpy(), table.numpy(), float(inv_h)))
+    w, _ = _hermite(r, table, inv_h)
+    return torch.zeros_like(y).index_add(0, i, y[j] * w)
 
-    @staticmethod
-    def forward(ctx, r, coeffs, inv_h):
-        G = coeffs.shape[0]
-        u = (r * inv_h).clamp(0.0, float(G))
-        k = u.floor().to(torch.long).clamp_(max=G - 1)
-        t = (u - k)[:, None]
-        c = coeffs[k]                                       # (P, 4, F)
-        a, b, c2, c3 = c.unbind(1)
-        w = a + t * (b + t * (c2 + t * c3))
-        ctx.save_for_backward((b + t * (2.0 * c2 + 3.0 * t * c3)) * inv_h)
-        return w
 
-    @staticmethod
-    def backward(ctx, grad_w):
-        (dw,) = ctx.saved_tensors
-        return (grad_w * dw).sum(dim=1), None, None
+def cfconv_backward(grad_m, y, r, table, inv_h, i, j):
+    """(dL/dy (N, F), dL/dr (P,)) of :func:`cfconv_forward` given dL/dm."""
+    if _core is not None and y.device.type == "cpu":
+        gy, gr = _core.cfconv_backward(grad_m.contiguous().numpy(), y.contiguous().numpy(), r.contiguous().numpy(),
+                                       i.numpy(), j.numpy(), table.numpy(), float(inv_h))
+        return torch.from_numpy(gy), torch.from_numpy(gr)
+    w, dw = _hermite(r, table, inv_h)
+    gi = grad_m[i]
+    return torch.zeros_like(y).index_add(0, j, gi * w), (gi * y[j] * dw).sum(dim=1)
 
 
 @register_model
@@ -198,9 +174,9 @@ class SchNetModel(Model):
         gamma = 0.5 / delta ** 2
         return torch.exp(-gamma * (r[:, None] - mu[None, :]) ** 2)
 
-    def features(self, graph: Graph, tabulated: bool = False) -> torch.Tensor:
+    def features(self, graph: Graph) -> torch.Tensor:
         """Per-atom features (N, F) after the last interaction block (the descriptor that the
-        output network reads). ``tabulated``: filters from :meth:`filter_tables` (serving)."""
+        output network reads)."""
         s = self.species_index(graph.numbers)
         if bool((s < 0).any()):
             self.check_numbers(graph.numbers.cpu().numpy())  # raises InputError naming the element
@@ -208,11 +184,6 @@ class SchNetModel(Model):
         i, j = graph.edge_index
         r = torch.linalg.norm(graph.edge_vectors(), dim=1).to(dt)
         x = self.embedding(s)
-        if tabulated:
-            tables, inv_h = self.filter_tables()
-            for block, table in zip(self.interactions, tables):
-                x = x + block.forward_tabulated(x, r, table, inv_h, i, j)
-            return x
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         for block in self.interactions:
             x = x + block(x, block.filter(rbf, fcut), i, j)
@@ -250,26 +221,63 @@ class SchNetModel(Model):
         self._tables = (key, tables, 1.0 / h)
         return tables, 1.0 / h
 
+    @torch.no_grad()
     def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
-        """Serving path: autograd through the network with each block's filter network replaced
-        by its cubic Hermite table (:meth:`filter_tables`). The filter network (two dense layers
-        on every pair) is most of SchNet's cost; the table gives the same W(r) to ~1e-9
-        relative (float32 spacing 0.004 Å) and exact derivatives of the interpolant, so forces
-        stay conservative. Training, Hessians and graphs needing grad use the network itself."""
-        self._serving = True
-        try:
-            with torch.enable_grad():
-                return self._autograd(graph, forces, stress, create_graph=False).detach()
-        finally:
-            self._serving = False
-
-    def atom_descriptors(self, graph: Graph) -> torch.Tensor:
-        """The learned per-atom representation: :meth:`features` (N, F)."""
-        return self.features(graph)
+        """Serving path: energies, forces and virial by a hand-written backward pass (no autograd
+        graph), with each block's filter network replaced by its cubic Hermite table
+        (:meth:`filter_tables`) and the convolution and its gradient done in one compiled pass
+        over the pairs each (no (pairs x features) tensor). The filter network (two dense layers
+        on every pair) and autograd's bookkeeping are most of SchNet's cost; the table gives the
+        same W(r) to ~1e-9 relative and the exact derivative of the interpolant, so forces stay
+        conservative. Training, Hessians and graphs needing grad differentiate the network."""
+        s_idx = self.species_index(graph.numbers)
+        if bool((s_idx < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())
+        dt = self.embedding.weight.dtype
+        i, j = graph.edge_index
+        vec = graph.edge_vectors().to(dt)
+        r = torch.linalg.norm(vec, dim=1)
+        tables, inv_h = self.filter_tables()
+        F = torch.nn.functional
+        x = self.embedding.weight[s_idx]
+        saved = []
+        for block, table in zip(self.interactions, tables):
+            y = F.linear(x, block.in2f.weight)
+            z1 = F.linear(cfconv_forward(y, r, table, inv_h, i, j), block.f2out1.weight, block.f2out1.bias)
+            x = x + F.linear(shifted_softplus(z1), block.f2out2.weight, block.f2out2.bias)
+            saved.append((y, z1))
+        lin1, lin2 = self.output[0], self.output[2]
+        h = F.linear(x, lin1.weight, lin1.bias)
+        out_y = F.linear(shifted_softplus(h), lin2.weight, lin2.bias).squeeze(-1)
+        e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=out_y.device)
+        scale = self.config["energy_scale"]
+        energies = e0[s_idx] + scale * out_y.to(torch.float64)
+        out = ModelOutput(energy=sum_per_structure(energies, graph.batch, graph.n_graphs), energies=energies)
+        if not (forces or stress):
+            return out
+        # backward: dE/dx through the output network, then through the blocks in reverse
+        g_h = (scale * lin2.weight) * torch.sigmoid(h)          # (N, H): ssp' = sigmoid
+        g_x = g_h @ lin1.weight                                  # (N, F)
+        g_r = torch.zeros_like(r)
+        for block, table, (y, z1) in zip(reversed(self.interactions), reversed(tables), reversed(saved)):
+            g_z1 = (g_x @ block.f2out2.weight) * torch.sigmoid(z1)
+            g_y, g_rt = cfconv_backward(g_z1 @ block.f2out1.weight, y, r, table, inv_h, i, j)
+            g_x = g_x + g_y @ block.in2f.weight
+            g_r = g_r + g_rt
+        g_vec = (g_r / torch.where(r > 0, r, torch.ones_like(r)))[:, None] * vec   # dE/d(pair vector)
+        if forces:
+            dpos = torch.zeros_like(x[:, :3]).index_add(0, j, g_vec).index_add(0, i, -g_vec)
+            out.forces = (-dpos).to(graph.dtype)
+        if stress:
+            per_pair = vec[:, :, None] * g_vec[:, None, :]                         # (P, 3, 3)
+            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=dt, device=vec.device).index_add(
+                0, graph.batch[i], per_pair)
+            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
+        return out
 
     def forward(self, graph: Graph) -> torch.Tensor:
         """Per-atom energies (N,) float64, eV."""
-        y = self.output(self.features(graph, tabulated=getattr(self, "_serving", False))).squeeze(-1)
+        y = self.output(self.features(graph)).squeeze(-1)
         e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=y.device)
         s = self.species_index(graph.numbers)
         return e0[s] + self.config["energy_scale"] * y.to(torch.float64)
