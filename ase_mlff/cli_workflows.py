@@ -31,7 +31,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         if ("default" in text.lower() or not action.option_strings or action.default is argparse.SUPPRESS
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                or (action.default is None and action.required)):
             return text
         value = action.default
         if isinstance(value, (list, tuple)):

@@ -339,8 +339,11 @@ def fit_head(model, data, target: str, pooling: str | None = None, n_train: int 
 
 # ------------------------------------------------------------------------- command line
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.description = __doc__.split("\n\n")[0]
+    from ..cli_workflows import _HelpFormatter  # "(default: X)" unless the help states it
+
+    p.formatter_class = _HelpFormatter
+    p.description = ("Fit a ridge regression from a frozen model's pooled per-atom descriptors to a\n"
+                     "per-structure property (S000); report the test error over repeated random splits.")
     p.add_argument("model", help="model file whose per-atom descriptors are used, frozen (schnet, bpnn)")
     p.add_argument("data", help="structures with the target (extxyz info key, or energy)")
     p.add_argument("--target", required=True, help="per-structure scalar to fit: an info key, or energy")

@@ -967,7 +967,9 @@ def configure_parser(parser: argparse.ArgumentParser, defaults: TrainerOptions |
     """Add the trainer's flags (defaults shown in ``--help``) to a family's parser; the family
     adds its data and hyperparameter flags. Read them back with :func:`options_from_args`."""
     d = defaults or TrainerOptions()
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    from ..cli_workflows import _HelpFormatter  # "(default: X)" unless the help states it
+
+    parser.formatter_class = _HelpFormatter
     g = parser.add_argument_group("training (shared by every neural-network family)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
