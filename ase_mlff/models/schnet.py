@@ -275,6 +275,10 @@ class SchNetModel(Model):
             out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
         return out
 
+    def atom_descriptors(self, graph: Graph) -> torch.Tensor:
+        """The learned per-atom representation: :meth:`features` (N, F)."""
+        return self.features(graph)
+
     def forward(self, graph: Graph) -> torch.Tensor:
         """Per-atom energies (N,) float64, eV."""
         y = self.output(self.features(graph)).squeeze(-1)
