@@ -12,6 +12,12 @@ energy + forces) and liquid water, the 192-atom DeePMD frame of
 periodic (energy + forces + stress). Without ``../shared`` the molecule is ethanol from
 ``tests/data/rmd17_ethanol_300.npz`` (9 atoms) and its rows say "ethanol (fallback)".
 
+Our MD step goes through SchNet's serving path (docs/schnet.md: each block's filter network
+tabulated as cubic Hermite pieces, the convolution and its gradient fused into one compiled
+pass over the pairs, a hand-written backward pass), which gives the network's numbers to
+float32 rounding (the ``check`` lines compare with SchNetPack's); ``--autograd`` adds a row of
+ours differentiating the network itself by autograd, SchNetPack's way.
+
 The same network in both libraries. Ours is a fresh ``SchNetModel`` (F = 64 features, T = 3
 interaction blocks, K = 25 Gaussians, cutoff 5 Å; ``--features/--interactions/--rbf/--cutoff``)
 with seeded random weights. SchNetPack's is ``NeuralNetworkPotential(SchNet(n_atom_basis=F,
@@ -282,8 +288,10 @@ def child_md(spec, args):
     if library == "ase-mlff":
         from ase_mlff.calculator import MLFFCalculator
 
+        if spec.get("path") == "autograd":
+            ours.analytic_devices = ()  # the network itself, differentiated by autograd
         atoms.calc = MLFFCalculator(ours, dtype="float32", skin=args.skin)
-        extra = {"neighbour_list": f"ase-mlff cell list (skin {args.skin} Å)"}
+        extra = {"neighbour_list": f"ase-mlff cell list (skin {args.skin} Å)", "path": spec.get("path", "serving")}
     else:
         import tempfile
 
@@ -449,9 +457,10 @@ def print_tables(results, spk_missing: str | None):
         print("-" * len(head))
         for name in systems:
             rows = [r for r in md if r["system"] == name]
-            mine = next((r for r in rows if r["library"] == "ase-mlff"), None)
+            mine = next((r for r in rows if r["library"] == "ase-mlff" and r.get("path") != "autograd"), None)
             for r in rows:
-                lib = "ase-mlff" if r["library"] == "ase-mlff" else f"schnetpack ({r['nl']})"
+                lib = (("ase-mlff (autograd)" if r.get("path") == "autograd" else "ase-mlff")
+                       if r["library"] == "ase-mlff" else f"schnetpack ({r['nl']})")
                 ms = 1e3 * r["s_per_step_best"]
                 grown = r["peak_MB"] - r["setup_MB"]
                 # per atom only where the atoms dominate (small systems: allocator noise)
@@ -505,6 +514,8 @@ def main(argv=None):
     p.add_argument("--interactions", type=int, default=3, help="T, interaction blocks (default 3)")
     p.add_argument("--rbf", type=int, default=25, help="K, Gaussians (default 25)")
     p.add_argument("--cutoff", type=float, default=5.0, help="cutoff, Å (default 5)")
+    p.add_argument("--autograd", action="store_true",
+                   help="also time ours through autograd over the network (no tabulated serving path)")
     p.add_argument("--quick", action="store_true", help="paracetamol and 1,536 atoms, 2 timed steps, 1 epoch")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -538,6 +549,8 @@ def main(argv=None):
         for lib in libs:
             if lib == "ase-mlff":
                 specs.append({"mode": "md", "library": lib, "system": name})
+                if a.autograd:
+                    specs.append({"mode": "md", "library": lib, "system": name, "path": "autograd"})
                 continue
             for nl in a.spk_nl:
                 if nl == "torch" and name != "paracetamol":
@@ -557,7 +570,7 @@ def main(argv=None):
     checks_ok = True
     for name in a.systems:
         mine = next((r for r in results if r.get("system") == name and r["library"] == "ase-mlff"
-                     and "error" not in r), None)
+                     and r.get("path") != "autograd" and "error" not in r), None)
         for r in results:
             if mine is None or r.get("system") != name or r["library"] != "schnetpack" or "error" in r:
                 continue
