@@ -9,6 +9,7 @@ from ._version import __version__
 from .calculator import MLFFCalculator
 from .errors import DatasetError, InputError, MLFFError, ModelFileError, OutputExistsError, TrainingError
 from .neighbors import NeighborList, neighbor_list
+from .threads import get_num_threads, num_threads, set_num_threads
 
 
 def load(path, **calculator_options) -> MLFFCalculator:
@@ -36,5 +37,6 @@ def train(family: str, data, **options):
 
 __all__ = [
     "__version__", "load", "train", "MLFFCalculator", "NeighborList", "neighbor_list",
+    "get_num_threads", "set_num_threads", "num_threads",
     "MLFFError", "InputError", "ModelFileError", "DatasetError", "TrainingError", "OutputExistsError",
 ]

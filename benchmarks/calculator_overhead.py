@@ -27,8 +27,8 @@
     python benchmarks/calculator_overhead.py --drift         # and the drift table
     python benchmarks/calculator_overhead.py --quick --drift # seconds, rough numbers
 
-Timings on a shared machine are contended: the script prints the load average and the torch
-thread count with the results.
+Timings on a shared machine are contended: the script prints the load average and the thread
+counts (torch's and the C++ kernels') with the results.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def time_overhead(model_path: str, natoms: int, reps, repeat: int, rng) -> dict:
 def overhead_table(model_path: str, repeat: int, sizes) -> None:
     rng = np.random.default_rng(0)
     print(f"model {os.path.relpath(model_path)}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"ase_mlff C++ kernels {ase_mlff.get_num_threads()} threads; "
           f"{platform.processor() or platform.machine()}; load average {load_average()}")
     print("best of N timings (ms); overhead = step - model")
     print(f"{'atoms':>7} {'pairs':>9} {'N':>4} {'step':>9} {'model':>9} {'overhead':>9} {'share':>7} "
@@ -175,12 +176,14 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=NI_MODEL, help="periodic model for the overhead table")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 10000], choices=sorted(SIZES))
     ap.add_argument("--repeat", type=int, default=50, help="timed steps per size (10k atoms: a tenth)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads and ase_mlff's C++ kernel threads (default: each one's default)")
     ap.add_argument("--drift", action="store_true", help="also measure NVE drift of the shipped potentials")
     ap.add_argument("--quick", action="store_true", help="few repeats, 0.1 ps drift runs")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        ase_mlff.set_num_threads(args.threads)
     if args.quick:
         args.repeat = min(args.repeat, 10)
     if os.path.exists(args.model):

@@ -80,15 +80,23 @@ def main(argv=None):
     p.add_argument("--steps-1k", type=int, default=50)
     p.add_argument("--steps-10k", type=int, default=10)
     p.add_argument("--skip-gp", action="store_true", help="skip GP training / GP timing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the C++ kernels (ase_mlff.set_num_threads; default: the package default)")
     args = p.parse_args(argv)
 
     sys.path.insert(0, ROOT)
+    import ase_mlff
+    import torch
     from ase_mlff import data
     from ase_mlff.calculator import MLFFCalculator
     from ase_mlff.io import load_model, read_metadata
     from ase_mlff.training.mff_gp import Hyper, NBodyGP
     from ase_mlff.training.mff_train import _pick_force_atoms
 
+    if args.threads:
+        ase_mlff.set_num_threads(args.threads)
+    threads_note = (f"threads: C++ kernels {ase_mlff.get_num_threads()} (GP Gram matrix, mapped "
+                    f"forces), torch {torch.get_num_threads()} (unmapped GP), LAMMPS 1 (serial)")
     meta = read_metadata(args.model)
     model = load_model(args.model)
     rows = []
@@ -146,7 +154,7 @@ def main(argv=None):
             rows.append((f"LAMMPS uf3 (serial), {len(atoms)} atoms", f"{us_l:.2f} µs/atom-step",
                          f"ase/LAMMPS {us / us_l:.2f}"))
     w = max(len(r[0]) for r in rows)
-    print(f"\nMFF benchmark  model={os.path.relpath(args.model)}  (threads: all cores for the C++ kernel)")
+    print(f"\nMFF benchmark  model={os.path.relpath(args.model)}  ({threads_note})")
     print(f"{'quantity':{w}s} | {'value':>18s} | note")
     print("-" * (w + 45))
     for r in rows:

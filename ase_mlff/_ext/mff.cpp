@@ -14,8 +14,9 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "pool.hpp"
 
 namespace py = pybind11;
 
@@ -24,24 +25,6 @@ namespace {
 using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 using LArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using IArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
-int default_threads(int requested) {
-    if (requested > 0) return requested;
-    unsigned hc = std::thread::hardware_concurrency();
-    return hc == 0 ? 1 : static_cast<int>(std::min(hc, 64u));
-}
-
-template <typename F>
-void parallel_for(int n_threads, F&& body) {
-    if (n_threads <= 1) {
-        body(0, 1);
-        return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(n_threads);
-    for (int t = 0; t < n_threads; ++t) pool.emplace_back([&, t] { body(t, n_threads); });
-    for (auto& th : pool) th.join();
-}
 
 // One uniform clamped cubic B-spline axis: n intervals of width h, table[m][b][p].
 struct Axis {
@@ -126,7 +109,10 @@ py::tuple mff_compute(DArray positions, DArray cell, LArray species, LArray firs
     out.energies.assign(n, 0.0);
     out.forces.assign(3 * n, 0.0);
     out.virial.assign(9, 0.0);
-    n_threads = default_threads(n_threads);
+    // Threads over atoms: T contiguous blocks, one task each, with per-task force and virial
+    // buffers summed in task order, so the result depends on T but not on the scheduling.
+    // Below 2000 atoms the calling thread does it all (T = 1, no buffers).
+    n_threads = mlff::resolve_threads(n_threads);
     if (n < 2000) n_threads = 1;
     {
         py::gil_scoped_release release;
@@ -148,7 +134,8 @@ py::tuple mff_compute(DArray positions, DArray cell, LArray species, LArray firs
         const int64_t nc3 = has3 ? ax3.ncoef : 0, ncjk = has3 ? ax3jk.ncoef : 0;
         const int64_t block3 = nc3 * nc3 * ncjk;
         std::vector<std::vector<double>> fbuf(n_threads), vbuf(n_threads, std::vector<double>(9, 0.0));
-        parallel_for(n_threads, [&](int t, int T) {
+        const int T = n_threads;
+        mlff::parallel_for(T, T, [&](int64_t t) {
             std::vector<double>& F = (T == 1) ? out.forces : fbuf[t];
             if (T > 1) F.assign(3 * n, 0.0);
             double* W = vbuf[t].data();
@@ -280,52 +267,52 @@ void gram_kernel(const GramInput& in, double ell, bool symmetric, int n_threads,
     const int64_t Ccols = in.G2 * C2;
     const double il2 = 1.0 / (ell * ell), il4 = il2 * il2, half = 0.5 * il2;
     const double qmax = 100.0 * ell * ell;  // exp(-50) ~ 2e-22
-    parallel_for(n_threads, [&](int t, int T) {
-        for (int64_t ga = t; ga < in.G1; ga += T) {
-            const int64_t v0 = symmetric ? in.gs2[ga] : 0;
-            const int64_t v1 = static_cast<int64_t>(in.g2.size());
-            double* Krow = KK + ga * C1 * Ccols;
-            for (int64_t u = in.gs1[ga]; u < in.gs1[ga + 1]; ++u) {
-                const double* xu = in.X1 + u * D;
-                const int32_t* su = in.S1 + u * V;
-                const double* au = in.A1 + u * C1;
-                const double* bu = in.B1 + u * C1 * D;
-                for (int64_t v = v0; v < v1; ++v) {
-                    const int32_t* sv = &in.S2[v * V];
-                    bool ok = su[0] == sv[0] && su[1] == sv[1];
-                    if (V == 3) ok = ok && su[V - 1] == sv[V - 1];
-                    if (!ok) continue;
-                    const double* yv = &in.Y[v * D];
-                    double dlt[D];
-                    double q = 0.0;
-                    for (int k = 0; k < D; ++k) {
-                        dlt[k] = xu[k] - yv[k];
-                        q += dlt[k] * dlt[k];
-                    }
-                    if (q > qmax) continue;
-                    const double kv = std::exp(-half * q);
-                    const double* av = &in.A2[v * C2];
-                    const double* bv = &in.B2[v * C2 * D];
-                    double bd[C1], bpd[C2];
-                    for (int c = 0; c < C1; ++c) {
-                        double s = 0.0;
-                        for (int k = 0; k < D; ++k) s += bu[c * D + k] * dlt[k];
-                        bd[c] = s;
-                    }
-                    for (int c = 0; c < C2; ++c) {
-                        double s = 0.0;
-                        for (int k = 0; k < D; ++k) s += bv[c * D + k] * dlt[k];
-                        bpd[c] = s;
-                    }
-                    double* kr0 = Krow + in.g2[v] * C2;
-                    for (int c1 = 0; c1 < C1; ++c1) {
-                        double* kr = kr0 + c1 * Ccols;
-                        const double ac = au[c1], bdc = bd[c1];
-                        for (int c2 = 0; c2 < C2; ++c2) {
-                            double bb = 0.0;
-                            for (int k = 0; k < D; ++k) bb += bu[c1 * D + k] * bv[c2 * D + k];
-                            kr[c2] += kv * (ac * av[c2] + (ac * bpd[c2] - av[c2] * bdc + bb) * il2 - bdc * bpd[c2] * il4);
-                        }
+    // one task per row group: each K row is written by one thread, in the same order whatever
+    // the thread count, so K is identical for any count
+    mlff::parallel_for(in.G1, n_threads, [&](int64_t ga) {
+        const int64_t v0 = symmetric ? in.gs2[ga] : 0;
+        const int64_t v1 = static_cast<int64_t>(in.g2.size());
+        double* Krow = KK + ga * C1 * Ccols;
+        for (int64_t u = in.gs1[ga]; u < in.gs1[ga + 1]; ++u) {
+            const double* xu = in.X1 + u * D;
+            const int32_t* su = in.S1 + u * V;
+            const double* au = in.A1 + u * C1;
+            const double* bu = in.B1 + u * C1 * D;
+            for (int64_t v = v0; v < v1; ++v) {
+                const int32_t* sv = &in.S2[v * V];
+                bool ok = su[0] == sv[0] && su[1] == sv[1];
+                if (V == 3) ok = ok && su[V - 1] == sv[V - 1];
+                if (!ok) continue;
+                const double* yv = &in.Y[v * D];
+                double dlt[D];
+                double q = 0.0;
+                for (int k = 0; k < D; ++k) {
+                    dlt[k] = xu[k] - yv[k];
+                    q += dlt[k] * dlt[k];
+                }
+                if (q > qmax) continue;
+                const double kv = std::exp(-half * q);
+                const double* av = &in.A2[v * C2];
+                const double* bv = &in.B2[v * C2 * D];
+                double bd[C1], bpd[C2];
+                for (int c = 0; c < C1; ++c) {
+                    double s = 0.0;
+                    for (int k = 0; k < D; ++k) s += bu[c * D + k] * dlt[k];
+                    bd[c] = s;
+                }
+                for (int c = 0; c < C2; ++c) {
+                    double s = 0.0;
+                    for (int k = 0; k < D; ++k) s += bv[c * D + k] * dlt[k];
+                    bpd[c] = s;
+                }
+                double* kr0 = Krow + in.g2[v] * C2;
+                for (int c1 = 0; c1 < C1; ++c1) {
+                    double* kr = kr0 + c1 * Ccols;
+                    const double ac = au[c1], bdc = bd[c1];
+                    for (int c2 = 0; c2 < C2; ++c2) {
+                        double bb = 0.0;
+                        for (int k = 0; k < D; ++k) bb += bu[c1 * D + k] * bv[c2 * D + k];
+                        kr[c2] += kv * (ac * av[c2] + (ac * bpd[c2] - av[c2] * bdc + bb) * il2 - bdc * bpd[c2] * il4);
                     }
                 }
             }
@@ -432,7 +419,7 @@ py::array_t<double> gp_gram(DArray x1, LArray grp1, IArray spec1, DArray a1, DAr
     py::array_t<double> K({R, Ccols});
     double* KK = K.mutable_data();
     std::fill(KK, KK + R * Ccols, 0.0);
-    n_threads = default_threads(n_threads);
+    n_threads = mlff::resolve_threads(n_threads);
     {
         py::gil_scoped_release release;
         if (D == 1) gram_dispatch1<1>(in, C1, C2, ell, symmetric, n_threads, KK);
@@ -456,9 +443,11 @@ void register_mff(py::module_& m) {
           py::arg("table2"), py::arg("h2"), py::arg("coef2"), py::arg("rc2"),
           py::arg("table3"), py::arg("h3"), py::arg("table3jk"), py::arg("h3jk"), py::arg("coef3"),
           py::arg("rc3"), py::arg("jk_max"), py::arg("n_threads") = 0,
-          "Mapped 2+3-body spline energies per atom, forces and virial (dE/dstrain).");
+          "Mapped 2+3-body spline energies per atom, forces and virial (dE/dstrain). "
+          "n_threads: 0 = the configured count (set_num_threads).");
     m.def("gp_gram", &gp_gram, py::arg("x1"), py::arg("grp1"), py::arg("spec1"), py::arg("a1"), py::arg("b1"),
           py::arg("G1"), py::arg("x2"), py::arg("grp2"), py::arg("spec2"), py::arg("a2"), py::arg("b2"),
           py::arg("G2"), py::arg("ell"), py::arg("symmetric") = false, py::arg("n_threads") = 0,
-          "Gram matrix of linear functionals (values and gradients) of an n-body SE-kernel GP.");
+          "Gram matrix of linear functionals (values and gradients) of an n-body SE-kernel GP. "
+          "n_threads: 0 = the configured count (set_num_threads).");
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "neighbors.hpp"
+#include "pool.hpp"
 
 namespace py = pybind11;
 
@@ -91,7 +92,7 @@ py::tuple filter_pairs_py(CArray positions, CArray cell,
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "ase-mlff compiled core: neighbour lists (and tabulated-potential kernels).";
+    m.doc() = "ase-mlff compiled core: neighbour lists, tabulated-potential kernels and their thread pool.";
     m.def("neighbor_list", &neighbor_list_py, py::arg("positions"), py::arg("cell"), py::arg("pbc"),
           py::arg("cutoff"), py::arg("self_interaction") = false,
           "Full neighbour list (i, j, shifts, vectors, distances) with |r_j - r_i + S.cell| < cutoff.");
@@ -102,6 +103,17 @@ PYBIND11_MODULE(_core, m) {
     m.attr("NEIGHBOR_MAX_IMAGES") = limits.max_images;
     m.attr("NEIGHBOR_MAX_PAIRS") = limits.max_pairs;
     m.attr("NEIGHBOR_MAX_CANDIDATES") = limits.max_candidates;
+    // threads of the multithreaded kernels (mff_compute, gp_gram); Python: ase_mlff.threads
+    m.def("set_num_threads", &mlff::set_num_threads, py::arg("n"), py::call_guard<py::gil_scoped_release>(),
+          "Thread count of the kernels called with n_threads=0 (1 <= n <= MAX_THREADS); stops "
+          "surplus pool workers (waits for a running kernel call to finish).");
+    m.def("get_num_threads", &mlff::num_threads, "Thread count of the kernels called with n_threads=0.");
+    m.def("last_threads_used", &mlff::last_threads_used,
+          "Threads (the caller included) the last multithreaded kernel called from this thread ran on.");
+    m.def("pool_workers_created", &mlff::workers_created,
+          "Worker threads the pool has started in this process (constant while it is reused).");
+    m.def("pool_size", &mlff::pool_size, "Worker threads alive in the pool now.");
+    m.attr("MAX_THREADS") = mlff::kMaxThreads;
     register_mff(m);
     register_cfconv(m);
 }

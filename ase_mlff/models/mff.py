@@ -75,7 +75,7 @@ class MFFModel(Model):
         else:
             self.grid3 = self.grid3jk = None
             self.register_buffer("coef3", torch.zeros((0,), dtype=torch.float64))
-        self.n_threads = 0  # 0: all cores
+        self.n_threads = 0  # 0: the configured count (ase_mlff.set_num_threads)
 
     # ----------------------------------------------------------------- helpers
     def get_config(self) -> dict[str, Any]:

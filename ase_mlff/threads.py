@@ -1,0 +1,126 @@
+"""Threads of ase-mlff's compiled (C++) kernels: the one place their number is set.
+
+The multithreaded kernels (MFF energies/forces/stress ``_core.mff_compute``, the n-body GP
+Gram matrix ``_core.gp_gram``) all run on one persistent pool of worker threads, with the
+count this module sets::
+
+    import ase_mlff
+    ase_mlff.set_num_threads(4)          # from now on
+    with ase_mlff.num_threads(1):        # for a block, then back
+        atoms.get_forces()
+    ase_mlff.get_num_threads()
+
+Until :func:`set_num_threads` is called the count is :func:`default_num_threads`, read once
+when ``ase_mlff`` is imported: ``ASE_MLFF_NUM_THREADS`` if set, else ``OMP_NUM_THREADS`` if set,
+else ``torch.get_num_threads()``, capped by the CPUs this process may run on (its affinity
+mask: ``taskset``, cpusets), and at least 1. An explicit :func:`set_num_threads` is taken as
+given. torch's own threads (networks, sGDML kernels in torch) follow
+``torch.set_num_threads``, not this setting.
+
+A kernel may use fewer threads than configured where the work is too small to share (the
+MFF kernel stays on the calling thread below 2000 atoms); :func:`last_threads_used` reads
+back what the last kernel call of the calling thread actually ran on. The pool's workers
+are started when first needed and reused by every later call (:func:`pool_workers_created`
+stays constant); lowering the count stops the surplus workers. For a given count the
+results do not depend on how the threads are scheduled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+import warnings
+from typing import Iterator
+
+from ._ext import _core
+
+#: environment variables read for the default, first set one wins
+ENV_VARS = ("ASE_MLFF_NUM_THREADS", "OMP_NUM_THREADS")
+#: largest accepted count (a guard against typos)
+MAX_THREADS = int(_core.MAX_THREADS)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one, else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_count(var: str) -> int | None:
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    first = raw.split(",")[0].strip()  # OMP_NUM_THREADS may list nested levels: "4,2"
+    try:
+        n = int(first)
+    except ValueError:
+        n = 0
+    if n < 1:
+        warnings.warn(f"ignoring {var}={raw!r}: not a positive integer", RuntimeWarning, stacklevel=3)
+        return None
+    return n
+
+
+def default_num_threads() -> int:
+    """The count used until :func:`set_num_threads` is called (see the module docstring)."""
+    for var in ENV_VARS:
+        n = _env_count(var)
+        if n is not None:
+            break
+    else:
+        import torch
+
+        n = torch.get_num_threads()
+    return max(1, min(n, available_cpus(), MAX_THREADS))
+
+
+def _checked(n) -> int:
+    if isinstance(n, bool):
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    try:
+        value = operator.index(n)  # ints and numpy integers; not floats or strings
+    except TypeError:
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}") from None
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"number of threads must be between 1 and {MAX_THREADS}, got {value}")
+    return value
+
+
+def set_num_threads(n: int) -> None:
+    """Run the compiled kernels on ``n`` threads (a positive integer, else ValueError)."""
+    _core.set_num_threads(_checked(n))
+
+
+def get_num_threads() -> int:
+    """The thread count of the compiled kernels."""
+    return int(_core.get_num_threads())
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[int]:
+    """``with num_threads(n):`` runs the block's kernels on ``n`` threads, then restores the
+    previous count (also when the block raises)."""
+    n = _checked(n)
+    before = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield n
+    finally:
+        set_num_threads(before)
+
+
+def last_threads_used() -> int:
+    """Threads (the calling one included) that the last multithreaded kernel called from this
+    thread ran on: the configured count, or fewer where the work was too small to share."""
+    return int(_core.last_threads_used())
+
+
+def pool_workers_created() -> int:
+    """Worker threads started in this process so far; unchanged while the pool is reused."""
+    return int(_core.pool_workers_created())
+
+
+_core.set_num_threads(default_num_threads())
