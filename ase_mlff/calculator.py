@@ -29,9 +29,12 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .errors import InputError
-from .graph import batch_graphs, graph_from_structure
+from .graph import batch_graphs, graph_from_structure, graph_from_tensors
 from .models.base import Model, ModelOutput
 from .neighbors import NeighborList, neighbor_list
+from .neighbors_torch import TorchNeighborList, torch_neighbor_list
+
+NEIGHBOR_LISTS = ("auto", "compiled", "torch")
 
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
@@ -79,17 +82,29 @@ class MLFFCalculator(Calculator):
         also compute the model's uncertainty results (costs extra time). A model without
         uncertainty results raises :class:`~ase_mlff.errors.InputError` instead of silently
         returning none.
+    neighbor_list:
+        ``"compiled"``: the C++ cell list on the host (:mod:`ase_mlff.neighbors`);
+        ``"torch"``: the torch cell list on ``device`` (:mod:`ase_mlff.neighbors_torch`), so that
+        positions are uploaded once per step and the pairs never leave the device; ``"auto"``
+        (default): compiled on the CPU, torch on any other device. Both give the same pairs.
     """
 
     def __init__(self, model: Model | str, device: str = "cpu", dtype=None, skin: float = 0.5,
-                 min_distance: float = 0.2, uncertainty: bool = False, **kwargs):
+                 min_distance: float = 0.2, uncertainty: bool = False, neighbor_list: str = "auto",
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, Model):
             from .io import load_model
 
             model = load_model(model)
         dtype = _resolve_dtype(dtype) or model.dtype
+        if neighbor_list not in NEIGHBOR_LISTS:
+            raise InputError(f"neighbor_list must be one of {', '.join(NEIGHBOR_LISTS)}; got {neighbor_list!r}")
         self.device = torch.device(device)
+        if neighbor_list == "auto":
+            neighbor_list = "compiled" if self.device.type == "cpu" else "torch"
+        self.neighbor_list = neighbor_list  # which list serves this calculator: compiled or torch
+        self._device_cache: dict = {}
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.min_distance = float(min_distance)
@@ -108,14 +123,19 @@ class MLFFCalculator(Calculator):
         if self.uncertainty:  # atoms.calc.get_property("forces_uncertainty") works like "forces"
             props += [k for k in model.extra_results if k != "stress_uncertainty" or model.supports_stress]
         self.implemented_properties = props
-        self.nl = None if model.is_global else NeighborList(model.cutoff, skin)
+        if model.is_global:
+            self.nl = None
+        elif self.neighbor_list == "torch":
+            self.nl = TorchNeighborList(model.cutoff, skin)
+        else:
+            self.nl = NeighborList(model.cutoff, skin)
         # what made these numbers, in ASE's place for it: todict() goes into trajectories
         source = getattr(model, "source", None) or {}
         self.parameters.update(
             model=source.get("path"), model_sha256=source.get("sha256"), family=model.family,
             elements=model.elements, cutoff=model.cutoff, device=str(self.device),
             dtype=str(dtype).removeprefix("torch."), skin=float(skin), min_distance=self.min_distance,
-            uncertainty=self.uncertainty)
+            uncertainty=self.uncertainty, neighbor_list=self.neighbor_list)
 
     def todict(self) -> dict:
         """The model file (path and sha256) and the options: ASE writes this into trajectories."""
@@ -151,6 +171,13 @@ class MLFFCalculator(Calculator):
                 f"atoms {int(i[k])} and {int(j[k])} overlap: distance {d[k]:.3g} Å is below "
                 f"min_distance={self.min_distance} Å"
             )
+
+    def _check_distances_on_device(self, pairs) -> None:
+        """:meth:`_check_distances` of pairs on the device: a device-side min, one scalar read
+        (the culprit is looked up only when there is one)."""
+        if len(pairs) and float(pairs.distances.min()) < self.min_distance:
+            k = int(torch.argmin(pairs.distances))
+            self._check_distances([int(pairs.i[k])], [int(pairs.j[k])], np.array([float(pairs.distances[k])]))
 
     @staticmethod
     def _volume(atoms) -> float:
@@ -210,6 +237,8 @@ class MLFFCalculator(Calculator):
                 i, j = np.unravel_index(np.argmin(dist), dist.shape)
                 self._check_distances(np.array([i]), np.array([j]), np.array([dist[i, j]]))
             pairs = None
+        elif self.neighbor_list == "torch":
+            return self._prepare_on_device(atoms, nl, order), order
         else:
             pairs = nl.update(atoms) if nl is not None else neighbor_list(
                 atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff)
@@ -218,6 +247,34 @@ class MLFFCalculator(Calculator):
                                      order=None if order is None else order[0],
                                      dtype=self.dtype, device=self.device)
         return graph, order
+
+    def _on_device(self, name: str, array: np.ndarray) -> torch.Tensor:
+        """``array`` on the device, uploaded again only when it changed (atomic numbers, cell
+        and pbc stay the same through an MD run; only the positions move)."""
+        cached = self._device_cache.get(name)
+        if cached is None or not np.array_equal(cached[0], array):
+            array = array.copy()  # on the CPU the tensor shares this copy, never the caller's array
+            cached = (array, torch.as_tensor(array, device=self.device))
+            self._device_cache[name] = cached
+        return cached[1]
+
+    def _prepare_on_device(self, atoms, nl: TorchNeighborList | None, order):
+        """The torch path of :meth:`_prepare` (local models): the positions go to the device
+        once (float64, as the search needs them), the neighbour list runs there and the Graph
+        is built from device tensors, so the pairs never leave the device."""
+        positions, numbers = atoms.positions, atoms.numbers
+        if order is not None:
+            positions, numbers = positions[order[0]], numbers[order[0]]
+        positions = torch.tensor(np.asarray(positions, dtype=np.float64), device=self.device)
+        cell = self._on_device("cell", np.asarray(atoms.cell.array, dtype=np.float64))
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if nl is not None:
+            pairs = nl.update(positions, cell, pbc)
+        else:
+            pairs = torch_neighbor_list(positions, cell, pbc, self.model.cutoff)
+        self._check_distances_on_device(pairs)
+        return graph_from_tensors(positions, self._on_device("numbers", np.asarray(numbers, dtype=np.int64)),
+                                  cell, self._on_device("pbc", pbc), pairs, dtype=self.dtype)
 
     def _unpack(self, out: dict, atoms, want_stress: bool, order=None, b: int = 0, sel=None) -> dict:
         """ASE results (the caller's atom order) of structure ``b`` of ``out`` (:func:`_as_numpy`

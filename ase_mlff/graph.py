@@ -4,10 +4,13 @@ A :class:`Graph` holds one structure or a batch of structures (atoms of structur
 ``batch == b``) with their neighbour pairs. :func:`graph_from_structure` is the one builder:
 the calculator (one ``ase.Atoms``), ``evaluate_batch`` and training (dataset frames, through
 :class:`FrameGraphs`, which computes each frame's neighbour list once) all use it, so a model
-sees exactly the same input when it is trained and when it is served. Edge vectors are always computed from the
-positions and the cell, ``r_j - r_i + S @ cell``, so that autograd sees every dependence:
-forces are ``-dE/dpositions`` and, after :meth:`Graph.strained`, the stress is
-``(1/V) dE/d(strain)``, exact derivatives of the model's energy.
+sees exactly the same input when it is trained and when it is served. On a GPU the calculator
+builds the same Graph with :func:`graph_from_tensors` from tensors already on the device and
+pairs from :mod:`ase_mlff.neighbors_torch`, so nothing per step goes through the host.
+Edge vectors are always computed from the positions and the cell, ``r_j - r_i + S @ cell``,
+so that autograd sees every dependence: forces are ``-dE/dpositions`` and, after
+:meth:`Graph.strained`, the stress is ``(1/V) dE/d(strain)``, exact derivatives of the
+model's energy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from .neighbors import Pairs, neighbor_list
+from .neighbors_torch import TorchPairs
 
 
 @dataclass
@@ -111,6 +115,38 @@ def graph_from_arrays(
         edge_index=edge_index.to(device),
         shifts=shifts.to(device),
         batch=torch.zeros(n, dtype=torch.long, device=device),
+        n_graphs=1,
+    )
+
+
+def graph_from_tensors(
+    positions: torch.Tensor,
+    numbers: torch.Tensor,
+    cell: torch.Tensor,
+    pbc: torch.Tensor,
+    pairs: TorchPairs | None,
+    dtype: torch.dtype | None = None,
+) -> Graph:
+    """Single-structure graph from tensors already on the model's device (positions (N, 3),
+    numbers (N,), cell (3, 3), pbc (3,), ``pairs`` from :mod:`ase_mlff.neighbors_torch` or
+    None for a global model): everything stays on that device, nothing goes through the host.
+    The same Graph as :func:`graph_from_arrays` gives for the same structure and pairs."""
+    device = positions.device
+    dtype = dtype or positions.dtype
+    if pairs is None:
+        edge_index = torch.zeros((2, 0), dtype=torch.long, device=device)
+        shifts = torch.zeros((0, 3), dtype=dtype, device=device)
+    else:
+        edge_index = torch.stack([pairs.i, pairs.j])
+        shifts = pairs.shifts.to(dtype)
+    return Graph(
+        positions=positions.to(dtype),
+        numbers=numbers.to(device=device, dtype=torch.long),
+        cell=cell.to(device=device, dtype=dtype).reshape(1, 3, 3),
+        pbc=pbc.to(device=device, dtype=torch.bool).reshape(1, 3),
+        edge_index=edge_index,
+        shifts=shifts,
+        batch=torch.zeros(positions.shape[0], dtype=torch.long, device=device),
         n_graphs=1,
     )
 

@@ -5,6 +5,9 @@ Compares, on fcc Cu and diamond C supercells of about 1k, 10k and 100k atoms at 
 twice) computed by
 
 * ase_mlff.neighbors.neighbor_list        (this package, C++ cell list, single thread)
+* ase_mlff.neighbors_torch                (this package, the torch cell list the calculator
+  .torch_neighbor_list                    uses on a GPU; timed on CUDA when there is a device,
+                                          else on the CPU with torch's threads)
 * ase.neighborlist.neighbor_list          (ASE, numpy)
 * vesin.NeighborList                      (optional, ``pip install vesin``), run with one
                                           thread, and with its default thread count
@@ -81,6 +84,21 @@ def make_peers():
     )
     peers["ase"] = lambda atoms, rc: len(ase_neighbor_list("ijSdD", atoms, rc)[0])
 
+    import torch
+
+    from ase_mlff.neighbors_torch import torch_neighbor_list
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run_torch(atoms, rc):
+        positions = torch.tensor(atoms.positions, device=device)  # the upload, as in the calculator
+        n = len(torch_neighbor_list(positions, atoms.cell.array, atoms.pbc, rc))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    peers["ase_mlff_torch"] = run_torch
+
     try:
         import vesin
 
@@ -151,7 +169,7 @@ def main(argv=None) -> int:
     print(f"# python {platform.python_version()}, {platform.machine()}, numpy {np.__version__}, "
           f"best of {repeats}")
 
-    names = [n for n in ["ase_mlff", "ase", "vesin", "vesin_mt", "matscipy", "torch_cluster"]
+    names = [n for n in ["ase_mlff", "ase_mlff_torch", "ase", "vesin", "vesin_mt", "matscipy", "torch_cluster"]
              if n in peers and not isinstance(peers[n], str)]
     header = (f"{'system':<8} {'atoms':>7} {'rc/Å':>5} {'pairs':>10} "
               + " ".join(f"{n + ' ms':>13}" for n in names)
