@@ -227,3 +227,36 @@ def test_tables_follow_the_weights_and_training_uses_the_network():
     assert out.forces.requires_grad
     (out.forces ** 2).sum().backward()
     assert model.interactions[0].filter1.weight.grad is not None
+
+
+def test_short_range_prior_in_both_paths_and_zero_on_training_frames(ethanol):
+    """The ZBL wall (models/prior.py) enters the serving path and the network path alike, its
+    forces are derivatives, and the recipe's wall is exactly zero on the training frames."""
+    from ase_mlff.models.prior import repulsion_for
+
+    torch.manual_seed(6)
+    frames = ethanol.frames[:20]
+    model = SchNetModel([1, 6, 8], dtype="float64", **SMALL)
+    rep = repulsion_for(frames, model.species, model.cutoff)
+    model.set_repulsion(rep)
+    for f in frames:  # zero on the frames it was built from
+        g = graph_from_structure(f, model.cutoff, dtype=torch.float64)
+        assert float(model.prior_energies(g).abs().max()) == 0.0
+    squeezed = frames[0].to_atoms()
+    squeezed.positions[1] = squeezed.positions[0] + 0.45 * (squeezed.positions[1] - squeezed.positions[0])
+    g = graph_from_structure(squeezed, model.cutoff, dtype=torch.float64)
+    assert float(model.prior_energies(g).sum()) > 1.0  # the wall is on
+    fast = model.compute(g, forces=True)
+    exact = model._autograd(g, True, False, False)
+    np.testing.assert_allclose(fast.forces.numpy(), exact.forces.numpy(), rtol=0, atol=1e-8)
+    calc = MLFFCalculator(model)
+    e = lambda x: (squeezed.set_positions(x), calc.get_potential_energy(squeezed))[1]  # noqa: E731
+    x0 = squeezed.positions.copy()
+    h = 1e-5
+    for a in range(3):
+        xp, xm = x0.copy(), x0.copy()
+        xp[1, a] += h
+        xm[1, a] -= h
+        fd = -(e(xp) - e(xm)) / (2 * h)
+        squeezed.set_positions(x0)
+        assert abs(calc.get_forces(squeezed)[1, a] - fd) < 1e-5 * max(1.0, abs(fd))

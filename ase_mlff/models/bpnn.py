@@ -42,40 +42,11 @@ from ase.data import chemical_symbols
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
 from ..graph import graph_from_structure
 from .base import Model, config_dtype, config_float, config_reference_energies, config_species, register_model
+from .prior import check_repulsion as _check_repulsion  # shared with SchNet
+from .prior import repulsion_atom_energies, zbl  # noqa: F401  (zbl: part of this module's API)
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-#: ZBL universal screening function (Ziegler, Biersack, Littmark 1985): coefficients, exponents
-_ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
-_ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
-_COULOMB = 14.399645  # e²/(4π ε0) in eV·Å
-
-
-def zbl(r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
-    """ZBL screened nuclear repulsion (eV) of nuclei ``zi``, ``zj`` at distance ``r`` (Å):
-    ``k zi zj / r · φ(r/a)``, ``a = 0.46850 / (zi^0.23 + zj^0.23)`` Å."""
-    a = 0.46850 / (zi ** 0.23 + zj ** 0.23)
-    x = r / a
-    phi = sum(c * torch.exp(-d * x) for c, d in zip(_ZBL_C, _ZBL_D))
-    return _COULOMB * zi * zj / r * phi
-
-
-def _check_repulsion(rep, n_species: int) -> dict:
-    """``{"inner": (S, S) Å, symmetric, "width": Å}``: the wall is ZBL switched on below
-    ``inner`` and fully on below ``inner − width``."""
-    if not isinstance(rep, dict) or set(rep) != {"inner", "width"}:
-        raise ValueError("hyperparameters.repulsion must be {'inner': [[Å per element pair]], 'width': Å}")
-    inner = np.asarray(rep["inner"], dtype=float)
-    width = rep["width"]
-    if inner.shape != (n_species, n_species) or not np.all(np.isfinite(inner)) or np.any(inner < 0) \
-            or not np.allclose(inner, inner.T):
-        raise ValueError("hyperparameters.repulsion.inner must be a symmetric (elements x elements) table "
-                         "of distances >= 0 (Å)")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < 100:
-        raise ValueError("hyperparameters.repulsion.width must be a positive distance (Å)")
-    return {"inner": inner.tolist(), "width": float(width)}
 
 
 class ElementNetwork(torch.nn.Module):
@@ -188,24 +159,7 @@ class BPNNModel(Model):
     def prior_atom_energies(self, numbers, i, j, vec) -> torch.Tensor:
         """Per-atom energies (N,) eV of the declared short-range repulsion (zeros without one):
         half of each pair's ``ZBL(r) · sw(r)`` goes to each atom (the pair list is directed)."""
-        N = len(numbers)
-        rep = self.config.get("repulsion")
-        if rep is None or len(i) == 0:
-            return torch.zeros(N, dtype=vec.dtype, device=vec.device)
-        s = self.species_index(numbers)
-        inner = torch.tensor(rep["inner"], dtype=vec.dtype, device=vec.device)[s[i], s[j]]
-        r = torch.linalg.norm(vec, dim=1)
-        near = r < inner
-        if not bool(near.any()):
-            return torch.zeros(N, dtype=vec.dtype, device=vec.device)
-        # only the few pairs inside the wall are evaluated (most steps: none)
-        r, inner = r[near], inner[near]
-        zi = numbers[i[near]].to(vec.dtype)
-        zj = numbers[j[near]].to(vec.dtype)
-        t = ((inner - r) / float(rep["width"])).clamp(0.0, 1.0)
-        sw = t * t * t * (10.0 - 15.0 * t + 6.0 * t * t)  # 0 at inner, 1 at inner - width; C2
-        e_pair = zbl(r, zi, zj) * sw
-        return torch.zeros(N, dtype=vec.dtype, device=vec.device).index_add(0, i[near], 0.5 * e_pair)
+        return repulsion_atom_energies(self.config.get("repulsion"), numbers, self.species_index(numbers), i, j, vec)
 
     def prior_terms(self, numbers, i, j, vec) -> tuple[float, torch.Tensor]:
         """Energy (eV) and forces (N, 3) of the short-range prior alone, for the training cache

@@ -45,6 +45,7 @@ from ..errors import InputError
 from ..graph import Graph
 from .base import (Model, ModelOutput, config_dtype, config_float, config_int, config_reference_energies, config_species,
                    register_model, sum_per_structure)
+from .prior import check_repulsion, repulsion_atom_energies
 
 try:  # the compiled kernel of the serving path; without it, the same numbers from torch ops
     from .._ext import _core
@@ -150,13 +151,15 @@ class SchNetModel(Model):
 
     def __init__(self, species: Iterable[int], cutoff: float = 5.0, n_features: int = 64,
                  n_interactions: int = 3, n_rbf: int = 25, reference_energies: Sequence[float] | None = None,
-                 energy_scale: float = 1.0, dtype: str = "float32"):
+                 energy_scale: float = 1.0, dtype: str = "float32", repulsion: dict | None = None):
         species = sorted({int(z) for z in species})
         e0 = [0.0] * len(species) if reference_energies is None else [float(v) for v in reference_energies]
         if len(e0) != len(species):
             raise ValueError("reference_energies needs one value per element")
         config = {"n_features": int(n_features), "n_interactions": int(n_interactions), "n_rbf": int(n_rbf),
                   "reference_energies": e0, "energy_scale": float(energy_scale)}
+        if repulsion is not None:
+            config["repulsion"] = check_repulsion(repulsion, len(species))
         super().__init__(species, cutoff, config)
         dt = _DTYPES[dtype]
         F, T, K = int(n_features), int(n_interactions), int(n_rbf)
@@ -252,6 +255,14 @@ class SchNetModel(Model):
         e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=out_y.device)
         scale = self.config["energy_scale"]
         energies = e0[s_idx] + scale * out_y.to(torch.float64)
+        g_prior = None
+        if self.config.get("repulsion") is not None:  # the short-range wall (usually no pair inside)
+            with torch.enable_grad():
+                v = graph.edge_vectors().detach().requires_grad_(forces or stress)
+                e_rep = repulsion_atom_energies(self.config["repulsion"], graph.numbers, s_idx, i, j, v)
+                if e_rep.requires_grad:
+                    (g_prior,) = torch.autograd.grad(e_rep.sum(), v)
+            energies = energies + e_rep.detach().to(torch.float64)
         out = ModelOutput(energy=sum_per_structure(energies, graph.batch, graph.n_graphs), energies=energies)
         if not (forces or stress):
             return out
@@ -265,6 +276,8 @@ class SchNetModel(Model):
             g_x = g_x + g_y @ block.in2f.weight
             g_r = g_r + g_rt
         g_vec = (g_r / torch.where(r > 0, r, torch.ones_like(r)))[:, None] * vec   # dE/d(pair vector)
+        if g_prior is not None:
+            g_vec = g_vec + g_prior.to(dt)
         if forces:
             dpos = torch.zeros_like(x[:, :3]).index_add(0, j, g_vec).index_add(0, i, -g_vec)
             out.forces = (-dpos).to(graph.dtype)
@@ -284,7 +297,12 @@ class SchNetModel(Model):
         y = self.output(self.features(graph)).squeeze(-1)
         e0 = torch.tensor(self.config["reference_energies"], dtype=torch.float64, device=y.device)
         s = self.species_index(graph.numbers)
-        return e0[s] + self.config["energy_scale"] * y.to(torch.float64)
+        e = e0[s] + self.config["energy_scale"] * y.to(torch.float64)
+        if self.config.get("repulsion") is not None:
+            i, j = graph.edge_index
+            e = e + repulsion_atom_energies(self.config["repulsion"], graph.numbers, s, i, j,
+                                            graph.edge_vectors()).to(torch.float64)
+        return e
 
     # ----------------------------------------------------------------- transfer learning
     def parameter_groups(self) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
@@ -307,6 +325,19 @@ class SchNetModel(Model):
         if energy_scale is not None:
             self.config["energy_scale"] = float(energy_scale)
 
+    def prior_energies(self, graph: Graph) -> torch.Tensor:
+        """Per-atom energies (N,) eV of the declared short-range prior alone (zeros without one)."""
+        i, j = graph.edge_index
+        return repulsion_atom_energies(self.config.get("repulsion"), graph.numbers,
+                                       self.species_index(graph.numbers), i, j, graph.edge_vectors())
+
+    def set_repulsion(self, repulsion) -> None:
+        """Declare (or with None remove) the short-range prior (:mod:`ase_mlff.models.prior`)."""
+        if repulsion is None:
+            self.config.pop("repulsion", None)
+        else:
+            self.config["repulsion"] = check_repulsion(repulsion, len(self.species))
+
     # ----------------------------------------------------------------- serialisation
     def get_config(self) -> dict[str, Any]:
         return {"species": self.species, "cutoff": self.cutoff, **self.config,
@@ -320,7 +351,7 @@ class SchNetModel(Model):
     def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         """Array shapes from the hyperparameters alone (nothing allocated)."""
         known = {"species", "cutoff", "n_features", "n_interactions", "n_rbf", "reference_energies",
-                 "energy_scale", "dtype"}
+                 "energy_scale", "dtype", "repulsion"}
         extra = sorted(set(config) - known)
         if extra:
             raise ValueError(f"unknown schnet hyperparameters: {', '.join(extra)}")
@@ -332,6 +363,8 @@ class SchNetModel(Model):
         K = config_int(config, "n_rbf", 2, cls.MAX_RBF)
         dtype = config_dtype(config)
         config_reference_energies(config, len(species))
+        if config.get("repulsion") is not None:
+            check_repulsion(config["repulsion"], len(species))
         H = max(F // 2, 1)
         shapes = {"embedding.weight": ((len(species), F), dtype)}
         for t in range(T):

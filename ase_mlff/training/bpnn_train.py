@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from ..descriptors.acsf import automatic_set, library_values, smallest_distances
+from ..descriptors.acsf import automatic_set, library_values
+from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from ..errors import DatasetError, MLFFError, TrainingError
 from ..graph import graph_from_structure
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
@@ -144,17 +145,6 @@ def fit(model: BPNNModel, train_frames, valid_frames, options=None, **kwargs):
 
     kwargs.setdefault("plots", False)
     return train_network(model, train_frames, valid_frames, options or trainer_options(), **kwargs)
-
-
-def repulsion_for(frames, species: Sequence[int], cutoff: float, width: float = 0.5) -> dict:
-    """The short-range prior of :class:`BPNNModel` from the training frames: ZBL switched on
-    below the smallest I–J distance seen (so it is exactly zero on every training frame and
-    the networks fit what they did before) and fully on ``min(width, r0/2)`` closer."""
-    r0 = smallest_distances(frames, species, cutoff)
-    r0 = np.where(np.isfinite(r0), r0, 0.0)  # a pair never seen: no wall (nothing to go below)
-    positive = r0[r0 > 0]
-    w = min(float(width), 0.5 * float(positive.min())) if len(positive) else float(width)
-    return {"inner": r0.tolist(), "width": w}
 
 
 def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, seed: int = 0,

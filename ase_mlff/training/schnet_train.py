@@ -46,6 +46,7 @@ import torch
 
 from ..errors import DatasetError, InputError, MLFFError, OutputExistsError
 from ..graph import graph_from_structure
+from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
@@ -124,6 +125,11 @@ def transfer_model(parent, frames, freeze: Sequence[str] = (), cutoff: float | N
         model = SchNetModel(species, cutoff=parent.cutoff, n_features=pc["n_features"],
                             n_interactions=pc["n_interactions"], n_rbf=pc["n_rbf"],
                             energy_scale=pc["energy_scale"], dtype=pdtype)
+    if pc.get("repulsion") is not None:  # the parent's wall; element pairs new to it get none
+        idx = [parent.species.index(z) if z in parent.species else None for z in species]
+        inner = [[pc["repulsion"]["inner"][a][b] if a is not None and b is not None else 0.0 for b in idx]
+                 for a in idx]
+        model.set_repulsion({"inner": inner, "width": pc["repulsion"]["width"]})
     state = model.state_dict()
     pstate = parent.state_dict()
     rows = [species.index(z) for z in parent.species]
@@ -197,7 +203,7 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
                  warmup_epochs: int = 0, ema: float = 0.99, clip: float = 10.0, patience: int = 30,
                  device: str = "cpu", fit_reference: bool = True, checkpoint_interval: float = 60.0,
                  progress: Callable[[str], None] | None = None, checkpoint=None, resume: bool = False,
-                 stop_after: int | None = None):
+                 stop_after: int | None = None, repulsion: bool = True, repulsion_width: float = 0.5):
     """Split ``dataset``, build (or transfer, ``init``) a SchNet and train it with the shared
     trainer. Returns ``(model, report)``: split, options, parent, validation/test errors and
     the trainer's record (``report["record"]``). InputError for impossible transfers."""
@@ -234,13 +240,19 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = SchNetModel(species, dtype=dtype, **arch)
+        if repulsion:
+            model.set_repulsion(repulsion_for(train_f, species, model.cutoff, repulsion_width))
+            say("short-range prior: ZBL below the closest training distances (" + ", ".join(
+                f"{a}-{b} {model.config['repulsion']['inner'][p][q]:.2f}" for p, a in enumerate(model.elements)
+                for q, b in enumerate(model.elements) if q >= p) + " Å)")
     local = dict(locals())
     opts = TrainerOptions(dtype=dtype, seed=seed, **{k: local[k] for k in TRAINER_KEYS}).check()
     model, record = train_network(model, train_f, valid_f, opts, checkpoint=checkpoint, resume=resume, plots=False,
                                   log=say, stop_after=stop_after)
     options = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed, "cutoff": model.cutoff,
                **{k: model.config[k] for k in ("n_features", "n_interactions", "n_rbf")}, "dtype": dtype,
-               "freeze": freeze, **{k: local[k] for k in TRAINER_KEYS}}
+               "freeze": freeze, "repulsion": model.config.get("repulsion") is not None,
+               **{k: local[k] for k in TRAINER_KEYS}}
     report = {"split": {k: getattr(split, k).tolist() for k in ("train", "valid", "test")}, "options": options,
               "parent": parent_info, "history": record.history, "record": record,
               "train_time_s": record.train_time_s, "valid": evaluate_frames(model, valid_f) if valid_f else None,
@@ -296,6 +308,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--freeze", action="append", default=None, metavar="GROUPS",
       help="with --init: keep these parameter groups fixed (embedding, interactions, output; repeat the flag or "
            "give a comma list)")
+    a("--no-repulsion", dest="repulsion", action="store_false",
+      help="no short-range prior (by default a fresh model gets ZBL repulsion below the closest training "
+           "distances, zero on every training frame; with --init the parent's prior is kept)")
+    a("--repulsion-width", type=float, default=0.5, help="Å over which the prior switches on")
     trainer_flags(parser)
     # None: float32 for a fresh model, the parent's dtype with --init (no rounding of frozen weights)
     parser.set_defaults(dtype=None, device="cpu")
@@ -331,7 +347,8 @@ def run(args) -> int:
                                      n_features=args.n_features, n_interactions=args.n_interactions,
                                      n_rbf=args.n_rbf, init=args.init, freeze=freeze, dtype=args.dtype,
                                      progress=progress, checkpoint=ckpt, resume=args.resume,
-                                     stop_after=args.stop_after, **keys)
+                                     stop_after=args.stop_after, repulsion=args.repulsion,
+                                     repulsion_width=args.repulsion_width, **keys)
     except TrainingInterrupted as exc:
         where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
         print(f"ase-mlff train schnet: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
