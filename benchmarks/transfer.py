@@ -20,7 +20,8 @@ the training file by construction of rMD17).
 
 Schemes (``ase-mlff train schnet`` flags; every other option identical):
 
-    scratch      fresh model, reference energies fitted on the N frames
+    scratch      fresh model, reference energies fitted on the N frames (--no-repulsion: the
+                 pre-trained model has no short-range prior, so neither has any run here)
     all          --init pretrained                          (fine-tune every weight)
     embedding    --init pretrained --freeze embedding
     output       --init pretrained --freeze embedding,interactions   (output network only)
@@ -52,7 +53,7 @@ TARGET = "paracetamol"
 PRETRAINED = os.path.join(ROOT, "potentials", "rmd17_schnet_pretrained.mlff")
 SIZES = (25, 50, 100, 200)
 SCHEMES = {
-    "scratch": [],
+    "scratch": ["--no-repulsion"],  # the parent has no short-range prior: the same function class
     "all": ["--init", PRETRAINED],
     "embedding": ["--init", PRETRAINED, "--freeze", "embedding"],
     "output": ["--init", PRETRAINED, "--freeze", "embedding,interactions"],
