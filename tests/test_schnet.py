@@ -260,3 +260,28 @@ def test_short_range_prior_in_both_paths_and_zero_on_training_frames(ethanol):
         fd = -(e(xp) - e(xm)) / (2 * h)
         squeezed.set_positions(x0)
         assert abs(calc.get_forces(squeezed)[1, a] - fd) < 1e-5 * max(1.0, abs(fd))
+
+
+def test_serving_path_threads_give_the_same_numbers():
+    """The compiled convolution on 1 and 2 threads (pool.hpp): forward identical, gradients
+    equal up to the order of the per-thread sums (float64 here)."""
+    import ase_mlff
+    from ase_mlff.models import schnet
+
+    if schnet._core is None:
+        pytest.skip("compiled extension without cfconv")
+    torch.manual_seed(7)
+    model = SchNetModel([1, 8], dtype="float64")
+    graph = _water_graph(torch.float64, repeat=(2, 1, 1))  # ~21k pairs: above the threading threshold
+    assert graph.edge_index.shape[1] >= 20000
+    before = ase_mlff.get_num_threads()
+    try:
+        outs = {}
+        for n in (1, 2):
+            ase_mlff.set_num_threads(n)
+            outs[n] = model.compute(graph, forces=True, stress=True)
+    finally:
+        ase_mlff.set_num_threads(before)
+    assert torch.equal(outs[1].energies, outs[2].energies)
+    np.testing.assert_allclose(outs[1].forces.numpy(), outs[2].forces.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(outs[1].virial.numpy(), outs[2].virial.numpy(), rtol=1e-12, atol=1e-12)

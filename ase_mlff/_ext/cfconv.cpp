@@ -10,8 +10,17 @@
 // The forward pass and the backward pass (gradients with respect to y and r; first derivatives
 // only) each read every pair once, so no (pairs x features) tensor is ever materialised: the
 // filter network, the gather of y[second] and the scatter to first become one loop.
+//
+// Threads (pool.hpp; n_threads 0 = the configured count) above kParallelPairs pairs. Forward:
+// when the pairs are sorted by `first` (every list of ase-mlff is), the pairs are cut into
+// contiguous chunks at changes of `first`, so each task writes its own rows of m. Backward:
+// each task writes the d/dr of its own pairs and sums d/dy into its own buffer; the buffers are
+// added in task order. The partition depends only on the thread count: results are
+// deterministic for a given count.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include "pool.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -26,6 +35,9 @@ namespace {
 
 template <typename T>
 using carray = py::array_t<T, py::array::c_style>;
+
+// below this many pairs one thread does the work (starting others costs more than it saves)
+constexpr int64_t kParallelPairs = 20000;
 
 struct Shapes {
     int64_t n_atoms, n_pairs, n_features, n_intervals;
@@ -59,7 +71,7 @@ inline const T* piece(const T* coeffs, T r, T inv_h, int64_t G, int64_t F, T& t)
 
 template <typename T>
 carray<T> forward(const carray<T>& y, const carray<T>& r, const carray<int64_t>& first,
-                  const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_) {
+                  const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_, int n_threads) {
     const Shapes s = check(y, r, first, second, coeffs);
     const int64_t F = s.n_features, G = s.n_intervals;
     carray<T> out({s.n_atoms, F});
@@ -70,10 +82,12 @@ carray<T> forward(const carray<T>& y, const carray<T>& r, const carray<int64_t>&
     const int64_t* I = first.data();
     const int64_t* J = second.data();
     const T inv_h = static_cast<T>(inv_h_);
+    const int threads = s.n_pairs >= kParallelPairs ? mlff::resolve_threads(n_threads) : 1;
     {
         py::gil_scoped_release release;
         std::fill(m, m + s.n_atoms * F, T(0));
-        for (int64_t p = 0; p < s.n_pairs; ++p) {
+        auto run = [&](int64_t lo, int64_t hi) {
+        for (int64_t p = lo; p < hi; ++p) {
             T t;
             const T* c = piece(C, R[p], inv_h, G, F, t);
             const T* __restrict__ c0 = c;
@@ -85,13 +99,29 @@ carray<T> forward(const carray<T>& y, const carray<T>& r, const carray<int64_t>&
 #pragma omp simd
             for (int64_t f = 0; f < F; ++f) mi[f] += yj[f] * (c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f])));
         }
+        };
+        bool sorted = threads > 1;
+        for (int64_t p = 1; sorted && p < s.n_pairs; ++p) sorted = I[p] >= I[p - 1];
+        if (!sorted) {
+            run(0, s.n_pairs);
+        } else {
+            // chunk boundaries moved forward to the next change of `first`
+            std::vector<int64_t> cut(threads + 1, s.n_pairs);
+            cut[0] = 0;
+            for (int k = 1; k < threads; ++k) {
+                int64_t c = std::max(cut[k - 1], s.n_pairs * k / threads);
+                while (c > 0 && c < s.n_pairs && I[c] == I[c - 1]) ++c;
+                cut[k] = c;
+            }
+            mlff::parallel_for(threads, threads, [&](int64_t k) { run(cut[k], cut[k + 1]); });
+        }
     }
     return out;
 }
 
 template <typename T>
 py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>& r, const carray<int64_t>& first,
-                   const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_) {
+                   const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_, int n_threads) {
     const Shapes s = check(y, r, first, second, coeffs);
     if (grad_m.ndim() != 2 || grad_m.shape(0) != s.n_atoms || grad_m.shape(1) != s.n_features)
         throw std::invalid_argument("cfconv: the gradient must have the shape of the output (N, F)");
@@ -107,10 +137,15 @@ py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>&
     const int64_t* I = first.data();
     const int64_t* J = second.data();
     const T inv_h = static_cast<T>(inv_h_);
+    const int threads = s.n_pairs >= kParallelPairs ? mlff::resolve_threads(n_threads) : 1;
     {
         py::gil_scoped_release release;
+        std::vector<T> extra(static_cast<size_t>(threads - 1) * s.n_atoms * F, T(0));
         std::fill(gy, gy + s.n_atoms * F, T(0));
-        for (int64_t p = 0; p < s.n_pairs; ++p) {
+        auto run = [&](int64_t task) {
+        T* buffer = task == 0 ? gy : extra.data() + (task - 1) * s.n_atoms * F;
+        const int64_t lo = s.n_pairs * task / threads, hi = s.n_pairs * (task + 1) / threads;
+        for (int64_t p = lo; p < hi; ++p) {
             T t;
             const T* c = piece(C, R[p], inv_h, G, F, t);
             const T* __restrict__ c0 = c;
@@ -119,7 +154,7 @@ py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>&
             const T* __restrict__ c3 = c + 3 * F;
             const T* __restrict__ gi = GM + I[p] * F;
             const T* __restrict__ yj = Y + J[p] * F;
-            T* __restrict__ gyj = gy + J[p] * F;
+            T* __restrict__ gyj = buffer + J[p] * F;
             T acc = 0;
 #pragma omp simd reduction(+ : acc)
             for (int64_t f = 0; f < F; ++f) {
@@ -130,6 +165,12 @@ py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>&
             }
             gr[p] = acc * inv_h;
         }
+        };
+        mlff::parallel_for(threads, threads, run);
+        for (int k = 1; k < threads; ++k) {
+            const T* b = extra.data() + (k - 1) * s.n_atoms * F;
+            for (int64_t x = 0; x < s.n_atoms * F; ++x) gy[x] += b[x];
+        }
     }
     return py::make_tuple(gy_arr, gr_arr);
 }
@@ -138,13 +179,13 @@ py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>&
 
 void register_cfconv(py::module_& m) {
     m.def("cfconv_forward", &forward<float>, py::arg("y"), py::arg("r"), py::arg("first"), py::arg("second"),
-          py::arg("coeffs"), py::arg("inv_h"),
+          py::arg("coeffs"), py::arg("inv_h"), py::arg("n_threads") = 0,
           "SchNet continuous-filter convolution with a cubic Hermite filter table (float32).");
     m.def("cfconv_forward", &forward<double>, py::arg("y"), py::arg("r"), py::arg("first"), py::arg("second"),
-          py::arg("coeffs"), py::arg("inv_h"), "float64 version.");
+          py::arg("coeffs"), py::arg("inv_h"), py::arg("n_threads") = 0, "float64 version.");
     m.def("cfconv_backward", &backward<float>, py::arg("grad_m"), py::arg("y"), py::arg("r"), py::arg("first"),
-          py::arg("second"), py::arg("coeffs"), py::arg("inv_h"),
+          py::arg("second"), py::arg("coeffs"), py::arg("inv_h"), py::arg("n_threads") = 0,
           "Gradients (d/dy, d/dr) of cfconv_forward (float32).");
     m.def("cfconv_backward", &backward<double>, py::arg("grad_m"), py::arg("y"), py::arg("r"), py::arg("first"),
-          py::arg("second"), py::arg("coeffs"), py::arg("inv_h"), "float64 version.");
+          py::arg("second"), py::arg("coeffs"), py::arg("inv_h"), py::arg("n_threads") = 0, "float64 version.");
 }
