@@ -272,7 +272,7 @@ def test_serving_path_threads_give_the_same_numbers():
         pytest.skip("compiled extension without cfconv")
     torch.manual_seed(7)
     model = SchNetModel([1, 8], dtype="float64")
-    graph = _water_graph(torch.float64, repeat=(2, 1, 1))  # ~21k pairs: above the threading threshold
+    graph = _water_graph(torch.float64, repeat=(2, 2, 1))  # ~40k pairs: above the threading threshold
     assert graph.edge_index.shape[1] >= 20000
     before = ase_mlff.get_num_threads()
     try:
