@@ -296,17 +296,18 @@ def heads(args) -> None:
     rows = []
     for target in ("energy", "U0_per_atom"):
         for pooling in ("sum", "mean"):
-            _, rep = fit_head(PRETRAINED, dst, target, pooling, n_train=int(0.8 * len(frames)), n_splits=20, seed=0)
-            s = rep.summary()
-            rows.append((target, pooling, s))
+            for composition in (True, False):
+                _, rep = fit_head(PRETRAINED, dst, target, pooling, n_train=int(0.8 * len(frames)), n_splits=20,
+                                  seed=0, composition=composition)
+                rows.append((target, pooling, composition, rep.summary()))
     unit = {"energy": "eV", "U0_per_atom": "eV/atom"}
-    print("| target | pooling | test MAE (mean ± std over 20 splits) | baseline MAE (training mean) |")
-    print("|---|---|---|---|")
-    for target, pooling, s in rows:
-        print(f"| {target} | {pooling} | {s['mae']['mean']:.4g} ± {s['mae']['std']:.2g} {unit[target]} | "
-              f"{s['baseline_mae']['mean']:.4g} {unit[target]} |")
+    print("| target | pooling | composition | test MAE (mean ± std over 20 splits) | baseline MAE (training mean) |")
+    print("|---|---|---|---|---|")
+    for target, pooling, composition, s in rows:
+        print(f"| {target} | {pooling} | {'yes' if composition else 'no'} | {s['mae']['mean']:.4g} ± "
+              f"{s['mae']['std']:.2g} {unit[target]} | {s['baseline_mae']['mean']:.4g} {unit[target]} |")
     with open(path("heads.json"), "w") as fh:
-        json.dump([{"target": t, "pooling": p, **s} for t, p, s in rows], fh, indent=1)
+        json.dump([{"target": t, "pooling": p, "composition": c, **s} for t, p, c, s in rows], fh, indent=1)
 
 
 def main(argv=None):
