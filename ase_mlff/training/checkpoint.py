@@ -181,7 +181,7 @@ class Checkpointer:
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "content": CONTENT,
                 "kind": self.ident.get("kind"), "identity": self.ident, "state": state,
                 "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_archive(self.path, meta, {k: np.asarray(v) for k, v in arrays.items()})
+        write_archive(self.path, meta, {k: np.asarray(v) for k, v in arrays.items()}, compress=False)
         self.writes += 1
         self._last = time.monotonic()
 

@@ -34,8 +34,9 @@ weights with decay 0.99 (validation, early stopping and the saved model use the 
 early stopping after 30 epochs without a better validation loss. The saved model holds the
 weights of the best validation epoch.
 
-Nothing is lost: a checkpoint (:mod:`ase_mlff.training.checkpoint`, atomic) is written after
-every epoch and, on SIGINT/SIGTERM, at the end of the current optimizer step; it holds model
+Nothing is lost: a checkpoint (:mod:`ase_mlff.training.checkpoint`, atomic, uncompressed) is
+written every ``checkpoint_interval`` seconds (at the next optimizer step or epoch end), when
+training finishes and, on SIGINT/SIGTERM, at the end of the current optimizer step; it holds model
 weights, optimizer, scheduler, EMA, best state, random-stream states, position in the epoch and
 history, so that ``resume=True`` reaches the same weights as an uninterrupted run. The model
 file is written atomically once, at the end.
@@ -537,8 +538,8 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
     be missing per frame). ``output``: model file written atomically at the end (refused when
     it exists unless ``overwrite``), with ``training`` (the family's provenance) and the record
     in its ``training`` entry; learning-curve and parity PNGs beside it (``plot_dir``
-    elsewhere; ``plots=False`` none). ``checkpoint``: file written every epoch and on
-    SIGINT/SIGTERM (default ``<output>.ckpt``; None without output: no file), removed after the
+    elsewhere; ``plots=False`` none). ``checkpoint``: file written every
+    ``checkpoint_interval`` seconds and on SIGINT/SIGTERM (default ``<output>.ckpt``; None without output: no file), removed after the
     model is saved; ``resume``: continue from it. ``log``: receives one line per epoch;
     ``progress``: a progress bar on stderr. ``callback(event)`` is called after each optimizer
     step (``{"epoch", "step", "loss"}``) and ``stop_after=k`` stops after the k-th safe point
@@ -713,7 +714,10 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                     say(line)
                 bar.update(st["epoch"], _metrics_text(entry))
                 st["elapsed"] = elapsed0 + time.perf_counter() - t_start
-                safe_point(force=True)
+                # epochs of small data sets take a fraction of a second: a checkpoint after each
+                # would cost more than the epoch; the interval (and the stop request) decide,
+                # and the finished state is always written
+                safe_point(force=st["finished"])
             bar.close()
             if not st["finished"]:  # epochs == 0 left after a resume with the same options
                 st["finished"], st["stopped"] = True, st["stopped"] or "epochs"
@@ -1003,8 +1007,8 @@ def configure_parser(parser: argparse.ArgumentParser, defaults: TrainerOptions |
                    help="do not fit per-element reference energies")
     g.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt), removed at the end")
     g.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval,
-                   help="least seconds between checkpoints inside an epoch (one is written after every "
-                        "epoch and on Ctrl-C/SIGTERM)")
+                   help="least seconds between checkpoints (one is also written at the end and on "
+                        "Ctrl-C/SIGTERM)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its checkpoint (same data and options)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output model file")
