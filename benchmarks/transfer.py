@@ -129,12 +129,13 @@ def pretrain(args) -> None:
         subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def finetune_command(n, scheme, seed=0):
+def finetune_command(n, scheme, seed=0, budget=1):
+    """(output, command) of one run; ``budget``: multiple of the standard step budget."""
     steps_per_epoch = max(1, math.ceil(n / BATCH))
-    out = path("runs", f"{scheme}_{n}_s{seed}.mlff")
+    out = path("runs", f"{scheme}_{n}_s{seed}" + (f"_x{budget}" if budget != 1 else "") + ".mlff")
     return out, [sys.executable, "-m", "ase_mlff", "train", "schnet", path(f"{TARGET}_train.extxyz"),
                  "--n-train", str(n), "--n-valid", str(N_VALID), "--n-test", "0",
-                 "--epochs", str(math.ceil(STEPS / steps_per_epoch)),
+                 "--epochs", str(math.ceil(budget * STEPS / steps_per_epoch)),
                  "--patience", str(math.ceil(PATIENCE_STEPS / steps_per_epoch)),
                  "--lr-patience", str(math.ceil(LR_PATIENCE_STEPS / steps_per_epoch)),
                  "--batch-size", str(BATCH), "--lr", "5e-4", "--seed", str(seed), "--no-plots",
@@ -163,8 +164,8 @@ def evaluate(model_path, test_path):
 
 
 def _run_one(job):
-    n, scheme, seed = job
-    out, cmd = finetune_command(n, scheme, seed)
+    n, scheme, seed, budget = job
+    out, cmd = finetune_command(n, scheme, seed, budget)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     log = out[:-5] + ".log"
     t0 = time.time()
@@ -181,26 +182,34 @@ def _run_one(job):
     from ase_mlff.io import read_metadata
 
     training = read_metadata(out).get("training") or {}
-    res.update(n=n, scheme=scheme, seed=seed, model=os.path.relpath(out, ROOT), train_wall_s=round(wall, 1),
-               epochs=len(training.get("history") or []), best_epoch=training.get("best_epoch"),
-               stopped=training.get("stopped"), train_time_s=training.get("train_time_s"))
+    res.update(n=n, scheme=scheme, seed=seed, budget=budget, model=os.path.relpath(out, ROOT),
+               train_wall_s=round(wall, 1),
+               **_run_facts(training))
     _json.dumps(res)
     return res
+
+
+def _run_facts(training):
+    """Epochs run, best epoch, why it stopped and training time, from a model file's record."""
+    rec = training.get("trainer") or {}
+    return {"epochs": training.get("epochs_run"), "best_epoch": rec.get("best_epoch"),
+            "stopped": rec.get("stopped"), "train_time_s": rec.get("train_time_s")}
 
 
 def finetune(args) -> None:
     import concurrent.futures as cf
 
-    jobs = [(n, scheme, seed) for seed in args.seeds for n in args.sizes for scheme in SCHEMES]
+    jobs = [(n, scheme, seed, args.budget) for seed in args.seeds for n in args.sizes for scheme in SCHEMES
+            if scheme in args.schemes]
     if args.dry_run:
         for job in jobs:
             print(" ".join(shlex.quote(c) for c in finetune_command(*job)[1]))
         return
     if not os.path.exists(PRETRAINED):
         sys.exit(f"{PRETRAINED} is missing: run `python benchmarks/transfer.py pretrain` first")
-    results_path = path("results.json")
+    results_path = path(args.results)
     results = json.load(open(results_path)) if os.path.exists(results_path) else []
-    done = {(r["n"], r["scheme"], r["seed"]) for r in results}
+    done = {(r["n"], r["scheme"], r["seed"], r.get("budget", 1)) for r in results}
     todo = [j for j in jobs if tuple(j) not in done]
     print(f"{len(todo)} runs to do ({len(done)} in {results_path}), {args.jobs} at a time, one thread each",
           flush=True)
@@ -218,10 +227,19 @@ def finetune(args) -> None:
 def report(args) -> None:
     import numpy as np
 
-    results = json.load(open(path("results.json")))
+    from ase_mlff.io import read_metadata
+
+    import glob
+
+    results = [r for f in sorted(glob.glob(path("results*.json"))) for r in json.load(open(f))]
+    for r in results:  # entries written before the record's layout was read right
+        if not r.get("epochs") and os.path.exists(os.path.join(ROOT, r["model"])):
+            r.update(_run_facts(read_metadata(os.path.join(ROOT, r["model"])).get("training") or {}))
     by = {}
     for r in results:
-        by.setdefault((r["n"], r["scheme"]), []).append(r)
+        if r.get("budget", 1) == 1:
+            by.setdefault((r["n"], r["scheme"]), []).append(r)
+    longer = [r for r in results if r.get("budget", 1) != 1]
     sizes = sorted({r["n"] for r in results})
     lines = ["| N | " + " | ".join(SCHEMES) + " | best fine-tuning vs scratch |",
              "|---|" + "---|" * (len(SCHEMES) + 1)]
@@ -242,13 +260,24 @@ def report(args) -> None:
         tuned = {s: v for s, v in f.items() if s != "scratch"}
         if "scratch" in f and tuned:
             best = min(tuned, key=tuned.get)
-            gain = f"{best}: {100 * (1 - tuned[best] / f['scratch']):+.0f} % lower" if tuned[best] < f["scratch"] \
+            gain = f"{best}: {100 * (1 - tuned[best] / f['scratch']):.0f} % lower" if tuned[best] < f["scratch"] \
                 else f"{best}: {100 * (tuned[best] / f['scratch'] - 1):.0f} % higher"
         else:
             gain = "–"
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {gain} |")
     print("Force MAE meV/Å (energy MAE meV per molecule) on the 1,000 rMD17 paracetamol test frames")
     print("\n".join(lines))
+    for r in longer:
+        print(f"\n{r['budget']}x the step budget: N={r['n']} {r['scheme']} seed {r['seed']}: F MAE "
+              f"{r['f_mae_meV_A']:.1f} meV/Å, E MAE {r['e_mae_meV']:.0f} meV ({r['epochs']} epochs, best "
+              f"{r['best_epoch']}, stopped by {r['stopped']})")
+    print("\nEpochs run / best epoch / stopped by (seed 0)")
+    for n in sizes:
+        cells = []
+        for s in SCHEMES:
+            r = next((r for r in by.get((n, s), []) if r["seed"] == 0), None)
+            cells.append("–" if r is None else f"{r['epochs']}/{r['best_epoch']}/{r['stopped']}")
+        print(f"N={n}: " + ", ".join(f"{s} {c}" for s, c in zip(SCHEMES, cells)))
     try:
         import matplotlib
 
@@ -320,6 +349,11 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="finetune: N values")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="finetune: seeds (split and initialisation)")
     p.add_argument("--jobs", type=int, default=2, help="finetune: runs at a time (one thread each)")
+    p.add_argument("--results", default="results.json",
+                   help="finetune: results file under out/transfer (report reads every results*.json there)")
+    p.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES), help="finetune: schemes")
+    p.add_argument("--budget", type=int, default=1,
+                   help="finetune: multiple of the standard optimizer-step budget (a separate run and row)")
     args = p.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args)
