@@ -288,14 +288,25 @@ def report(args) -> None:
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     labels = {"scratch": "from scratch", "all": "fine-tune all", "embedding": "embedding frozen",
               "output": "output network only"}
+    style = {"scratch": "o-", "all": "s-", "embedding": "^--", "output": "v-"}
     for s, pts in curves.items():
         if pts:
             x, y = zip(*pts)
-            ax.plot(x, y, "o-", label=labels[s])
+            ax.plot(x, y, style[s], label=labels[s], markersize=6 if s != "embedding" else 4)
+    for r in longer:
+        ax.plot([r["n"]], [r["f_mae_meV_A"]], "x", color="C0", markersize=8,
+                label=f"{labels[r['scheme']]}, {r['budget']}x the steps")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(sizes)
     ax.set_xticklabels([str(n) for n in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks([v for v in (30, 40, 50, 60, 80, 100, 120, 150, 200, 300)
+                   if min(r["f_mae_meV_A"] for r in results) * 0.9 <= v <= max(r["f_mae_meV_A"] for r in results) * 1.1])
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("paracetamol training frames N")
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.set_title("SchNet on rMD17 paracetamol: pre-trained vs scratch", fontsize=9)
