@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .neighbors import MAX_CANDIDATES, MAX_IMAGES, MAX_PAIRS
+from .neighbors import MAX_CANDIDATES, MAX_IMAGES, MAX_PAIRS, NeighborList
 
 # Items (atom x stencil bin) per chunk, and candidate pairs per pass (plus one bin's atoms):
 # below 150 MB of working memory (see the module docstring).
@@ -521,19 +521,8 @@ class TorchNeighborList:
     """
 
     def __init__(self, cutoff: float, skin: float = 0.5, chunk: int = CHUNK):
-        if not cutoff > 0:
-            raise InputError(f"cutoff must be positive, got {cutoff}")
-        if not skin >= 0:
-            raise InputError(f"skin must be >= 0, got {skin}")
-        self.cutoff = float(cutoff)
-        self.skin = float(skin)
+        NeighborList.__init__(self, cutoff, skin)  # the same checks and bookkeeping
         self.chunk = int(chunk)
-        self.n_builds = 0
-        self.n_updates = 0
-        self._ref_positions = None
-        self._ref_cell = None
-        self._ref_pbc = None
-        self._pairs: TorchPairs | None = None
 
     def _needs_rebuild(self, positions, cell, pbc) -> bool:
         ref = self._ref_positions

@@ -217,15 +217,23 @@ def test_random_structures_match_brute_force_and_ase(structure):
     compare_with_references(positions, cell, pbc, cutoff)
 
 
+ALL_PBC = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+
+
+def gas_in_box(seed, n):
+    """(positions, cell): n atoms spread over and around a random skewed box (seeded)."""
+    rng = np.random.default_rng(seed)
+    cell = np.diag(rng.uniform(2.0, 9.0, 3))
+    cell[2, :2] = rng.uniform(-4, 4, 2)
+    return rng.uniform(-0.5, 1.5, (n, 3)) @ cell, cell
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.floats(0.5, 6.0))
 def test_random_gas_in_box(seed, n, cutoff):
     """Dense random gas in an orthorhombic and a skewed box, all pbc combinations."""
-    rng = np.random.default_rng(seed)
-    cell = np.diag(rng.uniform(2.0, 9.0, 3))
-    cell[2, :2] = rng.uniform(-4, 4, 2)
-    positions = rng.uniform(-0.5, 1.5, (n, 3)) @ cell
-    for pbc in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+    positions, cell = gas_in_box(seed, n)
+    for pbc in ALL_PBC:
         compare_with_references(positions, cell, np.array(pbc, bool), cutoff, with_ase=False)
 
 

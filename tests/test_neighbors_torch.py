@@ -25,7 +25,7 @@ from ase_mlff.errors import InputError
 from ase_mlff.graph import graph_from_structure, graph_from_tensors
 from ase_mlff.neighbors import neighbor_list
 from ase_mlff.neighbors_torch import CHUNK, TorchNeighborList, torch_neighbor_list
-from test_neighbors import as_set, brute_force, structures
+from test_neighbors import ALL_PBC, as_set, brute_force, gas_in_box, structures
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -102,11 +102,8 @@ def test_random_structures_match_compiled_brute_force_and_ase(structure, chunk):
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 60), st.floats(0.5, 6.0))
 def test_random_gas_in_box_every_periodicity(seed, n, cutoff):
-    rng = np.random.default_rng(seed)
-    cell = np.diag(rng.uniform(2.0, 9.0, 3))
-    cell[2, :2] = rng.uniform(-4, 4, 2)
-    positions = rng.uniform(-0.5, 1.5, (n, 3)) @ cell
-    for pbc in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+    positions, cell = gas_in_box(seed, n)
+    for pbc in ALL_PBC:
         compare_all(positions, cell, np.array(pbc, bool), cutoff, with_ase=False, with_brute=False)
 
 
