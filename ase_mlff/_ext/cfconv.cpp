@@ -61,56 +61,71 @@ Shapes check(const carray<T>& y, const carray<T>& r, const carray<int64_t>& firs
     return s;
 }
 
+// The inputs of both passes, checked, as raw pointers (valid while the arrays live).
 template <typename T>
-inline const T* piece(const T* coeffs, T r, T inv_h, int64_t G, int64_t F, T& t) {
-    T u = std::min(std::max(r * inv_h, T(0)), T(G));
-    int64_t k = std::min<int64_t>(static_cast<int64_t>(u), G - 1);
-    t = u - T(k);
-    return coeffs + k * 4 * F;
-}
+struct Problem {
+    Shapes s;
+    const T *Y, *R, *C;
+    const int64_t *I, *J;
+    T inv_h;
+    int threads;
+
+    Problem(const carray<T>& y, const carray<T>& r, const carray<int64_t>& first, const carray<int64_t>& second,
+            const carray<T>& coeffs, double inv_h_, int n_threads)
+        : s(check(y, r, first, second, coeffs)), Y(y.data()), R(r.data()), C(coeffs.data()), I(first.data()),
+          J(second.data()), inv_h(static_cast<T>(inv_h_)),
+          threads(s.n_pairs >= kParallelPairs ? mlff::resolve_threads(n_threads) : 1) {}
+
+    // the four coefficient rows of pair p's interval and its local coordinate t in [0, 1]
+    struct Piece {
+        const T *c0, *c1, *c2, *c3;
+        T t;
+    };
+    Piece piece(int64_t p) const {
+        const int64_t F = s.n_features, G = s.n_intervals;
+        T u = std::min(std::max(R[p] * inv_h, T(0)), T(G));
+        int64_t k = std::min<int64_t>(static_cast<int64_t>(u), G - 1);
+        const T* c = C + k * 4 * F;
+        return {c, c + F, c + 2 * F, c + 3 * F, u - T(k)};
+    }
+};
 
 template <typename T>
 carray<T> forward(const carray<T>& y, const carray<T>& r, const carray<int64_t>& first,
-                  const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_, int n_threads) {
-    const Shapes s = check(y, r, first, second, coeffs);
-    const int64_t F = s.n_features, G = s.n_intervals;
-    carray<T> out({s.n_atoms, F});
+                  const carray<int64_t>& second, const carray<T>& coeffs, double inv_h, int n_threads) {
+    const Problem<T> pr(y, r, first, second, coeffs, inv_h, n_threads);
+    const int64_t F = pr.s.n_features, n_pairs = pr.s.n_pairs;
+    const int threads = pr.threads;
+    carray<T> out({pr.s.n_atoms, F});
     T* m = out.mutable_data();
-    const T* Y = y.data();
-    const T* R = r.data();
-    const T* C = coeffs.data();
-    const int64_t* I = first.data();
-    const int64_t* J = second.data();
-    const T inv_h = static_cast<T>(inv_h_);
-    const int threads = s.n_pairs >= kParallelPairs ? mlff::resolve_threads(n_threads) : 1;
     {
         py::gil_scoped_release release;
-        std::fill(m, m + s.n_atoms * F, T(0));
+        std::fill(m, m + pr.s.n_atoms * F, T(0));
         auto run = [&](int64_t lo, int64_t hi) {
-        for (int64_t p = lo; p < hi; ++p) {
-            T t;
-            const T* c = piece(C, R[p], inv_h, G, F, t);
-            const T* __restrict__ c0 = c;
-            const T* __restrict__ c1 = c + F;
-            const T* __restrict__ c2 = c + 2 * F;
-            const T* __restrict__ c3 = c + 3 * F;
-            const T* __restrict__ yj = Y + J[p] * F;
-            T* __restrict__ mi = m + I[p] * F;
+            for (int64_t p = lo; p < hi; ++p) {
+                const auto q = pr.piece(p);
+                const T t = q.t;
+                const T* __restrict__ c0 = q.c0;
+                const T* __restrict__ c1 = q.c1;
+                const T* __restrict__ c2 = q.c2;
+                const T* __restrict__ c3 = q.c3;
+                const T* __restrict__ yj = pr.Y + pr.J[p] * F;
+                T* __restrict__ mi = m + pr.I[p] * F;
 #pragma omp simd
-            for (int64_t f = 0; f < F; ++f) mi[f] += yj[f] * (c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f])));
-        }
+                for (int64_t f = 0; f < F; ++f) mi[f] += yj[f] * (c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f])));
+            }
         };
         bool sorted = threads > 1;
-        for (int64_t p = 1; sorted && p < s.n_pairs; ++p) sorted = I[p] >= I[p - 1];
+        for (int64_t p = 1; sorted && p < n_pairs; ++p) sorted = pr.I[p] >= pr.I[p - 1];
         if (!sorted) {
-            run(0, s.n_pairs);
+            run(0, n_pairs);
         } else {
             // chunk boundaries moved forward to the next change of `first`
-            std::vector<int64_t> cut(threads + 1, s.n_pairs);
+            std::vector<int64_t> cut(threads + 1, n_pairs);
             cut[0] = 0;
             for (int k = 1; k < threads; ++k) {
-                int64_t c = std::max(cut[k - 1], s.n_pairs * k / threads);
-                while (c > 0 && c < s.n_pairs && I[c] == I[c - 1]) ++c;
+                int64_t c = std::max(cut[k - 1], n_pairs * k / threads);
+                while (c > 0 && c < n_pairs && pr.I[c] == pr.I[c - 1]) ++c;
                 cut[k] = c;
             }
             mlff::parallel_for(threads, threads, [&](int64_t k) { run(cut[k], cut[k + 1]); });
@@ -121,55 +136,49 @@ carray<T> forward(const carray<T>& y, const carray<T>& r, const carray<int64_t>&
 
 template <typename T>
 py::tuple backward(const carray<T>& grad_m, const carray<T>& y, const carray<T>& r, const carray<int64_t>& first,
-                   const carray<int64_t>& second, const carray<T>& coeffs, double inv_h_, int n_threads) {
-    const Shapes s = check(y, r, first, second, coeffs);
-    if (grad_m.ndim() != 2 || grad_m.shape(0) != s.n_atoms || grad_m.shape(1) != s.n_features)
+                   const carray<int64_t>& second, const carray<T>& coeffs, double inv_h, int n_threads) {
+    const Problem<T> pr(y, r, first, second, coeffs, inv_h, n_threads);
+    const int64_t F = pr.s.n_features, n_atoms = pr.s.n_atoms, n_pairs = pr.s.n_pairs;
+    const int threads = pr.threads;
+    if (grad_m.ndim() != 2 || grad_m.shape(0) != n_atoms || grad_m.shape(1) != F)
         throw std::invalid_argument("cfconv: the gradient must have the shape of the output (N, F)");
-    const int64_t F = s.n_features, G = s.n_intervals;
-    carray<T> gy_arr({s.n_atoms, F});
-    carray<T> gr_arr({s.n_pairs});
+    carray<T> gy_arr({n_atoms, F});
+    carray<T> gr_arr({n_pairs});
     T* gy = gy_arr.mutable_data();
     T* gr = gr_arr.mutable_data();
     const T* GM = grad_m.data();
-    const T* Y = y.data();
-    const T* R = r.data();
-    const T* C = coeffs.data();
-    const int64_t* I = first.data();
-    const int64_t* J = second.data();
-    const T inv_h = static_cast<T>(inv_h_);
-    const int threads = s.n_pairs >= kParallelPairs ? mlff::resolve_threads(n_threads) : 1;
     {
         py::gil_scoped_release release;
-        std::vector<T> extra(static_cast<size_t>(threads - 1) * s.n_atoms * F, T(0));
-        std::fill(gy, gy + s.n_atoms * F, T(0));
+        std::vector<T> extra(static_cast<size_t>(threads - 1) * n_atoms * F, T(0));
+        std::fill(gy, gy + n_atoms * F, T(0));
         auto run = [&](int64_t task) {
-        T* buffer = task == 0 ? gy : extra.data() + (task - 1) * s.n_atoms * F;
-        const int64_t lo = s.n_pairs * task / threads, hi = s.n_pairs * (task + 1) / threads;
-        for (int64_t p = lo; p < hi; ++p) {
-            T t;
-            const T* c = piece(C, R[p], inv_h, G, F, t);
-            const T* __restrict__ c0 = c;
-            const T* __restrict__ c1 = c + F;
-            const T* __restrict__ c2 = c + 2 * F;
-            const T* __restrict__ c3 = c + 3 * F;
-            const T* __restrict__ gi = GM + I[p] * F;
-            const T* __restrict__ yj = Y + J[p] * F;
-            T* __restrict__ gyj = buffer + J[p] * F;
-            T acc = 0;
+            T* buffer = task == 0 ? gy : extra.data() + (task - 1) * n_atoms * F;
+            const int64_t lo = n_pairs * task / threads, hi = n_pairs * (task + 1) / threads;
+            for (int64_t p = lo; p < hi; ++p) {
+                const auto q = pr.piece(p);
+                const T t = q.t;
+                const T* __restrict__ c0 = q.c0;
+                const T* __restrict__ c1 = q.c1;
+                const T* __restrict__ c2 = q.c2;
+                const T* __restrict__ c3 = q.c3;
+                const T* __restrict__ gi = GM + pr.I[p] * F;
+                const T* __restrict__ yj = pr.Y + pr.J[p] * F;
+                T* __restrict__ gyj = buffer + pr.J[p] * F;
+                T acc = 0;
 #pragma omp simd reduction(+ : acc)
-            for (int64_t f = 0; f < F; ++f) {
-                const T w = c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f]));
-                const T dw = c1[f] + t * (T(2) * c2[f] + T(3) * t * c3[f]);
-                gyj[f] += gi[f] * w;
-                acc += gi[f] * yj[f] * dw;
+                for (int64_t f = 0; f < F; ++f) {
+                    const T w = c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f]));
+                    const T dw = c1[f] + t * (T(2) * c2[f] + T(3) * t * c3[f]);
+                    gyj[f] += gi[f] * w;
+                    acc += gi[f] * yj[f] * dw;
+                }
+                gr[p] = acc * pr.inv_h;
             }
-            gr[p] = acc * inv_h;
-        }
         };
         mlff::parallel_for(threads, threads, run);
         for (int k = 1; k < threads; ++k) {
-            const T* b = extra.data() + (k - 1) * s.n_atoms * F;
-            for (int64_t x = 0; x < s.n_atoms * F; ++x) gy[x] += b[x];
+            const T* b = extra.data() + (k - 1) * n_atoms * F;
+            for (int64_t x = 0; x < n_atoms * F; ++x) gy[x] += b[x];
         }
     }
     return py::make_tuple(gy_arr, gr_arr);
