@@ -1,4 +1,5 @@
 #include "neighbors.hpp"
+#include "pool.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -557,37 +558,53 @@ PairList filter_pairs(const double* positions, int64_t n, const double* cell,
     for (int64_t p = 0; p < n_pairs; ++p)
         if (first[p] < 0 || first[p] >= n || second[p] < 0 || second[p] >= n)
             throw std::invalid_argument("pair index out of range");
-    reserve_output(out, n_pairs);
-    out.first.resize(n_pairs);
-    out.second.resize(n_pairs);
-    out.shifts.resize(3 * n_pairs);
-    out.vectors.resize(3 * n_pairs);
-    out.distances.resize(n_pairs);
-    int64_t m = 0;
-    for (int64_t p = 0; p < n_pairs; ++p) {
+    // Same expression, in the same order, as neighbor_list: identical vectors bit for bit.
+    auto vector_of = [&](int64_t p, double* v) {
         const int64_t i = first[p], j = second[p];
         const int32_t* S = shifts + 3 * p;
-        double v[3];
-        // Same expression, in the same order, as neighbor_list: identical vectors bit for bit.
         for (int d = 0; d < 3; ++d)
             v[d] = positions[3 * j + d] - positions[3 * i + d] +
                    (S[0] * cell[d] + S[1] * cell[3 + d] + S[2] * cell[6 + d]);
-        const double rr = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-        if (rr >= cut2) continue;
-        out.first[m] = i;
-        out.second[m] = j;
-        for (int d = 0; d < 3; ++d) {
-            out.shifts[3 * m + d] = S[d];
-            out.vectors[3 * m + d] = v[d];
-        }
-        out.distances[m] = std::sqrt(rr);
-        ++m;
-    }
+        return v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+    };
+    // Chunks of pairs on the thread pool (above kParallelFilter pairs): each counts its kept
+    // pairs, then writes them from its offset, so the output is the serial one, in order.
+    constexpr int64_t kParallelFilter = 50000;
+    const int threads = n_pairs >= kParallelFilter ? resolve_threads(0) : 1;
+    std::vector<int64_t> offset(threads + 1, 0);
+    auto bounds = [&](int64_t k) { return std::make_pair(n_pairs * k / threads, n_pairs * (k + 1) / threads); };
+    parallel_for(threads, threads, [&](int64_t k) {
+        auto [lo, hi] = bounds(k);
+        int64_t kept = 0;
+        double v[3];
+        for (int64_t p = lo; p < hi; ++p) kept += vector_of(p, v) < cut2;
+        offset[k + 1] = kept;
+    });
+    for (int k = 0; k < threads; ++k) offset[k + 1] += offset[k];
+    const int64_t m = offset[threads];
+    reserve_output(out, m);
     out.first.resize(m);
     out.second.resize(m);
     out.shifts.resize(3 * m);
     out.vectors.resize(3 * m);
     out.distances.resize(m);
+    parallel_for(threads, threads, [&](int64_t k) {
+        auto [lo, hi] = bounds(k);
+        int64_t q = offset[k];
+        double v[3];
+        for (int64_t p = lo; p < hi; ++p) {
+            const double rr = vector_of(p, v);
+            if (rr >= cut2) continue;
+            out.first[q] = first[p];
+            out.second[q] = second[p];
+            for (int d = 0; d < 3; ++d) {
+                out.shifts[3 * q + d] = shifts[3 * p + d];
+                out.vectors[3 * q + d] = v[d];
+            }
+            out.distances[q] = std::sqrt(rr);
+            ++q;
+        }
+    });
     return out;
 }
 
