@@ -564,3 +564,30 @@ def test_skin_rebuilds_on_cell_or_atom_count_change():
     got = nl.update(atoms)
     assert nl.n_builds == 5
     assert_same_pairs(got, neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0))
+
+
+def test_skin_refresh_is_the_same_on_one_and_two_threads():
+    """filter_pairs runs on the thread pool above 50k pairs; its output must be the serial one."""
+    import ase_mlff
+    from ase.build import bulk
+
+    from ase_mlff._ext import _core
+
+    atoms = bulk("Ni", "fcc", a=3.52, cubic=True).repeat((8, 8, 8))
+    rng = np.random.default_rng(0)
+    atoms.positions += rng.normal(scale=0.02, size=atoms.positions.shape)
+    pairs = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.5)
+    assert len(pairs) > 50000
+    atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+    before = ase_mlff.get_num_threads()
+    try:
+        out = {}
+        for n in (1, 2):
+            ase_mlff.set_num_threads(n)
+            out[n] = _core.filter_pairs(atoms.positions, atoms.cell.array, pairs.i, pairs.j, pairs.shifts, 5.0)
+    finally:
+        ase_mlff.set_num_threads(before)
+    for a, b in zip(out[1], out[2]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    fresh = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+    assert len(out[2][0]) == len(fresh)
