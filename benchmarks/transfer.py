@@ -72,7 +72,7 @@ def path(*parts):
     return os.path.join(WORK, *parts)
 
 
-def _write_npz_as_extxyz(src, dst, tag, limit=None):
+def _npz_frames(src, tag, limit=None):
     import ase
     import ase.io
     import ase.units as u
@@ -109,7 +109,7 @@ def prepare(args) -> None:
             continue
         frames = []
         for mol, which in parts:
-            frames += _write_npz_as_extxyz(os.path.join(RMD17, f"rmd17_{mol}_{which}_01.npz"), dst, mol)
+            frames += _npz_frames(os.path.join(RMD17, f"rmd17_{mol}_{which}_01.npz"), mol)
         tmp = dst + ".tmp"
         ase.io.write(tmp, frames, format="extxyz")
         os.replace(tmp, dst)
@@ -177,15 +177,12 @@ def _run_one(job):
             subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.time() - t0
     res = evaluate(out, path(f"{TARGET}_test.extxyz"))
-    import json as _json
-
     from ase_mlff.io import read_metadata
 
     training = read_metadata(out).get("training") or {}
     res.update(n=n, scheme=scheme, seed=seed, budget=budget, model=os.path.relpath(out, ROOT),
                train_wall_s=round(wall, 1),
                **_run_facts(training))
-    _json.dumps(res)
     return res
 
 
@@ -319,10 +316,10 @@ def report(args) -> None:
 
 def heads(args) -> None:
     """Frozen-descriptor heads (S000) on QM9: the pre-trained SchNet's pooled features, a ridge
-    head fitted to U0 (extensive) and to U0 per atom (intensive), each with sum and mean pooling,
-    20 random 400/rest splits of the QM9 molecules made of H, C, N, O only."""
+    head fitted to U0 (extensive) and to U0 per atom (intensive), each with sum and mean pooling
+    and with and without the composition, 20 random splits (80 % training) of the QM9 molecules
+    made of H, C, N, O only."""
     import ase.io
-    import numpy as np
 
     from ase_mlff.training.head import fit_head
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import InputError
@@ -171,11 +170,15 @@ class SchNetModel(Model):
     # ----------------------------------------------------------------- evaluation
     def rbf(self, r: torch.Tensor) -> torch.Tensor:
         """(P, K) Gaussian expansion of the distances ``r`` (Å)."""
-        K = self.config["n_rbf"]
-        mu = torch.linspace(0.0, self.cutoff, K, dtype=r.dtype, device=r.device)
-        delta = self.cutoff / max(K - 1, 1)
-        gamma = 0.5 / delta ** 2
+        mu, gamma = self.rbf_grid(r.dtype, r.device)
         return torch.exp(-gamma * (r[:, None] - mu[None, :]) ** 2)
+
+    def rbf_grid(self, dtype, device=None) -> tuple[torch.Tensor, float]:
+        """(centres μ_k (K,), γ Å⁻²) of the Gaussian expansion: K centres evenly on [0, r_c],
+        γ = 1/(2Δμ²)."""
+        K = self.config["n_rbf"]
+        mu = torch.linspace(0.0, self.cutoff, K, dtype=dtype, device=device)
+        return mu, 0.5 / (self.cutoff / max(K - 1, 1)) ** 2
 
     def features(self, graph: Graph) -> torch.Tensor:
         """Per-atom features (N, F) after the last interaction block (the descriptor that the
@@ -212,9 +215,7 @@ class SchNetModel(Model):
         G = max(8, int(math.ceil(self.cutoff / h_target)))
         h = self.cutoff / G
         r = torch.linspace(0.0, self.cutoff, G + 1, dtype=torch.float64)
-        K = self.config["n_rbf"]
-        centres = torch.linspace(0.0, self.cutoff, K, dtype=torch.float64)
-        gamma = 0.5 / (self.cutoff / max(K - 1, 1)) ** 2
+        centres, gamma = self.rbf_grid(torch.float64)
         tables = []
         for block in self.interactions:
             w, dw = block.filter_table(centres, gamma, self.cutoff, r)
@@ -238,7 +239,8 @@ class SchNetModel(Model):
             self.check_numbers(graph.numbers.cpu().numpy())
         dt = self.embedding.weight.dtype
         i, j = graph.edge_index
-        vec = graph.edge_vectors().to(dt)
+        vec_in = graph.edge_vectors()  # in the graph's dtype (the prior), once per call
+        vec = vec_in.to(dt)
         r = torch.linalg.norm(vec, dim=1)
         tables, inv_h = self.filter_tables()
         F = torch.nn.functional
@@ -258,7 +260,7 @@ class SchNetModel(Model):
         g_prior = None
         if self.config.get("repulsion") is not None:  # the short-range wall (usually no pair inside)
             with torch.enable_grad():
-                v = graph.edge_vectors().detach().requires_grad_(forces or stress)
+                v = vec_in.detach().requires_grad_(forces or stress)
                 e_rep = repulsion_atom_energies(self.config["repulsion"], graph.numbers, s_idx, i, j, v)
                 if e_rep.requires_grad:
                     (g_prior,) = torch.autograd.grad(e_rep.sum(), v)

@@ -28,21 +28,19 @@ test suite checks both give the same forces).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import sys
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from ase.data import chemical_symbols
 
 from ..descriptors.acsf import automatic_set, library_values
-from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
-from ..errors import DatasetError, MLFFError, TrainingError
+from ..errors import DatasetError, MLFFError
 from ..graph import graph_from_structure
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
+from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from .checkpoint import TrainingInterrupted
 from .common import reference_energies
 
@@ -232,6 +230,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--repulsion-width", type=float, default=0.5, help="Å over which the prior switches on (default 0.5)")
     a("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="training device (default cpu)")
     a("--no-plots", dest="plots", action="store_false", help="no learning-curve and parity PNGs beside the model")
+    a("--plot-dir", default=None, help="folder of the learning-curve and parity PNGs (default: beside the model)")
     a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop after k safe points
     a("--checkpoint", default=None, help="checkpoint file (default OUTPUT.ckpt)")
     a("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
@@ -240,7 +239,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def run(args) -> int:
     from .. import data as data_mod
-    from ..io import save_model
     from .checkpoint import default_checkpoint_path
     from .common import UsageError, check_new_output, timed_printer
 
@@ -285,17 +283,10 @@ def run(args) -> int:
                                   "peak_memory_bytes", "source") if k in report}
     rec["data_sha256"] = report["data_sha256"]
     rec["epochs_run"] = len(report["history"])
-    rec["command"] = " ".join(sys.argv)
     rec["trainer"] = report["record"].as_dict()
-    save_model(model, args.output, training=rec)
-    if args.plots:
-        from .trainer import _default_plots, write_plots
+    from .trainer import save_recipe_result
 
-        frames = [ds.frames[k] for k in report["split"]["valid"]] or [ds.frames[k] for k in report["split"]["train"]]
-        for path in write_plots(report["record"], model, frames, _default_plots(args.output, None)):
-            progress(f"plot written to {path}")
-    if os.path.exists(ckpt):
-        os.unlink(ckpt)  # the model holds the result; the checkpoint only served a resume
+    save_recipe_result(model, rec, report, ds, args, progress)
     print(f"BPNN model written to {args.output} ({', '.join(k + ' ' + str(len(v['kept'])) + ' functions' for k, v in report['selection'].items())})")
     for name in ("valid", "test"):
         m = report.get(name)

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import DatasetError, InputError, MLFFError, ModelFileError
+from ..errors import DatasetError, InputError, ModelFileError
 from ..graph import batch_graphs
 
 POOLINGS = ("mean", "sum")

@@ -320,7 +320,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def run(args) -> int:
     from .. import data as data_mod
-    from ..io import save_model
     from .checkpoint import TrainingInterrupted, default_checkpoint_path
     from .common import UsageError, check_new_output, timed_printer
 
@@ -357,17 +356,9 @@ def run(args) -> int:
         return fail(exc, EXIT_USAGE)
     except MLFFError as exc:
         return fail(exc, EXIT_DATA)
-    rec = training_record(report)
-    rec["command"] = " ".join(sys.argv)
-    save_model(model, args.output, training=rec)
-    if args.plots:
-        from .trainer import _default_plots, write_plots
+    from .trainer import save_recipe_result
 
-        frames = [ds.frames[k] for k in report["split"]["valid"]] or [ds.frames[k] for k in report["split"]["train"]]
-        for path in write_plots(report["record"], model, frames, _default_plots(args.output, args.plot_dir)):
-            progress(f"plot written to {path}")
-    if os.path.exists(ckpt):
-        os.unlink(ckpt)  # the model holds the result; the checkpoint only served a resume
+    save_recipe_result(model, training_record(report), report, ds, args, progress)
     print(f"SchNet model written to {args.output} ({model.describe()}"
           + (f"; fine-tuned from {args.init}, frozen: {', '.join(freeze) or 'nothing'}" if args.init else "") + ")")
     for name in ("valid", "test"):

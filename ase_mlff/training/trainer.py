@@ -1058,6 +1058,26 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
     return 0
 
 
+def save_recipe_result(model, training: dict[str, Any], report: dict[str, Any], dataset, args, progress) -> None:
+    """The end of a family recipe's command (``ase-mlff train bpnn|schnet``): write the model
+    file with its training record (plus the command line), the learning-curve and parity plots
+    of the validation frames (training frames without any) unless ``--no-plots``, and remove
+    the checkpoint, which only served a resume."""
+    from ..io import save_model
+    from .checkpoint import default_checkpoint_path
+
+    training = dict(training, command=" ".join(sys.argv))
+    save_model(model, args.output, training=training)
+    if args.plots:
+        split = report["split"]
+        frames = [dataset.frames[k] for k in split["valid"]] or [dataset.frames[k] for k in split["train"]]
+        for path in write_plots(report["record"], model, frames, _default_plots(args.output, args.plot_dir)):
+            progress(f"plot written to {path}")
+    ckpt = args.checkpoint or default_checkpoint_path(args.output)
+    if os.path.exists(ckpt):
+        os.unlink(ckpt)
+
+
 def _model_config(text: str) -> dict[str, Any]:
     if text.startswith("@"):
         with open(text[1:]) as fh:
