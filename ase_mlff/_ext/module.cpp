@@ -13,6 +13,7 @@ namespace py = pybind11;
 
 void register_mff(pybind11::module_& m);
 void register_cfconv(pybind11::module_& m);
+void register_soap(pybind11::module_& m);
 
 namespace {
 
@@ -116,4 +117,5 @@ PYBIND11_MODULE(_core, m) {
     m.attr("MAX_THREADS") = mlff::kMaxThreads;
     register_mff(m);
     register_cfconv(m);
+    register_soap(m);
 }
