@@ -139,11 +139,13 @@ class SOAP:
     ``cutoff`` r_c (Å); ``cutoff_width`` w of the cosine transition; ``atom_sigma`` (Å);
     ``n_max`` radial functions; ``l_max``; ``central_weight`` of the centre's own Gaussian
     (1 as in QUIP); ``basis_radius`` R of the GTO widths (the cutoff when None).
+    ``compute_tables=False`` leaves the radial tables zero for the caller to fill (a model
+    file stores them: loading does not redo the quadrature).
     """
 
     def __init__(self, species: Iterable[int], cutoff: float, n_max: int = 8, l_max: int = 8,
                  atom_sigma: float = 0.5, cutoff_width: float = 0.5, central_weight: float = 1.0,
-                 basis_radius: float | None = None):
+                 basis_radius: float | None = None, compute_tables: bool = True):
         self.species = sorted({int(z) for z in species})
         self.cutoff = float(cutoff)
         self.n_max, self.l_max = int(n_max), int(l_max)
@@ -157,6 +159,13 @@ class SOAP:
             raise ValueError("SOAP needs 1 <= n_max <= 20 and 0 <= l_max <= 20")
         n_int = int(math.ceil(self.cutoff / GRID_SPACING))
         self.inv_h = n_int / self.cutoff
+        S, N, L = len(self.species), self.n_max, self.l_max
+        self.dim = (S * (S - 1) // 2 * N * N + S * N * (N + 1) // 2) * (L + 1)
+        self._tables: dict = {}
+        if not compute_tables:
+            self.table = np.zeros((n_int, 4, N * (L + 1)))
+            self.central = np.zeros(N)
+            return
         r = np.linspace(0.0, self.cutoff, n_int + 1)
         g, dg = radial_integrals(r, self.n_max, self.l_max, self.atom_sigma, self.basis_radius)
         fc, dfc = cutoff_function(r, self.cutoff, self.cutoff_width)
@@ -165,9 +174,6 @@ class SOAP:
         dh = (dfc[:, None, None] * g + fc[:, None, None] * dg).reshape(len(r), -1)
         self.table = np.ascontiguousarray(hermite_table(h, dh, 1.0 / self.inv_h))
         self.central = np.ascontiguousarray(self.central_weight * g[0, :, 0])
-        S, N, L = len(self.species), self.n_max, self.l_max
-        self.dim = (S * (S - 1) // 2 * N * N + S * N * (N + 1) // 2) * (L + 1)
-        self._tables: dict = {}
 
     def hypers(self) -> dict:
         return {"species": self.species, "cutoff": self.cutoff, "n_max": self.n_max, "l_max": self.l_max,

@@ -21,6 +21,7 @@ RMD17_TRAIN, RMD17_TEST = 200, 100
 NI_FRAMES = [0, 4, 7, 8, 9, 12, 18, 80, 150, 220, 285, 286, 310, 340, 370, 393, 394, 410, 420, 429]
 MO_FRAMES = [0, 10, 21, 80, 128, 129, 130, 134, 138, 192]
 SI_FRAMES = [0, 57, 69, 159]
+SI_GAP_FRAMES = [1, 9, 17, 33, 63, 64, 65, 67, 68, 70, 100, 130, 150, 160, 180, 200]
 
 
 def raw_frames(path):
@@ -89,6 +90,8 @@ def main(shared):
     write_raw(os.path.join(HERE, "mo_mlearn_10.extxyz"),
               raw_frames(os.path.join(shared, "mlearn_pbe", "Mo_train.extxyz")), MO_FRAMES)
     make_si_virial(shared)
+    write_raw(os.path.join(HERE, "si_mlearn_16.extxyz"),
+              raw_frames(os.path.join(shared, "mlearn_pbe", "Si_train.extxyz")), SI_GAP_FRAMES)
 
 
 if __name__ == "__main__":

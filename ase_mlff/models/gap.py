@@ -1,0 +1,442 @@
+"""GAP: a sparse Gaussian process on SOAP environments, plus an optional 2-body term.
+
+Energy of atom ``i`` of species ``s_i`` (B6 §6.2; ALGORITHMS.md §3)::
+
+    eps_i = e0[s_i] + delta^2 sum_{m: s_m = s_i} alpha_m (q_i . q_m)^zeta + 1/2 sum_j V_{s_i s_j}(r_ij)
+    V_ab(r) = f_c(r) delta_2^2 sum_{u in ab} beta_u exp(-(r - r_u)^2 / (2 theta^2))
+
+``q = p / |p|`` are normalised SOAP power spectra (:mod:`ase_mlff.descriptors.soap`), ``m``
+runs over the sparse (representative) environments with coefficients ``alpha``, ``u`` over the
+sparse distances of the 2-body term of each element pair, ``f_c`` the cosine cutoff of the
+2-body term. Environments of different central elements never correlate. Forces and stress
+are exact derivatives (the SOAP backward pass is compiled; autograd does the rest).
+
+Parameters ``x = [alpha, beta, e0]`` come from :mod:`ase_mlff.training.gap_train`: the
+projected-process solution on energies, forces and virials. When the model file keeps the
+two triangular factors of that fit (``variance``), the GP's own predictive variance of any
+output that is a linear functional ``L`` of the local energies is available::
+
+    var = [L K L^T - |L_M^-1 k_M|^2] + |R^-T phi|^2
+
+``phi`` the output's row of the design matrix (``k_M`` its SOAP part), ``L_M`` the Cholesky
+factor of the SOAP prior ``K_MM``, ``R`` that of the posterior precision (``R^T R = Phi^T
+Lambda^-1 Phi + prior``). The bracket is the part of the prior the sparse points do not
+represent (zero on a sparse environment, growing away from them), computed exactly for the
+SOAP term; the 2-body term's is neglected (its sparse distances are a dense grid). Energies,
+forces (``sqrt`` of the summed variances of the three components, per atom) and the virial
+(per component) are given; the cost is that of building the design rows of the structure
+(the SOAP Jacobian: about 1 s for 1000 Si atoms at l_max = n_max = 8) plus O(N^2 D) for the
+prior terms, so it is computed only when asked (``MLFFCalculator(..., uncertainty=True)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
+from ..graph import Graph
+from .base import (Model, config_float, config_int, config_reference_energies, config_species,
+                   register_model)
+
+_SOAP_KEYS = ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width", "central_weight", "basis_radius")
+
+
+def pair_keys(n_species: int) -> dict[tuple[int, int], int]:
+    """Index of each unordered element pair (a <= b) of the 2-body term."""
+    out = {}
+    for a in range(n_species):
+        for b in range(a, n_species):
+            out[(a, b)] = len(out)
+    return out
+
+
+def soap_dim(n_species: int, n_max: int, l_max: int) -> int:
+    S, N = n_species, n_max
+    return (S * (S - 1) // 2 * N * N + S * N * (N + 1) // 2) * (l_max + 1)
+
+
+@register_model
+class GAPModel(Model):
+    """Sparse GP on SOAP (+ 2-body). ``soap``: the descriptor's hyperparameters; ``n_sparse``:
+    sparse environments per element; ``two_body``: ``{"cutoff", "width", "delta", "theta",
+    "n_sparse"}`` (``n_sparse`` sparse distances per element pair) or None; ``variance``:
+    whether the file keeps the factors for the predictive variance."""
+
+    family = "gap"
+    extra_results = ("energy_uncertainty", "forces_uncertainty", "stress_uncertainty")
+    # Everything is kept and computed in float64 whatever the model's dtype: the coefficients of
+    # a GP cancel (|alpha| reaches 1e3 for |E| of 1 eV), so rounding the descriptors or the sparse
+    # points to float32 would cost meV; a float32 model only rounds its inputs and outputs.
+    float64_buffers = ("sparse", "pair_sparse", "alpha", "beta", "e0", "posterior_r", "prior_chol",
+                       "soap_table", "soap_central")
+
+    def __init__(self, species: Iterable[int], cutoff: float | None = None, soap: dict | None = None,
+                 zeta: int = 4, delta: float = 1.0, n_sparse: Iterable[int] = (), two_body: dict | None = None,
+                 reference_energies: Iterable[float] | None = None, variance: bool = True,
+                 dtype: str = "float64", _defer_tables: bool = False):
+        species = sorted({int(z) for z in species})
+        soap = {k: v for k, v in dict(soap or {}).items() if k in _SOAP_KEYS}
+        soap.setdefault("cutoff", 5.0)
+        rc = max(float(soap["cutoff"]), float(two_body["cutoff"]) if two_body else 0.0)
+        super().__init__(species, rc if cutoff is None else cutoff)
+        S = len(species)
+        self.zeta, self.delta = int(zeta), float(delta)
+        self.n_sparse = [int(n) for n in n_sparse] or [0] * S
+        self.two_body = dict(two_body) if two_body else None
+        self.variance = bool(variance)
+        e0 = list(reference_energies) if reference_energies is not None else [0.0] * S
+        self.soap = SOAP(species, **soap, compute_tables=not _defer_tables)
+        self.config = {"soap": self.soap.hypers(), "zeta": self.zeta, "delta": self.delta, "n_sparse": self.n_sparse,
+                       "two_body": self.two_body, "reference_energies": [float(v) for v in e0],
+                       "variance": self.variance, "dtype": dtype}
+        self.config["soap"].pop("species")
+        ft = getattr(torch, dtype)
+        M, D = sum(self.n_sparse), self.soap.dim
+        # first floating buffer: Model.dtype reads it (the declared dtype of inputs and outputs)
+        self.register_buffer("_dtype_marker", torch.zeros(0, dtype=ft), persistent=False)
+        self.register_buffer("sparse", torch.zeros(M, D, dtype=torch.float64))
+        self.register_buffer("soap_table", torch.from_numpy(self.soap.table).to(torch.float64))
+        self.register_buffer("soap_central", torch.from_numpy(self.soap.central).to(torch.float64))
+        self.register_buffer("sparse_species", torch.repeat_interleave(
+            torch.arange(S), torch.tensor(self.n_sparse, dtype=torch.long)))
+        self.register_buffer("alpha", torch.zeros(M, dtype=torch.float64))
+        U = self.n_pair_sparse
+        self.register_buffer("pair_sparse", torch.zeros(U, dtype=torch.float64))
+        self.register_buffer("beta", torch.zeros(U, dtype=torch.float64))
+        self.register_buffer("e0", torch.tensor(e0, dtype=torch.float64), persistent=False)
+        T = self.n_parameters
+        self.register_buffer("posterior_r", torch.zeros((T, T) if self.variance else (0, 0), dtype=torch.float64))
+        self.register_buffer("prior_chol", torch.zeros((M, M) if self.variance else (0, 0), dtype=torch.float64))
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def n_pair_keys(self) -> int:
+        S = len(self.species)
+        return S * (S + 1) // 2 if self.two_body else 0
+
+    @property
+    def n_pair_sparse(self) -> int:
+        return self.n_pair_keys * int(self.two_body["n_sparse"]) if self.two_body else 0
+
+    @property
+    def n_parameters(self) -> int:
+        """Length of x = [alpha (M), beta (U), e0 (S)]."""
+        return sum(self.n_sparse) + self.n_pair_sparse + len(self.species)
+
+    def describe(self) -> str:
+        h = self.config["soap"]
+        two = (f" + 2-body (cutoff {self.two_body['cutoff']:g} Å)" if self.two_body else "")
+        return (f"gap model for {', '.join(self.elements)}: SOAP (cutoff {h['cutoff']:g} Å, n_max {h['n_max']}, "
+                f"l_max {h['l_max']}, zeta {self.zeta}), {sum(self.n_sparse)} sparse environments{two}")
+
+    def pair_key_of(self) -> torch.Tensor:
+        """(U,) element-pair index of each sparse distance."""
+        return torch.arange(self.n_pair_keys).repeat_interleave(int(self.two_body["n_sparse"])) if self.two_body \
+            else torch.zeros(0, dtype=torch.long)
+
+    def set_parameters(self, x: np.ndarray) -> None:
+        """Set [alpha, beta, e0] (the training solution)."""
+        M, U = sum(self.n_sparse), self.n_pair_sparse
+        x = np.asarray(x, dtype=np.float64)
+        self.alpha.copy_(torch.from_numpy(x[:M]))
+        self.beta.copy_(torch.from_numpy(x[M:M + U]))
+        e0 = x[M + U:]
+        self.e0.copy_(torch.from_numpy(e0))
+        self.config["reference_energies"] = [float(v) for v in e0]
+
+    def parameters_vector(self) -> np.ndarray:
+        return np.concatenate([self.alpha.numpy(), self.beta.numpy(), self.e0.numpy()])
+
+    # ----------------------------------------------------------------- energy
+    def _soap_inputs(self, graph: Graph):
+        s = self.species_index(graph.numbers)
+        i, j = graph.edge_index
+        first = i.cpu().numpy()
+        nbr = s[j].to(torch.int32).cpu().numpy()
+        centre = s.to(torch.int32).cpu().numpy()
+        return s, first, nbr, centre
+
+    def _pair_energy(self, graph: Graph, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """V(r) of every edge (differentiable in r), zero beyond the 2-body cutoff."""
+        tb = self.two_body
+        i, j = graph.edge_index
+        a, b = torch.minimum(s[i], s[j]), torch.maximum(s[i], s[j])
+        S = len(self.species)
+        key = a * S - a * (a - 1) // 2 + (b - a)
+        rc, w = float(tb["cutoff"]), float(tb["width"])
+        fc = _cosine_cutoff(r, rc, w)
+        k = torch.exp(-0.5 * (r[:, None] - self.pair_sparse[None, :]) ** 2 / float(tb["theta"]) ** 2)
+        k = k * (key[:, None] == self.pair_key_of()[None, :].to(key.device))
+        return fc * float(tb["delta"]) ** 2 * (k @ self.beta)
+
+    def forward(self, graph: Graph) -> torch.Tensor:
+        s, first, nbr, centre = self._soap_inputs(graph)
+        vec = graph.edge_vectors().to(torch.float64)  # float64 inside (see float64_buffers)
+        energies = self.e0[s]
+        if sum(self.n_sparse):
+            p = SoapFunction.apply(vec, self.soap, graph.n_atoms, first, nbr, centre)
+            q = p / torch.linalg.norm(p, dim=1, keepdim=True)
+            klin = q @ self.sparse.T
+            same = s[:, None] == self.sparse_species[None, :]
+            kz = torch.where(same, klin, torch.zeros_like(klin)) ** self.zeta
+            energies = energies + self.delta ** 2 * (kz @ self.alpha)
+        if self.two_body and self.n_pair_sparse:
+            r = torch.linalg.norm(vec, dim=1)
+            energies = energies.index_add(0, graph.edge_index[0], 0.5 * self._pair_energy(graph, s, r))
+        return energies.to(graph.dtype)
+
+    # ----------------------------------------------------------------- design rows and variance
+    def design(self, graph: Graph, forces: bool = True, virial: bool = True, chunk: int = 4096):
+        """Rows of the linear map x -> outputs for ``graph`` (float64 numpy): energies (B, T),
+        forces (N, 3, T) and virials (B, 3, 3) x T as (B, 3, 3, T), with T = len(x) and
+        x = [alpha, beta, e0]; the model's outputs are these rows times x. Also returns the
+        per-atom SOAP quantities the variance needs (``q``, per-pair ``dq``)."""
+        g = graph.to(dtype=torch.float64)
+        s, first, nbr, centre = self._soap_inputs(g)
+        s_np = s.cpu().numpy()
+        vec = g.edge_vectors().detach().cpu().numpy()
+        i_np, j_np = g.edge_index.cpu().numpy()
+        batch = g.batch.cpu().numpy()
+        N, B, P = g.n_atoms, g.n_graphs, len(i_np)
+        M, U, S = sum(self.n_sparse), self.n_pair_sparse, len(self.species)
+        T = M + U + S
+        E = np.zeros((N, T))  # per-atom energy rows
+        G = None  # per-pair d eps_i / d d_p rows, filled chunk by chunk into F and W
+        F = np.zeros((N, 3, T)) if forces else None
+        W = np.zeros((B, 3, 3, T)) if virial else None
+        need_grad = forces or virial
+        extra = {}
+        if M:
+            p, _, J = self.soap.raw(N, first, nbr, centre, vec, jacobian=need_grad)
+            norm = np.linalg.norm(p, axis=1)
+            q = p / norm[:, None]
+            Z = self.sparse.detach().cpu().numpy().astype(np.float64)
+            same = s_np[:, None] == self.sparse_species.numpy()[None, :]
+            klin = np.where(same, q @ Z.T, 0.0)
+            d2 = self.delta ** 2
+            E[:, :M] = d2 * klin ** self.zeta
+            extra.update(q=q, klin=klin, same=same)
+            if need_grad:
+                dk = d2 * self.zeta * klin ** (self.zeta - 1) * same
+                qi = q[i_np]
+                J -= qi[:, None, :] * np.einsum("pcd,pd->pc", J, qi)[:, :, None]
+                J /= norm[i_np][:, None, None]
+                extra["dq"] = J
+                for lo in range(0, P, chunk):
+                    hi = min(P, lo + chunk)
+                    Gc = (J[lo:hi].reshape(-1, J.shape[2]) @ Z.T).reshape(hi - lo, 3, M) * dk[i_np[lo:hi]][:, None, :]
+                    _scatter(Gc, slice(0, M), i_np[lo:hi], j_np[lo:hi], vec[lo:hi], batch, F, W)
+        if U:
+            tb = self.two_body
+            r = np.linalg.norm(vec, axis=1)
+            a, b = np.minimum(s_np[i_np], s_np[j_np]), np.maximum(s_np[i_np], s_np[j_np])
+            key = a * S - a * (a - 1) // 2 + (b - a)
+            fc, dfc = cutoff_function(r, float(tb["cutoff"]), float(tb["width"]))
+            rs = self.pair_sparse.numpy().astype(np.float64)
+            th2 = float(tb["theta"]) ** 2
+            k = np.exp(-0.5 * (r[:, None] - rs[None, :]) ** 2 / th2) * (key[:, None] == self.pair_key_of().numpy()[None, :])
+            d2 = float(tb["delta"]) ** 2
+            vals = 0.5 * d2 * fc[:, None] * k
+            torch.from_numpy(E)[:, M:M + U].index_add_(0, torch.from_numpy(i_np), torch.from_numpy(vals))
+            if need_grad:
+                dv = 0.5 * d2 * (dfc[:, None] * k - fc[:, None] * k * (r[:, None] - rs[None, :]) / th2)
+                Gc = dv[:, None, :] * (vec / r[:, None])[:, :, None]
+                _scatter(Gc, slice(M, M + U), i_np, j_np, vec, batch, F, W)
+        E[np.arange(N), M + U + s_np] = 1.0
+        energy = np.zeros((B, T))
+        np.add.at(energy, batch, E)
+        return {"energy": energy, "atoms": E, "forces": F, "virial": W, **extra}
+
+    def _posterior(self, rows: np.ndarray) -> np.ndarray:
+        """|R^-T phi|^2 for each row phi (..., T)."""
+        import scipy.linalg
+
+        flat = rows.reshape(-1, rows.shape[-1])
+        z = scipy.linalg.solve_triangular(self.posterior_r.numpy(), flat.T, trans="T", lower=False)
+        return (z * z).sum(0).reshape(rows.shape[:-1])
+
+    def _nystrom(self, rows: np.ndarray) -> np.ndarray:
+        """|L_M^-1 k_M|^2 for the SOAP part of each row."""
+        import scipy.linalg
+
+        M = sum(self.n_sparse)
+        flat = rows.reshape(-1, rows.shape[-1])[:, :M]
+        if not M:
+            return np.zeros(rows.shape[:-1])
+        z = scipy.linalg.solve_triangular(self.prior_chol.numpy(), flat.T, lower=True)
+        return (z * z).sum(0).reshape(rows.shape[:-1])
+
+    def compute_extras(self, graph: Graph, output, stress: bool) -> dict[str, torch.Tensor]:
+        from ..errors import InputError
+
+        if not self.variance or self.posterior_r.numel() == 0:
+            raise InputError("this gap model file was written without the variance factors (trained with "
+                             "--no-variance): it gives no uncertainty")
+        d = self.design(graph, forces=True, virial=stress)
+        M = sum(self.n_sparse)
+        prior_e, prior_f, prior_w = self._prior_terms(graph, d, stress) if M else (0.0, 0.0, 0.0)
+        var_e = prior_e - self._nystrom(d["energy"]) + self._posterior(d["energy"])
+        var_f = prior_f - self._nystrom(d["forces"]) + self._posterior(d["forces"])
+        out = {"energy_uncertainty": _sqrt(var_e),
+               "forces_uncertainty": _sqrt(np.clip(var_f, 0, None).sum(1))}
+        if stress:
+            var_w = prior_w - self._nystrom(d["virial"]) + self._posterior(d["virial"])
+            out["stress_uncertainty"] = _sqrt(var_w)
+        dt = graph.dtype
+        return {k: torch.from_numpy(np.asarray(v)).to(device=graph.device, dtype=dt) for k, v in out.items()}
+
+    def _prior_terms(self, graph: Graph, d: dict, stress: bool):
+        """Prior variances L K L^T of the SOAP term: energies (B,), force components (N, 3) and
+        virial components (B, 3, 3)."""
+        q, same_sp = d["q"], None
+        s = self.species_index(graph.numbers).cpu().numpy()
+        batch = graph.batch.cpu().numpy()
+        d2, z = self.delta ** 2, self.zeta
+        same_sp = (s[:, None] == s[None, :]) & (batch[:, None] == batch[None, :])
+        K = np.where(same_sp, q @ q.T, 0.0)
+        B = graph.n_graphs
+        prior_e = np.zeros(B)
+        np.add.at(prior_e, batch, (d2 * K ** z).sum(1))
+        K1 = d2 * z * K ** (z - 1) * same_sp
+        K2 = d2 * z * (z - 1) * K ** max(z - 2, 0) * same_sp if z >= 2 else np.zeros_like(K)
+        dq = d["dq"]  # (P, 3, D): d q_i / d d_p
+        i_np, j_np = graph.edge_index.cpu().numpy()
+        N = len(s)
+        # v[a, i] = d q_i / d r_a: from pairs (i -> a) (+dq) and the centre itself (-sum of its pairs)
+        ent_a = np.concatenate([j_np, np.arange(N)])
+        ent_i = np.concatenate([i_np, np.arange(N)])
+        D = dq.shape[2]
+        own = torch.zeros(N, 3, D, dtype=torch.float64).index_add_(0, torch.from_numpy(i_np), torch.from_numpy(-dq))
+        vals = torch.cat([torch.from_numpy(dq), own])
+        key = ent_a * N + ent_i
+        uniq, inv = np.unique(key, return_inverse=True)
+        V = torch.zeros(len(uniq), 3, D, dtype=torch.float64).index_add_(0, torch.from_numpy(inv), vals).numpy()
+        ua, ui = uniq // N, uniq % N
+        prior_f = np.zeros((N, 3))
+        order = np.argsort(ua, kind="stable")
+        starts = np.searchsorted(ua[order], np.arange(N + 1))
+        for a in range(N):
+            idx = order[starts[a]:starts[a + 1]]
+            Va, ia = V[idx], ui[idx]  # (n, 3, D)
+            dots = np.einsum("ecd,fcd->efc", Va, Va)
+            t = (K1[np.ix_(ia, ia)][:, :, None] * dots).sum((0, 1))
+            if z >= 2:
+                A = np.einsum("ecd,fd->efc", Va, q[ia])  # (v_e . q_f)
+                t = t + (K2[np.ix_(ia, ia)][:, :, None] * A * A.transpose(1, 0, 2)).sum((0, 1))
+            prior_f[a] = t
+        prior_w = None
+        if stress:
+            vec = graph.to(dtype=torch.float64).edge_vectors().detach().cpu().numpy()
+            Wq = np.zeros((N, 3, 3, D))  # d q_i / d strain_ab = sum_p d_pa dq_pb
+            for a in range(3):
+                torch.from_numpy(Wq)[:, a].index_add_(0, torch.from_numpy(i_np),
+                                                      torch.from_numpy(vec[:, a, None, None] * dq))
+            Wq = 0.5 * (Wq + Wq.transpose(0, 2, 1, 3))
+            prior_w = np.zeros((B, 3, 3))
+            for a in range(3):
+                for b in range(3):
+                    X = Wq[:, a, b]  # (N, D)
+                    t = (K1 * (X @ X.T)).sum(1)
+                    if z >= 2:
+                        A = X @ q.T
+                        t = t + (K2 * A * A.T).sum(1)
+                    np.add.at(prior_w[:, a, b], batch, t)
+        return prior_e, prior_f, prior_w
+
+    # ----------------------------------------------------------------- serialisation
+    def get_config(self) -> dict[str, Any]:
+        return {"species": self.species, "cutoff": self.cutoff, **self.config}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "GAPModel":
+        # the radial tables come with the arrays (set_arrays), not from a new quadrature
+        return cls(**config, _defer_tables=True)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        species = config_species(config)
+        S = len(species)
+        soap = config.get("soap")
+        if not isinstance(soap, dict):
+            raise ValueError("hyperparameters.soap must be a table of SOAP settings")
+        rc = config_float(soap, "cutoff", 0.0, 30.0, lo_open=True)
+        n_max = config_int(soap, "n_max", 1, 20)
+        l_max = config_int(soap, "l_max", 0, 20)
+        for key in ("atom_sigma", "basis_radius"):
+            config_float(soap, key, 0.0, 100.0, lo_open=True)
+        config_float(soap, "cutoff_width", 0.0, rc)
+        config_float(soap, "central_weight", 0.0, 100.0)
+        config_int(config, "zeta", 1, 20)
+        config_float(config, "delta", 0.0, 1e6, lo_open=True)
+        n_sparse = config.get("n_sparse")
+        if not isinstance(n_sparse, list) or len(n_sparse) != S or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 10 ** 6 for n in n_sparse):
+            raise ValueError("hyperparameters.n_sparse must be one count per element")
+        config_reference_energies(config, S)
+        tb = config.get("two_body")
+        U = 0
+        if tb is not None:
+            if not isinstance(tb, dict):
+                raise ValueError("hyperparameters.two_body must be a table or null")
+            r2 = config_float(tb, "cutoff", 0.0, 30.0, lo_open=True)
+            config_float(tb, "width", 0.0, r2)
+            config_float(tb, "delta", 0.0, 1e6, lo_open=True)
+            config_float(tb, "theta", 0.0, 100.0, lo_open=True)
+            U = S * (S + 1) // 2 * config_int(tb, "n_sparse", 1, 10 ** 5)
+        dtype = config.get("dtype", "float64")
+        if dtype not in ("float32", "float64"):
+            raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
+        if not isinstance(config.get("variance", True), bool):
+            raise ValueError("hyperparameters.variance must be true or false")
+        M, D = sum(n_sparse), soap_dim(S, n_max, l_max)
+        T = M + U + S
+        var = config.get("variance", True)
+        G = int(math.ceil(rc / GRID_SPACING))
+        return {"soap_table": ((G, 4, n_max * (l_max + 1)), "float64"), "soap_central": ((n_max,), "float64"),
+                "sparse": ((M, D), "float64"), "sparse_species": ((M,), "int64"), "alpha": ((M,), "float64"),
+                "pair_sparse": ((U,), "float64"), "beta": ((U,), "float64"),
+                "posterior_r": ((T, T) if var else (0, 0), "float64"),
+                "prior_chol": ((M, M) if var else (0, 0), "float64")}
+
+    @classmethod
+    def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        n_sparse = config["n_sparse"]
+        want = np.repeat(np.arange(len(n_sparse)), n_sparse)
+        if not np.array_equal(arrays["sparse_species"], want):
+            raise ValueError("array sparse_species does not match hyperparameters.n_sparse")
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        super().set_arrays(arrays)
+        # the descriptor uses the stored radial table (bit-for-bit the one it was trained with)
+        self.soap.table = np.ascontiguousarray(arrays["soap_table"], dtype=np.float64)
+        self.soap.central = np.ascontiguousarray(arrays["soap_central"], dtype=np.float64)
+        self.soap._tables = {}
+
+
+def _cosine_cutoff(r: torch.Tensor, rc: float, width: float) -> torch.Tensor:
+    inside = (r - (rc - width)).clamp(min=0.0) / max(width, 1e-300)
+    fc = 0.5 * (1.0 + torch.cos(math.pi * inside.clamp(max=1.0)))
+    return torch.where(r < rc, fc, torch.zeros_like(r))
+
+
+def _scatter(Gc, cols, i, j, vec, batch, F, W) -> None:
+    """Add per-pair rows d eps_i / d d_p (P, 3, C) into force rows (-dE/dr) and virial rows
+    (numpy arrays, written in place through torch views)."""
+    g = torch.from_numpy(np.ascontiguousarray(Gc))
+    if F is not None:
+        view = torch.from_numpy(F)[:, :, cols]
+        view.index_add_(0, torch.from_numpy(i), g)
+        view.index_add_(0, torch.from_numpy(j), -g)
+    if W is not None:
+        bi = batch[i]
+        for b in np.unique(bi):
+            sel = bi == b
+            W[b, :, :, cols] += np.einsum("pa,pcm->acm", vec[sel], Gc[sel], optimize=True)
+
+
+def _sqrt(v):
+    return np.sqrt(np.clip(v, 0.0, None))

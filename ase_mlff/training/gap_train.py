@@ -1,0 +1,383 @@
+"""Recipe: fit a GAP (sparse GP on SOAP, plus a 2-body term) to energies, forces and virials.
+
+Command line (also ``ase-mlff train gap ...``; options also from ``--config FILE.yaml``)::
+
+    python -m ase_mlff.training.gap_train out/gap/si_train.xyz --test out/gap/si_test.xyz \\
+        -o potentials/si_gap.mlff --cutoff 5.4 --n-max 8 --l-max 8 --atom-sigma 0.5 \\
+        --zeta 4 --n-sparse 1000 --two-body
+
+Steps: read the data (:func:`ase_mlff.data.read`); hold out ``--test`` (a file) or
+``--n-test`` random frames; compute the SOAP vector of every training environment; choose
+``--n-sparse`` representative environments per element (``--sparse-method`` cur: leverage
+scores of the descriptor matrix, B6 Eq. 6.11, sampled without replacement; fps: farthest
+points in the kernel distance; random) after removing duplicate environments; build the design
+matrix of every label (total energy, force components, the six virial components) against the
+parameters ``x = [alpha, beta, e0]`` (:meth:`ase_mlff.models.gap.GAPModel.design`); weight each
+row by its expected error; solve.
+
+Expected errors (``Lambda``): ``--sigma-energy`` is per atom, so a frame of N atoms gets
+``sigma_E sqrt(N)`` on its total energy; ``--sigma-virial`` likewise (the virial is
+extensive); ``--sigma-force`` per component. ``--sigma-config-type`` overrides them per
+config_type, e.g. ``Surface=0.005,0.2,0.2;Vacancy=0.003,0.1,0.1`` (or a mapping in the YAML
+config). e0 (one per element) is fitted jointly with the GP, with a Gaussian prior of width
+``--sigma-e0`` eV around zero.
+
+Solve (B6 Eqs. 6.5-6.7): minimise ``|Lambda^-1/2 (Phi x - y)|^2 + x^T P x`` with ``P`` the
+block-diagonal prior (``K_MM`` of the sparse environments, ``K_UU`` of the sparse distances,
+``1 / sigma_e0^2``), by a QR decomposition of the stacked matrix ``[Lambda^-1/2 Phi ; chol(P)^T]``
+(never the normal equations, which square the condition number). The triangular factor is kept in
+the model file for the predictive variance unless ``--no-variance``. Any failure of a
+factorisation is a :class:`~ase_mlff.errors.TrainingError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .common import (Option, UsageError, add_options, check_new_output, format_metrics, frame_metrics,
+                     predict_frames, read_training_data, resolve_options, timed_printer)
+from .common import training_record as common_record
+
+OPTIONS = (
+    Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
+    Option("test", None, "held-out test data file (none: --n-test random frames)", kind="dataset"),
+    Option("n_test", 0, "frames held out at random when --test is not given", int),
+    Option("cutoff", 5.0, "SOAP cutoff r_c (Å)", float),
+    Option("cutoff_width", 0.5, "width of the cosine transition below the cutoff (Å)", float),
+    Option("n_max", 8, "radial functions", int),
+    Option("l_max", 8, "largest angular momentum", int),
+    Option("atom_sigma", 0.5, "Gaussian width of each atom's density (Å)", float),
+    Option("central_weight", 1.0, "weight of the centre atom's own Gaussian", float),
+    Option("zeta", 4, "power of the normalised dot-product kernel", int),
+    Option("delta", 1.0, "signal scale of the SOAP term (eV)", float),
+    Option("n_sparse", 1000, "sparse environments per element", int),
+    Option("sparse_method", "cur", "how sparse environments are chosen", choices=("cur", "fps", "random")),
+    Option("two_body", False, "add a 2-body term (its own sparse GP on pair distances)", kind="flag"),
+    Option("two_body_cutoff", None, "2-body cutoff (Å; none: the SOAP cutoff)", float),
+    Option("two_body_width", 1.0, "2-body cosine transition width (Å)", float),
+    Option("two_body_delta", 1.0, "2-body signal scale (eV)", float),
+    Option("two_body_theta", 1.0, "2-body squared-exponential length scale (Å)", float),
+    Option("two_body_n_sparse", 20, "sparse distances per element pair (uniform grid)", int),
+    Option("sigma_energy", 0.002, "expected energy error per atom (eV/atom; times sqrt(N) per frame)", float),
+    Option("sigma_force", 0.1, "expected force error per component (eV/Å)", float),
+    Option("sigma_virial", 0.1, "expected virial error per atom (eV/atom; times sqrt(N) per frame)", float),
+    Option("sigma_config_type", None, "per-config_type sigmas: 'TYPE=E,F,V;TYPE2=E,F,V' (or a YAML mapping)"),
+    Option("sigma_e0", 100.0, "prior width of the per-element reference energies (eV)", float),
+    Option("jitter", 1e-8, "relative jitter added to the diagonal of the sparse prior", float),
+    Option("no_variance", False, "do not keep the factors of the predictive variance in the model file", kind="flag"),
+    Option("seed", 0, "seed of the random choices (test split, sparse points)", int),
+    Option("output", None, "model file to write (.mlff; required)", library=False, short="-o"),
+    Option("overwrite", False, "replace an existing output model file", kind="flag", library=False),
+    Option("report", None, "write the measured errors and timings to this JSON file", library=False),
+)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("data", nargs="?", help="training data file (extxyz, npz, db ...; eV, Å; "
+                                                "default: \"data\" in --config)")
+    return add_options(parser, OPTIONS)
+
+
+# ------------------------------------------------------------------------------ pieces
+def parse_config_type_sigmas(value) -> dict[str, tuple[float, float, float]]:
+    """``'A=e,f,v;B=e,f,v'`` or a mapping ``{A: [e, f, v]}`` -> ``{A: (e, f, v)}``."""
+    if value in (None, "", {}):
+        return {}
+    items = value.items() if isinstance(value, dict) else (
+        part.split("=", 1) for part in str(value).split(";") if part.strip())
+    out = {}
+    for name, sig in items:
+        vals = sig if isinstance(sig, (list, tuple)) else str(sig).split(",")
+        try:
+            e, f, v = (float(x) for x in vals)
+        except (TypeError, ValueError):
+            raise UsageError(f"--sigma-config-type {name!r}: expected three numbers E,F,V, got {sig!r}") from None
+        if min(e, f, v) <= 0:
+            raise UsageError(f"--sigma-config-type {name!r}: sigmas must be positive")
+        out[str(name).strip()] = (e, f, v)
+    return out
+
+
+def select_sparse(X: np.ndarray, k: int, method: str, rng: np.random.Generator, zeta: int = 1) -> np.ndarray:
+    """Indices of ``k`` representative rows of ``X`` (normalised descriptors), duplicates removed
+    first (identical environments would make the sparse prior singular)."""
+    _, first = np.unique(np.round(X, 10), axis=0, return_index=True)
+    first = np.sort(first)
+    if k >= len(first):
+        return first
+    Xu = X[first]
+    if method == "random":
+        pick = rng.choice(len(first), k, replace=False)
+    elif method == "cur":
+        u, s, _ = np.linalg.svd(Xu, full_matrices=False)
+        rank = int((s > s[0] * 1e-10).sum())
+        lev = (u[:, :rank] ** 2).sum(1)
+        lev = lev / lev.sum()
+        nz = int((lev > 0).sum())
+        pick = rng.choice(len(first), min(k, nz), replace=False, p=lev)
+        if len(pick) < k:
+            rest = np.setdiff1d(np.arange(len(first)), pick)
+            pick = np.concatenate([pick, rng.choice(rest, k - len(pick), replace=False)])
+    elif method == "fps":
+        pick = [int(rng.integers(len(first)))]
+        dist = 2.0 - 2.0 * (Xu @ Xu[pick[0]]) ** zeta
+        for _ in range(k - 1):
+            nxt = int(np.argmax(dist))
+            pick.append(nxt)
+            dist = np.minimum(dist, 2.0 - 2.0 * (Xu @ Xu[nxt]) ** zeta)
+        pick = np.array(pick)
+    else:
+        raise UsageError(f"unknown sparse method {method!r}")
+    return first[np.sort(pick)]
+
+
+def _cholesky(K: np.ndarray, what: str) -> np.ndarray:
+    from ..errors import TrainingError
+
+    L, info = torch.linalg.cholesky_ex(torch.from_numpy(K))
+    if int(info) != 0:
+        raise TrainingError(f"the prior covariance of the {what} is not positive definite (leading minor "
+                            f"{int(info)} of {len(K)}): raise --jitter or use fewer, more distinct sparse points")
+    return L.numpy()
+
+
+def _iter(items, desc: str, quiet: bool):
+    if quiet:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="frame", file=sys.stderr, leave=False)
+
+
+def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
+    """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``."""
+    from ..errors import DatasetError, TrainingError
+    from ..graph import FrameGraphs
+    from ..models.gap import GAPModel, soap_dim
+    from ..rng import random_stream
+
+    t0 = time.perf_counter()
+    frames = [ds[int(i)] for i in train_idx]
+    species = sorted({int(z) for f in frames for z in f.numbers})
+    S = len(species)
+    soap_h = {"cutoff": opts["cutoff"], "n_max": opts["n_max"], "l_max": opts["l_max"],
+              "atom_sigma": opts["atom_sigma"], "cutoff_width": opts["cutoff_width"],
+              "central_weight": opts["central_weight"]}
+    two_body = None
+    if opts["two_body"]:
+        two_body = {"cutoff": float(opts["two_body_cutoff"] or opts["cutoff"]), "width": opts["two_body_width"],
+                    "delta": opts["two_body_delta"], "theta": opts["two_body_theta"],
+                    "n_sparse": int(opts["two_body_n_sparse"])}
+    # 1. descriptors of every training environment (a model with no sparse points yet)
+    probe = GAPModel(species, soap=soap_h, zeta=opts["zeta"], delta=opts["delta"], n_sparse=[0] * S,
+                     two_body=None, variance=False)
+    graphs = FrameGraphs(frames, probe.cutoff if not two_body else max(probe.cutoff, two_body["cutoff"]))
+    desc, desc_species, rmin = [], [], np.inf
+    for k in _iter(range(len(frames)), "SOAP descriptors", quiet):
+        g = graphs[k]
+        s, first, nbr, centre = probe._soap_inputs(g)
+        vec = g.edge_vectors().numpy()
+        p = probe.soap.raw(g.n_atoms, first, nbr, centre, vec)[0]
+        desc.append(p / np.linalg.norm(p, axis=1, keepdims=True))
+        desc_species.append(s.numpy())
+        if len(vec):
+            rmin = min(rmin, float(np.linalg.norm(vec, axis=1).min()))
+    X = np.concatenate(desc)
+    xs = np.concatenate(desc_species)
+    log(f"SOAP: {len(X)} environments, {X.shape[1]} components, {time.perf_counter() - t0:.1f} s")
+    # 2. sparse environments
+    rng = random_stream(opts["seed"], "sparse")
+    chosen = [select_sparse(X[xs == a], int(opts["n_sparse"]), opts["sparse_method"], rng, opts["zeta"])
+              for a in range(S)]
+    n_sparse = [len(c) for c in chosen]
+    model = GAPModel(species, soap=soap_h, zeta=opts["zeta"], delta=opts["delta"], n_sparse=n_sparse,
+                     two_body=two_body, variance=not opts["no_variance"])
+    model.soap = probe.soap  # the same tables (no second quadrature)
+    model.sparse.copy_(torch.from_numpy(np.concatenate([X[xs == a][c] for a, c in enumerate(chosen)])))
+    if two_body:
+        lo = max(0.5, rmin if np.isfinite(rmin) else 0.5)
+        grid = np.linspace(lo, two_body["cutoff"], two_body["n_sparse"])
+        model.pair_sparse.copy_(torch.from_numpy(np.tile(grid, model.n_pair_keys)))
+    log(f"sparse environments per element {dict(zip(species, n_sparse))} ({opts['sparse_method']})"
+        + (f"; 2-body grid {model.n_pair_sparse} distances from {grid[0]:.2f} Å" if two_body else ""))
+    # 3. design matrix, weighted rows
+    sig_ct = parse_config_type_sigmas(opts.get("sigma_config_type"))
+    T = model.n_parameters
+    n_rows = sum((f.energy is not None) + (3 * len(f) if f.forces is not None else 0)
+                 + (6 if f.stress is not None and np.all(f.pbc) else 0) for f in frames)
+    if n_rows == 0:
+        raise DatasetError("the training frames carry no energies, forces or stresses to fit")
+    A = np.zeros((n_rows + T, T + 1))  # [Lambda^-1/2 Phi | Lambda^-1/2 y ; chol(P)^T | 0]
+    row, counts = 0, {"energy": 0, "forces": 0, "virial": 0}
+    t1 = time.perf_counter()
+    voigt = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+    for k in _iter(range(len(frames)), "design matrix", quiet):
+        f = frames[k]
+        g = graphs[k]
+        sE, sF, sV = sig_ct.get(str((f.info or {}).get("config_type")),
+                                (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]))
+        has_v = f.stress is not None and bool(np.all(f.pbc))
+        d = model.design(g, forces=f.forces is not None, virial=has_v)
+        n = len(f)
+        if f.energy is not None:
+            w = 1.0 / (sE * np.sqrt(n))
+            A[row, :T] = w * d["energy"][0]
+            A[row, T] = w * f.energy
+            row += 1
+            counts["energy"] += 1
+        if f.forces is not None:
+            A[row:row + 3 * n, :T] = d["forces"].reshape(3 * n, T) / sF
+            A[row:row + 3 * n, T] = f.forces.reshape(-1) / sF
+            row += 3 * n
+            counts["forces"] += 3 * n
+        if has_v:
+            w = 1.0 / (sV * np.sqrt(n))
+            vol = abs(np.linalg.det(f.cell))
+            s6 = f.stress
+            full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]]) * vol
+            for a, b in voigt:
+                A[row, :T] = w * d["virial"][0, a, b]
+                A[row, T] = w * full[a, b]
+                row += 1
+            counts["virial"] += 6
+    t_design = time.perf_counter() - t1
+    log(f"design matrix {n_rows} x {T} ({counts}) in {t_design:.1f} s, {A.nbytes / 1e9:.2f} GB")
+    # 4. prior blocks and their Cholesky factors
+    M, U = sum(n_sparse), model.n_pair_sparse
+    Z = model.sparse.numpy()
+    sp = model.sparse_species.numpy()
+    Kmm = np.where(sp[:, None] == sp[None, :], Z @ Z.T, 0.0) ** model.zeta * model.delta ** 2
+    Kmm[np.diag_indices(M)] += opts["jitter"] * model.delta ** 2
+    Lm = _cholesky(Kmm, "sparse environments") if M else np.zeros((0, 0))
+    A[n_rows:n_rows + M, :M] = Lm.T
+    if U:
+        rs = model.pair_sparse.numpy()
+        keys = model.pair_key_of().numpy()
+        Kuu = two_body["delta"] ** 2 * np.exp(-0.5 * (rs[:, None] - rs[None, :]) ** 2 / two_body["theta"] ** 2)
+        Kuu *= keys[:, None] == keys[None, :]
+        Kuu[np.diag_indices(U)] += opts["jitter"] * two_body["delta"] ** 2
+        A[n_rows + M:n_rows + M + U, M:M + U] = _cholesky(Kuu, "2-body sparse distances").T
+    A[n_rows + M + U + np.arange(S), M + U + np.arange(S)] = 1.0 / opts["sigma_e0"]
+    # 5. QR of the stacked system: R_aug = [R  Q^T b ; 0  residual]
+    t2 = time.perf_counter()
+    R_aug = torch.linalg.qr(torch.from_numpy(A), mode="r")[1]
+    del A
+    R, qb = R_aug[:T, :T], R_aug[:T, T]
+    diag = R.diagonal().abs()
+    if not torch.isfinite(R_aug).all() or float(diag.min()) <= 1e-13 * float(diag.max()):
+        raise TrainingError("the GAP least-squares system is rank deficient (a zero on the diagonal of R): "
+                            "check for sparse points without data or duplicated labels")
+    x = torch.linalg.solve_triangular(R, qb[:, None], upper=True)[:, 0]
+    residual = float(R_aug[T, T]) if R_aug.shape[0] > T else 0.0
+    t_solve = time.perf_counter() - t2
+    log(f"QR solve of {n_rows + T} x {T} in {t_solve:.1f} s (weighted residual {residual:.4g})")
+    model.set_parameters(x.numpy())
+    if model.variance:
+        model.posterior_r.copy_(R)
+        model.prior_chol.copy_(torch.from_numpy(Lm))
+    info = {"n_environments": int(len(X)), "n_sparse": n_sparse, "n_rows": int(n_rows), "labels": counts,
+            "design_s": t_design, "solve_s": t_solve, "fit_s": time.perf_counter() - t0,
+            "reference_energies_eV": [float(v) for v in model.e0]}
+    return model, info
+
+
+def train(data, progress=None, quiet: bool = True, **options):
+    """``ase_mlff.train("gap", data, **options)``: fit a GAP, evaluate on the held-out frames;
+    returns ``(model, record)``, the record being the ``training`` dict of its model file."""
+    from ..calculator import MLFFCalculator
+    from ..errors import DatasetError
+
+    opts = resolve_options([o for o in OPTIONS if o.library], given=options)
+    log = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    ds = read_training_data(data, opts["energy_unit"])
+    test_frames, test_idx = [], None
+    if opts["test"] is not None:
+        test_ds = read_training_data(opts["test"], opts["energy_unit"])
+        test_frames = list(test_ds)
+        train_idx = np.arange(len(ds))
+    else:
+        n_test = int(opts["n_test"])
+        if not 0 <= n_test < len(ds):
+            raise DatasetError(f"--n-test {n_test} leaves no training frames: the data have {len(ds)} frames")
+        split = ds.split(len(ds) - n_test, 0, n_test, seed=opts["seed"])
+        train_idx, test_idx = np.asarray(split.train), np.asarray(split.test)
+        test_frames = [ds[int(i)] for i in test_idx]
+    log(f"data: {len(ds)} frames; training on {len(train_idx)}, testing on {len(test_frames)}")
+    model, info = fit_gap(ds, train_idx, opts, log=log, quiet=quiet)
+    metrics = {}
+    if test_frames:
+        t = time.perf_counter()
+        metrics["test"] = frame_metrics(test_frames, predict_frames(MLFFCalculator(model), test_frames))
+        info["test_eval_s"] = time.perf_counter() - t
+        log(format_metrics("test", metrics["test"]))
+    info["total_s"] = time.perf_counter() - t0
+    src = data if isinstance(data, (str, os.PathLike)) else getattr(ds, "source", None)
+    rec = common_record(
+        "gap", "ase_mlff.training.gap_train", data_sha256=ds.sha256(), source=None if src is None else str(src),
+        seed=opts["seed"], options={k: v for k, v in opts.items() if k != "test"},
+        split={"train": [int(i) for i in train_idx], "valid": None,
+               "test": None if test_idx is None else [int(i) for i in test_idx]},
+        metrics=metrics, method="sparse GP on SOAP (+2-body), projected process, QR solve (ase-mlff)",
+        test_source=None if opts["test"] is None else str(opts["test"]), **info)
+    return model, rec
+
+
+def run(args) -> int:
+    """The ``train gap`` command; returns the exit code (0, 1 bad data, 2 usage)."""
+    from ..errors import MLFFError
+    from ..io import save_model
+    from .checkpoint import check_output
+    from .sgdml_train import cli_message
+
+    def fail(msg, code):
+        print(f"ase-mlff train gap: error: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        opts = resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",), aliases={"dataset": "data"})
+        if not opts.get("data"):
+            raise UsageError("no data given (the first argument, or \"data\" in --config)")
+        if not opts.get("output"):
+            raise UsageError("no output model file given (-o/--output, or \"output\" in --config)")
+        check_output(opts["output"], bool(opts["overwrite"]), False)
+        parse_config_type_sigmas(opts.get("sigma_config_type"))
+    except UsageError as exc:
+        return fail(exc, 2)
+    except MLFFError as exc:
+        return fail(cli_message(exc), 2)
+    lib = {o.name: opts[o.name] for o in OPTIONS if o.library and o.cli}
+    try:
+        model, rec = train(opts["data"], progress=timed_printer(), quiet=False, **lib)
+    except UsageError as exc:
+        return fail(exc, 2)
+    except (MLFFError, OSError) as exc:
+        return fail(cli_message(exc), 1)
+    rec["command"] = " ".join(sys.argv)
+    save_model(model, opts["output"], training=rec)
+    print(f"GAP model written to {opts['output']}: {model.describe()}; fit {rec['fit_s']:.0f} s")
+    for name, m in rec["metrics"].items():
+        print(format_metrics(name, m))
+        for ct, mm in sorted((m.get("per_config_type") or {}).items()):
+            print("   " + format_metrics(ct, mm))
+    if opts.get("report"):
+        with open(opts["report"], "w") as fh:
+            json.dump(rec, fh, indent=1)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="ase-mlff train gap",
+                                                      description=__doc__.split("\n\n")[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
