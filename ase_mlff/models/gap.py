@@ -13,20 +13,27 @@ are exact derivatives (the SOAP backward pass is compiled; autograd does the res
 
 Parameters ``x = [alpha, beta, e0]`` come from :mod:`ase_mlff.training.gap_train`: the
 projected-process solution on energies, forces and virials. When the model file keeps the
-two triangular factors of that fit (``variance``), the GP's own predictive variance of any
-output that is a linear functional ``L`` of the local energies is available::
+triangular factor ``R`` of that fit (``variance``; ``R^T R = Phi^T Lambda^-1 Phi + prior``),
+the GP gives the predictive variance of any output that is a linear functional of the local
+energies: with ``phi`` the output's row of the design matrix (:meth:`GAPModel.design`)::
 
-    var = [L K L^T - |L_M^-1 k_M|^2] + |R^-T phi|^2
+    var = |R^-T phi|^2
 
-``phi`` the output's row of the design matrix (``k_M`` its SOAP part), ``L_M`` the Cholesky
-factor of the SOAP prior ``K_MM``, ``R`` that of the posterior precision (``R^T R = Phi^T
-Lambda^-1 Phi + prior``). The bracket is the part of the prior the sparse points do not
-represent (zero on a sparse environment, growing away from them), computed exactly for the
-SOAP term; the 2-body term's is neglected (its sparse distances are a dense grid). Energies,
-forces (``sqrt`` of the summed variances of the three components, per atom) and the virial
-(per component) are given; the cost is that of building the design rows of the structure
-(the SOAP Jacobian: about 1 s for 1000 Si atoms at l_max = n_max = 8) plus O(N^2 D) for the
-prior terms, so it is computed only when asked (``MLFFCalculator(..., uncertainty=True)``).
+the posterior variance of the fitted sparse GP (the "subset of regressors" variance). It is
+what ``energy_uncertainty``, ``forces_uncertainty`` (per atom, ``sqrt`` of the summed
+variances of the three components) and ``stress_uncertainty`` (per virial component) give:
+near zero on training data fitted with small sigmas, larger away from them. The
+deterministic-training-conditional (DTC) variance adds ``L K L^T - |L_M^-1 k_M|^2``, the part
+of the SOAP prior the sparse environments do not span (``L_M`` the Cholesky factor of
+``K_MM``); it is available as :meth:`GAPModel.predictive_variance` with
+``include_residual=True``. For forces that residual is large even on the training data (the
+span of ``k(., q_m)`` holds no derivative directions), and on held-out mlearn Si frames it
+ranked the per-atom force errors worse than the posterior variance alone (Spearman 0.81
+against 0.92, ``python benchmarks/gap.py uncertainty``), so it is not the default. Both
+underestimate the errors at the default ``delta`` (docs/gap.md has the calibration factors).
+Cost: building the design rows of the structure (the SOAP Jacobian and a (3N x D) by (D x M)
+product: about 1 s for 1000 Si atoms at l_max = n_max = 8, M = 1000), so it is computed only
+when asked (``MLFFCalculator(..., uncertainty=True)``).
 """
 
 from __future__ import annotations
@@ -270,24 +277,33 @@ class GAPModel(Model):
         z = scipy.linalg.solve_triangular(self.prior_chol.numpy(), flat.T, lower=True)
         return (z * z).sum(0).reshape(rows.shape[:-1])
 
-    def compute_extras(self, graph: Graph, output, stress: bool) -> dict[str, torch.Tensor]:
+    def predictive_variance(self, graph: Graph, stress: bool = False, include_residual: bool = False) -> dict:
+        """Variances (numpy) of the total energies (B,), force components (N, 3) and, with
+        ``stress``, virial components (B, 3, 3): the posterior variance of the fitted model,
+        ``|R^-T phi|^2``; with ``include_residual`` also the part of the SOAP prior the sparse
+        environments do not span, ``L K L^T - |L_M^-1 k_M|^2`` (the DTC variance; see the
+        module docstring for why it is not the default)."""
         from ..errors import InputError
 
         if not self.variance or self.posterior_r.numel() == 0:
             raise InputError("this gap model file was written without the variance factors (trained with "
                              "--no-variance): it gives no uncertainty")
         d = self.design(graph, forces=True, virial=stress)
-        M = sum(self.n_sparse)
-        prior_e, prior_f, prior_w = self._prior_terms(graph, d, stress) if M else (0.0, 0.0, 0.0)
-        var_e = prior_e - self._nystrom(d["energy"]) + self._posterior(d["energy"])
-        var_f = prior_f - self._nystrom(d["forces"]) + self._posterior(d["forces"])
-        out = {"energy_uncertainty": _sqrt(var_e),
-               "forces_uncertainty": _sqrt(np.clip(var_f, 0, None).sum(1))}
+        keys = ("energy", "forces") + (("virial",) if stress else ())
+        out = {k: self._posterior(d[k]) for k in keys}
+        if include_residual and sum(self.n_sparse):
+            prior = dict(zip(("energy", "forces", "virial"), self._prior_terms(graph, d, stress)))
+            for k in keys:
+                out[k] = out[k] + prior[k] - self._nystrom(d[k])
+        return out
+
+    def compute_extras(self, graph: Graph, output, stress: bool) -> dict[str, torch.Tensor]:
+        var = self.predictive_variance(graph, stress)
+        out = {"energy_uncertainty": _sqrt(var["energy"]),
+               "forces_uncertainty": _sqrt(np.clip(var["forces"], 0, None).sum(1))}
         if stress:
-            var_w = prior_w - self._nystrom(d["virial"]) + self._posterior(d["virial"])
-            out["stress_uncertainty"] = _sqrt(var_w)
-        dt = graph.dtype
-        return {k: torch.from_numpy(np.asarray(v)).to(device=graph.device, dtype=dt) for k, v in out.items()}
+            out["stress_uncertainty"] = _sqrt(var["virial"])
+        return {k: torch.from_numpy(np.asarray(v)).to(device=graph.device, dtype=graph.dtype) for k, v in out.items()}
 
     def _prior_terms(self, graph: Graph, d: dict, stress: bool):
         """Prior variances L K L^T of the SOAP term: energies (B,), force components (N, 3) and

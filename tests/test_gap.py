@@ -1,0 +1,271 @@
+"""SOAP descriptor and GAP family: exact derivatives, invariances, the fit, the GP variance.
+
+The conformance suite (test_conformance.py) checks the model contract (finite differences of
+forces and stress, invariances, batching, float32, save/load, extras) on a GAP fitted to real
+frames; this file checks what is particular to SOAP and to the sparse GP.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from scipy.spatial.transform import Rotation
+from scipy.special import eval_legendre
+
+from ase_mlff import MLFFCalculator
+from ase_mlff._ext import _core
+from ase_mlff.data import read
+from ase_mlff.descriptors.soap import SOAP, radial_integrals, cutoff_function
+from ase_mlff.errors import InputError, TrainingError
+from ase_mlff.graph import graph_from_structure
+from ase_mlff.io import load_model, save_model
+from ase_mlff.neighbors import neighbor_list
+from ase_mlff.training.gap_train import _cholesky, parse_config_type_sigmas, select_sparse, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SI = os.path.join(HERE, "data", "si_mlearn_16.extxyz")
+WATER = os.path.join(HERE, "data", "water_deepmd_4.extxyz")
+
+
+@pytest.fixture(scope="module")
+def si():
+    return read(SI)
+
+
+@pytest.fixture(scope="module")
+def small_soap():
+    return SOAP([1, 8, 14], cutoff=4.0, n_max=4, l_max=4, atom_sigma=0.5, cutoff_width=0.5)
+
+
+def _raw(soap, atoms, jacobian=False, vectors=None):
+    pr = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, soap.cutoff)
+    idx = soap.species_index(atoms.numbers)
+    v = pr.vectors if vectors is None else vectors
+    return pr, idx, soap.raw(len(atoms), pr.i, idx[pr.j], idx, v, jacobian=jacobian)
+
+
+# ----------------------------------------------------------------------------- SOAP
+def test_spherical_harmonics_obey_the_addition_theorem():
+    u = np.random.default_rng(0).normal(size=(40, 3))
+    u /= np.linalg.norm(u, axis=1)[:, None]
+    Y = _core.spherical_harmonics(u, 8)
+    for l in range(9):
+        block = Y[:, l * l:(l + 1) ** 2]
+        ref = (2 * l + 1) / (4 * np.pi) * eval_legendre(l, np.clip(u @ u.T, -1, 1))
+        np.testing.assert_allclose(block @ block.T, ref, atol=1e-12)
+
+
+def test_radial_table_interpolates_the_quadrature(small_soap):
+    r = np.array([0.37, 1.234, 2.5051, 3.61, 3.97])
+    g, dg = radial_integrals(r, small_soap.n_max, small_soap.l_max, small_soap.atom_sigma, small_soap.basis_radius)
+    fc, dfc = cutoff_function(r, small_soap.cutoff, small_soap.cutoff_width)
+    want = (fc[:, None, None] * g).reshape(len(r), -1)
+    u = r * small_soap.inv_h
+    k = np.floor(u).astype(int)
+    t = (u - k)[:, None]
+    c = small_soap.table[k]
+    got = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+    np.testing.assert_allclose(got, want, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("path", [SI, WATER])
+def test_soap_jacobian_and_backward_equal_finite_differences(path, small_soap):
+    atoms = read(path)[0].to_atoms()
+    pr, idx, (p, coeffs, J) = _raw(small_soap, atoms, jacobian=True)
+    rng = np.random.default_rng(1)
+    for q in rng.choice(len(pr.i), 4, replace=False):
+        for c in range(3):
+            h = 1e-5
+            vp, vm = pr.vectors.copy(), pr.vectors.copy()
+            vp[q, c] += h
+            vm[q, c] -= h
+            fd = (_raw(small_soap, atoms, vectors=vp)[2][0] - _raw(small_soap, atoms, vectors=vm)[2][0]) / (2 * h)
+            i = pr.i[q]
+            assert np.abs(fd[i] - J[q, c]).max() <= 1e-7 * max(1.0, np.abs(J[q, c]).max())
+            others = np.delete(fd, i, axis=0)
+            assert np.abs(others).max() < 1e-9  # a pair vector moves only its centre's environment
+    g = rng.normal(size=p.shape)
+    back = small_soap.backward(g, coeffs, pr.i, idx[pr.j], idx, pr.vectors)
+    np.testing.assert_allclose(back, np.einsum("pcd,pd->pc", J, g[pr.i]), atol=1e-10 * np.abs(back).max())
+
+
+def test_soap_is_invariant_to_rotation_translation_and_permutation(si, small_soap):
+    atoms = si[13].to_atoms()
+    ref = small_soap.compute(atoms)
+    rot = atoms.copy()
+    R = Rotation.random(random_state=3).as_matrix()
+    rot.positions = atoms.positions @ R.T
+    rot.cell = atoms.cell.array @ R.T
+    np.testing.assert_allclose(small_soap.compute(rot), ref, atol=1e-12)
+    moved = atoms.copy()
+    moved.positions += np.array([0.3, -1.2, 2.5])
+    np.testing.assert_allclose(small_soap.compute(moved), ref, atol=1e-12)
+    perm = np.random.default_rng(4).permutation(len(atoms))
+    np.testing.assert_allclose(small_soap.compute(atoms[perm]), ref[perm], atol=1e-12)
+
+
+def test_soap_dot_products_equal_the_full_tensor_ones(small_soap):
+    """The stored entries (a <= b, n <= n' on the diagonal, with sqrt 2) keep dot products."""
+    atoms = read(WATER)[0].to_atoms()
+    pr, idx, (p, coeffs, _) = _raw(small_soap, atoms)
+    S, N, L = 3, small_soap.n_max, small_soap.l_max
+    c = coeffs.reshape(len(atoms), S, N, (L + 1) ** 2)
+    full = np.stack([np.einsum("xnm,ykm->xnykm", ci, ci) for ci in c])  # (N, S, n, S, n', lm)
+    full = np.stack([np.stack([full[..., l * l:(l + 1) ** 2].sum(-1) / np.sqrt(2 * l + 1) for l in range(L + 1)], -1)
+                     for _ in [0]])[0].reshape(len(atoms), -1)
+    np.testing.assert_allclose(p @ p.T, full @ full.T, rtol=1e-10, atol=1e-12)
+
+
+def test_soap_refuses_unknown_elements(small_soap):
+    atoms = bulk("Cu", "fcc", a=3.6)
+    with pytest.raises(InputError, match="29"):
+        small_soap.compute(atoms)
+
+
+# ----------------------------------------------------------------------------- fit
+@pytest.fixture(scope="module")
+def fitted(si):
+    model, rec = train(si[list(range(12))], cutoff=4.5, n_max=5, l_max=4, n_sparse=120, two_body=True,
+                       sigma_energy=0.001, sigma_force=0.05, sigma_virial=0.05, seed=0)
+    return model, rec
+
+
+def test_design_rows_reproduce_the_model(fitted, si):
+    model, _ = fitted
+    g = graph_from_structure(si[14].to_atoms(), model.cutoff)
+    out = model.compute(g, forces=True, stress=True)
+    d = model.design(g)
+    x = model.parameters_vector()
+    assert float(out.energy[0]) == pytest.approx(float(d["energy"][0] @ x), abs=1e-8)
+    np.testing.assert_allclose(out.forces.numpy(), d["forces"] @ x, atol=1e-8)
+    np.testing.assert_allclose(out.virial.numpy()[0], d["virial"][0] @ x, atol=1e-7)
+
+
+def test_fit_reproduces_training_energies_within_sigma(fitted, si):
+    """Energies are fitted with sigma_E = 1 meV/atom (sqrt(N) meV per frame): the residuals of
+    the training frames are of that size, not of the model's test error (~10 meV/atom)."""
+    model, _ = fitted
+    calc = MLFFCalculator(model)
+    errs = []
+    for fr in si[list(range(12))]:
+        a = fr.to_atoms()
+        a.calc = calc
+        errs.append(abs(a.get_potential_energy() - fr.energy) / len(fr))
+    assert np.mean(errs) <= 0.001
+    assert max(errs) <= 0.003
+
+
+def test_stress_labels_enter_the_fit(si):
+    """The virial rows are used: a fit with a tiny virial sigma reproduces the training stresses
+    far better than one that effectively ignores them."""
+    frames = si[[13, 14, 15, 9, 10]]
+    common = dict(cutoff=4.0, n_max=4, l_max=3, n_sparse=60, seed=0, no_variance=True)
+    errs = {}
+    for name, sv in (("tight", 1e-4), ("loose", 1e3)):
+        model, _ = train(frames, sigma_virial=sv, **common)
+        calc = MLFFCalculator(model)
+        e = []
+        for fr in frames:
+            a = fr.to_atoms()
+            a.calc = calc
+            e.append(np.abs(a.get_stress() - fr.stress).max())
+        errs[name] = max(e)
+    assert errs["tight"] < 0.2 * errs["loose"]
+
+
+def test_variance_is_small_at_the_data_and_grows_away(si):
+    frames = si[[0, 4, 9, 13]]
+    model, _ = train(frames, cutoff=4.0, n_max=4, l_max=3, n_sparse=400, sigma_energy=1e-5, sigma_force=1e-4,
+                     sigma_virial=1e-4, seed=0)
+    calc = MLFFCalculator(model, uncertainty=True)
+    sig_e, sig_f = [], []
+    for amplitude in (0.0, 0.05, 0.15, 0.3):
+        far = frames[0].to_atoms()
+        if amplitude:
+            far.rattle(amplitude, seed=2)
+        far.calc = calc
+        far.get_potential_energy()
+        sig_e.append(calc.results["energy_uncertainty"] / len(far))
+        sig_f.append(calc.results["forces_uncertainty"].mean())
+    assert sig_e[0] < 1e-5 and sig_f[0] < 5e-4  # at a training frame: about the sigmas fitted with
+    assert np.all(np.diff(sig_e) > 0) and np.all(np.diff(sig_f) > 0)
+    assert sig_e[-1] > 10 * sig_e[0] and sig_f[-1] > 3 * sig_f[0]
+    stress_u = calc.get_property("stress_uncertainty", far)
+    assert stress_u.shape == (6,) and np.all(stress_u > 0)
+    # the DTC variance adds the prior the sparse points do not span: larger, never smaller
+    g = graph_from_structure(far, model.cutoff)
+    plain = model.predictive_variance(g, stress=True)
+    dtc = model.predictive_variance(g, stress=True, include_residual=True)
+    for k in plain:
+        assert np.all(dtc[k] >= plain[k] - 1e-12)
+
+
+def test_save_load_keeps_predictions_and_variance(fitted, si, tmp_path):
+    model, rec = fitted
+    path = tmp_path / "si.mlff"
+    save_model(model, path, training=rec)
+    loaded = load_model(path)
+    a = si[14].to_atoms()
+    res = []
+    for m in (model, loaded):
+        calc = MLFFCalculator(m, uncertainty=True)
+        a.calc = calc
+        res.append((a.get_potential_energy(), a.get_forces(), calc.results["forces_uncertainty"]))
+    assert res[0][0] == res[1][0]
+    np.testing.assert_array_equal(res[0][1], res[1][1])
+    np.testing.assert_array_equal(res[0][2], res[1][2])
+
+
+def test_model_without_variance_refuses_uncertainty(si):
+    model, _ = train(si[[13, 14]], cutoff=4.0, n_max=3, l_max=2, n_sparse=20, no_variance=True)
+    with pytest.raises(InputError, match="variance"):
+        model.compute(graph_from_structure(si[13].to_atoms(), model.cutoff), extras=True)
+
+
+# ----------------------------------------------------------------------------- pieces
+@pytest.mark.parametrize("method", ["cur", "fps", "random"])
+def test_sparse_selection_is_distinct_and_deduplicated(method):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 6))
+    X = np.concatenate([X, X[:10]])  # ten duplicated environments
+    X /= np.linalg.norm(X, axis=1)[:, None]
+    pick = select_sparse(X, 30, method, np.random.default_rng(1), zeta=2)
+    assert len(pick) == 30 and len(set(pick.tolist())) == 30
+    assert len(np.unique(np.round(X[pick], 10), axis=0)) == 30
+    assert len(select_sparse(X, 100, method, np.random.default_rng(1))) == 50  # all distinct ones
+
+
+def test_singular_prior_is_a_training_error():
+    K = np.ones((3, 3))
+    with pytest.raises(TrainingError, match="positive definite"):
+        _cholesky(K, "sparse environments")
+
+
+def test_config_type_sigmas_parse_and_refuse_nonsense():
+    assert parse_config_type_sigmas("Surface=0.005,0.2,0.2; Vacancy=0.003,0.1,0.1") == {
+        "Surface": (0.005, 0.2, 0.2), "Vacancy": (0.003, 0.1, 0.1)}
+    assert parse_config_type_sigmas({"AIMD": [0.01, 0.1, 0.1]}) == {"AIMD": (0.01, 0.1, 0.1)}
+    from ase_mlff.training.common import UsageError
+
+    with pytest.raises(UsageError):
+        parse_config_type_sigmas("Surface=0.1,0.2")
+    with pytest.raises(UsageError):
+        parse_config_type_sigmas("Surface=0,0.2,0.2")
+
+
+def test_train_gap_command_with_yaml_config(tmp_path, capsys):
+    from ase_mlff.cli import main
+
+    cfg = tmp_path / "gap.yaml"
+    cfg.write_text(f"data: {SI}\ncutoff: 4.0\nn-max: 3\nl-max: 2\nn_sparse: 30\nn_test: 3\ntwo_body: true\n"
+                   "sigma_config_type:\n  Surface: [0.004, 0.2, 0.2]\n")
+    out = tmp_path / "m.mlff"
+    assert main(["train", "gap", "--config", str(cfg), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "GAP model written" in text and "test (3 frames)" in text
+    assert load_model(out).family == "gap"
+    assert main(["train", "gap", "--config", str(cfg), "-o", str(out)]) == 2  # exists: not replaced
