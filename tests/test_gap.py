@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 from scipy.spatial.transform import Rotation
 from scipy.special import eval_legendre

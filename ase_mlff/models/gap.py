@@ -212,7 +212,6 @@ class GAPModel(Model):
         M, U, S = sum(self.n_sparse), self.n_pair_sparse, len(self.species)
         T = M + U + S
         E = np.zeros((N, T))  # per-atom energy rows
-        G = None  # per-pair d eps_i / d d_p rows, filled chunk by chunk into F and W
         F = np.zeros((N, 3, T)) if forces else None
         W = np.zeros((B, 3, 3, T)) if virial else None
         need_grad = forces or virial

@@ -41,7 +41,7 @@ import time
 import numpy as np
 import torch
 
-from .common import (Option, UsageError, add_options, check_new_output, format_metrics, frame_metrics,
+from .common import (Option, UsageError, add_options, format_metrics, frame_metrics,
                      predict_frames, read_training_data, resolve_options, timed_printer)
 from .common import training_record as common_record
 
@@ -160,7 +160,7 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
     """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``."""
     from ..errors import DatasetError, TrainingError
     from ..graph import FrameGraphs
-    from ..models.gap import GAPModel, soap_dim
+    from ..models.gap import GAPModel
     from ..rng import random_stream
 
     t0 = time.perf_counter()
