@@ -28,8 +28,8 @@ of the SOAP prior the sparse environments do not span (``L_M`` the Cholesky fact
 ``K_MM``); it is available as :meth:`GAPModel.predictive_variance` with
 ``include_residual=True``. For forces that residual is large even on the training data (the
 span of ``k(., q_m)`` holds no derivative directions), and on held-out mlearn Si frames it
-ranked the per-atom force errors worse than the posterior variance alone (Spearman 0.81
-against 0.92, ``python benchmarks/gap.py uncertainty``), so it is not the default. Both
+ranked the per-atom force errors worse than the posterior variance alone (Spearman 0.85
+against 0.91, ``python benchmarks/gap.py uncertainty``), so it is not the default. Both
 underestimate the errors at the default ``delta`` (docs/gap.md has the calibration factors).
 Cost: building the design rows of the structure (the SOAP Jacobian and a (3N x D) by (D x M)
 product: about 1 s for 1000 Si atoms at l_max = n_max = 8, M = 1000), so it is computed only
