@@ -23,7 +23,8 @@ from ase_mlff.errors import InputError, TrainingError
 from ase_mlff.graph import graph_from_structure
 from ase_mlff.io import load_model, save_model
 from ase_mlff.neighbors import neighbor_list
-from ase_mlff.training.gap_train import _cholesky, parse_config_type_sigmas, select_sparse, train
+from ase_mlff.training.gap_train import parse_config_type_sigmas, select_sparse, train
+from ase_mlff.training.sparse_gp import cholesky_upper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SI = os.path.join(HERE, "data", "si_mlearn_16.extxyz")
@@ -241,7 +242,7 @@ def test_sparse_selection_is_distinct_and_deduplicated(method):
 def test_singular_prior_is_a_training_error():
     K = np.ones((3, 3))
     with pytest.raises(TrainingError, match="positive definite"):
-        _cholesky(K, "sparse environments")
+        cholesky_upper(K, "sparse environments")
 
 
 def test_config_type_sigmas_parse_and_refuse_nonsense():

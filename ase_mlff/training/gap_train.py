@@ -44,6 +44,8 @@ import torch
 from .common import (Option, UsageError, add_options, format_metrics, frame_metrics,
                      predict_frames, read_training_data, resolve_options, timed_printer)
 from .common import training_record as common_record
+from . import sparse_gp
+from .sparse_gp import cholesky_upper, has_virial
 
 OPTIONS = (
     Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
@@ -138,27 +140,8 @@ def select_sparse(X: np.ndarray, k: int, method: str, rng: np.random.Generator, 
     return first[np.sort(pick)]
 
 
-def _cholesky(K: np.ndarray, what: str) -> np.ndarray:
-    from ..errors import TrainingError
-
-    L, info = torch.linalg.cholesky_ex(torch.from_numpy(K))
-    if int(info) != 0:
-        raise TrainingError(f"the prior covariance of the {what} is not positive definite (leading minor "
-                            f"{int(info)} of {len(K)}): raise --jitter or use fewer, more distinct sparse points")
-    return L.numpy()
-
-
-def _iter(items, desc: str, quiet: bool):
-    if quiet:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="frame", file=sys.stderr, leave=False)
-
-
 def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
     """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``."""
-    from ..errors import DatasetError, TrainingError
     from ..graph import FrameGraphs
     from ..models.gap import GAPModel
     from ..rng import random_stream
@@ -180,7 +163,7 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
                      two_body=None, variance=False)
     graphs = FrameGraphs(frames, probe.cutoff if not two_body else max(probe.cutoff, two_body["cutoff"]))
     desc, desc_species, rmin = [], [], np.inf
-    for k in _iter(range(len(frames)), "SOAP descriptors", quiet):
+    for k in sparse_gp.progress(range(len(frames)), "SOAP descriptors", quiet):
         g = graphs[k]
         s, first, nbr, centre = probe._soap_inputs(g)
         vec = g.edge_vectors().numpy()
@@ -207,83 +190,36 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
         model.pair_sparse.copy_(torch.from_numpy(np.tile(grid, model.n_pair_keys)))
     log(f"sparse environments per element {dict(zip(species, n_sparse))} ({opts['sparse_method']})"
         + (f"; 2-body grid {model.n_pair_sparse} distances from {grid[0]:.2f} Å" if two_body else ""))
-    # 3. design matrix, weighted rows
-    sig_ct = parse_config_type_sigmas(opts.get("sigma_config_type"))
-    T = model.n_parameters
-    n_rows = sum((f.energy is not None) + (3 * len(f) if f.forces is not None else 0)
-                 + (6 if f.stress is not None and np.all(f.pbc) else 0) for f in frames)
-    if n_rows == 0:
-        raise DatasetError("the training frames carry no energies, forces or stresses to fit")
-    A = np.zeros((n_rows + T, T + 1))  # [Lambda^-1/2 Phi | Lambda^-1/2 y ; chol(P)^T | 0]
-    row, counts = 0, {"energy": 0, "forces": 0, "virial": 0}
-    t1 = time.perf_counter()
-    voigt = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-    for k in _iter(range(len(frames)), "design matrix", quiet):
-        f = frames[k]
-        g = graphs[k]
-        sE, sF, sV = sig_ct.get(str((f.info or {}).get("config_type")),
-                                (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]))
-        has_v = f.stress is not None and bool(np.all(f.pbc))
-        d = model.design(g, forces=f.forces is not None, virial=has_v)
-        n = len(f)
-        if f.energy is not None:
-            w = 1.0 / (sE * np.sqrt(n))
-            A[row, :T] = w * d["energy"][0]
-            A[row, T] = w * f.energy
-            row += 1
-            counts["energy"] += 1
-        if f.forces is not None:
-            A[row:row + 3 * n, :T] = d["forces"].reshape(3 * n, T) / sF
-            A[row:row + 3 * n, T] = f.forces.reshape(-1) / sF
-            row += 3 * n
-            counts["forces"] += 3 * n
-        if has_v:
-            w = 1.0 / (sV * np.sqrt(n))
-            vol = abs(np.linalg.det(f.cell))
-            s6 = f.stress
-            full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]]) * vol
-            for a, b in voigt:
-                A[row, :T] = w * d["virial"][0, a, b]
-                A[row, T] = w * full[a, b]
-                row += 1
-            counts["virial"] += 6
-    t_design = time.perf_counter() - t1
-    log(f"design matrix {n_rows} x {T} ({counts}) in {t_design:.1f} s, {A.nbytes / 1e9:.2f} GB")
-    # 4. prior blocks and their Cholesky factors
+    # 3. prior blocks, then the weighted least-squares solve (ase_mlff.training.sparse_gp)
     M, U = sum(n_sparse), model.n_pair_sparse
     Z = model.sparse.numpy()
     sp = model.sparse_species.numpy()
     Kmm = np.where(sp[:, None] == sp[None, :], Z @ Z.T, 0.0) ** model.zeta * model.delta ** 2
     Kmm[np.diag_indices(M)] += opts["jitter"] * model.delta ** 2
-    Lm = _cholesky(Kmm, "sparse environments") if M else np.zeros((0, 0))
-    A[n_rows:n_rows + M, :M] = Lm.T
+    Um = cholesky_upper(Kmm, "sparse environments") if M else np.zeros((0, 0))
+    prior = [(slice(0, M), Um)]
     if U:
         rs = model.pair_sparse.numpy()
         keys = model.pair_key_of().numpy()
         Kuu = two_body["delta"] ** 2 * np.exp(-0.5 * (rs[:, None] - rs[None, :]) ** 2 / two_body["theta"] ** 2)
         Kuu *= keys[:, None] == keys[None, :]
         Kuu[np.diag_indices(U)] += opts["jitter"] * two_body["delta"] ** 2
-        A[n_rows + M:n_rows + M + U, M:M + U] = _cholesky(Kuu, "2-body sparse distances").T
-    A[n_rows + M + U + np.arange(S), M + U + np.arange(S)] = 1.0 / opts["sigma_e0"]
-    # 5. QR of the stacked system: R_aug = [R  Q^T b ; 0  residual]
-    t2 = time.perf_counter()
-    R_aug = torch.linalg.qr(torch.from_numpy(A), mode="r")[1]
-    del A
-    R, qb = R_aug[:T, :T], R_aug[:T, T]
-    diag = R.diagonal().abs()
-    if not torch.isfinite(R_aug).all() or float(diag.min()) <= 1e-13 * float(diag.max()):
-        raise TrainingError("the GAP least-squares system is rank deficient (a zero on the diagonal of R): "
-                            "check for sparse points without data or duplicated labels")
-    x = torch.linalg.solve_triangular(R, qb[:, None], upper=True)[:, 0]
-    residual = float(R_aug[T, T]) if R_aug.shape[0] > T else 0.0
-    t_solve = time.perf_counter() - t2
-    log(f"QR solve of {n_rows + T} x {T} in {t_solve:.1f} s (weighted residual {residual:.4g})")
-    model.set_parameters(x.numpy())
+        prior.append((slice(M, M + U), cholesky_upper(Kuu, "2-body sparse distances")))
+    prior.append((slice(M + U, M + U + S), np.eye(S) / opts["sigma_e0"]))
+
+    def design(k):
+        f = frames[k]
+        d = model.design(graphs[k], forces=f.forces is not None, virial=has_virial(f))
+        return {"energy": d["energy"][0], "forces": d["forces"], "virial": None if d["virial"] is None else d["virial"][0]}
+
+    x, R, fit_info = sparse_gp.solve(frames, design, model.n_parameters, prior,
+                                     (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]),
+                                     parse_config_type_sigmas(opts.get("sigma_config_type")), log=log, quiet=quiet)
+    model.set_parameters(x)
     if model.variance:
         model.posterior_r.copy_(R)
-        model.prior_chol.copy_(torch.from_numpy(Lm))
-    info = {"n_environments": int(len(X)), "n_sparse": n_sparse, "n_rows": int(n_rows), "labels": counts,
-            "design_s": t_design, "solve_s": t_solve, "fit_s": time.perf_counter() - t0,
+        model.prior_chol.copy_(torch.from_numpy(Um.T))
+    info = {"n_environments": int(len(X)), "n_sparse": n_sparse, **fit_info, "fit_s": time.perf_counter() - t0,
             "reference_energies_eV": [float(v) for v in model.e0]}
     return model, info
 

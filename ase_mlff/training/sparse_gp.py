@@ -1,0 +1,123 @@
+"""The regularised least-squares solve shared by the sparse-GP families (GAP, sparse MFF).
+
+A sparse (projected-process) GP whose predictions are linear in its parameters ``x``
+(coefficients of the sparse points, per-element ``e0``) is fitted to total energies, forces
+and virials by minimising (B6 Eqs. 6.5-6.7, 6.22-6.23)::
+
+    |Lambda^-1/2 (Phi x - y)|^2 + x^T P x
+
+``Phi`` the design matrix (one row per label, from the family's ``design(frame)``), ``Lambda``
+the expected errors and ``P`` the block-diagonal prior precision. It is solved by a QR
+decomposition of the stacked matrix ``[Lambda^-1/2 Phi, Lambda^-1/2 y ; chol(P)^T, 0]``
+(mode "r": the last column of ``R`` is ``Q^T y``, so ``Q`` is never formed): no normal
+equations (which square the condition number) and no threaded OpenBLAS Cholesky (PEERS.md).
+
+Expected errors: ``sigma_energy`` and ``sigma_virial`` are per atom and scaled by ``sqrt(N)``
+for a frame of N atoms (gap_fit's ``sigma_per_atom=T``), ``sigma_force`` per component;
+per-config_type overrides replace all three for frames of that config_type.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DatasetError, TrainingError
+
+#: order of the six virial components in the design matrix (ASE Voigt: xx yy zz yz xz xy)
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def cholesky_upper(K: np.ndarray, what: str) -> np.ndarray:
+    """``L^T`` of ``K = L L^T`` (torch/LAPACK); a matrix that is not positive definite is a
+    :class:`TrainingError` naming ``what``."""
+    L, info = torch.linalg.cholesky_ex(torch.from_numpy(np.ascontiguousarray(K)))
+    if int(info) != 0:
+        raise TrainingError(f"the prior covariance of the {what} is not positive definite (leading minor "
+                            f"{int(info)} of {len(K)}): raise --jitter or use fewer, more distinct sparse points")
+    return L.numpy().T
+
+
+def has_virial(frame) -> bool:
+    return frame.stress is not None and bool(np.all(frame.pbc))
+
+
+def count_rows(frames: Sequence) -> int:
+    return sum((f.energy is not None) + (3 * len(f) if f.forces is not None else 0) + (6 if has_virial(f) else 0)
+               for f in frames)
+
+
+def progress(items, desc: str, quiet: bool):
+    if quiet:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="frame", file=sys.stderr, leave=False)
+
+
+def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior: Sequence[tuple[slice, np.ndarray]],
+          sigmas: tuple[float, float, float], config_type_sigmas: dict | None = None, log=print,
+          quiet: bool = True) -> tuple[np.ndarray, torch.Tensor, dict]:
+    """Fit ``x`` (length ``n_params``); returns ``(x, R, info)`` with ``R`` the (T, T) upper
+    triangular factor of ``Phi^T Lambda^-1 Phi + P`` (for the predictive variance).
+
+    ``design(k)``: rows of frame ``k`` against ``x``: ``{"energy": (T,), "forces": (N, 3, T)
+    or None, "virial": (3, 3, T) or None}``, ``virial`` being ``dE/d(strain)`` (the label is
+    ``stress * volume``). ``prior``: ``(columns, U)`` blocks with ``U^T U`` the prior precision
+    of those columns. ``sigmas``: default ``(sigma_E, sigma_F, sigma_V)``.
+    """
+    T = int(n_params)
+    n_rows = count_rows(frames)
+    if n_rows == 0:
+        raise DatasetError("the training frames carry no energies, forces or stresses to fit")
+    config_type_sigmas = config_type_sigmas or {}
+    A = np.zeros((n_rows + T, T + 1))
+    row, counts = 0, {"energy": 0, "forces": 0, "virial": 0}
+    t0 = time.perf_counter()
+    for k in progress(range(len(frames)), "design matrix", quiet):
+        f = frames[k]
+        sE, sF, sV = config_type_sigmas.get(str((f.info or {}).get("config_type")), sigmas)
+        d = design(k)
+        n = len(f)
+        if f.energy is not None:
+            w = 1.0 / (sE * np.sqrt(n))
+            A[row, :T] = w * d["energy"]
+            A[row, T] = w * f.energy
+            row += 1
+            counts["energy"] += 1
+        if f.forces is not None:
+            A[row:row + 3 * n, :T] = d["forces"].reshape(3 * n, T) / sF
+            A[row:row + 3 * n, T] = f.forces.reshape(-1) / sF
+            row += 3 * n
+            counts["forces"] += 3 * n
+        if has_virial(f):
+            w = 1.0 / (sV * np.sqrt(n))
+            s6 = f.stress
+            full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]])
+            full *= abs(np.linalg.det(f.cell))
+            for a, b in VOIGT:
+                A[row, :T] = w * d["virial"][a, b]
+                A[row, T] = w * full[a, b]
+                row += 1
+            counts["virial"] += 6
+    t_design = time.perf_counter() - t0
+    log(f"design matrix {n_rows} x {T} ({counts}) in {t_design:.1f} s, {A.nbytes / 1e9:.2f} GB")
+    for cols, U in prior:
+        A[n_rows + cols.start:n_rows + cols.stop, cols] = U
+    t1 = time.perf_counter()
+    R_aug = torch.linalg.qr(torch.from_numpy(A), mode="r")[1]
+    del A
+    R, qy = R_aug[:T, :T], R_aug[:T, T]
+    diag = R.diagonal().abs()
+    if not torch.isfinite(R_aug).all() or float(diag.min()) <= 1e-13 * float(diag.max()):
+        raise TrainingError("the least-squares system is rank deficient (a zero on the diagonal of R): "
+                            "check for sparse points without data or duplicated labels")
+    x = torch.linalg.solve_triangular(R, qy[:, None], upper=True)[:, 0]
+    t_solve = time.perf_counter() - t1
+    log(f"QR solve of {n_rows + T} x {T} in {t_solve:.1f} s")
+    info = {"n_rows": int(n_rows), "labels": counts, "design_s": t_design, "solve_s": t_solve}
+    return x.numpy(), R, info
