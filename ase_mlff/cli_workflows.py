@@ -313,14 +313,17 @@ def _eos_parser(p) -> None:
 def _run_eval(args) -> int:
     from .data import read
     from .workflows._common import load_calculator
-    from .workflows.evaluate import evaluate
+    from .workflows.evaluate import evaluate, file_indices, read_group_values
 
     calc = load_calculator(args.model, device=args.device, dtype=args.dtype)
     data = read(args.data, index=args.index, energy_unit=args.energy_unit, length_unit=args.length_unit,
                 require_energy=False, require_forces=False)
+    csv = False if args.csv is not None and args.csv.lower() == "none" else args.csv
     res = evaluate(calc, data, batch_size=args.batch_size, stress=False if args.no_stress else None,
                    progress=not args.no_progress, outdir=args.outdir, plot=not args.no_plot,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, group_by=args.group_by,
+                   group_values=read_group_values(args.data, args.index, data, args.group_by),
+                   frame_index=file_indices(args.data, args.index, data), csv=csv)
     print(f"model   {args.model}: {calc.model.family}; data {args.data} (index {args.index})")
     print(res.summary())
     return 0
@@ -336,7 +339,13 @@ def _eval_parser(p) -> None:
     p.add_argument("--length-unit", default=None, help="length unit of the data: Ang or Bohr (default Ang)")
     p.add_argument("--batch-size", type=_pos_int, default=16, help="frames per batched evaluation")
     p.add_argument("--no-stress", action="store_true", help="do not compare stresses")
-    p.add_argument("--outdir", default=".", help="directory for eval_metrics.json and parity.png")
+    p.add_argument("--group-by", action="append", metavar="KEY",
+                   help="info key of the frames to break the errors down by; repeat for several tables "
+                        "(default: config_type when the frames have one)")
+    p.add_argument("--outdir", default=".", help="directory for eval_metrics.json, parity.png and eval_frames.csv")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="per-frame errors as CSV, one row per frame; 'none' for none "
+                        "(default: OUTDIR/eval_frames.csv)")
     p.add_argument("--no-plot", action="store_true", help="do not write parity.png")
     p.add_argument("--overwrite", action="store_true", help="replace those files if they exist (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -349,8 +358,8 @@ _COMMANDS = {
     "phonons": (_phonons_parser, "phonon band structure and DOS with phonopy (finite displacements or "
                                  "the analytic Hessian)"),
     "eos": (_eos_parser, "equation of state: E(V) with a Birch-Murnaghan fit (V0, E0, B)"),
-    "eval": (_eval_parser, "errors of a model on a labelled dataset (energy, forces per element, stress) "
-                           "and a parity plot"),
+    "eval": (_eval_parser, "errors of a model on a labelled dataset (energy, forces, stress), per element, "
+                           "per config_type (or --group-by KEY) and per frame, and a parity plot"),
 }
 
 
