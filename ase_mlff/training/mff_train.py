@@ -38,16 +38,31 @@ from .common import training_record as common_record
 
 #: options that change the trained model (recorded in checkpoints; a resume must match them)
 MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
-                 "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed")
+                 "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed",
+                 "fit", "n_sparse2", "n_sparse3", "sigma_energy", "sigma_force", "sigma_virial",
+                 "sigma_config_type", "sigma_e0", "jitter")
 
 #: every option of ``train mff``: library keyword, flag and config key (docs/training.md)
 OPTIONS = (
     Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
     Option("rc2", 5.0, "2-body cutoff (Å; 0: no 2-body term)", float),
     Option("rc3", 3.7, "3-body cutoff (Å; 0: no 3-body term)", float),
-    Option("n_test", 60, "frames held out for testing", int),
-    Option("n_energy", 8, "training energies used", int),
-    Option("n_force_atoms", 100, "atoms whose forces are used", int),
+    Option("test", None, "held-out test data file (none: --n-test random frames of the data)", kind="dataset"),
+    Option("n_test", 60, "frames held out for testing when --test is not given", int),
+    Option("write_test", None, "write the held-out test frames to this extxyz file", library=False),
+    Option("fit", "sparse", "sparse: inducing-point GP on every energy, force and virial of the training "
+                            "frames; full: exact GP on --n-energy energies and --n-force-atoms atoms",
+           choices=("sparse", "full")),
+    Option("n_sparse2", 40, "sparse fit: inducing distances per element pair", int),
+    Option("n_sparse3", 1000, "sparse fit: inducing triangles per species triple (farthest points)", int),
+    Option("sigma_energy", 0.002, "sparse fit: expected energy error per atom (eV/atom; times sqrt(N))", float),
+    Option("sigma_force", 0.05, "sparse fit: expected force error per component (eV/Å)", float),
+    Option("sigma_virial", 0.02, "sparse fit: expected virial error per atom (eV/atom; times sqrt(N))", float),
+    Option("sigma_config_type", None, "sparse fit: per-config_type sigmas 'TYPE=E,F,V;...' (or a YAML mapping)"),
+    Option("sigma_e0", 100.0, "sparse fit: prior width of the per-element reference energies (eV)", float),
+    Option("jitter", 1e-8, "sparse fit: relative jitter on the diagonal of the inducing-point prior", float),
+    Option("n_energy", 8, "full fit: training energies (sparse fit: energies of the hyperparameter search)", int),
+    Option("n_force_atoms", 100, "full fit: atoms whose forces are used", int),
     Option("atoms_per_frame", 2, "force atoms taken per frame", int),
     Option("hyper_energy", 4, "energies in the hyperparameter subset", int),
     Option("hyper_force_atoms", 40, "force atoms in the hyperparameter subset", int),
@@ -120,8 +135,11 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     from .mff_gp import Hyper, NBodyGP
 
     t_start = time.perf_counter()
+    test_file = getattr(args, "test", None)
+    if test_file is not None:
+        args.n_test = 0
     _check_counts(args, len(ds))
-    ident = identity("mff", ds.sha256(), {k: getattr(args, k) for k in MODEL_OPTIONS})
+    ident = identity("mff", ds.sha256(), {k: getattr(args, k, None) for k in MODEL_OPTIONS if k != "test"})
     split = ds.split(len(ds) - args.n_test, 0, args.n_test, seed=args.seed)
     pool = split.train
     energy_pool = [int(i) for i in pool if ds[int(i)].energy is not None]
@@ -133,8 +151,14 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     hyper_force = _pick_force_atoms(ds, [f for f, _ in force_atoms], args.hyper_force_atoms, args.atoms_per_frame,
                                     random_stream(args.seed, "hyper-force-atoms"))
     species = ds.elements
-    log(f"data: {len(ds)} frames, elements {species}; training pool {len(pool)}, test {len(split.test)}; "
-        f"{len(energy_frames)} energies, {sum(len(a) for _, a in force_atoms)} force atoms")
+    n_test = len(split.test) if test_file is None else f"the frames of {test_file}"
+    if args.fit == "sparse":
+        log(f"data: {len(ds)} frames, elements {species}; sparse fit on all {len(pool)} training frames, "
+            f"test {n_test}; hyperparameters from {len(hyper_energy)} energies and "
+            f"{sum(len(a) for _, a in hyper_force)} force atoms")
+    else:
+        log(f"data: {len(ds)} frames, elements {species}; training pool {len(pool)}, test {n_test}; "
+            f"{len(energy_frames)} energies, {sum(len(a) for _, a in force_atoms)} force atoms")
     gp = NBodyGP(species, rc2=args.rc2, rc3=args.rc3, hyper=Hyper(l2=args.l2, l3=args.l3))
     e0 = None
     if energy_frames:
@@ -155,18 +179,49 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         blocks = {k: v for k, v in saved.items() if k.startswith("coef")}
 
         def snapshot():
-            st = {"stage": "mapping" if "alpha" in arrays_fit else "hyperparameters", "evaluations": evaluations}
+            fitted = "alpha" in arrays_fit or "sparse_x" in arrays_fit
+            st = {"stage": "mapping" if fitted else "hyperparameters", "evaluations": evaluations}
             st.update(fit_state)
             return st, {**arrays_fit, **blocks}
 
         fit_state = {k: state[k] for k in ("hyper", "lml", "history") if k in state}
-        arrays_fit = {"alpha": saved["alpha"]} if "alpha" in saved else {}
+        arrays_fit = {k: saved[k] for k in ("alpha", "sparse_x") if k in saved}
 
         def on_evaluation(rec):
             evaluations.append(rec)
             ckpt.safe_point(snapshot)
 
-        if arrays_fit:
+        sparse_info = None
+        if args.fit == "sparse":
+            from .mff_sparse import fit_sparse, restore_sparse
+            from .nbody_labels import build_labels
+
+            if "hyper" in fit_state:
+                gp.hyper = Hyper(**fit_state["hyper"])
+                gp.history = list(fit_state.get("history", []))
+                gp.log_marginal_likelihood = fit_state.get("lml")
+            else:
+                if not args.no_optimise and (hyper_energy or hyper_force):
+                    sub = build_labels(ds, list(hyper_energy), list(hyper_force), gp.species, gp.rc2, gp.rc3,
+                                       e0 if e0 is not None else np.zeros(len(gp.species)))
+                    gp.optimise_hyperparameters(sub, log=log, replay=evaluations, on_evaluation=on_evaluation)
+                else:
+                    gp.log_marginal_likelihood = None
+                fit_state.update(hyper=gp.hyper.as_dict(), lml=gp.log_marginal_likelihood, history=gp.history)
+                ckpt.safe_point(snapshot, force=True)
+            train_frames = [ds[int(i)] for i in pool]
+            sparse_kw = dict(n2=args.n_sparse2, n3=args.n_sparse3, seed=args.seed)
+            if "sparse_x" in arrays_fit:
+                restore_sparse(gp, train_frames, x=arrays_fit["sparse_x"], **sparse_kw)
+            else:
+                from .gap_train import parse_config_type_sigmas
+
+                sparse_info = fit_sparse(gp, train_frames, sigmas=(args.sigma_energy, args.sigma_force, args.sigma_virial),
+                                         config_type_sigmas=parse_config_type_sigmas(args.sigma_config_type),
+                                         jitter=args.jitter, sigma_e0=args.sigma_e0, log=log, **sparse_kw)
+                arrays_fit["sparse_x"] = gp.sparse_x
+                ckpt.safe_point(snapshot, force=True)
+        elif "alpha" in arrays_fit:
             gp.hyper = Hyper(**fit_state["hyper"])
             gp.history = list(fit_state["history"])
             gp.fit(ds, energy_frames=energy_frames, force_atoms=force_atoms, e0=e0, optimise=False,
@@ -187,7 +242,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
 
         model = gp.to_mff(h2=args.h2, h3=args.h3, samples_per_interval=args.samples_per_interval, log=log,
                           done=dict(blocks), on_block=on_block)
-    if energy_pool:
+    if energy_pool and args.fit == "full":
         # Forces fix the n-body functions, energies only weakly (sigma_e may go to its bound):
         # re-fit the per-element constants e0 by least squares on all training-pool energies
         # with the mapped model (cheap), and give the GP the same e0.
@@ -206,7 +261,10 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         gp.e0 = e0_new
         log(f"reference energies e0: {e0_old} -> {e0_new} (least squares on {len(energy_pool)} energies)")
 
-    test = [ds[int(i)] for i in split.test]
+    if test_file is not None:
+        test = list(read_training_data(test_file, getattr(args, "energy_unit", None)))
+    else:
+        test = [ds[int(i)] for i in split.test]
     mapped_calc = MLFFCalculator(model)
     gp_calc = MLFFCalculator(gp.as_model())
     t = time.perf_counter()
@@ -226,6 +284,9 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         "data": getattr(args, "data", None) or getattr(ds, "source", None),
         "data_sha256": ds.sha256(),
         "seed": args.seed,
+        "test_source": None if test_file is None else str(test_file),
+        "fit": args.fit,
+        "sparse": sparse_info,
         "split": {"n_pool": len(pool), "n_test": len(test), "test_indices": [int(i) for i in split.test],
                   "pool_indices": [int(i) for i in pool]},
         "training_labels": gp.n_labels,
@@ -328,6 +389,8 @@ def run(args) -> int:
         output = opts["output"]
         ckpt_path = opts["checkpoint"] or default_checkpoint_path(output)
         check_new_output(output, bool(opts["overwrite"]), bool(opts["resume"]), ckpt_path)
+        if opts.get("write_test") and os.path.exists(opts["write_test"]) and not opts["overwrite"]:
+            raise UsageError(f"{opts['write_test']} exists; pass --overwrite to replace it")
     except UsageError as exc:
         return fail(exc, 2)
     progress = timed_printer()
@@ -357,6 +420,13 @@ def run(args) -> int:
     if opts.get("report"):
         with open(opts["report"], "w") as fh:
             json.dump(report, fh, indent=1)
+    if opts.get("write_test"):
+        import ase.io
+
+        held = ds if opts.get("test") is None else read_training_data(opts["test"], opts["energy_unit"])
+        idx = report["split"]["test_indices"] if opts.get("test") is None else range(len(held))
+        ase.io.write(opts["write_test"], [held[int(i)].to_atoms() for i in idx], format="extxyz")
+        print(f"held-out test frames written to {opts['write_test']}")
     if opts.get("plot"):
         _parity(opts["plot"], model, [ds[int(i)] for i in report["split"]["test_indices"]])
         print(f"parity plot written to {opts['plot']}")

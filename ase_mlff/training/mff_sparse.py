@@ -1,0 +1,262 @@
+"""Sparse (inducing-point) 2+3-body GP for MFF: every energy, force and virial of the data.
+
+The full GP of :mod:`ase_mlff.training.mff_gp` has one unknown per label, so it is trained on a
+handful of energies and a few hundred force components. Here the n-body functions are expanded
+on inducing points instead (B6 §6.2; the projected process)::
+
+    g2_ab(r) = sigma2^2 sum_u c_u exp(-(r - r_u)^2 / (2 l2^2))                      u: pair ab
+    g3_abc(x) = sigma3^2 sum_v d_v sum_P [s == P s_v] exp(-|x - P x_v|^2 / (2 l3^2))  v: triangles
+
+with ``r_u`` a uniform grid of distances per element pair (from the shortest training distance
+to ``rc2``) and ``x_v`` representative triangles of the training data (farthest-point sampling
+in the kernel distance, per species triple). Energies, forces and virials are linear in
+``x = [c, d, e0]``: the design rows of a structure are sums over its pairs and triangles
+(:func:`ase_mlff.descriptors.nbody.structure_points`, with their multiplicities, cutoff
+products and Jacobians) of the basis functions and their derivatives, and the virial rows
+``sum (dE/dx_side) x_side u u^T`` over the sides. :func:`ase_mlff.training.sparse_gp.solve`
+fits ``x`` to all labels with per-observable (and per-config_type) expected errors and the
+prior ``K_UU``, ``K_VV``, ``1/sigma_e0^2``; e0 is fitted jointly. The posterior mean is then
+written as the point weights of :class:`~ase_mlff.models.nbody_gp.GPModel` (``b = 0``), so the
+existing mapping onto splines (:meth:`NBodyGP.to_mff`) and the mapped-vs-unmapped check apply
+unchanged. Length scales and amplitudes come from the marginal-likelihood search of the full
+GP on a subset (or are given).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..descriptors.nbody import structure_points
+from . import sparse_gp
+from .mff_gp import _SPERM, _VPERM, NBodyGP
+
+_CHUNK = 4096
+
+
+def _k2(x: np.ndarray, y: np.ndarray, ell: float) -> tuple[np.ndarray, np.ndarray]:
+    """exp(-(x - y)^2 / 2 l^2) (U, V) and its derivative in x."""
+    d = x[:, None] - y[None, :]
+    k = np.exp(-0.5 * d * d / ell ** 2)
+    return k, -k * d / ell ** 2
+
+
+def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float):
+    """Symmetrised 3-body kernel sum_P [s == P t] exp(-|x - P y|^2 / 2 l^2) (U, V) between
+    triangles x (U, 3) of vertex species s (U, 3) and y (V, 3) of species t (V, 3), and its
+    gradient in x (U, V, 3)."""
+    K = np.zeros((len(x), len(y)))
+    dK = np.zeros((len(x), len(y), 3))
+    for sp, vp in zip(_SPERM, _VPERM):
+        match = np.all(s[:, None, :] == t[None, :, vp], axis=2)
+        if not match.any():
+            continue
+        d = x[:, None, :] - y[None, :, sp]
+        k = np.exp(-0.5 * (d * d).sum(2) / ell ** 2) * match
+        K += k
+        dK -= k[:, :, None] * d / ell ** 2
+    return K, dK
+
+
+def _fps(X: np.ndarray, S: np.ndarray, n: int, ell: float, rng: np.random.Generator) -> np.ndarray:
+    """Farthest-point sampling of ``n`` triangles in the kernel distance 2 - 2 k / k0."""
+    pick = [int(rng.integers(len(X)))]
+    k0, _ = _k3(X[pick], S[pick], X[pick], S[pick], ell)
+    dist = np.full(len(X), np.inf)
+    for _ in range(n - 1):
+        k, _ = _k3(X, S, X[pick[-1:]], S[pick[-1:]], ell)
+        dist = np.minimum(dist, 2.0 - 2.0 * k[:, 0] / k0[0, 0])
+        dist[pick] = -1.0
+        pick.append(int(np.argmax(dist)))
+    return np.array(pick)
+
+
+class SparseNBody:
+    """Inducing points and design rows of the sparse 2+3-body GP (see the module docstring)."""
+
+    def __init__(self, species: Sequence[int], rc2: float, rc3: float, hyper, r2: dict, x3: tuple | None):
+        self.species = sorted(int(z) for z in species)
+        self.rc2, self.rc3, self.hyper = float(rc2), float(rc3), hyper
+        self.keys2 = sorted(r2)
+        self.r2 = np.concatenate([r2[k] for k in self.keys2]) if self.keys2 else np.zeros(0)
+        self.spec2 = np.concatenate([np.tile(np.array(k, dtype=np.int32), (len(r2[k]), 1)) for k in self.keys2]) \
+            if self.keys2 else np.zeros((0, 2), np.int32)
+        self.x3, self.spec3 = x3 if x3 is not None else (np.zeros((0, 3)), np.zeros((0, 3), np.int32))
+        self.U, self.V, self.S = len(self.r2), len(self.x3), len(self.species)
+
+    @property
+    def n_params(self) -> int:
+        return self.U + self.V + self.S
+
+    @classmethod
+    def from_data(cls, frames, species, rc2: float, rc3: float, hyper, n2: int, n3: int, seed: int = 0,
+                  pool: int = 20000):
+        """Inducing points from the training frames: ``n2`` distances per element pair present,
+        ``n3`` triangles per species triple present (FPS on at most ``pool`` random triangles)."""
+        from ..rng import random_stream
+
+        rng = random_stream(seed, "inducing")
+        rmin: dict = {}
+        tri_x, tri_s = [], []
+        for f in frames:
+            p2, p3 = structure_points(f.positions, f.numbers, f.cell, f.pbc, species, rc2, rc3)
+            if p2 is not None:
+                for key in {tuple(k) for k in p2.spec.tolist()}:
+                    sel = np.all(p2.spec == key, axis=1)
+                    rmin[key] = min(rmin.get(key, np.inf), float(p2.x[sel, 0].min()))
+            if p3 is not None and p3.n:
+                tri_x.append(p3.x)
+                tri_s.append(p3.spec)
+        r2 = {k: np.linspace(max(0.5, v - 0.1), rc2, n2) for k, v in rmin.items()} if rc2 > 0 else {}
+        x3 = None
+        if rc3 > 0 and tri_x:
+            X, Sp = np.concatenate(tri_x), np.concatenate(tri_s)
+            canon = np.sort(Sp, axis=1)
+            xs, ss = [], []
+            for key in {tuple(k) for k in canon.tolist()}:
+                idx = np.nonzero(np.all(canon == key, axis=1))[0]
+                if len(idx) > pool:
+                    idx = rng.choice(idx, pool, replace=False)
+                chosen = idx[_fps(X[idx], Sp[idx], min(n3, len(idx)), hyper.l3, rng)]
+                xs.append(X[chosen])
+                ss.append(Sp[chosen])
+            x3 = (np.concatenate(xs), np.concatenate(ss).astype(np.int32))
+        return cls(species, rc2, rc3, hyper, r2, x3)
+
+    def prior(self, jitter: float, sigma_e0: float) -> list:
+        hp = self.hyper
+        out = []
+        if self.U:
+            K, _ = _k2(self.r2, self.r2, hp.l2)
+            K *= np.all(self.spec2[:, None, :] == self.spec2[None, :, :], axis=2)
+            K = hp.sigma2 ** 2 * K + jitter * hp.sigma2 ** 2 * np.eye(self.U)
+            out.append((slice(0, self.U), sparse_gp.cholesky_upper(K, "2-body inducing distances")))
+        if self.V:
+            K, _ = _k3(self.x3, self.spec3, self.x3, self.spec3, hp.l3)
+            K = hp.sigma3 ** 2 * K + jitter * hp.sigma3 ** 2 * np.eye(self.V)
+            out.append((slice(self.U, self.U + self.V), sparse_gp.cholesky_upper(K, "3-body inducing triangles")))
+        out.append((slice(self.U + self.V, self.n_params), np.eye(self.S) / sigma_e0))
+        return out
+
+    def design(self, frame, forces: bool = True, virial: bool = True) -> dict:
+        """Rows of energy (T,), forces (N, 3, T) and virial (3, 3, T) of one frame."""
+        hp, U, V = self.hyper, self.U, self.V
+        T, N = self.n_params, len(frame)
+        p2, p3 = structure_points(frame.positions, frame.numbers, frame.cell, frame.pbc, self.species,
+                                  self.rc2, self.rc3)
+        E = np.zeros(T)
+        F = np.zeros((N, 3, T)) if forces else None
+        W = np.zeros((3, 3, T)) if virial else None
+        blocks = []
+        if U and p2 is not None and p2.n:
+            blocks.append((p2, slice(0, U), 1))
+        if V and p3 is not None and p3.n:
+            blocks.append((p3, slice(U, U + V), 3))
+        for p, cols, D in blocks:
+            for lo in range(0, p.n, _CHUNK):
+                hi = min(p.n, lo + _CHUNK)
+                x, w, dw, wt = p.x[lo:hi], p.w[lo:hi], p.dw[lo:hi], p.weight[lo:hi]
+                if D == 1:
+                    k, dk = _k2(x[:, 0], self.r2, hp.l2)
+                    match = np.all(p.spec[lo:hi, None, :] == self.spec2[None, :, :], axis=2)
+                    k, dk = hp.sigma2 ** 2 * k * match, hp.sigma2 ** 2 * (dk * match)[:, :, None]
+                else:
+                    k, dk = _k3(x, p.spec[lo:hi], self.x3, self.spec3, hp.l3)
+                    k, dk = hp.sigma3 ** 2 * k, hp.sigma3 ** 2 * dk
+                E[cols] += (wt * w) @ k
+                if not (forces or virial):
+                    continue
+                # d(weight w g)/dx_d per point and basis function: (n, C, D)
+                psi = wt[:, None, None] * (dw[:, None, :] * k[:, :, None] + w[:, None, None] * dk)
+                jac = p.jac[lo:hi]  # (n, vertices, D, 3)
+                if forces:
+                    Ft = torch.from_numpy(F)[:, :, cols]
+                    for t in range(jac.shape[1]):
+                        g = np.einsum("ncd,ndx->nxc", psi, jac[:, t], optimize=True)
+                        Ft.index_add_(0, torch.from_numpy(p.atoms[lo:hi, t].astype(np.int64)),
+                                      torch.from_numpy(-g))
+                if virial:
+                    # side d: length x_d along the unit vector of its end vertex (pairs: j; triangles: j, k, k)
+                    ends = (1,) if D == 1 else (1, 2, 2)
+                    for d, t in enumerate(ends):
+                        u = jac[:, t, d]  # (n, 3)
+                        W[:, :, cols] += np.einsum("nc,n,na,nb->abc", psi[:, :, d], x[:, d], u, u, optimize=True)
+        s = np.searchsorted(self.species, frame.numbers)
+        np.add.at(E, self.U + self.V + s, 1.0)
+        if forces is False:
+            F = None
+        return {"energy": E, "forces": F, "virial": W}
+
+    def set_gp(self, gp: NBodyGP, x: np.ndarray) -> None:
+        """Give ``gp`` the posterior mean of coefficients ``x`` (point weights of GPModel) and e0."""
+        hp, U, V = self.hyper, self.U, self.V
+        gp.e0 = np.asarray(x[U + V:], dtype=np.float64)
+        terms: dict = {}
+        if U:
+            t2: dict = {}
+            for key in self.keys2:
+                sel = np.all(self.spec2 == key, axis=1)
+                a = hp.sigma2 ** 2 * x[:U][sel]
+                y = self.r2[sel][:, None]
+                t2[tuple(int(v) for v in key)] = (torch.from_numpy(y), torch.from_numpy(a), torch.zeros_like(torch.from_numpy(y)))
+            terms["2"] = t2
+        if V:
+            a3 = hp.sigma3 ** 2 * x[U:U + V]
+            t3: dict = {}
+            for sp, vp in zip(_SPERM, _VPERM):
+                xp, key_arr = self.x3[:, sp], self.spec3[:, vp]
+                for key in {tuple(k) for k in key_arr.tolist()}:
+                    sel = np.all(key_arr == np.array(key), axis=1)
+                    t3.setdefault(key, []).append((xp[sel], a3[sel]))
+            terms["3"] = {k: (torch.from_numpy(np.concatenate([t[0] for t in v])),
+                              torch.from_numpy(np.concatenate([t[1] for t in v])),
+                              torch.zeros(sum(len(t[0]) for t in v), 3, dtype=torch.float64))
+                          for k, v in t3.items()}
+        gp._terms = terms
+
+
+def fit_sparse(gp: NBodyGP, frames, n2: int, n3: int, sigmas: tuple[float, float, float],
+               config_type_sigmas: dict | None = None, jitter: float = 1e-8, sigma_e0: float = 100.0,
+               seed: int = 0, log=print, quiet: bool = True) -> dict:
+    """Fit ``gp`` (its species, cutoffs and hyperparameters set) as a sparse GP on all labels of
+    ``frames``; afterwards ``gp.as_model()`` and ``gp.to_mff()`` work as after a full fit."""
+    t0 = time.perf_counter()
+    sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
+                                   gp.hyper, n2, n3, seed)
+    log(f"inducing points: {sparse.U} distances, {sparse.V} triangles ({time.perf_counter() - t0:.1f} s)")
+
+    def design(k):
+        f = frames[k]
+        return sparse.design(f, forces=f.forces is not None, virial=sparse_gp.has_virial(f))
+
+    x, R, info = sparse_gp.solve(frames, design, sparse.n_params, sparse.prior(jitter, sigma_e0), sigmas,
+                                 config_type_sigmas, log=log, quiet=quiet)
+    sparse.set_gp(gp, x)
+    gp.sparse, gp.sparse_x = sparse, x
+    gp.n_labels = {"energy": sum(f.energy is not None for f in frames),
+                   "forces": sum(3 * len(f) for f in frames if f.forces is not None),
+                   "virial": 6 * sum(sparse_gp.has_virial(f) for f in frames)}
+    gp.n_labels = dict(info["labels"])
+    gp.timings["sparse_fit_s"] = time.perf_counter() - t0
+    return {**info, "n_inducing": {"2": sparse.U, "3": sparse.V}, "fit_s": time.perf_counter() - t0}
+
+
+def restore_sparse(gp: NBodyGP, frames, n2: int, n3: int, seed: int, x: np.ndarray) -> None:
+    """Give ``gp`` the solution ``x`` of an earlier :func:`fit_sparse` on the same frames and
+    options (a checkpoint): the inducing points are chosen again (deterministic), not the solve."""
+    sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
+                                   gp.hyper, n2, n3, seed)
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) != sparse.n_params:
+        from ..errors import TrainingError
+
+        raise TrainingError("the checkpoint's sparse solution does not match the inducing points; delete the "
+                            "checkpoint to start over")
+    sparse.set_gp(gp, x)
+    gp.sparse, gp.sparse_x = sparse, x
+    gp.n_labels = {"energy": sum(f.energy is not None for f in frames),
+                   "forces": sum(3 * len(f) for f in frames if f.forces is not None),
+                   "virial": 6 * sum(sparse_gp.has_virial(f) for f in frames)}
