@@ -209,7 +209,7 @@ def test_mff_interrupted_in_each_stage_then_resumed_equals_uninterrupted(tmp_pat
     rc = mff_train.run(args)
     assert rc == 130, capsys.readouterr()
     meta, arrays = read_archive(tmp_path / "m.mlff.ckpt")
-    assert meta["state"]["stage"] == "mapping" and "alpha" in arrays
+    assert meta["state"]["stage"] == "mapping" and "sparse_x" in arrays  # the sparse fit (default) is saved
     assert mff_train.run(p.parse_args(argv + ["--resume"])) == 0
     assert n_eval == 3
     m0, m1 = load_model(ref), load_model(out)
