@@ -128,3 +128,28 @@ def test_train_mff_with_a_test_file_writes_the_held_out_frames(tmp_path, ni):
     rc = main(["train", "mff", str(train_file), "--test", str(test_file), "-o", str(tmp_path / "m2.mlff"),
                "--write-test", str(held)])
     assert rc == 2  # the held-out file exists: not replaced without --overwrite
+
+
+def test_cutoff_with_a_transition_width():
+    from ase_mlff.descriptors.nbody import cutoff_fn, cutoff_grad
+
+    r = np.linspace(0.0, 5.2, 2601)
+    old = cutoff_fn(r, 5.0)
+    np.testing.assert_array_equal(cutoff_fn(r, 5.0, 5.0), old)  # width = rc is the original
+    f = cutoff_fn(r, 5.0, 1.0)
+    assert np.all(f[r <= 4.0] == 1.0) and np.all(f[r >= 5.0] == 0.0)
+    h = 1e-6
+    fd = (cutoff_fn(r + h, 5.0, 1.0) - cutoff_fn(r - h, 5.0, 1.0)) / (2 * h)
+    np.testing.assert_allclose(cutoff_grad(r, 5.0, 1.0), fd, atol=1e-6)
+    assert abs(cutoff_fn(4.999, 5.0, 1.0)) < 1e-9  # vanishes with its first three derivatives
+
+
+def test_sparse_fit_with_cutoff_widths_matches_its_gp(ni):
+    gp = NBodyGP([28], rc2=4.5, rc3=3.5, hyper=Hyper(l2=0.6, l3=0.9, sigma2=1.0, sigma3=1.0), width2=1.0, width3=1.0)
+    fit_sparse(gp, [ni[i] for i in TRAIN], n2=25, n3=80, sigmas=(0.002, 0.05, 0.02), seed=0, log=lambda m: None)
+    model = gp.as_model()
+    f = ni[9]
+    out = model.compute(graph_from_structure(f.to_atoms(), model.cutoff), forces=True, stress=True)
+    d = gp.sparse.design(f)
+    np.testing.assert_allclose(out.forces.numpy(), d["forces"] @ gp.sparse_x, atol=1e-7)
+    np.testing.assert_allclose(out.virial.numpy()[0], d["virial"] @ gp.sparse_x, atol=1e-6)

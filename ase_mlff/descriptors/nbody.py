@@ -34,22 +34,30 @@ from ..neighbors import neighbor_list
 
 
 # ------------------------------------------------------------------------------ cutoff
-def cutoff_fn(r, rc):
-    """fc(r) = 1/2 + 9/16 cos(pi r/rc) - 1/16 cos(3 pi r/rc) for r < rc, else 0 (numpy or torch)."""
+def cutoff_fn(r, rc, width=None):
+    """Smooth cutoff: 1 below ``rc - width``, then ``1/2 + 9/16 cos(pi x) - 1/16 cos(3 pi x)`` with
+    ``x = (r - rc + width) / width`` up to ``rc`` (value and first three derivatives vanish at
+    ``rc``), 0 beyond (numpy or torch). ``width=None`` is the whole cutoff (``x = r / rc``):
+    the original MFF cutoff, flat at 0 and 1/2 at ``rc / 2``."""
+    w = rc if width is None else float(width)
+    lo = rc - w
     if isinstance(r, torch.Tensor):
-        x = math.pi * r / rc
+        x = math.pi * ((r - lo) / w).clamp(min=0.0)
         val = 0.5 + 0.5625 * torch.cos(x) - 0.0625 * torch.cos(3.0 * x)
         return torch.where(r < rc, val, torch.zeros_like(r))
     r = np.asarray(r, dtype=np.float64)
-    x = np.pi * r / rc
+    x = np.pi * np.clip((r - lo) / w, 0.0, None)
     return np.where(r < rc, 0.5 + 0.5625 * np.cos(x) - 0.0625 * np.cos(3.0 * x), 0.0)
 
 
-def cutoff_grad(r, rc):
-    """d fc / d r (numpy)."""
+def cutoff_grad(r, rc, width=None):
+    """d fc / d r (numpy), for the same ``width``."""
+    w = rc if width is None else float(width)
+    lo = rc - w
     r = np.asarray(r, dtype=np.float64)
-    x = np.pi * r / rc
-    return np.where(r < rc, -(np.pi / rc) * (0.5625 * np.sin(x) - 0.1875 * np.sin(3.0 * x)), 0.0)
+    x = np.pi * (r - lo) / w
+    inside = (r < rc) & (r > lo)
+    return np.where(inside, -(np.pi / w) * (0.5625 * np.sin(x) - 0.1875 * np.sin(3.0 * x)), 0.0)
 
 
 # ------------------------------------------------------------------------------ triangles
@@ -147,7 +155,7 @@ def species_indices(numbers, species: Sequence[int]) -> np.ndarray:
         raise InputError(f"element {exc} is not among the model's species {list(species)}") from None
 
 
-def nbody_points(i, j, vec, r, s, rc2: float, rc3: float):
+def nbody_points(i, j, vec, r, s, rc2: float, rc3: float, width2=None, width3=None):
     """``(pairs, triangles)`` :class:`Points` of one structure from its full neighbour list
     (numpy edges ``i``, ``j``, ``vec``, ``r`` with cutoff ``>= max(rc2, rc3)``; ``s`` species
     index per atom); either is None when its cutoff is 0.
@@ -165,7 +173,7 @@ def nbody_points(i, j, vec, r, s, rc2: float, rc3: float):
         jac = np.stack([-u, u], axis=1)[:, :, None, :]  # (U, 2, 1, 3)
         spec = np.sort(np.stack([s[ii], s[jj]], axis=1), axis=1).astype(np.int32)
         pairs = Points(rr[:, None], spec, np.where(ii == jj, 1.0, 2.0), np.stack([ii, jj], 1), jac,
-                       cutoff_fn(rr, rc2), cutoff_grad(rr, rc2)[:, None])
+                       cutoff_fn(rr, rc2, width2), cutoff_grad(rr, rc2, width2)[:, None])
     if rc3 > 0:
         t = triangles(i, vec, r, rc3, rc3, lowest_centre_j=j)
         e1, e2, djk, rjk = t.e1, t.e2, t.djk, t.rjk
@@ -177,8 +185,8 @@ def nbody_points(i, j, vec, r, s, rc2: float, rc3: float):
         z = np.zeros_like(uij)
         jac = np.stack([np.stack([-uij, -uik, z], 1), np.stack([uij, z, -ujk], 1), np.stack([z, uik, ujk], 1)], 1)
         mult = 1 + (ci == cj).astype(float) + (ci == ck).astype(float)
-        fcx = cutoff_fn(x, rc3)
-        dfx = cutoff_grad(x, rc3)
+        fcx = cutoff_fn(x, rc3, width3)
+        dfx = cutoff_grad(x, rc3, width3)
         w = fcx.prod(1)
         dw = np.stack([dfx[:, 0] * fcx[:, 1] * fcx[:, 2], fcx[:, 0] * dfx[:, 1] * fcx[:, 2],
                        fcx[:, 0] * fcx[:, 1] * dfx[:, 2]], 1)
@@ -187,10 +195,11 @@ def nbody_points(i, j, vec, r, s, rc2: float, rc3: float):
     return pairs, tri
 
 
-def structure_points(positions, numbers, cell, pbc, species: Sequence[int], rc2: float, rc3: float):
+def structure_points(positions, numbers, cell, pbc, species: Sequence[int], rc2: float, rc3: float,
+                     width2=None, width3=None):
     """(pairs, triangles) :class:`Points` of one structure (either may be None): the neighbour
     list of :func:`ase_mlff.neighbors.neighbor_list` with cutoff ``max(rc2, rc3)``, then
     :func:`nbody_points`."""
     s = species_indices(numbers, species)
     p = neighbor_list(positions, cell, pbc, max(rc2, rc3))
-    return nbody_points(p.i, p.j, p.vectors, p.distances, s, rc2, rc3)
+    return nbody_points(p.i, p.j, p.vectors, p.distances, s, rc2, rc3, width2, width3)

@@ -75,9 +75,10 @@ class GPModel(Model):
     family = "mff_gp"
 
     def __init__(self, species: Iterable[int], rc2: float, rc3: float, l2: float, l3: float,
-                 e0, terms: dict):
+                 e0, terms: dict, width2: float | None = None, width3: float | None = None):
         super().__init__(species, max(rc2, rc3))
         self.rc2, self.rc3, self.l2, self.l3 = float(rc2), float(rc3), float(l2), float(l3)
+        self.width2, self.width3 = width2, width3
         self.terms = terms
         self.register_buffer("e0", torch.as_tensor(np.asarray(e0), dtype=torch.float64))
 
@@ -108,7 +109,7 @@ class GPModel(Model):
         for key in {(int(p), int(q)) for p, q in zip(lo.tolist(), hi.tolist())}:
             sel = (lo == key[0]) & (hi == key[1])
             out = out.index_put((sel.nonzero()[:, 0],), self._g("2", r[sel][:, None], key))
-        return out * cutoff_fn(r, self.rc2)
+        return out * cutoff_fn(r, self.rc2, self.width2)
 
     def v3(self, x: torch.Tensor, si, sj, sk) -> torch.Tensor:
         """Triangle energy V3 (eV) at sides x = (r_ij, r_ik, r_jk) (Q, 3) for vertex species."""
@@ -119,7 +120,7 @@ class GPModel(Model):
         for key in {tuple(k) for k in spec.tolist()}:
             sel = (spec == torch.tensor(key)).all(1)
             out = out.index_put((sel.nonzero()[:, 0],), self._g("3", x[sel], key))
-        return out * cutoff_fn(x, self.rc3).prod(1)
+        return out * cutoff_fn(x, self.rc3, self.width3).prod(1)
 
     def forward(self, graph: Graph) -> torch.Tensor:
         s = self.species_index(graph.numbers)

@@ -79,9 +79,12 @@ class NBodyGP:
     """
 
     def __init__(self, species: Sequence[int], rc2: float = 5.0, rc3: float = 0.0,
-                 hyper: Hyper | None = None):
+                 hyper: Hyper | None = None, width2: float | None = None, width3: float | None = None):
         self.species = sorted({int(z) for z in species})
         self.rc2, self.rc3 = float(rc2), float(rc3)
+        # cutoff transition widths (None: the whole cutoff, the original MFF cutoff); only the
+        # sparse fit (mff_sparse) supports others
+        self.width2, self.width3 = width2, width3
         if self.rc2 <= 0 and self.rc3 <= 0:
             raise ValueError("at least one of rc2, rc3 must be positive")
         self.hyper = hyper or Hyper()
@@ -244,7 +247,8 @@ class NBodyGP:
     def as_model(self) -> GPModel:
         """The unmapped GP (posterior mean, current ``e0``) as a
         :class:`~ase_mlff.models.nbody_gp.GPModel` (slow; the reference of the mapping)."""
-        return GPModel(self.species, self.rc2, self.rc3, self.hyper.l2, self.hyper.l3, self.e0, self._terms)
+        return GPModel(self.species, self.rc2, self.rc3, self.hyper.l2, self.hyper.l3, self.e0, self._terms,
+                       self.width2, self.width3)
 
     def v2(self, r: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
         """Pair energy V2 at distances r for species indices (sa, sb) (see :meth:`GPModel.v2`)."""

@@ -77,9 +77,11 @@ def _fps(X: np.ndarray, S: np.ndarray, n: int, ell: float, rng: np.random.Genera
 class SparseNBody:
     """Inducing points and design rows of the sparse 2+3-body GP (see the module docstring)."""
 
-    def __init__(self, species: Sequence[int], rc2: float, rc3: float, hyper, r2: dict, x3: tuple | None):
+    def __init__(self, species: Sequence[int], rc2: float, rc3: float, hyper, r2: dict, x3: tuple | None,
+                 width2: float | None = None, width3: float | None = None):
         self.species = sorted(int(z) for z in species)
         self.rc2, self.rc3, self.hyper = float(rc2), float(rc3), hyper
+        self.width2, self.width3 = width2, width3
         self.keys2 = sorted(r2)
         self.r2 = np.concatenate([r2[k] for k in self.keys2]) if self.keys2 else np.zeros(0)
         self.spec2 = np.concatenate([np.tile(np.array(k, dtype=np.int32), (len(r2[k]), 1)) for k in self.keys2]) \
@@ -93,7 +95,7 @@ class SparseNBody:
 
     @classmethod
     def from_data(cls, frames, species, rc2: float, rc3: float, hyper, n2: int, n3: int, seed: int = 0,
-                  pool: int = 20000):
+                  pool: int = 20000, width2: float | None = None, width3: float | None = None):
         """Inducing points from the training frames: ``n2`` distances per element pair present,
         ``n3`` triangles per species triple present (FPS on at most ``pool`` random triangles)."""
         from ..rng import random_stream
@@ -124,7 +126,7 @@ class SparseNBody:
                 xs.append(X[chosen])
                 ss.append(Sp[chosen])
             x3 = (np.concatenate(xs), np.concatenate(ss).astype(np.int32))
-        return cls(species, rc2, rc3, hyper, r2, x3)
+        return cls(species, rc2, rc3, hyper, r2, x3, width2, width3)
 
     def prior(self, jitter: float, sigma_e0: float) -> list:
         hp = self.hyper
@@ -146,7 +148,7 @@ class SparseNBody:
         hp, U, V = self.hyper, self.U, self.V
         T, N = self.n_params, len(frame)
         p2, p3 = structure_points(frame.positions, frame.numbers, frame.cell, frame.pbc, self.species,
-                                  self.rc2, self.rc3)
+                                  self.rc2, self.rc3, self.width2, self.width3)
         E = np.zeros(T)
         F = np.zeros((N, 3, T)) if forces else None
         W = np.zeros((3, 3, T)) if virial else None
@@ -225,7 +227,7 @@ def fit_sparse(gp: NBodyGP, frames, n2: int, n3: int, sigmas: tuple[float, float
     ``frames``; afterwards ``gp.as_model()`` and ``gp.to_mff()`` work as after a full fit."""
     t0 = time.perf_counter()
     sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
-                                   gp.hyper, n2, n3, seed)
+                                   gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3)
     log(f"inducing points: {sparse.U} distances, {sparse.V} triangles ({time.perf_counter() - t0:.1f} s)")
 
     def design(k):
@@ -248,7 +250,7 @@ def restore_sparse(gp: NBodyGP, frames, n2: int, n3: int, seed: int, x: np.ndarr
     """Give ``gp`` the solution ``x`` of an earlier :func:`fit_sparse` on the same frames and
     options (a checkpoint): the inducing points are chosen again (deterministic), not the solve."""
     sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
-                                   gp.hyper, n2, n3, seed)
+                                   gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3)
     x = np.asarray(x, dtype=np.float64)
     if len(x) != sparse.n_params:
         from ..errors import TrainingError

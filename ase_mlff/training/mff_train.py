@@ -40,7 +40,7 @@ from .common import training_record as common_record
 MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
                  "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed",
                  "fit", "n_sparse2", "n_sparse3", "sigma_energy", "sigma_force", "sigma_virial",
-                 "sigma_config_type", "sigma_e0", "jitter")
+                 "sigma_config_type", "sigma_e0", "jitter", "sigma2", "sigma3", "width2", "width3")
 
 #: every option of ``train mff``: library keyword, flag and config key (docs/training.md)
 OPTIONS = (
@@ -69,6 +69,12 @@ OPTIONS = (
     Option("no_optimise", False, "keep the initial hyperparameters", kind="flag"),
     Option("l2", 0.8, "initial 2-body length scale (Å)", float),
     Option("l3", 1.0, "initial 3-body length scale (Å)", float),
+    Option("sigma2", 1.0, "initial 2-body amplitude (eV)", float),
+    Option("sigma3", 0.1, "initial 3-body amplitude (eV)", float),
+    Option("width2", None, "sparse fit: width of the 2-body cutoff transition (Å; none: the whole cutoff, "
+                           "the original MFF cutoff that is 1/2 at rc2/2)", float),
+    Option("width3", None, "sparse fit: width of the 3-body cutoff transition (Å; none: the whole cutoff; a "
+                           "narrow transition needs a finer --h3 to keep the mapping exact)", float),
     Option("h2", 0.1, "2-body spline knot spacing (Å; LAMMPS export: rc2/h2 <= ~55)", float),
     Option("h3", 0.1, "3-body spline knot spacing (Å; LAMMPS export: rc3/h3 <= ~45)", float),
     Option("samples_per_interval", 2, "GP samples per 3-body spline interval (LS fit)", int),
@@ -117,6 +123,16 @@ def _check_counts(args, n_frames: int) -> None:
             raise _UsageError(f"{flag} must be a non-negative integer, got {v}")
     if args.rc2 <= 0 and args.rc3 <= 0:
         raise _UsageError("at least one of --rc2 and --rc3 must be positive")
+    widths = [w for w in (getattr(args, "width2", None), getattr(args, "width3", None)) if w is not None]
+    if widths and getattr(args, "fit", "full") == "full":
+        raise _UsageError("--width2/--width3 need the sparse fit (--fit sparse)")
+    if widths and not args.no_optimise:
+        raise _UsageError("--width2/--width3 need --no-optimise: the marginal-likelihood search uses the "
+                          "full GP with the original cutoff; give --l2 --l3 --sigma2 --sigma3")
+    for flag, w, rc in (("--width2", getattr(args, "width2", None), args.rc2),
+                        ("--width3", getattr(args, "width3", None), args.rc3)):
+        if w is not None and not 0 < w <= rc:
+            raise _UsageError(f"{flag} must be in (0, cutoff], got {w}")
     if args.n_test >= n_frames:
         raise DatasetError(f"--n-test {args.n_test} leaves no training frames: the data have {n_frames} frames")
 
@@ -159,7 +175,9 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     else:
         log(f"data: {len(ds)} frames, elements {species}; training pool {len(pool)}, test {n_test}; "
             f"{len(energy_frames)} energies, {sum(len(a) for _, a in force_atoms)} force atoms")
-    gp = NBodyGP(species, rc2=args.rc2, rc3=args.rc3, hyper=Hyper(l2=args.l2, l3=args.l3))
+    gp = NBodyGP(species, rc2=args.rc2, rc3=args.rc3,
+                 hyper=Hyper(l2=args.l2, l3=args.l3, sigma2=args.sigma2, sigma3=args.sigma3),
+                 width2=getattr(args, "width2", None), width3=getattr(args, "width3", None))
     e0 = None
     if energy_frames:
         e0 = reference_energies([ds[int(i)] for i in energy_pool], gp.species)
