@@ -25,13 +25,10 @@ import numpy as np  # noqa: E402
 
 DATA = "/work/shared/data/mlearn_pbe/Ni_train.extxyz"
 DEFAULT = [
-    "original cutoff,None,None,0.8,1.0,1.0,0.1,5.0,3.7,0.002",
-    "width 1 A,1.0,1.0,0.8,1.0,1.0,0.1,5.0,3.7,0.002",
-    "width 1 A; l 0.5/0.8; sigma3 1,1.0,1.0,0.5,0.8,1.0,1.0,5.0,3.7,0.002",
+    "original cutoff; l 0.8/1.0; sigma3 0.1; sigma_E 2,None,None,0.8,1.0,1.0,0.1,5.0,3.7,0.002",
     "original cutoff; l 0.5/0.8; sigma3 1; sigma_E 0.7,None,None,0.5,0.8,1.0,1.0,5.0,3.7,0.0007",
     "width 1 A; l 0.5/0.8; sigma3 1; sigma_E 0.7,1.0,1.0,0.5,0.8,1.0,1.0,5.0,3.7,0.0007",
     "width 1 A; l 0.5/0.8; sigma3 1; sigma_E 0.3,1.0,1.0,0.5,0.8,1.0,1.0,5.0,3.7,0.0003",
-    "width 1 A; l 0.5/0.8; sigma3 1; rc3 4.2,1.0,1.0,0.5,0.8,1.0,1.0,5.0,4.2,0.002",
 ]
 
 
