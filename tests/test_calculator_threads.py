@@ -23,7 +23,7 @@ def _structures(n=6):
     rng = np.random.default_rng(7)
     out = []
     for k in range(n):
-        atoms = bulk("Ni", "fcc", a=3.45 + 0.04 * k, cubic=True).repeat((2, 2, 2))
+        atoms = bulk("Ni", "fcc", a=3.56 + 0.04 * k, cubic=True).repeat((2, 2, 2))  # all above a0: distinct energies
         atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
         out.append(atoms)
     return out
