@@ -23,8 +23,8 @@ from ase_mlff.errors import InputError, TrainingError
 from ase_mlff.graph import graph_from_structure
 from ase_mlff.io import load_model, save_model
 from ase_mlff.neighbors import neighbor_list
-from ase_mlff.training.gap_train import parse_config_type_sigmas, select_sparse, train
-from ase_mlff.training.sparse_gp import cholesky_upper
+from ase_mlff.training.gap_train import select_sparse, train
+from ase_mlff.training.sparse_gp import cholesky_upper, parse_config_type_sigmas
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SI = os.path.join(HERE, "data", "si_mlearn_16.extxyz")

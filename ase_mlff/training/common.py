@@ -322,6 +322,17 @@ def resolve_options(options: Sequence[Option], args=None, given: dict | None = N
     return opts
 
 
+def resolve_cli_options(options: Sequence[Option], args) -> dict[str, Any]:
+    """Options of a ``train FAMILY`` command line (:func:`resolve_options`, with the data file
+    as the first argument or ``data`` in --config), refusing a missing data or output file."""
+    opts = resolve_options([o for o in options if o.cli], args, extra=("data",), aliases={"dataset": "data"})
+    if not opts.get("data"):
+        raise UsageError("no data given (the first argument, or \"data\" in --config)")
+    if not opts.get("output"):
+        raise UsageError("no output model file given (-o/--output, or \"output\" in --config)")
+    return opts
+
+
 def check_new_output(output, overwrite: bool, resume: bool, checkpoint: str) -> None:
     """Refuse (UsageError) to replace a model file or a checkpoint that was not asked for."""
     from .checkpoint import check_output

@@ -41,11 +41,11 @@ import time
 import numpy as np
 import torch
 
-from .common import (Option, UsageError, add_options, format_metrics, frame_metrics,
+from .common import (Option, UsageError, add_options, format_metrics, frame_metrics, resolve_cli_options,
                      predict_frames, read_training_data, resolve_options, timed_printer)
 from .common import training_record as common_record
 from . import sparse_gp
-from .sparse_gp import cholesky_upper, has_virial
+from .sparse_gp import cholesky_upper, has_virial, parse_config_type_sigmas
 
 OPTIONS = (
     Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
@@ -88,25 +88,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 # ------------------------------------------------------------------------------ pieces
-def parse_config_type_sigmas(value) -> dict[str, tuple[float, float, float]]:
-    """``'A=e,f,v;B=e,f,v'`` or a mapping ``{A: [e, f, v]}`` -> ``{A: (e, f, v)}``."""
-    if value in (None, "", {}):
-        return {}
-    items = value.items() if isinstance(value, dict) else (
-        part.split("=", 1) for part in str(value).split(";") if part.strip())
-    out = {}
-    for name, sig in items:
-        vals = sig if isinstance(sig, (list, tuple)) else str(sig).split(",")
-        try:
-            e, f, v = (float(x) for x in vals)
-        except (TypeError, ValueError):
-            raise UsageError(f"--sigma-config-type {name!r}: expected three numbers E,F,V, got {sig!r}") from None
-        if min(e, f, v) <= 0:
-            raise UsageError(f"--sigma-config-type {name!r}: sigmas must be positive")
-        out[str(name).strip()] = (e, f, v)
-    return out
-
-
 def select_sparse(X: np.ndarray, k: int, method: str, rng: np.random.Generator, zeta: int = 1) -> np.ndarray:
     """Indices of ``k`` representative rows of ``X`` (normalised descriptors), duplicates removed
     first (identical environments would make the sparse prior singular)."""
@@ -278,11 +259,7 @@ def run(args) -> int:
         return code
 
     try:
-        opts = resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",), aliases={"dataset": "data"})
-        if not opts.get("data"):
-            raise UsageError("no data given (the first argument, or \"data\" in --config)")
-        if not opts.get("output"):
-            raise UsageError("no output model file given (-o/--output, or \"output\" in --config)")
+        opts = resolve_cli_options(OPTIONS, args)
         check_output(opts["output"], bool(opts["overwrite"]), False)
         parse_config_type_sigmas(opts.get("sigma_config_type"))
     except UsageError as exc:

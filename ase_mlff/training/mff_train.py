@@ -33,7 +33,8 @@ import numpy as np
 
 
 from .common import (Option, UsageError, add_options, check_new_output, format_metrics, frame_metrics,
-                     predict_frames, read_training_data, reference_energies, resolve_options, timed_printer)
+                     predict_frames, read_training_data, reference_energies, resolve_cli_options, resolve_options,
+                     timed_printer)
 from .common import training_record as common_record
 
 #: options that change the trained model (recorded in checkpoints; a resume must match them)
@@ -232,7 +233,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
             if "sparse_x" in arrays_fit:
                 restore_sparse(gp, train_frames, x=arrays_fit["sparse_x"], **sparse_kw)
             else:
-                from .gap_train import parse_config_type_sigmas
+                from .sparse_gp import parse_config_type_sigmas
 
                 sparse_info = fit_sparse(gp, train_frames, sigmas=(args.sigma_energy, args.sigma_force, args.sigma_virial),
                                          config_type_sigmas=parse_config_type_sigmas(args.sigma_config_type),
@@ -399,11 +400,7 @@ def run(args) -> int:
         return code
 
     try:
-        opts = resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",), aliases={"dataset": "data"})
-        if not opts.get("data"):
-            raise UsageError("no data given (the first argument, or \"data\" in --config)")
-        if not opts.get("output"):
-            raise UsageError("no output model file given (-o/--output, or \"output\" in --config)")
+        opts = resolve_cli_options(OPTIONS, args)
         output = opts["output"]
         ckpt_path = opts["checkpoint"] or default_checkpoint_path(output)
         check_new_output(output, bool(opts["overwrite"]), bool(opts["resume"]), ckpt_path)

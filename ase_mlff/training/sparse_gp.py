@@ -27,9 +27,29 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError, TrainingError
+from .common import UsageError
 
 #: order of the six virial components in the design matrix (ASE Voigt: xx yy zz yz xz xy)
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def parse_config_type_sigmas(value) -> dict[str, tuple[float, float, float]]:
+    """``'A=e,f,v;B=e,f,v'`` or a mapping ``{A: [e, f, v]}`` -> ``{A: (e, f, v)}``."""
+    if value in (None, "", {}):
+        return {}
+    items = value.items() if isinstance(value, dict) else (
+        part.split("=", 1) for part in str(value).split(";") if part.strip())
+    out = {}
+    for name, sig in items:
+        vals = sig if isinstance(sig, (list, tuple)) else str(sig).split(",")
+        try:
+            e, f, v = (float(x) for x in vals)
+        except (TypeError, ValueError):
+            raise UsageError(f"--sigma-config-type {name!r}: expected three numbers E,F,V, got {sig!r}") from None
+        if min(e, f, v) <= 0:
+            raise UsageError(f"--sigma-config-type {name!r}: sigmas must be positive")
+        out[str(name).strip()] = (e, f, v)
+    return out
 
 
 def cholesky_upper(K: np.ndarray, what: str) -> np.ndarray:
