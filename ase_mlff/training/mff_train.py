@@ -237,7 +237,8 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
 
                 sparse_info = fit_sparse(gp, train_frames, sigmas=(args.sigma_energy, args.sigma_force, args.sigma_virial),
                                          config_type_sigmas=parse_config_type_sigmas(args.sigma_config_type),
-                                         jitter=args.jitter, sigma_e0=args.sigma_e0, log=log, **sparse_kw)
+                                         jitter=args.jitter, sigma_e0=args.sigma_e0, log=log, quiet=False,
+                                         **sparse_kw)
                 arrays_fit["sparse_x"] = gp.sparse_x
                 ckpt.safe_point(snapshot, force=True)
         elif "alpha" in arrays_fit:

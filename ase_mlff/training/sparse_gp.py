@@ -19,7 +19,6 @@ per-config_type overrides replace all three for frames of that config_type.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -72,11 +71,19 @@ def count_rows(frames: Sequence) -> int:
 
 
 def progress(items, desc: str, quiet: bool):
+    """``items`` with the package's progress bar on stderr (the one ``ase-mlff md`` and
+    ``eval`` show), unless ``quiet``."""
     if quiet:
-        return items
-    from tqdm import tqdm
+        yield from items
+        return
+    from ..workflows._common import ProgressBar
 
-    return tqdm(items, desc=desc, unit="frame", file=sys.stderr, leave=False)
+    items = list(items)
+    bar = ProgressBar(len(items), label=desc, unit="frames")
+    for k, item in enumerate(items):
+        yield item
+        bar.update(k + 1)
+    bar.close()
 
 
 def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior: Sequence[tuple[slice, np.ndarray]],
