@@ -44,30 +44,44 @@ def _k2(x: np.ndarray, y: np.ndarray, ell: float) -> tuple[np.ndarray, np.ndarra
     return k, -k * d / ell ** 2
 
 
-def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float):
+def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, grad: bool = True):
     """Symmetrised 3-body kernel sum_P [s == P t] exp(-|x - P y|^2 / 2 l^2) (U, V) between
-    triangles x (U, 3) of vertex species s (U, 3) and y (V, 3) of species t (V, 3), and its
-    gradient in x (U, V, 3)."""
-    K = np.zeros((len(x), len(y)))
-    dK = np.zeros((len(x), len(y), 3))
+    triangles x (U, 3) of vertex species s (U, 3) and y (V, 3) of species t (V, 3), and (with
+    ``grad``) its gradient in x (U, V, 3). Torch, float64: |x - P y|^2 from a product, and the
+    gradient as x K - sum_P k_P (P y), so no (U, V, 3) temporaries per permutation."""
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), torch.from_numpy(
+        np.ascontiguousarray(y, dtype=np.float64))
+    st, tt = torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(np.ascontiguousarray(t))
+    inv = 0.5 / ell ** 2
+    x2 = (xt * xt).sum(1)[:, None]
+    y2 = (yt * yt).sum(1)[None, :]
+    K = torch.zeros(len(xt), len(yt), dtype=torch.float64)
+    A = torch.zeros(3, len(xt), len(yt), dtype=torch.float64) if grad else None
+    same_species = bool((st == st[:1]).all() and (tt == st[:1]).all()) if len(st) and len(tt) else False
+    code = (st[:, 0] * 256 + st[:, 1]) * 256 + st[:, 2]  # one integer per species triple (< 256 elements)
     for sp, vp in zip(_SPERM, _VPERM):
-        match = np.all(s[:, None, :] == t[None, :, vp], axis=2)
-        if not match.any():
-            continue
-        d = x[:, None, :] - y[None, :, sp]
-        k = np.exp(-0.5 * (d * d).sum(2) / ell ** 2) * match
+        yp = yt[:, sp]
+        k = torch.exp((2.0 * (xt @ yp.T) - x2 - y2).clamp_(max=0.0) * inv)
+        if not same_species:
+            tp = tt[:, vp]
+            k = k * (code[:, None] == ((tp[:, 0] * 256 + tp[:, 1]) * 256 + tp[:, 2])[None, :])
         K += k
-        dK -= k[:, :, None] * d / ell ** 2
-    return K, dK
+        if grad:
+            for d in range(3):
+                A[d] += k * yp[:, d][None, :]
+    if not grad:
+        return K.numpy(), None
+    dK = -(xt.T[:, :, None] * K[None] - A) / ell ** 2  # (3, U, V)
+    return K.numpy(), dK.permute(1, 2, 0).contiguous().numpy()
 
 
 def _fps(X: np.ndarray, S: np.ndarray, n: int, ell: float, rng: np.random.Generator) -> np.ndarray:
     """Farthest-point sampling of ``n`` triangles in the kernel distance 2 - 2 k / k0."""
     pick = [int(rng.integers(len(X)))]
-    k0, _ = _k3(X[pick], S[pick], X[pick], S[pick], ell)
+    k0, _ = _k3(X[pick], S[pick], X[pick], S[pick], ell, grad=False)
     dist = np.full(len(X), np.inf)
     for _ in range(n - 1):
-        k, _ = _k3(X, S, X[pick[-1:]], S[pick[-1:]], ell)
+        k, _ = _k3(X, S, X[pick[-1:]], S[pick[-1:]], ell, grad=False)
         dist = np.minimum(dist, 2.0 - 2.0 * k[:, 0] / k0[0, 0])
         dist[pick] = -1.0
         pick.append(int(np.argmax(dist)))
@@ -137,7 +151,7 @@ class SparseNBody:
             K = hp.sigma2 ** 2 * K + jitter * hp.sigma2 ** 2 * np.eye(self.U)
             out.append((slice(0, self.U), sparse_gp.cholesky_upper(K, "2-body inducing distances")))
         if self.V:
-            K, _ = _k3(self.x3, self.spec3, self.x3, self.spec3, hp.l3)
+            K, _ = _k3(self.x3, self.spec3, self.x3, self.spec3, hp.l3, grad=False)
             K = hp.sigma3 ** 2 * K + jitter * hp.sigma3 ** 2 * np.eye(self.V)
             out.append((slice(self.U, self.U + self.V), sparse_gp.cholesky_upper(K, "3-body inducing triangles")))
         out.append((slice(self.U + self.V, self.n_params), np.eye(self.S) / sigma_e0))
