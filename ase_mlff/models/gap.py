@@ -52,13 +52,9 @@ from .base import (Model, config_float, config_int, config_reference_energies, c
 _SOAP_KEYS = ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width", "central_weight", "basis_radius")
 
 
-def pair_keys(n_species: int) -> dict[tuple[int, int], int]:
-    """Index of each unordered element pair (a <= b) of the 2-body term."""
-    out = {}
-    for a in range(n_species):
-        for b in range(a, n_species):
-            out[(a, b)] = len(out)
-    return out
+def pair_key(a, b, n_species: int):
+    """Index of the unordered element pair (a <= b) among all pairs (numpy or torch arrays)."""
+    return a * n_species - a * (a - 1) // 2 + (b - a)
 
 
 def soap_dim(n_species: int, n_max: int, l_max: int) -> int:
@@ -173,7 +169,7 @@ class GAPModel(Model):
         i, j = graph.edge_index
         a, b = torch.minimum(s[i], s[j]), torch.maximum(s[i], s[j])
         S = len(self.species)
-        key = a * S - a * (a - 1) // 2 + (b - a)
+        key = pair_key(a, b, S)
         rc, w = float(tb["cutoff"]), float(tb["width"])
         fc = _cosine_cutoff(r, rc, w)
         k = torch.exp(-0.5 * (r[:, None] - self.pair_sparse[None, :]) ** 2 / float(tb["theta"]) ** 2)
@@ -240,7 +236,7 @@ class GAPModel(Model):
             tb = self.two_body
             r = np.linalg.norm(vec, axis=1)
             a, b = np.minimum(s_np[i_np], s_np[j_np]), np.maximum(s_np[i_np], s_np[j_np])
-            key = a * S - a * (a - 1) // 2 + (b - a)
+            key = pair_key(a, b, S)
             fc, dfc = cutoff_function(r, float(tb["cutoff"]), float(tb["width"]))
             rs = self.pair_sparse.numpy().astype(np.float64)
             th2 = float(tb["theta"]) ** 2
