@@ -173,3 +173,14 @@ def torch_basis(table: torch.Tensor, h: float, n: int, x: torch.Tensor):
     vals = (tab * powers.unsqueeze(-2)).sum(-1)
     return m, vals, inside
 
+
+def hermite_coefficients(values, derivs, h: float):
+    """Cubic Hermite pieces on a uniform grid of spacing ``h``, in the power form the compiled
+    kernels evaluate (``_ext/cfconv.cpp``, ``_ext/soap.cpp``): node values and derivatives
+    (G+1, F) -> coefficients (G, 4, F) with ``f = c0 + t (c1 + t (c2 + t c3))`` on each
+    interval, ``t`` in [0, 1]. Values and derivatives are exact at the nodes. numpy or torch."""
+    y0, y1 = values[:-1], values[1:]
+    d0, d1 = derivs[:-1] * h, derivs[1:] * h
+    parts = [y0, d0, 3.0 * (y1 - y0) - 2.0 * d0 - d1, 2.0 * (y0 - y1) + d0 + d1]
+    return torch.stack(parts, dim=1) if isinstance(values, torch.Tensor) else np.stack(parts, axis=1)
+

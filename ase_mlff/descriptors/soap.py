@@ -46,6 +46,7 @@ import torch
 from scipy.special import gammaln, ive, roots_legendre, spherical_in
 
 from .._ext import _core
+from ..splines import hermite_coefficients
 
 #: table spacing (Å) of the radial integrals
 GRID_SPACING = 0.01
@@ -125,13 +126,6 @@ def radial_integrals(r: np.ndarray, n_max: int, l_max: int, sigma: float, radius
     return g, dg
 
 
-def hermite_table(values: np.ndarray, derivs: np.ndarray, h: float) -> np.ndarray:
-    """Power-form cubic Hermite coefficients (G, 4, F) from node values and derivatives (G+1, F)."""
-    y0, y1 = values[:-1], values[1:]
-    d0, d1 = derivs[:-1] * h, derivs[1:] * h
-    return np.stack([y0, d0, 3.0 * (y1 - y0) - 2.0 * d0 - d1, 2.0 * (y0 - y1) + d0 + d1], axis=1)
-
-
 class SOAP:
     """SOAP power spectrum for a fixed set of elements and hyperparameters.
 
@@ -172,7 +166,7 @@ class SOAP:
         fc[-1], dfc[-1] = 0.0, 0.0
         h = (fc[:, None, None] * g).reshape(len(r), -1)
         dh = (dfc[:, None, None] * g + fc[:, None, None] * dg).reshape(len(r), -1)
-        self.table = np.ascontiguousarray(hermite_table(h, dh, 1.0 / self.inv_h))
+        self.table = np.ascontiguousarray(hermite_coefficients(h, dh, 1.0 / self.inv_h))
         self.central = np.ascontiguousarray(self.central_weight * g[0, :, 0])
 
     def hypers(self) -> dict:

@@ -42,6 +42,7 @@ import torch
 
 from ..errors import InputError
 from ..graph import Graph
+from ..splines import hermite_coefficients
 from .base import (Model, ModelOutput, config_dtype, config_float, config_int, config_reference_energies, config_species,
                    register_model, sum_per_structure)
 from .prior import check_repulsion, repulsion_atom_energies
@@ -219,8 +220,7 @@ class SchNetModel(Model):
         tables = []
         for block in self.interactions:
             w, dw = block.filter_table(centres, gamma, self.cutoff, r)
-            w0, w1, d0, d1 = w[:-1], w[1:], dw[:-1] * h, dw[1:] * h
-            coeffs = torch.stack([w0, d0, 3.0 * (w1 - w0) - 2.0 * d0 - d1, 2.0 * (w0 - w1) + d0 + d1], dim=1)
+            coeffs = hermite_coefficients(w, dw, h)
             tables.append(coeffs.to(dtype=dt, device=self.embedding.weight.device).contiguous())
         self._tables = (key, tables, 1.0 / h)
         return tables, 1.0 / h
