@@ -70,6 +70,12 @@ def test_radial_table_interpolates_the_quadrature(small_soap):
     c = small_soap.table[k]
     got = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
     np.testing.assert_allclose(got, want, atol=1e-9 * np.abs(want).max())
+    # the same cutoff in torch (the 2-body term of GAP) and in numpy (the tables, training)
+    import torch
+
+    rr = np.linspace(0.0, 4.2, 421)
+    for a, b in zip(cutoff_function(torch.from_numpy(rr), 4.0, 0.5), cutoff_function(rr, 4.0, 0.5)):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-15)
 
 
 @pytest.mark.parametrize("path", [SI, WATER])

@@ -54,8 +54,17 @@ GRID_SPACING = 0.01
 QUADRATURE_NODES = 400
 
 
-def cutoff_function(r: np.ndarray, r_cut: float, width: float) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth cutoff f_c(r) and its derivative (cosine transition of ``width`` below ``r_cut``)."""
+def cutoff_function(r, r_cut: float, width: float):
+    """Smooth cutoff f_c(r) and its derivative (cosine transition of ``width`` below ``r_cut``),
+    for numpy arrays or torch tensors (differentiable)."""
+    if isinstance(r, torch.Tensor):
+        below = r < r_cut
+        if width <= 0:
+            return below.to(r.dtype), torch.zeros_like(r)
+        x = math.pi * ((r - (r_cut - width)) / width).clamp(0.0, 1.0)
+        f = torch.where(below, 0.5 * (1.0 + torch.cos(x)), torch.zeros_like(r))
+        df = torch.where(below & (r > r_cut - width), -0.5 * math.pi / width * torch.sin(x), torch.zeros_like(r))
+        return f, df
     r = np.asarray(r, dtype=np.float64)
     f = np.where(r < r_cut, 1.0, 0.0)
     df = np.zeros_like(r)

@@ -171,7 +171,7 @@ class GAPModel(Model):
         S = len(self.species)
         key = pair_key(a, b, S)
         rc, w = float(tb["cutoff"]), float(tb["width"])
-        fc = _cosine_cutoff(r, rc, w)
+        fc, _ = cutoff_function(r, rc, w)
         k = torch.exp(-0.5 * (r[:, None] - self.pair_sparse[None, :]) ** 2 / float(tb["theta"]) ** 2)
         k = k * (key[:, None] == self.pair_key_of()[None, :].to(key.device))
         return fc * float(tb["delta"]) ** 2 * (k @ self.beta)
@@ -427,11 +427,14 @@ class GAPModel(Model):
         self.soap.central = np.ascontiguousarray(arrays["soap_central"], dtype=np.float64)
         self.soap._tables = {}
 
-
-def _cosine_cutoff(r: torch.Tensor, rc: float, width: float) -> torch.Tensor:
-    inside = (r - (rc - width)).clamp(min=0.0) / max(width, 1e-300)
-    fc = 0.5 * (1.0 + torch.cos(math.pi * inside.clamp(max=1.0)))
-    return torch.where(r < rc, fc, torch.zeros_like(r))
+    def adopt_soap(self, soap: SOAP) -> None:
+        """Use ``soap`` (same hyperparameters, tables computed) instead of computing the tables
+        again: training builds the model after it has described the data with its own SOAP."""
+        if soap.hypers() != {"species": self.species, **self.config["soap"]}:
+            raise ValueError("adopt_soap: the SOAP hyperparameters differ from the model's")
+        self.soap = soap
+        self.soap_table.copy_(torch.from_numpy(soap.table))
+        self.soap_central.copy_(torch.from_numpy(soap.central))
 
 
 def _scatter(Gc, cols, i, j, vec, batch, F, W) -> None:

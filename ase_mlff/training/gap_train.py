@@ -162,8 +162,8 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
               for a in range(S)]
     n_sparse = [len(c) for c in chosen]
     model = GAPModel(species, soap=soap_h, zeta=opts["zeta"], delta=opts["delta"], n_sparse=n_sparse,
-                     two_body=two_body, variance=not opts["no_variance"])
-    model.soap = probe.soap  # the same tables (no second quadrature)
+                     two_body=two_body, variance=not opts["no_variance"], _defer_tables=True)
+    model.adopt_soap(probe.soap)  # the probe's tables: no second quadrature
     model.sparse.copy_(torch.from_numpy(np.concatenate([X[xs == a][c] for a, c in enumerate(chosen)])))
     if two_body:
         lo = max(0.5, rmin if np.isfinite(rmin) else 0.5)
