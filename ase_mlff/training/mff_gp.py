@@ -69,6 +69,23 @@ def _side(a, b):
 _SPERM = np.array([[_side(p[0], p[1]), _side(p[0], p[2]), _side(p[1], p[2])] for p in _VPERM])
 
 
+def point_terms(x: np.ndarray, spec: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    """Posterior-mean points ``x`` (U, D) with species ``spec`` and weights ``a`` (U,), ``b``
+    (U, D) as the ``terms`` of :class:`~ase_mlff.models.nbody_gp.GPModel`: ``{species key: (x,
+    a, b)}`` torch tensors. Triangles (D = 3) are expanded by the 6 vertex permutations (sides
+    and species permuted together), so the mean is symmetric; pairs keep their sorted key."""
+    D = x.shape[1]
+    terms: dict = {}
+    perms = [(np.arange(D), np.arange(2))] if D == 1 else list(zip(_SPERM, _VPERM))
+    for sp, vp in perms:
+        xp, bp = x[:, sp], b[:, sp]
+        key_arr = spec if D == 1 else spec[:, vp]
+        for key in {tuple(k) for k in key_arr.tolist()}:
+            sel = np.all(key_arr == np.array(key), axis=1)
+            terms.setdefault(key, []).append((xp[sel], a[sel], bp[sel]))
+    return {k: tuple(torch.from_numpy(np.concatenate([t[i] for t in v])) for i in range(3)) for k, v in terms.items()}
+
+
 # ------------------------------------------------------------------------------ the GP
 class NBodyGP:
     """2-body / 3-body / 2+3-body GP local-energy model trained on energies and/or forces.
@@ -231,17 +248,7 @@ class NBodyGP:
             if not xs:
                 continue
             x, spec, a, b = np.concatenate(xs), np.concatenate(specs), sig2 * np.concatenate(a_s), sig2 * np.concatenate(b_s)
-            # expand by the permutations: keys are the permuted species tuples
-            terms = {}
-            perms = [(np.arange(D), np.arange(2))] if D == 1 else [(sp, vp) for sp, vp in zip(_SPERM, _VPERM)]
-            for sp, vp in perms:
-                xp, bp = x[:, sp], b[:, sp]
-                key_arr = spec if D == 1 else spec[:, vp]
-                for key in {tuple(k) for k in key_arr.tolist()}:
-                    sel = np.all(key_arr == np.array(key), axis=1)
-                    terms.setdefault(key, []).append((xp[sel], a[sel], bp[sel]))
-            self._terms[name] = {k: tuple(torch.from_numpy(np.concatenate([t[i] for t in v])) for i in range(3))
-                                 for k, v in terms.items()}
+            self._terms[name] = point_terms(x, spec, a, b)
 
     # ----------------------------------------------------------------- prediction
     def as_model(self) -> GPModel:

@@ -32,7 +32,7 @@ import torch
 
 from ..descriptors.nbody import structure_points
 from . import sparse_gp
-from .mff_gp import _SPERM, _VPERM, NBodyGP
+from .mff_gp import _SPERM, _VPERM, NBodyGP, point_terms
 
 _CHUNK = 4096
 
@@ -212,25 +212,9 @@ class SparseNBody:
         gp.e0 = np.asarray(x[U + V:], dtype=np.float64)
         terms: dict = {}
         if U:
-            t2: dict = {}
-            for key in self.keys2:
-                sel = np.all(self.spec2 == key, axis=1)
-                a = hp.sigma2 ** 2 * x[:U][sel]
-                y = self.r2[sel][:, None]
-                t2[tuple(int(v) for v in key)] = (torch.from_numpy(y), torch.from_numpy(a), torch.zeros_like(torch.from_numpy(y)))
-            terms["2"] = t2
+            terms["2"] = point_terms(self.r2[:, None], self.spec2, hp.sigma2 ** 2 * x[:U], np.zeros((U, 1)))
         if V:
-            a3 = hp.sigma3 ** 2 * x[U:U + V]
-            t3: dict = {}
-            for sp, vp in zip(_SPERM, _VPERM):
-                xp, key_arr = self.x3[:, sp], self.spec3[:, vp]
-                for key in {tuple(k) for k in key_arr.tolist()}:
-                    sel = np.all(key_arr == np.array(key), axis=1)
-                    t3.setdefault(key, []).append((xp[sel], a3[sel]))
-            terms["3"] = {k: (torch.from_numpy(np.concatenate([t[0] for t in v])),
-                              torch.from_numpy(np.concatenate([t[1] for t in v])),
-                              torch.zeros(sum(len(t[0]) for t in v), 3, dtype=torch.float64))
-                          for k, v in t3.items()}
+            terms["3"] = point_terms(self.x3, self.spec3, hp.sigma3 ** 2 * x[U:U + V], np.zeros((V, 3)))
         gp._terms = terms
 
 
