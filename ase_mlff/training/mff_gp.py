@@ -69,14 +69,21 @@ def _side(a, b):
 _SPERM = np.array([[_side(p[0], p[1]), _side(p[0], p[2]), _side(p[1], p[2])] for p in _VPERM])
 
 
-def point_terms(x: np.ndarray, spec: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+def triplet_permutations(centred: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(side permutations, vertex permutations) the 3-body kernel sums over: all 6 for
+    triangles; identity and the swap of the arms j, k for centred triplets (the first two)."""
+    return (_SPERM[:2], _VPERM[:2]) if centred else (_SPERM, _VPERM)
+
+
+def point_terms(x: np.ndarray, spec: np.ndarray, a: np.ndarray, b: np.ndarray, centred: bool = False) -> dict:
     """Posterior-mean points ``x`` (U, D) with species ``spec`` and weights ``a`` (U,), ``b``
     (U, D) as the ``terms`` of :class:`~ase_mlff.models.nbody_gp.GPModel`: ``{species key: (x,
-    a, b)}`` torch tensors. Triangles (D = 3) are expanded by the 6 vertex permutations (sides
-    and species permuted together), so the mean is symmetric; pairs keep their sorted key."""
+    a, b)}`` torch tensors. Triangles (D = 3) are expanded by the vertex permutations of
+    :func:`triplet_permutations` (sides and species permuted together), so the mean has the
+    kernel's symmetry; pairs keep their sorted key."""
     D = x.shape[1]
     terms: dict = {}
-    perms = [(np.arange(D), np.arange(2))] if D == 1 else list(zip(_SPERM, _VPERM))
+    perms = [(np.arange(D), np.arange(2))] if D == 1 else list(zip(*triplet_permutations(centred)))
     for sp, vp in perms:
         xp, bp = x[:, sp], b[:, sp]
         key_arr = spec if D == 1 else spec[:, vp]
@@ -96,12 +103,16 @@ class NBodyGP:
     """
 
     def __init__(self, species: Sequence[int], rc2: float = 5.0, rc3: float = 0.0,
-                 hyper: Hyper | None = None, width2: float | None = None, width3: float | None = None):
+                 hyper: Hyper | None = None, width2: float | None = None, width3: float | None = None,
+                 triplets: str = "triangle"):
         self.species = sorted({int(z) for z in species})
         self.rc2, self.rc3 = float(rc2), float(rc3)
-        # cutoff transition widths (None: the whole cutoff, the original MFF cutoff); only the
-        # sparse fit (mff_sparse) supports others
+        # cutoff transition widths (None: the whole cutoff, the original MFF cutoff) and centred
+        # triplets (docs/mff.md); only the sparse fit (mff_sparse) supports other than the defaults
         self.width2, self.width3 = width2, width3
+        if triplets not in ("triangle", "centred"):
+            raise ValueError(f"triplets must be 'triangle' or 'centred', got {triplets!r}")
+        self.triplets = triplets
         if self.rc2 <= 0 and self.rc3 <= 0:
             raise ValueError("at least one of rc2, rc3 must be positive")
         self.hyper = hyper or Hyper()
@@ -116,6 +127,10 @@ class NBodyGP:
     @property
     def use3(self) -> bool:
         return self.rc3 > 0
+
+    @property
+    def centred(self) -> bool:
+        return self.triplets == "centred"
 
     # ----------------------------------------------------------------- training
     def optimise_hyperparameters(self, labels: LabelSet, l2_bounds=(0.15, 3.0), l3_bounds=(0.2, 3.0),
@@ -189,6 +204,8 @@ class NBodyGP:
         the factor is then recomputed only if :meth:`energy_variance` needs it.
         """
         t0 = time.perf_counter()
+        if self.centred:
+            raise TrainingError("centred triplets need the sparse fit (ase_mlff.training.mff_sparse.fit_sparse)")
         if e0 is None:
             src = [frames[f] for f in energy_frames] or [f for f in frames if f.energy is not None]
             e0 = fit_reference_energies(src, self.species)
@@ -255,7 +272,7 @@ class NBodyGP:
         """The unmapped GP (posterior mean, current ``e0``) as a
         :class:`~ase_mlff.models.nbody_gp.GPModel` (slow; the reference of the mapping)."""
         return GPModel(self.species, self.rc2, self.rc3, self.hyper.l2, self.hyper.l3, self.e0, self._terms,
-                       self.width2, self.width3)
+                       self.width2, self.width3, self.centred)
 
     def v2(self, r: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
         """Pair energy V2 at distances r for species indices (sa, sb) (see :meth:`GPModel.v2`)."""
@@ -320,14 +337,16 @@ class NBodyGP:
             coef3 = np.zeros(model.coef3.shape)
             g, gjk = model.grid3, model.grid3jk
             xs = sample_points(g, samples_per_interval)
+            # centred triplets reach r_jk = 2 rc3 and have no cutoff in it; triangles end at rc3
+            xjk, free_jk = (sample_points(gjk, samples_per_interval), gjk.n_coef) if self.centred else (xs, g.n)
             n = len(xs)
             for a in range(S):
                 for b in range(S):
                     for c in range(b, S):
                         key = f"coef3_{a}_{b}_{c}"
                         if key not in done:
-                            vals = self._tabulate3(xs, a, b, c)
-                            done[key] = fit_tensor([g, g, gjk], [xs, xs, xs], vals, [g.n, g.n, g.n])
+                            vals = self._tabulate3(xs, xjk, a, b, c)
+                            done[key] = fit_tensor([g, g, gjk], [xs, xs, xjk], vals, [g.n, g.n, free_jk])
                             if on_block is not None:
                                 on_block(key, done[key])
                         block = done[key]
@@ -335,33 +354,39 @@ class NBodyGP:
                         coef3[a, c, b] = np.transpose(block, (1, 0, 2))
             del n
         model.set_splines(coef2, coef3, self.e0)
-        model.config["source"] = {"gp_hyperparameters": self.hyper.as_dict(), "samples_per_interval": samples_per_interval}
+        model.config["source"] = {"gp_hyperparameters": self.hyper.as_dict(), "samples_per_interval": samples_per_interval,
+                                  "triplets": self.triplets}
         self.timings["mapping_s"] = time.perf_counter() - t0
         if log:
             log(f"mapped in {self.timings['mapping_s']:.1f} s")
         return model
 
-    def _tabulate3(self, xs: np.ndarray, a: int, b: int, c: int) -> np.ndarray:
-        """V3[a, b, c] on the grid xs^3, using the permutation symmetry to evaluate fewer points."""
-        n = len(xs)
-        i1, i2, i3 = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")
-        if a == b == c:
+    def _tabulate3(self, xs: np.ndarray, xjk: np.ndarray, a: int, b: int, c: int) -> np.ndarray:
+        """V3[a, b, c] on the grid xs x xs x xjk (arms r_ij, r_ik; third side r_jk), using the
+        kernel's permutation symmetry to evaluate fewer points. Points with an arm at the cutoff
+        are zero (with triangles, also those with r_jk at the cutoff)."""
+        n, m = len(xs), len(xjk)
+        i1, i2, i3 = np.meshgrid(np.arange(n), np.arange(n), np.arange(m), indexing="ij")
+        full = not self.centred and a == b == c  # triangles of one species triple: all 6 permutations
+        if full:
             sel = (i1 >= i2) & (i2 >= i3)
         elif b == c:
             sel = i1 >= i2
         else:
             sel = np.ones_like(i1, dtype=bool)
-        # points with a side at the cutoff are zero
-        sel &= (i1 < n - 1) & (i2 < n - 1) & (i3 < n - 1) if xs[-1] >= self.rc3 - 1e-12 else sel
-        q = np.stack([xs[i1[sel]], xs[i2[sel]], xs[i3[sel]]], 1)
+        if xs[-1] >= self.rc3 - 1e-12:
+            sel &= (i1 < n - 1) & (i2 < n - 1)
+            if not self.centred:
+                sel &= i3 < m - 1
+        q = np.stack([xs[i1[sel]], xs[i2[sel]], xjk[i3[sel]]], 1)
         x = torch.from_numpy(q)
         with torch.no_grad():
             vals_sel = np.concatenate([
                 self.v3(x[k:k + 20000], *(torch.full((min(20000, len(q) - k),), s, dtype=torch.long) for s in (a, b, c))).numpy()
                 for k in range(0, len(q), 20000)]) if len(q) else np.zeros(0)
-        vals = np.zeros((n, n, n))
+        vals = np.zeros((n, n, m))
         vals[i1[sel], i2[sel], i3[sel]] = vals_sel
-        if a == b == c:
+        if full:
             for sp in _SPERM[1:]:
                 idx = np.stack([i1[sel], i2[sel], i3[sel]], 1)
                 vals[idx[:, sp[0]], idx[:, sp[1]], idx[:, sp[2]]] = vals_sel

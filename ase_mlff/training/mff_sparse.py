@@ -32,7 +32,7 @@ import torch
 
 from ..descriptors.nbody import structure_points
 from . import sparse_gp
-from .mff_gp import _SPERM, _VPERM, NBodyGP, point_terms
+from .mff_gp import NBodyGP, point_terms, triplet_permutations
 
 _CHUNK = 4096
 
@@ -44,11 +44,13 @@ def _k2(x: np.ndarray, y: np.ndarray, ell: float) -> tuple[np.ndarray, np.ndarra
     return k, -k * d / ell ** 2
 
 
-def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, grad: bool = True):
+def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, grad: bool = True,
+        centred: bool = False):
     """Symmetrised 3-body kernel sum_P [s == P t] exp(-|x - P y|^2 / 2 l^2) (U, V) between
     triangles x (U, 3) of vertex species s (U, 3) and y (V, 3) of species t (V, 3), and (with
-    ``grad``) its gradient in x (U, V, 3). Torch, float64: |x - P y|^2 from a product, and the
-    gradient as x K - sum_P k_P (P y), so no (U, V, 3) temporaries per permutation."""
+    ``grad``) its gradient in x (U, V, 3); P runs over :func:`triplet_permutations` (6, or 2 for
+    ``centred`` triplets). Torch, float64: |x - P y|^2 from a product, and the gradient as
+    x K - sum_P k_P (P y), so no (U, V, 3) temporaries per permutation."""
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), torch.from_numpy(
         np.ascontiguousarray(y, dtype=np.float64))
     st, tt = torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(np.ascontiguousarray(t))
@@ -59,7 +61,7 @@ def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, 
     A = torch.zeros(3, len(xt), len(yt), dtype=torch.float64) if grad else None
     same_species = bool((st == st[:1]).all() and (tt == st[:1]).all()) if len(st) and len(tt) else False
     code = (st[:, 0] * 256 + st[:, 1]) * 256 + st[:, 2]  # one integer per species triple (< 256 elements)
-    for sp, vp in zip(_SPERM, _VPERM):
+    for sp, vp in zip(*triplet_permutations(centred)):
         yp = yt[:, sp]
         k = torch.exp((2.0 * (xt @ yp.T) - x2 - y2).clamp_(max=0.0) * inv)
         if not same_species:
@@ -75,13 +77,13 @@ def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, 
     return K.numpy(), dK.permute(1, 2, 0).contiguous().numpy()
 
 
-def _fps(X: np.ndarray, S: np.ndarray, n: int, ell: float, rng: np.random.Generator) -> np.ndarray:
+def _fps(X: np.ndarray, S: np.ndarray, n: int, ell: float, rng: np.random.Generator, centred: bool) -> np.ndarray:
     """Farthest-point sampling of ``n`` triangles in the kernel distance 2 - 2 k / k0."""
     pick = [int(rng.integers(len(X)))]
-    k0, _ = _k3(X[pick], S[pick], X[pick], S[pick], ell, grad=False)
+    k0, _ = _k3(X[pick], S[pick], X[pick], S[pick], ell, grad=False, centred=centred)
     dist = np.full(len(X), np.inf)
     for _ in range(n - 1):
-        k, _ = _k3(X, S, X[pick[-1:]], S[pick[-1:]], ell, grad=False)
+        k, _ = _k3(X, S, X[pick[-1:]], S[pick[-1:]], ell, grad=False, centred=centred)
         dist = np.minimum(dist, 2.0 - 2.0 * k[:, 0] / k0[0, 0])
         dist[pick] = -1.0
         pick.append(int(np.argmax(dist)))
@@ -92,10 +94,10 @@ class SparseNBody:
     """Inducing points and design rows of the sparse 2+3-body GP (see the module docstring)."""
 
     def __init__(self, species: Sequence[int], rc2: float, rc3: float, hyper, r2: dict, x3: tuple | None,
-                 width2: float | None = None, width3: float | None = None):
+                 width2: float | None = None, width3: float | None = None, centred: bool = False):
         self.species = sorted(int(z) for z in species)
         self.rc2, self.rc3, self.hyper = float(rc2), float(rc3), hyper
-        self.width2, self.width3 = width2, width3
+        self.width2, self.width3, self.centred = width2, width3, bool(centred)
         self.keys2 = sorted(r2)
         self.r2 = np.concatenate([r2[k] for k in self.keys2]) if self.keys2 else np.zeros(0)
         self.spec2 = np.concatenate([np.tile(np.array(k, dtype=np.int32), (len(r2[k]), 1)) for k in self.keys2]) \
@@ -109,16 +111,18 @@ class SparseNBody:
 
     @classmethod
     def from_data(cls, frames, species, rc2: float, rc3: float, hyper, n2: int, n3: int, seed: int = 0,
-                  pool: int = 20000, width2: float | None = None, width3: float | None = None):
+                  pool: int = 20000, width2: float | None = None, width3: float | None = None,
+                  centred: bool = False):
         """Inducing points from the training frames: ``n2`` distances per element pair present,
-        ``n3`` triangles per species triple present (FPS on at most ``pool`` random triangles)."""
+        ``n3`` triangles (``centred``: triplets) per species triple present (FPS on at most
+        ``pool`` random ones)."""
         from ..rng import random_stream
 
         rng = random_stream(seed, "inducing")
         rmin: dict = {}
         tri_x, tri_s = [], []
         for f in frames:
-            p2, p3 = structure_points(f.positions, f.numbers, f.cell, f.pbc, species, rc2, rc3)
+            p2, p3 = structure_points(f.positions, f.numbers, f.cell, f.pbc, species, rc2, rc3, centred=centred)
             if p2 is not None:
                 for key in {tuple(k) for k in p2.spec.tolist()}:
                     sel = np.all(p2.spec == key, axis=1)
@@ -130,17 +134,18 @@ class SparseNBody:
         x3 = None
         if rc3 > 0 and tri_x:
             X, Sp = np.concatenate(tri_x), np.concatenate(tri_s)
-            canon = np.sort(Sp, axis=1)
+            # one pool per species triple up to the kernel's permutations
+            canon = np.concatenate([Sp[:, :1], np.sort(Sp[:, 1:], axis=1)], 1) if centred else np.sort(Sp, axis=1)
             xs, ss = [], []
             for key in {tuple(k) for k in canon.tolist()}:
                 idx = np.nonzero(np.all(canon == key, axis=1))[0]
                 if len(idx) > pool:
                     idx = rng.choice(idx, pool, replace=False)
-                chosen = idx[_fps(X[idx], Sp[idx], min(n3, len(idx)), hyper.l3, rng)]
+                chosen = idx[_fps(X[idx], Sp[idx], min(n3, len(idx)), hyper.l3, rng, centred)]
                 xs.append(X[chosen])
                 ss.append(Sp[chosen])
             x3 = (np.concatenate(xs), np.concatenate(ss).astype(np.int32))
-        return cls(species, rc2, rc3, hyper, r2, x3, width2, width3)
+        return cls(species, rc2, rc3, hyper, r2, x3, width2, width3, centred)
 
     def prior(self, jitter: float, sigma_e0: float) -> list:
         hp = self.hyper
@@ -151,7 +156,7 @@ class SparseNBody:
             K = hp.sigma2 ** 2 * K + jitter * hp.sigma2 ** 2 * np.eye(self.U)
             out.append((slice(0, self.U), sparse_gp.cholesky_upper(K, "2-body inducing distances")))
         if self.V:
-            K, _ = _k3(self.x3, self.spec3, self.x3, self.spec3, hp.l3, grad=False)
+            K, _ = _k3(self.x3, self.spec3, self.x3, self.spec3, hp.l3, grad=False, centred=self.centred)
             K = hp.sigma3 ** 2 * K + jitter * hp.sigma3 ** 2 * np.eye(self.V)
             out.append((slice(self.U, self.U + self.V), sparse_gp.cholesky_upper(K, "3-body inducing triangles")))
         out.append((slice(self.U + self.V, self.n_params), np.eye(self.S) / sigma_e0))
@@ -162,7 +167,7 @@ class SparseNBody:
         hp, U, V = self.hyper, self.U, self.V
         T, N = self.n_params, len(frame)
         p2, p3 = structure_points(frame.positions, frame.numbers, frame.cell, frame.pbc, self.species,
-                                  self.rc2, self.rc3, self.width2, self.width3)
+                                  self.rc2, self.rc3, self.width2, self.width3, self.centred)
         E = np.zeros(T)
         F = np.zeros((N, 3, T)) if forces else None
         W = np.zeros((3, 3, T)) if virial else None
@@ -180,7 +185,7 @@ class SparseNBody:
                     match = np.all(p.spec[lo:hi, None, :] == self.spec2[None, :, :], axis=2)
                     k, dk = hp.sigma2 ** 2 * k * match, hp.sigma2 ** 2 * (dk * match)[:, :, None]
                 else:
-                    k, dk = _k3(x, p.spec[lo:hi], self.x3, self.spec3, hp.l3)
+                    k, dk = _k3(x, p.spec[lo:hi], self.x3, self.spec3, hp.l3, centred=self.centred)
                     k, dk = hp.sigma3 ** 2 * k, hp.sigma3 ** 2 * dk
                 E[cols] += (wt * w) @ k
                 if not (forces or virial):
@@ -214,7 +219,7 @@ class SparseNBody:
         if U:
             terms["2"] = point_terms(self.r2[:, None], self.spec2, hp.sigma2 ** 2 * x[:U], np.zeros((U, 1)))
         if V:
-            terms["3"] = point_terms(self.x3, self.spec3, hp.sigma3 ** 2 * x[U:U + V], np.zeros((V, 3)))
+            terms["3"] = point_terms(self.x3, self.spec3, hp.sigma3 ** 2 * x[U:U + V], np.zeros((V, 3)), self.centred)
         gp._terms = terms
 
 
@@ -225,7 +230,7 @@ def fit_sparse(gp: NBodyGP, frames, n2: int, n3: int, sigmas: tuple[float, float
     ``frames``; afterwards ``gp.as_model()`` and ``gp.to_mff()`` work as after a full fit."""
     t0 = time.perf_counter()
     sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
-                                   gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3)
+                                   gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3, centred=gp.centred)
     log(f"inducing points: {sparse.U} distances, {sparse.V} triangles ({time.perf_counter() - t0:.1f} s)")
 
     def design(k):
@@ -248,7 +253,7 @@ def restore_sparse(gp: NBodyGP, frames, n2: int, n3: int, seed: int, x: np.ndarr
     """Give ``gp`` the solution ``x`` of an earlier :func:`fit_sparse` on the same frames and
     options (a checkpoint): the inducing points are chosen again (deterministic), not the solve."""
     sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
-                                   gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3)
+                                   gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3, centred=gp.centred)
     x = np.asarray(x, dtype=np.float64)
     if len(x) != sparse.n_params:
         from ..errors import TrainingError

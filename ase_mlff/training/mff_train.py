@@ -41,7 +41,8 @@ from .common import training_record as common_record
 MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
                  "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed",
                  "fit", "n_sparse2", "n_sparse3", "sigma_energy", "sigma_force", "sigma_virial",
-                 "sigma_config_type", "sigma_e0", "jitter", "sigma2", "sigma3", "width2", "width3")
+                 "sigma_config_type", "sigma_e0", "jitter", "sigma2", "sigma3", "width2", "width3",
+                 "triplets")
 
 #: every option of ``train mff``: library keyword, flag and config key (docs/training.md)
 OPTIONS = (
@@ -76,6 +77,10 @@ OPTIONS = (
                            "the original MFF cutoff that is 1/2 at rc2/2)", float),
     Option("width3", None, "sparse fit: width of the 3-body cutoff transition (Å; none: the whole cutoff; a "
                            "narrow transition needs a finer --h3 to keep the mapping exact)", float),
+    Option("triplets", "triangle", "sparse fit: 3-body points; triangle: one symmetric function of the three "
+                                   "sides, every side below rc3 (the original MFF); centred: a function per "
+                                   "centre atom of its two arms (below rc3) and the third side (below 2 rc3), "
+                                   "the form of uf3 and Stillinger-Weber", choices=("triangle", "centred")),
     Option("h2", 0.1, "2-body spline knot spacing (Å; LAMMPS export: rc2/h2 <= ~55)", float),
     Option("h3", 0.1, "3-body spline knot spacing (Å; LAMMPS export: rc3/h3 <= ~45)", float),
     Option("samples_per_interval", 2, "GP samples per 3-body spline interval (LS fit)", int),
@@ -125,6 +130,10 @@ def _check_counts(args, n_frames: int) -> None:
     if args.rc2 <= 0 and args.rc3 <= 0:
         raise _UsageError("at least one of --rc2 and --rc3 must be positive")
     widths = [w for w in (getattr(args, "width2", None), getattr(args, "width3", None)) if w is not None]
+    if getattr(args, "triplets", "triangle") == "centred":
+        if getattr(args, "fit", "full") == "full" or not args.no_optimise:
+            raise _UsageError("--triplets centred needs the sparse fit and --no-optimise (the marginal-likelihood "
+                              "search uses the full GP's triangles); give --l2 --l3 --sigma2 --sigma3")
     if widths and getattr(args, "fit", "full") == "full":
         raise _UsageError("--width2/--width3 need the sparse fit (--fit sparse)")
     if widths and not args.no_optimise:
@@ -178,7 +187,8 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
             f"{len(energy_frames)} energies, {sum(len(a) for _, a in force_atoms)} force atoms")
     gp = NBodyGP(species, rc2=args.rc2, rc3=args.rc3,
                  hyper=Hyper(l2=args.l2, l3=args.l3, sigma2=args.sigma2, sigma3=args.sigma3),
-                 width2=getattr(args, "width2", None), width3=getattr(args, "width3", None))
+                 width2=getattr(args, "width2", None), width3=getattr(args, "width3", None),
+                 triplets=getattr(args, "triplets", "triangle"))
     e0 = None
     if energy_frames:
         e0 = reference_energies([ds[int(i)] for i in energy_pool], gp.species)
