@@ -25,6 +25,12 @@ an :class:`~ase_mlff.errors.InputError` that says which bound failed and why:
 
 Ctrl-C. The search runs without the GIL and checks for signals every ~10 ms in both passes,
 so Ctrl-C (``KeyboardInterrupt``) stops a long search promptly.
+
+Threads. Searches of more than about 2e5 candidate pairs (fcc copper from ~1400 atoms at a
+5 Å cutoff) run on the compiled kernels' thread pool, with the count set by
+:func:`ase_mlff.set_num_threads` (:func:`ase_mlff.threads.last_threads_used` reads back what
+a search ran on); smaller ones stay on the calling thread. The list is the same, bit for bit
+and in the same order, for any count. Only the calling thread checks for Ctrl-C.
 """
 
 from __future__ import annotations

@@ -9,19 +9,22 @@ side of the cutoff they fall depends on rounding.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
+from ase.build import bulk, fcc111
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import ase_mlff
 from ase_mlff import _ext
 from ase_mlff.errors import InputError
 from ase_mlff.neighbors import MAX_IMAGES, NeighborList, Pairs, neighbor_list
@@ -410,14 +413,24 @@ try:
     print("finished after", time.perf_counter() - t0, flush=True)
 except KeyboardInterrupt:
     print("interrupted after", time.perf_counter() - t0, flush=True)
+# the threads are free again: a large search afterwards runs on all of them
+import ase_mlff
+from ase.build import bulk
+atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((10, 10, 10))
+pairs = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+print("then", len(pairs), "pairs on", ase_mlff.threads.last_threads_used(), "threads", flush=True)
 """
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
-def test_ctrl_c_stops_a_long_search(tmp_path):
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.skipif(
+    ase_mlff.threads.available_cpus() < 2, reason="the default count is capped by the CPUs"))])
+def test_ctrl_c_stops_a_long_search(tmp_path, threads):
+    """Also on two threads: only the calling thread checks for Ctrl-C, and stops the other."""
     # cwd outside the source tree: the child must import the installed (compiled) package
+    env = dict(os.environ, ASE_MLFF_NUM_THREADS=str(threads))
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SEARCH], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     try:
         assert proc.stdout.readline().strip() == "searching", proc.stderr.read()
         time.sleep(0.5)  # well inside the C++ search by now
@@ -433,6 +446,8 @@ def test_ctrl_c_stops_a_long_search(tmp_path):
             proc.communicate()
     waited = time.perf_counter() - t_signal
     assert out.startswith("interrupted after"), (out, err)
+    # 12 + 6 + 24 neighbours within 5 Å
+    assert out.splitlines()[1] == f"then {42 * 4000} pairs on {threads} threads", (out, err)
     assert waited < 5.0, f"KeyboardInterrupt came {waited:.1f} s after SIGINT"
 
 
@@ -591,3 +606,119 @@ def test_skin_refresh_is_the_same_on_one_and_two_threads():
         assert np.array_equal(np.asarray(a), np.asarray(b))
     fresh = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
     assert len(out[2][0]) == len(fresh)
+
+
+# --------------------------------------------------------------------------------------------
+# Threads: large searches run on the thread pool and give the serial list, bit for bit
+# --------------------------------------------------------------------------------------------
+
+FIELDS = ("i", "j", "shifts", "vectors", "distances")
+
+
+@pytest.fixture
+def set_threads():
+    """ase_mlff.set_num_threads, with the count restored afterwards."""
+    before = ase_mlff.get_num_threads()
+    yield ase_mlff.set_num_threads
+    ase_mlff.set_num_threads(before)
+
+
+def large_system(name):
+    """(positions, cell, pbc, cutoff, self_interaction): all above the size from which the
+    search shares its work (about 2e5 candidate pairs)."""
+    rng = np.random.default_rng(7)
+    if name == "fcc":
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((10, 10, 10))
+        atoms.rattle(0.05, seed=1)
+        return atoms.positions, atoms.cell.array, atoms.pbc, 5.0, False
+    if name == "diamond":
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((8, 8, 8))
+        atoms.rattle(0.05, seed=2)
+        return atoms.positions, atoms.cell.array, atoms.pbc, 4.5, True
+    if name == "slab":  # periodic along a and b only
+        atoms = fcc111("Cu", size=(16, 16, 8), vacuum=10.0)
+        atoms.rattle(0.05, seed=3)
+        return atoms.positions, atoms.cell.array, atoms.pbc, 5.0, False
+    if name == "triclinic":  # some atoms outside the cell
+        cell = np.array([[30.0, 0.0, 0.0], [9.0, 28.0, 0.0], [6.0, 7.0, 26.0]])
+        return rng.random((3000, 3)) @ cell - 3.0, cell, [True] * 3, 4.5, False
+    if name == "wire":  # periodic along a only
+        cell = np.diag([10.0, 0.0, 0.0])
+        return rng.random((3000, 3)) * [10.0, 30.0, 30.0], cell, [True, False, False], 4.0, False
+    if name == "cluster":  # no periodicity: a rattled copper ball
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((14, 14, 14))
+        atoms.rattle(0.05, seed=5)
+        p = atoms.positions - atoms.positions.mean(axis=0)
+        return p[np.linalg.norm(p, axis=1) < 22.0], np.zeros((3, 3)), [False] * 3, 5.0, False
+    if name == "at_cutoff":
+        # Simple cubic, 1 Å spacing, cutoff 2 Å: every coordinate is an integer, so the 6
+        # neighbours at exactly 2 Å pass the search's loose test but not the strict one, in
+        # every chunk of atoms; the threads' slices of the output are then closed up.
+        grid = np.stack(np.meshgrid(*[np.arange(16.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        return grid, np.eye(3) * 16.0, [True] * 3, 2.0, False
+    raise ValueError(name)
+
+
+LARGE = ["fcc", "diamond", "slab", "triclinic", "wire", "cluster", "at_cutoff"]
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_threaded_search_is_the_serial_one(name, set_threads):
+    positions, cell, pbc, cutoff, self_interaction = large_system(name)
+    out = {}
+    for n in (1, 2, 3):
+        set_threads(n)
+        out[n] = neighbor_list(positions, cell, pbc, cutoff, self_interaction)
+        assert ase_mlff.threads.last_threads_used() == n
+    for n in (2, 3):
+        for field in FIELDS:
+            a, b = getattr(out[1], field), getattr(out[n], field)
+            assert a.dtype == b.dtype and np.array_equal(a, b), (name, n, field)
+    # an explicit count in the call is used as given, whatever the setting
+    got = _ext._core.neighbor_list(positions, cell, pbc, cutoff, self_interaction, n_threads=2)
+    assert _ext._core.last_threads_used() == 2
+    assert all(np.array_equal(a, getattr(out[1], f)) for a, f in zip(got, FIELDS))
+    if name == "at_cutoff":
+        assert len(out[1]) == 26 * len(positions)  # 6 at 1 Å, 12 at 1.41 Å, 8 at 1.73 Å
+        assert out[1].distances.max() < 2.0
+
+
+def test_threaded_search_matches_the_brute_force(set_threads):
+    positions, cell, pbc, cutoff, _ = large_system("wire")  # the cheapest for the brute force
+    set_threads(2)
+    compare_with_references(positions, cell, pbc, cutoff, with_ase=False)
+    assert ase_mlff.threads.last_threads_used() == 2
+
+
+def test_small_searches_stay_on_the_calling_thread(set_threads):
+    set_threads(2)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((4, 4, 4))
+    neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+    assert ase_mlff.threads.last_threads_used() == 1
+    with pytest.raises(ValueError, match="n_threads"):
+        _ext._core.neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0, n_threads=-1)
+
+
+def test_concurrent_threaded_searches_are_the_serial_one(set_threads):
+    """Two Python threads searching at once (one finds the pool busy and searches alone)."""
+    positions, cell, pbc, cutoff, _ = large_system("fcc")
+    set_threads(1)
+    reference = neighbor_list(positions, cell, pbc, cutoff)
+    set_threads(2)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(neighbor_list(positions, cell, pbc, cutoff))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors and len(results) == 6
+    for p in results:
+        assert all(np.array_equal(getattr(p, f), getattr(reference, f)) for f in FIELDS)

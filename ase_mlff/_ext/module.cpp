@@ -41,7 +41,7 @@ void check_shape(const py::array& a, py::ssize_t rows, py::ssize_t cols, const c
 }
 
 py::tuple neighbor_list_py(CArray positions, CArray cell, py::array_t<bool> pbc, double cutoff,
-                           bool self_interaction) {
+                           bool self_interaction, int n_threads) {
     check_shape(positions, -1, 3, "positions (expected N x 3)");
     check_shape(cell, 3, 3, "cell (expected 3 x 3)");
     if (pbc.size() != 3) throw std::invalid_argument("pbc must have 3 entries");
@@ -52,6 +52,7 @@ py::tuple neighbor_list_py(CArray positions, CArray cell, py::array_t<bool> pbc,
     // The search runs without the GIL (other Python threads go on) and takes it back every
     // ~10 ms only to look for Ctrl-C: PyErr_CheckSignals runs the Python signal handlers
     // and, when one raised (KeyboardInterrupt), leaves that exception set for us to rethrow.
+    // Only this thread runs the check, also when the search runs on the thread pool.
     const mlff::InterruptCheck ctrl_c = [] {
         py::gil_scoped_acquire gil;
         return PyErr_CheckSignals() != 0;
@@ -59,7 +60,7 @@ py::tuple neighbor_list_py(CArray positions, CArray cell, py::array_t<bool> pbc,
     mlff::PairList pl;
     try {
         py::gil_scoped_release release;
-        pl = mlff::neighbor_list(pos, n, c, flags, cutoff, self_interaction, ctrl_c);
+        pl = mlff::neighbor_list(pos, n, c, flags, cutoff, self_interaction, ctrl_c, {}, n_threads);
     } catch (const mlff::Interrupted&) {
         throw py::error_already_set();  // the GIL is held again here: `release` is gone
     }
@@ -95,8 +96,10 @@ py::tuple filter_pairs_py(CArray positions, CArray cell,
 PYBIND11_MODULE(_core, m) {
     m.doc() = "ase-mlff compiled core: neighbour lists, tabulated-potential kernels and their thread pool.";
     m.def("neighbor_list", &neighbor_list_py, py::arg("positions"), py::arg("cell"), py::arg("pbc"),
-          py::arg("cutoff"), py::arg("self_interaction") = false,
-          "Full neighbour list (i, j, shifts, vectors, distances) with |r_j - r_i + S.cell| < cutoff.");
+          py::arg("cutoff"), py::arg("self_interaction") = false, py::arg("n_threads") = 0,
+          "Full neighbour list (i, j, shifts, vectors, distances) with |r_j - r_i + S.cell| < cutoff. "
+          "Large searches run on n_threads threads (0: the configured count); the list does not "
+          "depend on the count.");
     m.def("filter_pairs", &filter_pairs_py, py::arg("positions"), py::arg("cell"), py::arg("first"),
           py::arg("second"), py::arg("shifts"), py::arg("cutoff"),
           "Recompute vectors of an existing pair list and keep pairs closer than cutoff.");

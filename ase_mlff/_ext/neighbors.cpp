@@ -4,12 +4,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 #if defined(__linux__)
@@ -168,14 +173,21 @@ void reserve_big(Vec& v, size_t count) {
 // with the number of bin rows that atom visits (counting per row inside the row loop cost
 // ~10 % of a 3 Å search); the clock is read every kTicksPerClock rows, and the check
 // (in Python: take the GIL, look for Ctrl-C) runs only when enough time has passed.
+// Only the thread that called neighbor_list may use it (the check takes that thread's GIL
+// state and leaves the KeyboardInterrupt there): threads of the pool never touch it.
 class Poller {
 public:
     explicit Poller(const InterruptCheck& check)
         : check_(check), next_(check ? kTicksPerClock : std::numeric_limits<int64_t>::max()),
           last_(std::chrono::steady_clock::now()) {}
+    bool active() const { return static_cast<bool>(check_); }
     void tick(int64_t rows) {
         ticks_ += rows;
         if (ticks_ >= next_) slow();
+    }
+    // Checks now if the last check is ~10 ms old (while waiting for other threads).
+    void poll() {
+        if (active()) slow();
     }
 
 private:
@@ -251,13 +263,96 @@ void reserve_output(PairList& out, int64_t pairs) {
     reserve_big(out.distances, p);
 }
 
+// What the search reads for atom i, by value. Each chunk of atoms works on its own copy:
+// the passes run as tasks of the thread pool, through which everything of neighbor_list they
+// use escapes, so that the compiler would otherwise reload it after every store to the
+// output (a quarter of the single-thread time).
+struct Grid {
+    const double *X, *Y, *Z;  // wrapped positions, by sorted slot
+    const double* wrapped;    // wrapped positions, by atom
+    const int64_t* slot;      // sorted slot of each atom
+    const int32_t* bin3;      // bin coordinates of each atom
+    const int64_t* start;     // first slot of each bin (and one past the last)
+    const int64_t *off0, *off1, *off2;
+    const BinStep *st0, *st1;
+    const BinRun* runs2;
+    Mat3 basis;
+    double loose2;
+    int64_t nb1, nb2;
+
+    // Visits, for atom i, every candidate slot k of the bins within reach, with the image
+    // (q0, q1, q2) through which it is seen; calls f(k, q0, q1, q2, self) for those whose
+    // (wrapped) distance is below the loose bound, self telling the atom itself (zero image).
+    template <typename F>
+    void visit(int64_t i, F&& f) const {
+        const double xi = wrapped[3 * i], yi = wrapped[3 * i + 1], zi = wrapped[3 * i + 2];
+        const int64_t ki = slot[i];
+        const int32_t* bi = &bin3[3 * i];
+        for (int64_t a = off0[bi[0]]; a < off0[bi[0] + 1]; ++a) {
+            const BinStep s0 = st0[a];
+            for (int64_t b = off1[bi[1]]; b < off1[bi[1] + 1]; ++b) {
+                const BinStep s1 = st1[b];
+                const int64_t row = (s0.c * nb1 + s1.c) * nb2;
+                const double px = double(s0.q) * basis[0][0] + double(s1.q) * basis[1][0] - xi;
+                const double py = double(s0.q) * basis[0][1] + double(s1.q) * basis[1][1] - yi;
+                const double pz = double(s0.q) * basis[0][2] + double(s1.q) * basis[1][2] - zi;
+                for (int64_t c = off2[bi[2]]; c < off2[bi[2] + 1]; ++c) {
+                    const BinRun r2 = runs2[c];
+                    const double dx0 = px + double(r2.q) * basis[2][0];
+                    const double dy0 = py + double(r2.q) * basis[2][1];
+                    const double dz0 = pz + double(r2.q) * basis[2][2];
+                    const int64_t kb = start[row + r2.lo], ke = start[row + r2.hi + 1];
+                    const bool zero_image = (s0.q == 0 && s1.q == 0 && r2.q == 0);
+                    for (int64_t k = kb; k < ke; ++k) {
+                        const double dx = X[k] + dx0, dy = Y[k] + dy0, dz = Z[k] + dz0;
+                        const double rr = dx * dx + dy * dy + dz * dz;
+                        if (rr < loose2) f(k, s0.q, s1.q, r2.q, zero_image && k == ki);
+                    }
+                }
+            }
+        }
+    }
+    // Bin rows atom i visits: the interrupt check's measure of work.
+    int64_t rows(int64_t i) const {
+        const int32_t* bi = &bin3[3 * i];
+        return (off0[bi[0] + 1] - off0[bi[0]]) * (off1[bi[1] + 1] - off1[bi[1]]);
+    }
+};
+
+// What pass 2 needs besides the Grid to write the exact pairs, by value (as Grid).
+struct Exact {
+    const double* orig;    // the caller's positions, by sorted slot
+    const int64_t* soff;   // image offsets (position = wrapped + offset . cell), by sorted slot
+    const int64_t* order;  // atom at each sorted slot
+    Mat3 cell;
+    double cut2;
+    bool self_interaction;
+    int64_t* o_i;
+    int64_t* o_j;
+    int32_t* o_s;
+    double* o_v;
+    double* o_d;
+};
+
+// The full search shares its work between threads from this many candidate pairs on (the
+// estimate checked against SearchLimits::max_candidates): about a millisecond of search on
+// one thread; fcc copper (a = 3.61 Å) reaches it from ~1400 atoms at a 5 Å cutoff, ~5000
+// at 3 Å. Below, waking the pool's workers for the two passes costs about what sharing
+// would save.
+constexpr double kParallelCandidates = 2e5;
+// Chunks of atoms per thread: the threads claim them in turn, so that a thread whose atoms
+// have more neighbours than the others' does not hold up the end of a pass.
+constexpr int64_t kChunksPerThread = 16;
+
 }  // namespace
 
 PairList neighbor_list(const double* positions, int64_t n, const double* cell_ptr,
                        const bool* pbc, double cutoff, bool self_interaction,
-                       const InterruptCheck& interrupted, const SearchLimits& limits) {
+                       const InterruptCheck& interrupted, const SearchLimits& limits,
+                       int n_threads) {
     if (!(cutoff > 0.0) || !std::isfinite(cutoff))
         throw std::invalid_argument("cutoff must be a positive finite number");
+    const int requested_threads = resolve_threads(n_threads);
     PairList out;
     if (n == 0) return out;
 
@@ -365,7 +460,9 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
     // Bound the output and the work before allocating either (SearchLimits). The expected
     // pair count assumes a uniform density over the cell (or, along a non-periodic direction,
     // over the atoms' extent, at least 2 cutoffs): clustering only adds pairs, so the estimate
-    // does not refuse systems that would fit. The candidates are those of the bins visited.
+    // does not refuse systems that would fit. The candidates are those of the bins visited;
+    // their number also decides below whether the search is worth sharing between threads.
+    double est_candidates = 0.0;
     {
         const double dn = double(n);
         const double sphere = 4.0 / 3.0 * 3.14159265358979323846 * cutoff * cutoff * cutoff;
@@ -386,6 +483,7 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
                 fmt("%.0e", limits.max_pairs) +
                 ". Check that the positions and the cell are in Å, or use a smaller cutoff.");
         const double candidates = dn * visited * (dn / double(total_bins));
+        est_candidates = candidates;
         if (candidates > limits.max_candidates)
             throw std::invalid_argument(
                 "the neighbour search would test about " + fmt("%.2g", candidates) +
@@ -446,101 +544,162 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
     build_steps(nbins[1], reach[1], pbc[1], off1, st1);
     build_steps(nbins[2], reach[2], pbc[2], off2, runs2);
 
-    const double cut2 = cutoff * cutoff;
-    const double loose2 = cut2 * (1.0 + 1e-9);
-    const double* X = sx_.data();
-    const double* Y = sy_.data();
-    const double* Z = sz_.data();
-    const int64_t* ST = start.data();
-    const int64_t nb1 = nbins[1], nb2 = nbins[2];
+    const Grid grid{sx_.data(), sy_.data(), sz_.data(), wrapped.data(), slot.data(), bin3.data(),
+                    start.data(), off0.data(), off1.data(), off2.data(), st0.data(), st1.data(),
+                    runs2.data(), basis, cutoff * cutoff * (1.0 + 1e-9), nbins[1], nbins[2]};
 
-    // Visits, for atom i, every candidate slot k of the bins within reach, with the image
-    // (q0, q1, q2) and the search-space shift; calls f(k, q0, q1, q2) for those whose
-    // (wrapped) distance is below the loose bound, the self pair excluded.
+    // Threads. The atoms are cut into n_chunks chunks of consecutive indices; the threads
+    // claim chunks in turn, and each chunk's pairs land in their own slice of the output, so
+    // the list is the serial one, bit for bit and in the same order, for any number of
+    // threads and however they are scheduled. Searches below kParallelCandidates candidate
+    // pairs (the estimate checked against max_candidates above) stay on the calling thread.
+    // Only the calling thread runs the interrupt check (Poller): it checks while it searches
+    // its chunks and, once none is left to claim, while it waits for the other threads; when
+    // the check says stop it raises `stop`, which the other threads look at once per atom.
+    const int threads = est_candidates >= kParallelCandidates ? requested_threads : 1;
+    const int64_t n_chunks =
+        threads == 1 ? 1 : std::min<int64_t>(n, kChunksPerThread * int64_t(threads));
+    auto chunk_begin = [&](int64_t c) { return n * c / n_chunks; };
+    const std::thread::id caller = std::this_thread::get_id();
     Poller poller(interrupted);
-    auto visit = [&](int64_t i, auto&& f) {
-        const double xi = wrapped[3 * i], yi = wrapped[3 * i + 1], zi = wrapped[3 * i + 2];
-        const int64_t ki = slot[i];
-        const int32_t* bi = &bin3[3 * i];
-        poller.tick((off0[bi[0] + 1] - off0[bi[0]]) * (off1[bi[1] + 1] - off1[bi[1]]));
-        for (int64_t a = off0[bi[0]]; a < off0[bi[0] + 1]; ++a) {
-            const BinStep s0 = st0[a];
-            for (int64_t b = off1[bi[1]]; b < off1[bi[1] + 1]; ++b) {
-                const BinStep s1 = st1[b];
-                const int64_t row = (s0.c * nb1 + s1.c) * nb2;
-                const double px = double(s0.q) * basis[0][0] + double(s1.q) * basis[1][0] - xi;
-                const double py = double(s0.q) * basis[0][1] + double(s1.q) * basis[1][1] - yi;
-                const double pz = double(s0.q) * basis[0][2] + double(s1.q) * basis[1][2] - zi;
-                for (int64_t c = off2[bi[2]]; c < off2[bi[2] + 1]; ++c) {
-                    const BinRun r2 = runs2[c];
-                    const double dx0 = px + double(r2.q) * basis[2][0];
-                    const double dy0 = py + double(r2.q) * basis[2][1];
-                    const double dz0 = pz + double(r2.q) * basis[2][2];
-                    const int64_t kb = ST[row + r2.lo], ke = ST[row + r2.hi + 1];
-                    const bool zero_image = (s0.q == 0 && s1.q == 0 && r2.q == 0);
-                    for (int64_t k = kb; k < ke; ++k) {
-                        const double dx = X[k] + dx0, dy = Y[k] + dy0, dz = Z[k] + dz0;
-                        const double rr = dx * dx + dy * dy + dz * dz;
-                        if (rr < loose2) f(k, s0.q, s1.q, r2.q, zero_image && k == ki);
+    std::atomic<bool> stop{false};
+
+    // Runs body(c, on_caller) once for every chunk c on `threads` threads (pool.hpp). body
+    // returns early (with a meaningless result) when it sees `stop`.
+    auto run_chunks = [&](auto&& body) {
+        std::atomic<int64_t> next{0}, finished{0};
+        std::mutex m;
+        std::condition_variable all_done;
+        parallel_for(threads, threads, [&](int64_t) {
+            const bool on_caller = std::this_thread::get_id() == caller;
+            try {
+                while (!stop.load(std::memory_order_relaxed)) {
+                    const int64_t c = next.fetch_add(1);
+                    if (c >= n_chunks) break;
+                    struct Finish {  // counts the chunk as finished even when body throws
+                        std::atomic<int64_t>& finished;
+                        std::mutex& m;
+                        std::condition_variable& all_done;
+                        int64_t n_chunks;
+                        ~Finish() {
+                            if (finished.fetch_add(1) + 1 == n_chunks) {
+                                std::lock_guard<std::mutex> lk(m);
+                                all_done.notify_all();
+                            }
+                        }
+                    } finish{finished, m, all_done, n_chunks};
+                    body(c, on_caller);
+                }
+                // Every chunk is claimed: wait for the others' chunks, still checking for an
+                // interrupt (parallel_for itself would wait without checking).
+                if (on_caller && poller.active()) {
+                    std::unique_lock<std::mutex> lk(m);
+                    while (!stop.load() && finished.load() < n_chunks) {
+                        all_done.wait_for(lk, std::chrono::milliseconds(10));
+                        lk.unlock();
+                        poller.poll();
+                        lk.lock();
                     }
                 }
+            } catch (...) {
+                stop.store(true);  // the other threads give up at their next atom
+                throw;             // parallel_for rethrows it once they have
             }
-        }
+        });
     };
 
-    // Number of candidates of atom i below the loose bound, the self pair included.
-    auto count_candidates = [&](int64_t i) {
+    // Pass 1: per chunk, an upper bound of its number of pairs (loose distance test; every
+    // atom meets itself once, in its own bin).
+    std::vector<int64_t> at(n_chunks + 1, 0);
+    run_chunks([&](int64_t c, bool on_caller) {
+        const Grid g = grid;
+        const int64_t lo = chunk_begin(c), hi = chunk_begin(c + 1);
         int64_t cnt = 0;
-        visit(i, [&](int64_t, int64_t, int64_t, int64_t, bool) { ++cnt; });
-        return cnt;
-    };
-
-    // Pass 1: an upper bound of the number of pairs of each atom (loose distance test).
-    int64_t upper = 0;
-    for (int64_t i = 0; i < n; ++i) upper += count_candidates(i);
-    if (!self_interaction) upper -= n;  // every atom meets itself once, in its own bin
+        for (int64_t i = lo; i < hi; ++i) {
+            if (on_caller)
+                poller.tick(g.rows(i));
+            else if (stop.load(std::memory_order_relaxed))
+                return;
+            g.visit(i, [&](int64_t, int64_t, int64_t, int64_t, bool) { ++cnt; });
+        }
+        at[c + 1] = self_interaction ? cnt : cnt - (hi - lo);
+    });
+    for (int64_t c = 0; c < n_chunks; ++c) at[c + 1] += at[c];  // at[c]: where chunk c writes
+    const int64_t upper = at[n_chunks];
 
     // Pass 2: exact vectors from the caller's positions (as filter_pairs computes them), the
-    // strict cutoff test on them, written straight into buffers sized by pass 1.
+    // strict cutoff test on them, written straight into buffers sized by pass 1, each chunk
+    // from at[c] on.
     reserve_output(out, upper);
     out.first.resize(upper);
     out.second.resize(upper);
     out.shifts.resize(3 * upper);
     out.vectors.resize(3 * upper);
     out.distances.resize(upper);
-    int64_t* o_i = out.first.data();
-    int64_t* o_j = out.second.data();
-    int32_t* o_s = out.shifts.data();
-    double* o_v = out.vectors.data();
-    double* o_d = out.distances.data();
+    const Exact exact{orig.data(),       soff.data(),         order.data(),
+                      cell,              cutoff * cutoff,     self_interaction,
+                      out.first.data(),  out.second.data(),   out.shifts.data(),
+                      out.vectors.data(), out.distances.data()};
+    std::vector<int64_t> written(n_chunks, 0);
+    run_chunks([&](int64_t c, bool on_caller) {
+        const Grid g = grid;
+        const Exact e = exact;
+        const int64_t lo = chunk_begin(c), hi = chunk_begin(c + 1);
+        int64_t p = at[c];
+        for (int64_t i = lo; i < hi; ++i) {
+            if (on_caller)
+                poller.tick(g.rows(i));
+            else if (stop.load(std::memory_order_relaxed))
+                return;
+            const int64_t ki = g.slot[i];
+            const double* ri = &e.orig[3 * ki];
+            const int64_t* oi = &e.soff[3 * ki];
+            g.visit(i, [&](int64_t k, int64_t q0, int64_t q1, int64_t q2, bool self) {
+                if (self && !e.self_interaction) return;
+                const int64_t* oj = &e.soff[3 * k];
+                const double* rj = &e.orig[3 * k];
+                const int32_t S0 = static_cast<int32_t>(q0 - oj[0] + oi[0]);
+                const int32_t S1 = static_cast<int32_t>(q1 - oj[1] + oi[1]);
+                const int32_t S2 = static_cast<int32_t>(q2 - oj[2] + oi[2]);
+                double v[3];
+                for (int d = 0; d < 3; ++d)
+                    v[d] = rj[d] - ri[d] +
+                           (S0 * e.cell[0][d] + S1 * e.cell[1][d] + S2 * e.cell[2][d]);
+                const double rr = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+                if (rr >= e.cut2 && !self) return;
+                e.o_i[p] = i;
+                e.o_j[p] = e.order[k];
+                e.o_s[3 * p] = S0;
+                e.o_s[3 * p + 1] = S1;
+                e.o_s[3 * p + 2] = S2;
+                e.o_v[3 * p] = v[0];
+                e.o_v[3 * p + 1] = v[1];
+                e.o_v[3 * p + 2] = v[2];
+                e.o_d[p] = std::sqrt(rr);
+                ++p;
+            });
+        }
+        written[c] = p - at[c];
+    });
+
+    // The strict test drops the rare pairs the loose one let through (distances within 1e-9
+    // of the cutoff): close the gaps they leave between chunks (none with a single chunk).
+    int64_t* const o_i = exact.o_i;
+    int64_t* const o_j = exact.o_j;
+    int32_t* const o_s = exact.o_s;
+    double* const o_v = exact.o_v;
+    double* const o_d = exact.o_d;
     int64_t p = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t ki = slot[i];
-        const double* ri = &orig[3 * ki];
-        const int64_t* oi = &soff[3 * ki];
-        visit(i, [&](int64_t k, int64_t q0, int64_t q1, int64_t q2, bool self) {
-            if (self && !self_interaction) return;
-            const int64_t* oj = &soff[3 * k];
-            const double* rj = &orig[3 * k];
-            const int32_t S0 = static_cast<int32_t>(q0 - oj[0] + oi[0]);
-            const int32_t S1 = static_cast<int32_t>(q1 - oj[1] + oi[1]);
-            const int32_t S2 = static_cast<int32_t>(q2 - oj[2] + oi[2]);
-            double v[3];
-            for (int d = 0; d < 3; ++d)
-                v[d] = rj[d] - ri[d] + (S0 * cell[0][d] + S1 * cell[1][d] + S2 * cell[2][d]);
-            const double rr = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-            if (rr >= cut2 && !self) return;
-            o_i[p] = i;
-            o_j[p] = order[k];
-            o_s[3 * p] = S0;
-            o_s[3 * p + 1] = S1;
-            o_s[3 * p + 2] = S2;
-            o_v[3 * p] = v[0];
-            o_v[3 * p + 1] = v[1];
-            o_v[3 * p + 2] = v[2];
-            o_d[p] = std::sqrt(rr);
-            ++p;
-        });
+    for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t w = written[c];
+        if (p != at[c] && w > 0) {
+            std::memmove(o_i + p, o_i + at[c], sizeof(int64_t) * w);
+            std::memmove(o_j + p, o_j + at[c], sizeof(int64_t) * w);
+            std::memmove(o_s + 3 * p, o_s + 3 * at[c], sizeof(int32_t) * 3 * w);
+            std::memmove(o_v + 3 * p, o_v + 3 * at[c], sizeof(double) * 3 * w);
+            std::memmove(o_d + p, o_d + at[c], sizeof(double) * w);
+        }
+        p += w;
     }
     out.first.resize(p);
     out.second.resize(p);

@@ -9,7 +9,9 @@
 // Bins are cutoff/2 thick in dense systems; the bins within reach are visited as runs of
 // consecutive bins along the last axis. A first pass counts the candidates (an upper bound),
 // the second computes the exact vectors from the caller's positions and writes them, sorted
-// by i, into buffers of that size (so there is no reallocation while writing).
+// by i, into buffers of that size (so there is no reallocation while writing). Large searches
+// run both passes on the thread pool, over chunks of consecutive atoms: each chunk writes
+// from the offset pass 1 found for it, so the list does not depend on the threads.
 //
 // Before any of that, the work is bounded from the cell, the cutoff and the atom count alone
 // (see SearchLimits): a nearly singular cell would otherwise visit hundreds of millions of
@@ -81,11 +83,15 @@ struct Interrupted : std::runtime_error {
 
 // positions: n x 3 (row major); cell: 3 x 3, rows are cell vectors; pbc: 3 flags.
 // Throws std::invalid_argument with a readable message on unusable input or on a search over
-// the limits, Interrupted when `interrupted` asks to stop.
+// the limits, Interrupted when `interrupted` asks to stop. `interrupted` is only ever called
+// from the calling thread.
+// n_threads: threads of the thread pool (pool.hpp; 0: the configured count, < 0 refused);
+// small searches run on the calling thread whatever the count. The list is the same, bit for
+// bit and in the same order, for any number of threads.
 PairList neighbor_list(const double* positions, int64_t n, const double* cell,
                        const bool* pbc, double cutoff, bool self_interaction,
                        const InterruptCheck& interrupted = {},
-                       const SearchLimits& limits = {});
+                       const SearchLimits& limits = {}, int n_threads = 0);
 
 // Recompute vectors/distances of an existing pair list for new positions/cell and keep only
 // the pairs closer than `cutoff`. Used for Verlet-skin reuse between MD steps.
