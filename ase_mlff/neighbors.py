@@ -26,8 +26,8 @@ an :class:`~ase_mlff.errors.InputError` that says which bound failed and why:
 Ctrl-C. The search runs without the GIL and checks for signals every ~10 ms in both passes,
 so Ctrl-C (``KeyboardInterrupt``) stops a long search promptly.
 
-Threads. Searches of more than about 2e5 candidate pairs (fcc copper from ~1400 atoms at a
-5 Å cutoff) run on the compiled kernels' thread pool, with the count set by
+Threads. Searches of more than about 6e4 candidate pairs (fcc copper from ~400 atoms at a
+5 Å cutoff, ~1500 at 3 Å) run on the compiled kernels' thread pool, with the count set by
 :func:`ase_mlff.set_num_threads` (:func:`ase_mlff.threads.last_threads_used` reads back what
 a search ran on); smaller ones stay on the calling thread. The list is the same, bit for bit
 and in the same order, for any count. Only the calling thread checks for Ctrl-C.
@@ -79,18 +79,21 @@ def _as_arrays(positions, cell, pbc):
     return positions, cell, pbc
 
 
-def neighbor_list(positions, cell, pbc, cutoff: float, self_interaction: bool = False) -> Pairs:
+def neighbor_list(positions, cell, pbc, cutoff: float, self_interaction: bool = False, n_threads: int = 0) -> Pairs:
     """Full neighbour list of all pairs closer than ``cutoff`` (Å); O(N) cell list in C++.
 
     Works for any non-singular triclinic cell (however skewed), for full, mixed (slab, wire)
     and no periodicity, and for periodic cells smaller than the cutoff. For a non-periodic
     direction the cell vector is ignored (it may be zero). Raises :class:`InputError` on bad
     input and on searches beyond the limits in the module docstring (``MAX_IMAGES``,
-    ``MAX_PAIRS``, ``MAX_CANDIDATES``), and ``KeyboardInterrupt`` on Ctrl-C.
+    ``MAX_PAIRS``, ``MAX_CANDIDATES``), and ``KeyboardInterrupt`` on Ctrl-C. ``n_threads``: 0
+    (default) the configured count (:func:`ase_mlff.set_num_threads`), else as given; the
+    output is the same for any count.
     """
     positions, cell, pbc = _as_arrays(positions, cell, pbc)
     try:
-        i, j, s, v, d = _ext.neighbor_list(positions, cell, pbc, float(cutoff), bool(self_interaction))
+        i, j, s, v, d = _ext.neighbor_list(positions, cell, pbc, float(cutoff), bool(self_interaction),
+                                           n_threads=int(n_threads))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return Pairs(i, j, s, v, d)

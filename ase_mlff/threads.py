@@ -1,8 +1,9 @@
 """Threads of ase-mlff's compiled (C++) kernels: the one place their number is set.
 
-The multithreaded kernels (MFF energies/forces/stress ``_core.mff_compute``, the n-body GP
-Gram matrix ``_core.gp_gram``) all run on one persistent pool of worker threads, with the
-count this module sets::
+The multithreaded kernels (the neighbour search ``_core.neighbor_list`` and the Verlet-skin
+refresh ``_core.filter_pairs``, MFF energies/forces/stress ``_core.mff_compute``, the n-body GP
+Gram matrix ``_core.gp_gram``, SchNet's tabulated filters and SOAP) all run on one persistent
+pool of worker threads, with the count this module sets::
 
     import ase_mlff
     ase_mlff.set_num_threads(4)          # from now on
@@ -18,7 +19,8 @@ given. torch's own threads (networks, sGDML kernels in torch) follow
 ``torch.set_num_threads``, not this setting.
 
 A kernel may use fewer threads than configured where the work is too small to share (the
-MFF kernel stays on the calling thread below 2000 atoms); :func:`last_threads_used` reads
+MFF kernel stays on the calling thread below 2000 atoms, the neighbour search below about 2e5
+candidate pairs, the skin refresh below 50,000 pairs); :func:`last_threads_used` reads
 back what the last kernel call of the calling thread actually ran on. The pool's workers
 are started when first needed and reused by every later call (:func:`pool_workers_created`
 stays constant); lowering the count stops the surplus workers. For a given count the

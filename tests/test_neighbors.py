@@ -625,7 +625,7 @@ def set_threads():
 
 def large_system(name):
     """(positions, cell, pbc, cutoff, self_interaction): all above the size from which the
-    search shares its work (about 2e5 candidate pairs)."""
+    search shares its work (about 6e4 candidate pairs)."""
     rng = np.random.default_rng(7)
     if name == "fcc":
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((10, 10, 10))
@@ -693,7 +693,7 @@ def test_threaded_search_matches_the_brute_force(set_threads):
 def test_small_searches_stay_on_the_calling_thread(set_threads):
     set_threads(2)
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((4, 4, 4))
-    neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+    neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 3.0)
     assert ase_mlff.threads.last_threads_used() == 1
     with pytest.raises(ValueError, match="n_threads"):
         _ext._core.neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0, n_threads=-1)

@@ -335,11 +335,12 @@ struct Exact {
 };
 
 // The full search shares its work between threads from this many candidate pairs on (the
-// estimate checked against SearchLimits::max_candidates): about a millisecond of search on
-// one thread; fcc copper (a = 3.61 Å) reaches it from ~1400 atoms at a 5 Å cutoff, ~5000
-// at 3 Å. Below, waking the pool's workers for the two passes costs about what sharing
-// would save.
-constexpr double kParallelCandidates = 2e5;
+// estimate checked against SearchLimits::max_candidates): about 0.3 ms of search on one
+// thread; fcc copper (a = 3.61 Å) reaches it from ~400 atoms at a 5 Å cutoff, ~1500 at 3 Å.
+// Below, waking the pool's workers for the two passes costs about what sharing would save
+// (measured on 2 cores: 864-atom fcc at 3 Å, ~0.4 ms, was no faster on 2 threads; 1000-atom
+// diamond at 3 Å, ~1.2 ms, took 0.7-0.9 ms).
+constexpr double kParallelCandidates = 6e4;
 // Chunks of atoms per thread: the threads claim them in turn, so that a thread whose atoms
 // have more neighbours than the others' does not hold up the end of a pass.
 constexpr int64_t kChunksPerThread = 16;
