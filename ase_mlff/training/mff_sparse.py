@@ -9,7 +9,10 @@ on inducing points instead (B6 §6.2; the projected process)::
 
 with ``r_u`` a uniform grid of distances per element pair (from the shortest training distance
 to ``rc2``) and ``x_v`` representative triangles of the training data (farthest-point sampling
-in the kernel distance, per species triple). Energies, forces and virials are linear in
+in the kernel distance, per species triple). With ``centred`` triplets (``NBodyGP(...,
+triplets="centred")``) the points are a centre's pairs of arms instead, with no cutoff on the
+third side, and P runs over the identity and the swap of the arms only
+(:func:`~ase_mlff.descriptors.nbody.nbody_points`). Energies, forces and virials are linear in
 ``x = [c, d, e0]``: the design rows of a structure are sums over its pairs and triangles
 (:func:`ase_mlff.descriptors.nbody.structure_points`, with their multiplicities, cutoff
 products and Jacobians) of the basis functions and their derivatives, and the virial rows
