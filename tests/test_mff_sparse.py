@@ -152,7 +152,10 @@ def test_sparse_fit_with_cutoff_widths_matches_its_gp(ni):
     out = model.compute(graph_from_structure(f.to_atoms(), model.cutoff), forces=True, stress=True)
     d = gp.sparse.design(f)
     np.testing.assert_allclose(out.forces.numpy(), d["forces"] @ gp.sparse_x, atol=1e-7)
-    np.testing.assert_allclose(out.virial.numpy()[0], d["virial"] @ gp.sparse_x, atol=1e-6)
+    # relative to the largest component: narrow cutoffs give large, cancelling coefficients, so
+    # the two evaluation orders differ by rounding amplified to ~1e-7 of the virial
+    vir = out.virial.numpy()[0]
+    np.testing.assert_allclose(vir, d["virial"] @ gp.sparse_x, atol=1e-6 * np.abs(vir).max())
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import time
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from ..descriptors.nbody import structure_points
@@ -40,20 +41,20 @@ from .mff_gp import NBodyGP, point_terms, triplet_permutations
 _CHUNK = 4096
 
 
-def _k2(x: np.ndarray, y: np.ndarray, ell: float) -> tuple[np.ndarray, np.ndarray]:
-    """exp(-(x - y)^2 / 2 l^2) (U, V) and its derivative in x."""
-    d = x[:, None] - y[None, :]
-    k = np.exp(-0.5 * d * d / ell ** 2)
-    return k, -k * d / ell ** 2
+def _k2(x: np.ndarray, y: np.ndarray, ell: float, grad: bool = True):
+    """exp(-(x - y)^2 / 2 l^2) (U, V) and (with ``grad``) A = k y (1, U, V): the derivative in x
+    is -(x k - A) / l^2 (the form :func:`_k3` returns)."""
+    k = np.exp(-0.5 * (x[:, None] - y[None, :]) ** 2 / ell ** 2)
+    return k, (k * y[None, :])[None] if grad else None
 
 
 def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, grad: bool = True,
         centred: bool = False):
-    """Symmetrised 3-body kernel sum_P [s == P t] exp(-|x - P y|^2 / 2 l^2) (U, V) between
-    triangles x (U, 3) of vertex species s (U, 3) and y (V, 3) of species t (V, 3), and (with
-    ``grad``) its gradient in x (U, V, 3); P runs over :func:`triplet_permutations` (6, or 2 for
-    ``centred`` triplets). Torch, float64: |x - P y|^2 from a product, and the gradient as
-    x K - sum_P k_P (P y), so no (U, V, 3) temporaries per permutation."""
+    """Symmetrised 3-body kernel K = sum_P [s == P t] exp(-|x - P y|^2 / 2 l^2) (U, V) between
+    triangles x (U, 3) of vertex species s (U, 3) and y (V, 3) of species t (V, 3); P runs over
+    :func:`triplet_permutations` (6, or 2 for ``centred`` triplets). With ``grad`` also
+    A = sum_P k_P (P y) (3, U, V), so that dK/dx_d = -(x_d K - A_d) / l^2 (no (U, V, 3)
+    temporaries per permutation). Torch, float64; |x - P y|^2 from a product. Returns numpy."""
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), torch.from_numpy(
         np.ascontiguousarray(y, dtype=np.float64))
     st, tt = torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(np.ascontiguousarray(t))
@@ -66,18 +67,23 @@ def _k3(x: np.ndarray, s: np.ndarray, y: np.ndarray, t: np.ndarray, ell: float, 
     code = (st[:, 0] * 256 + st[:, 1]) * 256 + st[:, 2]  # one integer per species triple (< 256 elements)
     for sp, vp in zip(*triplet_permutations(centred)):
         yp = yt[:, sp]
-        k = torch.exp((2.0 * (xt @ yp.T) - x2 - y2).clamp_(max=0.0) * inv)
+        k = torch.addmm(x2 + y2, xt, yp.T, alpha=-2.0).neg_().clamp_(max=0.0).mul_(inv).exp_()
         if not same_species:
             tp = tt[:, vp]
-            k = k * (code[:, None] == ((tp[:, 0] * 256 + tp[:, 1]) * 256 + tp[:, 2])[None, :])
+            k.mul_(code[:, None] == ((tp[:, 0] * 256 + tp[:, 1]) * 256 + tp[:, 2])[None, :])
         K += k
         if grad:
             for d in range(3):
-                A[d] += k * yp[:, d][None, :]
-    if not grad:
-        return K.numpy(), None
-    dK = -(xt.T[:, :, None] * K[None] - A) / ell ** 2  # (3, U, V)
-    return K.numpy(), dK.permute(1, 2, 0).contiguous().numpy()
+                A[d].addcmul_(k, yp[:, d][None, :])
+    return K.numpy(), (A.numpy() if grad else None)
+
+
+def _rows(x, w, dw, wt, sigma2: float, ell: float):
+    """Per-point factors of d(wt w g)/dx_d = alpha_d K + beta A_d for a Gaussian kernel with
+    amplitude sigma2 (squared): alpha (n, D), beta (n,) (see :meth:`SparseNBody.design`)."""
+    beta = sigma2 * wt * w / ell ** 2
+    alpha = sigma2 * wt[:, None] * dw - beta[:, None] * x
+    return alpha, beta
 
 
 def _fps(X: np.ndarray, S: np.ndarray, n: int, ell: float, rng: np.random.Generator, centred: bool) -> np.ndarray:
@@ -154,7 +160,7 @@ class SparseNBody:
         hp = self.hyper
         out = []
         if self.U:
-            K, _ = _k2(self.r2, self.r2, hp.l2)
+            K, _ = _k2(self.r2, self.r2, hp.l2, grad=False)
             K *= np.all(self.spec2[:, None, :] == self.spec2[None, :, :], axis=2)
             K = hp.sigma2 ** 2 * K + jitter * hp.sigma2 ** 2 * np.eye(self.U)
             out.append((slice(0, self.U), sparse_gp.cholesky_upper(K, "2-body inducing distances")))
@@ -179,35 +185,54 @@ class SparseNBody:
             blocks.append((p2, slice(0, U), 1))
         if V and p3 is not None and p3.n:
             blocks.append((p3, slice(U, U + V), 3))
+        # Per chunk of points (pairs D = 1, triangles D = 3) with basis values K (n, C) and
+        # kernel-gradient parts A (D, n, C): d(weight w g_c)/dx_d = alpha_d K + beta A_d
+        # (_rows). Forces and virials are then sparse/dense matrix products with K and A_d:
+        #   F[(atom, xyz), c] -= sum_n J[(atom, xyz), n] (alpha_d or beta)[n] (K or A_d)[n, c]
+        # with J the Jacobian rows of the point's vertices, and
+        #   W[(a, b), c] += sum_n x_d u_a u_b (alpha_d or beta)[n] (K or A_d)[n, c]
+        # (side d has length x_d along the unit vector u of its end vertex), never forming the
+        # (n, C, D) array of derivatives.
         for p, cols, D in blocks:
             for lo in range(0, p.n, _CHUNK):
                 hi = min(p.n, lo + _CHUNK)
                 x, w, dw, wt = p.x[lo:hi], p.w[lo:hi], p.dw[lo:hi], p.weight[lo:hi]
+                need_grad = forces or virial
                 if D == 1:
-                    k, dk = _k2(x[:, 0], self.r2, hp.l2)
+                    k, A = _k2(x[:, 0], self.r2, hp.l2, grad=need_grad)
                     match = np.all(p.spec[lo:hi, None, :] == self.spec2[None, :, :], axis=2)
-                    k, dk = hp.sigma2 ** 2 * k * match, hp.sigma2 ** 2 * (dk * match)[:, :, None]
+                    k *= match
+                    if need_grad:
+                        A *= match
+                    sig2, ell = hp.sigma2 ** 2, hp.l2
                 else:
-                    k, dk = _k3(x, p.spec[lo:hi], self.x3, self.spec3, hp.l3, centred=self.centred)
-                    k, dk = hp.sigma3 ** 2 * k, hp.sigma3 ** 2 * dk
-                E[cols] += (wt * w) @ k
-                if not (forces or virial):
+                    k, A = _k3(x, p.spec[lo:hi], self.x3, self.spec3, hp.l3, grad=need_grad, centred=self.centred)
+                    sig2, ell = hp.sigma3 ** 2, hp.l3
+                E[cols] += (sig2 * wt * w) @ k
+                if not need_grad:
                     continue
-                # d(weight w g)/dx_d per point and basis function: (n, C, D)
-                psi = wt[:, None, None] * (dw[:, None, :] * k[:, :, None] + w[:, None, None] * dk)
+                alpha, beta = _rows(x, w, dw, wt, sig2, ell)
                 jac = p.jac[lo:hi]  # (n, vertices, D, 3)
+                n, nv = len(x), jac.shape[1]
+                mats = [k] + [A[d] for d in range(D)]  # (n, C) each
                 if forces:
-                    Ft = torch.from_numpy(F)[:, :, cols]
-                    for t in range(jac.shape[1]):
-                        g = np.einsum("ncd,ndx->nxc", psi, jac[:, t], optimize=True)
-                        Ft.index_add_(0, torch.from_numpy(p.atoms[lo:hi, t].astype(np.int64)),
-                                      torch.from_numpy(-g))
+                    # coefficient of K: sum_d alpha_d J[:, t, d, :]; of A_d: beta J[:, t, d, :]
+                    coefs = [np.einsum("nd,ntdx->ntx", alpha, jac)] + [beta[:, None, None] * jac[:, :, d, :]
+                                                                       for d in range(D)]
+                    rows = (3 * p.atoms[lo:hi, :, None] + np.arange(3)[None, None, :]).ravel()
+                    cidx = np.repeat(np.arange(n), 3 * nv)
+                    Fc = F.reshape(3 * N, T)
+                    for coef, m in zip(coefs, mats):
+                        J = scipy.sparse.csr_matrix((coef.ravel(), (rows, cidx)), shape=(3 * N, n))
+                        Fc[:, cols] -= J @ m
                 if virial:
-                    # side d: length x_d along the unit vector of its end vertex (pairs: j; triangles: j, k, k)
                     ends = (1,) if D == 1 else (1, 2, 2)
-                    for d, t in enumerate(ends):
-                        u = jac[:, t, d]  # (n, 3)
-                        W[:, :, cols] += np.einsum("nc,n,na,nb->abc", psi[:, :, d], x[:, d], u, u, optimize=True)
+                    uu = np.stack([np.einsum("na,nb->nab", jac[:, t, d], jac[:, t, d]).reshape(n, 9) * x[:, d:d + 1]
+                                   for d, t in enumerate(ends)], 1)  # (n, D, 9)
+                    Wc = W.reshape(9, T)
+                    Wc[:, cols] += np.einsum("nd,ndk->kn", alpha, uu) @ k
+                    for d in range(D):
+                        Wc[:, cols] += (beta[:, None] * uu[:, d]).T @ A[d]
         s = np.searchsorted(self.species, frame.numbers)
         np.add.at(E, self.U + self.V + s, 1.0)
         if forces is False:
