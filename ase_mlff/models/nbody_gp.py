@@ -30,7 +30,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..descriptors.nbody import cutoff_fn, triangles
+from ..descriptors.nbody import cutoff_fn, species_keys, triangles
 from ..graph import Graph
 from .base import Model
 
@@ -112,7 +112,7 @@ class GPModel(Model):
         if not self.use2:
             return out
         lo, hi = torch.minimum(sa, sb), torch.maximum(sa, sb)
-        for key in {(int(p), int(q)) for p, q in zip(lo.tolist(), hi.tolist())}:
+        for key in species_keys(torch.stack([lo, hi], 1)):
             sel = (lo == key[0]) & (hi == key[1])
             out = out.index_put((sel.nonzero()[:, 0],), self._g("2", r[sel][:, None], key))
         return out * cutoff_fn(r, self.rc2, self.width2)
@@ -123,7 +123,7 @@ class GPModel(Model):
         if not self.use3 or x.shape[0] == 0:
             return out
         spec = torch.stack([si, sj, sk], 1)
-        for key in {tuple(k) for k in spec.tolist()}:
+        for key in species_keys(spec):
             sel = (spec == torch.tensor(key)).all(1)
             out = out.index_put((sel.nonzero()[:, 0],), self._g("3", x[sel], key))
         return out * cutoff_fn(x[:, :2] if self.centred else x, self.rc3, self.width3).prod(1)

@@ -48,7 +48,7 @@ import scipy.linalg
 import scipy.optimize
 import torch
 
-from ..descriptors.nbody import Points, cutoff_fn, cutoff_grad, structure_points  # noqa: F401 (old home)
+from ..descriptors.nbody import Points, cutoff_fn, cutoff_grad, species_keys, structure_points  # noqa: F401 (old home)
 from ..errors import TrainingError
 from ..models.mff import MFFModel
 from ..models.nbody_gp import GPModel
@@ -87,7 +87,7 @@ def point_terms(x: np.ndarray, spec: np.ndarray, a: np.ndarray, b: np.ndarray, c
     for sp, vp in perms:
         xp, bp = x[:, sp], b[:, sp]
         key_arr = spec if D == 1 else spec[:, vp]
-        for key in {tuple(k) for k in key_arr.tolist()}:
+        for key in species_keys(key_arr):
             sel = np.all(key_arr == np.array(key), axis=1)
             terms.setdefault(key, []).append((xp[sel], a[sel], bp[sel]))
     return {k: tuple(torch.from_numpy(np.concatenate([t[i] for t in v])) for i in range(3)) for k, v in terms.items()}

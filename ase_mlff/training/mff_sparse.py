@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from ..descriptors.nbody import structure_points
+from ..descriptors.nbody import species_keys, structure_points
 from . import sparse_gp
 from .mff_gp import NBodyGP, point_terms, triplet_permutations
 
@@ -133,7 +133,7 @@ class SparseNBody:
         for f in frames:
             p2, p3 = structure_points(f.positions, f.numbers, f.cell, f.pbc, species, rc2, rc3, centred=centred)
             if p2 is not None:
-                for key in {tuple(k) for k in p2.spec.tolist()}:
+                for key in species_keys(p2.spec):
                     sel = np.all(p2.spec == key, axis=1)
                     rmin[key] = min(rmin.get(key, np.inf), float(p2.x[sel, 0].min()))
             if p3 is not None and p3.n:
@@ -146,7 +146,7 @@ class SparseNBody:
             # one pool per species triple up to the kernel's permutations
             canon = np.concatenate([Sp[:, :1], np.sort(Sp[:, 1:], axis=1)], 1) if centred else np.sort(Sp, axis=1)
             xs, ss = [], []
-            for key in {tuple(k) for k in canon.tolist()}:
+            for key in species_keys(canon):
                 idx = np.nonzero(np.all(canon == key, axis=1))[0]
                 if len(idx) > pool:
                     idx = rng.choice(idx, pool, replace=False)
