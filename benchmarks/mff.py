@@ -40,12 +40,12 @@ def fcc(n_target, a=3.52, seed=0):
 
 def time_md(atoms, calc, steps):
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase_mlff._compat import thermalize
     from ase.md.verlet import VelocityVerlet
 
     atoms = atoms.copy()
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(1))
+    thermalize(atoms, 300, rng=np.random.default_rng(1))
     dyn = VelocityVerlet(atoms, 2 * units.fs)
     dyn.run(2)  # warm up (first neighbour list)
     t = time.perf_counter()
