@@ -193,11 +193,11 @@ class SparseNBody:
         #   W[(a, b), c] += sum_n x_d u_a u_b (alpha_d or beta)[n] (K or A_d)[n, c]
         # (side d has length x_d along the unit vector u of its end vertex), never forming the
         # (n, C, D) array of derivatives.
+        need_grad = forces or virial
         for p, cols, D in blocks:
             for lo in range(0, p.n, _CHUNK):
                 hi = min(p.n, lo + _CHUNK)
                 x, w, dw, wt = p.x[lo:hi], p.w[lo:hi], p.dw[lo:hi], p.weight[lo:hi]
-                need_grad = forces or virial
                 if D == 1:
                     k, A = _k2(x[:, 0], self.r2, hp.l2, grad=need_grad)
                     match = np.all(p.spec[lo:hi, None, :] == self.spec2[None, :, :], axis=2)
