@@ -198,6 +198,23 @@ class MLFFCalculator(Calculator):
         return volume >= 1e-10 and ("stress" in properties or bool(np.any(atoms.pbc)))
 
     # ------------------------------------------------------------------ ASE entry point
+    def check_state(self, atoms, tol=1e-15):
+        """What changed since the last calculation, as ase's ``compare_atoms`` reports it, by
+        exact comparison: ase compares every array with ``np.allclose(atol=tol)``, which took
+        ~0.25 ms of a 1.3 ms step at 100 atoms. A change below ``tol`` (1e-15 Å) counts as a
+        change here, which only costs a recomputation. Other tolerances go to ase."""
+        old = self.atoms
+        if old is None or tol != 1e-15:
+            return super().check_state(atoms, tol)
+        check = set(all_changes) - set(self.ignored_changes)
+        changes = [p for p in ("cell", "pbc")
+                   if p in check and not np.array_equal(np.asarray(getattr(old, p)), np.asarray(getattr(atoms, p)))]
+        check -= {"cell", "pbc"}
+        a1, a2 = old.arrays, atoms.arrays
+        changes += list(check & (set(a1) ^ set(a2)))
+        changes += [p for p in check & set(a1) & set(a2) if not np.array_equal(a1[p], a2[p])]
+        return changes
+
     def get_property(self, name, atoms=None, allow_calculation=True):
         # ase's get_property resets, computes and then reads self.results: the whole sequence
         # must be atomic, or a second thread's structure replaces the results in between

@@ -266,3 +266,44 @@ def test_cuda_matches_cpu(analytic_model, rng):
     assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-9)
     np.testing.assert_allclose(atoms.get_forces(), f, atol=1e-9)
     np.testing.assert_allclose(atoms.get_stress(), s, atol=1e-11)
+
+
+def test_check_state_reports_what_ase_reports(analytic_model):
+    """MLFFCalculator.check_state compares exactly (faster than ase's allclose per array) and
+    reports the same changes as ase.calculators.calculator.compare_atoms."""
+    from ase.calculators.calculator import compare_atoms
+
+    base = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+    calc = MLFFCalculator(analytic_model)
+    base.calc = calc
+    base.get_potential_energy()
+
+    def moved(a):
+        a.positions[3, 1] += 1e-6
+
+    def strained(a):
+        a.set_cell(a.cell.array * 1.01, scale_atoms=False)
+
+    def slab(a):
+        a.pbc = [True, True, False]
+
+    def substituted(a):
+        a.numbers[0] = 13
+
+    def magnetic(a):
+        a.set_initial_magnetic_moments(np.ones(len(a)))
+
+    def nan(a):
+        a.positions[0, 0] = np.nan
+
+    def variants():
+        for change in (None, moved, strained, slab, substituted, magnetic, nan):
+            a = base.copy()
+            if change is not None:
+                change(a)
+            yield ("none" if change is None else change.__name__), a
+
+    for name, a in variants():
+        ours = calc.check_state(a)
+        assert sorted(ours) == sorted(compare_atoms(calc.atoms, a)), name
+        assert bool(ours) == (name != "none"), name
