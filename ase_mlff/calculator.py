@@ -29,7 +29,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .errors import InputError
-from .graph import batch_graphs, graph_from_structure, graph_from_tensors
+from .graph import batch_graphs, graph_from_arrays, graph_from_structure, graph_from_tensors
 from .models.base import Model, ModelOutput
 from .neighbors import NeighborList, neighbor_list
 from .neighbors_torch import TorchNeighborList, torch_neighbor_list
@@ -256,6 +256,8 @@ class MLFFCalculator(Calculator):
             pairs = None
         elif self.neighbor_list == "torch":
             return self._prepare_on_device(atoms, nl, order), order
+        elif nl is not None and nl.skin > 0 and model.accepts_outer_pairs:
+            return self._prepare_outer(atoms, nl), order
         else:
             pairs = nl.update(atoms) if nl is not None else neighbor_list(
                 atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff)
@@ -264,6 +266,22 @@ class MLFFCalculator(Calculator):
                                      order=None if order is None else order[0],
                                      dtype=self.dtype, device=self.device)
         return graph, order
+
+    def _prepare_outer(self, atoms, nl: NeighborList):
+        """The MD path of a model that ignores pairs beyond its cutoff: the graph holds the
+        Verlet list (``cutoff + skin``) itself, so nothing is rewritten per step; its edge
+        tensors are made once per rebuild. The closest pair is still checked every step."""
+        pairs, d_min, k = nl.update_outer(atoms)
+        if k >= 0 and d_min < self.min_distance:
+            self._check_distances(pairs.i[k:k + 1], pairs.j[k:k + 1], np.array([d_min]))
+        key = (id(nl), nl.n_builds, self.dtype, str(self.device))
+        cached = getattr(self, "_outer_edges", None)
+        if cached is None or cached[0] != key:
+            edges = (torch.from_numpy(np.stack([pairs.i, pairs.j])).to(self.device),
+                     torch.from_numpy(pairs.shifts).to(device=self.device, dtype=self.dtype))
+            self._outer_edges = cached = (key, edges)
+        return graph_from_arrays(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, None,
+                                 dtype=self.dtype, device=self.device, edges=cached[1])
 
     def _on_device(self, name: str, array: np.ndarray) -> torch.Tensor:
         """``array`` on the device, uploaded again only when it changed (atomic numbers, cell

@@ -98,10 +98,15 @@ def graph_from_arrays(
     pairs: Pairs | None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
+    edges: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Graph:
-    """Single-structure graph. ``pairs`` may be None for global models (no neighbour list)."""
+    """Single-structure graph. ``pairs`` may be None for global models (no neighbour list).
+    ``edges``: ``(edge_index, shifts)`` tensors made before (of the dtype and on the device
+    asked for), used instead of ``pairs``; the calculator reuses them between MD steps."""
     n = len(numbers)
-    if pairs is None:
+    if edges is not None:
+        edge_index, shifts = edges
+    elif pairs is None:
         edge_index = torch.zeros((2, 0), dtype=torch.long)
         shifts = torch.zeros((0, 3), dtype=dtype)
     else:

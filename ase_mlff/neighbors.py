@@ -158,6 +158,26 @@ class NeighborList:
         i, j, s, v, d = _ext.filter_pairs(positions, cell, p.i, p.j, p.shifts, self.cutoff)
         return Pairs(i, j, s, v, d)
 
+    def update_outer(self, atoms=None, *, positions=None, cell=None, pbc=None) -> tuple[Pairs, float, int]:
+        """The stored ``cutoff + skin`` list itself, rebuilt only when needed, for a model whose
+        outputs ignore pairs beyond its cutoff (``Model.accepts_outer_pairs``): no pair is
+        rewritten. Returns ``(pairs, d_min, k)``: the list (its ``vectors`` and ``distances`` are
+        those of the last build, not of the current positions), and the current distance of its
+        closest pair ``k`` (``inf``, -1 without pairs), so overlapping atoms are still caught."""
+        if atoms is not None:
+            positions, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
+        positions, cell, pbc = _as_arrays(positions, cell, pbc)
+        self.n_updates += 1
+        if self._needs_rebuild(positions, cell, pbc):
+            self._pairs = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
+            self._ref_positions = positions.copy()
+            self._ref_cell = cell.copy()
+            self._ref_pbc = pbc.copy()
+            self.n_builds += 1
+        p = self._pairs
+        d2, k = _ext.closest_pair(positions, cell, p.i, p.j, p.shifts)
+        return p, float(np.sqrt(d2)), int(k)
+
     def reset(self) -> None:
         """Forget the stored list; the next update rebuilds."""
         self._pairs = None

@@ -337,3 +337,35 @@ def test_multi_species_gp_mapping(rng):
     a.calc = mc
     np.testing.assert_allclose(a.get_forces(), fg, atol=2e-4)
     assert abs(a.get_potential_energy() - eg) < 1e-4
+
+
+def test_md_on_the_unfiltered_verlet_list_equals_fresh_lists(rng):
+    """MFF takes the calculator's cutoff + skin list unfiltered (accepts_outer_pairs): along an
+    MD-like path with rebuilds, energy, forces, stress and per-atom energies equal those from a
+    fresh list within the cutoff each step, and overlapping atoms are still refused."""
+    from ase_mlff.errors import InputError
+
+    model = analytic_mff((13, 28), centred=True)
+    assert model.accepts_outer_pairs
+    a = _two_species(bulk("Ni", "fcc", a=3.52, cubic=True).repeat((3, 3, 3)), rng)
+    a.rattle(0.05, seed=2)
+    b = a.copy()
+    a.calc, b.calc = MLFFCalculator(model, skin=0.6), MLFFCalculator(model, skin=0.0)
+    for _ in range(25):
+        step = rng.normal(scale=0.04, size=a.positions.shape)
+        a.positions += step
+        b.positions += step
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-11)
+        np.testing.assert_allclose(a.get_stress(), b.get_stress(), atol=1e-12)
+        np.testing.assert_allclose(a.get_potential_energies(), b.get_potential_energies(), atol=1e-11)
+    nl = a.calc.nl
+    assert 1 < nl.n_builds < nl.n_updates  # reused between rebuilds, rebuilt when needed
+    assert a.calc._outer_edges[1][0].shape[1] > len(b.calc.nl.update(b))  # pairs beyond the cutoff
+    # atoms pushed together without a rebuild (a wide skin): still caught
+    a.calc = MLFFCalculator(model, skin=6.0)
+    a.get_forces()
+    a.positions[1] = a.positions[0] + [0.1, 0.0, 0.0]
+    with pytest.raises(InputError, match="overlap"):
+        a.get_forces()
+    assert a.calc.nl.n_builds == 1

@@ -722,3 +722,19 @@ def test_concurrent_threaded_searches_are_the_serial_one(set_threads):
     assert not errors and len(results) == 6
     for p in results:
         assert all(np.array_equal(getattr(p, f), getattr(reference, f)) for f in FIELDS)
+
+
+def test_closest_pair_of_a_stored_list(set_threads):
+    """_ext.closest_pair: the closest pair of an existing list for new positions, the same on
+    any thread count, (inf, -1) for an empty list."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((8, 8, 8))
+    atoms.rattle(0.05, seed=5)
+    p = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0)
+    moved = atoms.positions + np.random.default_rng(3).normal(scale=0.05, size=atoms.positions.shape)
+    v = moved[p.j] - moved[p.i] + p.shifts @ atoms.cell.array
+    d = np.linalg.norm(v, axis=1)
+    for n in (1, 2):
+        set_threads(n)
+        d2, k = _ext._core.closest_pair(moved, atoms.cell.array, p.i, p.j, p.shifts)
+        assert k == int(np.argmin(d)) and np.sqrt(d2) == pytest.approx(d.min(), rel=1e-14)
+    assert _ext._core.closest_pair(moved, atoms.cell.array, p.i[:0], p.j[:0], p.shifts[:0]) == (np.inf, -1)

@@ -1,6 +1,6 @@
 """Compiled core (built by setup.py from the .cpp files in this folder)."""
 try:
-    from ._core import filter_pairs, neighbor_list  # noqa: F401
+    from ._core import closest_pair, filter_pairs, neighbor_list  # noqa: F401
 except ImportError as exc:  # pragma: no cover - only when the build is missing
     raise ImportError(
         "ase_mlff's compiled extension is missing: install the package with "

@@ -91,6 +91,24 @@ py::tuple filter_pairs_py(CArray positions, CArray cell,
     return pack(std::move(pl));
 }
 
+py::tuple closest_pair_py(CArray positions, CArray cell,
+                          py::array_t<int64_t, py::array::c_style | py::array::forcecast> first,
+                          py::array_t<int64_t, py::array::c_style | py::array::forcecast> second,
+                          py::array_t<int32_t, py::array::c_style | py::array::forcecast> shifts) {
+    check_shape(positions, -1, 3, "positions (expected N x 3)");
+    check_shape(cell, 3, 3, "cell (expected 3 x 3)");
+    const py::ssize_t np_ = first.size();
+    if (second.size() != np_ || shifts.size() != 3 * np_)
+        throw std::invalid_argument("pair arrays have inconsistent lengths");
+    std::pair<double, int64_t> r;
+    {
+        py::gil_scoped_release release;
+        r = mlff::closest_pair(positions.data(), positions.shape(0), cell.data(), first.data(),
+                               second.data(), shifts.data(), np_);
+    }
+    return py::make_tuple(r.first, r.second);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -103,6 +121,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("filter_pairs", &filter_pairs_py, py::arg("positions"), py::arg("cell"), py::arg("first"),
           py::arg("second"), py::arg("shifts"), py::arg("cutoff"),
           "Recompute vectors of an existing pair list and keep pairs closer than cutoff.");
+    m.def("closest_pair", &closest_pair_py, py::arg("positions"), py::arg("cell"), py::arg("first"),
+          py::arg("second"), py::arg("shifts"),
+          "(squared distance, index) of the closest pair of an existing pair list for new positions "
+          "and cell ((inf, -1) for none); writes no list.");
     const mlff::SearchLimits limits;
     m.attr("NEIGHBOR_MAX_IMAGES") = limits.max_images;
     m.attr("NEIGHBOR_MAX_PAIRS") = limits.max_pairs;

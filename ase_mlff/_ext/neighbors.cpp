@@ -710,6 +710,43 @@ PairList neighbor_list(const double* positions, int64_t n, const double* cell_pt
     return out;
 }
 
+std::pair<double, int64_t> closest_pair(const double* positions, int64_t n, const double* cell,
+                                        const int64_t* first, const int64_t* second,
+                                        const int32_t* shifts, int64_t n_pairs) {
+    for (int64_t p = 0; p < n_pairs; ++p)
+        if (first[p] < 0 || first[p] >= n || second[p] < 0 || second[p] >= n)
+            throw std::invalid_argument("pair index out of range");
+    // Chunks of pairs on the thread pool above kParallelPairs pairs, each its own minimum;
+    // combined in chunk order, so the answer does not depend on the thread count.
+    constexpr int64_t kParallelPairs = 50000;
+    const int threads = n_pairs >= kParallelPairs ? resolve_threads(0) : 1;
+    std::vector<std::pair<double, int64_t>> best(threads, {std::numeric_limits<double>::infinity(), -1});
+    parallel_for(threads, threads, [&](int64_t k) {
+        const int64_t lo = n_pairs * k / threads, hi = n_pairs * (k + 1) / threads;
+        double d2min = std::numeric_limits<double>::infinity();
+        int64_t at = -1;
+        for (int64_t p = lo; p < hi; ++p) {
+            const int64_t i = first[p], j = second[p];
+            const int32_t* S = shifts + 3 * p;
+            double rr = 0.0;
+            for (int d = 0; d < 3; ++d) {
+                const double v = positions[3 * j + d] - positions[3 * i + d] +
+                                 (S[0] * cell[d] + S[1] * cell[3 + d] + S[2] * cell[6 + d]);
+                rr += v * v;
+            }
+            if (rr < d2min) {
+                d2min = rr;
+                at = p;
+            }
+        }
+        best[k] = {d2min, at};
+    });
+    std::pair<double, int64_t> out = best[0];
+    for (int k = 1; k < threads; ++k)
+        if (best[k].first < out.first) out = best[k];
+    return out;
+}
+
 PairList filter_pairs(const double* positions, int64_t n, const double* cell,
                       const int64_t* first, const int64_t* second, const int32_t* shifts,
                       int64_t n_pairs, double cutoff) {

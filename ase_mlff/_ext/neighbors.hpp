@@ -99,4 +99,12 @@ PairList filter_pairs(const double* positions, int64_t n, const double* cell,
                       const int64_t* first, const int64_t* second, const int32_t* shifts,
                       int64_t n_pairs, double cutoff);
 
+// The closest pair of an existing pair list for new positions/cell, without writing a list:
+// (squared distance, index of that pair; the lowest index among equals), (inf, -1) for no
+// pairs. Used with a Verlet skin by models that take the skin list unfiltered (pairs beyond
+// their cutoff add nothing), so that overlapping atoms are still refused every step.
+std::pair<double, int64_t> closest_pair(const double* positions, int64_t n, const double* cell,
+                                        const int64_t* first, const int64_t* second,
+                                        const int32_t* shifts, int64_t n_pairs);
+
 }  // namespace mlff

@@ -115,6 +115,10 @@ class Model(torch.nn.Module):
     extra_results: ClassVar[tuple[str, ...]] = ()
     #: devices on which analytic() may be used (checked by compute, never by families)
     analytic_devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: edges beyond ``cutoff`` add nothing to every output (both forward() and analytic() test
+    #: each edge's length), so a calculator with a Verlet skin may hand the model its skin list
+    #: unfiltered instead of rewriting the pairs within the cutoff every step
+    accepts_outer_pairs: ClassVar[bool] = False
     #: buffers that stay float64 when the model is moved to another dtype (``model.to(float32)``):
     #: kernel coefficients that cancel (sGDML's reach 1e7), reference energies of -1000 eV/atom
     float64_buffers: ClassVar[tuple[str, ...]] = ()

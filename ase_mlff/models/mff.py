@@ -40,6 +40,8 @@ class MFFModel(Model):
     """Mapped 2+3-body force field on uniform cubic B-splines (family ``"mff"``)."""
 
     family = "mff"
+    # the kernel and forward() skip pairs with r >= rc2 and arms with r >= rc3 themselves
+    accepts_outer_pairs = True
 
     def __init__(self, species: Iterable[int], cutoff: float | None = None, rc2: float = 5.0,
                  n2: int = 100, rc3: float = 0.0, n3: int = 0, config: dict[str, Any] | None = None,
