@@ -382,6 +382,29 @@ def check_extras(model: Model, structures: list) -> None:
     assert set(out.extras) <= set(EXTRA_RESULTS)
 
 
+def check_outer_pairs(model: Model, atoms, extra: float = 1.0) -> None:
+    """A model declaring ``accepts_outer_pairs`` gives the same outputs, on both paths, when
+    its graph also holds edges up to ``cutoff + extra`` (what the calculator's Verlet list
+    hands it unfiltered)."""
+    if not model.accepts_outer_pairs:
+        return
+    from ase_mlff.neighbors import neighbor_list
+
+    stress = wants_stress(model, atoms)
+    outer = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff + extra)
+    plain = graph_of(model, atoms)
+    wide = graph_from_structure(atoms, model.cutoff, pairs=outer)
+    assert wide.edge_index.shape[1] > plain.edge_index.shape[1], "no edges beyond the cutoff to test with"
+    for path_name, prepare in (("plain", lambda g: g), ("autograd", _grad_graph)):
+        a = _outputs(model.compute(prepare(plain), forces=True, stress=stress))
+        b = _outputs(model.compute(prepare(wide), forces=True, stress=stress))
+        for key in a:
+            dev = float((a[key].detach() - b[key].detach()).abs().max())
+            assert dev <= 1e-10 * max(1.0, float(a[key].detach().abs().max())), (
+                f"{key} changes with edges beyond the cutoff ({path_name} path), max deviation {dev:.3g}, "
+                "although the model declares accepts_outer_pairs")
+
+
 def _snapshot(graph: Graph) -> dict:
     snap = {}
     for f in fields(graph):
@@ -540,6 +563,15 @@ def test_compute_never_modifies_its_input(family):
         check_no_mutation(ex.model, atoms)
 
 
+@pytest.mark.parametrize("family", families("test_edges_beyond_the_cutoff_change_nothing_when_declared"))
+def test_edges_beyond_the_cutoff_change_nothing_when_declared(family):
+    ex = example_of(family)
+    if not ex.model.accepts_outer_pairs:
+        pytest.skip(f"{family} does not declare accepts_outer_pairs")
+    for atoms in accepted(ex).values():
+        check_outer_pairs(ex.model, atoms)
+
+
 # ----------------------------------------------------------------------------- the suite can fail
 class _registered:
     """Register a model class for the duration of a ``with`` block (restoring what was there)."""
@@ -695,12 +727,20 @@ class _WrongExtrasShape(_ToyPair):
         return {"energy_uncertainty": torch.zeros(graph.n_atoms, dtype=torch.float64)}
 
 
+class _ClaimsOuterPairs(_ToyPair):
+    """Declares accepts_outer_pairs although its cosine cutoff rises again beyond the cutoff."""
+
+    accepts_outer_pairs = True
+
+
 def _toy_structures():
     return shared_structures((13, 29))
 
 
 #: defect -> (toy class, the check that must fail on it)
 DEFECTS = {
+    "outer pairs declared but not ignored -> edges beyond the cutoff": (
+        _ClaimsOuterPairs, lambda m, s, p: check_outer_pairs(m, s["bulk"])),
     "analytic forces 1 % off -> finite differences": (
         _ForcesScaled, lambda m, s, p: check_forces_fd(m, s["triclinic"])),
     "analytic forces 1 % off -> analytic vs autograd": (
@@ -741,6 +781,7 @@ def test_the_toy_family_passes_every_check(tmp_path):
             check_analytic_equals_autograd(model, atoms)
             check_float32(model, atoms, 1e-4, 1e-3)
             check_no_mutation(model, atoms)
+            check_outer_pairs(model, atoms)
         check_batch(model, list(s.values()))
         check_round_trip(model, list(s.values()), tmp_path / "toy.mlff")
         check_extras(model, list(s.values()))
