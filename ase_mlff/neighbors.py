@@ -140,21 +140,28 @@ class NeighborList:
         disp2 = np.einsum("ij,ij->i", positions - self._ref_positions, positions - self._ref_positions)
         return bool(disp2.max(initial=0.0) > (0.5 * self.skin) ** 2)
 
-    def update(self, atoms=None, *, positions=None, cell=None, pbc=None) -> Pairs:
-        """Pairs within ``cutoff`` for the current geometry, rebuilding only when needed."""
+    def _stored(self, atoms, positions, cell, pbc):
+        """``(positions, cell, pbc, rebuilt)`` as arrays, the stored ``cutoff + skin`` list
+        rebuilt first when needed."""
         if atoms is not None:
             positions, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
         positions, cell, pbc = _as_arrays(positions, cell, pbc)
         self.n_updates += 1
-        if self._needs_rebuild(positions, cell, pbc):
+        rebuilt = self._needs_rebuild(positions, cell, pbc)
+        if rebuilt:
             self._pairs = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
             self._ref_positions = positions.copy()
             self._ref_cell = cell.copy()
             self._ref_pbc = pbc.copy()
             self.n_builds += 1
-            if self.skin == 0.0:
-                return self._pairs
+        return positions, cell, pbc, rebuilt
+
+    def update(self, atoms=None, *, positions=None, cell=None, pbc=None) -> Pairs:
+        """Pairs within ``cutoff`` for the current geometry, rebuilding only when needed."""
+        positions, cell, pbc, rebuilt = self._stored(atoms, positions, cell, pbc)
         p = self._pairs
+        if rebuilt and self.skin == 0.0:
+            return p
         i, j, s, v, d = _ext.filter_pairs(positions, cell, p.i, p.j, p.shifts, self.cutoff)
         return Pairs(i, j, s, v, d)
 
@@ -164,16 +171,7 @@ class NeighborList:
         rewritten. Returns ``(pairs, d_min, k)``: the list (its ``vectors`` and ``distances`` are
         those of the last build, not of the current positions), and the current distance of its
         closest pair ``k`` (``inf``, -1 without pairs), so overlapping atoms are still caught."""
-        if atoms is not None:
-            positions, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
-        positions, cell, pbc = _as_arrays(positions, cell, pbc)
-        self.n_updates += 1
-        if self._needs_rebuild(positions, cell, pbc):
-            self._pairs = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
-            self._ref_positions = positions.copy()
-            self._ref_cell = cell.copy()
-            self._ref_pbc = pbc.copy()
-            self.n_builds += 1
+        positions, cell, pbc, _ = self._stored(atoms, positions, cell, pbc)
         p = self._pairs
         d2, k = _ext.closest_pair(positions, cell, p.i, p.j, p.shifts)
         return p, float(np.sqrt(d2)), int(k)
