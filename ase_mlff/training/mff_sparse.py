@@ -269,9 +269,6 @@ def fit_sparse(gp: NBodyGP, frames, n2: int, n3: int, sigmas: tuple[float, float
                                  config_type_sigmas, log=log, quiet=quiet)
     sparse.set_gp(gp, x)
     gp.sparse, gp.sparse_x = sparse, x
-    gp.n_labels = {"energy": sum(f.energy is not None for f in frames),
-                   "forces": sum(3 * len(f) for f in frames if f.forces is not None),
-                   "virial": 6 * sum(sparse_gp.has_virial(f) for f in frames)}
     gp.n_labels = dict(info["labels"])
     gp.timings["sparse_fit_s"] = time.perf_counter() - t0
     return {**info, "n_inducing": {"2": sparse.U, "3": sparse.V}, "fit_s": time.perf_counter() - t0}
@@ -290,6 +287,4 @@ def restore_sparse(gp: NBodyGP, frames, n2: int, n3: int, seed: int, x: np.ndarr
                             "checkpoint to start over")
     sparse.set_gp(gp, x)
     gp.sparse, gp.sparse_x = sparse, x
-    gp.n_labels = {"energy": sum(f.energy is not None for f in frames),
-                   "forces": sum(3 * len(f) for f in frames if f.forces is not None),
-                   "virial": 6 * sum(sparse_gp.has_virial(f) for f in frames)}
+    gp.n_labels = sparse_gp.label_counts(frames)

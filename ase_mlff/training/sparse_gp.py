@@ -65,9 +65,15 @@ def has_virial(frame) -> bool:
     return frame.stress is not None and bool(np.all(frame.pbc))
 
 
+def label_counts(frames: Sequence) -> dict[str, int]:
+    """Energies, force components and virial components the frames hold (rows of the fit)."""
+    return {"energy": sum(f.energy is not None for f in frames),
+            "forces": sum(3 * len(f) for f in frames if f.forces is not None),
+            "virial": 6 * sum(has_virial(f) for f in frames)}
+
+
 def count_rows(frames: Sequence) -> int:
-    return sum((f.energy is not None) + (3 * len(f) if f.forces is not None else 0) + (6 if has_virial(f) else 0)
-               for f in frames)
+    return sum(label_counts(frames).values())
 
 
 def progress(items, desc: str, quiet: bool):
