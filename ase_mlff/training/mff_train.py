@@ -36,6 +36,7 @@ from .common import (Option, UsageError, add_options, check_new_output, format_m
                      predict_frames, read_training_data, reference_energies, resolve_cli_options, resolve_options,
                      timed_printer)
 from .common import training_record as common_record
+from .sparse_gp import solve_options
 
 #: options that change the trained model (recorded in checkpoints; a resume must match them)
 MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
@@ -57,12 +58,7 @@ OPTIONS = (
            choices=("sparse", "full")),
     Option("n_sparse2", 40, "sparse fit: inducing distances per element pair", int),
     Option("n_sparse3", 1000, "sparse fit: inducing triangles per species triple (farthest points)", int),
-    Option("sigma_energy", 0.002, "sparse fit: expected energy error per atom (eV/atom; times sqrt(N))", float),
-    Option("sigma_force", 0.05, "sparse fit: expected force error per component (eV/Å)", float),
-    Option("sigma_virial", 0.02, "sparse fit: expected virial error per atom (eV/atom; times sqrt(N))", float),
-    Option("sigma_config_type", None, "sparse fit: per-config_type sigmas 'TYPE=E,F,V;...' (or a YAML mapping)"),
-    Option("sigma_e0", 100.0, "sparse fit: prior width of the per-element reference energies (eV)", float),
-    Option("jitter", 1e-8, "sparse fit: relative jitter on the diagonal of the inducing-point prior", float),
+    *solve_options(sigma_force=0.05, sigma_virial=0.02, scope="sparse fit: "),
     Option("n_energy", 8, "full fit: training energies (sparse fit: energies of the hyperparameter search)", int),
     Option("n_force_atoms", 100, "full fit: atoms whose forces are used", int),
     Option("atoms_per_frame", 2, "force atoms taken per frame", int),

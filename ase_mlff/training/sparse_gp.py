@@ -26,10 +26,27 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError, TrainingError
-from .common import UsageError
+from .common import Option, UsageError
 
 #: order of the six virial components in the design matrix (ASE Voigt: xx yy zz yz xz xy)
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def solve_options(sigma_force: float, sigma_virial: float, scope: str = "") -> tuple[Option, ...]:
+    """The training options of :func:`solve` (expected errors, per-config_type sigmas, e0 prior,
+    jitter) for a recipe's OPTIONS; the recipes differ only in their default force and virial
+    errors and in ``scope``, a prefix of the help texts (e.g. ``"sparse fit: "``)."""
+    return (
+        Option("sigma_energy", 0.002, f"{scope}expected energy error per atom (eV/atom; times sqrt(N) per frame)",
+               float),
+        Option("sigma_force", sigma_force, f"{scope}expected force error per component (eV/Å)", float),
+        Option("sigma_virial", sigma_virial, f"{scope}expected virial error per atom (eV/atom; times sqrt(N) per "
+                                             "frame)", float),
+        Option("sigma_config_type", None, f"{scope}per-config_type sigmas 'TYPE=E,F,V;TYPE2=E,F,V' (or a YAML "
+                                          "mapping)"),
+        Option("sigma_e0", 100.0, f"{scope}prior width of the per-element reference energies (eV)", float),
+        Option("jitter", 1e-8, f"{scope}relative jitter added to the diagonal of the sparse prior", float),
+    )
 
 
 def parse_config_type_sigmas(value) -> dict[str, tuple[float, float, float]]:
