@@ -105,6 +105,8 @@ class MLFFCalculator(Calculator):
             neighbor_list = "compiled" if self.device.type == "cpu" else "torch"
         self.neighbor_list = neighbor_list  # which list serves this calculator: compiled or torch
         self._device_cache: dict = {}
+        # (key of the Verlet list build, (edge_index, shifts)) for accepts_outer_pairs models
+        self._outer_edges: tuple | None = None
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.min_distance = float(min_distance)
@@ -272,10 +274,10 @@ class MLFFCalculator(Calculator):
         Verlet list (``cutoff + skin``) itself, so nothing is rewritten per step; its edge
         tensors are made once per rebuild. The closest pair is still checked every step."""
         pairs, d_min, k = nl.update_outer(atoms)
-        if k >= 0 and d_min < self.min_distance:
+        if k >= 0:
             self._check_distances(pairs.i[k:k + 1], pairs.j[k:k + 1], np.array([d_min]))
         key = (id(nl), nl.n_builds, self.dtype, str(self.device))
-        cached = getattr(self, "_outer_edges", None)
+        cached = self._outer_edges
         if cached is None or cached[0] != key:
             edges = (torch.from_numpy(np.stack([pairs.i, pairs.j])).to(self.device),
                      torch.from_numpy(pairs.shifts).to(device=self.device, dtype=self.dtype))

@@ -19,7 +19,7 @@ given. torch's own threads (networks, sGDML kernels in torch) follow
 ``torch.set_num_threads``, not this setting.
 
 A kernel may use fewer threads than configured where the work is too small to share (the
-MFF kernel stays on the calling thread below 2000 atoms, the neighbour search below about 2e5
+MFF kernel stays on the calling thread below 2000 atoms, the neighbour search below about 6e4
 candidate pairs, the skin refresh below 50,000 pairs); :func:`last_threads_used` reads
 back what the last kernel call of the calling thread actually ran on. The pool's workers
 are started when first needed and reused by every later call (:func:`pool_workers_created`
