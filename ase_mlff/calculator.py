@@ -280,7 +280,7 @@ class MLFFCalculator(Calculator):
         cached = self._outer_edges
         if cached is None or cached[0] != key:
             edges = (torch.from_numpy(np.stack([pairs.i, pairs.j])).to(self.device),
-                     torch.from_numpy(pairs.shifts).to(device=self.device, dtype=self.dtype))
+                     torch.from_numpy(pairs.shifts).to(device=self.device, dtype=torch.float64))
             self._outer_edges = cached = (key, edges)
         return graph_from_arrays(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, None,
                                  dtype=self.dtype, device=self.device, edges=cached[1])

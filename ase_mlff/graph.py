@@ -11,6 +11,13 @@ Edge vectors are always computed from the positions and the cell, ``r_j - r_i + 
 so that autograd sees every dependence: forces are ``-dE/dpositions`` and, after
 :meth:`Graph.strained`, the stress is ``(1/V) dE/d(strain)``, exact derivatives of the
 model's energy.
+
+Two dtypes. The geometry (positions, cell, shifts, strain) is always float64; ``Graph.dtype``
+is the dtype the model computes in. Edge vectors are formed in float64 and only then rounded
+to ``Graph.dtype``, so a float32 model sees the same pair vectors (to float32 rounding of the
+vector) wherever the structure sits: float32 absolute coordinates of 1e4 Å are spaced
+~1e-3 Å apart, and even at 50 Å their rounding (~4e-6 Å) moves forces by ~1e-4 eV/Å.
+Forces and virials come back in ``Graph.dtype``.
 """
 
 from __future__ import annotations
@@ -25,38 +32,48 @@ from .neighbors import Pairs, neighbor_list
 from .neighbors_torch import TorchPairs
 
 
+GEOMETRY_DTYPE = torch.float64
+
+
 @dataclass
 class Graph:
-    positions: torch.Tensor  # (N, 3)
+    positions: torch.Tensor  # (N, 3) float64
     numbers: torch.Tensor  # (N,) int64 atomic numbers
-    cell: torch.Tensor  # (B, 3, 3), rows are cell vectors
+    cell: torch.Tensor  # (B, 3, 3) float64, rows are cell vectors
     pbc: torch.Tensor  # (B, 3) bool
     edge_index: torch.Tensor  # (2, P) int64: i (centre), j (neighbour)
-    shifts: torch.Tensor  # (P, 3) integer cell shifts, in the float dtype
+    shifts: torch.Tensor  # (P, 3) integer cell shifts, as float64
     batch: torch.Tensor  # (N,) int64 structure index of each atom
     n_graphs: int = 1
-    strain: torch.Tensor | None = None  # (B, 3, 3) when built by strained()
+    strain: torch.Tensor | None = None  # (B, 3, 3) float64 when built by strained()
+    dtype: torch.dtype = torch.float64  # the dtype the model computes in (and returns forces in)
+
+    def __post_init__(self):
+        # the geometry stays float64 whatever the model's dtype (module docstring); converting
+        # a float64 tensor is a no-op, and .to() keeps autograd's link to a caller's leaf
+        for name in ("positions", "cell", "shifts"):
+            t = getattr(self, name)
+            if t.dtype != GEOMETRY_DTYPE:
+                setattr(self, name, t.to(GEOMETRY_DTYPE))
 
     @property
     def n_atoms(self) -> int:
         return int(self.positions.shape[0])
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.positions.dtype
-
-    @property
     def device(self) -> torch.device:
         return self.positions.device
 
-    def edge_vectors(self) -> torch.Tensor:
-        """(P, 3) vectors from atom i to the image of atom j."""
+    def edge_vectors(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(P, 3) vectors from atom i to the image of atom j, formed in float64 and returned in
+        ``dtype`` (default: the graph's compute dtype)."""
         i, j = self.edge_index
         if self.n_graphs == 1:
             shift_vec = self.shifts @ self.cell[0]
         else:
             shift_vec = torch.einsum("pk,pkl->pl", self.shifts, self.cell[self.batch[i]])
-        return self.positions[j] - self.positions[i] + shift_vec
+        vec = self.positions[j] - self.positions[i] + shift_vec
+        return vec.to(dtype or self.dtype)
 
     def strained(self) -> "Graph":
         """Copy in which positions and cell are deformed by a zero strain that requires grad.
@@ -65,7 +82,7 @@ class Graph:
         derivative of the energy with respect to ``eps`` at zero is the virial-like tensor
         ``V * stress`` in ASE's sign convention.
         """
-        eps = torch.zeros((self.n_graphs, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
+        eps = torch.zeros((self.n_graphs, 3, 3), dtype=GEOMETRY_DTYPE, device=self.device, requires_grad=True)
         sym = 0.5 * (eps + eps.transpose(1, 2))
         if self.n_graphs == 1:
             positions = self.positions + self.positions @ sym[0]
@@ -75,18 +92,20 @@ class Graph:
         return replace(self, positions=positions, cell=cell, strain=eps)
 
     def to(self, device=None, dtype=None) -> "Graph":
-        def conv(t, floating):
-            return t.to(device=device, dtype=dtype if floating else None)
+        """The graph on ``device`` with compute dtype ``dtype`` (the geometry stays float64)."""
+        def conv(t):
+            return t.to(device=device)
 
         return replace(
             self,
-            positions=conv(self.positions, True),
-            numbers=conv(self.numbers, False),
-            cell=conv(self.cell, True),
-            pbc=conv(self.pbc, False),
-            edge_index=conv(self.edge_index, False),
-            shifts=conv(self.shifts, True),
-            batch=conv(self.batch, False),
+            positions=conv(self.positions),
+            numbers=conv(self.numbers),
+            cell=conv(self.cell),
+            pbc=conv(self.pbc),
+            edge_index=conv(self.edge_index),
+            shifts=conv(self.shifts),
+            batch=conv(self.batch),
+            dtype=dtype or self.dtype,
         )
 
 
@@ -101,26 +120,27 @@ def graph_from_arrays(
     edges: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Graph:
     """Single-structure graph. ``pairs`` may be None for global models (no neighbour list).
-    ``edges``: ``(edge_index, shifts)`` tensors made before (of the dtype and on the device
+    ``edges``: ``(edge_index, shifts)`` tensors made before (shifts float64, both on the device
     asked for), used instead of ``pairs``; the calculator reuses them between MD steps."""
     n = len(numbers)
     if edges is not None:
         edge_index, shifts = edges
     elif pairs is None:
         edge_index = torch.zeros((2, 0), dtype=torch.long)
-        shifts = torch.zeros((0, 3), dtype=dtype)
+        shifts = torch.zeros((0, 3), dtype=GEOMETRY_DTYPE)
     else:
         edge_index = torch.from_numpy(np.stack([pairs.i, pairs.j]))
-        shifts = torch.from_numpy(pairs.shifts).to(dtype)
+        shifts = torch.from_numpy(pairs.shifts).to(GEOMETRY_DTYPE)
     return Graph(
-        positions=torch.as_tensor(np.asarray(positions, dtype=np.float64), dtype=dtype, device=device),
+        positions=torch.as_tensor(np.asarray(positions, dtype=np.float64), device=device),
         numbers=torch.as_tensor(np.asarray(numbers, dtype=np.int64), device=device),
-        cell=torch.as_tensor(np.asarray(cell, dtype=np.float64).reshape(1, 3, 3), dtype=dtype, device=device),
+        cell=torch.as_tensor(np.asarray(cell, dtype=np.float64).reshape(1, 3, 3), device=device),
         pbc=torch.as_tensor(np.asarray(pbc, dtype=bool).reshape(1, 3), device=device),
         edge_index=edge_index.to(device),
         shifts=shifts.to(device),
         batch=torch.zeros(n, dtype=torch.long, device=device),
         n_graphs=1,
+        dtype=dtype,
     )
 
 
@@ -140,19 +160,20 @@ def graph_from_tensors(
     dtype = dtype or positions.dtype
     if pairs is None:
         edge_index = torch.zeros((2, 0), dtype=torch.long, device=device)
-        shifts = torch.zeros((0, 3), dtype=dtype, device=device)
+        shifts = torch.zeros((0, 3), dtype=GEOMETRY_DTYPE, device=device)
     else:
         edge_index = torch.stack([pairs.i, pairs.j])
-        shifts = pairs.shifts.to(dtype)
+        shifts = pairs.shifts.to(GEOMETRY_DTYPE)
     return Graph(
-        positions=positions.to(dtype),
+        positions=positions.to(GEOMETRY_DTYPE),
         numbers=numbers.to(device=device, dtype=torch.long),
-        cell=cell.to(device=device, dtype=dtype).reshape(1, 3, 3),
+        cell=cell.to(device=device, dtype=GEOMETRY_DTYPE).reshape(1, 3, 3),
         pbc=pbc.to(device=device, dtype=torch.bool).reshape(1, 3),
         edge_index=edge_index,
         shifts=shifts,
         batch=torch.zeros(positions.shape[0], dtype=torch.long, device=device),
         n_graphs=1,
+        dtype=dtype,
     )
 
 
@@ -160,6 +181,9 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
     """Concatenate single or batched graphs into one batched graph."""
     if len(graphs) == 1:
         return graphs[0]
+    dtypes = {g.dtype for g in graphs}
+    if len(dtypes) != 1:
+        raise ValueError(f"cannot batch graphs of different compute dtypes {sorted(map(str, dtypes))}")
     offsets = np.cumsum([0] + [g.n_atoms for g in graphs[:-1]])
     graph_offsets = np.cumsum([0] + [g.n_graphs for g in graphs[:-1]])
     return Graph(
@@ -171,6 +195,7 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
         shifts=torch.cat([g.shifts for g in graphs]),
         batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
         n_graphs=sum(g.n_graphs for g in graphs),
+        dtype=graphs[0].dtype,
     )
 
 

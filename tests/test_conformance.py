@@ -13,7 +13,10 @@ Checks (each an independent reference, not the code under test):
 * rotation, translation and permutation invariance (global families: permutations of their
   symmetry group, and a relabelled molecule through the calculator);
 * a batch of structures gives what each gives alone (on both derivative paths);
-* float32 agrees with float64 to the tolerance stated in the example;
+* float32 agrees with float64 to the tolerance stated in the example, and float32 forces do
+  not depend on where the structure sits (moved by 1e4 Å, or atoms moved by lattice vectors);
+* the Hessian equals central differences of the forces (and in float32 the float64 Hessian),
+  or the family refuses it with an InputError naming the family (``supports_hessian``);
 * the analytic fast path equals autograd through ``forward``;
 * a save/load round trip gives bit-identical results;
 * declared extra results are present with their shapes, undeclared ones refused;
@@ -90,6 +93,16 @@ _STENCIL = ((2.0, -1.0 / 12.0), (1.0, 8.0 / 12.0), (-1.0, -8.0 / 12.0), (-2.0, 1
 #: invariances, batches, analytic vs autograd: same numbers up to float64 rounding (relative
 #: to the size of each quantity: the energy of the sGDML example is -4200 eV)
 ROUNDING = 1e-9
+#: Hessians: central differences of the forces, relative to max(1, largest element)
+#: (truncation ~ d^2 |d3F/dx3| / 6, rounding ~ 1e-16 |F| / d)
+FD_HESSIAN_STEP = 1e-4
+FD_HESSIAN_TOL = 2e-6
+#: a float32 model's Hessian against the float64 one, relative to the largest element
+FLOAT32_HESSIAN_TOL = 2e-5
+#: float32 forces of a moved structure: float32 rounding of the forces (2^-24 ~ 6e-8 relative
+#: per operation, accumulated over a few hundred operations), far below the ~1e-4 to 1e-2 that
+#: rounding absolute coordinates costs
+FLOAT32_PLACEMENT_TOL = 1e-5
 
 
 def assert_close(actual, expected, tol, what):
@@ -315,6 +328,80 @@ def check_float32(model: Model, atoms, energy_tol: float, force_tol: float) -> N
         assert_close(out.virial / scale, ref.virial / scale, force_tol, "float32 virial")
 
 
+def fd_hessian(model: Model, atoms, d: float = FD_HESSIAN_STEP) -> np.ndarray:
+    """d2E/dx2 (3N, 3N): central differences of the model's forces (column k is -dF/dx_k), not
+    symmetrised, so an asymmetric analytic Hessian cannot hide in it. Second order with a
+    small step: splines and cutoff functions are only C2, so a wider fourth-order stencil
+    meets kinks of the third derivative."""
+    atoms = atoms.copy()
+    pos0 = atoms.positions.copy()
+    n = len(atoms)
+    hess = np.zeros((3 * n, 3 * n))
+    for a in range(n):
+        for c in range(3):
+            for k, w in ((1.0, 0.5), (-1.0, -0.5)):
+                atoms.positions = pos0
+                atoms.positions[a, c] += k * d
+                f = model.compute(graph_of(model, atoms), forces=True).forces
+                hess[:, 3 * a + c] -= w * f.detach().numpy().reshape(-1) / d
+    return hess
+
+
+def check_hessian(model: Model, atoms) -> None:
+    """The calculator's Hessian equals finite differences of the forces (a float32 model's
+    equals the float64 one to float32 rounding), or the family refuses it with an InputError
+    naming the family."""
+    atoms = atoms.copy()
+    calc = MLFFCalculator(model, skin=0.0)
+    if not model.supports_hessian:
+        with pytest.raises(InputError, match=model.family):
+            calc.get_hessian(atoms)
+        with pytest.raises(InputError, match="displacement"):
+            model.hessian(graph_of(model, atoms))
+        return
+    hess = calc.get_hessian(atoms)
+    assert np.abs(hess).max() > 1e-3, "zero Hessian: the check would prove nothing"
+    assert_close(hess, fd_hessian(model, atoms), FD_HESSIAN_TOL, "Hessian vs -dF/dx (finite differences)")
+    m32 = copy.deepcopy(model).to(torch.float32)
+    hess32 = MLFFCalculator(m32, skin=0.0, dtype="float32").get_hessian(atoms)
+    scale = max(1.0, float(np.abs(hess).max()))
+    assert_close(hess32 / scale, hess / scale, FLOAT32_HESSIAN_TOL, "float32 Hessian vs float64")
+
+
+def check_float32_placement(model: Model, atoms) -> None:
+    """A float32 model gives the same forces (and virial) wherever the structure sits: moved
+    by 1e4 Å, and with atoms wrapped by whole lattice vectors along periodic directions. Pair
+    vectors must be formed in float64 before any float32 arithmetic (float32 coordinates of
+    1e4 Å are ~1e-3 Å apart); what is left is float32 rounding of the forces themselves."""
+    stress = wants_stress(model, atoms)
+    m32 = copy.deepcopy(model).to(torch.float32)
+
+    def outputs(a):
+        out = m32.compute(graph_of(m32, a, torch.float32), forces=True, stress=stress)
+        return out.forces.double(), (out.virial.double() if stress else None)
+
+    f0, v0 = outputs(atoms)
+    far = atoms.copy()
+    far.positions = atoms.positions + np.array([1.0e4, -1.0e4, 0.7e4])
+    variants = {"moved by 1e4 Å": far}
+    if atoms.pbc.any():
+        wrapped = atoms.copy()
+        images = np.random.default_rng(5).integers(-3, 4, size=(len(atoms), 3)) * atoms.pbc
+        wrapped.positions = atoms.positions + images @ atoms.cell.array
+        variants["atoms moved by whole lattice vectors"] = wrapped
+    f_scale = max(1e-3, float(f0.abs().max()))
+    for what, moved in variants.items():
+        f, v = outputs(moved)
+        err = float((f - f0).abs().max()) / f_scale
+        assert err <= FLOAT32_PLACEMENT_TOL, (
+            f"float32 forces of the structure {what} differ by {err:.3g} of the largest force "
+            f"(> {FLOAT32_PLACEMENT_TOL:.3g}: pair vectors rounded from absolute coordinates?)")
+        if stress:
+            v_scale = max(1e-3, float(v0.abs().max()))
+            err = float((v - v0).abs().max()) / v_scale
+            assert err <= FLOAT32_PLACEMENT_TOL, f"float32 virial of the structure {what} differs by {err:.3g}"
+
+
 def check_analytic_equals_autograd(model: Model, atoms) -> None:
     stress = wants_stress(model, atoms)
     graph = graph_of(model, atoms)
@@ -535,6 +622,20 @@ def test_float32_agrees_with_float64(family):
         check_float32(ex.model, atoms, ex.float32_energy_tol, ex.float32_force_tol)
 
 
+@pytest.mark.parametrize("name", STRUCTURES)
+@pytest.mark.parametrize("family", families("test_hessian_equals_finite_differences_or_is_refused"))
+def test_hessian_equals_finite_differences_or_is_refused(family, name):
+    ex, atoms = structure(family, name)
+    check_hessian(ex.model, atoms)
+
+
+@pytest.mark.parametrize("family", families("test_float32_forces_do_not_depend_on_where_the_structure_sits"))
+def test_float32_forces_do_not_depend_on_where_the_structure_sits(family):
+    ex = example_of(family)
+    for atoms in accepted(ex).values():
+        check_float32_placement(ex.model, atoms)
+
+
 @pytest.mark.parametrize("family", families("test_analytic_path_equals_autograd"))
 def test_analytic_path_equals_autograd(family):
     ex = example_of(family)
@@ -630,13 +731,14 @@ class _ToyPair(Model):
         with torch.no_grad():
             i, j = graph.edge_index
             vec = graph.positions[j] - graph.positions[i] + torch.einsum("pk,pkl->pl", graph.shifts, self._cells(graph))
+            vec = vec.to(graph.dtype)  # formed in float64 (the geometry's dtype), computed in the model's
             r, phi, dphi = self._pair(graph, vec)
             energies = torch.zeros(graph.n_atoms, dtype=vec.dtype).index_add(0, i, 0.5 * phi)
             g = (0.5 * dphi / r)[:, None] * vec  # dE/d(vec) of each directed pair
             out = ModelOutput(energy=torch.zeros(graph.n_graphs, dtype=torch.float64).index_add(
                 0, graph.batch, energies.to(torch.float64)), energies=energies)
             if forces:
-                out.forces = torch.zeros_like(graph.positions).index_add(0, i, g).index_add(0, j, -g)
+                out.forces = torch.zeros((graph.n_atoms, 3), dtype=vec.dtype).index_add(0, i, g).index_add(0, j, -g)
             if stress:
                 w = vec[:, :, None] * g[:, None, :]
                 out.virial = torch.zeros((graph.n_graphs, 3, 3), dtype=vec.dtype).index_add(0, graph.batch[i], w)
@@ -727,6 +829,52 @@ class _WrongExtrasShape(_ToyPair):
         return {"energy_uncertainty": torch.zeros(graph.n_atoms, dtype=torch.float64)}
 
 
+class _FirstOrderPairEnergy(torch.autograd.Function):
+    """phi(r) of the toy with a backward that is not itself differentiable (like a compiled
+    descriptor's): double backward sees its result as a constant."""
+
+    @staticmethod
+    def forward(ctx, r, model):
+        with torch.no_grad():
+            _, phi, dphi = model._pair_of_r(r)
+        ctx.save_for_backward(dphi)
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dphi,) = ctx.saved_tensors
+        return grad * dphi.detach(), None
+
+
+class _FirstOrderBackward(_ToyPair):
+    """Forward through a first-order-only backward, yet claims exact double backward: its
+    forces are right, its Hessian silently wrong (what GAP's SOAP did)."""
+
+    has_analytic = False
+
+    def _pair_of_r(self, r):
+        x = torch.exp(-self.a * (r - self.r0))
+        m = x * x - 2.0 * x
+        fc = 0.5 * (torch.cos(math.pi * r / self.cutoff) + 1.0)
+        dfc = -0.5 * math.pi / self.cutoff * torch.sin(math.pi * r / self.cutoff)
+        return r, 0.35 * m * fc, 0.35 * (2.0 * self.a * x * (1.0 - x) * fc + m * dfc)
+
+    def forward(self, graph):
+        vec = graph.edge_vectors()
+        phi = _FirstOrderPairEnergy.apply(torch.linalg.norm(vec, dim=1), self)
+        return torch.zeros(graph.n_atoms, dtype=vec.dtype).index_add(0, graph.edge_index[0], 0.5 * phi)
+
+
+class _Float32AbsolutePositions(_ToyPair):
+    """The analytic path rounds the absolute coordinates to the model's dtype before taking
+    differences, so float32 forces depend on where the structure sits."""
+
+    def analytic(self, graph, forces, stress):
+        if graph.dtype == torch.float32:
+            graph = replace(graph, positions=graph.positions.float())
+        return super().analytic(graph, forces, stress)
+
+
 class _ClaimsOuterPairs(_ToyPair):
     """Declares accepts_outer_pairs although its cosine cutoff rises again beyond the cutoff."""
 
@@ -761,6 +909,10 @@ DEFECTS = {
         _ConfigNotSaved, lambda m, s, p: check_round_trip(type(m)(a=1.3), [s["bulk"]], p)),
     "half precision in float32 -> float32 tolerance": (
         _HalfPrecisionInFloat32, lambda m, s, p: check_float32(m, s["bulk"], 1e-4, 1e-3)),
+    "first-order backward -> Hessian vs finite differences": (
+        _FirstOrderBackward, lambda m, s, p: check_hessian(m, s["bulk"])),
+    "float32 absolute coordinates -> placement": (
+        _Float32AbsolutePositions, lambda m, s, p: check_float32_placement(m, s["slab"])),
     "extras of the wrong shape -> extras": (
         _WrongExtrasShape, lambda m, s, p: check_extras(m, [s["bulk"], s["slab"]])),
 }
@@ -780,6 +932,8 @@ def test_the_toy_family_passes_every_check(tmp_path):
             check_permutation(model, atoms, np.arange(len(atoms))[::-1].copy())
             check_analytic_equals_autograd(model, atoms)
             check_float32(model, atoms, 1e-4, 1e-3)
+            check_float32_placement(model, atoms)
+            check_hessian(model, atoms)
             check_no_mutation(model, atoms)
             check_outer_pairs(model, atoms)
         check_batch(model, list(s.values()))

@@ -374,6 +374,19 @@ def test_cli_phonons(tmp_path, analytic_file, capsys, method):
     assert dos.shape[1] == 2 and dos[:, 1].max() > 0
 
 
+def test_cli_phonons_hessian_refused_for_gap(tmp_path, capsys):
+    """GAP has no exact second derivatives (its SOAP gradient is compiled, first order only):
+    --hessian must stop with an error pointing at displacements, not print wrong frequencies
+    (it used to report a Γ optical mode of 9.8 THz against 14.6 by displacements)."""
+    path = tmp_path / "si.extxyz"
+    write(path, bulk("Si", "diamond", a=5.47))
+    assert cli(["phonons", os.path.join(POTENTIALS, "si_gap.mlff"), path, "-s", 1, "--hessian",
+                "--outdir", tmp_path / "ph"]) == 1
+    captured = capsys.readouterr()
+    assert "gap models give no analytic Hessian" in captured.err and "without --hessian" in captured.err
+    assert "THz" not in captured.out and not (tmp_path / "ph" / "band.yaml").exists()
+
+
 def test_cli_eos(periodic, tmp_path, capsys):
     model, path = periodic
     assert cli(["eos", model, path, "--points", 7, "--range", 0.94, 1.06, "--outdir", tmp_path]) == 0

@@ -122,6 +122,11 @@ class Model(torch.nn.Module):
     #: buffers that stay float64 when the model is moved to another dtype (``model.to(float32)``):
     #: kernel coefficients that cancel (sGDML's reach 1e7), reference energies of -1000 eV/atom
     float64_buffers: ClassVar[tuple[str, ...]] = ()
+    #: second derivatives by double backward through :meth:`forward` are exact. False for a
+    #: family whose forward goes through a compiled first-order backward (GAP's SOAP): autograd
+    #: would treat that backward as constant and return a wrong Hessian without a word, so
+    #: :meth:`hessian` refuses instead
+    double_backward: ClassVar[bool] = True
 
     def __init__(self, species: Iterable[int], cutoff: float | None, config: dict[str, Any] | None = None):
         super().__init__()
@@ -280,8 +285,23 @@ class Model(torch.nn.Module):
             out = out.detach()
         return out
 
+    @property
+    def supports_hessian(self) -> bool:
+        """Whether :meth:`hessian` gives exact second derivatives (else it raises InputError)."""
+        return self.double_backward
+
+    def refuse_hessian(self) -> None:
+        """Raise :class:`InputError` naming the family when it has no exact Hessian."""
+        if not self.supports_hessian:
+            raise InputError(
+                f"{self.family} models give no analytic Hessian (their compiled descriptor gradient "
+                "is first-order only, so double backward would be wrong); compute force constants "
+                "from finite displacements of the forces instead (ase-mlff phonons without --hessian, "
+                "or phonons(..., method='displacement'))")
+
     def hessian(self, graph: Graph) -> torch.Tensor:
         """Second derivatives of the energy, (3N, 3N) in eV/Å², by double backward."""
+        self.refuse_hessian()
         positions = graph.positions.detach().clone().requires_grad_(True)
         g = replace(graph, positions=positions)
         forces = self.compute(g, forces=True, create_graph=True).forces.reshape(-1)

@@ -181,7 +181,13 @@ class CommitteeModel(Model):
         """Each member's own output for ``graph`` (detached), e.g. to study the committee."""
         return [m.compute(graph, forces=True, stress=stress).detach() for m in self.members]
 
+    @property
+    def supports_hessian(self) -> bool:
+        served = [self.mean_model] if self.mean_model is not None else list(self.members)
+        return all(m.supports_hessian for m in served)
+
     def hessian(self, graph: Graph) -> torch.Tensor:
+        self.refuse_hessian()
         if self.mean_model is not None:  # keeps a family's own Hessian (sGDML: batched double backward)
             return self.mean_model.hessian(graph)
         return super().hessian(graph)

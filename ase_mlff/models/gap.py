@@ -74,6 +74,8 @@ class GAPModel(Model):
     # Everything is kept and computed in float64 whatever the model's dtype: the coefficients of
     # a GP cancel (|alpha| reaches 1e3 for |E| of 1 eV), so rounding the descriptors or the sparse
     # points to float32 would cost meV; a float32 model only rounds its inputs and outputs.
+    # the compiled SOAP backward is first-order only: no Hessian by double backward
+    double_backward = False
     float64_buffers = ("sparse", "pair_sparse", "alpha", "beta", "e0", "posterior_r", "prior_chol",
                        "soap_table", "soap_central")
 
@@ -178,7 +180,7 @@ class GAPModel(Model):
 
     def forward(self, graph: Graph) -> torch.Tensor:
         s, first, nbr, centre = self._soap_inputs(graph)
-        vec = graph.edge_vectors().to(torch.float64)  # float64 inside (see float64_buffers)
+        vec = graph.edge_vectors(torch.float64)  # float64 inside (see float64_buffers)
         energies = self.e0[s]
         if sum(self.n_sparse):
             p = SoapFunction.apply(vec, self.soap, graph.n_atoms, first, nbr, centre)

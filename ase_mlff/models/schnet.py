@@ -189,7 +189,7 @@ class SchNetModel(Model):
             self.check_numbers(graph.numbers.cpu().numpy())  # raises InputError naming the element
         dt = self.embedding.weight.dtype
         i, j = graph.edge_index
-        r = torch.linalg.norm(graph.edge_vectors(), dim=1).to(dt)
+        r = torch.linalg.norm(graph.edge_vectors(dt), dim=1)
         x = self.embedding(s)
         rbf, fcut = self.rbf(r), cosine_cutoff(r, self.cutoff)
         for block in self.interactions:

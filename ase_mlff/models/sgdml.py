@@ -370,7 +370,7 @@ class SGDMLModel(Model):
             with torch.no_grad():
                 E, F = self.energy_forces_torch(self._positions(graph))
             F = F.reshape(-1, 3)
-        return ModelOutput(energy=E.to(torch.float64), forces=F.to(pos.dtype) if forces else None)
+        return ModelOutput(energy=E.to(torch.float64), forces=F.to(graph.dtype) if forces else None)
 
     def hessian(self, graph: Graph) -> torch.Tensor:
         """d2E/dx2 (3N, 3N) in eV/Å² by double backward through :meth:`energy_torch`."""
