@@ -466,6 +466,24 @@ def test_eos_reports_a0_and_residual_and_warns_at_the_window_edge():
     assert r_hcp.a0 is None and "a b c =" in r_hcp.summary()
 
 
+def test_eos_a0_of_a_supercell_is_the_lattice_constant_not_the_cell_edge():
+    """A 3x3x3 supercell (of the primitive or the conventional cell) is still the same crystal:
+    a0 is its conventional lattice constant, not the supercell's edge (it used to print
+    9.5 Å for a 3x3x3 bcc cell of a = 3.17 Å)."""
+    calc = MLFFCalculator(_analytic(three_body=0.0))
+    ref = equation_of_state(bulk("Cu", "bcc", a=2.6, cubic=True), calc, volumes=(0.9, 1.1), npoints=7)
+    assert ref.a0 == pytest.approx(ref.v0 ** (1 / 3), rel=1e-6)  # the 2-atom cube itself
+    for cell in (bulk("Cu", "bcc", a=2.6, cubic=True).repeat(3), bulk("Cu", "bcc", a=2.6).repeat(3)):
+        res = equation_of_state(cell, calc, volumes=(0.9, 1.1), npoints=7)
+        assert res.a0 == pytest.approx(ref.a0, rel=1e-6), res.summary()
+        assert "Im-3m" in res.summary() and "2 atoms per conventional cell" in res.summary()
+    # a rattled supercell is no longer cubic: its cell lengths, labelled as such
+    rattled = bulk("Cu", "bcc", a=2.6, cubic=True).repeat(2)
+    rattled.rattle(0.05, seed=3)
+    res = equation_of_state(rattled, calc, volumes=(0.9, 1.1), npoints=7)
+    assert res.a0 is None and "a b c =" in res.summary()
+
+
 def test_phonons_warn_about_a_stressed_cell():
     calc = MLFFCalculator(_analytic())
     a0 = equation_of_state(bulk("Cu", "fcc", a=A_CU), calc, volumes=(0.97, 1.03), npoints=5).a0  # P ~ 0

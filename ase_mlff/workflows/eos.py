@@ -7,9 +7,13 @@ coordinates are not relaxed: right for crystals whose atoms sit on symmetry-fixe
 (fcc, bcc, diamond...); relax the others per volume yourself.
 
 Reported besides V0, E0 and B = V d2E/dV2 (GPa): the lattice at V0 - the input cell scaled
-by (V0/V_input)^(1/3); for a cubic Bravais lattice (sc, fcc, bcc) its conventional lattice
-constant a0 (fcc: V0/atom = a0^3/4 for one atom per site), otherwise the cell lengths - and
-the RMS residual of the fit in meV/atom. A warning is given when V0 lies in the outer 10% of
+by (V0/V_input)^(1/3); for a cubic crystal its conventional lattice constant a0, otherwise the
+cell lengths - and the RMS residual of the fit in meV/atom. a0 is the edge of the
+conventional cubic cell of the structure's space group (spglib, tolerance 1e-3 Å), found
+from the atoms and not from the cell alone: a primitive fcc cell, the conventional cube and
+a 3x3x3 supercell of either all give the same a0 (the supercell's own cubic edge is not a
+lattice constant). A structure whose symmetry is lower (a rattled cell, a defect that breaks
+the cubic symmetry) gets its cell lengths instead. A warning is given when V0 lies in the outer 10% of
 the sampled volume window (the fit is then poorly constrained on one side: recentre it).
 
 Files in ``outdir`` are never replaced silently: if ``eos.dat`` or ``eos.png`` exist,
@@ -49,8 +53,9 @@ class EOSResult:
     eos: object = None
     #: the input cell scaled isotropically to V0 (Å, rows are lattice vectors)
     cell0: np.ndarray | None = None
-    #: conventional cubic lattice constant at V0 (Å); None for a non-cubic lattice
+    #: conventional cubic lattice constant at V0 (Å); None for a structure that is not cubic
     a0: float | None = None
+    #: space group of the structure (spglib) and, for a cubic one, atoms per conventional cell
     lattice: str = ""
     #: RMS of E_i - E_fit(V_i), eV/atom
     residual_rms: float = float("nan")
@@ -77,7 +82,8 @@ class EOSResult:
             f"B       {self.bulk_modulus:.2f} GPa",
         ]
         if self.a0 is not None:
-            lines.append(f"a0      {self.a0:.4f} Å (cubic lattice constant at V0; input cell: {self.lattice.upper()})")
+            lines.append(f"a0      {self.a0:.4f} Å (conventional cubic lattice constant at V0; space group "
+                         f"{self.lattice})")
         elif self.cell0 is not None:
             a, b, c, al, be, ga = _cellpar(self.cell0)
             lines.append(f"cell    a b c = {a:.4f} {b:.4f} {c:.4f} Å at V0 (angles {al:.2f} {be:.2f} {ga:.2f} deg, "
@@ -96,17 +102,27 @@ def _cellpar(cell):
     return Cell(np.asarray(cell)).cellpar()
 
 
-def _cubic_lattice_constant(cell) -> tuple[float | None, str]:
-    """(a0, lattice name) when ``cell`` is a cubic Bravais lattice (CUB/FCC/BCC), else (None, name)."""
-    from ase.cell import Cell
+def _cubic_lattice_constant(atoms, cell) -> tuple[float | None, str]:
+    """(a0, "space group (number), n atoms per conventional cell") when ``atoms`` with
+    ``cell`` form a cubic crystal (space groups 195-230), else (None, space group or "")."""
+    import spglib
 
-    try:
-        lat = Cell(np.asarray(cell)).get_bravais_lattice(eps=1e-4)
-    except Exception:  # ase cannot classify strongly distorted cells; then report lengths only
+    frac = atoms.get_scaled_positions(wrap=True)
+    with warnings.catch_warnings():
+        # spglib 2.5+ warns on every call about its future error handling; both styles of
+        # "no symmetry found" (None, or SpglibError) mean the same here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            data = spglib.get_symmetry_dataset((np.asarray(cell), frac, atoms.numbers), symprec=1e-3)
+        except Exception:  # spglib.SpglibError where the new handling is on
+            data = None
+    if data is None:  # no symmetry found (spglib gives up): report the cell lengths
         return None, ""
-    if lat.name in ("CUB", "FCC", "BCC"):
-        return float(lat.a), lat.name.lower()
-    return None, lat.name.lower()
+    group = f"{data.international} (No. {data.number})"
+    if 195 <= data.number <= 230:
+        n_conv = len(data.std_types)
+        return float(np.linalg.norm(data.std_lattice[0])), f"{group}, {n_conv} atoms per conventional cell"
+    return None, group
 
 
 def equation_of_state(atoms, calc, *, volumes=(0.90, 1.10), npoints: int = 11, form: str = "birchmurnaghan",
@@ -159,7 +175,7 @@ def equation_of_state(atoms, calc, *, volumes=(0.90, 1.10), npoints: int = 11, f
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"the {form} fit failed ({exc}); widen or recentre the volume range") from None
     cell0 = atoms.cell.array * (float(v0) / atoms.get_volume()) ** (1.0 / 3.0)
-    a0, lattice = _cubic_lattice_constant(cell0)
+    a0, lattice = _cubic_lattice_constant(atoms, cell0)
     fit = eos.func(vols, *eos.eos_parameters)
     res = EOSResult(volumes=vols, energies=energies, natoms=len(atoms), v0=float(v0), e0=float(e0),
                     bulk_modulus=float(b / units.GPa), form=form,
