@@ -54,9 +54,9 @@ def _npy(arr, allow_pickle=False) -> bytes:
     return buf.getvalue()
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
+def _zip(members: dict[str, bytes], level: int = 1) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
@@ -86,8 +86,9 @@ def _array(src, name) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(_members(src)[f"arrays/{name}.npy"]))
 
 
-def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
-    """Rewrite the recorded uncompressed size and CRC of ``member`` in both zip headers."""
+def _patch_sizes(data: bytes, member: str, file_size: int, crc: int, compress_size: int | None = None) -> bytes:
+    """Rewrite the recorded uncompressed size and CRC (and, when given, the compressed size) of
+    ``member`` in both zip headers."""
     data = bytearray(data)
     name = member.encode()
     local = data.find(b"PK\x03\x04")  # first local header
@@ -96,6 +97,8 @@ def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
         if data[local + 30:local + 30 + nlen] == name:
             struct.pack_into("<I", data, local + 14, crc)
             struct.pack_into("<I", data, local + 22, file_size)
+            if compress_size is not None:
+                struct.pack_into("<I", data, local + 18, compress_size)
             break
         local = data.find(b"PK\x03\x04", local + 4)
     central = data.find(b"PK\x01\x02")
@@ -104,8 +107,69 @@ def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
         if data[central + 46:central + 46 + nlen] == name:
             struct.pack_into("<I", data, central + 16, crc)
             struct.pack_into("<I", data, central + 24, file_size)
+            if compress_size is not None:
+                struct.pack_into("<I", data, central + 20, compress_size)
         central = data.find(b"PK\x01\x02", central + 4)
     return bytes(data)
+
+
+def _npy_claiming(shape, data: bytes) -> bytes:
+    """A .npy member whose header declares float64 ``shape`` but that holds only ``data``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue() + data
+
+
+def _lying_member(tmp_path, n_train: int, compress_ratio: int | None) -> Path:
+    """The ethanol model whose hyperparameters, table, .npy header and zip directory all say
+    that desc_train holds (n_train, 36) float64, while the member holds the real 1000 rows. With
+    ``compress_ratio`` the directory also claims ``1/compress_ratio`` of that as compressed size
+    (more than the file holds), so that the inflation ratio looks harmless."""
+    src = SHIPPED["sgdml"]
+    real = io.BytesIO(_members(src)["arrays/desc_train.npy"])
+    assert np.lib.format.read_magic(real) == (1, 0)
+    np.lib.format.read_array_header_1_0(real)  # skip the header: the data follow
+    blob = _npy_claiming((n_train, 36), real.read())
+
+    def edit(m):
+        m["hyperparameters"]["n_train"] = n_train
+        for name in ("desc_train", "v_train"):
+            m["arrays"][name]["shape"] = [n_train, 36]
+        m["arrays"]["desc_train"]["sha256"] = hashlib.sha256(blob).hexdigest()
+
+    data = craft(src, edit, raw={"arrays/desc_train.npy": blob})
+    claimed = len(blob) - 1000 * 36 * 8 + n_train * 36 * 8
+    compressed = None if compress_ratio is None else claimed // compress_ratio
+    data = _patch_sizes(data, "arrays/desc_train.npy", claimed, zlib.crc32(blob), compressed)
+    # v_train claims the same (the table says so); desc_train is read first and gives out first
+    real_v = _members(src)["arrays/v_train.npy"]
+    data = _patch_sizes(data, "arrays/v_train.npy", claimed, zlib.crc32(real_v), compressed)
+    path = tmp_path / f"lying_{n_train}_{compress_ratio}.mlff"
+    path.write_bytes(data)
+    return path
+
+
+def _many_zero_members(tmp_path, n_train: int) -> Path:
+    """The ethanol committee (9 sGDML models) with every desc_train and v_train replaced by
+    (n_train, 36) zeros: each member stays below the size at which its own inflation ratio is
+    checked, but together they inflate to far more than the file holds."""
+    src = ROOT / "potentials" / "ethanol_sgdml_committee.mlff"
+    members = _members(src)
+    meta = json.loads(members["meta.json"])
+    hp = meta["hyperparameters"]
+    for cfg in hp["members"] + ([hp["mean"]] if hp.get("mean") else []):
+        cfg["n_train"] = n_train
+    blob = _npy(np.zeros((n_train, 36)))  # one bytes object shared by every member
+    sha = hashlib.sha256(blob).hexdigest()
+    for name in meta["arrays"]:
+        if name.endswith(("desc_train", "v_train")):
+            meta["arrays"][name] = {"shape": [n_train, 36], "dtype": "float64", "sha256": sha}
+            members[f"arrays/{name}.npy"] = blob
+    members["meta.json"] = json.dumps(meta).encode()
+    members["meta.sha256"] = hashlib.sha256(members["meta.json"]).hexdigest().encode()
+    path = tmp_path / "many_zero_members.mlff"
+    path.write_bytes(_zip(members, level=9))  # zeros deflate 1000:1
+    return path
 
 
 # --------------------------------------------------------------------------- reference results
@@ -533,6 +597,10 @@ def test_refused_crafted_files_stay_small_in_a_fresh_process(tmp_path):
     mff = tmp_path / "mff_n3.mlff"
     mff.write_bytes(craft(SHIPPED["mff"], lambda m: m["hyperparameters"].update(n3=5000)))
     files.append(str(mff))
+    # a 0.6 MB file whose directory claims a 2.9 GB member and 19 MB of compressed data for it
+    # (an inflation of 150:1, below the zip-bomb ratio); and a 1.0 MB committee whose 18 members
+    # of zeros each stay below the size at which one member's ratio is checked but add up to 1 GB
+    files += [str(_lying_member(tmp_path, 10**7, compress_ratio=150)), str(_many_zero_members(tmp_path, 200_000))]
     script = textwrap.dedent("""
         import json, resource, sys
         from ase_mlff import ModelFileError
@@ -561,3 +629,58 @@ def test_refused_crafted_files_stay_small_in_a_fresh_process(tmp_path):
     for path in files:
         assert out[path] == "ModelFileError", (path, out[path])
     assert max(out[p + ":peak_kib"] for p in files) < 48 * 1024, out
+
+
+# --------------------------------------------------------------------------- sizes the directory claims
+def test_member_claiming_more_compressed_bytes_than_the_file_holds_is_refused(tmp_path):
+    """Sizes and CRC of desc_train are true, but its directory entry claims the whole file as
+    compressed data: zipfile stops at the end of the deflate stream and would read it fine; a
+    member that reaches into the next one is how a small archive passes the ratio check."""
+    src = SHIPPED["sgdml"]
+    real = _members(src)["arrays/desc_train.npy"]
+    path = tmp_path / "overlapping.mlff"
+    path.write_bytes(src.read_bytes())
+    path.write_bytes(_patch_sizes(path.read_bytes(), "arrays/desc_train.npy", len(real), zlib.crc32(real),
+                                  compress_size=path.stat().st_size))
+    _refused(path, r"archive member 'arrays/desc_train.npy' claims \d+ compressed bytes at offset \d+, more than")
+
+
+def test_member_that_holds_less_than_its_entry_claims_costs_what_it_holds(tmp_path):
+    """The directory, table and header agree on 43 MB (below the size at which one member's
+    inflation is checked); the stream holds 0.3 MB. The loader reads what is there and stops."""
+    path = _lying_member(tmp_path, 150_000, compress_ratio=None)
+    result, peak = _load_bounded(path)
+    assert isinstance(result, ModelFileError), result
+    assert "desc_train" in str(result) and str(path) in str(result)
+    assert peak < 4 * 2**20, f"refusing used {peak / 2**20:.1f} MiB"
+
+
+def test_members_that_together_inflate_too_much_are_refused(tmp_path):
+    """Two 60 MB members of zeros (each below the single-member check) in a 0.3 MB file."""
+    n_train = 60 * 2**20 // (36 * 8)
+    zeros = np.zeros((n_train, 36))
+    path = tmp_path / "zeros.mlff"
+    path.write_bytes(craft(SHIPPED["sgdml"], lambda m: m["hyperparameters"].update(n_train=n_train),
+                           arrays={"desc_train": zeros, "v_train": zeros}))
+    del zeros
+    assert path.stat().st_size < 2**20
+    result, peak = _load_bounded(path)
+    assert isinstance(result, ModelFileError)
+    assert "members would inflate to" in str(result) and "zip bomb" in str(result)
+    assert peak < MAX_REFUSED_BYTES
+    assert main(["info", str(path)]) == 1
+
+
+def test_out_of_memory_is_a_model_file_error(tmp_path, monkeypatch):
+    """An honest model that does not fit in the memory left: ModelFileError, not MemoryError."""
+    import ase_mlff.io as mio
+
+    def no_memory(self, name):
+        raise MemoryError
+
+    monkeypatch.setattr(mio._Archive, "read_array", no_memory)
+    for call in (load_model, mio.read_archive):
+        with pytest.raises(ModelFileError, match="not enough memory to load it") as info:
+            call(SHIPPED["mff"])
+        assert str(SHIPPED["mff"]) in str(info.value)
+
