@@ -59,7 +59,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import ModelFileError
-from .models.base import MODEL_REGISTRY, Model, symbols
+from .models.base import MIN_CUTOFF, MODEL_REGISTRY, Model, symbols
 
 FORMAT_NAME = "ase-mlff-model"
 FORMAT_VERSION = 1
@@ -627,8 +627,8 @@ def check_model_meta(meta: dict[str, Any], path) -> None:
         raise bad("elements", f"must name the elements of atomic_numbers ({' '.join(symbols(numbers))})",
                   elements)
     cutoff = meta["cutoff"]
-    if cutoff is not None and not (_is_real(cutoff) and cutoff > 0):
-        raise bad("cutoff", "must be null (global model) or a finite positive number of Å", cutoff)
+    if cutoff is not None and not (_is_real(cutoff) and cutoff >= MIN_CUTOFF):
+        raise bad("cutoff", f"must be null (global model) or a finite number of Å, at least {MIN_CUTOFF:g}", cutoff)
     for field, should in (("package", "must be a string"), ("package_version", "must be a string"),
                           ("created", "must be a string"), ("training_data_hash", "must be a string or null")):
         value = meta.get(field)

@@ -684,3 +684,86 @@ def test_out_of_memory_is_a_model_file_error(tmp_path, monkeypatch):
             call(SHIPPED["mff"])
         assert str(SHIPPED["mff"]) in str(info.value)
 
+
+# --------------------------------------------------------------------------- hyperparameters, edited
+POTENTIALS = ROOT / "potentials"
+
+
+def _set(path: str, value):
+    """An edit of meta.json setting ``hyperparameters.<path>`` (dotted); ``cutoff`` also sets
+    the top-level field, which must agree with it."""
+    def edit(m):
+        d = m["hyperparameters"]
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+        if path == "cutoff":
+            m["cutoff"] = value
+    return edit
+
+
+@pytest.mark.parametrize("name,path,value,match", [
+    # the cases of the report: each loaded and gave NaN, inf, a wrong energy or a raw exception
+    ("si_gap", "two_body.theta", 1e-200, r"hyperparameters.two_body.theta must be a finite number >= 0.001"),
+    ("si_gap", "cutoff", 3.0, r"hyperparameters.cutoff 3 must equal the largest of soap.cutoff and two_body.cutoff"),
+    ("si_gap", "reference_energies", [1e308], r"hyperparameters.reference_energies .* below 1e\+06 eV"),
+    ("water_schnet", "cutoff", 1e-300, r"field 'cutoff' .* at least 0.1"),
+    # the same bounds on the other scales and widths
+    ("si_gap", "cutoff", 6.0, r"hyperparameters.cutoff 6 must equal"),
+    ("si_gap", "soap.atom_sigma", 1e-300, r"hyperparameters.soap.atom_sigma"),
+    ("si_gap", "delta", 5e-324, r"hyperparameters.delta"),
+    ("si_gap", "two_body.delta", 0.0, r"hyperparameters.two_body.delta"),
+    ("water_schnet", "energy_scale", 1e-300, r"hyperparameters.energy_scale"),
+    ("water_schnet", "reference_energies", [-1e7, 0.0], r"hyperparameters.reference_energies"),
+    ("water_schnet", "repulsion.width", 1e-300, r"hyperparameters.repulsion.width"),
+    ("water_bpnn", "energy_scale", 1e-300, r"hyperparameters.energy_scale"),
+    ("water_bpnn", "radial_eta.0.0.0", 1e300, r"hyperparameters.radial_eta must be at most"),
+    ("water_bpnn", "reference_energies", [1e308, 0.0], r"hyperparameters.reference_energies"),
+    ("ni_mff", "rc3", 1e-300, r"hyperparameters.rc3 must be 0 \(no 3-body term\) or at least 0.1"),
+    ("ethanol_sgdml", "sigma", 1e-300, r"hyperparameters.sigma"),
+    ("ethanol_sgdml", "c", 1e308, r"hyperparameters.c must be a finite number"),
+    ("ethanol_sgdml_committee", "calibration.forces", 1e-300, r"hyperparameters.calibration.forces"),
+    ("ethanol_sgdml_committee", "members.1.sigma", 1e-300, r"hyperparameters.members\[1\].sigma"),
+])
+def test_edited_hyperparameters_are_refused(tmp_path, name, path, value, match):
+    """Hyperparameters edited with the checksum recomputed: every scale, width, cutoff and
+    reference energy is bounded, so that what loads gives finite numbers."""
+    bad = tmp_path / f"{name}.mlff"
+    bad.write_bytes(craft(POTENTIALS / f"{name}.mlff", _set(path, value)))
+    _refused(bad, match)
+
+
+def test_schnet_gaussians_must_not_be_narrower_than_a_thousandth_of_an_angstrom():
+    from ase_mlff.models.schnet import SchNetModel
+
+    config = json.loads(_members(POTENTIALS / "water_schnet.mlff")["meta.json"])["hyperparameters"]
+    SchNetModel.check_config({**config, "cutoff": 0.5, "n_rbf": 500})  # 0.001 Å apart
+    with pytest.raises(ValueError, match=r"spacing and width of the Gaussians, must be at least 0.001 Å"):
+        SchNetModel.check_config({**config, "cutoff": 0.1, "n_rbf": 512})
+
+
+def test_edited_arrays_are_refused(tmp_path):
+    """Array edits with the table and checksums recomputed: a BPNN scale of 1e-45 (NaN energies
+    before), a zero GAP variance factor (a raw LinAlgError with uncertainty=True before), an
+    MFF reference energy of 1e300, an empty BPNN training range."""
+    cases = []
+    std = _array(POTENTIALS / "water_bpnn.mlff", "nets.1.std")
+    cases.append(("water_bpnn", {"nets.1.std": np.full_like(std, 1e-45)}, r"array 'nets.1.std' holds 1.4e-45"))
+    fmin = _array(POTENTIALS / "water_bpnn.mlff", "nets.0.fmin").copy()
+    fmin[3] = 1e6
+    cases.append(("water_bpnn", {"nets.0.fmin": fmin}, r"'nets.0.fmin' and 'nets.0.fmax' give an empty training range"))
+    e0 = _array(POTENTIALS / "ni_mff.mlff", "e0").copy()
+    e0[0] = 1e300
+    cases.append(("ni_mff", {"e0": e0}, r"array 'e0' holds 1e\+300 eV"))
+    r = _array(POTENTIALS / "si_gap.mlff", "posterior_r")
+    cases.append(("si_gap", {"posterior_r": np.zeros_like(r)}, r"posterior_r .* is singular: its diagonal element 0 is zero"))
+    for name, arrays, match in cases:
+        bad = tmp_path / f"{name}.mlff"
+        bad.write_bytes(craft(POTENTIALS / f"{name}.mlff", arrays=arrays))
+        _refused(bad, match)
+
+
+def test_every_shipped_potential_passes_the_checks():
+    for path in sorted(POTENTIALS.glob("*.mlff")):
+        assert load_model(path).family == read_metadata(path)["family"]
