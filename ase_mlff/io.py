@@ -20,11 +20,14 @@ trusted (docs/model_files.md lists the guarantees):
 2. ``meta.json`` is at most :data:`MAX_META_BYTES`, nested at most :data:`MAX_JSON_DEPTH`
    deep, and every field the loader or ``ase-mlff info`` reads has its type and range checked;
 3. the family turns its hyperparameters into the exact array names, shapes and dtypes they
-   imply (:meth:`Model.check_config`) *without allocating them*; the ``arrays`` table and the
-   zip directory (member names, uncompressed and compressed sizes) must agree with that before
-   a single array byte is decompressed;
+   imply (:meth:`Model.check_config`) *without allocating them*, and bounds every value; the
+   ``arrays`` table and the zip directory (member names, uncompressed and compressed sizes)
+   must agree with that before a single array byte is decompressed; members may not overlap or
+   claim more compressed bytes than the file holds, and together may inflate to at most
+   :data:`BOMB_RATIO` times the file's size;
 4. each ``.npy`` header is parsed and compared with the table before its data is read, and
-   decompression stops at the declared size (a zip bomb is refused, never inflated);
+   decompression stops at the declared size (a zip bomb is refused, never inflated) into a
+   buffer that grows with what is really decompressed;
 5. float arrays must be finite, and the family checks their content (:meth:`Model.check_arrays`);
    only then is the model constructed, so the memory it allocates is bounded by data the file
    really holds.
