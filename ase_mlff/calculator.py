@@ -48,8 +48,8 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     return names[str(dtype)]
 
 
-#: names of ModelOutput fields in messages
-_RESULT_NAMES = {"energy": "energy", "energies": "per-atom energies", "forces": "forces", "virial": "stress"}
+#: names of ModelOutput fields in messages: the ASE results they become
+_RESULT_NAMES = {"virial": "stress"}
 
 
 def _as_numpy(out: ModelOutput, family: str) -> dict:
@@ -65,9 +65,9 @@ def _as_numpy(out: ModelOutput, family: str) -> dict:
         a = t.detach().cpu().numpy().astype(np.float64)
         if not np.isfinite(a).all():
             raise InputError(
-                f"the {family} model gave a non-finite {_RESULT_NAMES.get(name, name)} (NaN or infinite) for "
-                "this structure; check the structure (overlapping atoms, atoms far from each other or outside "
-                "the training data) and the model file (damaged or edited hyperparameters or arrays)")
+                f"the {family} model's result '{_RESULT_NAMES.get(name, name)}' is NaN or infinite for this "
+                "structure; check the structure (overlapping atoms, atoms far from each other or outside the "
+                "training data) and the model file (damaged or edited hyperparameters or arrays)")
         return a
 
     return {"energy": conv("energy", out.energy), "energies": conv("energies", out.energies),

@@ -4,6 +4,7 @@ invariance to translation, rotation and permutation, per-atom energies, batching
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
@@ -317,8 +318,6 @@ class _SqrtPair(Model):
     family = "test_sqrt_pair"
 
     def forward(self, graph):
-        import torch
-
         i, _ = graph.edge_index
         r = torch.linalg.norm(graph.edge_vectors(), dim=1)
         return torch.zeros(graph.n_atoms, dtype=r.dtype).index_add(0, i, 0.5 * (r - 2.5).abs().sqrt())
@@ -329,10 +328,10 @@ def test_non_finite_results_are_an_input_error(analytic_model):
     not finite, and does not keep the results."""
     pair = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])
     pair.calc = MLFFCalculator(_SqrtPair([29], 4.0))
-    with pytest.raises(InputError, match=r"the test_sqrt_pair model gave a non-finite forces .* check the "
-                                         r"structure .* and the model file"):
+    with pytest.raises(InputError, match=r"the test_sqrt_pair model's result 'forces' is NaN or infinite .* "
+                                         r"check the structure .* and the model file"):
         pair.get_forces()
-    with pytest.raises(InputError, match="non-finite forces"):  # nothing half-stored from the first call
+    with pytest.raises(InputError, match="'forces' is NaN or infinite"):  # nothing half-stored from the first call
         pair.get_potential_energy()
     pair.positions[1, 0] = 2.6
     assert np.isfinite(pair.get_forces()).all()
@@ -340,12 +339,12 @@ def test_non_finite_results_are_an_input_error(analytic_model):
     atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
     atoms.numbers[::3] = 13
     broken = analytic_model
-    with torch_no_grad():
+    with torch.no_grad():
         broken.depth.fill_(float("inf"))
     atoms.calc = MLFFCalculator(broken)
-    with pytest.raises(InputError, match="the test_analytic model gave a non-finite energy"):
+    with pytest.raises(InputError, match="the test_analytic model's result 'energy' is NaN or infinite"):
         atoms.get_potential_energy()
-    with pytest.raises(InputError, match="non-finite energy"):
+    with pytest.raises(InputError, match="'energy' is NaN or infinite"):
         atoms.calc.evaluate_batch([atoms, atoms.copy()])
 
 
@@ -356,18 +355,12 @@ def test_non_finite_uncertainty_is_an_input_error(rng):
     from ase_mlff.models.committee import committee_from_models
 
     members = [AnalyticTestPotential(species=(13, 29), cutoff=4.5, r0=r0) for r0 in (2.4, 2.5)]
-    with torch_no_grad():
+    with torch.no_grad():
         members[1].depth.fill_(float("nan"))
     committee = committee_from_models(members, mean=AnalyticTestPotential(species=(13, 29), cutoff=4.5))
     atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
     atoms.calc = MLFFCalculator(committee, uncertainty=True)
-    with pytest.raises(InputError, match="the committee model gave a non-finite energy_uncertainty"):
+    with pytest.raises(InputError, match="the committee model's result 'energy_uncertainty' is NaN or infinite"):
         atoms.get_potential_energy()
     atoms.calc = MLFFCalculator(committee)  # without uncertainty the members are not evaluated
     assert np.isfinite(atoms.get_potential_energy())
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
