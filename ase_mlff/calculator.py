@@ -48,14 +48,31 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     return names[str(dtype)]
 
 
-def _as_numpy(out: ModelOutput) -> dict:
-    """Every tensor of ``out`` as float64 numpy, once (a batch is then sliced, not converted
-    again per structure)."""
-    def conv(t):
-        return None if t is None else t.detach().cpu().numpy().astype(np.float64)
+#: names of ModelOutput fields in messages: the ASE results they become
+_RESULT_NAMES = {"virial": "stress"}
 
-    return {"energy": conv(out.energy), "energies": conv(out.energies), "forces": conv(out.forces),
-            "virial": conv(out.virial), "extras": {k: conv(v) for k, v in out.extras.items()}}
+
+def _as_numpy(out: ModelOutput, family: str) -> dict:
+    """Every tensor of ``out`` as float64 numpy, once (a batch is then sliced, not converted
+    again per structure).
+
+    Every result reaches ASE through here, so this is where a non-finite one is refused: NaN
+    forces would otherwise move atoms to NaN and an infinite energy would pass for a number.
+    """
+    def conv(name, t):
+        if t is None:
+            return None
+        a = t.detach().cpu().numpy().astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InputError(
+                f"the {family} model's result '{_RESULT_NAMES.get(name, name)}' is NaN or infinite for this "
+                "structure; check the structure (overlapping atoms, atoms far from each other or outside the "
+                "training data) and the model file (damaged or edited hyperparameters or arrays)")
+        return a
+
+    return {"energy": conv("energy", out.energy), "energies": conv("energies", out.energies),
+            "forces": conv("forces", out.forces), "virial": conv("virial", out.virial),
+            "extras": {k: conv(k, v) for k, v in out.extras.items()}}
 
 
 def virial_to_voigt(virial: np.ndarray, volume: float) -> np.ndarray:
@@ -235,7 +252,7 @@ class MLFFCalculator(Calculator):
         want_stress = self._want_stress(atoms, properties)
         graph, order = self._prepare(atoms, self.nl)
         out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)
-        self.results = self._unpack(_as_numpy(out), atoms, want_stress, order)
+        self.results = self._unpack(_as_numpy(out, self.model.family), atoms, want_stress, order)
 
     # ------------------------------------------------------------------ the one data path
     def _prepare(self, atoms, nl: NeighborList | None = None):
@@ -392,6 +409,7 @@ class MLFFCalculator(Calculator):
             graphs.append(self._prepare(atoms)[0])
             flags.append(self._want_stress(atoms, ["stress"] if stress else []))
         graph = batch_graphs(graphs)
-        out = _as_numpy(self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty))
+        out = _as_numpy(self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty),
+                        self.model.family)
         batch = graph.batch.cpu().numpy()
         return [self._unpack(out, atoms, flags[b], b=b, sel=batch == b) for b, atoms in enumerate(images)]

@@ -11,6 +11,8 @@ an output file that exists already (nothing was written; ask with --overwrite / 
 --max-uncertainty);
 130 stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Long jobs stop cleanly on either
 signal: files are flushed, training writes its checkpoint (resume with ``--resume``).
+141 (as for SIGPIPE): whoever read the output stopped reading (``ase-mlff info M | head -1``);
+the rest of the output is dropped quietly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import select
 import signal
 import sys
 import threading
@@ -152,7 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 0, 1, 2, 130, 141, 143
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has closed it (poll reports an error on
+    it), as opposed to a broken pipe elsewhere (a worker process, a socket), which is a real
+    failure. Where poll is missing, a broken pipe is taken to be stdout's."""
+    if not hasattr(select, "poll"):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured output)
+        return False
+
+
+def _drop_stdout() -> None:
+    """Send what is left of stdout to /dev/null: its reader has gone, and the interpreter's
+    final flush would otherwise fail again and print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class _SigtermAsInterrupt:
@@ -194,6 +223,12 @@ def main(argv=None) -> int:
         try:
             rc = run(args)
             rc = rc if isinstance(rc, int) else EXIT_OK
+            sys.stdout.flush()  # here, where a reader that has gone is handled, not at exit
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise
+            _drop_stdout()
+            rc = EXIT_SIGPIPE
         except OutputExistsError as exc:  # the fix is another command line: a usage error
             print(f"ase-mlff: error: {exc}", file=sys.stderr)
             rc = EXIT_USAGE

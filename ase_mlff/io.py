@@ -20,11 +20,14 @@ trusted (docs/model_files.md lists the guarantees):
 2. ``meta.json`` is at most :data:`MAX_META_BYTES`, nested at most :data:`MAX_JSON_DEPTH`
    deep, and every field the loader or ``ase-mlff info`` reads has its type and range checked;
 3. the family turns its hyperparameters into the exact array names, shapes and dtypes they
-   imply (:meth:`Model.check_config`) *without allocating them*; the ``arrays`` table and the
-   zip directory (member names, uncompressed and compressed sizes) must agree with that before
-   a single array byte is decompressed;
+   imply (:meth:`Model.check_config`) *without allocating them*, and bounds every value; the
+   ``arrays`` table and the zip directory (member names, uncompressed and compressed sizes)
+   must agree with that before a single array byte is decompressed; members may not overlap or
+   claim more compressed bytes than the file holds, and together may inflate to at most
+   :data:`BOMB_RATIO` times the file's size;
 4. each ``.npy`` header is parsed and compared with the table before its data is read, and
-   decompression stops at the declared size (a zip bomb is refused, never inflated);
+   decompression stops at the declared size (a zip bomb is refused, never inflated) into a
+   buffer that grows with what is really decompressed;
 5. float arrays must be finite, and the family checks their content (:meth:`Model.check_arrays`);
    only then is the model constructed, so the memory it allocates is bounded by data the file
    really holds.
@@ -38,6 +41,7 @@ same path.
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -58,7 +62,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import ModelFileError
-from .models.base import MODEL_REGISTRY, Model, symbols
+from .models.base import MIN_CUTOFF, MODEL_REGISTRY, Model, symbols
 
 FORMAT_NAME = "ase-mlff-model"
 FORMAT_VERSION = 1
@@ -78,6 +82,8 @@ BOMB_MIN_BYTES = 64 * 2**20
 BOMB_RATIO = 200
 #: temporary files of a save older than this are stale even if their writer's pid is in use
 STALE_TMP_SECONDS = 3600.0
+#: bytes decompressed per read of an array member
+_CHUNK = 1 << 20
 
 #: dtypes an array member may have: real numbers and booleans, nothing that needs pickle,
 #: nothing complex (which would be cast to real silently) and no strings
@@ -286,25 +292,13 @@ class _Hashing:
         n = max(0, min(n, self.left))
         out = bytearray()
         while len(out) < n:
-            chunk = self.fh.read(min(n - len(out), 1 << 20))
+            chunk = self.fh.read(min(n - len(out), _CHUNK))
             if not chunk:
                 break
             out += chunk
         self.left -= len(out)
         self.sha.update(out)
         return bytes(out)
-
-    def readinto(self, buf: memoryview) -> int:
-        got = 0
-        while got < len(buf) and self.left > 0:
-            chunk = self.fh.read(min(len(buf) - got, self.left, 1 << 20))
-            if not chunk:
-                break
-            buf[got:got + len(chunk)] = chunk
-            got += len(chunk)
-            self.left -= len(chunk)
-        self.sha.update(buf[:got])
-        return got
 
 
 def _npy_header(stream: _Hashing, where: str) -> tuple[str, bool, tuple]:
@@ -376,6 +370,19 @@ class _Archive:
             if info.filename in members:
                 raise ModelFileError(f"{self.path}: archive member {info.filename!r} appears twice")
             members[info.filename] = info
+        # Each member's compressed bytes must lie between its own header and the next member's
+        # (the last: before the directory). Otherwise the sizes the directory records are lies
+        # that nothing else bounds: members sharing one run of compressed data, or claiming more
+        # compressed bytes than the file holds to pass the inflation-ratio check. Together the
+        # members then hold at most the file's size.
+        order = sorted(infos, key=lambda i: i.header_offset)
+        ends = [i.header_offset for i in order[1:]] + [self.zf.start_dir]
+        for info, end in zip(order, ends):
+            if info.header_offset + info.compress_size > end:
+                raise ModelFileError(
+                    f"{self.path}: archive member {_short(info.filename)} claims {info.compress_size} compressed "
+                    f"bytes at offset {info.header_offset}, more than the archive holds before the next member "
+                    f"(offset {end}); the zip directory is damaged or crafted")
         return members
 
     def _read(self, info: zipfile.ZipInfo, limit: int, what: str) -> bytes:
@@ -488,6 +495,15 @@ class _Archive:
                     f"{self.path}: member {member} would inflate {info.compress_size} bytes to "
                     f"{info.file_size} (more than {BOMB_RATIO}:1, which trained arrays never reach); "
                     "refusing it as a possible zip bomb")
+        # the same bound on the whole archive: many members, each small enough to escape the
+        # test above, must not add up to more than BOMB_RATIO times what the file holds
+        total = sum(info.file_size for info in self.members.values())
+        size = os.fstat(self.fh.fileno()).st_size
+        if self.bomb_check and total > max(BOMB_MIN_BYTES, BOMB_RATIO * size):
+            raise ModelFileError(
+                f"{self.path}: its members would inflate to {total} bytes, more than {BOMB_RATIO} times the "
+                f"{size} bytes of the file (trained arrays compress a few to one); refusing it as a possible "
+                "zip bomb")
 
     # ------------------------------------------------------------------ arrays
     def read_array(self, name: str) -> np.ndarray:
@@ -511,10 +527,17 @@ class _Archive:
                     raise ModelFileError(
                         f"{where} has shape {list(header_shape)}{' (Fortran order)' if fortran else ''}, "
                         f"but meta.json says {list(shape)}")
-                data = bytearray(math.prod(shape) * dtype.itemsize)
-                got = stream.readinto(memoryview(data))
-                if got != len(data) or stream.left != 0 or fh.read(1):
-                    raise ModelFileError(f"{where} does not hold the {len(data)} bytes its header declares")
+                # The buffer grows with the bytes really decompressed, so a member whose directory
+                # entry claims more than its stream holds costs what it holds, not what it claims.
+                want = math.prod(shape) * dtype.itemsize
+                data = bytearray()
+                while len(data) < want:
+                    chunk = stream.read(min(want - len(data), _CHUNK))
+                    if not chunk:
+                        break
+                    data += chunk
+                if len(data) != want or stream.left != 0 or fh.read(1):
+                    raise ModelFileError(f"{where} does not hold the {want} bytes its header declares")
         except ModelFileError:
             raise
         except _READ_ERRORS as exc:
@@ -531,10 +554,22 @@ def read_archive(path, load_arrays: bool = True) -> tuple[dict[str, Any], dict[s
     array's header, size and checksum) but not what a model family requires; see
     :func:`load_model` for that.
     """
-    with _Archive(path, bomb_check=False) as archive:
+    with _out_of_memory_is_a_file_error(path), _Archive(path, bomb_check=False) as archive:
         meta = archive.read_meta()
         arrays = {name: archive.read_array(name) for name in archive.table} if load_arrays else {}
     return meta, arrays
+
+
+@contextlib.contextmanager
+def _out_of_memory_is_a_file_error(path):
+    """Turn a MemoryError while reading ``path`` into a ModelFileError naming the file. What the
+    loader allocates is bounded by what the file holds (the module docstring), so this is an
+    honest model larger than the memory left, or a crafted one within the bounds."""
+    try:
+        yield
+    except MemoryError:
+        raise ModelFileError(f"{path}: not enough memory to load it (its arrays, or what the model builds from "
+                             "them, do not fit in the memory left); free memory or use a larger machine") from None
 
 
 def save_model(model: Model, path, training: dict[str, Any] | None = None) -> Path:
@@ -595,8 +630,8 @@ def check_model_meta(meta: dict[str, Any], path) -> None:
         raise bad("elements", f"must name the elements of atomic_numbers ({' '.join(symbols(numbers))})",
                   elements)
     cutoff = meta["cutoff"]
-    if cutoff is not None and not (_is_real(cutoff) and cutoff > 0):
-        raise bad("cutoff", "must be null (global model) or a finite positive number of Å", cutoff)
+    if cutoff is not None and not (_is_real(cutoff) and cutoff >= MIN_CUTOFF):
+        raise bad("cutoff", f"must be null (global model) or a finite number of Å, at least {MIN_CUTOFF:g}", cutoff)
     for field, should in (("package", "must be a string"), ("package_version", "must be a string"),
                           ("created", "must be a string"), ("training_data_hash", "must be a string or null")):
         value = meta.get(field)
@@ -629,7 +664,7 @@ def _table_entries(meta):
 
 def read_metadata(path) -> dict[str, Any]:
     """meta.json of a model file (verified), without loading the arrays."""
-    with _Archive(path, bomb_check=True) as archive:
+    with _out_of_memory_is_a_file_error(path), _Archive(path, bomb_check=True) as archive:
         meta = archive.read_meta()
     check_model_meta(meta, path)
     return meta
@@ -641,6 +676,11 @@ def load_model(path, device: str = "cpu") -> Model:
     Everything the file declares is checked before memory is allocated for it (see the module
     docstring), so a damaged or crafted file raises :class:`ModelFileError` early and cheaply.
     """
+    with _out_of_memory_is_a_file_error(path):
+        return _load_model(path, device)
+
+
+def _load_model(path, device: str) -> Model:
     from . import models  # noqa: F401  (registers the families)
 
     with _Archive(path, bomb_check=True) as archive:

@@ -4,11 +4,13 @@ invariance to translation, rotation and permutation, per-atom energies, batching
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from ase_mlff import InputError, MLFFCalculator
+from ase_mlff.models.base import Model
 from fd import numerical_forces, numerical_stress
 
 
@@ -307,3 +309,58 @@ def test_check_state_reports_what_ase_reports(analytic_model):
         ours = calc.check_state(a)
         assert sorted(ours) == sorted(compare_atoms(calc.atoms, a)), name
         assert bool(ours) == (name != "none"), name
+
+
+class _SqrtPair(Model):
+    """E = 1/2 sum over pairs of sqrt|r - 2.5|: finite everywhere, but its derivative is
+    infinite at r = 2.5 Å (autograd gives NaN forces there)."""
+
+    family = "test_sqrt_pair"
+
+    def forward(self, graph):
+        i, _ = graph.edge_index
+        r = torch.linalg.norm(graph.edge_vectors(), dim=1)
+        return torch.zeros(graph.n_atoms, dtype=r.dtype).index_add(0, i, 0.5 * (r - 2.5).abs().sqrt())
+
+
+def test_non_finite_results_are_an_input_error(analytic_model):
+    """NaN or infinite results never reach ASE: the calculator names the family and what was
+    not finite, and does not keep the results."""
+    pair = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])
+    pair.calc = MLFFCalculator(_SqrtPair([29], 4.0))
+    with pytest.raises(InputError, match=r"the test_sqrt_pair model's result 'forces' is NaN or infinite .* "
+                                         r"check the structure .* and the model file"):
+        pair.get_forces()
+    with pytest.raises(InputError, match="'forces' is NaN or infinite"):  # nothing half-stored from the first call
+        pair.get_potential_energy()
+    pair.positions[1, 0] = 2.6
+    assert np.isfinite(pair.get_forces()).all()
+
+    atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
+    atoms.numbers[::3] = 13
+    broken = analytic_model
+    with torch.no_grad():
+        broken.depth.fill_(float("inf"))
+    atoms.calc = MLFFCalculator(broken)
+    with pytest.raises(InputError, match="the test_analytic model's result 'energy' is NaN or infinite"):
+        atoms.get_potential_energy()
+    with pytest.raises(InputError, match="'energy' is NaN or infinite"):
+        atoms.calc.evaluate_batch([atoms, atoms.copy()])
+
+
+def test_non_finite_uncertainty_is_an_input_error(rng):
+    """A committee whose served model is fine but one member gives NaN: the energy is finite,
+    the spread is not, and it is refused like any other result."""
+    from analytic_potential import AnalyticTestPotential
+    from ase_mlff.models.committee import committee_from_models
+
+    members = [AnalyticTestPotential(species=(13, 29), cutoff=4.5, r0=r0) for r0 in (2.4, 2.5)]
+    with torch.no_grad():
+        members[1].depth.fill_(float("nan"))
+    committee = committee_from_models(members, mean=AnalyticTestPotential(species=(13, 29), cutoff=4.5))
+    atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
+    atoms.calc = MLFFCalculator(committee, uncertainty=True)
+    with pytest.raises(InputError, match="the committee model's result 'energy_uncertainty' is NaN or infinite"):
+        atoms.get_potential_energy()
+    atoms.calc = MLFFCalculator(committee)  # without uncertainty the members are not evaluated
+    assert np.isfinite(atoms.get_potential_energy())

@@ -55,3 +55,45 @@ def test_export_lammps_and_train_help(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["train", family, "--help"])
         assert exc.value.code == 0
+
+
+def _python_m(*args):
+    return [sys.executable, "-m", "ase_mlff", *args]
+
+
+def test_info_piped_into_head_exits_quietly(tmp_path, analytic_model):
+    """``ase-mlff info --json M | head -1``: head leaves after one line while ase-mlff still has
+    300 kB to write (more than a pipe holds), so its writes fail with EPIPE; it exits with 141
+    (as killed by SIGPIPE) and prints nothing, no BrokenPipeError traceback."""
+    path = tmp_path / "m.mlff"
+    save_model(analytic_model, path, training={"notes": ["x" * 100] * 3000})
+    writer = subprocess.Popen(_python_m("info", "--json", str(path)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=tmp_path)
+    head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, text=True)
+    writer.stdout.close()  # head's end is the only reader
+    err = writer.stderr.read().decode()
+    assert writer.wait(timeout=120) == 141, err
+    assert head.stdout == "{\n" and err == ""
+
+
+def test_info_into_a_closed_pipe_exits_quietly(tmp_path, analytic_model):
+    path = tmp_path / "m.mlff"
+    save_model(analytic_model, path)
+    proc = subprocess.Popen(_python_m("info", str(path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_broken_pipe_elsewhere_is_not_taken_for_stdout(monkeypatch, capsys):
+    """Only a reader of stdout that went away ends the command quietly; a broken pipe to a
+    worker or socket is a real failure and propagates."""
+    import ase_mlff.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError("worker went away")
+
+    monkeypatch.setattr(cli, "_info", broken)
+    with pytest.raises(BrokenPipeError, match="worker went away"):
+        main(["info", "model.mlff"])

@@ -235,3 +235,46 @@ def test_temporary_cleanup_never_follows_links(model_file, analytic_model, tmp_p
     os.symlink(target, link)
     save_model(analytic_model, model_file)
     assert target.read_text() == "keep me"
+
+
+def test_cutoff_below_a_tenth_of_an_angstrom_is_refused(model_file, tmp_path):
+    """A local model's cutoff sizes its neighbour list: 1e-300 loaded before (SchNet then divided
+    by it), and no pair of real atoms is closer than 0.1 Å."""
+    for cutoff in (1e-300, 0.05):
+        bad = tmp_path / "tiny_cutoff.mlff"
+
+        def edit(m, cutoff=cutoff):
+            m["cutoff"] = cutoff
+            m["hyperparameters"]["cutoff"] = cutoff
+
+        _with_meta(model_file, bad, edit)
+        with pytest.raises(ModelFileError, match=r"field 'cutoff' must be null \(global model\) or a finite "
+                                                 r"number of Å, at least 0.1"):
+            load_model(bad)
+    _with_meta(model_file, bad, lambda m: (m.update(cutoff=0.1), m["hyperparameters"].update(cutoff=0.1)))
+    assert load_model(bad).cutoff == 0.1
+
+
+def test_archive_member_reaching_into_the_next_is_refused_for_checkpoints_too(tmp_path):
+    """read_archive (checkpoints, fit-head files) checks the zip directory like load_model: a
+    member whose entry claims more compressed bytes than lie before the next member is refused,
+    although zipfile would stop at the end of its deflate stream and read it fine."""
+    import struct
+
+    from ase_mlff.io import read_archive, write_archive
+
+    path = tmp_path / "ckpt.mlff"
+    arrays = {"w": np.arange(5000.0), "b": np.ones(3)}
+    write_archive(path, {"format": "ase-mlff-model", "format_version": FORMAT_VERSION}, arrays)
+    meta, got = read_archive(path)
+    np.testing.assert_array_equal(got["w"], arrays["w"])
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    while central >= 0:  # the central directory entry of arrays/w.npy claims the whole file
+        nlen = struct.unpack_from("<H", data, central + 28)[0]
+        if data[central + 46:central + 46 + nlen] == b"arrays/w.npy":
+            struct.pack_into("<I", data, central + 20, len(data))
+        central = data.find(b"PK\x01\x02", central + 4)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=r"'arrays/w.npy' claims \d+ compressed bytes"):
+        read_archive(path)

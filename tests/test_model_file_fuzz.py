@@ -54,9 +54,9 @@ def _npy(arr, allow_pickle=False) -> bytes:
     return buf.getvalue()
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
+def _zip(members: dict[str, bytes], level: int = 1) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
@@ -86,8 +86,9 @@ def _array(src, name) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(_members(src)[f"arrays/{name}.npy"]))
 
 
-def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
-    """Rewrite the recorded uncompressed size and CRC of ``member`` in both zip headers."""
+def _patch_sizes(data: bytes, member: str, file_size: int, crc: int, compress_size: int | None = None) -> bytes:
+    """Rewrite the recorded uncompressed size and CRC (and, when given, the compressed size) of
+    ``member`` in both zip headers."""
     data = bytearray(data)
     name = member.encode()
     local = data.find(b"PK\x03\x04")  # first local header
@@ -96,6 +97,8 @@ def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
         if data[local + 30:local + 30 + nlen] == name:
             struct.pack_into("<I", data, local + 14, crc)
             struct.pack_into("<I", data, local + 22, file_size)
+            if compress_size is not None:
+                struct.pack_into("<I", data, local + 18, compress_size)
             break
         local = data.find(b"PK\x03\x04", local + 4)
     central = data.find(b"PK\x01\x02")
@@ -104,8 +107,69 @@ def _patch_sizes(data: bytes, member: str, file_size: int, crc: int) -> bytes:
         if data[central + 46:central + 46 + nlen] == name:
             struct.pack_into("<I", data, central + 16, crc)
             struct.pack_into("<I", data, central + 24, file_size)
+            if compress_size is not None:
+                struct.pack_into("<I", data, central + 20, compress_size)
         central = data.find(b"PK\x01\x02", central + 4)
     return bytes(data)
+
+
+def _npy_claiming(shape, data: bytes) -> bytes:
+    """A .npy member whose header declares float64 ``shape`` but that holds only ``data``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue() + data
+
+
+def _lying_member(tmp_path, n_train: int, compress_ratio: int | None) -> Path:
+    """The ethanol model whose hyperparameters, table, .npy header and zip directory all say
+    that desc_train holds (n_train, 36) float64, while the member holds the real 1000 rows. With
+    ``compress_ratio`` the directory also claims ``1/compress_ratio`` of that as compressed size
+    (more than the file holds), so that the inflation ratio looks harmless."""
+    src = SHIPPED["sgdml"]
+    real = io.BytesIO(_members(src)["arrays/desc_train.npy"])
+    assert np.lib.format.read_magic(real) == (1, 0)
+    np.lib.format.read_array_header_1_0(real)  # skip the header: the data follow
+    blob = _npy_claiming((n_train, 36), real.read())
+
+    def edit(m):
+        m["hyperparameters"]["n_train"] = n_train
+        for name in ("desc_train", "v_train"):
+            m["arrays"][name]["shape"] = [n_train, 36]
+        m["arrays"]["desc_train"]["sha256"] = hashlib.sha256(blob).hexdigest()
+
+    data = craft(src, edit, raw={"arrays/desc_train.npy": blob})
+    claimed = len(blob) - 1000 * 36 * 8 + n_train * 36 * 8
+    compressed = None if compress_ratio is None else claimed // compress_ratio
+    data = _patch_sizes(data, "arrays/desc_train.npy", claimed, zlib.crc32(blob), compressed)
+    # v_train claims the same (the table says so); desc_train is read first and gives out first
+    real_v = _members(src)["arrays/v_train.npy"]
+    data = _patch_sizes(data, "arrays/v_train.npy", claimed, zlib.crc32(real_v), compressed)
+    path = tmp_path / f"lying_{n_train}_{compress_ratio}.mlff"
+    path.write_bytes(data)
+    return path
+
+
+def _many_zero_members(tmp_path, n_train: int) -> Path:
+    """The ethanol committee (9 sGDML models) with every desc_train and v_train replaced by
+    (n_train, 36) zeros: each member stays below the size at which its own inflation ratio is
+    checked, but together they inflate to far more than the file holds."""
+    src = ROOT / "potentials" / "ethanol_sgdml_committee.mlff"
+    members = _members(src)
+    meta = json.loads(members["meta.json"])
+    hp = meta["hyperparameters"]
+    for cfg in hp["members"] + ([hp["mean"]] if hp.get("mean") else []):
+        cfg["n_train"] = n_train
+    blob = _npy(np.zeros((n_train, 36)))  # one bytes object shared by every member
+    sha = hashlib.sha256(blob).hexdigest()
+    for name in meta["arrays"]:
+        if name.endswith(("desc_train", "v_train")):
+            meta["arrays"][name] = {"shape": [n_train, 36], "dtype": "float64", "sha256": sha}
+            members[f"arrays/{name}.npy"] = blob
+    members["meta.json"] = json.dumps(meta).encode()
+    members["meta.sha256"] = hashlib.sha256(members["meta.json"]).hexdigest().encode()
+    path = tmp_path / "many_zero_members.mlff"
+    path.write_bytes(_zip(members, level=9))  # zeros deflate 1000:1
+    return path
 
 
 # --------------------------------------------------------------------------- reference results
@@ -533,6 +597,10 @@ def test_refused_crafted_files_stay_small_in_a_fresh_process(tmp_path):
     mff = tmp_path / "mff_n3.mlff"
     mff.write_bytes(craft(SHIPPED["mff"], lambda m: m["hyperparameters"].update(n3=5000)))
     files.append(str(mff))
+    # a 0.6 MB file whose directory claims a 2.9 GB member and 19 MB of compressed data for it
+    # (an inflation of 150:1, below the zip-bomb ratio); and a 1.0 MB committee whose 18 members
+    # of zeros each stay below the size at which one member's ratio is checked but add up to 1 GB
+    files += [str(_lying_member(tmp_path, 10**7, compress_ratio=150)), str(_many_zero_members(tmp_path, 200_000))]
     script = textwrap.dedent("""
         import json, resource, sys
         from ase_mlff import ModelFileError
@@ -561,3 +629,141 @@ def test_refused_crafted_files_stay_small_in_a_fresh_process(tmp_path):
     for path in files:
         assert out[path] == "ModelFileError", (path, out[path])
     assert max(out[p + ":peak_kib"] for p in files) < 48 * 1024, out
+
+
+# --------------------------------------------------------------------------- sizes the directory claims
+def test_member_claiming_more_compressed_bytes_than_the_file_holds_is_refused(tmp_path):
+    """Sizes and CRC of desc_train are true, but its directory entry claims the whole file as
+    compressed data: zipfile stops at the end of the deflate stream and would read it fine; a
+    member that reaches into the next one is how a small archive passes the ratio check."""
+    src = SHIPPED["sgdml"]
+    real = _members(src)["arrays/desc_train.npy"]
+    path = tmp_path / "overlapping.mlff"
+    path.write_bytes(src.read_bytes())
+    path.write_bytes(_patch_sizes(path.read_bytes(), "arrays/desc_train.npy", len(real), zlib.crc32(real),
+                                  compress_size=path.stat().st_size))
+    _refused(path, r"archive member 'arrays/desc_train.npy' claims \d+ compressed bytes at offset \d+, more than")
+
+
+def test_member_that_holds_less_than_its_entry_claims_costs_what_it_holds(tmp_path):
+    """The directory, table and header agree on 43 MB (below the size at which one member's
+    inflation is checked); the stream holds 0.3 MB. The loader reads what is there and stops."""
+    path = _lying_member(tmp_path, 150_000, compress_ratio=None)
+    result, peak = _load_bounded(path)
+    assert isinstance(result, ModelFileError), result
+    assert "desc_train" in str(result) and str(path) in str(result)
+    assert peak < 4 * 2**20, f"refusing used {peak / 2**20:.1f} MiB"
+
+
+def test_members_that_together_inflate_too_much_are_refused(tmp_path):
+    """Two 60 MB members of zeros (each below the single-member check) in a 0.3 MB file."""
+    n_train = 60 * 2**20 // (36 * 8)
+    zeros = np.zeros((n_train, 36))
+    path = tmp_path / "zeros.mlff"
+    path.write_bytes(craft(SHIPPED["sgdml"], lambda m: m["hyperparameters"].update(n_train=n_train),
+                           arrays={"desc_train": zeros, "v_train": zeros}))
+    del zeros
+    assert path.stat().st_size < 2**20
+    result, peak = _load_bounded(path)
+    assert isinstance(result, ModelFileError)
+    assert "members would inflate to" in str(result) and "zip bomb" in str(result)
+    assert peak < MAX_REFUSED_BYTES
+    assert main(["info", str(path)]) == 1
+
+
+def test_out_of_memory_is_a_model_file_error(tmp_path, monkeypatch):
+    """An honest model that does not fit in the memory left: ModelFileError, not MemoryError."""
+    import ase_mlff.io as mio
+
+    def no_memory(self, name):
+        raise MemoryError
+
+    monkeypatch.setattr(mio._Archive, "read_array", no_memory)
+    for call in (load_model, mio.read_archive):
+        with pytest.raises(ModelFileError, match="not enough memory to load it") as info:
+            call(SHIPPED["mff"])
+        assert str(SHIPPED["mff"]) in str(info.value)
+
+
+# --------------------------------------------------------------------------- hyperparameters, edited
+POTENTIALS = ROOT / "potentials"
+
+
+def _set(path: str, value):
+    """An edit of meta.json setting ``hyperparameters.<path>`` (dotted); ``cutoff`` also sets
+    the top-level field, which must agree with it."""
+    def edit(m):
+        d = m["hyperparameters"]
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+        if path == "cutoff":
+            m["cutoff"] = value
+    return edit
+
+
+@pytest.mark.parametrize("name,path,value,match", [
+    # the cases of the report: each loaded and gave NaN, inf, a wrong energy or a raw exception
+    ("si_gap", "two_body.theta", 1e-200, r"hyperparameters.two_body.theta must be a finite number >= 0.001"),
+    ("si_gap", "cutoff", 3.0, r"hyperparameters.cutoff 3 must equal the largest of soap.cutoff and two_body.cutoff"),
+    ("si_gap", "reference_energies", [1e308], r"hyperparameters.reference_energies .* below 1e\+06 eV"),
+    ("water_schnet", "cutoff", 1e-300, r"field 'cutoff' .* at least 0.1"),
+    # the same bounds on the other scales and widths
+    ("si_gap", "cutoff", 6.0, r"hyperparameters.cutoff 6 must equal"),
+    ("si_gap", "soap.atom_sigma", 1e-300, r"hyperparameters.soap.atom_sigma"),
+    ("si_gap", "delta", 5e-324, r"hyperparameters.delta"),
+    ("si_gap", "two_body.delta", 0.0, r"hyperparameters.two_body.delta"),
+    ("water_schnet", "energy_scale", 1e-300, r"hyperparameters.energy_scale"),
+    ("water_schnet", "reference_energies", [-1e7, 0.0], r"hyperparameters.reference_energies"),
+    ("water_schnet", "repulsion.width", 1e-300, r"hyperparameters.repulsion.width"),
+    ("water_bpnn", "energy_scale", 1e-300, r"hyperparameters.energy_scale"),
+    ("water_bpnn", "radial_eta.0.0.0", 1e300, r"hyperparameters.radial_eta must be at most"),
+    ("water_bpnn", "reference_energies", [1e308, 0.0], r"hyperparameters.reference_energies"),
+    ("ni_mff", "rc3", 1e-300, r"hyperparameters.rc3 must be 0 \(no 3-body term\) or at least 0.1"),
+    ("ethanol_sgdml", "sigma", 1e-300, r"hyperparameters.sigma"),
+    ("ethanol_sgdml", "c", 1e308, r"hyperparameters.c must be a finite number"),
+    ("ethanol_sgdml_committee", "calibration.forces", 1e-300, r"hyperparameters.calibration.forces"),
+    ("ethanol_sgdml_committee", "members.1.sigma", 1e-300, r"hyperparameters.members\[1\].sigma"),
+])
+def test_edited_hyperparameters_are_refused(tmp_path, name, path, value, match):
+    """Hyperparameters edited with the checksum recomputed: every scale, width, cutoff and
+    reference energy is bounded, so that what loads gives finite numbers."""
+    bad = tmp_path / f"{name}.mlff"
+    bad.write_bytes(craft(POTENTIALS / f"{name}.mlff", _set(path, value)))
+    _refused(bad, match)
+
+
+def test_schnet_gaussians_must_not_be_narrower_than_a_thousandth_of_an_angstrom():
+    from ase_mlff.models.schnet import SchNetModel
+
+    config = json.loads(_members(POTENTIALS / "water_schnet.mlff")["meta.json"])["hyperparameters"]
+    SchNetModel.check_config({**config, "cutoff": 0.5, "n_rbf": 500})  # 0.001 Å apart
+    with pytest.raises(ValueError, match=r"spacing and width of the Gaussians, must be at least 0.001 Å"):
+        SchNetModel.check_config({**config, "cutoff": 0.1, "n_rbf": 512})
+
+
+def test_edited_arrays_are_refused(tmp_path):
+    """Array edits with the table and checksums recomputed: a BPNN scale of 1e-45 (NaN energies
+    before), a zero GAP variance factor (a raw LinAlgError with uncertainty=True before), an
+    MFF reference energy of 1e300, an empty BPNN training range."""
+    cases = []
+    std = _array(POTENTIALS / "water_bpnn.mlff", "nets.1.std")
+    cases.append(("water_bpnn", {"nets.1.std": np.full_like(std, 1e-45)}, r"array 'nets.1.std' holds 1.4e-45"))
+    fmin = _array(POTENTIALS / "water_bpnn.mlff", "nets.0.fmin").copy()
+    fmin[3] = 1e6
+    cases.append(("water_bpnn", {"nets.0.fmin": fmin}, r"'nets.0.fmin' and 'nets.0.fmax' give an empty training range"))
+    e0 = _array(POTENTIALS / "ni_mff.mlff", "e0").copy()
+    e0[0] = 1e300
+    cases.append(("ni_mff", {"e0": e0}, r"array 'e0' holds 1e\+300 eV"))
+    r = _array(POTENTIALS / "si_gap.mlff", "posterior_r")
+    cases.append(("si_gap", {"posterior_r": np.zeros_like(r)}, r"posterior_r .* is singular: its diagonal element 0 is zero"))
+    for name, arrays, match in cases:
+        bad = tmp_path / f"{name}.mlff"
+        bad.write_bytes(craft(POTENTIALS / f"{name}.mlff", arrays=arrays))
+        _refused(bad, match)
+
+
+def test_every_shipped_potential_passes_the_checks():
+    for path in sorted(POTENTIALS.glob("*.mlff")):
+        assert load_model(path).family == read_metadata(path)["family"]

@@ -377,27 +377,48 @@ class Model(torch.nn.Module):
 
 # --------------------------------------------------------------------- config checks
 # Helpers for check_config: each returns the value or raises ValueError naming the field.
+# A hyperparameter read from a file must give finite numbers on every structure, so besides
+# its type the checks bound its magnitude: a width of 1e-200 Å squares to zero and turns the
+# next division into 0/0, and a reference energy of 1e308 eV sums to infinity.
 _MISSING = object()
 
+#: smallest cutoff (Å) a local model may have: no two real atoms are closer than 0.1 Å
+MIN_CUTOFF = 0.1
+#: smallest positive width (Å) of a Gaussian or a switching function: trained ones are tenths
+#: of an Å, and the square of a denormal width is zero
+MIN_WIDTH = 1e-3
+#: smallest positive scale (an energy scale in eV, a kernel length scale, a calibration factor):
+#: trained ones are of order one; 1e-6 keeps their squares and inverse squares far from
+#: underflow and overflow
+MIN_SCALE = 1e-6
+#: largest magnitude (eV) of a per-atom reference energy: all-electron total energies reach
+#: about 7.6e5 eV per atom (uranium); a larger one is damage, and 1e308 sums to infinity
+MAX_REFERENCE_ENERGY = 1e6
 
-def config_int(config: dict[str, Any], key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+
+def config_int(config: dict[str, Any], key: str, lo: int, hi: int, default: Any = _MISSING,
+               prefix: str = "") -> int:
+    """``config[key]``, an integer from ``lo`` to ``hi``; ``prefix`` names the table that
+    holds it in messages (``"soap."`` for ``hyperparameters.soap.n_max``)."""
     value = config.get(key, default)
     if value is _MISSING:
-        raise ValueError(f"hyperparameters.{key} is missing")
+        raise ValueError(f"hyperparameters.{prefix}{key} is missing")
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"hyperparameters.{key} must be an integer from {lo} to {hi}, got {_short(value)}")
+        raise ValueError(f"hyperparameters.{prefix}{key} must be an integer from {lo} to {hi}, got {_short(value)}")
     return value
 
 
 def config_float(config: dict[str, Any], key: str, lo: float = -math.inf, hi: float = math.inf,
-                 default: Any = _MISSING, lo_open: bool = False) -> float:
+                 default: Any = _MISSING, lo_open: bool = False, prefix: str = "") -> float:
+    """``config[key]``, a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
     value = config.get(key, default)
     if value is _MISSING:
-        raise ValueError(f"hyperparameters.{key} is missing")
+        raise ValueError(f"hyperparameters.{prefix}{key} is missing")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (lo < value if lo_open else lo <= value) or not value <= hi:
-        low = f"> {lo}" if lo_open else f">= {lo}"
-        raise ValueError(f"hyperparameters.{key} must be a finite number {low} and <= {hi}, got {_short(value)}")
+        low = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        raise ValueError(f"hyperparameters.{prefix}{key} must be a finite number {low} and <= {hi:g}, "
+                         f"got {_short(value)}")
     return float(value)
 
 
@@ -414,9 +435,17 @@ def config_reference_energies(config: dict[str, Any], n_species: int) -> list[fl
     (JSON numbers are float64, so moving the model to float32 never rounds them)."""
     e0 = config.get("reference_energies")
     if (not isinstance(e0, list) or len(e0) != n_species
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in e0)):
-        raise ValueError("hyperparameters.reference_energies must be one finite number per element")
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       and abs(v) < MAX_REFERENCE_ENERGY for v in e0)):
+        raise ValueError(f"hyperparameters.reference_energies must be one finite number per element, each "
+                         f"of magnitude below {MAX_REFERENCE_ENERGY:g} eV (an energy per atom), got {_short(e0)}")
     return [float(v) for v in e0]
+
+
+def config_cutoff(config: dict[str, Any], key: str = "cutoff", hi: float = 100.0, default: Any = _MISSING,
+                  prefix: str = "") -> float:
+    """A cutoff radius (Å) from :data:`MIN_CUTOFF` to ``hi``."""
+    return config_float(config, key, MIN_CUTOFF, hi, default=default, prefix=prefix)
 
 
 def config_species(config: dict[str, Any]) -> list[int]:

@@ -41,7 +41,8 @@ from ase.data import chemical_symbols
 
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
 from ..graph import graph_from_structure
-from .base import Model, config_dtype, config_float, config_reference_energies, config_species, register_model
+from .base import (MIN_SCALE, Model, config_cutoff, config_dtype, config_float, config_reference_energies,
+                   config_species, register_model)
 from .prior import check_repulsion as _check_repulsion  # shared with SchNet
 from .prior import repulsion_atom_energies, zbl  # noqa: F401  (zbl: part of this module's API)
 
@@ -83,6 +84,11 @@ class BPNNModel(Model):
 
     MAX_WIDTH = 4096
     MAX_LAYERS = 16
+    #: largest symmetry-function exponent eta (Å^-2) read from a file
+    MAX_ETA = 1e4
+    #: smallest std / (1 + |mean|) of a stored scaling: set_scaling keeps a spread only above
+    #: 1e-8 (1 + |mean|) (float32 rounding of it stays far above this half)
+    MIN_STD_RATIO = 5e-9
 
     def __init__(self, species, cutoff, radial_eta, radial_shift, angular_eta, angular_zeta, angular_lambda,
                  selected, hidden=(25, 25), activation="tanh", reference_energies=None, energy_scale=1.0,
@@ -197,9 +203,15 @@ class BPNNModel(Model):
     def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         """Array shapes of every network, from the hyperparameters alone (nothing allocated)."""
         species = config_species(config)
-        config_float(config, "cutoff", 0.0, 100.0, lo_open=True)
-        config_float(config, "energy_scale", 0.0, 1e6, lo_open=True)
+        config_cutoff(config, "cutoff", 100.0)
+        config_float(config, "energy_scale", MIN_SCALE, 1e6)
         sizes = check_set(config, species)
+        # exp(-eta r^2) underflows to 0 long before eta r^2 overflows, but its derivative
+        # -2 eta r exp(-eta r^2) is then inf * 0 = NaN; a function of width below 0.01 Å
+        # (eta = 1e4 / Å^2) sees nothing anyway
+        for key in ("radial_eta", "angular_eta"):
+            if np.max(np.asarray(config[key], dtype=np.float64), initial=0.0) > cls.MAX_ETA:
+                raise ValueError(f"hyperparameters.{key} must be at most {cls.MAX_ETA:g} / Å^2")
         if "selected" not in config:
             raise ValueError("hyperparameters.selected is missing")
         hidden = config.get("hidden")
@@ -225,9 +237,22 @@ class BPNNModel(Model):
 
     @classmethod
     def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        for name, a in arrays.items():
-            if name.endswith(".std") and not np.all(a > 0):
-                raise ValueError(f"{name} must be positive (it divides the symmetry functions)")
+        """The scaling of each network: ``std`` divides the symmetry functions, so it must be at
+        least ``MIN_STD_RATIO (1 + |mean|)`` (:meth:`set_scaling` writes 1 for any smaller spread:
+        a denormal std turns the inputs into inf and the energy into NaN), and the training
+        range must be a range (``fmin <= fmax``)."""
+        for k in range(len(config["species"])):
+            p = f"nets.{k}."
+            mean, std = (np.asarray(arrays[p + n], dtype=np.float64) for n in ("mean", "std"))
+            bad = np.nonzero(~(std >= cls.MIN_STD_RATIO * (1.0 + np.abs(mean))))[0]
+            if len(bad):
+                f = int(bad[0])
+                raise ValueError(f"array '{p}std' holds {std[f]:.3g} for function {f} (mean {mean[f]:.3g}): a "
+                                 f"scale must be at least {cls.MIN_STD_RATIO:g} (1 + |mean|)")
+            bad = np.nonzero(arrays[p + "fmin"] > arrays[p + "fmax"])[0]
+            if len(bad):
+                raise ValueError(f"arrays '{p}fmin' and '{p}fmax' give an empty training range for function "
+                                 f"{int(bad[0])} (min above max)")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "BPNNModel":

@@ -51,7 +51,7 @@ import torch
 
 from ..errors import InputError, ModelFileError
 from ..graph import Graph
-from .base import MODEL_REGISTRY, Model, ModelOutput, config_species, register_model
+from .base import MIN_SCALE, MODEL_REGISTRY, Model, ModelOutput, config_species, register_model
 
 #: largest committee a model file may declare (each member adds its arrays to the archive)
 MAX_MEMBERS = 64
@@ -247,8 +247,9 @@ class CommitteeModel(Model):
                              f"{', '.join(CALIBRATION_KEYS)}")
         for k, v in cal.items():
             if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                    or not 0 < v <= MAX_CALIBRATION):
-                raise ValueError(f"hyperparameters.calibration.{k} must be a positive finite number, got {v!r:.40}")
+                    or not MIN_SCALE <= v <= MAX_CALIBRATION):
+                raise ValueError(f"hyperparameters.calibration.{k} must be a number from {MIN_SCALE:g} to "
+                                 f"{MAX_CALIBRATION:g}, got {v!r:.40}")
         mcls = MODEL_REGISTRY[family]
         parts = [(f"m{k}.", f"members[{k}]", c) for k, c in enumerate(members)]
         if mean is not None:

@@ -46,8 +46,8 @@ import torch
 
 from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
 from ..graph import Graph
-from .base import (Model, config_float, config_int, config_reference_energies, config_species,
-                   register_model)
+from .base import (MIN_SCALE, MIN_WIDTH, Model, config_cutoff, config_float, config_int,
+                   config_reference_energies, config_species, register_model)
 
 _SOAP_KEYS = ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width", "central_weight", "basis_radius")
 
@@ -376,30 +376,39 @@ class GAPModel(Model):
         soap = config.get("soap")
         if not isinstance(soap, dict):
             raise ValueError("hyperparameters.soap must be a table of SOAP settings")
-        rc = config_float(soap, "cutoff", 0.0, 30.0, lo_open=True)
-        n_max = config_int(soap, "n_max", 1, 20)
-        l_max = config_int(soap, "l_max", 0, 20)
+        rc = config_cutoff(soap, "cutoff", 30.0, prefix="soap.")
+        n_max = config_int(soap, "n_max", 1, 20, prefix="soap.")
+        l_max = config_int(soap, "l_max", 0, 20, prefix="soap.")
         for key in ("atom_sigma", "basis_radius"):
-            config_float(soap, key, 0.0, 100.0, lo_open=True)
-        config_float(soap, "cutoff_width", 0.0, rc)
-        config_float(soap, "central_weight", 0.0, 100.0)
+            config_float(soap, key, MIN_WIDTH, 100.0, prefix="soap.")
+        config_float(soap, "cutoff_width", 0.0, rc, prefix="soap.")
+        config_float(soap, "central_weight", 0.0, 100.0, prefix="soap.")
         config_int(config, "zeta", 1, 20)
-        config_float(config, "delta", 0.0, 1e6, lo_open=True)
+        config_float(config, "delta", MIN_SCALE, 1e6)
         n_sparse = config.get("n_sparse")
         if not isinstance(n_sparse, list) or len(n_sparse) != S or not all(
                 isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 10 ** 6 for n in n_sparse):
             raise ValueError("hyperparameters.n_sparse must be one count per element")
         config_reference_energies(config, S)
         tb = config.get("two_body")
-        U = 0
+        U, reach = 0, rc
         if tb is not None:
             if not isinstance(tb, dict):
                 raise ValueError("hyperparameters.two_body must be a table or null")
-            r2 = config_float(tb, "cutoff", 0.0, 30.0, lo_open=True)
-            config_float(tb, "width", 0.0, r2)
-            config_float(tb, "delta", 0.0, 1e6, lo_open=True)
-            config_float(tb, "theta", 0.0, 100.0, lo_open=True)
-            U = S * (S + 1) // 2 * config_int(tb, "n_sparse", 1, 10 ** 5)
+            r2 = config_cutoff(tb, "cutoff", 30.0, prefix="two_body.")
+            config_float(tb, "width", 0.0, r2, prefix="two_body.")
+            config_float(tb, "delta", MIN_SCALE, 1e6, prefix="two_body.")
+            # the kernel divides by theta^2: a tiny theta gives 0/0 forces
+            config_float(tb, "theta", MIN_WIDTH, 100.0, prefix="two_body.")
+            U = S * (S + 1) // 2 * config_int(tb, "n_sparse", 1, 10 ** 5, prefix="two_body.")
+            reach = max(rc, r2)
+        # The neighbour list is built for hyperparameters.cutoff; SOAP and the 2-body term each
+        # need every pair within their own cutoff, so a smaller one silently drops neighbours
+        # (the model's constructor always writes the largest of the two).
+        cutoff = config_float(config, "cutoff", default=reach)
+        if cutoff != reach:
+            raise ValueError(f"hyperparameters.cutoff {cutoff:g} must equal the largest of soap.cutoff and "
+                             f"two_body.cutoff ({reach:g}), the reach of the model")
         dtype = config.get("dtype", "float64")
         if dtype not in ("float32", "float64"):
             raise ValueError("hyperparameters.dtype must be 'float32' or 'float64'")
@@ -421,6 +430,14 @@ class GAPModel(Model):
         want = np.repeat(np.arange(len(n_sparse)), n_sparse)
         if not np.array_equal(arrays["sparse_species"], want):
             raise ValueError("array sparse_species does not match hyperparameters.n_sparse")
+        # the variance solves triangular systems with these factors (upper R, lower L_M): a zero
+        # on the diagonal makes them singular
+        for name, what in (("posterior_r", "posterior factor R"), ("prior_chol", "prior factor L_M")):
+            diag = np.diagonal(arrays[name])
+            if np.any(diag == 0):
+                k = int(np.argmin(np.abs(diag)))
+                raise ValueError(f"array {name} (the {what} of the predictive variance) is singular: its "
+                                 f"diagonal element {k} is zero")
 
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         super().set_arrays(arrays)

@@ -32,7 +32,8 @@ from .. import _ext
 from ..descriptors.nbody import triangles, triplet_index  # noqa: F401 (triplet_index: old home)
 from ..graph import Graph
 from ..splines import UniformGrid, torch_basis
-from .base import Model, ModelOutput, config_float, config_int, config_species, register_model
+from .base import (MAX_REFERENCE_ENERGY, MIN_CUTOFF, Model, ModelOutput, config_cutoff, config_float, config_int,
+                   config_species, register_model)
 
 
 @register_model
@@ -95,9 +96,11 @@ class MFFModel(Model):
         """Shapes of coef2 (S, S, n2+3), e0 (S,) and coef3 (S, S, S, n3+3, n3+3, 2 n3+3), or (0,)
         without a 3-body term, computed without allocating them."""
         species = config_species(config)
-        rc2 = config_float(config, "rc2", 0.0, cls.MAX_CUTOFF, lo_open=True, default=5.0)
+        rc2 = config_cutoff(config, "rc2", cls.MAX_CUTOFF, default=5.0)
         n2 = config_int(config, "n2", 1, cls.MAX_N2, default=100)
         rc3 = config_float(config, "rc3", 0.0, cls.MAX_CUTOFF, default=0.0)
+        if 0 < rc3 < MIN_CUTOFF:
+            raise ValueError(f"hyperparameters.rc3 must be 0 (no 3-body term) or at least {MIN_CUTOFF:g} Å, got {rc3:g}")
         n3 = config_int(config, "n3", 1 if rc3 > 0 else 0, cls.MAX_N3, default=0)
         cutoff = config.get("cutoff")
         if cutoff is not None and config_float(config, "cutoff") != max(rc2, rc3):
@@ -107,6 +110,14 @@ class MFFModel(Model):
         S = len(species)
         coef3 = (S, S, S, n3 + 3, n3 + 3, 2 * n3 + 3) if rc3 > 0 else (0,)
         return {"coef2": ((S, S, n2 + 3), "float64"), "e0": ((S,), "float64"), "coef3": (coef3, "float64")}
+
+    @classmethod
+    def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The per-element reference energies ``e0`` must be plausible per-atom energies."""
+        e0 = arrays["e0"]
+        if np.any(np.abs(e0) >= MAX_REFERENCE_ENERGY):
+            raise ValueError(f"array 'e0' holds {float(e0[np.argmax(np.abs(e0))]):.4g} eV: a reference energy "
+                             f"must be of magnitude below {MAX_REFERENCE_ENERGY:g} eV per atom")
 
     def set_splines(self, coef2=None, coef3=None, e0=None) -> "MFFModel":
         """Set coefficients (numpy or torch); 3-body blocks are symmetrised in (j, k)."""

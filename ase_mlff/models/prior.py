@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .base import MIN_WIDTH
+
 #: ZBL universal screening function (Ziegler, Biersack, Littmark 1985): coefficients, exponents
 _ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
 _ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
@@ -45,8 +47,10 @@ def check_repulsion(rep, n_species: int) -> dict:
             or not np.allclose(inner, inner.T):
         raise ValueError("hyperparameters.repulsion.inner must be a symmetric (elements x elements) table "
                          "of distances >= 0 (Å)")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < 100:
-        raise ValueError("hyperparameters.repulsion.width must be a positive distance (Å)")
+    # the switch divides by the width: at least MIN_WIDTH, so that it stays a smooth C2 ramp
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not MIN_WIDTH <= width < 100:
+        raise ValueError(f"hyperparameters.repulsion.width must be a distance from {MIN_WIDTH:g} to 100 Å, "
+                         f"got {width!r:.40}")
     return {"inner": inner.tolist(), "width": float(width)}
 
 

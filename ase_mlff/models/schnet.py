@@ -43,8 +43,8 @@ import torch
 from ..errors import InputError
 from ..graph import Graph
 from ..splines import hermite_coefficients
-from .base import (Model, ModelOutput, config_dtype, config_float, config_int, config_reference_energies, config_species,
-                   register_model, sum_per_structure)
+from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_dtype, config_float, config_int,
+                   config_reference_energies, config_species, register_model, sum_per_structure)
 from .prior import check_repulsion, repulsion_atom_energies
 
 try:  # the compiled kernel of the serving path; without it, the same numbers from torch ops
@@ -358,11 +358,15 @@ class SchNetModel(Model):
         if extra:
             raise ValueError(f"unknown schnet hyperparameters: {', '.join(extra)}")
         species = config_species(config)
-        config_float(config, "cutoff", 0.0, 100.0, lo_open=True)
-        config_float(config, "energy_scale", 0.0, 1e6, lo_open=True)
+        cutoff = config_cutoff(config, "cutoff", 100.0)
+        config_float(config, "energy_scale", MIN_SCALE, 1e6)
         F = config_int(config, "n_features", 1, cls.MAX_FEATURES)
         T = config_int(config, "n_interactions", 0, cls.MAX_INTERACTIONS)
         K = config_int(config, "n_rbf", 2, cls.MAX_RBF)
+        # the Gaussians are spaced (and as wide as) cutoff / (K - 1): gamma = 1 / (2 spacing^2)
+        if cutoff / (K - 1) < MIN_WIDTH:
+            raise ValueError(f"hyperparameters.cutoff / (n_rbf - 1), the spacing and width of the Gaussians, "
+                             f"must be at least {MIN_WIDTH:g} Å, got {cutoff / (K - 1):.3g}")
         dtype = config_dtype(config)
         config_reference_energies(config, len(species))
         if config.get("repulsion") is not None:

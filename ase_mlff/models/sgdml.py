@@ -40,7 +40,8 @@ from ..errors import InputError
 from ..graph import Graph
 from ..descriptors.matching import (OrderTracker, distance_matrix, element_pairs, labelling_residuals,
                                    polish, same_element_swaps)
-from .base import Model, ModelOutput, config_float, config_int, config_species, register_model, symbols
+from .base import (MAX_REFERENCE_ENERGY, MIN_SCALE, Model, ModelOutput, config_float, config_int, config_species,
+                   register_model, symbols)
 
 #: largest RMS difference (Å) between the distance matrix of a reordered input and the
 #: closest training geometry for which the atom order is identified automatically (inputs whose
@@ -133,9 +134,12 @@ class SGDMLModel(Model):
         s = config_int(config, "n_perms", 1, cls.MAX_PERMS)
         if len(species) > n:
             raise ValueError(f"hyperparameters.species lists {len(species)} elements for {n} atoms")
-        config_float(config, "sigma", 0.0, lo_open=True, default=10.0)
+        # the kernel divides by sigma^2: a denormal sigma gives 0/0 (NaN)
+        config_float(config, "sigma", MIN_SCALE, default=10.0)
         config_float(config, "lam", 0.0, default=1e-10)
-        config_float(config, "c", default=0.0)
+        # c is the energy of the whole molecule (eV): bounded like a per-atom reference energy
+        bound = MAX_REFERENCE_ENERGY * n
+        config_float(config, "c", -bound, bound, default=0.0)
         p = n * (n - 1) // 2
         return {"z": ((n,), "int64"), "perms": ((s, n), "int64"),
                 "desc_train": ((m, p), "float64"), "v_train": ((m, p), "float64")}
