@@ -52,23 +52,27 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
 _RESULT_NAMES = {"virial": "stress"}
 
 
+def _finite(name: str, t: torch.Tensor, family: str) -> np.ndarray:
+    """``t`` as float64 numpy, or InputError naming the result when any value is NaN or inf."""
+    a = t.detach().cpu().numpy().astype(np.float64)
+    if not np.isfinite(a).all():
+        raise InputError(
+            f"the {family} model's result '{_RESULT_NAMES.get(name, name)}' is NaN or infinite for this "
+            "structure; check the structure (overlapping atoms, atoms far from each other or outside the "
+            "training data) and the model file (damaged or edited hyperparameters or arrays)")
+    return a
+
+
 def _as_numpy(out: ModelOutput, family: str) -> dict:
     """Every tensor of ``out`` as float64 numpy, once (a batch is then sliced, not converted
     again per structure).
 
-    Every result reaches ASE through here, so this is where a non-finite one is refused: NaN
-    forces would otherwise move atoms to NaN and an infinite energy would pass for a number.
+    Every result reaches ASE through here (and the Hessian and descriptors through
+    :func:`_finite` too), so this is where a non-finite one is refused: NaN forces would
+    otherwise move atoms to NaN and an infinite energy would pass for a number.
     """
     def conv(name, t):
-        if t is None:
-            return None
-        a = t.detach().cpu().numpy().astype(np.float64)
-        if not np.isfinite(a).all():
-            raise InputError(
-                f"the {family} model's result '{_RESULT_NAMES.get(name, name)}' is NaN or infinite for this "
-                "structure; check the structure (overlapping atoms, atoms far from each other or outside the "
-                "training data) and the model file (damaged or edited hyperparameters or arrays)")
-        return a
+        return None if t is None else _finite(name, t, family)
 
     return {"energy": conv("energy", out.energy), "energies": conv("energies", out.energies),
             "forces": conv("forces", out.forces), "virial": conv("virial", out.virial),
@@ -369,12 +373,12 @@ class MLFFCalculator(Calculator):
                 self.model.atom_descriptors(None)  # raises InputError naming the family
             graph, order = self._prepare(atoms)
             with torch.no_grad():
-                x = self.model.atom_descriptors(graph)
-            x = x.detach().cpu().numpy().astype(np.float64)
+                x = _finite("descriptors", self.model.atom_descriptors(graph), self.model.family)
             return x if order is None else x[order[1]]
 
     def get_hessian(self, atoms=None) -> np.ndarray:
-        """Analytic Hessian d²E/dr² of shape (3N, 3N) in eV/Å² (second derivatives by autograd)."""
+        """Analytic Hessian d²E/dr² of shape (3N, 3N) in eV/Å² (second derivatives by autograd).
+        A family without exact second derivatives (GAP) raises :class:`InputError` instead."""
         with self._lock:
             return self._hessian(atoms)
 
@@ -385,8 +389,7 @@ class MLFFCalculator(Calculator):
         graph, order = self._prepare(atoms)
         if order is not None:
             raise InputError("the Hessian needs the atoms in the model's own order")
-        hess = self.model.hessian(graph)
-        return hess.detach().cpu().numpy().astype(np.float64)
+        return _finite("hessian", self.model.hessian(graph), self.model.family)
 
     def evaluate_batch(self, images: Sequence, stress: bool | None = None) -> list[dict]:
         """Evaluate many structures in one batched model call (local models).

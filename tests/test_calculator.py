@@ -346,6 +346,8 @@ def test_non_finite_results_are_an_input_error(analytic_model):
         atoms.get_potential_energy()
     with pytest.raises(InputError, match="'energy' is NaN or infinite"):
         atoms.calc.evaluate_batch([atoms, atoms.copy()])
+    with pytest.raises(InputError, match="the test_analytic model's result 'hessian' is NaN or infinite"):
+        atoms.calc.get_hessian(atoms)
 
 
 def test_non_finite_uncertainty_is_an_input_error(rng):
