@@ -8,7 +8,9 @@ Command line (also ``ase-mlff train mff ...``)::
 
 Steps: read the data (:func:`ase_mlff.data.read`), hold out ``--n-test`` frames (random,
 ``--seed``; every random choice has its own named stream of the seed, see
-:mod:`ase_mlff.rng`: "split", "stratified", "force-atoms", "hyper-force-atoms"), pick ``--n-energy`` training energies spread over the energy distribution and
+:mod:`ase_mlff.rng`: "split", "stratified", "force-atoms", "hyper-force-atoms"), refuse test
+frames that hold an element no training frame holds (before any fit), pick ``--n-energy``
+training energies spread over the energy distribution and
 the forces of ``--n-force-atoms`` random atoms of random training frames, fit per-element
 reference energies by least squares, optimise the GP hyperparameters by the log marginal
 likelihood on a smaller subset, train the GP, map it onto splines, and report the errors of
@@ -32,9 +34,9 @@ import time
 import numpy as np
 
 
-from .common import (Option, UsageError, add_options, check_new_output, format_metrics, frame_metrics,
-                     predict_frames, read_training_data, reference_energies, resolve_cli_options, resolve_options,
-                     timed_printer)
+from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, format_metrics,
+                     frame_metrics, predict_frames, read_training_data, reference_energies, resolve_cli_options,
+                     resolve_options, timed_printer)
 from .common import training_record as common_record
 from .sparse_gp import solve_options
 
@@ -164,6 +166,13 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     ident = identity("mff", ds.sha256(), {k: getattr(args, k, None) for k in MODEL_OPTIONS if k != "test"})
     split = ds.split(len(ds) - args.n_test, 0, args.n_test, seed=args.seed)
     pool = split.train
+    # the test frames are read (and checked) now, not after the fit: a test element that no training
+    # frame holds would otherwise surface only after the whole fit and mapping
+    if test_file is not None:
+        test = list(read_training_data(test_file, getattr(args, "energy_unit", None)))
+    else:
+        test = [ds[int(i)] for i in split.test]
+    check_split_elements([ds[int(i)] for i in pool], {"test": test})
     energy_pool = [int(i) for i in pool if ds[int(i)].energy is not None]
     energy_frames = [int(i) for i in ds.select_stratified(np.array(energy_pool), n=min(args.n_energy, len(energy_pool)),
                                                           seed=args.seed)] if args.n_energy > 0 else []
@@ -287,10 +296,6 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         gp.e0 = e0_new
         log(f"reference energies e0: {e0_old} -> {e0_new} (least squares on {len(energy_pool)} energies)")
 
-    if test_file is not None:
-        test = list(read_training_data(test_file, getattr(args, "energy_unit", None)))
-    else:
-        test = [ds[int(i)] for i in split.test]
     mapped_calc = MLFFCalculator(model)
     gp_calc = MLFFCalculator(gp.as_model())
     t = time.perf_counter()
