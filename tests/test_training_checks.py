@@ -29,6 +29,7 @@ ETH = os.path.join(DATA, "rmd17_ethanol_300.npz")
 NN_SPLIT = ["--n-train", "10", "--n-valid", "3", "--n-test", "3", "--seed", "0"]
 BPNN = ["--cutoff", "4", "--hidden", "4", "--n-radial", "2", "--n-eta", "1", "--zetas", "1", "--epochs", "2"]
 SCHNET = ["--n-features", "4", "--n-interactions", "1", "--n-rbf", "4", "--epochs", "2", "--no-plots"]
+GAP = ["--cutoff", "4", "--n-max", "3", "--l-max", "2", "--n-sparse", "20"]
 MFF = ["--rc2", "4.0", "--rc3", "0", "--n-energy", "3", "--n-force-atoms", "10", "--hyper-energy", "2",
        "--hyper-force-atoms", "4", "--no-optimise", "--h2", "0.2"]
 
@@ -66,6 +67,20 @@ def test_network_families_refuse_an_element_only_in_held_out_frames(tmp_path, ca
     err = _refused(tmp_path, capsys, ["train", family, data, *NN_SPLIT, *flags, "-o", str(out)],
                    "element Mo", f"1 of the 3 {name} frames", "none of the 10 training frames", "--seed")
     assert "Si" not in err.split("error:")[1].split("(")[0]  # names only the missing element
+
+
+def test_gap_refuses_an_element_only_in_the_test_frames(tmp_path, capsys):
+    k = int(read(SI).split(13, 0, 3, seed=0).test[0])
+    data = _with_mo(tmp_path, k)
+    _refused(tmp_path, capsys, ["train", "gap", data, "--n-test", "3", *GAP, "-o", str(tmp_path / "g.mlff")],
+             "element Mo", "1 of the 3 test frames", "13 training frames")
+
+
+def test_gap_refuses_a_test_file_with_another_element(tmp_path, capsys):
+    test = tmp_path / "mo.extxyz"
+    read(MO)[:2].to_extxyz(test)
+    _refused(tmp_path, capsys, ["train", "gap", SI, "--test", str(test), *GAP, "-o", str(tmp_path / "g.mlff")],
+             "element Mo", "2 of the 2 test frames", "16 training frames")
 
 
 def test_mff_refuses_an_element_only_in_the_test_frames(tmp_path, capsys):

@@ -18,8 +18,9 @@ the GP and of the mapped model against DFT on the test frames (the GP on the fir
 ``--n-gp-eval`` of them: it is ~1e3-1e4 times slower) and the mapped-vs-GP difference.
 
 Checkpoints (:mod:`ase_mlff.training.checkpoint`): the hyperparameter search is checkpointed
-after every length-scale evaluation, the GP after its fit, the mapping after every spline
-block (element pair / triple); Ctrl-C or SIGTERM stops at the next of these points after
+after every length-scale evaluation, the sparse fit's design matrix (the rows of the frames done
+so far) every ``--checkpoint-interval`` seconds while it is built, the GP after its fit, the
+mapping after every spline block (element pair / triple); Ctrl-C or SIGTERM stops at the next of these points after
 writing the checkpoint (exit 130 / 143) and ``--resume`` continues to the same model.
 """
 
@@ -250,10 +251,21 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
             else:
                 from .sparse_gp import parse_config_type_sigmas
 
+                def on_rows(n, rows):  # a safe point after every frame's design rows (sparse_gp.solve)
+                    def design_snapshot():
+                        st, arrays = snapshot()
+                        return {**st, "stage": "design", "design_frames": n}, {**arrays, "design_rows": rows}
+
+                    ckpt.safe_point(design_snapshot)
+
+                done = (int(state["design_frames"]), saved["design_rows"]) if "design_rows" in saved else None
+                if done is not None:
+                    log(f"resuming the sparse design matrix after {done[0]} of {len(train_frames)} frames")
                 sparse_info = fit_sparse(gp, train_frames, sigmas=(args.sigma_energy, args.sigma_force, args.sigma_virial),
                                          config_type_sigmas=parse_config_type_sigmas(args.sigma_config_type),
                                          jitter=args.jitter, sigma_e0=args.sigma_e0, log=log, quiet=False,
-                                         **sparse_kw)
+                                         rows=done, on_rows=on_rows, **sparse_kw)
+                del done
                 arrays_fit["sparse_x"] = gp.sparse_x
                 ckpt.safe_point(snapshot, force=True)
         elif "alpha" in arrays_fit:
