@@ -251,6 +251,18 @@ class _ElementCheck:
     def __init__(self, ds, K: int, seed: int, mean, calibration_frames):
         self.ds, self.K, self.seed, self.mean = ds, K, seed, mean
         self.calibration_frames = calibration_frames
+        self._sets: dict[int, np.ndarray] = {}
+        self._interned: dict[tuple, np.ndarray] = {}
+
+    def _elements(self, i) -> np.ndarray:
+        """Frame ``i`` as the array of its elements, one shared array per distinct set: the K + 1
+        checks then look at each set once (check_split_elements skips arrays it has seen), not
+        at every frame of the pool K + 1 times."""
+        i = int(i)
+        if i not in self._sets:
+            key = tuple(np.unique(self.ds.frames[i].numbers).tolist())
+            self._sets[i] = self._interned.setdefault(key, np.array(key, dtype=np.int64))
+        return self._sets[i]
 
     def __call__(self, pool, n_member: int, held_out, hint: str, served_train=None, validation=(), test=(),
                  member_train=None) -> None:
@@ -260,24 +272,23 @@ class _ElementCheck:
         of it by default)."""
         from .common import check_split_elements
 
-        frames = self.ds.frames
-        held = {"training pool": [frames[int(i)] for i in pool]}
+        held = {"training pool": [self._elements(i) for i in pool]}
         if len(validation):
-            held["validation"] = [frames[int(i)] for i in validation]
+            held["validation"] = [self._elements(i) for i in validation]
         if len(test):
             held["test"] = list(test)
         cal = list(self.calibration_frames(held_out))
         if cal:
             held["calibration"] = cal
         if self.mean == "all" and served_train is not None:
-            check_split_elements([frames[int(i)] for i in served_train], held, model="the served mean")
+            check_split_elements([self._elements(i) for i in served_train], held, model="the served mean")
         for k in range(self.K):
             idx = _member_indices(pool, n_member, k, self.seed)
             train = idx if member_train is None else member_train(idx, self.seed + k + 1)
-            check_split_elements([frames[int(i)] for i in train], held, model=f"committee member {k + 1} of {self.K}",
-                                 hint=hint)
+            check_split_elements([self._elements(i) for i in train], held,
+                                 model=f"committee member {k + 1} of {self.K}", hint=hint)
         if isinstance(self.mean, Model):  # the members know exactly the pool's elements now
-            need = {int(z) for f in held["training pool"] for z in np.unique(f.numbers)}
+            need = {int(z) for els in {id(a): a for a in held["training pool"]}.values() for z in els}
             if set(self.mean.species) != need:
                 raise InputError(f"the served mean (--committee-mean) is for elements {', '.join(self.mean.elements)}; "
                                  f"the committee's training frames hold "

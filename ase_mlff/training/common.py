@@ -252,14 +252,14 @@ SPLIT_HINT = ("choose a split whose training frames hold every element (another 
 def _element_sets(frames) -> list[frozenset]:
     """The elements of each frame (a :class:`~ase_mlff.data.Frame` or an array of atomic
     numbers); frames that share one array (a molecule's frames) are looked at once."""
-    seen: dict[int, frozenset] = {}
+    seen: dict[int, tuple] = {}  # id -> (the array itself, kept alive so that its id is not reused; its set)
     out = []
     for f in frames:
         numbers = getattr(f, "numbers", f)
         key = id(numbers)
         if key not in seen:
-            seen[key] = frozenset(int(z) for z in np.unique(np.asarray(numbers)))
-        out.append(seen[key])
+            seen[key] = (numbers, frozenset(int(z) for z in np.unique(np.asarray(numbers))))
+        out.append(seen[key][1])
     return out
 
 
