@@ -100,10 +100,14 @@ def _add_delegated(sub, name, module, help_text):
 
 def _add_committee(p, family) -> None:
     """``--committee K`` and its options on a family's train parser: with it, the committee
-    trainer runs instead of the family's own (which then only reads its flags)."""
+    trainer runs instead of the family's own (which then only reads its flags). Only families
+    the committee trainer supports (``committee.FAMILIES``) get the options: GAP, whose GP gives
+    its own predictive variance, has none."""
     try:
         from .training import committee
     except ImportError:  # pragma: no cover - only in a partial installation
+        return
+    if family not in committee.FAMILIES:
         return
     committee.add_arguments(p)
     single = p.get_default("_run")

@@ -202,14 +202,26 @@ def test_mff_interrupted_in_each_stage_then_resumed_equals_uninterrupted(tmp_pat
     assert mff_train.run(args) == 130
     assert not out.exists() and (tmp_path / "m.mlff.ckpt").exists()
     n_eval = sum(1 for line in capsys.readouterr().err.splitlines() if "log ML=" in line)
-    args = p.parse_args(argv + ["--resume"])
-    args._stop_after = n_total - 3 + 2  # the rest of the search, the fit, then one mapping block
+    from ase_mlff.data import read
     from ase_mlff.io import read_archive
 
+    # safe points after a resume: the rest of the search (n_total - 3 evaluations), the end of the
+    # search, one per training frame of the sparse fit's design matrix (15), the fit, the spline blocks
+    args = p.parse_args(argv + ["--resume"])
+    args._stop_after = (n_total - 3) + 1 + 2  # the rest of the search, then two frames' design rows
+    assert mff_train.run(args) == 130
+    meta, arrays = read_archive(tmp_path / "m.mlff.ckpt")
+    assert meta["state"]["stage"] == "design" and meta["state"]["design_frames"] == 2
+    ni = read(NI)
+    first = [ni[int(i)] for i in ni.split(15, 0, 5, seed=0).train[:2]]  # the pool's first two frames
+    assert len(arrays["design_rows"]) == sum(1 + 3 * len(f) + 6 for f in first)  # energy, forces, virial
+    args = p.parse_args(argv + ["--resume"])
+    args._stop_after = 13 + 1  # the other 13 frames' rows, then the fit
     rc = mff_train.run(args)
     assert rc == 130, capsys.readouterr()
     meta, arrays = read_archive(tmp_path / "m.mlff.ckpt")
     assert meta["state"]["stage"] == "mapping" and "sparse_x" in arrays  # the sparse fit (default) is saved
+    assert "design_rows" not in arrays  # no longer needed
     assert mff_train.run(p.parse_args(argv + ["--resume"])) == 0
     assert n_eval == 3
     m0, m1 = load_model(ref), load_model(out)
@@ -225,3 +237,119 @@ def test_mff_interrupted_in_each_stage_then_resumed_equals_uninterrupted(tmp_pat
     assert set(example["symbols"]) == {"Ni"} and all(example["pbc"])
     export_lammps(str(out), tmp_path / "lmp", name="ni")
     assert any(f.endswith(".data") for f in os.listdir(tmp_path / "lmp"))
+
+
+# ------------------------------------------------------------------------------ GAP
+SI = os.path.join(DATA, "si_mlearn_16.extxyz")
+GAP_OPTS = dict(cutoff=4.0, n_max=3, l_max=2, n_sparse=30, n_test=3, two_body=True, seed=0)
+GAP_ARGS = ["--cutoff", "4.0", "--n-max", "3", "--l-max", "2", "--n-sparse", "30", "--n-test", "3", "--two-body"]
+
+
+@pytest.fixture(scope="module")
+def si():
+    from ase_mlff.data import read
+
+    return read(SI)
+
+
+@pytest.fixture(scope="module")
+def gap_reference(si):
+    from ase_mlff.training.gap_train import train
+
+    return train(si, **GAP_OPTS)
+
+
+def _identical(m0, m1):
+    """Bit-identical parameters (the fit is resumed, not redone)."""
+    a0, a1 = m0.get_arrays(), m1.get_arrays()
+    assert a0.keys() == a1.keys()
+    for k in a0:
+        np.testing.assert_array_equal(a1[k], a0[k], err_msg=k)
+    assert m1.get_config() == m0.get_config()
+
+
+def test_gap_interrupted_anywhere_then_resumed_equals_uninterrupted(si, gap_reference, tmp_path):
+    """Safe points: 1 after the sparse points are chosen, 2..14 after each of the 13 training
+    frames' design rows, 15 after the solve; a stop at any of them, even twice in the design,
+    resumes to the uninterrupted model bit for bit."""
+    from ase_mlff.io import read_archive
+    from ase_mlff.training.gap_train import train
+
+    m0, r0 = gap_reference
+    for stops, stage in (((1,), "design"), ((3, 5), "design"), ((15,), "solved")):
+        ck = tmp_path / f"g{stops[0]}.ckpt"
+        with pytest.raises(TrainingInterrupted) as exc:
+            train(si, checkpoint=ck, stop_after=stops[0], **GAP_OPTS)
+        assert exc.value.exit_code == 130 and exc.value.checkpoint == str(ck)
+        for again in stops[1:]:  # interrupted again while resuming
+            with pytest.raises(TrainingInterrupted):
+                train(si, checkpoint=ck, resume=True, stop_after=again, **GAP_OPTS)
+        meta, arrays = read_archive(ck)
+        assert meta["state"]["stage"] == stage and {"sparse", "pair_sparse"} <= set(arrays)
+        if stops == (3, 5):  # 2 frames, then (a resume has no selection point) 5 more: 7 frames' rows
+            train_frames = [si[int(i)] for i in si.split(13, 0, 3, seed=0).train]
+            assert meta["state"]["design_frames"] == 7
+            assert arrays["design_rows"].shape == (sum(1 + 3 * len(f) + 6 for f in train_frames[:7]),
+                                                   m0.n_parameters + 1)
+        if stage == "solved":
+            assert "x" in arrays and "R" in arrays and "design_rows" not in arrays
+        m1, r1 = train(si, checkpoint=ck, resume=True, **GAP_OPTS)
+        _identical(m0, m1)
+        assert r1["resumed_from"] == stage and r1["metrics"] == r0["metrics"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_gap_real_signal_stops_at_the_next_safe_point(si, gap_reference, tmp_path, signum, code):
+    from ase_mlff.training.gap_train import train
+
+    ck = tmp_path / "g.ckpt"
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def progress(msg):
+        if msg.startswith("SOAP:"):  # the descriptors are done: stop after the sparse points are chosen
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(TrainingInterrupted) as exc:
+        train(si, checkpoint=ck, progress=progress, **GAP_OPTS)
+    assert exc.value.signum == signum and exc.value.exit_code == code and ck.exists()
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers removed again
+    m1, _ = train(si, checkpoint=ck, resume=True, **GAP_OPTS)
+    _identical(gap_reference[0], m1)
+
+
+def test_gap_resume_refuses_other_options_or_data(si, tmp_path):
+    from ase_mlff.data import Dataset
+    from ase_mlff.training.gap_train import train
+
+    ck = tmp_path / "g.ckpt"
+    with pytest.raises(TrainingInterrupted):
+        train(si, checkpoint=ck, stop_after=4, **GAP_OPTS)
+    with pytest.raises(TrainingError, match="n_sparse: checkpoint 30, now 40"):
+        train(si, checkpoint=ck, resume=True, **dict(GAP_OPTS, n_sparse=40))
+    other = Dataset.from_frames(list(si)[::-1])  # the same frames in another order: other data
+    with pytest.raises(TrainingError, match="dataset sha256"):
+        train(other, checkpoint=ck, resume=True, **GAP_OPTS)
+    with pytest.raises(TrainingError, match="resume"):  # a fresh run does not overwrite the checkpoint
+        train(si, checkpoint=ck, **GAP_OPTS)
+
+
+def test_gap_cli_interrupt_keeps_existing_model_and_resumes(gap_reference, tmp_path, capsys):
+    from ase_mlff.io import load_model
+    from ase_mlff.training import gap_train
+
+    out = tmp_path / "g.mlff"
+    out.write_bytes(b"an earlier model the user wants to keep")
+    before = _sha(out)
+    argv = [SI, "-o", str(out), "--overwrite"] + GAP_ARGS
+    p = _parser(gap_train)
+    args = p.parse_args(argv)
+    args._stop_after = 6  # in the design matrix
+    assert gap_train.run(args) == 130
+    assert "--resume" in capsys.readouterr().err and _sha(out) == before
+    assert (tmp_path / "g.mlff.ckpt").exists()
+    assert gap_train.run(p.parse_args(argv)) == 2  # would discard the checkpoint
+    assert "--resume" in capsys.readouterr().err
+    assert gap_train.run(p.parse_args(argv + ["--resume"])) == 0
+    assert not (tmp_path / "g.mlff.ckpt").exists()
+    _identical(gap_reference[0], load_model(out))
+    assert gap_train.run(p.parse_args([SI, "-o", str(tmp_path / "x.mlff"), "--resume"] + GAP_ARGS)) == 2

@@ -275,3 +275,21 @@ def test_train_gap_command_with_yaml_config(tmp_path, capsys):
     assert "GAP model written" in text and "test (3 frames)" in text
     assert load_model(out).family == "gap"
     assert main(["train", "gap", "--config", str(cfg), "-o", str(out)]) == 2  # exists: not replaced
+
+
+def test_train_gap_does_not_offer_committee_options(capsys):
+    """The committee trainer has no GAP recipe (a GAP has its own GP variance), so ``train gap``
+    offers none of its options; the families it supports still do."""
+    from ase_mlff.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "gap", "--help"])
+    assert "--committee" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["train", "gap", SI, "-o", "x.mlff", "--committee", "2"])
+    assert exc.value.code == 2 and "--committee" in capsys.readouterr().err
+    for family in ("sgdml", "mff", "bpnn", "schnet"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", family, "--help"])
+        assert "--committee K" in capsys.readouterr().out, family

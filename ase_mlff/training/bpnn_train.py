@@ -5,7 +5,9 @@
 
 The recipe:
 
-1. split the frames (``Dataset.split``, seed): training, validation, test;
+1. split the frames (``Dataset.split``, seed): training, validation, test; a split whose validation
+   or test frames hold an element the training frames lack is refused before anything is computed
+   (:func:`ase_mlff.training.common.check_split_elements`);
 2. symmetry functions chosen from the training frames (:func:`ase_mlff.descriptors.acsf.automatic_set`:
    stated library rule, then B13 §13.3.3 selection), and per-element scaling (mean/std);
 3. per-element reference energies ``e0`` by least squares on the training energies (element
@@ -42,7 +44,7 @@ from ..graph import graph_from_structure
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
 from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from .checkpoint import TrainingInterrupted
-from .common import reference_energies
+from .common import UsageError, check_split_elements, reference_energies
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -162,6 +164,7 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
     train_f = [frames[k] for k in split.train]
     valid_f = [frames[k] for k in split.valid]
     test_f = [frames[k] for k in split.test]
+    check_split_elements(train_f, {"validation": valid_f, "test": test_f})
     options = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed, "cutoff": cutoff,
                "hidden": list(hidden), "activation": activation, "n_radial": n_radial, "n_eta": n_eta,
                "zetas": list(zetas), "max_correlation": max_correlation, "dtype": dtype, "epochs": epochs,
@@ -240,7 +243,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def run(args) -> int:
     from .. import data as data_mod
     from .checkpoint import default_checkpoint_path
-    from .common import UsageError, check_new_output, timed_printer
+    from .common import check_new_output, timed_printer
 
     def fail(msg, code):
         print(f"ase-mlff train bpnn: error: {msg}", file=sys.stderr)
@@ -277,6 +280,8 @@ def run(args) -> int:
         where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
         print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
+    except UsageError as exc:  # e.g. a split whose test frames hold an element the training frames lack
+        return fail(exc, EXIT_USAGE)
     except MLFFError as exc:
         return fail(exc, EXIT_DATA)
     rec = {k: report[k] for k in ("options", "split", "selection", "valid", "test", "train_time_s",

@@ -3,6 +3,10 @@
 Recipe (the model is :class:`ase_mlff.models.committee.CommitteeModel`; its docstring gives
 the equations of the served prediction and the uncertainties):
 
+0. Before anything trains, every member's subsample (its training part) and the served mean's
+   training frames are checked to hold every element of the training pool, of the validation
+   frames and of the calibration frames (:class:`_ElementCheck`); a member that could never
+   learn an element is refused, naming the member, instead of failing after every member trained.
 1. Hold out calibration frames: ``calibration`` data when given (``n_calibration`` of them,
    drawn from the named stream "calibration" of ``seed``), else the validation frames of the
    training data (sGDML: ``n_valid``; MFF and BPNN: ``n_test``).
@@ -46,6 +50,7 @@ import warnings
 from typing import Any, Callable
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from ..errors import DatasetError, InputError, TrainingError
 from ..models.base import Model
@@ -171,29 +176,36 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     elif mean not in ("all", "members"):
         raise InputError(f"mean must be 'all', 'members' or a trained {family} model, got {mean!r}")
     t0 = time.perf_counter()
-    if family == "sgdml":
-        members, served, report, held_out = _train_sgdml(ds, K, n_member, mean, seed, say, options)
-    elif family in ("bpnn", "schnet"):  # SchNet: the same split and member scheme as BPNN
-        members, served, report, held_out = _train_bpnn(ds, K, n_member, mean, seed, say, options, family)
-    else:
-        members, served, report, held_out = _train_mff(ds, K, n_member, mean, seed, say, options)
-    model = CommitteeModel(members, served)
 
-    # ---- calibration frames: never frames the served mean or a member was trained on
+    # ---- calibration frames: never frames the served mean or a member was trained on; chosen
+    # before anything trains, so that the element check (step 0) sees them
     if calibration is not None:
         cal = _as_dataset(calibration)
         n = len(cal) if n_calibration is None else int(n_calibration)
         if not 0 < n <= len(cal):
             raise DatasetError(f"asked for {n} calibration frames (n_calibration), the calibration data have {len(cal)}")
-        idx = np.sort(random_stream(seed, "calibration").choice(len(cal), n, replace=False))
-        frames, where = cal[idx], {"source": cal.source, "data_sha256": cal.sha256(), "indices": idx.tolist()}
-    else:
+        cal_idx = np.sort(random_stream(seed, "calibration").choice(len(cal), n, replace=False))
+
+    def calibration_frames(held_out):
+        """(frames, record) of the calibration frames, given the family's held-out indices."""
+        if calibration is not None:
+            return cal[cal_idx], {"source": cal.source, "data_sha256": cal.sha256(), "indices": cal_idx.tolist()}
         idx = np.asarray(held_out, dtype=np.int64)
         if n_calibration is not None:
             idx = idx[: int(n_calibration)]
-        frames, where = ds[idx], {"source": ds.source, "data_sha256": ds.sha256(), "indices": idx.tolist()}
-        if isinstance(mean, Model):
-            _check_disjoint(mean, ds, idx)
+        return ds[idx], {"source": ds.source, "data_sha256": ds.sha256(), "indices": idx.tolist()}
+
+    check = _ElementCheck(ds, K, seed, mean, lambda held: calibration_frames(held)[0])
+    if family == "sgdml":
+        members, served, report, held_out = _train_sgdml(ds, K, n_member, mean, seed, say, options, check)
+    elif family in ("bpnn", "schnet"):  # SchNet: the same split and member scheme as BPNN
+        members, served, report, held_out = _train_bpnn(ds, K, n_member, mean, seed, say, options, check, family)
+    else:
+        members, served, report, held_out = _train_mff(ds, K, n_member, mean, seed, say, options, check)
+    model = CommitteeModel(members, served)
+    frames, where = calibration_frames(held_out)
+    if calibration is None and isinstance(mean, Model):
+        _check_disjoint(mean, ds, np.asarray(where["indices"], dtype=np.int64))
     if len(frames) == 0:
         warnings.warn("no calibration frames: the uncertainties are the raw member spread (factors 1)",
                       stacklevel=2)
@@ -226,6 +238,69 @@ def _check_disjoint(mean: Model, ds, idx) -> None:
                                "data file; give separate calibration data (--calibration-data)")
 
 
+class _ElementCheck:
+    """Step 0, before anything trains: every model the committee will hold, the served mean
+    trained here and each member, must have in its own training frames every element of the
+    training pool (members describe the same elements as each other and as the served mean), of
+    the validation frames it is scored on and of the calibration frames; otherwise it could
+    never learn that element, and the committee would fail after every member had trained.
+    The members' subsamples are drawn here exactly as :func:`_train_members` draws them.
+    A served mean given as a model must know the pool's elements. Raises
+    :class:`~ase_mlff.training.common.SplitError` naming the member."""
+
+    def __init__(self, ds, K: int, seed: int, mean, calibration_frames):
+        self.ds, self.K, self.seed, self.mean = ds, K, seed, mean
+        self.calibration_frames = calibration_frames
+        self._sets: dict[int, np.ndarray] = {}
+        self._interned: dict[tuple, np.ndarray] = {}
+
+    def _elements(self, i) -> np.ndarray:
+        """Frame ``i`` as the array of its elements, one shared array per distinct set: the K + 1
+        checks then look at each set once (check_split_elements skips arrays it has seen), not
+        at every frame of the pool K + 1 times."""
+        i = int(i)
+        if i not in self._sets:
+            key = tuple(np.unique(self.ds.frames[i].numbers).tolist())
+            self._sets[i] = self._interned.setdefault(key, np.array(key, dtype=np.int64))
+        return self._sets[i]
+
+    def __call__(self, pool, n_member: int, held_out, hint: str, served_train=None, validation=(), test=(),
+                 member_train=None) -> None:
+        """``served_train``: training frames of the served mean "all"; ``validation``: frames
+        every model is scored on besides the pool; ``test``: frames every model is evaluated on;
+        ``member_train(indices, member_seed)``: the training part of a member's subsample (all
+        of it by default)."""
+        from .common import check_split_elements
+
+        held = {"training pool": [self._elements(i) for i in pool]}
+        if len(validation):
+            held["validation"] = [self._elements(i) for i in validation]
+        if len(test):
+            held["test"] = list(test)
+        cal = list(self.calibration_frames(held_out))
+        if cal:
+            held["calibration"] = cal
+        if self.mean == "all" and served_train is not None:
+            check_split_elements([self._elements(i) for i in served_train], held, model="the served mean")
+        for k in range(self.K):
+            idx = _member_indices(pool, n_member, k, self.seed)
+            train = idx if member_train is None else member_train(idx, self.seed + k + 1)
+            check_split_elements([self._elements(i) for i in train], held,
+                                 model=f"committee member {k + 1} of {self.K}", hint=hint)
+        if isinstance(self.mean, Model):  # the members know exactly the pool's elements now
+            need = {int(z) for els in {id(a): a for a in held["training pool"]}.values() for z in els}
+            if set(self.mean.species) != need:
+                raise InputError(f"the served mean (--committee-mean) is for elements {', '.join(self.mean.elements)}; "
+                                 f"the committee's training frames hold "
+                                 f"{', '.join(chemical_symbols[z] for z in sorted(need))}: give a model trained on "
+                                 "the same data")
+
+
+#: what to change when a member's frames lack an element, in the flags of each family
+_MEMBER_HINT = ("choose another --seed or more frames per member ({}), or leave the frames of that element out of "
+                "the data")
+
+
 def _served_mean(mean, fit_all, say, what: str):
     """The served model and its report entry: ``mean`` is "all" (``fit_all()`` -> (model, report
     entry) trains one model on all the training frames), a given :class:`Model`, or "members"
@@ -253,7 +328,7 @@ def _train_members(K: int, pool: np.ndarray, n_member: int, seed: int, fit_membe
     return members, recs
 
 
-def _train_sgdml(ds, K, n_member, mean, seed, say, options):
+def _train_sgdml(ds, K, n_member, mean, seed, say, options, check):
     from .sgdml_train import train_sgdml
 
     options = dict(options)
@@ -270,6 +345,8 @@ def _train_sgdml(ds, K, n_member, mean, seed, say, options):
     if not 1 <= n_member <= len(pool):
         raise DatasetError(f"{n_member} frames per member (--n-train) from a pool of {len(pool)} training frames")
     report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "valid_indices": valid.tolist()}
+    check(pool, n_member, valid, _MEMBER_HINT.format("--n-train"), served_train=pool, validation=valid)
+
     def fit_all():
         model, rep = train_sgdml(ds, len(pool), len(valid), sigmas=sigmas, seed=seed, train_indices=pool,
                                  valid_indices=valid, test_indices=np.zeros(0, np.int64), progress=say, **options)
@@ -307,7 +384,8 @@ def mff_options(**overrides) -> argparse.Namespace:
     return args
 
 
-def _train_mff(ds, K, n_member, mean, seed, say, options):
+def _train_mff(ds, K, n_member, mean, seed, say, options, check):
+    from .common import read_training_data
     from .mff_train import train_mff
 
     args = options.pop("args", None) or mff_options(**options)
@@ -320,6 +398,10 @@ def _train_mff(ds, K, n_member, mean, seed, say, options):
     if not 1 <= n_member <= len(pool):
         raise DatasetError(f"{n_member} frames per member from a pool of {len(pool)} training frames")
     report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "held_out_indices": held.tolist()}
+    # every model (mean and members) is also evaluated on a --test file, when one is given
+    test = [] if getattr(args, "test", None) is None else list(
+        read_training_data(args.test, getattr(args, "energy_unit", None)))
+    check(pool, n_member, held, _MEMBER_HINT.format("--committee-frames"), served_train=pool, test=test)
 
     def fit(indices, member_seed):
         a = argparse.Namespace(**{**vars(args), "n_test": 0, "n_gp_eval": 0, "seed": member_seed})
@@ -354,7 +436,7 @@ def _bpnn_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
     return int(n_train), n_valid, n_test
 
 
-def _train_bpnn(ds, K, n_member, mean, seed, say, options, family="bpnn"):
+def _train_bpnn(ds, K, n_member, mean, seed, say, options, check, family="bpnn"):
     train_bpnn = _nn_recipe(family)
 
     options = dict(options)
@@ -374,6 +456,13 @@ def _train_bpnn(ds, K, n_member, mean, seed, say, options, family="bpnn"):
                               "split": {"train": split.train.tolist(), "valid": split.valid.tolist(),
                                         "test": held.tolist()}, "held_out_indices": held.tolist(),
                               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}}
+
+    def member_train(idx, member_seed):  # the training part of the split train_bpnn makes below
+        return idx[ds[idx].split(n_member - n_valid_member, n_valid_member, 0, seed=member_seed).train]
+
+    check(pool, n_member, held, _MEMBER_HINT.format("--committee-frames"), served_train=split.train,
+          member_train=member_train)
+
     def fit_all():
         # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
         # the test frames are evaluated below, as calibration frames
@@ -447,7 +536,8 @@ def training_record(report: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The committee options of every ``ase-mlff train FAMILY`` parser."""
+    """The committee options of the ``ase-mlff train FAMILY`` parser of every family in
+    :data:`FAMILIES` (the only ones the committee trainer supports)."""
     g = parser.add_argument_group(
         "committee (uncertainty; docs/uncertainty.md)",
         "With --committee K, K models are trained on random subsets of the training frames and stored "
@@ -476,7 +566,7 @@ def run(family: str, args) -> int:
     from ..errors import MLFFError
     from ..io import load_model, save_model
     from .checkpoint import check_output
-    from .common import timed_printer
+    from .common import UsageError, timed_printer
 
     def fail(msg, code):
         print(f"ase-mlff train {family} --committee: error: {msg}", file=sys.stderr)
@@ -544,6 +634,8 @@ def run(family: str, args) -> int:
             mean = load_model(mean)
         model, report = train_committee(family, ds, K, n_member=n_member, mean=mean, seed=seed, calibration=cal,
                                         n_calibration=args.n_calibration, progress=progress, **options)
+    except UsageError as exc:  # e.g. a member's frames lack an element (checked before anything trains)
+        return fail(exc, 2)
     except MLFFError as exc:
         from .sgdml_train import cli_message
 

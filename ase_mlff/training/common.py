@@ -22,6 +22,11 @@ Options: every recipe declares its options once, as :class:`Option` rows; the li
 (``ase_mlff.train(family, data, **options)``), the command-line flags (``--n-train``) and the
 YAML/JSON config keys (``n_train`` or ``n-train``) are generated from that table. Precedence:
 flags, then the config file, then the defaults.
+
+Split check (:func:`check_split_elements`): every recipe, once its split is known and before
+any expensive work, refuses a split whose validation or test frames (or, for committees, whose
+pool and calibration frames) hold an element that a model's training frames lack
+(:class:`SplitError`: exit status 2 on the command line).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from ase import units
 from ase.data import chemical_symbols
+
+from ..errors import DatasetError
 
 # ------------------------------------------------------------------------------ reference energies
 
@@ -227,6 +234,64 @@ class Option:
 
 class UsageError(Exception):
     """A problem with the command line or the config file (exit status 2)."""
+
+
+# ------------------------------------------------------------------------------ split checks
+class SplitError(UsageError, DatasetError):
+    """Held-out frames (validation, test, calibration, a committee's pool) hold an element that
+    the training frames of a model lack: the model could never learn it. Raised before any
+    training work; a usage error on the command line (exit status 2: the fix is another split,
+    seed or data file), a :class:`~ase_mlff.errors.DatasetError` in Python."""
+
+
+#: what to change, in the words of the command line (every train command has --seed)
+SPLIT_HINT = ("choose a split whose training frames hold every element (another --seed, more training frames), "
+              "or leave those frames out of the data")
+
+
+def _element_sets(frames) -> list[frozenset]:
+    """The elements of each frame (a :class:`~ase_mlff.data.Frame` or an array of atomic
+    numbers); frames that share one array (a molecule's frames) are looked at once."""
+    seen: dict[int, tuple] = {}  # id -> (the array itself, kept alive so that its id is not reused; its set)
+    out = []
+    for f in frames:
+        numbers = getattr(f, "numbers", f)
+        key = id(numbers)
+        if key not in seen:
+            seen[key] = (numbers, frozenset(int(z) for z in np.unique(np.asarray(numbers))))
+        out.append(seen[key][1])
+    return out
+
+
+def check_split_elements(train, held: dict[str, Sequence], known: Iterable[int] = (), model: str | None = None,
+                         hint: str = SPLIT_HINT) -> None:
+    """Refuse (:class:`SplitError`) a split in which a frame of ``held`` (``{"validation":
+    frames, "test": frames, ...}``) holds an element that no frame of ``train`` holds.
+
+    Every train command calls this once its split is known and before the first expensive step,
+    so that a model is never trained to the end only to fail on its test frames, and never
+    ships an element (SchNet's embedding, a BPNN network, an MFF or GAP kernel block) that no
+    training frame ever taught it. ``known``: elements the model has learnt elsewhere (the
+    parent of a fine-tuned model). ``model`` names the model in the message (a committee
+    member; default: the only one); ``hint`` says what to change. Frames: :class:`~ase_mlff.data.Frame` objects or
+    arrays of atomic numbers."""
+    train = list(train)
+    have = set(int(z) for z in known).union(*_element_sets(train))
+    missing = {}
+    for name, frames in held.items():
+        for elements in _element_sets(frames):
+            for z in elements - have:
+                missing.setdefault(z, {}).setdefault(name, [0, len(frames)])[0] += 1
+    if not missing:
+        return
+    parts = []
+    for z in sorted(missing):
+        where = ", ".join(f"{n} of the {total} {name} frames" for name, (n, total) in missing[z].items())
+        parts.append(f"{chemical_symbols[z]} (in {where})")
+    one = len(parts) == 1
+    whose = f" of {model}, which" if model else ", so the model"
+    raise SplitError(f"{'element' if one else 'elements'} {'; '.join(parts)} {'is' if one else 'are'} in none of "
+                     f"the {len(train)} training frames{whose} could never learn {'it' if one else 'them'}: {hint}")
 
 
 class _Given(argparse.Action):

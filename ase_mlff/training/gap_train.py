@@ -28,6 +28,18 @@ block-diagonal prior (``K_MM`` of the sparse environments, ``K_UU`` of the spars
 (never the normal equations, which square the condition number). The triangular factor is kept in
 the model file for the predictive variance unless ``--no-variance``. Any failure of a
 factorisation is a :class:`~ase_mlff.errors.TrainingError`.
+
+Before anything is computed, test frames holding an element that no training frame holds are
+refused (:func:`ase_mlff.training.common.check_split_elements`, exit status 2).
+
+Checkpoints (:mod:`ase_mlff.training.checkpoint`; ``OUTPUT.ckpt`` on the command line): one is
+written after the sparse environments are chosen (they are stored, so a resumed run skips the
+descriptors), every ``--checkpoint-interval`` seconds while the design matrix is built (the
+weighted rows of the frames done so far) and after the solve (``x`` and ``R``). Ctrl-C or
+SIGTERM stops at the next of these points after writing the checkpoint (exit 130 / 143; the
+QR itself is not interruptible: a stop asked for during it comes after it); ``--resume``
+continues to the same model, bit for bit (every frame's rows depend on that frame alone and the
+QR sees the same matrix). A checkpoint of other data or options is refused.
 """
 
 from __future__ import annotations
@@ -41,8 +53,9 @@ import time
 import numpy as np
 import torch
 
-from .common import (Option, UsageError, add_options, format_metrics, frame_metrics, resolve_cli_options,
-                     predict_frames, read_training_data, resolve_options, timed_printer)
+from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, format_metrics,
+                     frame_metrics, predict_frames, read_training_data, resolve_cli_options, resolve_options,
+                     timed_printer)
 from .common import training_record as common_record
 from . import sparse_gp
 from .sparse_gp import cholesky_upper, has_virial, parse_config_type_sigmas
@@ -70,10 +83,19 @@ OPTIONS = (
     *sparse_gp.solve_options(sigma_force=0.1, sigma_virial=0.1),
     Option("no_variance", False, "do not keep the factors of the predictive variance in the model file", kind="flag"),
     Option("seed", 0, "seed of the random choices (test split, sparse points)", int),
+    Option("checkpoint", None, "checkpoint file, removed after the model is saved "
+                               "(none: OUTPUT.ckpt on the command line; no checkpoints in Python)"),
+    Option("checkpoint_interval", 60.0, "least seconds between checkpoints while the design matrix is built (one "
+                                        "is always written after the sparse points are chosen, after the solve "
+                                        "and on Ctrl-C/SIGTERM)", float),
+    Option("resume", False, "continue an interrupted run from its checkpoint (same data and options)", kind="flag"),
     Option("output", None, "model file to write (.mlff; required)", library=False, short="-o"),
     Option("overwrite", False, "replace an existing output model file", kind="flag", library=False),
     Option("report", None, "write the measured errors and timings to this JSON file", library=False),
 )
+
+#: options that do not change the fitted model (left out of a checkpoint's identity)
+_NOT_MODEL = ("test", "checkpoint", "checkpoint_interval", "resume")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -116,13 +138,20 @@ def select_sparse(X: np.ndarray, k: int, method: str, rng: np.random.Generator, 
     return first[np.sort(pick)]
 
 
-def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
-    """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``."""
+def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None,
+            resume: tuple[dict, dict] | None = None):
+    """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``.
+
+    ``ckpt``: a :class:`~ase_mlff.training.checkpoint.Checkpointer` whose safe points are called
+    after the sparse points are chosen, after every frame's design rows and after the solve
+    (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from."""
     from ..graph import FrameGraphs
     from ..models.gap import GAPModel
     from ..rng import random_stream
 
     t0 = time.perf_counter()
+    state, saved = resume or ({}, {})
+    safe_point = ckpt.safe_point if ckpt is not None else (lambda snapshot, force=False: None)
     frames = [ds[int(i)] for i in train_idx]
     species = sorted({int(z) for f in frames for z in f.numbers})
     S = len(species)
@@ -134,38 +163,54 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
         two_body = {"cutoff": float(opts["two_body_cutoff"] or opts["cutoff"]), "width": opts["two_body_width"],
                     "delta": opts["two_body_delta"], "theta": opts["two_body_theta"],
                     "n_sparse": int(opts["two_body_n_sparse"])}
-    # 1. descriptors of every training environment (a model with no sparse points yet)
-    probe = GAPModel(species, soap=soap_h, zeta=opts["zeta"], delta=opts["delta"], n_sparse=[0] * S,
-                     two_body=None, variance=False)
-    graphs = FrameGraphs(frames, probe.cutoff if not two_body else max(probe.cutoff, two_body["cutoff"]))
-    desc, desc_species, rmin = [], [], np.inf
-    for k in sparse_gp.progress(range(len(frames)), "SOAP descriptors", quiet):
-        g = graphs[k]
-        s, first, nbr, centre = probe._soap_inputs(g)
-        vec = g.edge_vectors().numpy()
-        p = probe.soap.raw(g.n_atoms, first, nbr, centre, vec)[0]
-        desc.append(p / np.linalg.norm(p, axis=1, keepdims=True))
-        desc_species.append(s.numpy())
-        if len(vec):
-            rmin = min(rmin, float(np.linalg.norm(vec, axis=1).min()))
-    X = np.concatenate(desc)
-    xs = np.concatenate(desc_species)
-    log(f"SOAP: {len(X)} environments, {X.shape[1]} components, {time.perf_counter() - t0:.1f} s")
-    # 2. sparse environments
-    rng = random_stream(opts["seed"], "sparse")
-    chosen = [select_sparse(X[xs == a], int(opts["n_sparse"]), opts["sparse_method"], rng, opts["zeta"])
-              for a in range(S)]
-    n_sparse = [len(c) for c in chosen]
-    model = GAPModel(species, soap=soap_h, zeta=opts["zeta"], delta=opts["delta"], n_sparse=n_sparse,
-                     two_body=two_body, variance=not opts["no_variance"], _defer_tables=True)
-    model.adopt_soap(probe.soap)  # the probe's tables: no second quadrature
-    model.sparse.copy_(torch.from_numpy(np.concatenate([X[xs == a][c] for a, c in enumerate(chosen)])))
-    if two_body:
-        lo = max(0.5, rmin if np.isfinite(rmin) else 0.5)
-        grid = np.linspace(lo, two_body["cutoff"], two_body["n_sparse"])
-        model.pair_sparse.copy_(torch.from_numpy(np.tile(grid, model.n_pair_keys)))
-    log(f"sparse environments per element {dict(zip(species, n_sparse))} ({opts['sparse_method']})"
-        + (f"; 2-body grid {model.n_pair_sparse} distances from {grid[0]:.2f} Å" if two_body else ""))
+    common = dict(soap=soap_h, zeta=opts["zeta"], delta=opts["delta"])
+    graph_cutoff = max(float(opts["cutoff"]), two_body["cutoff"]) if two_body else float(opts["cutoff"])
+    graphs = FrameGraphs(frames, graph_cutoff)
+    if "sparse" in saved:
+        # 1-2. from the checkpoint: the chosen sparse points (the descriptors are not needed again)
+        n_sparse, n_env = [int(n) for n in state["n_sparse"]], int(state["n_environments"])
+        model = GAPModel(species, n_sparse=n_sparse, two_body=two_body, variance=not opts["no_variance"], **common)
+        model.sparse.copy_(torch.from_numpy(saved["sparse"]))
+        model.pair_sparse.copy_(torch.from_numpy(saved["pair_sparse"]))
+        log(f"resumed: sparse environments per element {dict(zip(species, n_sparse))} from the checkpoint")
+    else:
+        # 1. descriptors of every training environment (a model with no sparse points yet)
+        probe = GAPModel(species, n_sparse=[0] * S, two_body=None, variance=False, **common)
+        desc, desc_species, rmin = [], [], np.inf
+        for k in sparse_gp.progress(range(len(frames)), "SOAP descriptors", quiet):
+            g = graphs[k]
+            s, first, nbr, centre = probe._soap_inputs(g)
+            vec = g.edge_vectors().numpy()
+            p = probe.soap.raw(g.n_atoms, first, nbr, centre, vec)[0]
+            desc.append(p / np.linalg.norm(p, axis=1, keepdims=True))
+            desc_species.append(s.numpy())
+            if len(vec):
+                rmin = min(rmin, float(np.linalg.norm(vec, axis=1).min()))
+        X = np.concatenate(desc)
+        xs = np.concatenate(desc_species)
+        n_env = int(len(X))
+        log(f"SOAP: {len(X)} environments, {X.shape[1]} components, {time.perf_counter() - t0:.1f} s")
+        # 2. sparse environments
+        rng = random_stream(opts["seed"], "sparse")
+        chosen = [select_sparse(X[xs == a], int(opts["n_sparse"]), opts["sparse_method"], rng, opts["zeta"])
+                  for a in range(S)]
+        n_sparse = [len(c) for c in chosen]
+        model = GAPModel(species, n_sparse=n_sparse, two_body=two_body, variance=not opts["no_variance"],
+                         _defer_tables=True, **common)
+        model.adopt_soap(probe.soap)  # the probe's tables: no second quadrature
+        model.sparse.copy_(torch.from_numpy(np.concatenate([X[xs == a][c] for a, c in enumerate(chosen)])))
+        del X, desc
+        if two_body:
+            lo = max(0.5, rmin if np.isfinite(rmin) else 0.5)
+            grid = np.linspace(lo, two_body["cutoff"], two_body["n_sparse"])
+            model.pair_sparse.copy_(torch.from_numpy(np.tile(grid, model.n_pair_keys)))
+        log(f"sparse environments per element {dict(zip(species, n_sparse))} ({opts['sparse_method']})"
+            + (f"; 2-body grid {model.n_pair_sparse} distances from {grid[0]:.2f} Å" if two_body else ""))
+    # what every later checkpoint holds: the sparse points (a resumed run needs no descriptors)
+    base_state = {"stage": "design", "n_sparse": n_sparse, "n_environments": n_env}
+    base_arrays = {"sparse": model.sparse.numpy(), "pair_sparse": model.pair_sparse.numpy()}
+    if "sparse" not in saved:
+        safe_point(lambda: (base_state, base_arrays), force=True)
     # 3. prior blocks, then the weighted least-squares solve (ase_mlff.training.sparse_gp)
     M, U = sum(n_sparse), model.n_pair_sparse
     Z = model.sparse.numpy()
@@ -188,23 +233,42 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False):
         d = model.design(graphs[k], forces=f.forces is not None, virial=has_virial(f))
         return {"energy": d["energy"][0], "forces": d["forces"], "virial": None if d["virial"] is None else d["virial"][0]}
 
-    x, R, fit_info = sparse_gp.solve(frames, design, model.n_parameters, prior,
-                                     (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]),
-                                     parse_config_type_sigmas(opts.get("sigma_config_type")), log=log, quiet=quiet)
+    if "x" in saved:
+        x, R, fit_info = saved["x"], torch.from_numpy(saved.get("R", np.zeros((0, 0)))), dict(state["fit_info"])
+        log("resumed: the solution from the checkpoint")
+    else:
+        def on_rows(n, rows):  # a safe point after every frame: the rows so far, when a checkpoint is due
+            safe_point(lambda: ({**base_state, "design_frames": n}, {**base_arrays, "design_rows": rows}))
+
+        done = (int(state["design_frames"]), saved["design_rows"]) if "design_rows" in saved else None
+        if done is not None:
+            log(f"resumed: design rows of {done[0]} of {len(frames)} frames from the checkpoint")
+        x, R, fit_info = sparse_gp.solve(frames, design, model.n_parameters, prior,
+                                         (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]),
+                                         parse_config_type_sigmas(opts.get("sigma_config_type")), log=log,
+                                         quiet=quiet, rows=done, on_rows=on_rows)
+        del done
+        solved = {"x": x, **({"R": R.numpy()} if model.variance else {})}
+        safe_point(lambda: ({**base_state, "stage": "solved", "fit_info": fit_info}, {**base_arrays, **solved}),
+                   force=True)
     model.set_parameters(x)
     if model.variance:
         model.posterior_r.copy_(R)
         model.prior_chol.copy_(torch.from_numpy(Um.T))
-    info = {"n_environments": int(len(X)), "n_sparse": n_sparse, **fit_info, "fit_s": time.perf_counter() - t0,
-            "reference_energies_eV": [float(v) for v in model.e0]}
+    info = {"n_environments": n_env, "n_sparse": n_sparse, **fit_info, "fit_s": time.perf_counter() - t0,
+            "reference_energies_eV": [float(v) for v in model.e0],
+            "resumed_from": state.get("stage") if resume else None}
     return model, info
 
 
-def train(data, progress=None, quiet: bool = True, **options):
+def train(data, progress=None, quiet: bool = True, stop_after: int | None = None, **options):
     """``ase_mlff.train("gap", data, **options)``: fit a GAP, evaluate on the held-out frames;
-    returns ``(model, record)``, the record being the ``training`` dict of its model file."""
+    returns ``(model, record)``, the record being the ``training`` dict of its model file.
+    ``checkpoint``/``resume``/``checkpoint_interval`` (options) and ``stop_after`` (a stop after
+    that many safe points, for tests): see the module docstring."""
     from ..calculator import MLFFCalculator
-    from ..errors import DatasetError
+    from ..errors import DatasetError, TrainingError
+    from .checkpoint import Checkpointer, StopGuard, identity
 
     opts = resolve_options([o for o in OPTIONS if o.library], given=options)
     log = progress or (lambda msg: None)
@@ -222,8 +286,20 @@ def train(data, progress=None, quiet: bool = True, **options):
         split = ds.split(len(ds) - n_test, 0, n_test, seed=opts["seed"])
         train_idx, test_idx = np.asarray(split.train), np.asarray(split.test)
         test_frames = [ds[int(i)] for i in test_idx]
+    check_split_elements([ds[int(i)] for i in train_idx], {"test": test_frames})
     log(f"data: {len(ds)} frames; training on {len(train_idx)}, testing on {len(test_frames)}")
-    model, info = fit_gap(ds, train_idx, opts, log=log, quiet=quiet)
+    ident = identity("gap", ds.sha256(), {k: v for k, v in opts.items() if k not in _NOT_MODEL})
+    with StopGuard(stream=sys.stderr) as guard:
+        ckpt = Checkpointer(opts["checkpoint"], ident, interval_s=float(opts["checkpoint_interval"]),
+                            stop_after=stop_after, guard=guard)
+        resume = None
+        if opts["resume"]:
+            resume = ckpt.load()
+            log(f"resuming from {ckpt.path}: stage {resume[0].get('stage')}")
+        elif ckpt.exists():
+            raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; continue it with "
+                                "--resume, or delete it to start over")
+        model, info = fit_gap(ds, train_idx, opts, log=log, quiet=quiet, ckpt=ckpt, resume=resume)
     metrics = {}
     if test_frames:
         t = time.perf_counter()
@@ -234,7 +310,7 @@ def train(data, progress=None, quiet: bool = True, **options):
     src = data if isinstance(data, (str, os.PathLike)) else getattr(ds, "source", None)
     rec = common_record(
         "gap", "ase_mlff.training.gap_train", data_sha256=ds.sha256(), source=None if src is None else str(src),
-        seed=opts["seed"], options={k: v for k, v in opts.items() if k != "test"},
+        seed=opts["seed"], options={k: v for k, v in opts.items() if k not in _NOT_MODEL},
         split={"train": [int(i) for i in train_idx], "valid": None,
                "test": None if test_idx is None else [int(i) for i in test_idx]},
         metrics=metrics, method="sparse GP on SOAP (+2-body), projected process, QR solve (ase-mlff)",
@@ -243,11 +319,12 @@ def train(data, progress=None, quiet: bool = True, **options):
 
 
 def run(args) -> int:
-    """The ``train gap`` command; returns the exit code (0, 1 bad data, 2 usage)."""
+    """The ``train gap`` command; returns the exit code (0, 1 bad data, 2 usage, 130/143
+    interrupted after writing the checkpoint)."""
     from ..errors import MLFFError
     from ..io import save_model
-    from .checkpoint import check_output
-    from .sgdml_train import cli_message
+    from .checkpoint import TrainingInterrupted, default_checkpoint_path
+    from .sgdml_train import cli_message, interrupted_message
 
     def fail(msg, code):
         print(f"ase-mlff train gap: error: {msg}", file=sys.stderr)
@@ -255,21 +332,29 @@ def run(args) -> int:
 
     try:
         opts = resolve_cli_options(OPTIONS, args)
-        check_output(opts["output"], bool(opts["overwrite"]), False)
+        ckpt_path = opts["checkpoint"] or default_checkpoint_path(opts["output"])
+        check_new_output(opts["output"], bool(opts["overwrite"]), bool(opts["resume"]), ckpt_path)
         parse_config_type_sigmas(opts.get("sigma_config_type"))
     except UsageError as exc:
         return fail(exc, 2)
     except MLFFError as exc:
         return fail(cli_message(exc), 2)
     lib = {o.name: opts[o.name] for o in OPTIONS if o.library and o.cli}
+    lib["checkpoint"] = ckpt_path
     try:
-        model, rec = train(opts["data"], progress=timed_printer(), quiet=False, **lib)
+        model, rec = train(opts["data"], progress=timed_printer(), quiet=False,
+                           stop_after=getattr(args, "_stop_after", None), **lib)
     except UsageError as exc:
         return fail(exc, 2)
+    except TrainingInterrupted as exc:
+        print(interrupted_message(exc, "ase-mlff train gap"), file=sys.stderr)
+        return exc.exit_code
     except (MLFFError, OSError) as exc:
         return fail(cli_message(exc), 1)
     rec["command"] = " ".join(sys.argv)
     save_model(model, opts["output"], training=rec)
+    if os.path.exists(ckpt_path):
+        os.unlink(ckpt_path)  # the model holds everything the checkpoint did
     print(f"GAP model written to {opts['output']}: {model.describe()}; fit {rec['fit_s']:.0f} s")
     for name, m in rec["metrics"].items():
         print(format_metrics(name, m))

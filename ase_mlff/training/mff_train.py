@@ -8,7 +8,9 @@ Command line (also ``ase-mlff train mff ...``)::
 
 Steps: read the data (:func:`ase_mlff.data.read`), hold out ``--n-test`` frames (random,
 ``--seed``; every random choice has its own named stream of the seed, see
-:mod:`ase_mlff.rng`: "split", "stratified", "force-atoms", "hyper-force-atoms"), pick ``--n-energy`` training energies spread over the energy distribution and
+:mod:`ase_mlff.rng`: "split", "stratified", "force-atoms", "hyper-force-atoms"), refuse test
+frames that hold an element no training frame holds (before any fit), pick ``--n-energy``
+training energies spread over the energy distribution and
 the forces of ``--n-force-atoms`` random atoms of random training frames, fit per-element
 reference energies by least squares, optimise the GP hyperparameters by the log marginal
 likelihood on a smaller subset, train the GP, map it onto splines, and report the errors of
@@ -16,8 +18,9 @@ the GP and of the mapped model against DFT on the test frames (the GP on the fir
 ``--n-gp-eval`` of them: it is ~1e3-1e4 times slower) and the mapped-vs-GP difference.
 
 Checkpoints (:mod:`ase_mlff.training.checkpoint`): the hyperparameter search is checkpointed
-after every length-scale evaluation, the GP after its fit, the mapping after every spline
-block (element pair / triple); Ctrl-C or SIGTERM stops at the next of these points after
+after every length-scale evaluation, the sparse fit's design matrix (the rows of the frames done
+so far) every ``--checkpoint-interval`` seconds while it is built, the GP after its fit, the
+mapping after every spline block (element pair / triple); Ctrl-C or SIGTERM stops at the next of these points after
 writing the checkpoint (exit 130 / 143) and ``--resume`` continues to the same model.
 """
 
@@ -32,9 +35,9 @@ import time
 import numpy as np
 
 
-from .common import (Option, UsageError, add_options, check_new_output, format_metrics, frame_metrics,
-                     predict_frames, read_training_data, reference_energies, resolve_cli_options, resolve_options,
-                     timed_printer)
+from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, format_metrics,
+                     frame_metrics, predict_frames, read_training_data, reference_energies, resolve_cli_options,
+                     resolve_options, timed_printer)
 from .common import training_record as common_record
 from .sparse_gp import solve_options
 
@@ -164,6 +167,13 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     ident = identity("mff", ds.sha256(), {k: getattr(args, k, None) for k in MODEL_OPTIONS if k != "test"})
     split = ds.split(len(ds) - args.n_test, 0, args.n_test, seed=args.seed)
     pool = split.train
+    # the test frames are read (and checked) now, not after the fit: a test element that no training
+    # frame holds would otherwise surface only after the whole fit and mapping
+    if test_file is not None:
+        test = list(read_training_data(test_file, getattr(args, "energy_unit", None)))
+    else:
+        test = [ds[int(i)] for i in split.test]
+    check_split_elements([ds[int(i)] for i in pool], {"test": test})
     energy_pool = [int(i) for i in pool if ds[int(i)].energy is not None]
     energy_frames = [int(i) for i in ds.select_stratified(np.array(energy_pool), n=min(args.n_energy, len(energy_pool)),
                                                           seed=args.seed)] if args.n_energy > 0 else []
@@ -241,10 +251,21 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
             else:
                 from .sparse_gp import parse_config_type_sigmas
 
+                def on_rows(n, rows):  # a safe point after every frame's design rows (sparse_gp.solve)
+                    def design_snapshot():
+                        st, arrays = snapshot()
+                        return {**st, "stage": "design", "design_frames": n}, {**arrays, "design_rows": rows}
+
+                    ckpt.safe_point(design_snapshot)
+
+                done = (int(state["design_frames"]), saved["design_rows"]) if "design_rows" in saved else None
+                if done is not None:
+                    log(f"resuming the sparse design matrix after {done[0]} of {len(train_frames)} frames")
                 sparse_info = fit_sparse(gp, train_frames, sigmas=(args.sigma_energy, args.sigma_force, args.sigma_virial),
                                          config_type_sigmas=parse_config_type_sigmas(args.sigma_config_type),
                                          jitter=args.jitter, sigma_e0=args.sigma_e0, log=log, quiet=False,
-                                         **sparse_kw)
+                                         rows=done, on_rows=on_rows, **sparse_kw)
+                del done
                 arrays_fit["sparse_x"] = gp.sparse_x
                 ckpt.safe_point(snapshot, force=True)
         elif "alpha" in arrays_fit:
@@ -287,10 +308,6 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         gp.e0 = e0_new
         log(f"reference energies e0: {e0_old} -> {e0_new} (least squares on {len(energy_pool)} energies)")
 
-    if test_file is not None:
-        test = list(read_training_data(test_file, getattr(args, "energy_unit", None)))
-    else:
-        test = [ds[int(i)] for i in split.test]
     mapped_calc = MLFFCalculator(model)
     gp_calc = MLFFCalculator(gp.as_model())
     t = time.perf_counter()

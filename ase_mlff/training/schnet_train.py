@@ -5,7 +5,9 @@
 
 The recipe:
 
-1. split the frames (``Dataset.split``, seed): training, validation, test;
+1. split the frames (``Dataset.split``, seed): training, validation, test; a split whose validation
+   or test frames hold an element that neither the training frames nor ``--init``'s parent know is
+   refused before anything is built (:func:`ase_mlff.training.common.check_split_elements`);
 2. a fresh model (random weights from the seed), or with ``--init PARENT`` a copy of a
    pre-trained SchNet (S001 transfer learning; see below);
 3. the shared trainer (:func:`ase_mlff.training.trainer.train_network`): per-element reference
@@ -48,6 +50,7 @@ from ..errors import DatasetError, InputError, MLFFError, OutputExistsError
 from ..graph import graph_from_structure
 from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
+from .common import check_split_elements
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 #: architecture of a fresh model (a small SchNet: B11's 64 features, 3 blocks, 25 Gaussians)
@@ -220,9 +223,12 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
     train_f = [frames[k] for k in split.train]
     valid_f = [frames[k] for k in split.valid]
     test_f = [frames[k] for k in split.test]
-    parent_info = None
+    parent_info = parent = None
     if init is not None:
         parent, parent_info = _load_parent(init)
+    # before the first epoch: an element only in held-out frames would get a never-trained embedding
+    check_split_elements(train_f, {"validation": valid_f, "test": test_f}, known=parent.species if parent else ())
+    if parent is not None:
         model = transfer_model(parent, train_f + valid_f, freeze, cutoff, n_features, n_interactions, n_rbf,
                                dtype, seed, say)
         parent_info.update({"family": parent.family, "elements": list(parent.elements), "freeze": freeze,
@@ -352,7 +358,7 @@ def run(args) -> int:
         where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
         print(f"ase-mlff train schnet: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
-    except (OutputExistsError, InputError) as exc:
+    except (OutputExistsError, InputError, UsageError) as exc:  # UsageError: e.g. a split missing an element
         return fail(exc, EXIT_USAGE)
     except MLFFError as exc:
         return fail(exc, EXIT_DATA)

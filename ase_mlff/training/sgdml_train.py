@@ -28,8 +28,8 @@ from ..models.sgdml import SGDMLModel
 from ..rng import random_stream
 from ..units import energy_factor
 from .checkpoint import Checkpointer, StopGuard, identity
-from .common import (Option, UsageError, add_options, check_new_output, error_metrics, format_metrics,
-                     read_training_data, resolve_options, timed_printer)
+from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, error_metrics,
+                     format_metrics, read_training_data, resolve_options, timed_printer)
 from .common import training_record as common_record
 from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
 from .symmetries import close_group, find_symmetries
@@ -235,6 +235,7 @@ def train_sgdml(
     F = np.asarray(F, np.float64)
     M_all, N = R.shape[:2]
     unit = d["unit"]
+    dt = None if test is None else _unpack(test)
     sigmas = list(DEFAULT_SIGMAS if sigmas is None else sigmas)
     if solver not in ("auto", "cholesky", "cg"):
         raise ValueError(f"{opt('solver')} must be 'auto', 'cholesky' or 'cg', got {solver!r}")
@@ -286,6 +287,14 @@ def train_sgdml(
                 valid_idx = np.asarray(valid_indices, dtype=np.int64)
         if len(np.intersect1d(train_idx, valid_idx)):
             raise DatasetError("training and validation frames overlap")
+        # every frame of one data set holds the same atoms, so this check, shared by every family, can
+        # only refuse a test set of another molecule; like theirs it runs before any kernel work
+        held = {"validation": [z] * len(valid_idx)}
+        if dt is not None:
+            held["test"] = [np.asarray(dt["z"])] * len(dt["R"])
+        check_split_elements([z] * len(train_idx), held)
+        if dt is not None and not np.array_equal(np.asarray(dt["z"]), z):
+            raise DatasetError("test data have different atoms (or atom order) than the training data")
         if len(valid_idx) == 0 and len(sigmas) > 1:
             raise DatasetError(f"the sigma search needs validation frames ({opt('n_valid')} > 0) "
                                f"or a single sigma ({opt('sigmas')})")
@@ -423,11 +432,8 @@ def train_sgdml(
 
     # ---- test
     test_report = None
-    if test is not None:
-        dt = _unpack(test)
+    if dt is not None:
         Rte, Ete, Fte = np.asarray(dt["R"], np.float64), dt["E"], dt["F"]
-        if not np.array_equal(np.asarray(dt["z"]), z):
-            raise DatasetError("test data have different atoms (or atom order) than the training data")
         te_idx = np.arange(len(Rte)) if test_indices is None else np.asarray(test_indices, np.int64)
         if test_indices is None and n_test is not None:
             te_idx = te_idx[:n_test]
@@ -668,6 +674,8 @@ def run(args) -> int:
     except TrainingInterrupted as exc:
         print(interrupted_message(exc, "ase-mlff train sgdml"), file=sys.stderr)
         return exc.exit_code
+    except UsageError as exc:  # e.g. a split whose held-out frames hold an element the training frames lack
+        return fail(exc, EXIT_USAGE)
     except (MLFFError, OSError) as exc:
         return fail(cli_message(exc), EXIT_DATA)
     rec["command"] = " ".join(sys.argv)

@@ -15,6 +15,11 @@ equations (which square the condition number) and no threaded OpenBLAS Cholesky 
 Expected errors: ``sigma_energy`` and ``sigma_virial`` are per atom and scaled by ``sqrt(N)``
 for a frame of N atoms (gap_fit's ``sigma_per_atom=T``), ``sigma_force`` per component;
 per-config_type overrides replace all three for frames of that config_type.
+
+Checkpoints: the design matrix is built frame by frame, and :func:`solve` hands the rows built
+so far to a trainer's safe point after every frame (``on_rows``) and continues from stored rows
+(``rows``), so GAP and the sparse MFF fit resume an interrupted design to the same matrix, and
+so to the same solution, bit for bit. The QR itself cannot be stopped half-way.
 """
 
 from __future__ import annotations
@@ -111,7 +116,8 @@ def progress(items, desc: str, quiet: bool):
 
 def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior: Sequence[tuple[slice, np.ndarray]],
           sigmas: tuple[float, float, float], config_type_sigmas: dict | None = None, log=print,
-          quiet: bool = True) -> tuple[np.ndarray, torch.Tensor, dict]:
+          quiet: bool = True, rows: tuple[int, np.ndarray] | None = None,
+          on_rows: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray, torch.Tensor, dict]:
     """Fit ``x`` (length ``n_params``); returns ``(x, R, info)`` with ``R`` the (T, T) upper
     triangular factor of ``Phi^T Lambda^-1 Phi + P`` (for the predictive variance).
 
@@ -119,6 +125,13 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
     or None, "virial": (3, 3, T) or None}``, ``virial`` being ``dE/d(strain)`` (the label is
     ``stress * volume``). ``prior``: ``(columns, U)`` blocks with ``U^T U`` the prior precision
     of those columns. ``sigmas``: default ``(sigma_E, sigma_F, sigma_V)``.
+
+    Checkpoints: ``on_rows(n, A)`` is called after the rows of every frame, ``A`` (a view, not
+    a copy) holding the weighted rows ``[Lambda^-1/2 Phi, Lambda^-1/2 y]`` of the first ``n``
+    frames: a trainer's safe point (:meth:`~ase_mlff.training.checkpoint.Checkpointer.safe_point`)
+    that saves them when a checkpoint is due. ``rows=(n, A)`` from such a checkpoint continues
+    the design at frame ``n``. Each frame's rows depend on that frame only and the QR sees the
+    same matrix, so a resumed fit gives the uninterrupted one's ``x`` and ``R`` bit for bit.
     """
     T = int(n_params)
     n_rows = count_rows(frames)
@@ -126,9 +139,19 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
         raise DatasetError("the training frames carry no energies, forces or stresses to fit")
     config_type_sigmas = config_type_sigmas or {}
     A = np.zeros((n_rows + T, T + 1))
-    row, counts = 0, {"energy": 0, "forces": 0, "virial": 0}
+    row, counts, start = 0, {"energy": 0, "forces": 0, "virial": 0}, 0
+    if rows is not None:
+        start, done = int(rows[0]), np.asarray(rows[1])
+        if not 0 <= start <= len(frames) or done.shape != (count_rows(frames[:start]), T + 1):
+            raise TrainingError(f"the checkpoint's design rows ({done.shape[0]} x {done.shape[1] - 1}) do not "
+                                f"belong to this fit ({count_rows(frames[:start])} rows of {start} frames x {T}); "
+                                "delete the checkpoint to start over")
+        row = len(done)
+        A[:row] = done
+        counts = label_counts(frames[:start])
+        del done
     t0 = time.perf_counter()
-    for k in progress(range(len(frames)), "design matrix", quiet):
+    for k in progress(range(start, len(frames)), "design matrix", quiet):
         f = frames[k]
         sE, sF, sV = config_type_sigmas.get(str((f.info or {}).get("config_type")), sigmas)
         d = design(k)
@@ -154,6 +177,8 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
                 A[row, T] = w * full[a, b]
                 row += 1
             counts["virial"] += 6
+        if on_rows is not None:
+            on_rows(k + 1, A[:row])
     t_design = time.perf_counter() - t0
     log(f"design matrix {n_rows} x {T} ({counts}) in {t_design:.1f} s, {A.nbytes / 1e9:.2f} GB")
     for cols, U in prior:

@@ -1137,6 +1137,13 @@ def main(argv=None) -> int:
         return 2 if isinstance(exc, (InputError, ValueError, TypeError)) and not isinstance(exc, DatasetError) else 1
     train = [ds[int(i)] for i in split.train]
     valid = [ds[int(i)] for i in split.valid]
+    try:  # before the first epoch: a validation element no training frame holds would never be learnt
+        from .common import UsageError, check_split_elements
+
+        check_split_elements(train, {"validation": valid})
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     training = {"data_sha256": ds.sha256(), "source": args.data, "recipe": "ase_mlff.training.trainer",
                 "split": {"train": split.train.tolist(), "valid": split.valid.tolist()}, "seed": args.seed,
                 "command": " ".join(sys.argv)}
