@@ -293,7 +293,8 @@ def _run(args, ddp) -> int:
                                    stop_after=args.stop_after)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
-            where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
+            where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
+                     else "no checkpoint")
             print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
     except MLFFError as exc:

@@ -324,8 +324,9 @@ class RidgeHead:
 
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "content": CONTENT,
                 "package_version": __version__, "target": self.target, "pooling": self.pooling,
-                "model_sha256": self.model_sha256, "descriptor_model": self.descriptor, "alpha": self.fit.alpha, "intercept": self.fit.intercept,
-                "loo_rmse": self.fit.loo_rmse, "info": self.info, "composition": self.composition}
+                "model_sha256": self.model_sha256, "descriptor_model": self.descriptor, "alpha": self.fit.alpha,
+                "intercept": self.fit.intercept, "loo_rmse": self.fit.loo_rmse, "info": self.info,
+                "composition": self.composition}
         arrays = {"mean": self.fit.mean, "scale": self.fit.scale, "keep": self.fit.keep.astype(np.int8),
                   "weights": self.fit.weights}
         write_archive(path, meta, arrays)

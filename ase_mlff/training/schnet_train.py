@@ -368,7 +368,8 @@ def _run(args, ddp) -> int:
                                      repulsion_width=args.repulsion_width, **keys)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
-            where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
+            where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
+                     else "no checkpoint")
             print(f"ase-mlff train schnet: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
     except (OutputExistsError, InputError) as exc:
