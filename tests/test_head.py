@@ -153,7 +153,87 @@ def test_cli_fits_writes_and_refuses(tmp_path, ethanol_atoms, capsys):
     assert main(args + ["--skip-unknown", "--n-train", "500"]) == 2
     other = tmp_path / "other.mlff"
     save_model(_schnet(seed=5), other)
-    with pytest.raises(InputError, match="fitted on the descriptors of the model"):
+    with pytest.raises(InputError, match="fitted on the descriptors of a schnet model .*m.mlff.*same family, other "
+                                         "weights"):
         head.predict(MLFFCalculator(str(other)), ethanol_atoms[:1])
     with pytest.raises(ModelFileError, match="not a ridge head"):
         H.load_head(mpath)
+
+
+def _bpnn_hco():
+    from ase_mlff.models.bpnn import BPNNModel
+
+    frames = list(mdata.read(ETHANOL, index=":20", energy_unit="kcal/mol"))
+    torch.manual_seed(0)
+    return BPNNModel.from_config(BPNNModel.config_for_frames(
+        {"species": [1, 6, 8], "cutoff": 4.0, "hidden": [4], "n_radial": 3, "n_eta": 1, "zetas": [1]}, frames))
+
+
+def test_head_checks_the_model_identity_in_memory_and_from_files(tmp_path, ethanol_atoms):
+    """A head is refused, with both families and hashes named, by any model but the one it was
+    fitted on: a SchNet of other weights (in memory: it used to give a wrong number), a BPNN
+    or a committee (a raw broadcasting ValueError); the same model in memory, from its file or
+    evaluated in another dtype is accepted, also after the head went through a file."""
+    model = _schnet()
+    path = tmp_path / "m.mlff"
+    save_model(model, path)  # float32 file
+    calc = MLFFCalculator(model, dtype="float64")  # in memory, cast exactly to float64
+    X = H.pooled_descriptors(calc, ethanol_atoms, "sum")
+    y = X @ np.random.default_rng(4).normal(size=X.shape[1])
+    head, _ = H.fit_head(calc, (ethanol_atoms, y), "target", pooling="sum", n_train=45, n_splits=2)
+    head.save(tmp_path / "head.mlff")
+    loaded = H.load_head(tmp_path / "head.mlff")
+    assert loaded.descriptor == head.descriptor == H.model_identity(calc.model)
+    assert head.descriptor["family"] == "schnet" and head.model_sha256 is None  # fitted in memory
+    tol = 1e-6 * np.abs(y).max()
+    for h in (head, loaded):
+        np.testing.assert_allclose(h.predict(calc, ethanol_atoms[:3]), y[:3], atol=tol)
+        # the same weights from the file: float64 (exact cast) and float32 (the file's own dtype)
+        np.testing.assert_allclose(h.predict(MLFFCalculator(str(path), dtype="float64"), ethanol_atoms[:3]),
+                                   y[:3], atol=tol)
+        np.testing.assert_allclose(h.predict(MLFFCalculator(str(path)), ethanol_atoms[:3]), y[:3],
+                                   atol=1e-4 * np.abs(y).max())
+    others = {"same family, other weights": MLFFCalculator(_schnet(seed=5), dtype="float64"),
+              "another family": MLFFCalculator(_bpnn_hco(), dtype="float64"),
+              "another family ": MLFFCalculator(committee_from_models([_schnet(seed=s) for s in (0, 1)]),
+                                                dtype="float64")}
+    for why, other in others.items():
+        theirs = H.model_identity(other.model)
+        for h in (head, loaded):
+            with pytest.raises(InputError) as err:
+                h.predict(other, ethanol_atoms[:2])
+            text = str(err.value)
+            assert why.strip() in text and head.descriptor["sha256"][:16] in text and theirs["sha256"][:16] in text
+            assert f"a schnet model" in text and f"this {theirs['family']} model" in text
+
+
+def test_heads_written_before_the_identity_check_their_model_file(tmp_path, ethanol_atoms):
+    """A head that records only its model file's sha256 (written by an older ase-mlff) works
+    with that file, and is refused, with how to refit, by another file or a model in memory;
+    one that records no model at all is refused by every model."""
+    from ase_mlff.io import read_archive, write_archive
+
+    model = _schnet()
+    path, other = tmp_path / "m.mlff", tmp_path / "other.mlff"
+    save_model(model, path)
+    save_model(_schnet(seed=5), other)
+    calc = MLFFCalculator(str(path))
+    X = H.pooled_descriptors(calc, ethanol_atoms, "mean")
+    y = X @ np.random.default_rng(6).normal(size=X.shape[1])
+    head, _ = H.fit_head(calc, (ethanol_atoms, y), "target", pooling="mean", n_train=45, n_splits=2)
+    assert head.model_sha256 == calc.model.source["sha256"]
+    head.save(tmp_path / "new.mlff")
+    meta, arrays = read_archive(tmp_path / "new.mlff")
+    del meta["descriptor_model"]  # what older versions wrote
+    write_archive(tmp_path / "old.mlff", meta, arrays)
+    old = H.load_head(tmp_path / "old.mlff")
+    assert old.descriptor is None
+    np.testing.assert_allclose(old.predict(calc, ethanol_atoms[:3]), head.predict(calc, ethanol_atoms[:3]), rtol=1e-12)
+    with pytest.raises(InputError, match="only by the sha256 of its file.*not loaded from a file.*fit-head"):
+        old.predict(MLFFCalculator(_schnet()), ethanol_atoms[:1])  # the same weights, but nothing to tell by
+    with pytest.raises(InputError, match="model file with sha256 .* not .*other.mlff"):
+        old.predict(MLFFCalculator(str(other)), ethanol_atoms[:1])
+    meta["model_sha256"] = None  # an old head fitted on a model in memory
+    write_archive(tmp_path / "anonymous.mlff", meta, arrays)
+    with pytest.raises(InputError, match="records no identity of its descriptor model.*fit-head"):
+        H.load_head(tmp_path / "anonymous.mlff").predict(calc, ethanol_atoms[:1])

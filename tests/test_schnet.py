@@ -248,7 +248,9 @@ def test_short_range_prior_in_both_paths_and_zero_on_training_frames(ethanol):
     assert float(model.prior_energies(g).sum()) > 1.0  # the wall is on
     fast = model.compute(g, forces=True)
     exact = model._autograd(g, True, False, False)
-    np.testing.assert_allclose(fast.forces.numpy(), exact.forces.numpy(), rtol=0, atol=1e-8)
+    # the wall makes forces of ~160 eV/Å: compare relative to the largest component
+    np.testing.assert_allclose(fast.forces.numpy(), exact.forces.numpy(), rtol=0,
+                               atol=1e-12 * float(exact.forces.abs().max()))
     calc = MLFFCalculator(model)
     e = lambda x: (squeezed.set_positions(x), calc.get_potential_energy(squeezed))[1]  # noqa: E731
     x0 = squeezed.positions.copy()

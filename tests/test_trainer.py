@@ -306,42 +306,129 @@ def test_cli_interrupt_exit_code_and_resume(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------- data parallel
-def test_two_processes_give_the_single_process_loss_curve(tmp_path):
-    """2 gloo processes on CPU (as ``torchrun --nproc_per_node 2`` starts them) and one process, same global batch: the same loss
-    curve (to float64 summation-order tolerance) and the same final weights."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _needs_gloo():
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available in this torch build")
-    common = [MO, "--family", "test_pair_mlp", "--import", "test_trainer", "--model-config",
-              '{"cutoff": 4.0, "hidden": 6}', "--epochs", "3", "--batch-size", "4", "--n-valid", "2",
-              "--dtype", "float64", "--no-plots", "--device", "cpu", "--lr", "3e-3"]
-    # the environment torchrun gives its workers (launching the workers directly saves the
-    # agent's start-up, seconds on a loaded machine); the command is the documented one
+
+
+def _worker_env(**extra):
+    """The environment of a worker process: this checkout's sources (and the tests' module, for
+    --import), one thread per process (2 processes on a 2-core machine)."""
+    path = os.pathsep.join([ROOT, os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", **extra)
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "ase_mlff.training.trainer", *common, "-o", str(tmp_path / "ddp.mlff")]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, PYTHONPATH=os.path.dirname(__file__), OMP_NUM_THREADS="1",
-                                       RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-             for r in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
-    assert main(common + ["-o", str(tmp_path / "one.mlff")]) == 0
+        return s.getsockname()[1]
 
+
+def _assert_same_run(path_ddp, path_one, world):
+    """Same loss curves (float64 summation order) and the same final weights."""
     from ase_mlff.io import load_model, read_metadata
 
-    h2 = read_metadata(tmp_path / "ddp.mlff")["training"]["trainer"]
-    h1 = read_metadata(tmp_path / "one.mlff")["training"]["trainer"]
-    assert h2["world_size"] == 2 and h1["world_size"] == 1
+    h2 = read_metadata(path_ddp)["training"]["trainer"]
+    h1 = read_metadata(path_one)["training"]["trainer"]
+    assert h2["world_size"] == world and h1["world_size"] == 1
+    assert len(h2["history"]) == len(h1["history"])
     for key in ("train_loss", "valid_loss", "valid_forces_mae"):
         np.testing.assert_allclose([h[key] for h in h2["history"]], [h[key] for h in h1["history"]],
                                    rtol=1e-9, err_msg=key)
-    a, b = load_model(tmp_path / "ddp.mlff").state_dict(), load_model(tmp_path / "one.mlff").state_dict()
+    a, b = load_model(path_ddp).state_dict(), load_model(path_one).state_dict()
+    assert a.keys() == b.keys()
     for k in a:
-        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-8, atol=1e-12, err_msg=k)
+        scale = float(b[k].abs().max()) if b[k].numel() else 0.0
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-8, atol=1e-12 * scale, err_msg=k)
+
+
+def test_torchrun_documented_command_writes_once_and_matches_one_process(tmp_path):
+    """The command of docs/nn_training.md (torchrun, 2 gloo processes, --family bpnn with a JSON
+    config file) runs; rank 0 alone logs and writes the model and plots and removes the
+    checkpoint (written at every step here); the result is the single-process run with the same
+    global batch: loss curves to 1e-9 relative, weights to 1e-8."""
+    _needs_gloo()
+    (tmp_path / "bpnn.json").write_text('{"cutoff": 4.0, "hidden": [6], "n_radial": 4, "n_eta": 2, "zetas": [1]}')
+    flags = ["--family", "bpnn", "--model-config", "@bpnn.json", "--epochs", "2", "--batch-size", "4",
+             "--n-valid", "2", "--dtype", "float64", "--device", "cpu", "--checkpoint-interval", "0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ase_mlff.training.trainer", MO, *flags, "-o", "mo.mlff"]
+    run = subprocess.run(cmd, cwd=tmp_path, env=_worker_env(), capture_output=True, text=True, timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["bpnn.json", "mo.learning_curve.png", "mo.mlff", "mo.parity.png"]
+    for line in ("model written to mo.mlff", "epoch 2/2", "reference energies", "trained 2 epochs on 8 structures "
+                 "(2 processes)"):
+        assert log.count(line) == 1, (line, log[-3000:])
+    old = os.getcwd()
+    try:  # the same command in one process
+        os.chdir(tmp_path)
+        assert main([MO, *flags, "-o", "one.mlff", "--no-plots"]) == 0
+    finally:
+        os.chdir(old)
+    _assert_same_run(tmp_path / "mo.mlff", tmp_path / "one.mlff", world=2)
+
+
+def _two_workers(module, args, cwds, timeout=300):
+    """``python -m module args`` as the 2 workers of ``torchrun --nproc_per_node 2`` (the
+    environment torchrun gives them, a free port; no agent, whose start-up costs seconds), each
+    in its own folder, like two nodes without a shared file system. Returns [(status, stdout,
+    stderr)] by rank."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwds[r], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=_worker_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                              MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+        return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_recipe_under_two_processes_rank0_alone_writes_refuses_and_resumes(tmp_path):
+    """A family recipe (``-m ase_mlff.training.schnet_train``, the autograd path of the trainer)
+    under 2 processes, each in its own folder: rank 0 alone writes (model, plots, checkpoint)
+    and prints; an output refused on rank 0 stops both processes at once (nobody waits in a
+    collective); an interrupted run leaves the checkpoint, which both ranks read on --resume;
+    the checkpoint is removed at the end; and the model is the single-process model."""
+    _needs_gloo()
+    a, b = tmp_path / "rank0", tmp_path / "rank1"
+    a.mkdir(), b.mkdir()
+    ckpt = str(a / "mo.mlff.ckpt")  # one path every rank reads (a shared file system)
+    flags = [MO, "--n-train", "8", "--n-valid", "2", "--n-features", "8", "--n-interactions", "1", "--n-rbf", "6",
+             "--cutoff", "4.0", "--epochs", "2", "--batch-size", "4", "--dtype", "float64", "--checkpoint", ckpt]
+    (a / "mo.mlff").write_text("keep me")
+    out = _two_workers("ase_mlff.training.schnet_train", flags + ["-o", "mo.mlff"], [a, b], timeout=120)
+    assert [o[0] for o in out] == [2, 2], out
+    assert "mo.mlff exists" in out[0][2] and "error" not in out[1][2]  # reported once, by rank 0
+    assert (a / "mo.mlff").read_text() == "keep me"
+    (a / "mo.mlff").unlink()
+
+    out = _two_workers("ase_mlff.training.schnet_train", flags + ["-o", "mo.mlff", "--stop-after", "3"], [a, b])
+    assert [o[0] for o in out] == [130, 130], out
+    assert os.listdir(a) == ["mo.mlff.ckpt"] and os.listdir(b) == []
+    assert "interrupted (SIGINT)" in out[0][2] and out[1][1] == out[1][2] == ""
+
+    out = _two_workers("ase_mlff.training.schnet_train", flags + ["-o", "mo.mlff", "--resume"], [a, b])
+    assert [o[0] for o in out] == [0, 0], out
+    assert sorted(os.listdir(a)) == ["mo.learning_curve.png", "mo.mlff", "mo.parity.png"] and os.listdir(b) == []
+    assert out[0][1].count("SchNet model written to mo.mlff") == 1 and out[1][1] == out[1][2] == ""
+
+    from ase_mlff.training import schnet_train
+
+    one = tmp_path / "one"
+    one.mkdir()
+    assert schnet_train.main([*flags[:-1], str(one / "one.ckpt"), "-o", str(one / "one.mlff"), "--no-plots"]) == 0
+    _assert_same_run(a / "mo.mlff", one / "one.mlff", world=2)
 
 
 def test_diverging_loss_is_an_error_not_nan_weights(ni):

@@ -258,6 +258,38 @@ class BPNNModel(Model):
     def from_config(cls, config: dict[str, Any]) -> "BPNNModel":
         return cls(**config)
 
+    #: keys of :meth:`config_for_frames` that choose the symmetry functions (the recipe's defaults)
+    SELECTION_DEFAULTS = {"cutoff": 6.0, "n_radial": 8, "n_eta": 4, "zetas": [1, 2, 4], "max_correlation": 0.9}
+
+    @classmethod
+    def config_for_frames(cls, config: dict[str, Any], frames) -> dict[str, Any]:
+        """Hook of the shared trainer's generic command (``python -m ase_mlff.training.trainer
+        --family bpnn``): complete ``config`` from the training ``frames``. A config with
+        ``selected`` (e.g. a model file's hyperparameters) is complete already. Otherwise the
+        symmetry functions are chosen from the frames as ``ase-mlff train bpnn`` chooses them
+        (:func:`~ase_mlff.descriptors.acsf.automatic_set`) with the keys of
+        :data:`SELECTION_DEFAULTS`; ``"repulsion": true`` adds the short-range prior below the
+        smallest training distances (``repulsion_width``, Å, default 0.5). The other keys
+        (``species``, ``hidden``, ``activation``, ``dtype``, ...) are the constructor's."""
+        from ..descriptors.acsf import automatic_set
+        from .prior import repulsion_for
+
+        config = dict(config)
+        if "selected" in config:
+            return config
+        opts = {k: config.pop(k, v) for k, v in cls.SELECTION_DEFAULTS.items()}
+        width = config.pop("repulsion_width", 0.5)
+        species = config.get("species")
+        sfset, _ = automatic_set(frames, float(opts["cutoff"]), species=species, n_radial=int(opts["n_radial"]),
+                                 n_eta=int(opts["n_eta"]), zetas=[int(z) for z in opts["zetas"]],
+                                 max_correlation=float(opts["max_correlation"]))
+        config.update(species=list(sfset.species), cutoff=float(opts["cutoff"]), **sfset.as_config())
+        if config.get("repulsion") is True:
+            config["repulsion"] = repulsion_for(frames, sfset.species, sfset.cutoff, float(width))
+        elif config.get("repulsion") is False:
+            config.pop("repulsion")
+        return config
+
     def set_scaling(self, element_index: int, X: np.ndarray) -> None:
         """Store mean/std/min/max of the selected functions ``X`` (n, F) of one element."""
         net = self.nets[element_index]

@@ -241,30 +241,48 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def run(args) -> int:
+    from .trainer import distributed_run
+
+    try:
+        # under torchrun: one process group for the whole command (see _run)
+        with distributed_run(args.device) as ddp:
+            return _run(args, ddp)
+    except MLFFError as exc:  # joining the process group failed
+        print(f"ase-mlff train bpnn: error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+
+
+def _run(args, ddp) -> int:
+    """The command on one process; under torchrun every rank trains, rank 0 alone checks and
+    writes the files and prints, and a failure on any rank stops all of them."""
     from .. import data as data_mod
     from .checkpoint import default_checkpoint_path
-    from .common import check_new_output, timed_printer
+    from .common import UsageError, check_new_output, timed_printer
+    from .trainer import reported_elsewhere, save_recipe_result
 
-    def fail(msg, code):
-        print(f"ase-mlff train bpnn: error: {msg}", file=sys.stderr)
+    def fail(exc, code):
+        if not reported_elsewhere(exc):
+            print(f"ase-mlff train bpnn: error: {exc}", file=sys.stderr)
         return code
 
-    try:
-        hidden = [int(h) for h in str(args.hidden).split(",")]
-        zetas = [int(z) for z in str(args.zetas).split(",")]
-    except ValueError:
-        return fail("--hidden and --zetas take comma-separated integers", EXIT_USAGE)
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
+    progress = timed_printer() if ddp.is_main else (lambda msg: None)
+    failure = None
     try:
-        check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
-    except UsageError as exc:
-        return fail(exc, EXIT_USAGE)
-    progress = timed_printer()
-
-    try:
+        try:
+            hidden = [int(h) for h in str(args.hidden).split(",")]
+            zetas = [int(z) for z in str(args.zetas).split(",")]
+        except ValueError:
+            raise UsageError("--hidden and --zetas take comma-separated integers") from None
+        if ddp.is_main:
+            check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
         ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
-    except (DatasetError, OSError) as exc:
-        return fail(exc, EXIT_DATA)
+    except (UsageError, DatasetError, OSError) as exc:
+        failure = exc
+    try:
+        ddp.agree(failure)
+    except (UsageError, DatasetError, OSError) as exc:
+        return fail(exc, EXIT_USAGE if isinstance(exc, UsageError) else EXIT_DATA)
     progress(f"read {len(ds)} frames from {args.dataset}")
     try:
         model, report = train_bpnn(ds, args.n_train, args.n_valid, args.n_test, seed=args.seed, cutoff=args.cutoff,
@@ -277,8 +295,10 @@ def run(args) -> int:
                                    repulsion_width=args.repulsion_width, device=args.device,
                                    stop_after=args.stop_after)
     except TrainingInterrupted as exc:
-        where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
-        print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+        if ddp.is_main:  # the rank that wrote the checkpoint
+            where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
+                     else "no checkpoint")
+            print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
     except UsageError as exc:  # e.g. a split whose test frames hold an element the training frames lack
         return fail(exc, EXIT_USAGE)
@@ -289,9 +309,12 @@ def run(args) -> int:
     rec["data_sha256"] = report["data_sha256"]
     rec["epochs_run"] = len(report["history"])
     rec["trainer"] = report["record"].as_dict()
-    from .trainer import save_recipe_result
-
-    save_recipe_result(model, rec, report, ds, args, progress)
+    try:
+        save_recipe_result(model, rec, report, ds, args, progress, ddp)
+    except (MLFFError, OSError) as exc:
+        return fail(exc, EXIT_DATA)
+    if not ddp.is_main:
+        return EXIT_OK
     print(f"BPNN model written to {args.output} ({', '.join(k + ' ' + str(len(v['kept'])) + ' functions' for k, v in report['selection'].items())})")
     for name in ("valid", "test"):
         m = report.get(name)

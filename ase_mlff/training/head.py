@@ -34,14 +34,24 @@ measured on ``--splits`` repeated random splits (``--n-train`` frames, or ``--tr
 to train, the rest to test; seeded) and reported as mean ± standard deviation over the splits,
 as S000 reports them, beside the error of predicting the training mean (the baseline a head must
 beat). With ``--output`` the head fitted on all frames is written as an archive (no code
-executed on loading; records the descriptor model's sha256, the target, pooling and α) that
+executed on loading; records the descriptor model's identity, the target, pooling and α) that
 :func:`load_head` reads and :meth:`RidgeHead.predict` applies.
+
+Which model a head belongs to. A head is a linear map of one model's features, meaningless on
+any other model's. :func:`model_identity` gives every model, loaded from a file or built in
+memory alike, its family and a sha256 over the family, the hyperparameters and the arrays (see
+there); the head records it and :meth:`RidgeHead.predict` refuses (InputError naming both
+families and hashes) a calculator whose model has another. Heads written before this identity
+existed carry only the sha256 of their model *file*: they are still accepted with a calculator
+loaded from that very file (the check they were written with, sound for files), and refused
+with a model in memory, which they cannot identify, with the advice to fit them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -62,6 +72,43 @@ CONTENT = "ridge head"
 
 def default_pooling(target: str) -> str:
     return "sum" if target in EXTENSIVE_KEYS else "mean"
+
+
+# ------------------------------------------------------------------------- model identity
+def _canonical(value):
+    """Hyperparameters as JSON that does not depend on how they were built: every number a
+    float, tuples lists, and the ``dtype`` the model computes in left out (below)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items() if k != "dtype"}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_canonical(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, (bool, np.bool_)) or value is None or isinstance(value, str):
+        return bool(value) if isinstance(value, np.bool_) else value
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    return str(value)
+
+
+def model_identity(model) -> dict[str, str]:
+    """``{"family", "sha256"}`` of a model: the same function for a model loaded from a file and
+    one in memory, so a head can tell them apart by what they compute, not by where they came
+    from. The sha256 covers the family, the hyperparameters (``get_config()``, canonical JSON)
+    and every array of ``get_arrays()`` in sorted order: its name, its shape and its values,
+    floating-point arrays as float64 (a float32 value is exactly a float64 one) and integer or
+    boolean ones as int64. The dtype is left out on purpose: a float32 model file evaluated by
+    a float64 calculator (``MLFFCalculator(path, dtype="float64")``, an exact cast) is the same
+    model; a float64 model rounded to float32 has other values and so another identity."""
+    h = hashlib.sha256(b"ase-mlff model identity 1\0")
+    family = str(getattr(model, "family", type(model).__name__))
+    h.update(family.encode() + b"\0")
+    config = model.get_config() if hasattr(model, "get_config") else {}
+    h.update(json.dumps(_canonical(config), sort_keys=True, separators=(",", ":")).encode() + b"\0")
+    for name, a in sorted(model.get_arrays().items()):
+        a = np.asarray(a)
+        kind = "<f8" if np.issubdtype(a.dtype, np.floating) else "<i8"
+        h.update(f"{name}:{list(a.shape)}:{kind}\0".encode())
+        h.update(np.ascontiguousarray(a, dtype=kind).tobytes())
+    return {"family": family, "sha256": h.hexdigest()}
 
 
 # ------------------------------------------------------------------------- features
@@ -218,22 +265,56 @@ class RidgeHead:
     fit: RidgeFit
     target: str
     pooling: str
+    #: sha256 of the model *file* the head was fitted on (None for a model in memory); the only
+    #: identity heads written before :func:`model_identity` carry
     model_sha256: str | None
     info: dict[str, Any] = field(default_factory=dict)
     composition: bool = False
+    #: :func:`model_identity` of the descriptor model (None in heads written before it existed)
+    descriptor: dict[str, str] | None = None
+
+    def check_model(self, model) -> None:
+        """InputError unless ``model`` is the model this head was fitted on (module docstring)."""
+        fitted_on = self.info.get("model_path")
+        where = f" ({fitted_on})" if fitted_on else ""
+        refit = "fit a head on this model's descriptors (ase-mlff fit-head MODEL DATA --target ...)"
+        if self.descriptor is not None:
+            mine = model_identity(model)
+            if mine["sha256"] != self.descriptor.get("sha256"):
+                fam = self.descriptor.get("family")
+                why = ("same family, other weights or hyperparameters" if fam == mine["family"]
+                       else "another family")
+                raise InputError(
+                    f"this head was fitted on the descriptors of a {fam} model (sha256 "
+                    f"{str(self.descriptor.get('sha256'))[:16]}...{', ' + fitted_on if fitted_on else ''}), "
+                    f"not on this {mine['family']} model "
+                    f"(sha256 {mine['sha256'][:16]}...: {why}); its weights mean nothing for other features: use "
+                    f"a calculator of the model it was fitted on, or {refit}")
+            return
+        source = getattr(model, "source", None) or {}
+        if self.model_sha256 is None:
+            raise InputError(f"this head records no identity of its descriptor model (written by an older "
+                             f"ase-mlff from a model in memory), so it cannot be checked against any model; {refit}")
+        if source.get("sha256") is None:
+            raise InputError(
+                f"this head (written by an older ase-mlff) identifies its descriptor model only by the sha256 of "
+                f"its file, {self.model_sha256[:16]}...{where}, and this model was not loaded from a file; load it "
+                f"from that file (MLFFCalculator(path)), or {refit}")
+        if source["sha256"] != self.model_sha256:
+            raise InputError(
+                f"this head was fitted on the descriptors of the model file with sha256 {self.model_sha256[:16]}..."
+                f"{where}, not {source.get('path')} ({source['sha256'][:16]}...); use that file, or {refit}")
 
     def predict(self, calc, structures) -> np.ndarray:
         """Predicted targets of ``structures`` (a list of ase.Atoms), with ``calc`` an
-        MLFFCalculator of the model the head was fitted on (checked by its file hash)."""
-        source = getattr(calc.model, "source", None) or {}
-        if self.model_sha256 and source.get("sha256") and source["sha256"] != self.model_sha256:
-            raise InputError(
-                f"this head was fitted on the descriptors of the model with sha256 {self.model_sha256[:12]}..., "
-                f"not {source.get('path')} ({source['sha256'][:12]}...)"
-            )
+        MLFFCalculator of the model the head was fitted on (checked: :meth:`check_model`)."""
+        self.check_model(calc.model)
         single = hasattr(structures, "get_positions")
         X = pooled_descriptors(calc, [structures] if single else list(structures), self.pooling,
                                composition=self.composition)
+        if X.shape[1] != len(self.fit.mean):  # cannot happen for the model checked above; never a raw numpy error
+            raise InputError(f"this head expects {len(self.fit.mean)} pooled descriptor columns, the model gives "
+                             f"{X.shape[1]}")
         y = self.fit.predict(X)
         return y[0] if single else y
 
@@ -243,8 +324,9 @@ class RidgeHead:
 
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "content": CONTENT,
                 "package_version": __version__, "target": self.target, "pooling": self.pooling,
-                "model_sha256": self.model_sha256, "alpha": self.fit.alpha, "intercept": self.fit.intercept,
-                "loo_rmse": self.fit.loo_rmse, "info": self.info, "composition": self.composition}
+                "model_sha256": self.model_sha256, "descriptor_model": self.descriptor, "alpha": self.fit.alpha,
+                "intercept": self.fit.intercept, "loo_rmse": self.fit.loo_rmse, "info": self.info,
+                "composition": self.composition}
         arrays = {"mean": self.fit.mean, "scale": self.fit.scale, "keep": self.fit.keep.astype(np.int8),
                   "weights": self.fit.weights}
         write_archive(path, meta, arrays)
@@ -268,9 +350,13 @@ def load_head(path) -> RidgeHead:
         raise ModelFileError(f"{path}: incomplete ridge head ({exc})") from None
     if not ok:
         raise ModelFileError(f"{path}: inconsistent ridge head arrays")
+    descriptor = meta.get("descriptor_model")  # absent from heads written before model_identity
+    if descriptor is not None and not (isinstance(descriptor, dict)
+                                       and all(isinstance(descriptor.get(k), str) for k in ("family", "sha256"))):
+        raise ModelFileError(f"{path}: descriptor_model must name a family and a sha256")
     return RidgeHead(fit=fit, target=str(meta["target"]), pooling=meta["pooling"],
                      model_sha256=meta.get("model_sha256"), info=meta.get("info") or {},
-                     composition=bool(meta.get("composition", False)))
+                     composition=bool(meta.get("composition", False)), descriptor=descriptor)
 
 
 # ------------------------------------------------------------------------- data
@@ -353,6 +439,7 @@ def fit_head(model, data, target: str, pooling: str | None = None, n_train: int 
     for f in frames:
         digest.update(np.ascontiguousarray(f.positions, dtype=np.float64).tobytes())
     head = RidgeHead(fit=full, target=target, pooling=pooling, model_sha256=source.get("sha256"), composition=composition,
+                     descriptor=model_identity(calc.model),
                      info={"model_path": source.get("path"), "data": str(data) if isinstance(data, (str, os.PathLike))
                            else None, "data_sha256": digest.hexdigest(), "report": report.summary()})
     return head, report

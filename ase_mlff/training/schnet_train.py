@@ -325,26 +325,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def run(args) -> int:
+    from .trainer import distributed_run
+
+    try:
+        # under torchrun: one process group for the whole command (see _run)
+        with distributed_run(args.device) as ddp:
+            return _run(args, ddp)
+    except MLFFError as exc:  # joining the process group failed
+        print(f"ase-mlff train schnet: error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+
+
+def _run(args, ddp) -> int:
+    """The command on one process; under torchrun every rank trains, rank 0 alone checks and
+    writes the files and prints, and a failure on any rank stops all of them."""
     from .. import data as data_mod
     from .checkpoint import TrainingInterrupted, default_checkpoint_path
     from .common import UsageError, check_new_output, timed_printer
+    from .trainer import reported_elsewhere, save_recipe_result
 
-    def fail(msg, code):
-        print(f"ase-mlff train schnet: error: {msg}", file=sys.stderr)
+    def fail(exc, code):
+        if not reported_elsewhere(exc):
+            print(f"ase-mlff train schnet: error: {exc}", file=sys.stderr)
         return code
 
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
+    progress = timed_printer() if ddp.is_main else (lambda msg: None)
+    failure = None
     try:
-        check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
         freeze = parse_freeze(args.freeze)
-    except (UsageError, InputError) as exc:
-        return fail(exc, EXIT_USAGE)
-    progress = timed_printer()
-
-    try:
+        if ddp.is_main:
+            check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
         ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
-    except (DatasetError, OSError) as exc:
-        return fail(exc, EXIT_DATA)
+    except (UsageError, InputError, DatasetError, OSError) as exc:
+        failure = exc
+    try:
+        ddp.agree(failure)
+    except (UsageError, InputError, DatasetError, OSError) as exc:
+        return fail(exc, EXIT_DATA if isinstance(exc, (DatasetError, OSError)) else EXIT_USAGE)
     progress(f"read {len(ds)} frames from {args.dataset}")
     keys = {k: getattr(args, k) for k in TRAINER_KEYS}
     try:
@@ -355,16 +373,21 @@ def run(args) -> int:
                                      stop_after=args.stop_after, repulsion=args.repulsion,
                                      repulsion_width=args.repulsion_width, **keys)
     except TrainingInterrupted as exc:
-        where = f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint else "no checkpoint"
-        print(f"ase-mlff train schnet: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+        if ddp.is_main:  # the rank that wrote the checkpoint
+            where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
+                     else "no checkpoint")
+            print(f"ase-mlff train schnet: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
     except (OutputExistsError, InputError, UsageError) as exc:  # UsageError: e.g. a split missing an element
         return fail(exc, EXIT_USAGE)
     except MLFFError as exc:
         return fail(exc, EXIT_DATA)
-    from .trainer import save_recipe_result
-
-    save_recipe_result(model, training_record(report), report, ds, args, progress)
+    try:
+        save_recipe_result(model, training_record(report), report, ds, args, progress, ddp)
+    except (MLFFError, OSError) as exc:
+        return fail(exc, EXIT_DATA)
+    if not ddp.is_main:
+        return EXIT_OK
     print(f"SchNet model written to {args.output} ({model.describe()}"
           + (f"; fine-tuned from {args.init}, frozen: {', '.join(freeze) or 'nothing'}" if args.init else "") + ")")
     for name in ("valid", "test"):

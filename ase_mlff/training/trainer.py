@@ -43,11 +43,14 @@ file is written atomically once, at the end.
 
 Data parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes every W-th structure
 of each global batch, gradients are summed with ``all_reduce`` (gloo on CPU, nccl on GPU), and
-the result equals the single-process run up to summation order. Only rank 0 writes checkpoints,
-the model and plots. Command line::
+the result equals the single-process run up to summation order. Only rank 0 checks and writes
+files (checkpoints, the model, plots; it removes the checkpoint) and prints; the ranks meet in
+:meth:`Distributed.agree` wherever one of them could stop alone (checks, reading the data and
+the checkpoint, writing the model), so they stop together and none runs ahead of a file being
+written. Command line::
 
     torchrun --standalone --nproc_per_node 2 -m ase_mlff.training.trainer data.extxyz \\
-        --family bpnn --model-config model.json -o model.mlff --epochs 100
+        --family bpnn --model-config @model.json -o model.mlff --epochs 100
 
 See docs/nn_training.md.
 """
@@ -67,6 +70,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError, InputError, MLFFError, OutputExistsError, TrainingError
+from .common import UsageError, check_split_elements
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SCHEDULES = ("plateau", "cosine")
@@ -353,9 +357,43 @@ def unpack_state(js, arrays, device=None) -> dict[str, Any]:
 
 
 # =============================================================================== distributed
+# What another rank's failure looks like on this one: the same class (so every process exits with
+# the same status) and message, marked with ``peer_rank`` so the command line does not print it
+# a second time (the rank that met it did).
+def _error_classes() -> dict[str, type]:
+    from ..errors import ModelFileError
+    from .common import UsageError
+
+    return {c.__name__: c for c in (MLFFError, InputError, OutputExistsError, ModelFileError, DatasetError,
+                                    TrainingError, UsageError, ValueError, TypeError, OSError, FileNotFoundError,
+                                    PermissionError, ImportError, ModuleNotFoundError)}
+
+
+def reported_elsewhere(exc: BaseException) -> bool:
+    """Whether ``exc`` stands for another rank's error, which that rank reports (see
+    :meth:`Distributed.agree`): a command prints nothing for it and exits with the same status."""
+    return getattr(exc, "peer_rank", None) is not None
+
+
+def process_rank() -> int:
+    """This process's rank: the process group's when one is joined, else torchrun's ``RANK``
+    (0 for a single process). Decides who prints and writes."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 @dataclass
 class Distributed:
-    """This process's place in a data-parallel run (``world == 1``: a single process)."""
+    """This process's place in a data-parallel run (``world == 1``: a single process).
+
+    Who does what: every rank trains; **rank 0 alone** checks and writes files (checkpoint,
+    model, plots; it removes the checkpoint) and prints; the other ranks wait for it at
+    :meth:`agree`, a collective that also shares a failure, so a rank never trains on while
+    another has stopped, and no rank goes on past a file rank 0 is still writing.
+    """
 
     rank: int = 0
     world: int = 1
@@ -382,25 +420,96 @@ class Distributed:
                 for t in list(module.parameters()) + list(module.buffers()):
                     dist.broadcast(t.data, src=0)
 
-    def close(self) -> None:
+    def broadcast_text(self, text: str, src: int = 0) -> str:
+        """``src``'s ``text`` on every rank (UTF-8 bytes in a tensor: no pickle)."""
+        if self.world <= 1:
+            return text
+        import torch.distributed as dist
+
+        data = text.encode() if self.rank == src else b""
+        n = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        dist.broadcast(n, src=src)
+        buf = (torch.tensor(list(data), dtype=torch.uint8) if self.rank == src
+               else torch.zeros(int(n), dtype=torch.uint8)).to(self.device)
+        dist.broadcast(buf, src=src)
+        return bytes(buf.cpu().tolist()).decode()
+
+    def agree(self, error: BaseException | None = None) -> None:
+        """Collective (every rank calls it, also as a barrier): when any rank passes an error,
+        every rank raises. The lowest failing rank raises its own ``error``; every other rank
+        raises one of the same class and message with ``peer_rank`` set (see
+        :func:`reported_elsewhere`). A single process just raises ``error``."""
+        if self.world <= 1:
+            if error is not None:
+                raise error
+            return
+        flags = torch.zeros(self.world, dtype=torch.int64, device=self.device)
+        flags[self.rank] = int(error is not None)
+        self.all_reduce(flags)
+        failed = torch.nonzero(flags).flatten().tolist()
+        if not failed:
+            return
+        src = int(failed[0])
+        what = self.broadcast_text(f"{type(error).__name__}\n{error}" if self.rank == src else "", src)
+        if self.rank == src:
+            error.all_ranks = True
+            raise error
+        name, _, message = what.partition("\n")
+        exc = _error_classes().get(name, TrainingError)(message if name in _error_classes()
+                                                          else f"rank {src}: {name}: {message}")
+        exc.peer_rank, exc.all_ranks = src, True
+        raise exc
+
+    def same_everywhere(self, text: str, what: str) -> None:
+        """Refuse (TrainingError on every rank) to go on when the ranks' ``text`` differ: the
+        processes must train the same model on the same data with the same options."""
+        if self.world <= 1:
+            return
+        import hashlib
+
+        h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")  # fits an int64
+        lo_hi = torch.tensor([-h, h], dtype=torch.int64, device=self.device)
+        self.all_reduce(lo_hi, "max")
+        if -int(lo_hi[0]) != int(lo_hi[1]):
+            exc = TrainingError(f"the {self.world} processes differ in {what}; every process must read the same "
+                                "data with the same command (multi-node: the same data file and flags on every node)")
+            exc.all_ranks = True
+            if not self.is_main:  # every rank found it; rank 0 reports it
+                exc.peer_rank = 0
+            raise exc
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Leave the group this object joined (nothing for a group joined elsewhere). ``error``:
+        the exception on the way out, if any."""
         if self.initialized_here:
             import torch.distributed as dist
 
-            # Everyone waits for rank 0 (which saves the model and plots) before the group is torn
-            # down: a rank that destroyed its gloo group early aborted at exit now and then
-            # ("terminate called without an active exception", status -6).
+            # Everyone waits for everyone before the group is torn down: a rank that destroyed its
+            # gloo group early aborted at exit now and then ("terminate called without an active
+            # exception", status -6). Not after an error only this rank met: the others are in
+            # another collective, and leaving at once makes theirs fail instead of hang.
             try:
-                dist.barrier()
+                if error is None or in_step(error):
+                    dist.barrier()
             finally:
                 dist.destroy_process_group()
                 self.initialized_here = False
+
+
+def in_step(exc: BaseException) -> bool:
+    """Whether every rank raised ``exc`` at the same point (shared by :meth:`Distributed.agree`,
+    a stop request shared at a safe point, a diverging loss every rank sums alike)."""
+    from .checkpoint import TrainingInterrupted
+
+    return bool(getattr(exc, "all_ranks", False) or reported_elsewhere(exc) or isinstance(exc, TrainingInterrupted))
 
 
 def init_distributed(device: str = "auto") -> Distributed:
     """Join the process group that ``torchrun`` describes in the environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); a single process when
     ``WORLD_SIZE`` is unset or 1. Backend nccl with one GPU per process when CUDA is used,
-    gloo otherwise."""
+    gloo otherwise. A group joined before (e.g. by :func:`distributed_run`) is reused, and
+    left for its owner to close."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
@@ -420,6 +529,25 @@ def init_distributed(device: str = "auto") -> Distributed:
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), dev, True)
+
+
+class distributed_run:
+    """``with distributed_run(device) as ddp:`` holds the process group (under torchrun) for a
+    whole command, so that what comes before and after :func:`train_network` (reading the
+    data, checking the outputs, writing the model) can use :meth:`Distributed.agree` too;
+    :func:`train_network` reuses the group. Closes it (after a barrier) on the way out."""
+
+    def __init__(self, device: str = "auto"):
+        self.device = device
+        self.ddp: Distributed | None = None
+
+    def __enter__(self) -> Distributed:
+        self.ddp = init_distributed(self.device)
+        return self.ddp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.ddp.close(exc)
+        return False
 
 
 # =============================================================================== labels and loss
@@ -551,33 +679,40 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
     from .checkpoint import Checkpointer, StopGuard, check_output, default_checkpoint_path, identity
 
     opts = (options or TrainerOptions()).check()
-    say = log or (lambda msg: None)
     train_frames, valid_frames = list(train_frames), list(valid_frames)
-    params = _trainable(model)
-    if not params:
-        raise TrainingError(f"this {getattr(model, 'family', type(model).__name__)} model has no trainable "
-                            "parameters; kernel and spline families have their own training recipes")
-    if not train_frames:
-        raise DatasetError("no training frames; give at least one labelled structure")
-    _check_labels(model, train_frames, valid_frames, opts)
-
     ddp = init_distributed(opts.device)
+    # every rank computes the same numbers; rank 0 alone reports them
+    say = (log or (lambda msg: None)) if ddp.is_main else (lambda msg: None)
+    error = None
     try:
-        # ---------------------------------------------------------------- files (rank 0 decides)
+        # ---------------------------------------------------------------- checks (rank 0: files)
         if checkpoint is None and output is not None:
             checkpoint = default_checkpoint_path(output)
         plot_paths = _default_plots(output, plot_dir) if plots else []
-        if ddp.is_main:
-            check_output(output, overwrite, resume)
-            if not (overwrite or resume):
-                for p in plot_paths:
-                    check_output(p, False, False)
-            if checkpoint is not None and not resume and os.path.exists(checkpoint):
-                raise OutputExistsError(f"checkpoint {checkpoint} exists from an interrupted run; resume it "
-                                        "(--resume) or delete it to start over")
-            if resume and (checkpoint is None or not os.path.exists(checkpoint)):
-                raise TrainingError(f"there is no checkpoint {checkpoint} to resume from; give it with "
-                                    "--checkpoint, or start without --resume")
+        failure = None
+        try:
+            if not _trainable(model):
+                raise TrainingError(f"this {getattr(model, 'family', type(model).__name__)} model has no trainable "
+                                    "parameters; kernel and spline families have their own training recipes")
+            if not train_frames:
+                raise DatasetError("no training frames; give at least one labelled structure")
+            _check_labels(model, train_frames, valid_frames, opts)
+            if ddp.is_main:
+                check_output(output, overwrite, resume)
+                if not (overwrite or resume):
+                    for p in plot_paths:
+                        check_output(p, False, False)
+                if checkpoint is not None and not resume and os.path.exists(checkpoint):
+                    raise OutputExistsError(f"checkpoint {checkpoint} exists from an interrupted run; resume it "
+                                            "(--resume) or delete it to start over")
+                if resume and (checkpoint is None or not os.path.exists(checkpoint)):
+                    raise TrainingError(f"there is no checkpoint {checkpoint} to resume from; give it with "
+                                        "--checkpoint, or start without --resume")
+        except MLFFError as exc:
+            failure = exc
+        # nobody starts (or reads a checkpoint) unless every rank may: a refusal on rank 0 alone
+        # would leave the others waiting in the first collective
+        ddp.agree(failure)
 
         dtype = DTYPES[opts.dtype]
         original_device = next(model.parameters()).device
@@ -586,6 +721,10 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
             "model": model.get_config() if hasattr(model, "get_config") else None,
             **{k: v for k, v in opts.as_dict().items() if k not in TrainerOptions.RUN_CONTROL},
             "n_train": len(train_frames), "n_valid": len(valid_frames)})
+        # e.g. a family that chose its hyperparameters from the frames on each rank, or nodes
+        # reading different files: refused before rank 0's weights are broadcast into them
+        ddp.same_everywhere(json.dumps(ident, sort_keys=True), "their training data, options or model "
+                                                               "hyperparameters")
         cast_model(model, dtype)
         model.to(ddp.device)
         params = [p for _, p in _trainable(model)]
@@ -616,7 +755,12 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
             if resume:
                 # every process reads the checkpoint (multi-node: a shared file system)
                 ckpt.path = checkpoint
-                js, arrays = ckpt.load()
+                failure = None
+                try:
+                    js, arrays = ckpt.load()
+                except MLFFError as exc:  # e.g. a node that does not see the checkpoint
+                    failure = exc
+                ddp.agree(failure)
                 if not ddp.is_main:
                     ckpt.path = None
                 saved = unpack_state(js, arrays)
@@ -735,20 +879,29 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
             record.reference_rank = st["reference"]["rank"]
             record.energy_scale = st["reference"]["scale"]
         model.eval()
+        failure = None
         if ddp.is_main:
-            if output is not None:
-                from ..io import save_model
+            try:
+                if output is not None:
+                    from ..io import save_model
 
-                save_model(model, output, training={**(training or {}), "trainer": record.as_dict()})
-                say(f"model written to {output}")
-            if plot_paths:
-                record.plots = write_plots(record, model, valid_frames or train_frames, plot_paths)
-            if checkpoint is not None and output is not None and os.path.exists(checkpoint):
-                os.unlink(checkpoint)  # the model file holds everything the checkpoint did
+                    save_model(model, output, training={**(training or {}), "trainer": record.as_dict()})
+                    say(f"model written to {output}")
+                if plot_paths:
+                    record.plots = write_plots(record, model, valid_frames or train_frames, plot_paths)
+                if checkpoint is not None and output is not None and os.path.exists(checkpoint):
+                    os.unlink(checkpoint)  # the model file holds everything the checkpoint did
+            except (MLFFError, OSError) as exc:
+                failure = exc
+        # the other ranks wait here until rank 0 has written (or failed to write) its files
+        ddp.agree(failure)
         model.to(original_device)
         return model, record
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        ddp.close()
+        ddp.close(error)
 
 
 def _check_labels(model, train_frames, valid_frames, opts) -> None:
@@ -841,9 +994,13 @@ def _train_step(model, params, optimizer, batch, graphs, labels, opts, ddp, need
     values = [float(x) for x in terms.cpu()]
     if not math.isfinite(values[0]):
         # every process sees the same summed loss, so all of them stop here together
-        raise TrainingError(f"the training loss became {values[0]} (learning rate "
+        exc = TrainingError(f"the training loss became {values[0]} (learning rate "
                             f"{optimizer.param_groups[0]['lr']:.3g}); lower --lr or --clip, or look for "
                             "frames with absurd labels; the weights were not updated")
+        exc.all_ranks = True
+        if not ddp.is_main:  # rank 0 reports it
+            exc.peer_rank = 0
+        raise exc
     if opts.clip > 0:
         torch.nn.utils.clip_grad_norm_(params, opts.clip)
     optimizer.step()
@@ -1028,11 +1185,15 @@ def options_from_args(args) -> TrainerOptions:
 def run_training(model, train_frames, valid_frames, args, prog: str, training: dict[str, Any] | None = None) -> int:
     """Train from parsed :func:`configure_parser` flags (plus ``args.output``) and return the
     exit status: 0, 1 (bad data or failed training), 2 (usage: an existing output or
-    checkpoint), 130/143 (interrupted by SIGINT/SIGTERM; the checkpoint was written)."""
+    checkpoint), 130/143 (interrupted by SIGINT/SIGTERM; the checkpoint was written). Under
+    torchrun only rank 0 prints; an error is printed once, by the lowest rank that met it."""
     from .checkpoint import TrainingInterrupted
 
-    def fail(msg, code):
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+    main_rank = process_rank() == 0
+
+    def fail(exc, code):
+        if not reported_elsewhere(exc):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return code
 
     try:
@@ -1043,9 +1204,10 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
             log=lambda m: print(m, file=sys.stderr, flush=True), progress=args.progress,
             training=training, stop_after=args.stop_after)
     except TrainingInterrupted as exc:
-        where = (f"checkpoint written to {exc.checkpoint}; resume with the same command plus --resume"
-                 if exc.checkpoint else "no checkpoint was written")
-        print(f"{prog}: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+        if main_rank:  # the one that wrote the checkpoint
+            where = (f"checkpoint written to {exc.checkpoint}; resume with the same command plus --resume"
+                     if exc.checkpoint else "no checkpoint was written")
+            print(f"{prog}: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
         return exc.exit_code
     except OutputExistsError as exc:
         return fail(exc, 2)
@@ -1053,29 +1215,38 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
         return fail(exc, 2)
     except MLFFError as exc:
         return fail(exc, 1)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(record.summary(), file=sys.stderr)
     return 0
 
 
-def save_recipe_result(model, training: dict[str, Any], report: dict[str, Any], dataset, args, progress) -> None:
+def save_recipe_result(model, training: dict[str, Any], report: dict[str, Any], dataset, args, progress,
+                       ddp: Distributed | None = None) -> None:
     """The end of a family recipe's command (``ase-mlff train bpnn|schnet``): write the model
     file with its training record (plus the command line), the learning-curve and parity plots
     of the validation frames (training frames without any) unless ``--no-plots``, and remove
-    the checkpoint, which only served a resume."""
+    the checkpoint, which only served a resume. Under torchrun (``ddp`` of
+    :func:`distributed_run`) rank 0 alone does it and the other ranks wait for it; a failure
+    to write is raised on every rank."""
     from ..io import save_model
     from .checkpoint import default_checkpoint_path
 
-    training = dict(training, command=" ".join(sys.argv))
-    save_model(model, args.output, training=training)
-    if args.plots:
-        split = report["split"]
-        frames = [dataset.frames[k] for k in split["valid"]] or [dataset.frames[k] for k in split["train"]]
-        for path in write_plots(report["record"], model, frames, _default_plots(args.output, args.plot_dir)):
-            progress(f"plot written to {path}")
-    ckpt = args.checkpoint or default_checkpoint_path(args.output)
-    if os.path.exists(ckpt):
-        os.unlink(ckpt)
+    ddp = ddp or Distributed()
+    failure = None
+    if ddp.is_main:
+        try:
+            save_model(model, args.output, training=dict(training, command=" ".join(sys.argv)))
+            if args.plots:
+                split = report["split"]
+                frames = [dataset.frames[k] for k in split["valid"]] or [dataset.frames[k] for k in split["train"]]
+                for path in write_plots(report["record"], model, frames, _default_plots(args.output, args.plot_dir)):
+                    progress(f"plot written to {path}")
+            ckpt = args.checkpoint or default_checkpoint_path(args.output)
+            if os.path.exists(ckpt):
+                os.unlink(ckpt)
+        except (MLFFError, OSError) as exc:
+            failure = exc
+    ddp.agree(failure)
 
 
 def _model_config(text: str) -> dict[str, Any]:
@@ -1108,42 +1279,72 @@ def build_parser() -> argparse.ArgumentParser:
     return configure_parser(p)
 
 
-def main(argv=None) -> int:
-    import importlib
+def _exit_status(exc: BaseException) -> int:
+    """2 for a usage problem (flags, JSON, an existing output), 1 for unusable data or a failed run."""
+    if isinstance(exc, UsageError):  # also a SplitError, although it is a DatasetError
+        return 2
+    return 2 if isinstance(exc, (InputError, ValueError, TypeError)) and not isinstance(exc, DatasetError) else 1
 
-    from .. import data as data_mod
+
+def build_model(family: str, config: dict[str, Any], train_frames: Sequence):
+    """A fresh model of a registered ``family`` from its hyperparameters ``config``. A family
+    whose hyperparameters depend on the data (BPNN: the symmetry functions chosen from the
+    training frames) completes them in the optional class method
+    ``config_for_frames(config, frames)``; the others are built by ``from_config``."""
     from ..models.base import MODEL_REGISTRY
 
+    if family not in MODEL_REGISTRY:
+        import ase_mlff.models  # noqa: F401  (registers the built-in families)
+    if family not in MODEL_REGISTRY:
+        raise InputError(f"unknown model family {family!r}; known: {', '.join(sorted(MODEL_REGISTRY))}")
+    cls = MODEL_REGISTRY[family]
+    complete = getattr(cls, "config_for_frames", None)
+    if complete is not None:
+        config = complete(dict(config), list(train_frames))
+    return cls.from_config(config)
+
+
+def main(argv=None) -> int:
     prog = "python -m ase_mlff.training.trainer"
     args = build_parser().parse_args(argv)
     try:
+        with distributed_run(args.device) as ddp:
+            return _main(args, ddp, prog)
+    except TrainingError as exc:  # joining the process group failed (e.g. --device cuda without a GPU)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main(args, ddp: Distributed, prog: str) -> int:
+    import importlib
+
+    from .. import data as data_mod
+
+    failure = None
+    try:
         for name in args.imports:
             importlib.import_module(name)
-        if args.family not in MODEL_REGISTRY:
-            import ase_mlff.models  # noqa: F401  (registers the built-in families)
-        if args.family not in MODEL_REGISTRY:
-            raise InputError(f"unknown model family {args.family!r}; known: {', '.join(sorted(MODEL_REGISTRY))}")
         ds = data_mod.read(args.data, energy_unit=args.energy_unit)
         n_valid = args.n_valid if args.n_valid is not None else (max(1, len(ds) // 10) if len(ds) > 1 else 0)
         n_train = args.n_train if args.n_train is not None else len(ds) - n_valid
         split = ds.split(n_train, n_valid, 0, seed=args.seed)
+        train = [ds[int(i)] for i in split.train]
+        valid = [ds[int(i)] for i in split.valid]
+        # before the first epoch: a validation element no training frame holds would never be learnt
+        check_split_elements(train, {"validation": valid})
         cfg = _model_config(args.model_config)
         cfg.setdefault("species", [int(z) for z in ds.elements])
         # the same initial weights in every process and every run with this seed
         torch.manual_seed(int(np.random.SeedSequence([args.seed, 0x6E6E]).generate_state(1)[0]))
-        model = MODEL_REGISTRY[args.family].from_config(cfg)
-    except (MLFFError, OSError, ValueError, TypeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (InputError, ValueError, TypeError)) and not isinstance(exc, DatasetError) else 1
-    train = [ds[int(i)] for i in split.train]
-    valid = [ds[int(i)] for i in split.valid]
-    try:  # before the first epoch: a validation element no training frame holds would never be learnt
-        from .common import UsageError, check_split_elements
-
-        check_split_elements(train, {"validation": valid})
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        model = build_model(args.family, cfg, train)
+    except (MLFFError, OSError, ValueError, TypeError, ImportError) as exc:
+        failure = exc
+    try:
+        ddp.agree(failure)  # every rank read the same data and built the same model, or all stop
+    except (MLFFError, OSError, ValueError, TypeError, ImportError) as exc:
+        if not reported_elsewhere(exc):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        return _exit_status(exc)
     training = {"data_sha256": ds.sha256(), "source": args.data, "recipe": "ase_mlff.training.trainer",
                 "split": {"train": split.train.tolist(), "valid": split.valid.tolist()}, "seed": args.seed,
                 "command": " ".join(sys.argv)}
