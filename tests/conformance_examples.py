@@ -44,7 +44,10 @@ class Example:
     ``identifies_relabelling``: a global family's calculator evaluates a molecule given in any
     atom order correctly (by identifying the order); when False it must refuse one with
     ``InputError`` instead. ``nearest_neighbour``: Å, the distance the shared structures use
-    (near the model's minimum). ``float32_energy_tol`` (eV per atom) and
+    (near the model's minimum). ``rounding``: relative difference (to max(1, |x|)) allowed
+    between results that agree up to float64 rounding (invariances, batches, analytic vs
+    autograd); the default suits sums of terms of the result's own size, a family whose sums
+    cancel much larger terms states its own. ``float32_energy_tol`` (eV per atom) and
     ``float32_force_tol`` (relative to the largest force component) bound the difference
     between the model in float32 and float64.
     """
@@ -56,6 +59,7 @@ class Example:
     nearest_neighbour: float = 2.49
     float32_energy_tol: float = 1e-4
     float32_force_tol: float = 1e-3
+    rounding: float = 1e-9
     notes: str = ""
 
 
@@ -186,6 +190,9 @@ def sgdml_example() -> Example:
     return Example(model, molecule=molecule, symmetry_permutations=perms, identifies_relabelling=True,
                    # float32 descriptors (1/r to 7 digits) against a -4200 eV kernel energy
                    float32_energy_tol=2e-3, float32_force_tol=5e-3,
+                   # energy and forces cancel sums of ~1e8 eV and ~7e7 eV/Å (tests/sgdml_rounding.py):
+                   # two paths differ by up to ~1e-9 of the largest force, at the default's edge
+                   rounding=1e-8,
                    notes="global: one molecule, fixed atom order, analytic numpy path")
 
 
