@@ -51,8 +51,8 @@ def test_train_gap_stopped_by_sigterm_writes_its_checkpoint_and_resumes(tmp_path
     cmd = [sys.executable, "-m", "ase_mlff.cli", "train", "gap", os.path.join(ROOT, "tests", "data",
            "si_mlearn_16.extxyz"), "-o", str(out), "--cutoff", "5", "--n-max", "6", "--l-max", "6",
            "--n-sparse", "100", "--n-test", "3"]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the installed package (as the other tests here): the checkout's ase_mlff/ is not compiled
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         for line in proc.stderr:  # wait until the descriptors are done
@@ -68,6 +68,6 @@ def test_train_gap_stopped_by_sigterm_writes_its_checkpoint_and_resumes(tmp_path
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "checkpoint written to" in err and "--resume" in err
     assert not out.exists() and (tmp_path / "g.mlff.ckpt").exists()
-    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr and out.exists() and not (tmp_path / "g.mlff.ckpt").exists()

@@ -306,7 +306,6 @@ def test_cli_interrupt_exit_code_and_resume(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------- data parallel
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _needs_gloo():
@@ -317,9 +316,11 @@ def _needs_gloo():
 
 
 def _worker_env(**extra):
-    """The environment of a worker process: this checkout's sources (and the tests' module, for
-    --import), one thread per process (2 processes on a 2-core machine)."""
-    path = os.pathsep.join([ROOT, os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])
+    """The environment of a worker process: the installed package, as the tests themselves use
+    (the checkout's ase_mlff/ has no compiled extension after `pip install .`; a developer's
+    PYTHONPATH is inherited), the tests' module for --import, and one thread per process (2
+    processes on a 2-core machine)."""
+    path = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])
     return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", **extra)
 
 
