@@ -60,7 +60,8 @@ def _line(values, fmt: str = "{:.10g}") -> str:
     if len(line) > 1020:
         raise InputError(
             f"a list of {np.size(values)} numbers does not fit on one LAMMPS uf3 line (1024 characters); "
-            "map the model on a coarser grid (2-body: n2 <= ~55; 3-body: n3 <= ~45)")
+            "map the model on a coarser grid (train mff: --h2 with rc2/h2 <= ~55, --h3 with rc3/h3 <= ~45, "
+            "and for centred triplets --h3jk with 2 rc3/h3jk <= ~55)")
     return line
 
 

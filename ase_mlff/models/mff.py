@@ -46,7 +46,7 @@ class MFFModel(Model):
 
     def __init__(self, species: Iterable[int], cutoff: float | None = None, rc2: float = 5.0,
                  n2: int = 100, rc3: float = 0.0, n3: int = 0, config: dict[str, Any] | None = None,
-                 **extra):
+                 n3jk: int | None = None, **extra):
         species = sorted({int(z) for z in species})
         rc2 = float(rc2)
         rc3 = float(rc3)
@@ -59,9 +59,14 @@ class MFFModel(Model):
             raise ValueError(f"cutoff {cutoff} does not match max(rc2, rc3) = {cut}")
         cfg = dict(config or {})
         cfg.update(extra)
-        cfg.update({"rc2": rc2, "n2": int(n2), "rc3": rc3, "n3": int(n3)})
+        # the third side r_jk spans [0, 2 rc3]: by default the arms' spacing (2 n3 intervals);
+        # centred triplets may use a coarser one (a uf3 line holds at most ~90 numbers)
+        n3jk = 2 * int(n3) if n3jk is None else int(n3jk)
+        if rc3 > 0 and n3jk < 1:
+            raise ValueError("a 3-body term needs n3jk >= 1")
+        cfg.update({"rc2": rc2, "n2": int(n2), "rc3": rc3, "n3": int(n3), "n3jk": n3jk})
         super().__init__(species, cut, cfg)
-        self.rc2, self.n2, self.rc3, self.n3 = rc2, int(n2), rc3, int(n3)
+        self.rc2, self.n2, self.rc3, self.n3, self.n3jk = rc2, int(n2), rc3, int(n3), n3jk
         S = len(self.species)
         self.grid2 = UniformGrid(rc2, self.n2)
         self.has3 = rc3 > 0
@@ -70,7 +75,7 @@ class MFFModel(Model):
         self.register_buffer("_table2", torch.from_numpy(self.grid2.table().copy()), persistent=False)
         if self.has3:
             self.grid3 = UniformGrid(rc3, self.n3)
-            self.grid3jk = UniformGrid(2 * rc3, 2 * self.n3)
+            self.grid3jk = UniformGrid(2 * rc3, self.n3jk)
             shape = (S, S, S, self.grid3.n_coef, self.grid3.n_coef, self.grid3jk.n_coef)
             self.register_buffer("coef3", torch.zeros(shape, dtype=torch.float64))
             self.register_buffer("_table3", torch.from_numpy(self.grid3.table().copy()), persistent=False)
@@ -82,9 +87,11 @@ class MFFModel(Model):
 
     # ----------------------------------------------------------------- helpers
     def get_config(self) -> dict[str, Any]:
-        cfg = {k: v for k, v in self.config.items() if k not in ("rc2", "n2", "rc3", "n3")}
+        cfg = {k: v for k, v in self.config.items() if k not in ("rc2", "n2", "rc3", "n3", "n3jk")}
+        # n3jk only where it is not the default, so that files of the default grid stay as before
+        jk = {"n3jk": self.n3jk} if self.n3jk != 2 * self.n3 else {}
         return {"species": self.species, "cutoff": self.cutoff, "rc2": self.rc2, "n2": self.n2,
-                "rc3": self.rc3, "n3": self.n3, **({"config": cfg} if cfg else {})}
+                "rc3": self.rc3, "n3": self.n3, **jk, **({"config": cfg} if cfg else {})}
 
     #: bounds on hyperparameters read from files (far beyond any useful tabulation)
     MAX_CUTOFF = 100.0
@@ -93,8 +100,8 @@ class MFFModel(Model):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Shapes of coef2 (S, S, n2+3), e0 (S,) and coef3 (S, S, S, n3+3, n3+3, 2 n3+3), or (0,)
-        without a 3-body term, computed without allocating them."""
+        """Shapes of coef2 (S, S, n2+3), e0 (S,) and coef3 (S, S, S, n3+3, n3+3, n3jk+3) (n3jk
+        default 2 n3), or (0,) without a 3-body term, computed without allocating them."""
         species = config_species(config)
         rc2 = config_cutoff(config, "rc2", cls.MAX_CUTOFF, default=5.0)
         n2 = config_int(config, "n2", 1, cls.MAX_N2, default=100)
@@ -102,13 +109,14 @@ class MFFModel(Model):
         if 0 < rc3 < MIN_CUTOFF:
             raise ValueError(f"hyperparameters.rc3 must be 0 (no 3-body term) or at least {MIN_CUTOFF:g} Å, got {rc3:g}")
         n3 = config_int(config, "n3", 1 if rc3 > 0 else 0, cls.MAX_N3, default=0)
+        n3jk = config_int(config, "n3jk", 1 if rc3 > 0 else 0, 2 * cls.MAX_N3, default=2 * n3)
         cutoff = config.get("cutoff")
         if cutoff is not None and config_float(config, "cutoff") != max(rc2, rc3):
             raise ValueError(f"hyperparameters.cutoff {cutoff} does not match max(rc2, rc3) = {max(rc2, rc3)}")
         if not isinstance(config.get("config", {}), dict):
             raise ValueError("hyperparameters.config must be an object")
         S = len(species)
-        coef3 = (S, S, S, n3 + 3, n3 + 3, 2 * n3 + 3) if rc3 > 0 else (0,)
+        coef3 = (S, S, S, n3 + 3, n3 + 3, n3jk + 3) if rc3 > 0 else (0,)
         return {"coef2": ((S, S, n2 + 3), "float64"), "e0": ((S,), "float64"), "coef3": (coef3, "float64")}
 
     @classmethod

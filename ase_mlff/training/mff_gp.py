@@ -304,8 +304,12 @@ class NBodyGP:
 
     # ----------------------------------------------------------------- mapping
     def to_mff(self, n2: int | None = None, n3: int | None = None, h2: float = 0.05, h3: float = 0.1,
-               samples_per_interval: int = 2, log=None, done: dict | None = None, on_block=None) -> MFFModel:
+               samples_per_interval: int = 2, log=None, done: dict | None = None, on_block=None,
+               h3jk: float | None = None) -> MFFModel:
         """Tabulate V2 and V3 of every element combination on splines (see module docstring).
+
+        ``h3jk``: knot spacing along the third side r_jk of centred triplets, which spans
+        [0, 2 rc3] (default: the arms' spacing); triangles keep the arms' grid.
 
         Resumable per block (one element pair or triple): ``on_block(key, coefficients)`` is
         called after each block is fitted; ``done``, a dict of such blocks, skips them."""
@@ -313,8 +317,14 @@ class NBodyGP:
         t0 = time.perf_counter()
         n2 = int(n2 or math.ceil(self.rc2 / h2)) if self.use2 else 1
         n3 = int(n3 or math.ceil(self.rc3 / h3)) if self.use3 else 0
+        n3jk = None
+        if h3jk is not None and self.use3:
+            if not self.centred:
+                raise ValueError("a separate r_jk spacing (h3jk) needs centred triplets: a triangle's third "
+                                 "side shares the arms' grid up to the cutoff")
+            n3jk = int(math.ceil(2 * self.rc3 / h3jk))
         model = MFFModel(self.species, rc2=self.rc2 if self.use2 else self.rc3, n2=n2,
-                         rc3=self.rc3 if self.use3 else 0.0, n3=n3)
+                         rc3=self.rc3 if self.use3 else 0.0, n3=n3, n3jk=n3jk)
         S = len(self.species)
         coef2 = np.zeros(model.coef2.shape)
         if self.use2:

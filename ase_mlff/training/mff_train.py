@@ -46,7 +46,7 @@ MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per
                  "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed",
                  "fit", "n_sparse2", "n_sparse3", "sigma_energy", "sigma_force", "sigma_virial",
                  "sigma_config_type", "sigma_e0", "jitter", "sigma2", "sigma3", "width2", "width3",
-                 "triplets")
+                 "triplets", "h3jk")
 
 #: every option of ``train mff``: library keyword, flag and config key (docs/training.md)
 OPTIONS = (
@@ -82,6 +82,8 @@ OPTIONS = (
                                    "the form of uf3 and Stillinger-Weber", choices=("triangle", "centred")),
     Option("h2", 0.1, "2-body spline knot spacing (Å; LAMMPS export: rc2/h2 <= ~55)", float),
     Option("h3", 0.1, "3-body spline knot spacing (Å; LAMMPS export: rc3/h3 <= ~45)", float),
+    Option("h3jk", None, "centred triplets: knot spacing along the third side r_jk, which spans [0, 2 rc3] "
+                         "(Å; none: --h3; LAMMPS export: 2 rc3/h3jk <= ~55)", float),
     Option("samples_per_interval", 2, "GP samples per 3-body spline interval (LS fit)", int),
     Option("n_gp_eval", 8, "test frames on which the unmapped GP is evaluated", int),
     Option("seed", 0, "seed of the random streams (test split, training energies and force atoms)", int),
@@ -129,6 +131,10 @@ def _check_counts(args, n_frames: int) -> None:
     if args.rc2 <= 0 and args.rc3 <= 0:
         raise _UsageError("at least one of --rc2 and --rc3 must be positive")
     widths = [w for w in (getattr(args, "width2", None), getattr(args, "width3", None)) if w is not None]
+    h3jk = getattr(args, "h3jk", None)
+    if h3jk is not None and (getattr(args, "triplets", "triangle") != "centred" or not h3jk > 0):
+        raise _UsageError("--h3jk needs --triplets centred (a triangle's third side shares the arms' grid) "
+                          "and a positive spacing")
     if getattr(args, "triplets", "triangle") == "centred":
         if getattr(args, "fit", "full") == "full" or not args.no_optimise:
             raise _UsageError("--triplets centred needs the sparse fit and --no-optimise (the marginal-likelihood "
@@ -288,7 +294,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
             ckpt.safe_point(snapshot)
 
         model = gp.to_mff(h2=args.h2, h3=args.h3, samples_per_interval=args.samples_per_interval, log=log,
-                          done=dict(blocks), on_block=on_block)
+                          done=dict(blocks), on_block=on_block, h3jk=getattr(args, "h3jk", None))
     if energy_pool and args.fit == "full":
         # Forces fix the n-body functions, energies only weakly (sigma_e may go to its bound):
         # re-fit the per-element constants e0 by least squares on all training-pool energies
@@ -337,7 +343,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         "hyperparameters": gp.hyper.as_dict(),
         "log_marginal_likelihood": gp.log_marginal_likelihood,
         "reference_energies_eV": gp.e0.tolist(),
-        "grid": {"rc2": model.rc2, "n2": model.n2, "rc3": model.rc3, "n3": model.n3},
+        "grid": {"rc2": model.rc2, "n2": model.n2, "rc3": model.rc3, "n3": model.n3, "n3jk": model.n3jk},
         "timings_s": {**gp.timings, "eval_mapped_s": t_mapped, "eval_gp_s": t_gp},
         "test_mapped": err_mapped,
         "test_subset_mapped": err_mapped_sub,
