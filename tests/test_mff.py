@@ -22,11 +22,11 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 # ----------------------------------------------------------------------------- helpers
-def analytic_mff(species=(28,), rc2=4.2, rc3=3.4, n2=42, n3=17, centred=False) -> MFFModel:
+def analytic_mff(species=(28,), rc2=4.2, rc3=3.4, n2=42, n3=17, centred=False, n3jk=None) -> MFFModel:
     """Splines fitted to a smooth Morse pair + Gaussian triangle term (species-dependent).
     ``centred``: the 3-body term has no cutoff in r_jk and reaches r_jk = 2 rc3 (centred
-    triplets, ``train mff --triplets centred``)."""
-    model = MFFModel(species, rc2=rc2, n2=n2, rc3=rc3, n3=n3)
+    triplets, ``train mff --triplets centred``); ``n3jk``: intervals along r_jk (default 2 n3)."""
+    model = MFFModel(species, rc2=rc2, n2=n2, rc3=rc3, n3=n3, n3jk=n3jk)
     S = len(model.species)
     g2 = model.grid2
     xs = sample_points(g2, 2)
@@ -183,6 +183,29 @@ def test_nve_energy_conservation():
     ekin = atoms.get_kinetic_energy()
     assert ekin > 0.05
     assert np.ptp(energies) / len(atoms) < 2e-5, np.ptp(energies)
+
+
+def test_separate_r_jk_grid_of_centred_triplets(tmp_path, rng):
+    """n3jk (train mff --h3jk): its own spacing along r_jk; the C++ path equals torch, forces
+    are derivatives, and the file keeps the grid (check_config predicts the array's shape)."""
+    model = analytic_mff((13, 28), centred=True, n3jk=21)
+    assert model.grid3jk.n == 21 and model.coef3.shape[-1] == 24 and model.jk_max() > 1.9 * model.rc3
+    atoms = _two_species(_structures(rng)["triclinic"], rng)
+    fast = model.compute(_graph(model, atoms), forces=True, stress=True)
+    slow_graph = _graph(model, atoms)
+    slow_graph.positions.requires_grad_(True)
+    ref = model.compute(slow_graph, forces=True, stress=True)
+    for key in ("energy", "forces", "virial"):
+        np.testing.assert_allclose(getattr(fast, key).numpy(), getattr(ref, key).detach().numpy(),
+                                   rtol=1e-10, atol=1e-11)
+    small = atoms[:8]
+    small.calc = MLFFCalculator(model, skin=0.0)
+    np.testing.assert_allclose(small.get_forces(), numerical_forces(small, d=1e-4), atol=2e-7)
+    assert MFFModel.check_config(model.get_config())["coef3"][0][-1] == 24
+    back = load_model(save_model(model, tmp_path / "jk.mlff"))
+    assert back.n3jk == 21 and back.get_config() == model.get_config()
+    # the default grid writes no n3jk: files made before it existed stay the same
+    assert "n3jk" not in analytic_mff((28,)).get_config()
 
 
 def test_model_file_round_trip(tmp_path, rng):
@@ -370,3 +393,12 @@ def test_md_on_the_unfiltered_verlet_list_equals_fresh_lists(rng):
     with pytest.raises(InputError, match="overlap"):
         a.get_forces()
     assert a.calc.nl.n_builds == 1
+
+
+def test_h3jk_needs_centred_triplets(tmp_path, capsys):
+    from ase_mlff.cli import main
+
+    code = main(["train", "mff", os.path.join(DATA, "ni_mlearn_20.extxyz"), "--h3jk", "0.2", "--n-test", "3",
+                 "-o", str(tmp_path / "m.mlff")])
+    assert code == 2 and "--h3jk needs --triplets centred" in capsys.readouterr().err
+    assert not (tmp_path / "m.mlff").exists()
