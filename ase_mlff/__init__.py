@@ -5,11 +5,27 @@
 >>> atoms.calc = calc                                        # doctest: +SKIP
 """
 
-from ._version import __version__
-from .calculator import MLFFCalculator
-from .errors import DatasetError, InputError, MLFFError, ModelFileError, OutputExistsError, TrainingError
-from .neighbors import NeighborList, neighbor_list
-from .threads import get_num_threads, num_threads, set_num_threads
+import os as _os
+import sys as _sys
+
+# Idle OpenMP threads sleep instead of spinning (read once, when torch loads its OpenMP runtime,
+# so only effective when ase_mlff is imported before torch; a value the user set is kept).
+# Spinning workers hold a core while they wait: on a machine with any other process running,
+# the thread doing the work then waits for a core, and small models became 5-17x slower on two
+# threads than on one (docs/benchmarks.md, "Threads under contention").
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    #: OMP_WAIT_POLICY as torch's OpenMP runtime reads it; None: not set when torch, imported
+    #: before ase_mlff, read the environment (ase_mlff.threads.describe)
+    OPENMP_WAIT_POLICY: str | None = _os.environ["OMP_WAIT_POLICY"]
+else:  # torch read the environment at its import: what was set before Python started, if anything
+    OPENMP_WAIT_POLICY = _os.environ.get("OMP_WAIT_POLICY")
+
+from ._version import __version__  # noqa: E402
+from .calculator import MLFFCalculator  # noqa: E402
+from .errors import DatasetError, InputError, MLFFError, ModelFileError, OutputExistsError, TrainingError  # noqa: E402
+from .neighbors import NeighborList, neighbor_list  # noqa: E402
+from .threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 
 
 def load(path, **calculator_options) -> MLFFCalculator:

@@ -125,4 +125,23 @@ def pool_workers_created() -> int:
     return int(_core.pool_workers_created())
 
 
+def describe() -> str:
+    """One line: the threads a run uses and whether idle OpenMP threads sleep (printed by
+    ``ase-mlff md`` and ``relax``)."""
+    import torch
+
+    import ase_mlff
+
+    policy = ase_mlff.OPENMP_WAIT_POLICY
+    if policy is None:
+        waits = ("idle OpenMP threads spin (torch was imported before ase_mlff, which could not set "
+                 "OMP_WAIT_POLICY=PASSIVE: set it before starting Python)")
+    elif policy.strip().upper() == "ACTIVE":
+        waits = "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)"
+    else:
+        waits = f"idle OpenMP threads sleep (OMP_WAIT_POLICY={policy})"
+    return (f"threads: {get_num_threads()} for ase-mlff's kernels, {torch.get_num_threads()} for torch; {waits}; "
+            "on a machine shared with other work, OMP_NUM_THREADS=1 is often fastest for small systems")
+
+
 _core.set_num_threads(default_num_threads())

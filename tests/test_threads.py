@@ -275,3 +275,26 @@ def test_numpy_integers_are_accepted_and_the_core_checks_too():
         _ext._core.gp_gram(*_gram_input(np.random.default_rng(0), 4, 2, 1),
                            *_gram_input(np.random.default_rng(1), 4, 2, 1), 0.7, False, -1)
     assert ase_mlff.get_num_threads() == 2
+
+
+def _fresh(code, **env):
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full,
+                          timeout=120).stdout.strip().splitlines()
+
+
+def test_importing_ase_mlff_first_makes_idle_openmp_threads_sleep():
+    """Spinning OpenMP workers made small models 5-17x slower on a busy machine: ase_mlff sets
+    OMP_WAIT_POLICY=PASSIVE before torch loads its runtime, keeps a user's value, and says when
+    torch was loaded first and it could not."""
+    code = "import ase_mlff, os, ase_mlff.threads as t; print(os.environ.get('OMP_WAIT_POLICY')); print(t.describe())"
+    policy, line = _fresh(code)
+    assert policy == "PASSIVE" and "idle OpenMP threads sleep" in line and "for torch" in line
+    policy, line = _fresh(code, OMP_WAIT_POLICY="active")
+    assert policy == "active" and "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)" in line
+    policy, line = _fresh("import torch; " + code)
+    assert policy == "None" and "set it before starting Python" in line
