@@ -7,7 +7,8 @@
 
 from ._version import __version__
 from .calculator import MLFFCalculator
-from .errors import DatasetError, InputError, MLFFError, ModelFileError, OutputExistsError, TrainingError
+from .errors import (DatasetError, InputError, MLFFError, MLFFWarning, ModelFileError, OutputExistsError,
+                     TrainingError)
 from .neighbors import NeighborList, neighbor_list
 from .threads import get_num_threads, num_threads, set_num_threads
 
@@ -39,4 +40,5 @@ __all__ = [
     "__version__", "load", "train", "MLFFCalculator", "NeighborList", "neighbor_list",
     "get_num_threads", "set_num_threads", "num_threads",
     "MLFFError", "InputError", "ModelFileError", "DatasetError", "TrainingError", "OutputExistsError",
+    "MLFFWarning",
 ]

@@ -25,6 +25,7 @@ import select
 import signal
 import sys
 import threading
+import warnings
 
 from ._version import __version__
 
@@ -214,6 +215,32 @@ class _SigtermAsInterrupt:
         return False
 
 
+class _WarningsAsMessages:
+    """While active, ase-mlff's own warnings (:class:`~ase_mlff.errors.MLFFWarning`) print as
+    ``ase-mlff: warning: ...`` on stderr, like the command's other messages: the line of code
+    they would otherwise name is ase-mlff's or ASE's, which a command-line user did not write.
+    Other packages' warnings keep Python's format (their location is what a report needs)."""
+
+    def __enter__(self):
+        from .errors import MLFFWarning
+
+        self._saved = warnings.catch_warnings()
+        self._saved.__enter__()
+        python_format = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, MLFFWarning):
+                print(f"ase-mlff: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+            else:
+                python_format(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        return self._saved.__exit__(*exc)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -223,7 +250,7 @@ def main(argv=None) -> int:
         return EXIT_OK if args.command is None else EXIT_USAGE
     from .errors import MLFFError, OutputExistsError
 
-    with _SigtermAsInterrupt() as term:
+    with _SigtermAsInterrupt() as term, _WarningsAsMessages():
         try:
             rc = run(args)
             rc = rc if isinstance(rc, int) else EXIT_OK
