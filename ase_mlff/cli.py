@@ -121,6 +121,32 @@ def _add_committee(p, family) -> None:
     p.set_defaults(_run=dispatch)
 
 
+def _add_label_options(p) -> None:
+    """``--energy-key``, ``--forces-key``, ``--stress-key`` and ``--allow-missing-forces`` on a
+    family's train parser: the command then runs inside :func:`ase_mlff.data.label_options`, so
+    they apply to every file it reads (the training data, ``--test``, ``--calibration-data``)."""
+    g = p.add_argument_group("labels in the data files (default: found by their usual names, "
+                             "docs/datasets.md)")
+    g.add_argument("--energy-key", metavar="NAME", default=None,
+                   help="the info key (npz: array) holding each frame's energy")
+    g.add_argument("--forces-key", metavar="NAME", default=None,
+                   help="the per-atom array (npz: array) holding the forces")
+    g.add_argument("--stress-key", metavar="NAME", default=None,
+                   help="the info key holding the stress (eV/Å³, ASE sign)")
+    g.add_argument("--allow-missing-forces", action="store_true",
+                   help="read frames without forces (their energies still count) instead of refusing them; "
+                        "families that need forces on every frame (sgdml, bpnn) still refuse them")
+    run = p.get_default("_run")
+
+    def with_labels(args):
+        from .data import label_options
+
+        with label_options(args.energy_key, args.forces_key, args.stress_key, args.allow_missing_forces):
+            return run(args)
+
+    p.set_defaults(_run=with_labels)
+
+
 def _unavailable(name, exc) -> int:
     print(f"ase-mlff: '{name}' is not available in this installation ({exc})", file=sys.stderr)
     return 2
@@ -143,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from reference data (see `ase-mlff train FAMILY --help`)")
     train_sub = train.add_subparsers(dest="family", metavar="FAMILY")
     for name, (module, help_text) in _train_families().items():
-        _add_committee(_add_delegated(train_sub, name, module, help_text), name)
+        p = _add_delegated(train_sub, name, module, help_text)
+        _add_committee(p, name)
+        _add_label_options(p)
 
     export = _add_delegated(sub, "export", "ase_mlff.export.lammps",
                             "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
@@ -264,7 +292,12 @@ def main(argv=None) -> int:
             print(f"ase-mlff: error: {exc}", file=sys.stderr)
             rc = EXIT_USAGE
         except MLFFError as exc:
-            print(f"ase-mlff: error: {exc}", file=sys.stderr)
+            text = str(exc)
+            if args.command == "train":  # the readers name their Python keywords; give the flags
+                from .data import command_line_message
+
+                text = command_line_message(text)
+            print(f"ase-mlff: error: {text}", file=sys.stderr)
             rc = EXIT_ERROR
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
             # a path the user gave cannot be read or written: their data, not our bug

@@ -262,7 +262,7 @@ def _run(args, ddp) -> int:
 
     def fail(exc, code):
         if not reported_elsewhere(exc):
-            print(f"ase-mlff train bpnn: error: {exc}", file=sys.stderr)
+            print(f"ase-mlff train bpnn: error: {data_mod.command_line_message(str(exc))}", file=sys.stderr)
         return code
 
     ckpt = args.checkpoint or default_checkpoint_path(args.output)

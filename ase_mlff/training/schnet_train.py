@@ -346,7 +346,7 @@ def _run(args, ddp) -> int:
 
     def fail(exc, code):
         if not reported_elsewhere(exc):
-            print(f"ase-mlff train schnet: error: {exc}", file=sys.stderr)
+            print(f"ase-mlff train schnet: error: {data_mod.command_line_message(str(exc))}", file=sys.stderr)
         return code
 
     ckpt = args.checkpoint or default_checkpoint_path(args.output)

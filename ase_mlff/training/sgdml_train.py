@@ -630,10 +630,9 @@ def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") ->
 
 def cli_message(exc: BaseException) -> str:
     """An error message with the Python keywords of the readers replaced by their flags."""
-    text = str(exc)
-    for kw, flag in (("energy_unit=", "--energy-unit "), ("length_unit=", "--length-unit ")):
-        text = text.replace(kw, flag)
-    return text
+    from ..data import command_line_message
+
+    return command_line_message(str(exc))
 
 
 def interrupted_message(exc, command: str) -> str:
