@@ -190,3 +190,92 @@ def test_train_command_label_flags_read_the_renamed_labels(tmp_path, capsys):
     e_half = _energy(tmp_path / "half.mlff", probe)
     assert _energy(tmp_path / "python.mlff", probe) == pytest.approx(e_half, rel=1e-12)
     assert abs(e_half - e_ref) > 1e-9 * abs(e_ref)  # fewer force labels: another fit
+
+
+# ------------------------------------------------------------------------- public data sets
+def _public_data():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("public_data", os.path.join(ROOT, "benchmarks", "public_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("public_data", module)  # the dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_benchmark_data_names_the_dataset_and_where_to_get_it(tmp_path, monkeypatch):
+    public_data = _public_data()
+    monkeypatch.setenv("ASE_MLFF_DATA", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        public_data.path("rmd17", "rmd17_ethanol_train_01.npz")
+    text = str(exc.value)
+    assert str(tmp_path / "rmd17" / "rmd17_ethanol_train_01.npz") in text
+    assert "Christensen" in text and "2020" in text and "github.com/andersx/rmd17-npz" in text
+    (tmp_path / "rmd17").mkdir()
+    (tmp_path / "rmd17" / "rmd17_ethanol_train_01.npz").write_bytes(b"")
+    assert public_data.path("rmd17", "rmd17_ethanol_train_01.npz") == str(tmp_path / "rmd17" / "rmd17_ethanol_train_01.npz")
+    for key, d in public_data.DATASETS.items():  # every entry names authors, a year and a download place
+        assert any(str(year) in d.reference for year in range(1990, 2030)), key
+        assert "https://" in d.obtain, key
+
+
+def _as_mlearn_document(atoms):
+    """A frame of tests/data in the form of mlearn's JSON (pymatgen structure, kbar stress in
+    the order the file's info records)."""
+    structure = {"lattice": {"matrix": atoms.cell.array.tolist()},
+                 "sites": [{"species": [{"element": s, "occu": 1}], "xyz": p.tolist()}
+                           for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]}
+    return {"structure": structure, "num_atoms": len(atoms), "group": atoms.info["config_type"],
+            "description": atoms.info["description"], "tag": "train",
+            "outputs": {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces().tolist(),
+                        "virial_stress": list(atoms.info["virial_stress_kbar_original"])}}
+
+
+@pytest.mark.parametrize("name,element", [("si_mlearn_16.extxyz", "Si"), ("mo_mlearn_10.extxyz", "Mo")])
+def test_mlearn_conversion_gives_the_stress_of_the_test_data(tmp_path, name, element):
+    """Si and Mo use different stress component orders in mlearn's JSON; the conversion gives
+    the stress of tests/data (whose order was established by energy-stress consistency)."""
+    import json
+
+    public_data = _public_data()
+    frames = ase.io.read(os.path.join(ROOT, "tests", "data", name), ":")
+    src = tmp_path / "training.json"
+    src.write_text(json.dumps([_as_mlearn_document(a) for a in frames]))
+    out = tmp_path / "out.extxyz"
+    assert public_data.main(["mlearn", element, str(src), str(out)]) == 0
+    got = ase.io.read(out, ":")
+    assert len(got) == len(frames)
+    for a, b in zip(got, frames):
+        scale = np.abs(b.get_stress()).max()
+        np.testing.assert_allclose(a.get_stress(), b.get_stress(), rtol=0, atol=1e-9 * scale)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=1e-12)
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), rel=1e-14)
+        assert a.info["config_type"] == b.info["config_type"]
+    shear_swapped = "xx yy zz xy yz xz" if element == "Mo" else "xx yy zz xy xz yz"
+    public_data.MLEARN_STRESS_ORDER[element] = shear_swapped  # the other order is visibly wrong
+    wrong = public_data.mlearn_atoms(_as_mlearn_document(frames[0]), element).get_stress()
+    assert np.abs(wrong - frames[0].get_stress()).max() > 1e-3 * np.abs(frames[0].get_stress()).max()
+
+
+def test_deepmd_conversion_round_trip(tmp_path):
+    public_data = _public_data()
+    frames = ase.io.read(os.path.join(ROOT, "tests", "data", "water_deepmd_4.extxyz"), ":")
+    system = tmp_path / "data_0"
+    (system / "set.000").mkdir(parents=True)
+    type_map = ["O", "H"]
+    (system / "type_map.raw").write_text("\n".join(type_map) + "\n")
+    (system / "type.raw").write_text("\n".join(str(type_map.index(s)) for s in frames[0].get_chemical_symbols()))
+    for name, values in (("box", [a.cell.array.ravel() for a in frames]), ("coord", [a.positions.ravel() for a in frames]),
+                         ("energy", [a.get_potential_energy() for a in frames]),
+                         ("force", [a.get_forces().ravel() for a in frames])):
+        np.save(system / "set.000" / f"{name}.npy", np.array(values))
+    out = tmp_path / "water.extxyz"
+    assert public_data.main(["deepmd", str(system), str(out)]) == 0
+    got = ase.io.read(out, ":")
+    assert [a.info["source"] for a in got] == [f"data_0/set.000/frame{k}" for k in range(len(frames))]
+    for a, b in zip(got, frames):
+        assert a.get_chemical_symbols() == b.get_chemical_symbols()
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+        assert a.get_potential_energy() == b.get_potential_energy()
