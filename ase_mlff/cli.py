@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LAMMPS format: pair_style uf3 files plus an example input (the default "
                              "and, for now, the only export format)")
     _add_delegated(sub, "fit-head", "ase_mlff.training.head",
-                   "fit a ridge head on a frozen model's pooled per-atom descriptors (S000)")
+                   "fit a ridge head on a frozen model's pooled per-atom descriptors")
     try:  # md, relax, phonons, eos, eval
         from .cli_workflows import register
     except ImportError:  # pragma: no cover - only in a partial installation
