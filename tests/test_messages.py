@@ -279,3 +279,19 @@ def test_deepmd_conversion_round_trip(tmp_path):
         np.testing.assert_array_equal(a.positions, b.positions)
         np.testing.assert_array_equal(a.get_forces(), b.get_forces())
         assert a.get_potential_energy() == b.get_potential_energy()
+
+
+def test_every_warning_goes_through_the_helper():
+    """A bare ``warnings.warn`` in ase-mlff would name ase-mlff's (or ASE's) line again."""
+    import glob
+    import re
+
+    pkg = os.path.join(ROOT, "ase_mlff")
+    bare = []
+    for path in glob.glob(os.path.join(pkg, "**", "*.py"), recursive=True):
+        if os.path.basename(path) == "_warn.py":
+            continue
+        for lineno, line in enumerate(open(path, encoding="utf-8"), start=1):
+            if re.search(r"\bwarnings\.warn\(|^\s*from warnings import warn\b", line):
+                bare.append(f"{os.path.relpath(path, ROOT)}:{lineno}")
+    assert not bare, "use ase_mlff._warn.warn (it names the user's line): " + ", ".join(bare)
