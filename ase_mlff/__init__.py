@@ -23,7 +23,8 @@ else:  # torch read the environment at its import: what was set before Python st
 
 from ._version import __version__  # noqa: E402
 from .calculator import MLFFCalculator  # noqa: E402
-from .errors import DatasetError, InputError, MLFFError, ModelFileError, OutputExistsError, TrainingError  # noqa: E402
+from .errors import (DatasetError, InputError, MLFFError, MLFFWarning, ModelFileError,  # noqa: E402
+                     OutputExistsError, TrainingError)
 from .neighbors import NeighborList, neighbor_list  # noqa: E402
 from .threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 
@@ -55,4 +56,5 @@ __all__ = [
     "__version__", "load", "train", "MLFFCalculator", "NeighborList", "neighbor_list",
     "get_num_threads", "set_num_threads", "num_threads",
     "MLFFError", "InputError", "ModelFileError", "DatasetError", "TrainingError", "OutputExistsError",
+    "MLFFWarning",
 ]

@@ -25,6 +25,7 @@ import select
 import signal
 import sys
 import threading
+import warnings
 
 from ._version import __version__
 
@@ -120,6 +121,32 @@ def _add_committee(p, family) -> None:
     p.set_defaults(_run=dispatch)
 
 
+def _add_label_options(p) -> None:
+    """``--energy-key``, ``--forces-key``, ``--stress-key`` and ``--allow-missing-forces`` on a
+    family's train parser: the command then runs inside :func:`ase_mlff.data.label_options`, so
+    they apply to every file it reads (the training data, ``--test``, ``--calibration-data``)."""
+    g = p.add_argument_group("labels in the data files (default: found by their usual names, "
+                             "docs/datasets.md)")
+    g.add_argument("--energy-key", metavar="NAME", default=None,
+                   help="the info key (npz: array) holding each frame's energy")
+    g.add_argument("--forces-key", metavar="NAME", default=None,
+                   help="the per-atom array (npz: array) holding the forces")
+    g.add_argument("--stress-key", metavar="NAME", default=None,
+                   help="the info key holding the stress (eV/Å³, ASE sign)")
+    g.add_argument("--allow-missing-forces", action="store_true",
+                   help="read frames without forces (their energies still count) instead of refusing them; "
+                        "families that need forces on every frame (sgdml, bpnn) still refuse them")
+    run = p.get_default("_run")
+
+    def with_labels(args):
+        from .data import label_options
+
+        with label_options(args.energy_key, args.forces_key, args.stress_key, args.allow_missing_forces):
+            return run(args)
+
+    p.set_defaults(_run=with_labels)
+
+
 def _unavailable(name, exc) -> int:
     print(f"ase-mlff: '{name}' is not available in this installation ({exc})", file=sys.stderr)
     return 2
@@ -142,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from reference data (see `ase-mlff train FAMILY --help`)")
     train_sub = train.add_subparsers(dest="family", metavar="FAMILY")
     for name, (module, help_text) in _train_families().items():
-        _add_committee(_add_delegated(train_sub, name, module, help_text), name)
+        p = _add_delegated(train_sub, name, module, help_text)
+        _add_committee(p, name)
+        _add_label_options(p)
 
     export = _add_delegated(sub, "export", "ase_mlff.export.lammps",
                             "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
@@ -150,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LAMMPS format: pair_style uf3 files plus an example input (the default "
                              "and, for now, the only export format)")
     _add_delegated(sub, "fit-head", "ase_mlff.training.head",
-                   "fit a ridge head on a frozen model's pooled per-atom descriptors (S000)")
+                   "fit a ridge head on a frozen model's pooled per-atom descriptors")
     try:  # md, relax, phonons, eos, eval
         from .cli_workflows import register
     except ImportError:  # pragma: no cover - only in a partial installation
@@ -214,6 +243,32 @@ class _SigtermAsInterrupt:
         return False
 
 
+class _WarningsAsMessages:
+    """While active, ase-mlff's own warnings (:class:`~ase_mlff.errors.MLFFWarning`) print as
+    ``ase-mlff: warning: ...`` on stderr, like the command's other messages: the line of code
+    they would otherwise name is ase-mlff's or ASE's, which a command-line user did not write.
+    Other packages' warnings keep Python's format (their location is what a report needs)."""
+
+    def __enter__(self):
+        from .errors import MLFFWarning
+
+        self._saved = warnings.catch_warnings()
+        self._saved.__enter__()
+        python_format = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, MLFFWarning):
+                print(f"ase-mlff: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+            else:
+                python_format(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        return self._saved.__exit__(*exc)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -223,7 +278,7 @@ def main(argv=None) -> int:
         return EXIT_OK if args.command is None else EXIT_USAGE
     from .errors import MLFFError, OutputExistsError
 
-    with _SigtermAsInterrupt() as term:
+    with _SigtermAsInterrupt() as term, _WarningsAsMessages():
         try:
             rc = run(args)
             rc = rc if isinstance(rc, int) else EXIT_OK
@@ -237,7 +292,12 @@ def main(argv=None) -> int:
             print(f"ase-mlff: error: {exc}", file=sys.stderr)
             rc = EXIT_USAGE
         except MLFFError as exc:
-            print(f"ase-mlff: error: {exc}", file=sys.stderr)
+            text = str(exc)
+            if args.command == "train":  # the readers name their Python keywords; give the flags
+                from .data import command_line_message
+
+                text = command_line_message(text)
+            print(f"ase-mlff: error: {text}", file=sys.stderr)
             rc = EXIT_ERROR
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
             # a path the user gave cannot be read or written: their data, not our bug

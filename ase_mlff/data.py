@@ -11,10 +11,18 @@ Supported inputs (:func:`read`):
   A file without unit keys needs an explicit ``energy_unit`` (MD17/rMD17 files are in kcal/mol).
 * ``.db``: ASE database (labels from the stored calculator results, key-value pairs or ``data``).
 * anything else: :func:`ase.io.read` (extxyz and every other format ASE knows).
+
+Label names and required labels: ``read(..., energy_key=, forces_key=, stress_key=,
+require_forces=)`` in Python. The ``train`` commands set the same for every file they read
+(training data, ``--test``, ``--calibration-data``) with ``--energy-key``, ``--forces-key``,
+``--stress-key`` and ``--allow-missing-forces``, through :func:`label_options`; errors name
+the keyword, and :func:`command_line_message` turns them into those flags.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import math
 import os
@@ -53,6 +61,45 @@ STRESS_KEYS = ("stress", "dft_stress", "Stress", "REF_stress")
 VIRIAL_KEYS = ("virial", "dft_virial", "Virial", "DFT_virial", "REF_virial")
 
 _HASH_TAG = b"ase-mlff/dataset/v1\x00"
+
+#: label options of the command being run (:func:`label_options`); empty outside one
+_LABEL_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("ase_mlff_label_options", default={})
+
+#: the readers' keywords in their error messages -> what to give on a ``train`` command line
+#: instead (:func:`command_line_message`)
+COMMAND_LINE_FLAGS = (
+    ("energy_key='NAME'", "--energy-key NAME"),
+    ("forces_key='NAME'", "--forces-key NAME"),
+    ("stress_key='NAME'", "--stress-key NAME"),
+    ("require_forces=False", "--allow-missing-forces"),
+    ("; to read frames without energies, pass require_energy=False", " (training needs every frame's energy)"),
+    ("energy_unit=", "--energy-unit "),
+    ("length_unit=", "--length-unit "),
+)
+
+
+@contextlib.contextmanager
+def label_options(energy_key: str | None = None, forces_key: str | None = None,
+                  stress_key: str | None = None, allow_missing_forces: bool = False):
+    """Within the block, every :func:`read` that does not name a key itself looks for the labels
+    under these names, and ``allow_missing_forces`` reads frames without forces instead of
+    refusing them (as ``require_forces=False``). The ``train`` commands run inside one, set by
+    ``--energy-key``, ``--forces-key``, ``--stress-key`` and ``--allow-missing-forces``, so that
+    the options reach every file a recipe reads without each recipe passing them on."""
+    token = _LABEL_OPTIONS.set({"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key,
+                                "allow_missing_forces": bool(allow_missing_forces)})
+    try:
+        yield
+    finally:
+        _LABEL_OPTIONS.reset(token)
+
+
+def command_line_message(text: str) -> str:
+    """An error message of the readers with their Python keywords replaced by the ``train``
+    commands' flags (:data:`COMMAND_LINE_FLAGS`)."""
+    for keyword, flag in COMMAND_LINE_FLAGS:
+        text = text.replace(keyword, flag)
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,6 +770,12 @@ def _lookup(name, calc_results, info, arrays, per_atom: bool, natoms: int):
     return None, None
 
 
+_MISSING_ENERGY_HINT = ("if the file stores the energy under another name, pass energy_key='NAME'; "
+                        "to read frames without energies, pass require_energy=False")
+_MISSING_FORCES_HINT = ("if the file stores them under another name, pass forces_key='NAME'; "
+                        "to use the frames without forces (their energies only), pass require_forces=False")
+
+
 def _frame_from_parts(i, where, *, numbers, positions, cell, pbc, calc_results, info, arrays,
                       keys, require, factors, used) -> Frame:
     energy_key, forces_key, stress_key, virial_key = keys
@@ -753,11 +806,11 @@ def _frame_from_parts(i, where, *, numbers, positions, cell, pbc, calc_results, 
 
     if e is None and require_energy:
         what = f"key {energy_key!r}" if energy_key else f"calculator results or info keys {list(ENERGY_KEYS)}"
-        raise DatasetError(f"{tag}: missing energy (looked in {what}); pass energy_key=... or require_energy=False")
+        raise DatasetError(f"{tag}: missing energy (looked in {what}); {_MISSING_ENERGY_HINT}")
     if f is None and require_forces:
         what = (f"key {forces_key!r}" if forces_key
                 else f"calculator results or arrays {list(FORCES_KEYS)}")
-        raise DatasetError(f"{tag}: missing forces (looked in {what}); pass forces_key=... or require_forces=False")
+        raise DatasetError(f"{tag}: missing forces (looked in {what}); {_MISSING_FORCES_HINT}")
     if stress_key is not None and s is None:
         raise DatasetError(f"{tag}: stress key {stress_key!r} not found")
     if virial_key is not None and v is None:
@@ -862,7 +915,14 @@ def read(
     ``e_unit``/``r_unit`` from the file, otherwise ``energy_unit`` is required; length defaults to Å).
     ``*_key``: explicit label names (calculator result, info/arrays key, npz key or db key/data);
     ``virial_key`` (eV; 3x3, 9 or Voigt 6) is converted to stress = -virial / volume.
+    Inside :func:`label_options` (the ``train`` commands), keys not given here come from there,
+    and its ``allow_missing_forces`` reads frames without forces.
     """
+    given = _LABEL_OPTIONS.get()
+    energy_key = energy_key if energy_key is not None else given.get("energy_key")
+    forces_key = forces_key if forces_key is not None else given.get("forces_key")
+    stress_key = stress_key if stress_key is not None else given.get("stress_key")
+    require_forces = require_forces and not given.get("allow_missing_forces", False)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DatasetError(f"data file not found: {path!r}")
@@ -1066,7 +1126,7 @@ def _read_npz(path, index, energy_unit, length_unit, require_energy, require_for
     elif require_energy:
         raise DatasetError(
             f"{path!r}: missing energies (no key E or energies; keys are {sorted(d)}); "
-            "pass energy_key=... or require_energy=False"
+            + _MISSING_ENERGY_HINT
         )
     if fk is not None:
         F = np.asarray(d[fk], dtype=float)
@@ -1082,7 +1142,7 @@ def _read_npz(path, index, energy_unit, length_unit, require_energy, require_for
     elif require_forces:
         raise DatasetError(
             f"{path!r}: missing forces (no key F or forces; keys are {sorted(d)}); "
-            "pass forces_key=... or require_forces=False"
+            + _MISSING_FORCES_HINT
         )
     for key, ref in ((sk, "S"), (vk, "V")):
         if key is None:

@@ -5,6 +5,14 @@ class MLFFError(Exception):
     """Base class of every error raised by ase-mlff."""
 
 
+class MLFFWarning(UserWarning):
+    """Base class of the warnings ase-mlff issues (an MD run crossing its uncertainty limit, a
+    suspicious training label, ...). They are attributed to the line of the caller's code that
+    led to them, not to ase-mlff's or ASE's internals (:func:`ase_mlff._warn.warn`); the
+    command line prints them as ``ase-mlff: warning: ...``. Silence them all with
+    ``warnings.simplefilter("ignore", ase_mlff.MLFFWarning)``."""
+
+
 class InputError(MLFFError, ValueError):
     """The structure given to a model or a routine is unusable (NaN positions, unknown element,
     wrong atom order, overlapping atoms, singular cell, ...)."""

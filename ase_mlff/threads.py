@@ -32,10 +32,10 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import warnings
 from typing import Iterator
 
 from ._ext import _core
+from ._warn import warn
 
 #: environment variables read for the default, first set one wins
 ENV_VARS = ("ASE_MLFF_NUM_THREADS", "OMP_NUM_THREADS")
@@ -61,7 +61,7 @@ def _env_count(var: str) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        warnings.warn(f"ignoring {var}={raw!r}: not a positive integer", RuntimeWarning, stacklevel=3)
+        warn(f"ignoring {var}={raw!r}: not a positive integer", RuntimeWarning)
         return None
     return n
 

@@ -93,9 +93,10 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DATA = "/work/shared/data"
-SI_FILE = os.path.join(DATA, "mlearn_pbe", "Si_train.extxyz")
-WATER_FILE = os.path.join(DATA, "deepmd_water", "water_deepmd_train.extxyz")
+sys.path.insert(0, HERE)
+import public_data  # noqa: E402  (where the reference data come from and must be put)
+
+WATER_FILE = public_data.path("deepmd_water", "water_deepmd_train.extxyz", must_exist=False)
 OUT = os.path.join(ROOT, "out", "gap")
 EV_A3_TO_GPA = 160.21766208
 
@@ -352,7 +353,7 @@ def run_soap(args):
         ase_mlff.set_num_threads(threads)
     except Exception:  # noqa: BLE001
         pass
-    sets = [("Si (mlearn)", read(SI_FILE, f":{args.frames}"))]
+    sets = [("Si (mlearn)", read(public_data.path("mlearn", "Si_train.extxyz"), f":{args.frames}"))]
     if args.water_frames > 0 and os.path.exists(WATER_FILE):
         sets.append(("H2O (DeePMD)", read(WATER_FILE, f":{args.water_frames}")))
     names = [n for n in args.peers if _available(n)]
@@ -438,7 +439,7 @@ def split_frames():
     """(train, test) frames of Si_train.extxyz: test = index % 5 == 0."""
     from ase.io import read
 
-    frames = read(SI_FILE, ":")
+    frames = read(public_data.path("mlearn", "Si_train.extxyz"), ":")
     test = [_gap_frame(a) for i, a in enumerate(frames) if i % 5 == 0]
     train = [_gap_frame(a) for i, a in enumerate(frames) if i % 5 != 0]
     return train, test

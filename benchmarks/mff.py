@@ -1,6 +1,9 @@
 """MFF benchmark on real data (mlearn Ni): GP training, GP vs mapped force cost, ASE MD, LAMMPS.
 
-    python benchmarks/mff.py [--model potentials/ni_mff.mlff] [--data ../shared/data/mlearn_pbe/Ni_train.extxyz]
+    python benchmarks/mff.py [--model potentials/ni_mff.mlff] [--data data/mlearn_pbe/Ni_train.extxyz]
+
+Data: mlearn Ni (Zuo et al. 2020), from ``$ASE_MLFF_DATA/mlearn_pbe`` (benchmarks/public_data.py
+says where to get it).
 
 * GP training time: a 2+3-body GP on the same labels as the recipe (energies + forces),
   hyperparameters fixed to those stored in the model file (the recipe's marginal-likelihood
@@ -76,7 +79,8 @@ def time_lammps(model_path, atoms, steps):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "potentials", "ni_mff.mlff"))
-    p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "mlearn_pbe", "Ni_train.extxyz"))
+    p.add_argument("--data", default=None, help="training data (default: mlearn Ni_train.extxyz of "
+                                                "$ASE_MLFF_DATA/mlearn_pbe, benchmarks/public_data.py)")
     p.add_argument("--steps-1k", type=int, default=50)
     p.add_argument("--steps-10k", type=int, default=10)
     p.add_argument("--skip-gp", action="store_true", help="skip GP training / GP timing")
@@ -102,7 +106,10 @@ def main(argv=None):
     rows = []
     tr = meta.get("training", {})
     hp = tr.get("hyperparameters")
-    ds = data.read(args.data)
+    sys.path.insert(0, HERE)
+    import public_data
+
+    ds = data.read(args.data or public_data.path("mlearn", "Ni_train.extxyz"))
     test_idx = tr.get("split", {}).get("test_indices") or list(range(len(ds) - 5, len(ds)))
     frame = next(ds[i] for i in test_idx if len(ds[i]) >= 100)
     mapped = MLFFCalculator(model)

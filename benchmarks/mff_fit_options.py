@@ -1,7 +1,8 @@
 """How the sparse MFF fit's options trade energy against force accuracy (mlearn Ni, PBE).
 
 A quick sweep on a subset, so that each setting takes ~1.5 min on one core: 120 random training
-frames and 60 random held-out frames of ``../shared/data/mlearn_pbe/Ni_train.extxyz`` (seed 0),
+frames and 60 random held-out frames of mlearn's Ni training set (Zuo et al. 2020;
+``$ASE_MLFF_DATA/mlearn_pbe/Ni_train.extxyz``, benchmarks/public_data.py) (seed 0),
 rc2 5.0 Å, 40 inducing distances, 600 inducing triangles, sigma_F 0.05 eV/Å, sigma_V 0.02
 eV/atom. Each setting is ``name,width2,width3,l2,l3,sigma2,sigma3,rc2,rc3,sigma_E`` (``None``
 for the original whole-cutoff form). Errors are those of the unmapped GP (the mapping adds
@@ -18,14 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mlearn_pbe",
-                    "Ni_train.extxyz")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import public_data  # noqa: E402  (where the reference data come from and must be put)
+
 DEFAULT = [
     "original cutoff; l 0.8/1.0; sigma3 0.1; sigma_E 2,None,None,0.8,1.0,1.0,0.1,5.0,3.7,0.002",
     "original cutoff; l 0.5/0.8; sigma3 1; sigma_E 0.7,None,None,0.5,0.8,1.0,1.0,5.0,3.7,0.0007",
@@ -67,7 +70,7 @@ def main() -> None:
     args = p.parse_args()
     from ase_mlff.data import read
 
-    ds = read(DATA)
+    ds = read(public_data.path("mlearn", "Ni_train.extxyz"))
     perm = np.random.default_rng(0).permutation(len(ds))
     test, train = perm[:60], perm[60:180]
     header = ["setting", "train E MAE", "train F MAE", "test E MAE", "test F MAE",

@@ -6,10 +6,11 @@ through each library's ASE calculator, peak memory, and training time per epoch.
     python benchmarks/schnet.py --systems water4 --steps 10 --skin 0
     python benchmarks/schnet.py --quick --spk-nl vesin matscipy ase   # SchNetPack's neighbour lists
 
-Systems: paracetamol (20 atoms, frame 0 of ``shared/data/rmd17/rmd17_paracetamol_test_01.npz``;
+Systems: paracetamol (20 atoms, frame 0 of rMD17's ``rmd17_paracetamol_test_01.npz`` in
+``$ASE_MLFF_DATA/rmd17``, benchmarks/public_data.py;
 energy + forces) and liquid water, the 192-atom DeePMD frame of
 ``tests/data/water_deepmd_4.extxyz`` repeated 2x2x2 (1,536 atoms) and 4x4x4 (12,288 atoms),
-periodic (energy + forces + stress). Without ``../shared`` the molecule is ethanol from
+periodic (energy + forces + stress). Without the rMD17 file the molecule is ethanol from
 ``tests/data/rmd17_ethanol_300.npz`` (9 atoms) and its rows say "ethanol (fallback)".
 
 Our MD step goes through SchNet's serving path (docs/schnet.md: each block's filter network
@@ -106,7 +107,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WATER = os.path.join(ROOT, "tests", "data", "water_deepmd_4.extxyz")
-PARACETAMOL = os.path.join(os.path.dirname(ROOT), "shared", "data", "rmd17", "rmd17_paracetamol_test_01.npz")
+sys.path.insert(0, HERE)
+import public_data  # noqa: E402  (where the reference data come from and must be put)
+
+PARACETAMOL = public_data.path("rmd17", "rmd17_paracetamol_test_01.npz", must_exist=False)
 ETHANOL = os.path.join(ROOT, "tests", "data", "rmd17_ethanol_300.npz")
 KCAL_MOL = 0.0433641043  # eV
 SYSTEMS = {"paracetamol": None, "water2": 2, "water4": 4}
@@ -115,7 +119,7 @@ SPK_LISTS = ("vesin", "matscipy", "ase", "torch")
 
 # ----------------------------------------------------------------------------- data
 def molecule_file() -> tuple[str, str]:
-    """(path, name) of the molecule data: paracetamol from ../shared, else ethanol from tests/data."""
+    """(path, name) of the molecule data: rMD17 paracetamol when present, else ethanol from tests/data."""
     if os.path.exists(PARACETAMOL):
         return PARACETAMOL, "paracetamol"
     return ETHANOL, "ethanol (fallback)"
@@ -543,7 +547,7 @@ def main(argv=None):
         libs.remove("schnetpack")
     print(f"# threads {a.threads}, float32, skin {a.skin} Å, best of {a.steps} steps; SchNet F={a.features} "
           f"T={a.interactions} K={a.rbf} cutoff {a.cutoff} Å; schnetpack {version or 'not used'}; molecule: "
-          f"{molecule_file()[1]}" + ("" if os.path.exists(PARACETAMOL) else f" ({PARACETAMOL} is missing)"), flush=True)
+          f"{molecule_file()[1]}" + ("" if os.path.exists(PARACETAMOL) else f" ({PARACETAMOL} is missing: {public_data.describe('rmd17')})"), flush=True)
     specs = []
     for name in a.systems:
         for lib in libs:

@@ -15,7 +15,11 @@ validation (only used to pick sigma when several are given) = the first ``n_vali
 the test file; test = all frames of the test file. Both search the same sigma grid and pick
 the lowest validation force RMSE. The ``sgdml`` worker runs with OPENBLAS_NUM_THREADS=1: its
 analytic solver uses scipy's Cholesky, whose threaded OpenBLAS build mis-reports the 27000^2
-ethanol kernel as not positive definite on this machine (see shared/docs/PEERS.md).
+ethanol kernel as not positive definite on this machine (OpenBLAS 0.3.31 of the numpy/scipy
+wheels; the same matrix factorises single-threaded and with torch).
+
+Data: rMD17 split 01 (Christensen & von Lilienfeld 2020) in ``$ASE_MLFF_DATA/rmd17``
+(``--data-dir``; benchmarks/public_data.py says where to get it).
 """
 
 from __future__ import annotations
@@ -31,13 +35,23 @@ import time
 
 import numpy as np
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "rmd17")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import public_data  # noqa: E402  (where the reference data come from and must be put)
+
+DATA = os.path.dirname(public_data.path("rmd17", "x", must_exist=False))
 KCAL = 0.0433641043  # eV per kcal/mol (ase.units.kcal / ase.units.mol)
 
 
+def _rmd17_file(data_dir, name):
+    path = os.path.join(data_dir, name)
+    if not os.path.exists(path):
+        raise public_data.MissingData(f"{path} not found: it belongs to {public_data.describe('rmd17')}")
+    return path
+
+
 def load(mol, data_dir):
-    tr = np.load(os.path.join(data_dir, f"rmd17_{mol}_train_01.npz"))
-    te = np.load(os.path.join(data_dir, f"rmd17_{mol}_test_01.npz"))
+    tr = np.load(_rmd17_file(data_dir, f"rmd17_{mol}_train_01.npz"))
+    te = np.load(_rmd17_file(data_dir, f"rmd17_{mol}_test_01.npz"))
     pick = lambda d: {"R": d["coords"].astype(np.float64), "z": d["nuclear_charges"].astype(np.int64),
                       "E": d["energies"].astype(np.float64), "F": d["forces"].astype(np.float64)}
     return pick(tr), pick(te)

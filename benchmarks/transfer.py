@@ -1,16 +1,20 @@
-"""S001 transfer learning on rMD17 (issue 11): pre-train one SchNet on nine rMD17 molecules,
-then train on paracetamol with N = 25, 50, 100, 200 frames from scratch and with the three
-fine-tuning schemes of S001; test on the rMD17 paracetamol test frames.
+"""Transfer learning on rMD17 (issue 11), after Krawczuk & Venturi 2020, "Improving neural
+network predictions of material properties with limited data using transfer learning"
+(docs/references.md): pre-train one SchNet on nine rMD17 molecules, then train on paracetamol
+with N = 25, 50, 100, 200 frames from scratch and with their three fine-tuning schemes; test on
+the rMD17 paracetamol test frames.
 
     python benchmarks/transfer.py prepare            # data files under out/transfer/ (eV, Å)
     python benchmarks/transfer.py pretrain           # ~40 min on 2 cores; --resume after a stop
     python benchmarks/transfer.py finetune           # 16 runs (4 N x 4 schemes), results.json
     python benchmarks/transfer.py report             # table + learning-curve plot
-    python benchmarks/transfer.py heads              # frozen descriptors + ridge heads on QM9 (S000)
+    python benchmarks/transfer.py heads              # frozen descriptors + ridge heads on QM9
     python benchmarks/transfer.py all                # everything, in order
     python benchmarks/transfer.py finetune --dry-run # print the exact commands only
 
-Data: ../shared/data/rmd17 (PBE/def2-SVP, split 01; CC0). Pre-training uses every
+Data: rMD17 split 01 (Christensen & von Lilienfeld 2020; PBE/def2-SVP; CC0) in
+``$ASE_MLFF_DATA/rmd17``, and for ``heads`` the QM9 subset in ``$ASE_MLFF_DATA/qm9_subset``
+(benchmarks/public_data.py says where to get them). Pre-training uses every
 ``train_01`` frame of aspirin, azobenzene, benzene, ethanol, malonaldehyde, naphthalene,
 salicylic acid, toluene and uracil (9,000 frames; 95 % training, 5 % validation, seed 0), never
 a paracetamol frame. Paracetamol: the first 1,000 ``train_01`` frames are the pool the N
@@ -44,8 +48,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.environ.get("ASE_MLFF_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-RMD17 = os.path.join(SHARED, "data", "rmd17")
+sys.path.insert(0, HERE)
+import public_data  # noqa: E402  (where the reference data come from and must be put)
+
 WORK = os.path.join(ROOT, "out", "transfer")
 PRETRAIN_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde",
                       "naphthalene", "salicylic", "toluene", "uracil")
@@ -94,8 +99,6 @@ def _npz_frames(src, tag, limit=None):
 def prepare(args) -> None:
     import ase.io
 
-    if not os.path.isdir(RMD17):
-        sys.exit(f"rMD17 not found at {RMD17} (set ASE_MLFF_SHARED to the folder holding data/rmd17)")
     os.makedirs(WORK, exist_ok=True)
     targets = {
         "pretrain.extxyz": [(m, "train") for m in PRETRAIN_MOLECULES],
@@ -109,7 +112,7 @@ def prepare(args) -> None:
             continue
         frames = []
         for mol, which in parts:
-            frames += _npz_frames(os.path.join(RMD17, f"rmd17_{mol}_{which}_01.npz"), mol)
+            frames += _npz_frames(public_data.path("rmd17", f"rmd17_{mol}_{which}_01.npz"), mol)
         tmp = dst + ".tmp"
         ase.io.write(tmp, frames, format="extxyz")
         os.replace(tmp, dst)
@@ -315,7 +318,7 @@ def report(args) -> None:
 
 
 def heads(args) -> None:
-    """Frozen-descriptor heads (S000) on QM9: the pre-trained SchNet's pooled features, a ridge
+    """Frozen-descriptor heads (as Tsubaki & Mizoguchi 2021 read their pre-trained network) on QM9: the pre-trained SchNet's pooled features, a ridge
     head fitted to U0 (extensive) and to U0 per atom (intensive), each with sum and mean pooling
     and with and without the composition, 20 random splits (80 % training) of the QM9 molecules
     made of H, C, N, O only."""
@@ -323,7 +326,7 @@ def heads(args) -> None:
 
     from ase_mlff.training.head import fit_head
 
-    src = os.path.join(SHARED, "data", "qm9_subset", "qm9_500_U0.extxyz")
+    src = public_data.path("qm9_subset", "qm9_500_U0.extxyz")
     frames = [a for a in ase.io.read(src, ":") if set(a.numbers) <= {1, 6, 7, 8}]
     for a in frames:
         a.info["U0_per_atom"] = a.get_potential_energy() / len(a)

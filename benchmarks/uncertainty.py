@@ -18,6 +18,10 @@ Prints (numbers for docs/uncertainty.md):
    per-frame force uncertainty there over the mean on test frames, and the energy error
    against the predicted energy uncertainty (those files have energies, no forces). Dimers
    (2 atoms) and methanol (6 atoms) are other systems for a 9-atom global model and are left out.
+
+Data: rMD17 (Christensen & von Lilienfeld 2020) and the BOTNet ethanol tests (Batatia et al.
+2022), in ``$ASE_MLFF_DATA/rmd17`` and ``$ASE_MLFF_DATA/ethanol_pbe_extrapolation``;
+benchmarks/public_data.py says where to get them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from scipy.stats import spearmanr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DATA = os.environ.get("ASE_MLFF_DATA", os.path.join(ROOT, "..", "shared", "data"))
+sys.path.insert(0, HERE)
+import public_data  # noqa: E402  (where the reference data come from and must be put)
+
 OOD_FILES = ("test_H_removal.xyz", "test_norm_mode_874.xyz", "test_norm_mode_3005.xyz")
 
 
@@ -82,12 +88,13 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "potentials", "ethanol_sgdml_committee.mlff"))
-    p.add_argument("--test", default=os.path.join(DATA, "rmd17", "rmd17_ethanol_test_01.npz"))
-    p.add_argument("--ood", default=os.path.join(DATA, "ethanol_pbe_extrapolation"))
+    p.add_argument("--test", default=None, help="default: rMD17's rmd17_ethanol_test_01.npz")
+    p.add_argument("--ood", default=None, help="default: the folder of the BOTNet ethanol tests")
     args = p.parse_args(argv)
 
     model = load_model(args.model)
-    test = data.read(args.test, energy_unit="kcal/mol")
+    test = data.read(args.test or public_data.path("rmd17", "rmd17_ethanol_test_01.npz"), energy_unit="kcal/mol")
+    args.ood = args.ood or os.path.dirname(public_data.path("ethanol_extrapolation", OOD_FILES[0]))
     cal = model.meta["training"].get("calibration", {})
     used = set(cal.get("indices", [])) if cal.get("data_sha256") == test.sha256() else set()
     keep = np.array([i for i in range(len(test)) if i not in used])

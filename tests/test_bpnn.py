@@ -62,7 +62,7 @@ def small_set(species, cutoff=RC):
 # ------------------------------------------------------------------ the independent reference
 def reference_library(atoms, sfset: SymmetryFunctionSet, centres):
     """Symmetry functions by plain loops: neighbours by brute force over periodic images,
-    then G2 over pairs and G5 over unique neighbour pairs (triplets), straight from B13."""
+    then G2 over pairs and G5 over unique neighbour pairs (triplets), straight from Hellström & Behler 2020."""
     rc = sfset.cutoff
     species = list(sfset.species)
     pos, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc

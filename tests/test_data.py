@@ -28,7 +28,8 @@ RMD17 = os.path.join(DATA, "rmd17_ethanol_300.npz")
 NI = os.path.join(DATA, "ni_mlearn_20.extxyz")
 MO = os.path.join(DATA, "mo_mlearn_10.extxyz")
 SI_VIRIAL = os.path.join(DATA, "si_virial_mlearn.extxyz")
-SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
+# the public data sets (docs/datasets.md): $ASE_MLFF_DATA, else the developers' data folder beside the checkout
+SHARED = os.environ.get("ASE_MLFF_DATA") or os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 GAP18 = os.path.join(SHARED, "gap18_si_testing_db", "testing_database.xyz")
 
 KCAL = 0.0433641  # eV per kcal/mol

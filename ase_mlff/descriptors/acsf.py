@@ -1,6 +1,7 @@
 """Atom-centred symmetry functions (Behler): radial G2 and angular G5, linear in atoms.
 
-Equations (B13 §13.3; distances in Å, η in Å⁻², every function dimensionless):
+Equations (Hellström & Behler 2020, "High-Dimensional Neural Network Potentials for Atomistic
+Simulations", §13.3, docs/references.md; distances in Å, η in Å⁻², every function dimensionless):
 
 * cosine cutoff (Eq. 13.4): ``f_c(r) = ½ [cos(π r / r_c) + 1]`` for ``r < r_c``, 0 beyond;
   value and slope vanish at ``r_c``.
@@ -19,7 +20,7 @@ Why G5 and not G4. G5 factorises over the two neighbours, which makes it computa
 pair list alone, with no triplet list (below): memory and time stay linear in the number of
 pairs, however many neighbours an atom has (a water molecule at 6 Å has ~90 neighbours,
 ~4000 neighbour pairs per atom). It also keeps pairs of neighbours on opposite sides of the
-centre (``r_jk`` up to ``2 r_c``), which G4's ``f_c(r_jk)`` removes (B13 §13.3.2 notes G5
+centre (``r_jk`` up to ``2 r_c``), which G4's ``f_c(r_jk)`` removes (Hellström & Behler 2020 §13.3.2 notes G5
 "reaches further" for this reason).
 
 How G5 is computed without triplets. Write ``w_j = exp(−η r_ij²) f_c(r_ij)``. By the
@@ -37,7 +38,7 @@ Library and selection. :class:`SymmetryFunctionSet` holds a *library* of functio
 layout for every centre element I (columns: G2 blocks J = species[0], species[1], ...; then
 G5 blocks for the neighbour pairs (J, K), J ≤ K, each ``n_eta × n_zeta_lambda``) and, per
 element, the *selected* columns the model uses. :func:`automatic_set` builds the library
-from training structures by a stated rule and selects by B13 §13.3.3: drop functions that
+from training structures by a stated rule and selects by Hellström & Behler 2020 §13.3.3: drop functions that
 are flat or dominated by outliers on the training set, and functions correlated above
 ``max_correlation`` (0.9) with one kept earlier. Parameters live in the model file's
 hyperparameters; nothing is hard-coded per system.
@@ -61,7 +62,7 @@ MAX_ZETA = 8
 
 
 def cosine_cutoff(r: torch.Tensor, rc: float) -> torch.Tensor:
-    """B13 Eq. 13.4: ½ [cos(π r / rc) + 1] inside the cutoff, 0 outside."""
+    """Hellström & Behler 2020, Eq. 13.4: ½ [cos(π r / rc) + 1] inside the cutoff, 0 outside."""
     inside = r < rc
     # clamp before cos so that the discarded branch has a finite gradient too
     x = torch.clamp(r / rc, max=1.0)
@@ -80,7 +81,7 @@ def multi_indices(m_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def element_pairs(n_species: int) -> list[tuple[int, int]]:
-    """Neighbour-element pairs (J, K), J ≤ K, in the order of the G5 blocks (B13 Eq. 13.7)."""
+    """Neighbour-element pairs (J, K), J ≤ K, in the order of the G5 blocks (Hellström & Behler 2020, Eq. 13.7)."""
     return list(combinations_with_replacement(range(n_species), 2))
 
 
@@ -418,12 +419,12 @@ class Selection:
 
 def select_functions(X: np.ndarray, max_correlation: float = 0.9, min_relative_std: float = 1e-3,
                      max_range_over_std: float = 50.0, candidates: Iterable[int] | None = None) -> Selection:
-    """B13 §13.3.3 on the values ``X`` (n_atoms, n_functions) of one element's library.
+    """Hellström & Behler 2020 §13.3.3 on the values ``X`` (n_atoms, n_functions) of one element's library.
 
     In column order, a function is dropped when it is *flat* (std below ``min_relative_std``
     times its mean magnitude, or zero: it carries no information and scaling by its std would
     amplify noise), *outlier-dominated* (``(max − min)/std > max_range_over_std``: nearly all
-    atoms share one value, a few far away; B13 calls ≈10 healthy), or *redundant* (|Pearson
+    atoms share one value, a few far away; Hellström & Behler call ≈10 healthy), or *redundant* (|Pearson
     correlation| > ``max_correlation`` with a function kept earlier). Returns the kept columns
     (sorted) and the reason for each dropped one.
     """

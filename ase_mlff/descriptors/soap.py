@@ -1,6 +1,7 @@
 """SOAP: the smooth overlap of atomic positions power spectrum, with exact derivatives.
 
-Definitions (B6 §6.3; docs/gap.md has the comparison with QUIP, featomic and dscribe). The
+Definitions (Csányi, Willatt & Ceriotti 2020, "Machine-Learning of Atomic-Scale Properties Based on Physical
+Principles", §6.3, docs/references.md; docs/gap.md has the comparison with QUIP, featomic and dscribe). The
 neighbour density of centre ``i`` in the channel of species ``a`` is a sum of Gaussians of width
 ``atom_sigma`` on the neighbours of that species, each weighted by the cutoff function, plus the
 centre's own Gaussian with weight ``central_weight`` in its species' channel::
@@ -10,9 +11,9 @@ centre's own Gaussian with weight ``central_weight`` in its species' channel::
 
 It is expanded in an orthonormal radial basis times real spherical harmonics. The radial basis is
 spanned by the Gaussian-type primitives ``r^k exp(-r^2 / (2 s_k^2))``, ``k = 0 .. n_max - 1``,
-``s_k = R max(sqrt(k), 1) / n_max`` (B6 Eq. 6.58; ``R = basis_radius``, the cutoff by
+``s_k = R max(sqrt(k), 1) / n_max`` (Csányi, Willatt & Ceriotti 2020, Eq. 6.58; ``R = basis_radius``, the cutoff by
 default), orthonormalised symmetrically (S^{-1/2}); any orthonormal basis of that span gives
-the same kernels. For Gaussian atoms the expansion is analytic in the angle (B6 Eq. 6.57)::
+the same kernels. For Gaussian atoms the expansion is analytic in the angle (Csányi, Willatt & Ceriotti 2020, Eq. 6.57)::
 
     c_i^{a n l m} = sum_{j in a} h_nl(r_ij) Y_lm(r_ij / |r_ij|)
     h_nl(r) = f_c(r) 4 pi int_0^inf r'^2 R_n(r') exp(-(r^2 + r'^2) / (2 sigma^2)) i_l(r r' / sigma^2) dr'
@@ -22,7 +23,7 @@ Gauss-Legendre quadrature on a 0.01 Å grid and tabulated as cubic Hermite piece
 derivatives exact at the nodes, interpolation error below 1e-8 relative), so the descriptor
 and its derivatives are exact derivatives of one smooth function.
 
-The power spectrum (B6 Eq. 6.46) keeps one entry per ``a <= b``, ``n, n'`` (``n <= n'`` when
+The power spectrum (Csányi, Willatt & Ceriotti 2020, Eq. 6.46) keeps one entry per ``a <= b``, ``n, n'`` (``n <= n'`` when
 ``a == b``) and ``l``::
 
     p_i[a b n n' l] = s / sqrt(2 l + 1) sum_m c_i^{a n l m} c_i^{b n' l m}

@@ -216,8 +216,8 @@ class Model(torch.nn.Module):
     def atom_descriptors(self, graph: Graph) -> torch.Tensor:
         """Per-atom descriptors (N, D) of ``graph``: what the family's energy is a function of,
         e.g. SchNet's features after the last interaction block or Behler–Parrinello symmetry
-        functions. Frozen, they serve as a learned representation for other targets (S000;
-        :mod:`ase_mlff.training.head`). Families with such features override this and
+        functions. Frozen, they serve as a learned representation for other targets (as in
+        Tsubaki & Mizoguchi 2021; :mod:`ase_mlff.training.head`). Families with such features override this and
         :attr:`has_descriptors`; the others (global or kernel models) raise InputError."""
         raise InputError(
             f"{self.family} models have no per-atom descriptors (get_descriptors needs a local "

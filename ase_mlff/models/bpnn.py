@@ -1,4 +1,6 @@
-"""Behler–Parrinello neural-network potential (HDNNP; B13, B12 §12.2).
+"""Behler–Parrinello neural-network potential (HDNNP; Hellström & Behler 2020, "High-Dimensional
+Neural Network Potentials for Atomistic Simulations"; Gastegger & Marquetand 2020, §12.2;
+docs/references.md).
 
 Energy (eV) as a sum of atomic energies, one feed-forward network per element (Eqs. 13.1–13.3)::
 
@@ -7,9 +9,9 @@ Energy (eV) as a sum of atomic energies, one feed-forward network per element (E
 * ``G(i)``: the element's selected symmetry functions (radial G2, angular G5, cosine cutoff;
   :mod:`ase_mlff.descriptors.acsf`), dimensionless;
 * ``μ, σ``: per-element mean and standard deviation of each function on the training set
-  (B13 Eq. 13.11), stored in the model file. Every input the network sees is O(1), which is
+  (Hellström & Behler 2020, Eq. 13.11), stored in the model file. Every input the network sees is O(1), which is
   what keeps its weights O(1) (n2p2's NaN weights come from unscaled inputs);
-* ``NN_Z``: ``len(hidden)`` hidden layers of ``tanh`` (B13's choice: smooth, and bounded, so
+* ``NN_Z``: ``len(hidden)`` hidden layers of ``tanh`` (Hellström & Behler's choice: smooth, and bounded, so
   an atom whose functions leave the training range gets a bounded energy instead of a
   runaway one; the second derivative needed for force training is smooth) and one linear
   output node;
@@ -26,7 +28,7 @@ dtype: networks and descriptors run in float32 by default (measured in docs/bpnn
 2x faster than float64 on CPU, force differences ~1e-5 eV/Å, far below the model error); per-atom energies
 are returned in float64 (network output + e0), and ``compute`` sums them in float64.
 
-Extrapolation (B13 §13.4): the training-set minimum and maximum of every function are stored;
+Extrapolation (Hellström & Behler 2020, §13.4): the training-set minimum and maximum of every function are stored;
 :meth:`BPNNModel.extrapolation` counts atoms outside them.
 """
 
@@ -185,7 +187,7 @@ class BPNNModel(Model):
 
     def extrapolation(self, graph, tolerance: float = 0.0) -> dict[str, Any]:
         """Atoms whose functions leave the training range [min, max] (widened by ``tolerance``
-        times the range): B13's cheap extrapolation warning. Returns counts per element."""
+        times the range): Hellström & Behler 2020's cheap extrapolation warning. Returns counts per element."""
         out = {}
         with torch.no_grad():
             for (idx, x), net, z in zip(self.descriptors(graph), self.nets, self.species):

@@ -1,6 +1,7 @@
 """GAP: a sparse Gaussian process on SOAP environments, plus an optional 2-body term.
 
-Energy of atom ``i`` of species ``s_i`` (B6 §6.2; ALGORITHMS.md §3)::
+Energy of atom ``i`` of species ``s_i`` (Csányi, Willatt & Ceriotti 2020, "Machine-Learning of Atomic-Scale Properties
+Based on Physical Principles", §6.2; docs/references.md)::
 
     eps_i = e0[s_i] + delta^2 sum_{m: s_m = s_i} alpha_m (q_i . q_m)^zeta + 1/2 sum_j V_{s_i s_j}(r_ij)
     V_ab(r) = f_c(r) delta_2^2 sum_{u in ab} beta_u exp(-(r - r_u)^2 / (2 theta^2))

@@ -1,4 +1,6 @@
-"""SchNet: continuous-filter convolutional neural network (B11; Schütt et al. 2017/2018).
+"""SchNet: continuous-filter convolutional neural network (Schütt et al. 2017, 2018; Schütt,
+Tkatchenko & Müller 2020, "Learning Representations of Molecules and Materials with Atomistic
+Neural Networks"; docs/references.md).
 
 Energy (eV) as a sum of atomic energies::
 
@@ -27,7 +29,7 @@ virial ``dE/dε`` are autograd derivatives through the model contract
 (:mod:`ase_mlff.models.base`); periodic cells work because the pair vectors carry the cell
 shifts. Units: positions Å, energies eV.
 
-Transfer learning (S001): the parameters form three groups, ``embedding`` (A),
+Transfer learning (the schemes of Krawczuk & Venturi 2020): the parameters form three groups, ``embedding`` (A),
 ``interactions`` (every block) and ``output`` (the atom-wise network), which
 :meth:`SchNetModel.freeze` switches off for training (``requires_grad = False``; the shared
 trainer then leaves them out of the optimizer, the weight average and weight decay).

@@ -9,12 +9,12 @@ The recipe:
    or test frames hold an element the training frames lack is refused before anything is computed
    (:func:`ase_mlff.training.common.check_split_elements`);
 2. symmetry functions chosen from the training frames (:func:`ase_mlff.descriptors.acsf.automatic_set`:
-   stated library rule, then B13 §13.3.3 selection), and per-element scaling (mean/std);
+   stated library rule, then the selection of Hellström & Behler 2020, §13.3.3), and per-element scaling (mean/std);
 3. per-element reference energies ``e0`` by least squares on the training energies (element
    counts), energy scale ``s`` = RMS training force component (so the networks fit O(1)
    residuals);
-4. Adam on the loss ``w_E mean((ΔE/N)²) + w_F mean(ΔF²)`` (eV²/atom², eV²/Å²; B13 Eq. 13.24,
-   per-atom energies as in B12 Eq. 12.4), learning rate halved after ``patience`` epochs
+4. Adam on the loss ``w_E mean((ΔE/N)²) + w_F mean(ΔF²)`` (eV²/atom², eV²/Å²; Hellström & Behler 2020, Eq. 13.24,
+   per-atom energies as in Gastegger & Marquetand 2020, Eq. 12.4; docs/references.md), learning rate halved after ``patience`` epochs
    without a better validation loss; the model with the best validation loss is kept.
 
 Why training is fast. The symmetry functions do not depend on the weights, so for every
@@ -200,7 +200,8 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.description = (parser.description or "") + (
         " Units: energies eV, lengths Å, forces eV/Å (other units: --energy-unit/--length-unit). "
-        "Symmetry functions are chosen from the training frames (G2 grid, G5, B13 selection); "
+        "Symmetry functions are chosen from the training frames (G2 grid, G5; the selection rules of Hellström "
+        "& Behler 2020, 'High-Dimensional Neural Network Potentials for Atomistic Simulations'); "
         "per-element tanh networks are fitted to energies and forces.")
     a = parser.add_argument
     a("dataset", help="training data (extxyz, ASE db, npz) with energies and forces")
@@ -262,7 +263,7 @@ def _run(args, ddp) -> int:
 
     def fail(exc, code):
         if not reported_elsewhere(exc):
-            print(f"ase-mlff train bpnn: error: {exc}", file=sys.stderr)
+            print(f"ase-mlff train bpnn: error: {data_mod.command_line_message(str(exc))}", file=sys.stderr)
         return code
 
     ckpt = args.checkpoint or default_checkpoint_path(args.output)

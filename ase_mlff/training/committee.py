@@ -46,12 +46,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from typing import Any, Callable
 
 import numpy as np
 from ase.data import chemical_symbols
 
+from .._warn import warn
 from ..errors import DatasetError, InputError, TrainingError
 from ..models.base import Model
 from ..models.committee import CommitteeModel
@@ -207,8 +207,7 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     if calibration is None and isinstance(mean, Model):
         _check_disjoint(mean, ds, np.asarray(where["indices"], dtype=np.int64))
     if len(frames) == 0:
-        warnings.warn("no calibration frames: the uncertainties are the raw member spread (factors 1)",
-                      stacklevel=2)
+        warn("no calibration frames: the uncertainties are the raw member spread (factors 1)")
         factors, record = {"energy": 1.0, "forces": 1.0, "stress": 1.0}, {"n_frames": 0}
     else:
         say(f"calibrating on {len(frames)} held-out frames")

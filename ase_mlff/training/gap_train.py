@@ -9,7 +9,7 @@ Command line (also ``ase-mlff train gap ...``; options also from ``--config FILE
 Steps: read the data (:func:`ase_mlff.data.read`); hold out ``--test`` (a file) or
 ``--n-test`` random frames; compute the SOAP vector of every training environment; choose
 ``--n-sparse`` representative environments per element (``--sparse-method`` cur: leverage
-scores of the descriptor matrix, B6 Eq. 6.11, sampled without replacement; fps: farthest
+scores of the descriptor matrix, Csányi, Willatt & Ceriotti 2020, Eq. 6.11, sampled without replacement; fps: farthest
 points in the kernel distance; random) after removing duplicate environments; build the design
 matrix of every label (total energy, force components, the six virial components) against the
 parameters ``x = [alpha, beta, e0]`` (:meth:`ase_mlff.models.gap.GAPModel.design`); weight each
@@ -22,7 +22,7 @@ config_type, e.g. ``Surface=0.005,0.2,0.2;Vacancy=0.003,0.1,0.1`` (or a mapping 
 config). e0 (one per element) is fitted jointly with the GP, with a Gaussian prior of width
 ``--sigma-e0`` eV around zero.
 
-Solve (B6 Eqs. 6.5-6.7): minimise ``|Lambda^-1/2 (Phi x - y)|^2 + x^T P x`` with ``P`` the
+Solve (Csányi, Willatt & Ceriotti 2020, Eqs. 6.5-6.7; docs/references.md): minimise ``|Lambda^-1/2 (Phi x - y)|^2 + x^T P x`` with ``P`` the
 block-diagonal prior (``K_MM`` of the sparse environments, ``K_UU`` of the sparse distances,
 ``1 / sigma_e0^2``), by a QR decomposition of the stacked matrix ``[Lambda^-1/2 Phi ; chol(P)^T]``
 (never the normal equations, which square the condition number). The triangular factor is kept in

@@ -1,4 +1,4 @@
-"""Frozen descriptors with a ridge head (S000): ``ase-mlff fit-head`` and :func:`fit_head`.
+"""Frozen descriptors with a ridge head: ``ase-mlff fit-head`` and :func:`fit_head`.
 
     ase-mlff fit-head rmd17_schnet_pretrained.mlff qm9.extxyz --target energy --pooling sum
     ase-mlff fit-head water_bpnn.mlff frames.extxyz --target gap --splits 20 -o gap_head.mlff
@@ -7,7 +7,9 @@ A trained network's per-atom features (``MLFFCalculator.get_descriptors``: SchNe
 features after the last interaction block, Behler–Parrinello symmetry functions) are kept
 fixed; each structure's features are pooled into one vector and a linear model with an L2
 penalty (ridge regression) maps that vector to any per-structure scalar of the data (an extxyz
-``info`` key, or ``energy``). S000 (QDD) reads a frozen pre-trained network this way; it
+``info`` key, or ``energy``). Tsubaki & Mizoguchi 2021 ("Quantum Deep Descriptor: Physically
+Informed Transfer Learning from Small Molecules to Polymers", docs/references.md) read a frozen
+pre-trained network this way; it
 measures how much of a new property the representation already holds, with a fit that takes
 seconds and has one hyperparameter.
 
@@ -15,8 +17,8 @@ Pooling. ``sum`` adds the atoms' features, so the prediction grows with the numb
 right for extensive targets (total or atomisation energies, heat capacities). ``mean`` averages
 them, so two copies of a molecule (or a bigger supercell of a crystal) give the same value:
 right for intensive targets (a HOMO–LUMO gap, an energy per atom, a band gap, a dipole per
-volume). S003 shows what goes wrong otherwise: summed atom contributions make a predicted gap
-grow with molecule size, which a gap does not do. The default (``auto``) is ``sum`` for the
+volume). Otherwise summed atom contributions make a predicted gap grow with molecule size,
+which a gap does not do. The default (``auto``) is ``sum`` for the
 total-energy label (``energy``/``free_energy``), ``mean`` for every other key, and the choice is
 printed; say ``--pooling`` to decide yourself.
 
@@ -32,7 +34,7 @@ leave-one-out cross-validation on the training frames only (closed form from one
 LOO residual is ``r_i / (1 − h_ii)``), so the test frames never influence α. Errors are
 measured on ``--splits`` repeated random splits (``--n-train`` frames, or ``--train-fraction``,
 to train, the rest to test; seeded) and reported as mean ± standard deviation over the splits,
-as S000 reports them, beside the error of predicting the training mean (the baseline a head must
+as Tsubaki & Mizoguchi 2021 report theirs, beside the error of predicting the training mean (the baseline a head must
 beat). With ``--output`` the head fitted on all frames is written as an archive (no code
 executed on loading; records the descriptor model's identity, the target, pooling and α) that
 :func:`load_head` reads and :meth:`RidgeHead.predict` applies.
@@ -451,7 +453,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     p.formatter_class = _HelpFormatter
     p.description = ("Fit a ridge regression from a frozen model's pooled per-atom descriptors to a\n"
-                     "per-structure property (S000); report the test error over repeated random splits.")
+                     "per-structure property (as Tsubaki & Mizoguchi 2021 read a pre-trained network); report the\n"
+                     "test error over repeated random splits.")
     p.add_argument("model", help="model file whose per-atom descriptors are used, frozen (schnet, bpnn)")
     p.add_argument("data", help="structures with the target (extxyz info key, or energy)")
     p.add_argument("--target", required=True, help="per-structure scalar to fit: an info key, or energy")

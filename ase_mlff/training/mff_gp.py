@@ -12,7 +12,8 @@ and ``V3`` are C3-smooth at the cutoff, exactly representable at the cutoff by s
 last three coefficients are zero. ``g2`` and ``g3`` are independent
 zero-mean GPs with squared-exponential kernels in the pair distance, resp. in the triangle
 side lengths summed over the 6 vertex permutations that keep the species labels
-(ALGORITHMS.md section 2.4, Eqs. 5.28-5.29, 5.36-5.37)::
+(Glielmo et al. 2020, "Building Nonparametric n-Body Force Fields Using Gaussian Process
+Regression", Eqs. 5.28-5.29, 5.36-5.37; docs/references.md)::
 
     Cov(g2(r), g2(r'))  = sigma2**2 [pair species equal] exp(-(r - r')**2 / (2 l2**2))
     Cov(g3(x), g3(x'))  = sigma3**2 sum_P [s == P s'] exp(-|x - P x'|**2 / (2 l3**2))

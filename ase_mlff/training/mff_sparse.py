@@ -2,7 +2,8 @@
 
 The full GP of :mod:`ase_mlff.training.mff_gp` has one unknown per label, so it is trained on a
 handful of energies and a few hundred force components. Here the n-body functions are expanded
-on inducing points instead (B6 §6.2; the projected process)::
+on inducing points instead (Csányi, Willatt & Ceriotti 2020, "Machine-Learning of Atomic-Scale Properties Based on
+Physical Principles", §6.2; the projected process; docs/references.md)::
 
     g2_ab(r) = sigma2^2 sum_u c_u exp(-(r - r_u)^2 / (2 l2^2))                      u: pair ab
     g3_abc(x) = sigma3^2 sum_v d_v sum_P [s == P s_v] exp(-|x - P x_v|^2 / (2 l3^2))  v: triangles

@@ -2,7 +2,7 @@
 
 Command line (also ``ase-mlff train mff ...``)::
 
-    python -m ase_mlff.training.mff_train ../shared/data/mlearn_pbe/Ni_train.extxyz \\
+    python -m ase_mlff.training.mff_train data/mlearn_pbe/Ni_train.extxyz \\
         -o potentials/ni_mff.mlff --rc2 5.0 --rc3 3.7 --n-test 60 --n-energy 8 --n-force-atoms 120 \\
         --hyper-force-atoms 40 --hyper-energy 4 --h2 0.1 --h3 0.1 --samples-per-interval 2 --n-gp-eval 6
 

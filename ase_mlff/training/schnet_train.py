@@ -9,7 +9,7 @@ The recipe:
    or test frames hold an element that neither the training frames nor ``--init``'s parent know is
    refused before anything is built (:func:`ase_mlff.training.common.check_split_elements`);
 2. a fresh model (random weights from the seed), or with ``--init PARENT`` a copy of a
-   pre-trained SchNet (S001 transfer learning; see below);
+   pre-trained SchNet (transfer learning as in Krawczuk & Venturi 2020; see below);
 3. the shared trainer (:func:`ase_mlff.training.trainer.train_network`): per-element reference
    energies and energy scale fitted on the training frames (fresh models only), AdamW on
    energies per atom and forces, plateau schedule, EMA, early stopping, checkpoints/resume;
@@ -18,7 +18,7 @@ The recipe:
 
 Transfer learning. ``--init PARENT`` starts from PARENT's weights; ``--freeze`` names the
 parameter groups (``embedding``, ``interactions``, ``output``; repeatable or comma-separated)
-kept fixed: S001's schemes are no ``--freeze`` (fine-tune everything), ``--freeze embedding``
+kept fixed: Krawczuk & Venturi's schemes TL1-TL3 are no ``--freeze`` (fine-tune everything), ``--freeze embedding``
 and ``--freeze embedding,interactions`` (train the output network only). What a pre-trained
 model means must not change under it, so the new model keeps PARENT's cutoff, widths, energy
 scale and reference energies (the networks learned residuals relative to them; refitting
@@ -53,7 +53,8 @@ from ..models.schnet import GROUPS, SchNetModel
 from .common import check_split_elements
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
-#: architecture of a fresh model (a small SchNet: B11's 64 features, 3 blocks, 25 Gaussians)
+#: architecture of a fresh model (a small SchNet: 64 features, as the Materials Project model
+#: of Schütt, Tkatchenko & Müller 2020, §11.4; 3 blocks, 25 Gaussians)
 ARCHITECTURE = {"cutoff": 5.0, "n_features": 64, "n_interactions": 3, "n_rbf": 25}
 
 
@@ -294,8 +295,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     from .trainer import configure_parser as trainer_flags
 
     parser.description = (parser.description or "") + (
-        " SchNet (continuous-filter convolutions, B11) trained on energies and forces by the shared trainer; "
-        "--init/--freeze fine-tune a pre-trained SchNet (S001). Units: eV, Å.")
+        " SchNet (continuous-filter convolutions; Schütt et al. 2017, 2018) trained on energies and forces by "
+        "the shared trainer; --init/--freeze fine-tune a pre-trained SchNet (the schemes of Krawczuk & Venturi "
+        "2020, 'Improving neural network predictions of material properties with limited data using transfer "
+        "learning'). Units: eV, Å.")
     a = parser.add_argument
     a("dataset", help="training data (extxyz, ASE db, npz) with energies and forces")
     a("--output", "-o", default="schnet.mlff", help="model file to write")
@@ -346,7 +349,7 @@ def _run(args, ddp) -> int:
 
     def fail(exc, code):
         if not reported_elsewhere(exc):
-            print(f"ase-mlff train schnet: error: {exc}", file=sys.stderr)
+            print(f"ase-mlff train schnet: error: {data_mod.command_line_message(str(exc))}", file=sys.stderr)
         return code
 
     ckpt = args.checkpoint or default_checkpoint_path(args.output)

@@ -16,12 +16,12 @@ import os
 import resource
 import sys
 import time
-import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .._warn import warn
 from ..data import stratified_indices
 from ..errors import DatasetError, MLFFError, TrainingError
 from ..models.sgdml import SGDMLModel
@@ -140,14 +140,14 @@ def _label_checks(E_ref, E0) -> dict[str, float]:
     slope = float(x @ yv) / denom if denom > 0 else float("nan")
     r = float(np.corrcoef(E0, E_ref)[0, 1]) if denom > 0 and float(yv @ yv) > 0 else float("nan")
     if slope < 0:
-        warnings.warn("forces look like gradients (sign): the reference energies fall where the integrated "
-                      f"force model rises (slope {slope:.3g})", stacklevel=3)
+        warn("forces look like gradients (sign): the reference energies fall where the integrated "
+             f"force model rises (slope {slope:.3g})")
     elif abs(slope - 1) > 0.1:
-        warnings.warn(f"energy and force units look inconsistent: reference energies vs integrated forces "
-                      f"have slope {slope:.3g} (expected 1)", stacklevel=3)
+        warn(f"energy and force units look inconsistent: reference energies vs integrated forces "
+             f"have slope {slope:.3g} (expected 1)")
     if not r >= 0.95:
-        warnings.warn(f"energy labels look inconsistent with the forces: Pearson r = {r:.3g} between "
-                      "reference energies and the integrated force model", stacklevel=3)
+        warn(f"energy labels look inconsistent with the forces: Pearson r = {r:.3g} between "
+             "reference energies and the integrated force model")
     return {"slope": slope, "pearson_r": r}
 
 
@@ -401,7 +401,7 @@ def train_sgdml(
                     alpha = xs * ystd
                     cg_info_all[str(sigma)] = {k2: v for k2, v in cg_info.items() if k2 != "history"}
             except TrainingError as exc:
-                warnings.warn(f"sigma {sigma}: {exc}", stacklevel=2)
+                warn(f"sigma {sigma}: {exc}")
                 results.append({"sigma": float(sigma), "failed": str(exc)})
                 ckpt.safe_point(snapshot, force=True)
                 continue
@@ -426,8 +426,7 @@ def train_sgdml(
     model, E0 = model_from(alpha_best, sigmas[kbest])
     ok = [r["sigma"] for r in results if "failed" not in r]
     if len(sigmas) > 1 and (model.sigma == min(map(float, sigmas)) or model.sigma == max(map(float, sigmas))):
-        warnings.warn(f"the best sigma ({model.sigma:g}) is at the edge of the grid {sigmas}; "
-                      "extend the grid", stacklevel=2)
+        warn(f"the best sigma ({model.sigma:g}) is at the edge of the grid {sigmas}; extend the grid")
     checks = _label_checks(Et, E0)
 
     # ---- test
@@ -631,10 +630,9 @@ def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") ->
 
 def cli_message(exc: BaseException) -> str:
     """An error message with the Python keywords of the readers replaced by their flags."""
-    text = str(exc)
-    for kw, flag in (("energy_unit=", "--energy-unit "), ("length_unit=", "--length-unit ")):
-        text = text.replace(kw, flag)
-    return text
+    from ..data import command_line_message
+
+    return command_line_message(str(exc))
 
 
 def interrupted_message(exc, command: str) -> str:

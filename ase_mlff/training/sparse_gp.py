@@ -2,7 +2,8 @@
 
 A sparse (projected-process) GP whose predictions are linear in its parameters ``x``
 (coefficients of the sparse points, per-element ``e0``) is fitted to total energies, forces
-and virials by minimising (B6 Eqs. 6.5-6.7, 6.22-6.23)::
+and virials by minimising (Csányi, Willatt & Ceriotti 2020, "Machine-Learning of Atomic-Scale
+Properties Based on Physical Principles", Eqs. 6.5-6.7, 6.22-6.23; docs/references.md)::
 
     |Lambda^-1/2 (Phi x - y)|^2 + x^T P x
 
@@ -10,7 +11,8 @@ and virials by minimising (B6 Eqs. 6.5-6.7, 6.22-6.23)::
 the expected errors and ``P`` the block-diagonal prior precision. It is solved by a QR
 decomposition of the stacked matrix ``[Lambda^-1/2 Phi, Lambda^-1/2 y ; chol(P)^T, 0]``
 (mode "r": the last column of ``R`` is ``Q^T y``, so ``Q`` is never formed): no normal
-equations (which square the condition number) and no threaded OpenBLAS Cholesky (PEERS.md).
+equations (which square the condition number) and no threaded OpenBLAS Cholesky (OpenBLAS 0.3.31's
+multi-threaded Cholesky reports large positive-definite matrices as indefinite).
 
 Expected errors: ``sigma_energy`` and ``sigma_virial`` are per atom and scaled by ``sqrt(N)``
 for a frame of N atoms (gap_fit's ``sigma_per_atom=T``), ``sigma_force`` per component;

@@ -61,12 +61,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from ase import units
 
+from .._warn import warn
 from ..errors import InputError
 from ..rng import random_stream
 from ._common import (GPA, OUTPUT_MODES, FrameWriter, InterruptGuard, ProgressBar, has_stress, output_path,
@@ -428,8 +428,8 @@ class _UncertaintyMonitor:
         if over and not self.above:
             self.crossings.append(step)
             if self.action == "warn":
-                warnings.warn(f"step {step}: the force uncertainty of atom {atom} is {value:.4g} eV/Å, above the "
-                              f"limit {self.limit:g} eV/Å: the model is extrapolating", stacklevel=2)
+                warn(f"step {step}: the force uncertainty of atom {atom} is {value:.4g} eV/Å, above the "
+                     f"limit {self.limit:g} eV/Å: the model is extrapolating")
         self.above = over
         if over and self.action == "stop" and self.tripped is None:
             self.tripped = (step, value, atom)

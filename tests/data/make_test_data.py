@@ -1,8 +1,9 @@
-"""Regenerate the small test data files in this folder from the shared reference data.
+"""Regenerate the small test data files in this folder from the public reference data sets.
 
-Usage (from the repository root, with ../shared/data present):
+Usage (from the repository root, with the data sets of docs/datasets.md in the data folder,
+``$ASE_MLFF_DATA`` or ``data/``)::
 
-    python tests/data/make_test_data.py [path/to/shared/data]
+    python tests/data/make_test_data.py [path/to/data]
 
 The extxyz frames are copied as raw text (byte-identical lines of the upstream conversion), except for
 ``si_virial_mlearn.extxyz`` whose comment line is rewritten (see README.md in this folder).
@@ -95,5 +96,5 @@ def main(shared):
 
 
 if __name__ == "__main__":
-    default = os.path.join(HERE, "..", "..", "..", "shared", "data")
+    default = os.environ.get("ASE_MLFF_DATA") or os.path.join(HERE, "..", "..", "data")
     main(sys.argv[1] if len(sys.argv) > 1 else default)
