@@ -52,11 +52,15 @@ def _train_families() -> dict[str, tuple[str, str]]:
 
 def _info(args) -> int:
     from .io import read_metadata
+    from .training.common import trained_on, untrained_stress_warning
 
     meta = read_metadata(args.model)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
         return 0
+    seen, how = trained_on(meta)
+    trained = ("unknown (this file does not record it)" if seen is None
+               else (", ".join(seen) or "no labels") + ("" if how == "recorded" else f" ({how})"))
     rows = [
         ("file", args.model),
         ("family", meta.get("family")),
@@ -68,6 +72,7 @@ def _info(args) -> int:
         ("format version", meta.get("format_version")),
         ("written by", f"ase-mlff {meta.get('package_version')} on {meta.get('created')}"),
         ("training data sha256", meta.get("training_data_hash")),
+        ("trained on", trained),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -84,6 +89,10 @@ def _info(args) -> int:
             print(f"  {k}: {text if len(text) < 200 else text[:197] + '...'}")
     n = sum(1 for _ in meta.get("arrays", {}))
     print(f"arrays: {n} ({', '.join(sorted(meta.get('arrays', {}))[:8])}{', ...' if n > 8 else ''})")
+    warning = untrained_stress_warning(meta, args.model, "the stress and pressure it gives are")
+    if warning:
+        sys.stdout.flush()
+        print(f"ase-mlff: warning: {warning}", file=sys.stderr)
     return 0
 
 

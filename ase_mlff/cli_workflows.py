@@ -93,6 +93,16 @@ def _calc_and_atoms(args):
     return calc, atoms
 
 
+def _warn_untrained_stress(calc, name, what: str) -> None:
+    """One line on stderr when the model was never trained on stress (``training.trained_on``
+    of its file, or what its training record implies); nothing when the record does not say."""
+    from .training.common import untrained_stress_warning
+
+    text = untrained_stress_warning(getattr(calc.model, "meta", None), name, what)
+    if text:
+        print(f"ase-mlff: warning: {text}", file=sys.stderr, flush=True)
+
+
 def _default_timestep(atoms) -> float:
     return 0.5 if any(s == "H" for s in atoms.get_chemical_symbols()) else 1.0
 
@@ -118,6 +128,11 @@ def _run_md(args) -> int:
         refuse_existing([args.plot], "give another --plot name (or --overwrite, which also replaces the run's "
                                      "trajectory and log)")
     calc, atoms = _calc_and_atoms(args)
+    from .workflows._common import has_stress
+
+    if has_stress(calc, atoms) and all(atoms.pbc):  # the log and the summary then give the pressure
+        _warn_untrained_stress(calc, args.model, "the pressures it logs" + (" and the NPT cell" if args.ensemble
+                                                                           == "npt" else "") + " are")
     timestep = args.timestep if args.timestep is not None else _default_timestep(atoms)
     print(f"model   {args.model}: {calc.model.family}, {atoms.get_chemical_formula()} ({len(atoms)} atoms), "
           f"{args.ensemble.upper()}, T = {args.temperature:g} K"
@@ -204,6 +219,8 @@ def _run_relax(args) -> int:
     from .workflows.relax import relax
 
     calc, atoms = _calc_and_atoms(args)
+    if args.cell:
+        _warn_untrained_stress(calc, args.model, "the relaxed cell and its pressure are")
     output = args.output
     if output is None:
         stem = os.path.splitext(os.path.basename(args.structure))[0]

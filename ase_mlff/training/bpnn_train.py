@@ -11,11 +11,14 @@ The recipe:
 2. symmetry functions chosen from the training frames (:func:`ase_mlff.descriptors.acsf.automatic_set`:
    stated library rule, then the selection of Hellström & Behler 2020, §13.3.3), and per-element scaling (mean/std);
 3. per-element reference energies ``e0`` by least squares on the training energies (element
-   counts), energy scale ``s`` = RMS training force component (so the networks fit O(1)
-   residuals);
+   counts), or given ones (``--reference-energies``, e.g. isolated-atom energies; the networks
+   then learn ``E - sum e0``), energy scale ``s`` = RMS training force component (so the
+   networks fit O(1) residuals);
 4. Adam on the loss ``w_E mean((ΔE/N)²) + w_F mean(ΔF²)`` (eV²/atom², eV²/Å²; Hellström & Behler 2020, Eq. 13.24,
    per-atom energies as in Gastegger & Marquetand 2020, Eq. 12.4; docs/references.md), learning rate halved after ``patience`` epochs
-   without a better validation loss; the model with the best validation loss is kept.
+   without a better validation loss; the model with the best validation loss is kept;
+5. validation and test errors; without test frames, the errors on the training frames,
+   labelled as training-set errors.
 
 Why training is fast. The symmetry functions do not depend on the weights, so for every
 training frame their values ``G`` and their derivatives with respect to the pair vectors,
@@ -44,7 +47,9 @@ from ..graph import graph_from_structure
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
 from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from .checkpoint import TrainingInterrupted
-from .common import UsageError, check_split_elements, reference_energies
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_given_reference, check_split_elements,
+                     format_training_metrics, frame_metrics, parse_reference_energies, predict_frames,
+                     reference_energies)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -124,16 +129,18 @@ def evaluate_frames(model, frames) -> dict[str, float]:
 # ------------------------------------------------------------------------- the loop
 def trainer_options(epochs: int = 100, lr: float = 3e-3, batch_size: int = 8, energy_weight: float = 10.0,
                     force_weight: float = 1.0, patience: int = 10, stop_patience: int = 30, ema: float = 0.99,
-                    min_lr: float = 1e-5, dtype: str = "float32", seed: int = 0, device: str = "cpu"):
+                    min_lr: float = 1e-5, dtype: str = "float32", seed: int = 0, device: str = "cpu",
+                    reference_energies: dict[str, float] | None = None):
     """The BPNN recipe as options of the shared trainer: Adam (AdamW without decay), rate
     halved after ``patience`` epochs without a better validation loss, floor ``min_lr``,
-    early stop after ``stop_patience`` such epochs, EMA of the weights."""
+    early stop after ``stop_patience`` such epochs, EMA of the weights; ``reference_energies``
+    (element -> eV) given instead of fitted."""
     from .trainer import TrainerOptions
 
     return TrainerOptions(epochs=epochs, batch_size=batch_size, lr=lr, energy_weight=energy_weight,
                           force_weight=force_weight, schedule="plateau", lr_factor=0.5, lr_patience=patience,
                           min_lr=min_lr, ema=ema, patience=stop_patience, dtype=dtype, seed=seed,
-                          device=device).check()
+                          device=device, reference_energies=reference_energies).check()
 
 
 def fit(model: BPNNModel, train_frames, valid_frames, options=None, **kwargs):
@@ -154,23 +161,33 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
                energy_weight: float = 10.0, force_weight: float = 1.0, patience: int = 10,
                progress: Callable[[str], None] | None = None, checkpoint=None, resume: bool = False,
                stop_after: int | None = None, stop_patience: int = 30, ema: float = 0.99,
-               repulsion: bool = True, repulsion_width: float = 0.5, device: str = "cpu"):
+               repulsion: bool = True, repulsion_width: float = 0.5, device: str = "cpu",
+               reference_energies=None):
     """Split ``dataset`` (:class:`ase_mlff.data.Dataset`), prepare and fit a model with the
     shared trainer; returns ``(model, report)`` with the split, the selection report,
-    validation/test errors and the trainer's record (``report["record"]``)."""
+    validation/test errors (training-set errors without test frames), the reference energies
+    and the trainer's record (``report["record"]``). ``reference_energies``: given e0 (a
+    :class:`~ase_mlff.training.common.GivenReferenceEnergies`, or anything
+    :func:`~ase_mlff.training.common.parse_reference_energies` reads, in eV)."""
+    from .trainer import reference_record
+
     say = progress or (lambda msg: None)
+    given = parse_reference_energies(reference_energies)
     split = dataset.split(n_train, n_valid, n_test, seed=seed)
     frames = dataset.frames
     train_f = [frames[k] for k in split.train]
     valid_f = [frames[k] for k in split.valid]
     test_f = [frames[k] for k in split.test]
     check_split_elements(train_f, {"validation": valid_f, "test": test_f})
+    species = sorted({int(z) for f in train_f for z in f.numbers})
+    given_e0 = None if given is None else dict(zip(
+        [chemical_symbols[z] for z in species], check_given_reference(train_f, species, given, say)["e0"]))
     options = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed, "cutoff": cutoff,
                "hidden": list(hidden), "activation": activation, "n_radial": n_radial, "n_eta": n_eta,
                "zetas": list(zetas), "max_correlation": max_correlation, "dtype": dtype, "epochs": epochs,
                "lr": lr, "batch_size": batch_size, "energy_weight": energy_weight, "force_weight": force_weight,
                "patience": patience, "stop_patience": stop_patience, "ema": ema, "repulsion": repulsion,
-               "repulsion_width": repulsion_width}
+               "repulsion_width": repulsion_width, "reference_energies": None if given is None else given.given_as}
     model, selection = prepare_model(train_f, cutoff, hidden, activation, n_radial, n_eta, zetas, max_correlation,
                                      dtype, seed)
     if repulsion:
@@ -182,7 +199,7 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
             + f" (fully on {rep['width']:.2f} Å closer)")
     say("symmetry functions: " + ", ".join(f"{k} {len(v['kept'])} of {v['n_library']}" for k, v in selection.items()))
     opts = trainer_options(epochs, lr, batch_size, energy_weight, force_weight, patience, stop_patience, ema,
-                           dtype=dtype, seed=seed, device=device)
+                           dtype=dtype, seed=seed, device=device, reference_energies=given_e0)
     model, record = fit(model, train_f, valid_f, opts, checkpoint=checkpoint, resume=resume, log=say,
                         stop_after=stop_after)
     report = {"split": {k: getattr(split, k).tolist() for k in ("train", "valid", "test")}, "options": options,
@@ -190,10 +207,23 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
               "history": record.history, "record": record, "train_time_s": record.train_time_s,
               "valid": evaluate_frames(model, valid_f) if valid_f else None,
               "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-              "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None)}
+              "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None),
+              "reference_energies": reference_record(record, given), "trained_on": record.trained_on}
     if test_f:
         report["test"] = evaluate_frames(model, test_f)
+    else:  # nothing held out for testing: at least the fit to the training frames, labelled as such
+        report["train"] = training_set_errors(model, train_f)
+        say(format_training_metrics(report["train"]))
     return model, report
+
+
+def training_set_errors(model, frames) -> dict:
+    """The shared metrics (:func:`~ase_mlff.training.common.frame_metrics`) of ``model`` on its
+    own training ``frames``, through the calculator."""
+    from ..calculator import MLFFCalculator
+
+    model.eval()
+    return frame_metrics(frames, predict_frames(MLFFCalculator(model), frames))
 
 
 # ------------------------------------------------------------------------- command line
@@ -209,9 +239,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--overwrite", action="store_true", help="replace an existing output file")
     a("--energy-unit", default=None, help="energy unit of the data when not eV")
     a("--length-unit", default=None, help="length unit of the data when not Å")
+    a("--reference-energies", default=None, metavar="FILE|El=E,...",
+      help=REFERENCE_ENERGIES_HELP.format(unit=IN_ENERGY_UNIT))
     a("--n-train", type=int, required=True, help="training frames")
     a("--n-valid", type=int, required=True, help="validation frames (learning-rate schedule, best model)")
-    a("--n-test", type=int, default=None, help="test frames (default: all the rest)")
+    a("--n-test", type=int, default=None, help="test frames (default: all the rest; without any, the training-set "
+                                               "errors are printed instead)")
     a("--seed", type=int, default=0, help="split, initial weights and batch order")
     a("--cutoff", type=float, default=6.0, help="cutoff radius in Å (default 6)")
     a("--hidden", default="25,25", help="hidden layer widths, comma-separated (default 25,25)")
@@ -277,6 +310,7 @@ def _run(args, ddp) -> int:
             raise UsageError("--hidden and --zetas take comma-separated integers") from None
         if ddp.is_main:
             check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
+        reference = parse_reference_energies(args.reference_energies, args.energy_unit)
         ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
     except (UsageError, DatasetError, OSError) as exc:
         failure = exc
@@ -294,7 +328,7 @@ def _run(args, ddp) -> int:
                                    patience=args.patience, progress=progress, checkpoint=ckpt, resume=args.resume,
                                    stop_patience=args.stop_patience, ema=args.ema, repulsion=args.repulsion,
                                    repulsion_width=args.repulsion_width, device=args.device,
-                                   stop_after=args.stop_after)
+                                   stop_after=args.stop_after, reference_energies=reference)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
             where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
@@ -305,8 +339,8 @@ def _run(args, ddp) -> int:
         return fail(exc, EXIT_USAGE)
     except MLFFError as exc:
         return fail(exc, EXIT_DATA)
-    rec = {k: report[k] for k in ("options", "split", "selection", "valid", "test", "train_time_s",
-                                  "peak_memory_bytes", "source") if k in report}
+    rec = {k: report[k] for k in ("options", "split", "selection", "valid", "test", "train", "train_time_s",
+                                  "peak_memory_bytes", "source", "reference_energies", "trained_on") if k in report}
     rec["data_sha256"] = report["data_sha256"]
     rec["epochs_run"] = len(report["history"])
     rec["trainer"] = report["record"].as_dict()
@@ -323,6 +357,8 @@ def _run(args, ddp) -> int:
             print(f"{name:5s} ({m['n_frames']} frames): energy RMSE {m['energy_per_atom_rmse_meV']:.3f} meV/atom, "
                   f"MAE {m['energy_per_atom_mae_meV']:.3f} meV/atom; forces RMSE {m['forces_rmse_meV_per_A']:.1f} meV/Å, "
                   f"MAE {m['forces_mae_meV_per_A']:.1f} meV/Å")
+    if report.get("train"):
+        print(format_training_metrics(report["train"], "hold out test frames with --n-test N"))
     return EXIT_OK
 
 

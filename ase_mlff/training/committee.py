@@ -24,7 +24,14 @@ the equations of the served prediction and the uncertainties):
    mean predicted variance equals the mean squared error of the served prediction, for
    energies, forces (per atom, vector length) and, when those frames carry stress, stress;
    without stress labels the stress factor is the force factor (both are spreads of
-   derivatives of the same members).
+   derivatives of the same members). Without calibration frames the uncertainties stay raw,
+   and the served prediction's errors on the training pool are reported instead
+   (``metrics["train"]``), labelled as training-set errors.
+
+Reference energies given with ``--reference-energies`` go to every model the committee
+trains (the served mean and each member); sGDML records them only (one constant per
+molecule). The record lists them (``reference_energies``) and what the members were trained
+on (``trained_on``).
 
 sGDML members use ``train_sgdml`` with explicit ``train_indices``; their length scale is the
 served mean's (chosen by its own validation search) unless ``sigmas`` is given, so that the
@@ -149,7 +156,8 @@ def fit_calibration(model: CommitteeModel, frames) -> tuple[dict[str, float], di
 # ----------------------------------------------------------------------------- training
 def train_committee(family: str, data, K: int, *, n_member: int | None = None, mean="all", seed: int = 0,
                     calibration=None, n_calibration: int | None = None,
-                    progress: Callable[[str], None] | None = None, **options) -> tuple[CommitteeModel, dict]:
+                    progress: Callable[[str], None] | None = None, reference_energies=None,
+                    **options) -> tuple[CommitteeModel, dict]:
     """Train a committee of ``K`` ``family`` models on ``data`` (a Dataset); returns
     ``(model, report)``. See the module docstring for the recipe.
 
@@ -163,9 +171,25 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     ``n_force_atoms``, ``h2``, ...); BPNN: keywords of
     :func:`~ase_mlff.training.bpnn_train.train_bpnn` (``n_train``, ``n_valid``, ``n_test``,
     ``cutoff``, ``hidden``, ``epochs``, ...; ``n_member`` defaults to half of the pool).
+    ``reference_energies``: given per-element reference energies for every model (anything
+    :func:`~ase_mlff.training.common.parse_reference_energies` reads; numbers in eV).
     """
+    from ..calculator import MLFFCalculator
+    from .common import (check_given_reference, format_training_metrics, frame_metrics, parse_reference_energies,
+                         predict_frames, reference_energies_record)
+
     say = progress or (lambda msg: None)
     ds = _as_dataset(data)
+    reference = parse_reference_energies(reference_energies)
+    if reference is not None:  # every element of the data needs one: checked before anything trains
+        check_given_reference(list(ds), list(ds.elements), reference, say)
+        if family in ("bpnn", "schnet"):
+            options["reference_energies"] = reference
+        elif family == "mff":
+            if options.get("args") is not None:
+                options["args"].reference_energies = reference
+            else:
+                options["reference_energies"] = reference
     if family not in FAMILIES:
         raise InputError(f"committees can be trained for {', '.join(FAMILIES)}, not {family!r}")
     if not isinstance(K, int) or K < 2:
@@ -197,18 +221,35 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
 
     check = _ElementCheck(ds, K, seed, mean, lambda held: calibration_frames(held)[0])
     if family == "sgdml":
-        members, served, report, held_out = _train_sgdml(ds, K, n_member, mean, seed, say, options, check)
+        members, served, report, held_out, pool = _train_sgdml(ds, K, n_member, mean, seed, say, options, check)
     elif family in ("bpnn", "schnet"):  # SchNet: the same split and member scheme as BPNN
-        members, served, report, held_out = _train_bpnn(ds, K, n_member, mean, seed, say, options, check, family)
+        members, served, report, held_out, pool = _train_bpnn(ds, K, n_member, mean, seed, say, options, check,
+                                                              family)
     else:
-        members, served, report, held_out = _train_mff(ds, K, n_member, mean, seed, say, options, check)
+        members, served, report, held_out, pool = _train_mff(ds, K, n_member, mean, seed, say, options, check)
     model = CommitteeModel(members, served)
+    seen = {o for rec in report["members"] for o in rec.get("trained_on", ())}
+    report["trained_on"] = [o for o in ("energy", "forces", "stress") if o in seen]
+    if reference is None:
+        report["reference_energies"] = reference_energies_record(
+            [], [], "none" if family == "sgdml" else "fitted",
+            "an sGDML model has one energy constant for the molecule, no per-element energies" if family == "sgdml"
+            else "each model of the committee fitted its own on its training frames")
+    else:
+        report["reference_energies"] = reference_energies_record(
+            ds.elements, reference.for_species(ds.elements), "given",
+            "given; recorded only (each sGDML model's energy constant absorbs sum e0)" if family == "sgdml"
+            else "given to every model of the committee", reference)
     frames, where = calibration_frames(held_out)
     if calibration is None and isinstance(mean, Model):
         _check_disjoint(mean, ds, np.asarray(where["indices"], dtype=np.int64))
     if len(frames) == 0:
         warn("no calibration frames: the uncertainties are the raw member spread (factors 1)")
         factors, record = {"energy": 1.0, "forces": 1.0, "stress": 1.0}, {"n_frames": 0}
+        # nothing held out: at least the served prediction's fit to the training pool, labelled as such
+        pool_frames = [ds[int(i)] for i in pool]
+        report["metrics"] = {"train": frame_metrics(pool_frames, predict_frames(MLFFCalculator(model), pool_frames))}
+        say(format_training_metrics(report["metrics"]["train"]))
     else:
         say(f"calibrating on {len(frames)} held-out frames")
         factors, record = fit_calibration(model, frames)
@@ -363,11 +404,11 @@ def _train_sgdml(ds, K, n_member, mean, seed, say, options, check):
                              train_indices=idx, valid_indices=valid, test_indices=np.zeros(0, np.int64),
                              progress=say, **options)
         return m, {"sigma": rep["sigma"], "n_symmetries": rep["n_symmetries"], "train_indices": idx.tolist(),
-                   "valid": rep["valid"]}
+                   "valid": rep["valid"], "trained_on": ["energy", "forces"]}
 
     members, recs = _train_members(K, pool, n_member, seed, fit_member, say)
     report["members"] = recs
-    return members, served, report, valid
+    return members, served, report, valid, pool
 
 
 def mff_options(**overrides) -> argparse.Namespace:
@@ -413,13 +454,14 @@ def _train_mff(ds, K, n_member, mean, seed, say, options, check):
 
     def fit_member(idx, member_seed):
         m, rep = fit(idx, member_seed)
-        return m, {"train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"]}
+        return m, {"train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"],
+                   "trained_on": rep["trained_on"]}
 
     served, report["mean"] = _served_mean(mean, fit_all, say, f"MFF on all {len(pool)} training frames")
     members, recs = _train_members(K, pool, n_member, seed, fit_member, say)
     report["members"] = recs
     report["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and _jsonable(v)}
-    return members, served, report, held
+    return members, served, report, held, pool
 
 
 def _bpnn_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
@@ -476,14 +518,17 @@ def _train_bpnn(ds, K, n_member, mean, seed, say, options, check, family="bpnn")
         return m, {"frames": idx.tolist(),
                    "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
                    "valid_indices": idx[np.asarray(sub.get("valid", []), dtype=np.int64)].tolist(),
-                   "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or [])}
+                   "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or []),
+                   "trained_on": rep.get("trained_on", [])}
 
     served, report["mean"] = _served_mean(
         mean, fit_all, say, f"{family} on all {n_train} training frames ({n_valid} validation)")
     members, recs = _train_members(K, pool, n_member, seed, fit_member, say,
                                    f" ({n_valid_member} of them for validation)")
     report["members"] = recs
-    return members, served, report, held
+    report["options"] = {k: (getattr(v, "given_as", v) if k == "reference_energies" else v)
+                         for k, v in report["options"].items()}
+    return members, served, report, held, pool
 
 
 def _nn_recipe(family: str):
@@ -565,7 +610,7 @@ def run(family: str, args) -> int:
     from ..errors import MLFFError
     from ..io import load_model, save_model
     from .checkpoint import check_output
-    from .common import UsageError, timed_printer
+    from .common import UsageError, parse_reference_energies, timed_printer
 
     def fail(msg, code):
         print(f"ase-mlff train {family} --committee: error: {msg}", file=sys.stderr)
@@ -592,6 +637,7 @@ def run(family: str, args) -> int:
                    "sigmas": sigmas, "lam": float(opts["lam"]), "symmetries": opts["symmetries"],
                    "solver": opts["solver"]}
         n_member, seed = int(opts["n_train"]), int(opts["seed"])
+        raw_reference = opts.get("reference_energies")
     elif family in ("bpnn", "schnet"):
         try:
             options = bpnn_options(args, family)
@@ -600,6 +646,7 @@ def run(family: str, args) -> int:
         dataset, unit, output = args.dataset, getattr(args, "energy_unit", None), args.output
         overwrite = getattr(args, "overwrite", False)
         n_member, seed = args.committee_frames, int(getattr(args, "seed", 0) or 0)
+        raw_reference = getattr(args, "reference_energies", None)
     else:
         given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         try:  # flags over --config over defaults, as in ``train mff`` itself
@@ -618,9 +665,13 @@ def run(family: str, args) -> int:
         overwrite = given.get("overwrite")
         options = {"args": argparse.Namespace(**given)}
         n_member, seed = args.committee_frames, int(given.get("seed") or 0)
+        raw_reference = given.get("reference_energies")
     try:
         check_output(output, bool(overwrite), False)
+        reference = parse_reference_energies(raw_reference, unit)  # in --energy-unit, like the data
     except FileExistsError as exc:
+        return fail(exc, 2)
+    except UsageError as exc:
         return fail(exc, 2)
     try:
         units = {"energy_unit": unit}
@@ -632,7 +683,8 @@ def run(family: str, args) -> int:
         if mean not in ("all", "members"):
             mean = load_model(mean)
         model, report = train_committee(family, ds, K, n_member=n_member, mean=mean, seed=seed, calibration=cal,
-                                        n_calibration=args.n_calibration, progress=progress, **options)
+                                        n_calibration=args.n_calibration, progress=progress,
+                                        reference_energies=reference, **options)
     except UsageError as exc:  # e.g. a member's frames lack an element (checked before anything trains)
         return fail(exc, 2)
     except MLFFError as exc:
@@ -651,4 +703,9 @@ def run(family: str, args) -> int:
     if isinstance(f, dict):
         print(f"held-out force error (RMS per-atom vector length) {1e3 * f['rms_error']:.2f} meV/Å, "
               f"raw member spread {1e3 * f['rms_spread']:.2f} meV/Å")
+    if (report.get("metrics") or {}).get("train"):
+        from .common import format_training_metrics
+
+        print(format_training_metrics(report["metrics"]["train"], "give --calibration-data FILE or hold out test "
+                                                                  "frames, which also calibrate the uncertainty"))
     return 0

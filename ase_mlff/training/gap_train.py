@@ -3,8 +3,12 @@
 Command line (also ``ase-mlff train gap ...``; options also from ``--config FILE.yaml``)::
 
     python -m ase_mlff.training.gap_train out/gap/si_train.xyz --test out/gap/si_test.xyz \\
-        -o potentials/si_gap.mlff --cutoff 5.4 --n-max 8 --l-max 8 --atom-sigma 0.5 \\
-        --zeta 4 --n-sparse 1000 --two-body
+        -o potentials/si_gap.mlff
+
+The defaults are the recipe of docs/gap.md (the mlearn GAP settings for Si: SOAP cutoff 5.4 Å,
+n_max = l_max = 8, atom sigma 0.5 Å, zeta 4, 1000 CUR sparse environments per element) plus the
+2-body term (``--no-two-body`` leaves it out); the cutoff is a property of the material, so
+set ``--cutoff`` for another one.
 
 Steps: read the data (:func:`ase_mlff.data.read`); hold out ``--test`` (a file) or
 ``--n-test`` random frames; compute the SOAP vector of every training environment; choose
@@ -20,7 +24,12 @@ Expected errors (``Lambda``): ``--sigma-energy`` is per atom, so a frame of N at
 extensive); ``--sigma-force`` per component. ``--sigma-config-type`` overrides them per
 config_type, e.g. ``Surface=0.005,0.2,0.2;Vacancy=0.003,0.1,0.1`` (or a mapping in the YAML
 config). e0 (one per element) is fitted jointly with the GP, with a Gaussian prior of width
-``--sigma-e0`` eV around zero.
+``--sigma-e0`` eV around zero, unless ``--reference-energies`` gives them (e.g. isolated-atom
+energies): then they are fixed, their columns are left out of the solve and their part is
+taken off the energy labels (:func:`ase_mlff.training.sparse_gp.solve`, ``fixed``).
+
+Without test frames (no ``--test``, ``--n-test 0``) the errors on the training frames are
+reported instead (``metrics["train"]``), labelled as training-set errors.
 
 Solve (Csányi, Willatt & Ceriotti 2020, Eqs. 6.5-6.7; docs/references.md): minimise ``|Lambda^-1/2 (Phi x - y)|^2 + x^T P x`` with ``P`` the
 block-diagonal prior (``K_MM`` of the sparse environments, ``K_UU`` of the sparse distances,
@@ -53,18 +62,24 @@ import time
 import numpy as np
 import torch
 
-from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, format_metrics,
-                     frame_metrics, predict_frames, read_training_data, resolve_cli_options, resolve_options,
-                     timed_printer)
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, GivenReferenceEnergies, Option, UsageError,
+                     add_options, check_given_reference, check_new_output, check_split_elements, format_metrics,
+                     format_training_metrics, frame_metrics, observables, parse_reference_energies,
+                     predict_frames, read_training_data, reference_energies_record, resolve_cli_options,
+                     resolve_options, timed_printer)
 from .common import training_record as common_record
 from . import sparse_gp
 from .sparse_gp import cholesky_upper, has_virial, parse_config_type_sigmas
 
 OPTIONS = (
     Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
+    Option("reference_energies", None, REFERENCE_ENERGIES_HELP.format(unit=IN_ENERGY_UNIT)
+           + "; given e0 are fixed in the fit, not fitted (--sigma-e0 then plays no part)"),
     Option("test", None, "held-out test data file (none: --n-test random frames)", kind="dataset"),
-    Option("n_test", 0, "frames held out at random when --test is not given", int),
-    Option("cutoff", 5.0, "SOAP cutoff r_c (Å)", float),
+    Option("n_test", 0, "frames held out at random when --test is not given (none held out: the training-set "
+                        "errors are printed instead)", int),
+    Option("cutoff", 5.4, "SOAP cutoff r_c (Å; the mlearn Si value of docs/gap.md: choose it for the material)",
+           float),
     Option("cutoff_width", 0.5, "width of the cosine transition below the cutoff (Å)", float),
     Option("n_max", 8, "radial functions", int),
     Option("l_max", 8, "largest angular momentum", int),
@@ -74,7 +89,8 @@ OPTIONS = (
     Option("delta", 1.0, "signal scale of the SOAP term (eV)", float),
     Option("n_sparse", 1000, "sparse environments per element", int),
     Option("sparse_method", "cur", "how sparse environments are chosen", choices=("cur", "fps", "random")),
-    Option("two_body", False, "add a 2-body term (its own sparse GP on pair distances)", kind="flag"),
+    Option("two_body", True, "a 2-body term (its own sparse GP on pair distances), which carries most of the "
+                             "binding energy (docs/gap.md)", kind="flag"),
     Option("two_body_cutoff", None, "2-body cutoff (Å; none: the SOAP cutoff)", float),
     Option("two_body_width", 1.0, "2-body cosine transition width (Å)", float),
     Option("two_body_delta", 1.0, "2-body signal scale (eV)", float),
@@ -96,6 +112,8 @@ OPTIONS = (
 
 #: options that do not change the fitted model (left out of a checkpoint's identity)
 _NOT_MODEL = ("test", "checkpoint", "checkpoint_interval", "resume")
+#: how to get test errors, in the command's words (printed beside training-set errors)
+_HOLD_OUT = "hold out frames with --n-test N or give --test FILE"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -139,12 +157,14 @@ def select_sparse(X: np.ndarray, k: int, method: str, rng: np.random.Generator, 
 
 
 def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None,
-            resume: tuple[dict, dict] | None = None):
+            resume: tuple[dict, dict] | None = None, reference: GivenReferenceEnergies | None = None):
     """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``.
 
     ``ckpt``: a :class:`~ase_mlff.training.checkpoint.Checkpointer` whose safe points are called
     after the sparse points are chosen, after every frame's design rows and after the solve
-    (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from."""
+    (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from;
+    ``reference``: given e0 (:func:`~ase_mlff.training.common.parse_reference_energies`), held
+    fixed instead of fitted."""
     from ..graph import FrameGraphs
     from ..models.gap import GAPModel
     from ..rng import random_stream
@@ -155,6 +175,8 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     frames = [ds[int(i)] for i in train_idx]
     species = sorted({int(z) for f in frames for z in f.numbers})
     S = len(species)
+    # given e0: checked against the training elements before any descriptor is computed
+    given = check_given_reference(frames, species, reference, log) if reference is not None else None
     soap_h = {"cutoff": opts["cutoff"], "n_max": opts["n_max"], "l_max": opts["l_max"],
               "atom_sigma": opts["atom_sigma"], "cutoff_width": opts["cutoff_width"],
               "central_weight": opts["central_weight"]}
@@ -246,7 +268,8 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
         x, R, fit_info = sparse_gp.solve(frames, design, model.n_parameters, prior,
                                          (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]),
                                          parse_config_type_sigmas(opts.get("sigma_config_type")), log=log,
-                                         quiet=quiet, rows=done, on_rows=on_rows)
+                                         quiet=quiet, rows=done, on_rows=on_rows,
+                                         fixed=None if given is None else given["e0"])
         del done
         solved = {"x": x, **({"R": R.numpy()} if model.variance else {})}
         safe_point(lambda: ({**base_state, "stage": "solved", "fit_info": fit_info}, {**base_arrays, **solved}),
@@ -255,8 +278,15 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     if model.variance:
         model.posterior_r.copy_(R)
         model.prior_chol.copy_(torch.from_numpy(Um.T))
+    if given is None:
+        ref = reference_energies_record(species, model.e0.numpy(), "fitted", "fitted jointly with the GP under a "
+                                        f"Gaussian prior of width --sigma-e0 {opts['sigma_e0']:g} eV around 0")
+    else:
+        ref = reference_energies_record(species, model.e0.numpy(), "given", "given; held fixed in the fit",
+                                        reference, mean_residual_per_atom_eV=given["mean_residual_per_atom_eV"])
     info = {"n_environments": n_env, "n_sparse": n_sparse, **fit_info, "fit_s": time.perf_counter() - t0,
-            "reference_energies_eV": [float(v) for v in model.e0],
+            "reference_energies_eV": [float(v) for v in model.e0], "reference_energies": ref,
+            "trained_on": observables(fit_info.get("labels") or {}),
             "resumed_from": state.get("stage") if resume else None}
     return model, info
 
@@ -273,6 +303,7 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
     opts = resolve_options([o for o in OPTIONS if o.library], given=options)
     log = progress or (lambda msg: None)
     t0 = time.perf_counter()
+    reference = parse_reference_energies(opts["reference_energies"], opts["energy_unit"])
     ds = read_training_data(data, opts["energy_unit"])
     test_frames, test_idx = [], None
     if opts["test"] is not None:
@@ -288,7 +319,10 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
         test_frames = [ds[int(i)] for i in test_idx]
     check_split_elements([ds[int(i)] for i in train_idx], {"test": test_frames})
     log(f"data: {len(ds)} frames; training on {len(train_idx)}, testing on {len(test_frames)}")
-    ident = identity("gap", ds.sha256(), {k: v for k, v in opts.items() if k not in _NOT_MODEL})
+    # the given e0 enter the identity as the numbers used (eV), whatever file or unit they came from
+    ident = identity("gap", ds.sha256(), {**{k: v for k, v in opts.items() if k not in _NOT_MODEL},
+                                          "reference_energies": None if reference is None else
+                                          {str(z): v for z, v in sorted(reference.energies.items())}})
     with StopGuard(stream=sys.stderr) as guard:
         ckpt = Checkpointer(opts["checkpoint"], ident, interval_s=float(opts["checkpoint_interval"]),
                             stop_after=stop_after, guard=guard)
@@ -299,18 +333,26 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
         elif ckpt.exists():
             raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; continue it with "
                                 "--resume, or delete it to start over")
-        model, info = fit_gap(ds, train_idx, opts, log=log, quiet=quiet, ckpt=ckpt, resume=resume)
+        model, info = fit_gap(ds, train_idx, opts, log=log, quiet=quiet, ckpt=ckpt, resume=resume,
+                              reference=reference)
     metrics = {}
     if test_frames:
         t = time.perf_counter()
         metrics["test"] = frame_metrics(test_frames, predict_frames(MLFFCalculator(model), test_frames))
         info["test_eval_s"] = time.perf_counter() - t
         log(format_metrics("test", metrics["test"]))
+    else:  # no held-out frames: at least the fit to the training frames, labelled as such
+        t = time.perf_counter()
+        train_frames = [ds[int(i)] for i in train_idx]
+        metrics["train"] = frame_metrics(train_frames, predict_frames(MLFFCalculator(model), train_frames))
+        info["train_eval_s"] = time.perf_counter() - t
+        log(format_training_metrics(metrics["train"]))
     info["total_s"] = time.perf_counter() - t0
     src = data if isinstance(data, (str, os.PathLike)) else getattr(ds, "source", None)
     rec = common_record(
         "gap", "ase_mlff.training.gap_train", data_sha256=ds.sha256(), source=None if src is None else str(src),
-        seed=opts["seed"], options={k: v for k, v in opts.items() if k not in _NOT_MODEL},
+        seed=opts["seed"], options={**{k: v for k, v in opts.items() if k not in _NOT_MODEL},
+                                    "reference_energies": None if reference is None else reference.given_as},
         split={"train": [int(i) for i in train_idx], "valid": None,
                "test": None if test_idx is None else [int(i) for i in test_idx]},
         metrics=metrics, method="sparse GP on SOAP (+2-body), projected process, QR solve (ase-mlff)",
@@ -357,7 +399,7 @@ def run(args) -> int:
         os.unlink(ckpt_path)  # the model holds everything the checkpoint did
     print(f"GAP model written to {opts['output']}: {model.describe()}; fit {rec['fit_s']:.0f} s")
     for name, m in rec["metrics"].items():
-        print(format_metrics(name, m))
+        print(format_training_metrics(m, _HOLD_OUT) if name == "train" else format_metrics(name, m))
         for ct, mm in sorted((m.get("per_config_type") or {}).items()):
             print("   " + format_metrics(ct, mm))
     if opts.get("report"):

@@ -254,11 +254,13 @@ class SparseNBody:
 
 def fit_sparse(gp: NBodyGP, frames, n2: int, n3: int, sigmas: tuple[float, float, float],
                config_type_sigmas: dict | None = None, jitter: float = 1e-8, sigma_e0: float = 100.0,
-               seed: int = 0, log=print, quiet: bool = True, rows=None, on_rows=None) -> dict:
+               seed: int = 0, log=print, quiet: bool = True, rows=None, on_rows=None,
+               e0: np.ndarray | None = None) -> dict:
     """Fit ``gp`` (its species, cutoffs and hyperparameters set) as a sparse GP on all labels of
     ``frames``; afterwards ``gp.as_model()`` and ``gp.to_mff()`` work as after a full fit.
     ``rows``/``on_rows``: checkpoints of the design matrix, see :func:`sparse_gp.solve` (the
-    inducing points are chosen again, deterministically, on a resume)."""
+    inducing points are chosen again, deterministically, on a resume). ``e0``: given
+    per-element reference energies (eV, ``gp.species`` order), held fixed instead of fitted."""
     t0 = time.perf_counter()
     sparse = SparseNBody.from_data(frames, gp.species, gp.rc2 if gp.use2 else 0.0, gp.rc3 if gp.use3 else 0.0,
                                    gp.hyper, n2, n3, seed, width2=gp.width2, width3=gp.width3, centred=gp.centred)
@@ -269,7 +271,7 @@ def fit_sparse(gp: NBodyGP, frames, n2: int, n3: int, sigmas: tuple[float, float
         return sparse.design(f, forces=f.forces is not None, virial=sparse_gp.has_virial(f))
 
     x, R, info = sparse_gp.solve(frames, design, sparse.n_params, sparse.prior(jitter, sigma_e0), sigmas,
-                                 config_type_sigmas, log=log, quiet=quiet, rows=rows, on_rows=on_rows)
+                                 config_type_sigmas, log=log, quiet=quiet, rows=rows, on_rows=on_rows, fixed=e0)
     sparse.set_gp(gp, x)
     gp.sparse, gp.sparse_x = sparse, x
     gp.n_labels = dict(info["labels"])

@@ -12,10 +12,14 @@ Steps: read the data (:func:`ase_mlff.data.read`), hold out ``--n-test`` frames 
 frames that hold an element no training frame holds (before any fit), pick ``--n-energy``
 training energies spread over the energy distribution and
 the forces of ``--n-force-atoms`` random atoms of random training frames, fit per-element
-reference energies by least squares, optimise the GP hyperparameters by the log marginal
+reference energies by least squares (or take them from ``--reference-energies``: then they
+stay fixed through the fit and are not refitted after the mapping), optimise the GP
+hyperparameters by the log marginal
 likelihood on a smaller subset, train the GP, map it onto splines, and report the errors of
 the GP and of the mapped model against DFT on the test frames (the GP on the first
-``--n-gp-eval`` of them: it is ~1e3-1e4 times slower) and the mapped-vs-GP difference.
+``--n-gp-eval`` of them: it is ~1e3-1e4 times slower) and the mapped-vs-GP difference. With no
+test frames (``--n-test 0`` and no ``--test``) the mapped model's errors on its training frames
+are reported instead, labelled as training-set errors.
 
 Checkpoints (:mod:`ase_mlff.training.checkpoint`): the hyperparameter search is checkpointed
 after every length-scale evaluation, the sparse fit's design matrix (the rows of the frames done
@@ -35,8 +39,10 @@ import time
 import numpy as np
 
 
-from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, format_metrics,
-                     frame_metrics, predict_frames, read_training_data, reference_energies, resolve_cli_options,
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options,
+                     check_given_reference, check_new_output, check_split_elements, format_metrics,
+                     format_training_metrics, frame_metrics, observables, parse_reference_energies, predict_frames,
+                     read_training_data, reference_energies, reference_energies_record, resolve_cli_options,
                      resolve_options, timed_printer)
 from .common import training_record as common_record
 from .sparse_gp import solve_options
@@ -46,15 +52,18 @@ MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per
                  "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed",
                  "fit", "n_sparse2", "n_sparse3", "sigma_energy", "sigma_force", "sigma_virial",
                  "sigma_config_type", "sigma_e0", "jitter", "sigma2", "sigma3", "width2", "width3",
-                 "triplets", "h3jk")
+                 "triplets", "h3jk", "reference_energies")
 
 #: every option of ``train mff``: library keyword, flag and config key (docs/training.md)
 OPTIONS = (
     Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (none: the unit the file states)"),
+    Option("reference_energies", None, REFERENCE_ENERGIES_HELP.format(unit=IN_ENERGY_UNIT)
+           + "; given e0 stay fixed through the fit"),
     Option("rc2", 5.0, "2-body cutoff (Å; 0: no 2-body term)", float),
     Option("rc3", 3.7, "3-body cutoff (Å; 0: no 3-body term)", float),
     Option("test", None, "held-out test data file (none: --n-test random frames of the data)", kind="dataset"),
-    Option("n_test", 60, "frames held out for testing when --test is not given", int),
+    Option("n_test", 60, "frames held out for testing when --test is not given (0: the training-set errors are "
+                         "printed instead)", int),
     Option("write_test", None, "write the held-out test frames to this extxyz file", library=False),
     Option("fit", "sparse", "sparse: inducing-point GP on every energy, force and virial of the training "
                             "frames; full: exact GP on --n-energy energies and --n-force-atoms atoms",
@@ -170,7 +179,12 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     if test_file is not None:
         args.n_test = 0
     _check_counts(args, len(ds))
-    ident = identity("mff", ds.sha256(), {k: getattr(args, k, None) for k in MODEL_OPTIONS if k != "test"})
+    reference = parse_reference_energies(getattr(args, "reference_energies", None),
+                                         getattr(args, "energy_unit", None))  # in the data's unit, like the data
+    # given e0 enter the identity as the numbers used (eV), whatever file or unit they came from
+    ident = identity("mff", ds.sha256(), {**{k: getattr(args, k, None) for k in MODEL_OPTIONS if k != "test"},
+                                          "reference_energies": None if reference is None else
+                                          {str(z): v for z, v in sorted(reference.energies.items())}})
     split = ds.split(len(ds) - args.n_test, 0, args.n_test, seed=args.seed)
     pool = split.train
     # the test frames are read (and checked) now, not after the fit: a test element that no training
@@ -201,8 +215,11 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
                  hyper=Hyper(l2=args.l2, l3=args.l3, sigma2=args.sigma2, sigma3=args.sigma3),
                  width2=getattr(args, "width2", None), width3=getattr(args, "width3", None),
                  triplets=getattr(args, "triplets", "triangle"))
-    e0 = None
-    if energy_frames:
+    e0, given = None, None
+    if reference is not None:
+        given = check_given_reference([ds[int(i)] for i in energy_pool], gp.species, reference, log)
+        e0 = given["e0"]
+    elif energy_frames:
         e0 = reference_energies([ds[int(i)] for i in energy_pool], gp.species)
 
     with StopGuard(stream=sys.stderr) as guard:
@@ -270,7 +287,7 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
                 sparse_info = fit_sparse(gp, train_frames, sigmas=(args.sigma_energy, args.sigma_force, args.sigma_virial),
                                          config_type_sigmas=parse_config_type_sigmas(args.sigma_config_type),
                                          jitter=args.jitter, sigma_e0=args.sigma_e0, log=log, quiet=False,
-                                         rows=done, on_rows=on_rows, **sparse_kw)
+                                         rows=done, on_rows=on_rows, e0=None if given is None else e0, **sparse_kw)
                 del done
                 arrays_fit["sparse_x"] = gp.sparse_x
                 ckpt.safe_point(snapshot, force=True)
@@ -295,10 +312,10 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
 
         model = gp.to_mff(h2=args.h2, h3=args.h3, samples_per_interval=args.samples_per_interval, log=log,
                           done=dict(blocks), on_block=on_block, h3jk=getattr(args, "h3jk", None))
-    if energy_pool and args.fit == "full":
+    if energy_pool and args.fit == "full" and given is None:
         # Forces fix the n-body functions, energies only weakly (sigma_e may go to its bound):
         # re-fit the per-element constants e0 by least squares on all training-pool energies
-        # with the mapped model (cheap), and give the GP the same e0.
+        # with the mapped model (cheap), and give the GP the same e0. (Given e0 stay as given.)
         e0_old = model.e0.numpy().copy()
         model.set_splines(e0=np.zeros(len(model.species)))
         calc0 = MLFFCalculator(model)
@@ -328,6 +345,21 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
     t_gp = time.perf_counter() - t
     diff = [pm["forces"] - pg["forces"] for pm, pg in zip(pred_mapped, pred_gp)]
     mapped_vs_gp = 1e3 * float(np.sqrt(np.mean(np.concatenate(diff) ** 2))) if diff else None
+    err_train = None
+    if not test:  # nothing held out: at least the fit to the training frames, labelled as such
+        train_frames = [ds[int(i)] for i in pool]
+        err_train = frame_metrics(train_frames, predict_frames(mapped_calc, train_frames))
+        log(format_training_metrics(err_train))
+    if given is not None:
+        ref = reference_energies_record(gp.species, gp.e0, "given", "given; held fixed in the fit", reference,
+                                        mean_residual_per_atom_eV=given["mean_residual_per_atom_eV"])
+    elif args.fit == "sparse":
+        ref = reference_energies_record(gp.species, gp.e0, "fitted", "fitted jointly with the sparse GP under a "
+                                        f"Gaussian prior of width --sigma-e0 {args.sigma_e0:g} eV around 0")
+    else:
+        ref = reference_energies_record(gp.species, gp.e0, "fitted", "least squares on the training energies "
+                                        "(refitted with the mapped model)" if energy_pool else
+                                        "none: no training frame has an energy")
     report = {
         "command": " ".join(sys.argv) if sys.argv else None,
         "data": getattr(args, "data", None) or getattr(ds, "source", None),
@@ -343,11 +375,14 @@ def train_mff(args, ds, log=print, checkpoint=None, resume: bool = False, checkp
         "hyperparameters": gp.hyper.as_dict(),
         "log_marginal_likelihood": gp.log_marginal_likelihood,
         "reference_energies_eV": gp.e0.tolist(),
+        "reference_energies": ref,
+        "trained_on": observables(gp.n_labels or {}),
         "grid": {"rc2": model.rc2, "n2": model.n2, "rc3": model.rc3, "n3": model.n3, "n3jk": model.n3jk},
         "timings_s": {**gp.timings, "eval_mapped_s": t_mapped, "eval_gp_s": t_gp},
         "test_mapped": err_mapped,
         "test_subset_mapped": err_mapped_sub,
         "test_subset_gp": err_gp_sub,
+        "train_mapped": err_train,
         "mapped_vs_gp_forces_rmse_meV_per_A": mapped_vs_gp,
         "resumed": bool(resume),
         "total_s": time.perf_counter() - t_start,
@@ -370,11 +405,13 @@ def training_record(model, gp, report: dict, options: dict, ds) -> dict:
         seed=report["seed"], options=options,
         split={"train": report["split"]["pool_indices"], "valid": None, "test": report["split"]["test_indices"]},
         metrics={"test": report["test_mapped"], "test_subset": report["test_subset_mapped"],
-                 "test_subset_gp": report["test_subset_gp"]},
+                 "test_subset_gp": report["test_subset_gp"],
+                 **({"train": report["train_mapped"]} if report.get("train_mapped") else {})},
         method="2+3-body GP mapped onto splines (ase-mlff)",
         mapped_vs_gp_forces_rmse_meV_per_A=report["mapped_vs_gp_forces_rmse_meV_per_A"],
         hyperparameters=report["hyperparameters"], log_marginal_likelihood=report["log_marginal_likelihood"],
-        reference_energies_eV=report["reference_energies_eV"], training_labels=report["training_labels"],
+        reference_energies_eV=report["reference_energies_eV"], reference_energies=report["reference_energies"],
+        trained_on=report["trained_on"], training_labels=report["training_labels"],
         energy_frames=report["energy_frames"], train_time_s=report["total_s"], resumed=report["resumed"],
         **extra)
 
@@ -390,7 +427,8 @@ def train(data, progress=None, stop_after: int | None = None, _cli: bool = False
     model, gp, report = train_mff(args, ds, log=progress or (lambda msg: None), checkpoint=opts["checkpoint"],
                                   resume=bool(opts["resume"]), checkpoint_interval=float(opts["checkpoint_interval"]),
                                   stop_after=stop_after)
-    rec = training_record(model, gp, report, opts, ds)
+    given = report["reference_energies"]
+    rec = training_record(model, gp, report, {**opts, "reference_energies": given.get("given_as")}, ds)
     rec["_report"] = report  # taken out by run() (--report); not saved
     return model, rec
 
@@ -461,7 +499,10 @@ def run(args) -> int:
     print(f"MFF model written to {output} (rc2 {model.rc2:g} Å, rc3 {model.rc3:g} Å, "
           f"{report['total_s']:.0f} s)")
     for name, m in rec["metrics"].items():
-        print(format_metrics(name, m))
+        if name == "train":
+            print(format_training_metrics(m, "hold out frames with --n-test N or give --test FILE"))
+        elif m.get("n_frames"):
+            print(format_metrics(name, m))
     if opts.get("report"):
         with open(opts["report"], "w") as fh:
             json.dump(report, fh, indent=1)

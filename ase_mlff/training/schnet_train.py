@@ -11,10 +11,13 @@ The recipe:
 2. a fresh model (random weights from the seed), or with ``--init PARENT`` a copy of a
    pre-trained SchNet (transfer learning as in Krawczuk & Venturi 2020; see below);
 3. the shared trainer (:func:`ase_mlff.training.trainer.train_network`): per-element reference
-   energies and energy scale fitted on the training frames (fresh models only), AdamW on
-   energies per atom and forces, plateau schedule, EMA, early stopping, checkpoints/resume;
-   forces are autograd derivatives and the loss is differentiated through them;
-4. validation and test errors through the serving path (``Model.compute``).
+   energies (fitted on the training frames, or given with ``--reference-energies``, e.g.
+   isolated-atom energies: the network then learns ``E - sum e0``) and energy scale (fresh
+   models only), AdamW on energies per atom, forces and, with ``--stress-weight``, stresses,
+   plateau schedule, EMA, early stopping, checkpoints/resume; forces are autograd derivatives
+   and the loss is differentiated through them;
+4. validation and test errors through the serving path (``Model.compute``); without test
+   frames, the errors on the training frames, labelled as training-set errors.
 
 Transfer learning. ``--init PARENT`` starts from PARENT's weights; ``--freeze`` names the
 parameter groups (``embedding``, ``interactions``, ``output``; repeatable or comma-separated)
@@ -24,7 +27,9 @@ model means must not change under it, so the new model keeps PARENT's cutoff, wi
 scale and reference energies (the networks learned residuals relative to them; refitting
 ``e0`` on a few frames would shift every atomic energy the network was trained to give). An
 element absent from PARENT gets a new random embedding row and a reference energy fitted on
-the training residuals; with a frozen embedding it could never learn one, so that is refused,
+the training residuals (or the given one, ``--reference-energies``: given values of elements
+the parent knows are not used, and the log says so); with a frozen embedding it could never
+learn one, so that is refused,
 as are a different cutoff or width (the filters are functions of distance on [0, r_c]) and a
 parent of another family. The model file records the parent (path, sha256 of the file,
 frozen groups) in its ``training["parent"]``.
@@ -45,12 +50,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from ..errors import DatasetError, InputError, MLFFError, OutputExistsError
 from ..graph import graph_from_structure
 from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
-from .common import check_split_elements
+from .common import (check_given_reference, check_split_elements, format_training_metrics, parse_reference_energies,
+                     reference_energies_record)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 #: architecture of a fresh model (a small SchNet: 64 features, as the Materials Project model
@@ -99,9 +106,12 @@ def _load_parent(init):
 
 def transfer_model(parent, frames, freeze: Sequence[str] = (), cutoff: float | None = None,
                    n_features: int | None = None, n_interactions: int | None = None, n_rbf: int | None = None,
-                   dtype: str | None = None, seed: int = 0, say: Callable[[str], None] | None = None):
+                   dtype: str | None = None, seed: int = 0, say: Callable[[str], None] | None = None,
+                   reference=None):
     """A SchNet for the elements of ``frames`` initialised from ``parent`` (see the module
-    docstring), with ``freeze`` groups frozen. Raises InputError for what cannot transfer."""
+    docstring), with ``freeze`` groups frozen. ``reference``: given reference energies
+    (:class:`~ase_mlff.training.common.GivenReferenceEnergies`) for the elements new to the
+    parent. Raises InputError for what cannot transfer."""
     say = say or (lambda msg: None)
     if getattr(parent, "family", None) != "schnet":
         raise InputError(f"--init: the parent is a {getattr(parent, 'family', type(parent).__name__)} model; "
@@ -143,10 +153,22 @@ def transfer_model(parent, frames, freeze: Sequence[str] = (), cutoff: float | N
                 state[k][rows] = v.to(state[k].dtype)  # new elements keep their random rows
             else:
                 state[k].copy_(v)
-    # reference energies: the parent's; new elements by least squares on what the parent's
-    # e0 leave over
+    # reference energies: the parent's; new elements given, or by least squares on what the
+    # parent's e0 leave over
     e0 = dict(zip(parent.species, pc["reference_energies"]))
-    if new:
+    kept = [z for z in parent.species if reference is not None and z in reference.energies
+            and abs(reference.energies[z] - e0[z]) > 1e-9 * max(1.0, abs(e0[z]))]
+    if kept:
+        from ..models.base import symbols
+
+        say(f"--reference-energies: the parent's e0 of {', '.join(symbols(kept))} are kept (its networks learned "
+            "residuals relative to them); given values are used for new elements only")
+    if new and reference is not None:
+        e0.update(zip(new, reference.for_species(new, "training frames (elements new to the parent)")))
+        from ..models.base import symbols
+
+        say("new element(s) " + ", ".join(f"{el} e0 {e0[z]:.6f} eV (given)" for el, z in zip(symbols(new), new)))
+    elif new:
         A, y = [], []
         for f in frames:
             if f.energy is None:
@@ -193,9 +215,9 @@ def evaluate_frames(model, frames) -> dict[str, float]:
 
 # ------------------------------------------------------------------------- the recipe
 #: keywords of train_schnet that are TrainerOptions fields (passed through unchanged)
-TRAINER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "energy_weight", "force_weight", "schedule",
-                "lr_factor", "lr_patience", "min_lr", "warmup_epochs", "ema", "clip", "patience", "device",
-                "fit_reference", "checkpoint_interval")
+TRAINER_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "energy_weight", "force_weight", "stress_weight",
+                "schedule", "lr_factor", "lr_patience", "min_lr", "warmup_epochs", "ema", "clip", "patience",
+                "device", "fit_reference", "checkpoint_interval")
 
 
 def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None, seed: int = 0,
@@ -203,17 +225,24 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
                  n_rbf: int | None = None, init=None, freeze: Iterable[str] | str | None = (),
                  dtype: str | None = None, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 0.0, energy_weight: float = 1.0, force_weight: float = 10.0,
-                 schedule: str = "plateau", lr_factor: float = 0.5, lr_patience: int = 10, min_lr: float = 1e-6,
+                 stress_weight: float = 0.0, schedule: str = "plateau", lr_factor: float = 0.5,
+                 lr_patience: int = 10, min_lr: float = 1e-6,
                  warmup_epochs: int = 0, ema: float = 0.99, clip: float = 10.0, patience: int = 30,
                  device: str = "cpu", fit_reference: bool = True, checkpoint_interval: float = 60.0,
                  progress: Callable[[str], None] | None = None, checkpoint=None, resume: bool = False,
-                 stop_after: int | None = None, repulsion: bool = True, repulsion_width: float = 0.5):
+                 stop_after: int | None = None, repulsion: bool = True, repulsion_width: float = 0.5,
+                 reference_energies=None):
     """Split ``dataset``, build (or transfer, ``init``) a SchNet and train it with the shared
-    trainer. Returns ``(model, report)``: split, options, parent, validation/test errors and
-    the trainer's record (``report["record"]``). InputError for impossible transfers."""
-    from .trainer import TrainerOptions, train_network
+    trainer. Returns ``(model, report)``: split, options, parent, validation/test errors
+    (training-set errors without test frames), reference energies and the trainer's record
+    (``report["record"]``). InputError for impossible transfers. ``reference_energies``: given
+    e0 (a :class:`~ase_mlff.training.common.GivenReferenceEnergies`, or anything
+    :func:`~ase_mlff.training.common.parse_reference_energies` reads, in eV)."""
+    from .trainer import TrainerOptions, reference_record, train_network
 
     say = progress or (lambda msg: None)
+    given = parse_reference_energies(reference_energies)
+    given_e0 = None
     freeze = parse_freeze(freeze)
     if freeze and init is None:
         raise InputError("--freeze needs --init MODEL: only pre-trained parameters can be frozen")
@@ -231,7 +260,7 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
     check_split_elements(train_f, {"validation": valid_f, "test": test_f}, known=parent.species if parent else ())
     if parent is not None:
         model = transfer_model(parent, train_f + valid_f, freeze, cutoff, n_features, n_interactions, n_rbf,
-                               dtype, seed, say)
+                               dtype, seed, say, reference=given)
         parent_info.update({"family": parent.family, "elements": list(parent.elements), "freeze": freeze,
                             "reference_energies": dict(zip(parent.elements, parent.config["reference_energies"]))})
         say(f"initialised from {parent_info['path'] or 'the given model'} (sha256 {parent_info['sha256']}); "
@@ -244,6 +273,9 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
                  ("n_rbf", n_rbf))}
         dtype = dtype or "float32"
         species = sorted({int(z) for f in train_f + valid_f for z in f.numbers})
+        if given is not None:  # checked before anything trains; the trainer then uses them
+            given_e0 = dict(zip([chemical_symbols[z] for z in species],
+                                check_given_reference(train_f, species, given, say)["e0"]))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = SchNetModel(species, dtype=dtype, **arch)
@@ -253,25 +285,42 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
                 f"{a}-{b} {model.config['repulsion']['inner'][p][q]:.2f}" for p, a in enumerate(model.elements)
                 for q, b in enumerate(model.elements) if q >= p) + " Å)")
     local = dict(locals())
-    opts = TrainerOptions(dtype=dtype, seed=seed, **{k: local[k] for k in TRAINER_KEYS}).check()
+    opts = TrainerOptions(dtype=dtype, seed=seed, reference_energies=given_e0,
+                          **{k: local[k] for k in TRAINER_KEYS}).check()
     model, record = train_network(model, train_f, valid_f, opts, checkpoint=checkpoint, resume=resume, plots=False,
                                   log=say, stop_after=stop_after)
     options = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed, "cutoff": model.cutoff,
                **{k: model.config[k] for k in ("n_features", "n_interactions", "n_rbf")}, "dtype": dtype,
                "freeze": freeze, "repulsion": model.config.get("repulsion") is not None,
+               "reference_energies": None if given is None else given.given_as,
                **{k: local[k] for k in TRAINER_KEYS}}
+    if parent is not None:  # the parent's e0, and given or fitted ones for new elements
+        new = [chemical_symbols[z] for z in model.species if z not in parent.species]
+        how = "the parent's (its networks learned residuals relative to them)" + (
+            f"; {', '.join(new)}: {'given' if given is not None else 'least squares on the residuals'}" if new else "")
+        reference = reference_energies_record(model.species, model.config["reference_energies"], "parent", how,
+                                              given if new else None)
+    else:
+        reference = reference_record(record, given)
     report = {"split": {k: getattr(split, k).tolist() for k in ("train", "valid", "test")}, "options": options,
               "parent": parent_info, "history": record.history, "record": record,
               "train_time_s": record.train_time_s, "valid": evaluate_frames(model, valid_f) if valid_f else None,
               "test": evaluate_frames(model, test_f) if test_f else None,
-              "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None)}
+              "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None),
+              "reference_energies": reference, "trained_on": record.trained_on}
+    if not test_f:  # nothing held out for testing: at least the fit to the training frames, labelled as such
+        from .bpnn_train import training_set_errors
+
+        report["train"] = training_set_errors(model, train_f)
+        say(format_training_metrics(report["train"]))
     return model, report
 
 
 def training_record(report: dict[str, Any]) -> dict[str, Any]:
     """The ``training`` dict of the model file."""
-    rec = {k: report[k] for k in ("options", "split", "parent", "valid", "test", "train_time_s", "data_sha256",
-                                  "source") if report.get(k) is not None}
+    rec = {k: report[k] for k in ("options", "split", "parent", "valid", "test", "train", "train_time_s",
+                                  "data_sha256", "source", "reference_energies", "trained_on")
+           if report.get(k) is not None}
     rec["recipe"] = "ase_mlff.training.schnet_train"
     rec["epochs_run"] = len(report["history"])
     rec["trainer"] = report["record"].as_dict()
@@ -306,7 +355,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--length-unit", default=None, help="length unit of the data when not Å")
     a("--n-train", type=int, required=True, help="training frames")
     a("--n-valid", type=int, required=True, help="validation frames (schedule, early stopping, best model)")
-    a("--n-test", type=int, default=None, help="test frames (default: all the rest)")
+    a("--n-test", type=int, default=None, help="test frames (default: all the rest; without any, the training-set "
+                                               "errors are printed instead)")
     a("--cutoff", type=float, default=None, help=f"cutoff in Å (default {ARCHITECTURE['cutoff']:g}; with --init: "
                                                  "the parent's)")
     a("--n-features", type=int, default=None, help=f"features per atom (default {ARCHITECTURE['n_features']})")
@@ -359,13 +409,15 @@ def _run(args, ddp) -> int:
         freeze = parse_freeze(args.freeze)
         if ddp.is_main:
             check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
+        reference = parse_reference_energies(args.reference_energies, args.energy_unit)
         ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
     except (UsageError, InputError, DatasetError, OSError) as exc:
         failure = exc
     try:
         ddp.agree(failure)
     except (UsageError, InputError, DatasetError, OSError) as exc:
-        return fail(exc, EXIT_DATA if isinstance(exc, (DatasetError, OSError)) else EXIT_USAGE)
+        usage = isinstance(exc, UsageError) or not isinstance(exc, (DatasetError, OSError))
+        return fail(exc, EXIT_USAGE if usage else EXIT_DATA)
     progress(f"read {len(ds)} frames from {args.dataset}")
     keys = {k: getattr(args, k) for k in TRAINER_KEYS}
     try:
@@ -374,7 +426,7 @@ def _run(args, ddp) -> int:
                                      n_rbf=args.n_rbf, init=args.init, freeze=freeze, dtype=args.dtype,
                                      progress=progress, checkpoint=ckpt, resume=args.resume,
                                      stop_after=args.stop_after, repulsion=args.repulsion,
-                                     repulsion_width=args.repulsion_width, **keys)
+                                     repulsion_width=args.repulsion_width, reference_energies=reference, **keys)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
             where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
@@ -398,6 +450,8 @@ def _run(args, ddp) -> int:
         if m and "forces_rmse_meV_per_A" in m:
             print(f"{name:5s} ({m['n_frames']} frames): energy MAE {m.get('energy_per_atom_mae_meV', float('nan')):.3f} "
                   f"meV/atom; forces RMSE {m['forces_rmse_meV_per_A']:.1f} meV/Å, MAE {m['forces_mae_meV_per_A']:.1f} meV/Å")
+    if report.get("train"):
+        print(format_training_metrics(report["train"], "hold out test frames with --n-test N"))
     return EXIT_OK
 
 

@@ -6,6 +6,15 @@
 The recipe: energy-stratified training set, symmetry detection, one closed-form (or
 preconditioned-CG) solve per sigma of the grid, the sigma with the lowest validation force
 RMSE wins, the integration constant is fitted on the training energies.
+
+Reference energies: an sGDML model describes one molecule and has one energy constant (the
+integration constant), so per-element reference energies cannot change a prediction; given
+ones (``--reference-energies``) are checked (every element of the molecule needs one) and
+recorded in the model file, with the mean of ``(E - sum e0) / N`` over the training frames
+(the atomisation energy per atom when e0 are isolated-atom energies).
+
+Without test frames (``--n-test 0``, or no frame left) the errors on the training frames are
+reported instead (``metrics["train"]``), labelled as training-set errors.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ from ..models.sgdml import SGDMLModel
 from ..rng import random_stream
 from ..units import energy_factor
 from .checkpoint import Checkpointer, StopGuard, identity
-from .common import (Option, UsageError, add_options, check_new_output, check_split_elements, error_metrics,
-                     format_metrics, read_training_data, resolve_options, timed_printer)
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options, check_given_reference,
+                     check_new_output, check_split_elements, error_metrics, format_metrics, format_training_metrics,
+                     parse_reference_energies, read_training_data, reference_energies_record, resolve_options,
+                     timed_printer)
 from .common import training_record as common_record
 from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
 from .symmetries import close_group, find_symmetries
@@ -444,10 +455,15 @@ def train_sgdml(
             te_idx = np.setdiff1d(np.arange(M_all), np.concatenate([train_idx, valid_idx]))
             if n_test is not None:
                 te_idx = np.sort(random_stream(seed, "test").choice(te_idx, min(n_test, len(te_idx)), replace=False))
+    train_report = None
     if len(te_idx) and Ete is not None and Fte is not None:
         say(f"testing on {len(te_idx)} frames")
         Ep, Fp = model.predict_numpy(Rte[te_idx])
         test_report = error_table(Ep, Ete[te_idx], Fp, Fte[te_idx], unit, z)
+    else:  # nothing held out for testing: at least the fit to the training frames, labelled as such
+        Ep, Fp = model.predict_numpy(Rt)
+        train_report = error_table(Ep, Et, Fp, Ft, unit, z)
+        say(format_training_metrics(shared_metrics(train_report)))
 
     report = {
         "sigma": model.sigma,
@@ -471,6 +487,7 @@ def train_sgdml(
         "peak_memory_bytes": _peak_memory_bytes(),
         "valid": results[kbest].get("valid"),
         "test": test_report,
+        "train": train_report,
         "energy_unit": unit,
         "data_sha256": d["sha256"],
         "source": d["source"],
@@ -495,7 +512,8 @@ def training_record(report: dict[str, Any], options: dict | None = None) -> dict
         options=options if options is not None else {k: report.get(k) for k in ("sigmas", "lam", "solver")},
         split={"train": report["train_indices"], "valid": report["valid_indices"],
                "test": report.get("test_indices")},
-        metrics={"valid": valid, "test": shared_metrics(report.get("test"))},
+        metrics={"valid": valid, "test": shared_metrics(report.get("test")),
+                 **({"train": shared_metrics(report["train"])} if report.get("train") else {})},
         units={"energy": unit, "length": "Ang", "forces": f"{unit}/Ang"},
         method="sGDML (ase-mlff)",
         sigma=report.get("sigma"), sigmas=report.get("sigmas"), lam=report.get("lam"), n_symmetries=report.get("n_symmetries"), solver=report.get("solver"),
@@ -503,7 +521,9 @@ def training_record(report: dict[str, Any], options: dict | None = None) -> dict
         per_sigma=[{k: (shared_metrics(v) if k == "valid" else v) for k, v in r.items()}
                    for r in report["per_sigma"]],
         label_checks=report.get("label_checks"), train_time_s=report.get("train_time_s"),
-        resumed=report.get("resumed"),
+        resumed=report.get("resumed"), integration_constant_eV=report.get("integration_constant_eV"),
+        # energies fix the integration constant, forces everything else; a molecule has no stress
+        trained_on=["energy", "forces"],
     )
 
 
@@ -511,9 +531,12 @@ def training_record(report: dict[str, Any], options: dict | None = None) -> dict
 #: every option of ``train sgdml``: library keyword, flag and config key (docs/training.md)
 OPTIONS = (
     Option("energy_unit", None, "energy unit of the data file, e.g. kcal/mol (default: the unit the file states)"),
+    Option("reference_energies", None, REFERENCE_ENERGIES_HELP.format(unit=IN_ENERGY_UNIT)
+           + "; sGDML has one energy constant per molecule, so they are recorded but change no prediction"),
     Option("n_train", 1000, "training geometries (drawn stratified by energy)", int),
     Option("n_valid", 500, "validation geometries (choose sigma)", int),
-    Option("n_test", None, "test geometries (none: all remaining)", int),
+    Option("n_test", None, "test geometries (none: all remaining; 0: the training-set errors are printed instead)",
+           int),
     Option("test", None, "separate test data file, same units (none: the frames not used)", kind="dataset"),
     Option("sigmas", None, "kernel length scales, e.g. '10,20,30' or '10:100:10' (none: 10:100:10)"),
     Option("lam", 1e-10, "regulariser", float),
@@ -550,12 +573,31 @@ def train(data, progress: Callable[[str], None] | None = None, stop_after: int |
     with ``energy_unit``) or a dict of arrays (see :func:`train_sgdml`); ``options``: the names
     of :data:`OPTIONS`. ``test`` may be a Dataset or a path."""
     opts = resolve_options([o for o in OPTIONS if o.library], given=options)
+    reference = parse_reference_energies(opts["reference_energies"], opts["energy_unit"])
     ds = read_training_data(data, opts["energy_unit"])
+    given = None
+    if reference is not None:  # checked before any kernel work; the model does not depend on them
+        species = sorted({int(v) for v in np.ravel(ds["z"] if isinstance(ds, dict) else ds.arrays()["z"])})
+        if hasattr(ds, "frames"):
+            given = check_given_reference(ds.frames, species, reference, progress or (lambda msg: None))
+        else:
+            given = {"e0": reference.for_species(species), "mean_residual_per_atom_eV": None}
     test = read_training_data(opts["test"], opts["energy_unit"]) if opts["test"] is not None else None
-    kw = {k: v for k, v in opts.items() if k not in ("energy_unit", "test", "n_train", "n_valid", "sigmas")}
+    kw = {k: v for k, v in opts.items()
+          if k not in ("energy_unit", "test", "n_train", "n_valid", "sigmas", "reference_energies")}
     model, report = train_sgdml(ds, int(opts["n_train"]), int(opts["n_valid"]), sigmas=parse_sigmas(opts["sigmas"]),
                                 test=test, progress=progress, stop_after=stop_after, _cli=_cli, **kw)
-    rec = training_record(report, opts)
+    rec = training_record(report, {**opts, "reference_energies": None if reference is None else reference.given_as})
+    if given is None:
+        rec["reference_energies"] = reference_energies_record(
+            [], [], "none", "an sGDML model has one energy constant for the molecule (integration_constant_eV), no "
+                            "per-element energies")
+    else:
+        species = sorted({int(v) for v in model.z.cpu().numpy()})
+        e0 = reference.for_species(species)
+        rec["reference_energies"] = reference_energies_record(
+            species, e0, "given", "given; recorded only (the molecule's energy constant absorbs sum e0)", reference,
+            mean_residual_per_atom_eV=given["mean_residual_per_atom_eV"])
     if test is not None:
         rec["test_source"] = getattr(test, "source", None)
         rec["test_data_sha256"] = test.sha256() if hasattr(test, "sha256") else None
@@ -686,6 +728,8 @@ def run(args) -> int:
     for name in ("valid", "test"):
         if rec["metrics"].get(name):
             print(format_metrics(name, rec["metrics"][name]))
+    if rec["metrics"].get("train"):
+        print(format_training_metrics(rec["metrics"]["train"], "hold out frames with --n-test N or give --test FILE"))
     if opts.get("plot"):
         test = read_training_data(opts["test"], opts["energy_unit"]) if opts.get("test") else ds
         arr = test.arrays()

@@ -18,6 +18,12 @@ Expected errors: ``sigma_energy`` and ``sigma_virial`` are per atom and scaled b
 for a frame of N atoms (gap_fit's ``sigma_per_atom=T``), ``sigma_force`` per component;
 per-config_type overrides replace all three for frames of that config_type.
 
+Fixed parameters: a trailing block of ``x`` with known values (the per-element ``e0`` given
+with ``--reference-energies``) is left out of the solve: its columns' contribution is taken off
+the labels and only the other parameters are fitted. ``R`` then gets :data:`FIXED_PRECISION` on
+the diagonal of that block (the limit of a prior of zero width), so a known ``e0`` adds nothing
+to the predictive variance.
+
 Checkpoints: the design matrix is built frame by frame, and :func:`solve` hands the rows built
 so far to a trainer's safe point after every frame (``on_rows``) and continues from stored rows
 (``rows``), so GAP and the sparse MFF fit resume an interrupted design to the same matrix, and
@@ -37,6 +43,10 @@ from .common import Option, UsageError
 
 #: order of the six virial components in the design matrix (ASE Voigt: xx yy zz yz xz xy)
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+#: diagonal of ``R`` on fixed parameters: the precision of a prior 1e-100 wide, i.e. a value known
+#: exactly (a fixed e0 then adds at most (N / 1e100)^2 to a variance, nothing in float64 terms,
+#: and ``R`` stays finite, triangular and non-singular as model files require)
+FIXED_PRECISION = 1e100
 
 
 def solve_options(sigma_force: float, sigma_virial: float, scope: str = "") -> tuple[Option, ...]:
@@ -119,9 +129,13 @@ def progress(items, desc: str, quiet: bool):
 def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior: Sequence[tuple[slice, np.ndarray]],
           sigmas: tuple[float, float, float], config_type_sigmas: dict | None = None, log=print,
           quiet: bool = True, rows: tuple[int, np.ndarray] | None = None,
-          on_rows: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray, torch.Tensor, dict]:
+          on_rows: Callable[[int, np.ndarray], None] | None = None,
+          fixed: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor, dict]:
     """Fit ``x`` (length ``n_params``); returns ``(x, R, info)`` with ``R`` the (T, T) upper
     triangular factor of ``Phi^T Lambda^-1 Phi + P`` (for the predictive variance).
+
+    ``fixed``: the values of the last ``len(fixed)`` parameters, which are then not fitted
+    (module docstring); prior blocks must lie wholly among the fitted or the fixed columns.
 
     ``design(k)``: rows of frame ``k`` against ``x``: ``{"energy": (T,), "forces": (N, 3, T)
     or None, "virial": (3, 3, T) or None}``, ``virial`` being ``dE/d(strain)`` (the label is
@@ -135,7 +149,16 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
     the design at frame ``n``. Each frame's rows depend on that frame only and the QR sees the
     same matrix, so a resumed fit gives the uninterrupted one's ``x`` and ``R`` bit for bit.
     """
-    T = int(n_params)
+    n_all = int(n_params)
+    fixed = np.zeros(0) if fixed is None else np.asarray(fixed, dtype=np.float64).ravel()
+    T = n_all - len(fixed)  # the fitted parameters: columns [0, T) of every design row
+    if T < 0:
+        raise ValueError(f"{len(fixed)} fixed parameters of {n_all}")
+
+    def fitted(rows_, label):  # fitted columns of design rows (..., n_all), and the label minus the fixed part
+        rows_ = np.asarray(rows_)
+        return rows_[..., :T], (label - rows_[..., T:] @ fixed if len(fixed) else label)
+
     n_rows = count_rows(frames)
     if n_rows == 0:
         raise DatasetError("the training frames carry no energies, forces or stresses to fit")
@@ -160,13 +183,15 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
         n = len(f)
         if f.energy is not None:
             w = 1.0 / (sE * np.sqrt(n))
-            A[row, :T] = w * d["energy"]
-            A[row, T] = w * f.energy
+            phi, y = fitted(d["energy"], f.energy)
+            A[row, :T] = w * phi
+            A[row, T] = w * y
             row += 1
             counts["energy"] += 1
         if f.forces is not None:
-            A[row:row + 3 * n, :T] = d["forces"].reshape(3 * n, T) / sF
-            A[row:row + 3 * n, T] = f.forces.reshape(-1) / sF
+            phi, y = fitted(np.reshape(d["forces"], (3 * n, n_all)), f.forces.reshape(-1))
+            A[row:row + 3 * n, :T] = phi / sF
+            A[row:row + 3 * n, T] = y / sF
             row += 3 * n
             counts["forces"] += 3 * n
         if has_virial(f):
@@ -175,8 +200,9 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
             full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]])
             full *= abs(np.linalg.det(f.cell))
             for a, b in VOIGT:
-                A[row, :T] = w * d["virial"][a, b]
-                A[row, T] = w * full[a, b]
+                phi, y = fitted(d["virial"][a, b], full[a, b])
+                A[row, :T] = w * phi
+                A[row, T] = w * y
                 row += 1
             counts["virial"] += 6
         if on_rows is not None:
@@ -184,6 +210,10 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
     t_design = time.perf_counter() - t0
     log(f"design matrix {n_rows} x {T} ({counts}) in {t_design:.1f} s, {A.nbytes / 1e9:.2f} GB")
     for cols, U in prior:
+        if cols.start >= T:  # the prior of fixed parameters: they are not fitted
+            continue
+        if cols.stop > T:
+            raise ValueError(f"prior block {cols} straddles the fitted ({T}) and fixed parameters")
         A[n_rows + cols.start:n_rows + cols.stop, cols] = U
     t1 = time.perf_counter()
     R_aug = torch.linalg.qr(torch.from_numpy(A), mode="r")[1]
@@ -197,4 +227,9 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
     t_solve = time.perf_counter() - t1
     log(f"QR solve of {n_rows + T} x {T} in {t_solve:.1f} s")
     info = {"n_rows": int(n_rows), "labels": counts, "design_s": t_design, "solve_s": t_solve}
+    if len(fixed):
+        R_all = torch.zeros((n_all, n_all), dtype=R.dtype)
+        R_all[:T, :T] = R
+        R_all[T:, T:] = FIXED_PRECISION * torch.eye(len(fixed), dtype=R.dtype)
+        return np.concatenate([x.numpy(), fixed]), R_all, {**info, "n_fixed": int(len(fixed))}
     return x.numpy(), R, info

@@ -18,7 +18,9 @@ and the loss is differentiated through them (double backward).
 Before training (not on resume):
 
 * reference energies ``e0[Z]`` (eV) are fitted by least squares, ``min Σ_b (E_b − Σ_i e0[Z_i])²``
-  over the training frames with an energy, and handed to ``model.set_reference_energies(e0,
+  over the training frames with an energy (or taken from ``reference_energies``, e.g.
+  isolated-atom energies given with ``--reference-energies``: then the network learns
+  ``E − Σ e0``), and handed to ``model.set_reference_energies(e0,
   energy_scale)`` together with an energy scale ``s`` (eV): the RMS force component of the
   training set (× 1 Å), or the standard deviation of the residual energy per atom when there
   are no forces. The family adds ``e0`` in float64 and multiplies its network output by ``s``,
@@ -68,9 +70,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from ..errors import DatasetError, InputError, MLFFError, OutputExistsError, TrainingError
-from .common import UsageError, check_split_elements
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_split_elements, nn_observables,
+                     parse_reference_energies, reference_energies_record)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SCHEDULES = ("plateau", "cosine")
@@ -90,7 +94,8 @@ class TrainerOptions:
     ``ema`` decay of the weight average (0: off); ``clip`` gradient-norm limit (0: off);
     ``patience`` epochs without a better validation loss before stopping (0: never stop early);
     ``dtype`` of the network ("float32" or "float64"); ``seed`` of the shuffling stream;
-    ``device`` "auto" (cuda when available), "cpu" or "cuda".
+    ``device`` "auto" (cuda when available), "cpu" or "cuda". ``reference_energies``: element
+    symbol -> eV, used instead of fitting them (every training element needs one).
     """
 
     epochs: int = 200
@@ -113,6 +118,7 @@ class TrainerOptions:
     device: str = "auto"
     fit_reference: bool = True
     checkpoint_interval: float = 60.0
+    reference_energies: dict[str, float] | None = None
 
     #: options that do not change the trained weights (a resume may change them)
     RUN_CONTROL = ("checkpoint_interval", "device")
@@ -148,6 +154,11 @@ class TrainerOptions:
             bad("dtype", "'float32' or 'float64'")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "'auto', 'cpu' or 'cuda'")
+        if self.reference_energies is not None:
+            # the same checks as --reference-energies (elements, finite eV values); stored as
+            # element -> eV, so the options stay JSON (the checkpoint identity, the record)
+            given = parse_reference_energies(dict(self.reference_energies))
+            self.reference_energies = {chemical_symbols[z]: v for z, v in given.energies.items()}
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,7 +174,9 @@ class TrainingRecord:
     ``train_forces``/``train_stress`` terms, ``valid_loss``, ``valid_energy_mae``/``_rmse``
     eV/atom, ``valid_forces_mae``/``_rmse`` eV/Å, ``valid_stress_mae`` eV/Å³, ``time_s``);
     ``best_epoch`` and ``best`` (that epoch's entry); ``stopped``: "epochs" or
-    "early_stopping"; ``reference_energies`` {element: eV}; ``energy_scale`` eV.
+    "early_stopping"; ``reference_energies`` {element: eV}, ``reference_source`` ("given" or
+    "fitted"), ``energy_scale`` eV; ``trained_on``: the observables with a label and a
+    positive loss weight.
     """
 
     options: dict[str, Any]
@@ -176,7 +189,9 @@ class TrainingRecord:
     stopped: str | None = None
     reference_energies: dict[str, float] | None = None
     reference_rank: int | None = None
+    reference_source: str | None = None
     energy_scale: float | None = None
+    trained_on: list[str] = field(default_factory=list)
     train_time_s: float = 0.0
     plots: list[str] = field(default_factory=list)
 
@@ -738,7 +753,9 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
             tsource, vsource = graphs, vgraphs
         labels, vlabels = _Labels(train_frames, ddp.device), _Labels(valid_frames, ddp.device)
         record = TrainingRecord(options=opts.as_dict(), n_train=len(train_frames), n_valid=len(valid_frames),
-                                world_size=ddp.world)
+                                world_size=ddp.world,
+                                trained_on=nn_observables(train_frames, opts.energy_weight, opts.force_weight,
+                                                          opts.stress_weight))
 
         optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
         steps_per_epoch = math.ceil(len(train_frames) / opts.batch_size)
@@ -877,6 +894,7 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
         if st["reference"] is not None:
             record.reference_energies = dict(zip(st["reference"]["elements"], st["reference"]["e0"]))
             record.reference_rank = st["reference"]["rank"]
+            record.reference_source = st["reference"].get("source", "fitted")  # older checkpoints: fitted
             record.energy_scale = st["reference"]["scale"]
         model.eval()
         failure = None
@@ -885,7 +903,9 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                 if output is not None:
                     from ..io import save_model
 
-                    save_model(model, output, training={**(training or {}), "trainer": record.as_dict()})
+                    save_model(model, output, training={"trained_on": record.trained_on,
+                                                        "reference_energies": reference_record(record),
+                                                        **(training or {}), "trainer": record.as_dict()})
                     say(f"model written to {output}")
                 if plot_paths:
                     record.plots = write_plots(record, model, valid_frames or train_frames, plot_paths)
@@ -929,16 +949,46 @@ def _check_labels(model, train_frames, valid_frames, opts) -> None:
 
 
 def _fit_reference(model, frames, opts, record, say) -> dict[str, Any] | None:
-    if not (opts.fit_reference and hasattr(model, "set_reference_energies")):
+    if not hasattr(model, "set_reference_energies"):
         return None
-    e0, rank = fit_reference_energies(frames, model.species)
+    if opts.reference_energies is not None:  # given (e.g. isolated atoms): the network learns E - sum e0
+        given = parse_reference_energies(opts.reference_energies)
+        e0, rank, source = given.for_species(model.species), None, "given"
+    elif opts.fit_reference:
+        (e0, rank), source = fit_reference_energies(frames, model.species), "fitted"
+    else:
+        return None
     scale = energy_scale(frames, model.species, e0)
-    ref = {"elements": list(model.elements), "e0": [float(v) for v in e0], "rank": rank, "scale": scale}
+    ref = {"elements": list(model.elements), "e0": [float(v) for v in e0], "rank": rank, "scale": scale,
+           "source": source}
     _apply_reference(model, ref, record)
-    note = "" if rank >= len(e0) else f" (composition rank {rank} < {len(e0)} elements: minimum-norm solution)"
-    say("reference energies " + ", ".join(f"{el} {v:.6f}" for el, v in zip(ref["elements"], ref["e0"]))
+    note = ("" if rank is None or rank >= len(e0)
+            else f" (composition rank {rank} < {len(e0)} elements: minimum-norm solution)")
+    say(f"reference energies ({source}) " + ", ".join(f"{el} {v:.6f}" for el, v in zip(ref["elements"], ref["e0"]))
         + f" eV{note}; energy scale {scale:.4g} eV")
     return ref
+
+
+def reference_record(record: TrainingRecord, given=None) -> dict[str, Any] | None:
+    """``training["reference_energies"]`` (:func:`ase_mlff.training.common.reference_energies_record`)
+    of a trained network from its :class:`TrainingRecord`; ``given``: the
+    :class:`~ase_mlff.training.common.GivenReferenceEnergies` they came from, for the record."""
+    if record.reference_energies is None:
+        return None
+    els = list(record.reference_energies)
+    species = [chemical_symbols.index(el) for el in els]
+    if record.reference_source == "given":
+        how = "given; the networks learn E - sum e0"
+    else:
+        rank = record.reference_rank
+        how = "least squares on the training energies"
+        if rank is not None and rank < len(els):
+            how += (f" (composition rank {rank} < {len(els)} elements: the minimum-norm solution, one of many; "
+                    "only composition-weighted sums are fixed, so per-atom energies mean nothing: give "
+                    "isolated-atom energies with --reference-energies)")
+    return reference_energies_record(species, [record.reference_energies[el] for el in els],
+                                     record.reference_source or "fitted", how,
+                                     given if record.reference_source == "given" else None)
 
 
 def _apply_reference(model, ref, record) -> None:
@@ -1162,6 +1212,8 @@ def configure_parser(parser: argparse.ArgumentParser, defaults: TrainerOptions |
                    help="auto: one GPU per process when CUDA is available")
     g.add_argument("--no-reference", dest="fit_reference", action="store_false",
                    help="do not fit per-element reference energies")
+    g.add_argument("--reference-energies", default=None, metavar="FILE|El=E,...",
+                   help=REFERENCE_ENERGIES_HELP.format(unit=IN_ENERGY_UNIT))
     g.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUTPUT.ckpt), removed at the end")
     g.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval,
                    help="least seconds between checkpoints (one is also written at the end and on "
@@ -1179,7 +1231,11 @@ def configure_parser(parser: argparse.ArgumentParser, defaults: TrainerOptions |
 
 def options_from_args(args) -> TrainerOptions:
     names = {f.name for f in fields(TrainerOptions)}
-    return TrainerOptions(**{k: v for k, v in vars(args).items() if k in names}).check()
+    kw = {k: v for k, v in vars(args).items() if k in names}
+    if kw.get("reference_energies") is not None:  # FILE or El=E,... in --energy-unit (eV without it)
+        given = parse_reference_energies(kw["reference_energies"], getattr(args, "energy_unit", None))
+        kw["reference_energies"] = {chemical_symbols[z]: v for z, v in given.energies.items()}
+    return TrainerOptions(**kw).check()
 
 
 def run_training(model, train_frames, valid_frames, args, prog: str, training: dict[str, Any] | None = None) -> int:
@@ -1211,7 +1267,7 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
         return exc.exit_code
     except OutputExistsError as exc:
         return fail(exc, 2)
-    except InputError as exc:
+    except (InputError, UsageError) as exc:  # UsageError: e.g. --reference-energies missing an element
         return fail(exc, 2)
     except MLFFError as exc:
         return fail(exc, 1)
@@ -1320,7 +1376,7 @@ def _main(args, ddp: Distributed, prog: str) -> int:
 
     from .. import data as data_mod
 
-    failure = None
+    failure = given = None
     try:
         for name in args.imports:
             importlib.import_module(name)
@@ -1334,6 +1390,10 @@ def _main(args, ddp: Distributed, prog: str) -> int:
         check_split_elements(train, {"validation": valid})
         cfg = _model_config(args.model_config)
         cfg.setdefault("species", [int(z) for z in ds.elements])
+        given = parse_reference_energies(args.reference_energies, args.energy_unit)
+        if given is not None:  # every element the model knows needs one; recorded with where it came from
+            reference = reference_energies_record(cfg["species"], given.for_species(cfg["species"]), "given",
+                                                  "given; the networks learn E - sum e0", given)
         # the same initial weights in every process and every run with this seed
         torch.manual_seed(int(np.random.SeedSequence([args.seed, 0x6E6E]).generate_state(1)[0]))
         model = build_model(args.family, cfg, train)
@@ -1348,6 +1408,8 @@ def _main(args, ddp: Distributed, prog: str) -> int:
     training = {"data_sha256": ds.sha256(), "source": args.data, "recipe": "ase_mlff.training.trainer",
                 "split": {"train": split.train.tolist(), "valid": split.valid.tolist()}, "seed": args.seed,
                 "command": " ".join(sys.argv)}
+    if given is not None:
+        training["reference_energies"] = reference
     return run_training(model, train, valid, args, prog, training=training)
 
 
