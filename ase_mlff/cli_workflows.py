@@ -74,7 +74,16 @@ def _index(text):
 _STRUCT_HELP = "structure file: any format ase.io.read reads (extxyz, cif, POSCAR, .traj, ...)"
 
 
+_THREADS_HELP = ("threads: OMP_NUM_THREADS sets how many threads a run uses (ASE_MLFF_NUM_THREADS: ase-mlff's "
+                 "compiled kernels alone); the run prints the counts it uses. Idle threads sleep "
+                 "(OMP_WAIT_POLICY=PASSIVE, set by ase-mlff unless you set it), so a busy machine costs little; "
+                 "for small systems on a machine shared with other work, OMP_NUM_THREADS=1 is often fastest "
+                 "(docs/user_guide.md, section 8).")
+
+
 def _add_common(p, structure: bool = True) -> None:
+    if not p.epilog:
+        p.epilog = _THREADS_HELP
     p.add_argument("model", help=_MODEL_HELP)
     if structure:
         p.add_argument("structure", help=_STRUCT_HELP)
@@ -112,6 +121,13 @@ def _md_mode(args) -> str:
     return "append" if args.append else ("overwrite" if args.overwrite else "new")
 
 
+def _threads_line() -> str:
+    """What md and relax print before they run: the threads, and whether idle ones sleep."""
+    from .threads import describe
+
+    return describe()
+
+
 def _run_md(args) -> int:
     from .workflows._common import refuse_existing
     from .workflows.md import run_md
@@ -138,6 +154,7 @@ def _run_md(args) -> int:
           f"{args.ensemble.upper()}, T = {args.temperature:g} K"
           + (f", P = {args.pressure:g} GPa" if args.ensemble == "npt" else "") + f", dt = {timestep:g} fs",
           flush=True)
+    print(_threads_line(), flush=True)
     res = run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=timestep,
                  steps=args.steps, pressure=args.pressure, friction=args.friction, tdamp=args.tdamp,
                  pdamp=args.pdamp, barostat=args.barostat, init_velocities=not args.keep_velocities,
@@ -227,6 +244,7 @@ def _run_relax(args) -> int:
         output = f"{stem}_relaxed.extxyz"
     traj = None if args.trajectory in (None, "", "none") else args.trajectory
     log = None if args.log == "none" else args.log
+    print(_threads_line(), flush=True)
     res = relax(atoms, calc, optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, cell=args.cell,
                 pressure=args.pressure, hydrostatic=args.hydrostatic, trajectory=traj, output=output,
                 logfile=log, progress=False, overwrite=args.overwrite)

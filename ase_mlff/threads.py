@@ -140,8 +140,10 @@ def describe() -> str:
         waits = "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)"
     else:
         waits = f"idle OpenMP threads sleep (OMP_WAIT_POLICY={policy})"
-    return (f"threads: {get_num_threads()} for ase-mlff's kernels, {torch.get_num_threads()} for torch; {waits}; "
-            "on a machine shared with other work, OMP_NUM_THREADS=1 is often fastest for small systems")
+    line = f"threads: {get_num_threads()} for ase-mlff's kernels, {torch.get_num_threads()} for torch; {waits}"
+    if max(get_num_threads(), torch.get_num_threads()) > 1:
+        line += "; on a machine shared with other work, OMP_NUM_THREADS=1 is often fastest for small systems"
+    return line
 
 
 _core.set_num_threads(default_num_threads())

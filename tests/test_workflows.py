@@ -306,6 +306,8 @@ def test_cli_md_nve_molecule(molecule, tmp_path, capsys):
                 "--log-interval", 5, "--seed", 1, "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "NVE: 20/20 steps" in out and "drift" in out
+    # the run says which threads it uses and whether idle ones sleep (busy machines: issue 21)
+    assert "threads: " in out and "for ase-mlff's kernels" in out and "OMP_WAIT_POLICY" in out
     assert len(read(traj, ":")) == 5
     header = open(log).readline()
     assert "Epot[eV]" in header and "P[GPa]" not in header  # a molecule: no pressure column
