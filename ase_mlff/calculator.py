@@ -33,6 +33,7 @@ from .graph import batch_graphs, graph_from_arrays, graph_from_structure, graph_
 from .models.base import Model, ModelOutput
 from .neighbors import NeighborList, neighbor_list
 from .neighbors_torch import TorchNeighborList, torch_neighbor_list
+from .threads import serial_torch_for
 
 NEIGHBOR_LISTS = ("auto", "compiled", "torch")
 
@@ -255,7 +256,8 @@ class MLFFCalculator(Calculator):
             raise InputError("no structure given: pass the atoms (calc.get_property(name, atoms))")
         want_stress = self._want_stress(atoms, properties)
         graph, order = self._prepare(atoms, self.nl)
-        out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)
+        with serial_torch_for(graph.n_atoms if self.device.type == "cpu" else None):
+            out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)
         self.results = self._unpack(_as_numpy(out, self.model.family), atoms, want_stress, order)
 
     # ------------------------------------------------------------------ the one data path
@@ -412,7 +414,8 @@ class MLFFCalculator(Calculator):
             graphs.append(self._prepare(atoms)[0])
             flags.append(self._want_stress(atoms, ["stress"] if stress else []))
         graph = batch_graphs(graphs)
-        out = _as_numpy(self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty),
-                        self.model.family)
+        with serial_torch_for(graph.n_atoms if self.device.type == "cpu" else None):
+            out = self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty)
+        out = _as_numpy(out, self.model.family)
         batch = graph.batch.cpu().numpy()
         return [self._unpack(out, atoms, flags[b], b=b, sel=batch == b) for b, atoms in enumerate(images)]

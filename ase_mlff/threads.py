@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import threading
 from typing import Iterator
 
 from ._ext import _core
@@ -125,6 +126,52 @@ def pool_workers_created() -> int:
     return int(_core.pool_workers_created())
 
 
+def _serial_below() -> int:
+    raw = os.environ.get("ASE_MLFF_SERIAL_BELOW", "").strip()
+    if not raw:
+        return SERIAL_BELOW
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        warn(f"ignoring ASE_MLFF_SERIAL_BELOW={raw!r}: not a non-negative integer", RuntimeWarning)
+        return SERIAL_BELOW
+
+
+#: structures with fewer atoms are evaluated with torch on the calling thread alone: their
+#: parallel regions are too short to pay for a second thread, and when another process holds
+#: a core the region waits for the thread that has none (Si GAP, 64 atoms, one busy-loop process
+#: beside it: 19.9 ms on two threads against 8.1 on one; idle, one thread is as fast).
+#: ``ASE_MLFF_SERIAL_BELOW`` (atoms) changes it; 0 turns it off.
+SERIAL_BELOW = 128
+
+_serial = threading.local()
+
+
+@contextlib.contextmanager
+def serial_torch_for(n_atoms: int | None) -> Iterator[None]:
+    """Run torch on one thread inside the block when ``n_atoms`` is below the threshold
+    (:data:`SERIAL_BELOW`; None: never, e.g. for a GPU), then restore the count. torch's count
+    (OpenMP's) belongs to the calling thread, so each thread saves and restores its own;
+    nested blocks restore once, when the outermost leaves."""
+    import torch
+
+    if n_atoms is None or n_atoms >= _serial_below():
+        yield
+        return
+    depth = getattr(_serial, "depth", 0)
+    if depth == 0:
+        _serial.saved = torch.get_num_threads()
+        if _serial.saved != 1:
+            torch.set_num_threads(1)
+    _serial.depth = depth + 1
+    try:
+        yield
+    finally:
+        _serial.depth -= 1
+        if _serial.depth == 0 and _serial.saved != 1:
+            torch.set_num_threads(_serial.saved)
+
+
 def describe() -> str:
     """One line: the threads a run uses and whether idle OpenMP threads sleep (printed by
     ``ase-mlff md`` and ``relax``)."""
@@ -140,7 +187,10 @@ def describe() -> str:
         waits = "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)"
     else:
         waits = f"idle OpenMP threads sleep (OMP_WAIT_POLICY={policy})"
-    line = f"threads: {get_num_threads()} for ase-mlff's kernels, {torch.get_num_threads()} for torch; {waits}"
+    below = _serial_below()
+    serial = f" (1 below {below} atoms)" if below and torch.get_num_threads() > 1 else ""
+    line = (f"threads: {get_num_threads()} for ase-mlff's kernels, {torch.get_num_threads()} for torch{serial}; "
+            f"{waits}")
     if max(get_num_threads(), torch.get_num_threads()) > 1:
         line += "; on a machine shared with other work, OMP_NUM_THREADS=1 is often fastest for small systems"
     return line

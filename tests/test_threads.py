@@ -298,3 +298,80 @@ def test_importing_ase_mlff_first_makes_idle_openmp_threads_sleep():
     assert policy == "active" and "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)" in line
     policy, line = _fresh("import torch; " + code)
     assert policy == "None" and "set it before starting Python" in line
+
+
+def test_small_structures_run_torch_on_one_thread_and_restore_the_count(monkeypatch):
+    """Below SERIAL_BELOW atoms a call runs torch on one thread (its parallel regions are too
+    short to pay for a second thread, and wait for a descheduled one on a busy machine); the
+    count is restored afterwards, in every thread that made such a call."""
+    import threading as _threading
+
+    import torch
+
+    from ase_mlff.threads import SERIAL_BELOW, serial_torch_for
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {}
+        with serial_torch_for(SERIAL_BELOW - 1):
+            seen["small"] = torch.get_num_threads()
+        with serial_torch_for(SERIAL_BELOW):
+            seen["large"] = torch.get_num_threads()
+        with serial_torch_for(None):  # a GPU calculation
+            seen["gpu"] = torch.get_num_threads()
+        assert seen == {"small": 1, "large": 2, "gpu": 2} and torch.get_num_threads() == 2
+        # torch's count belongs to each thread: calls in two threads at once each run on one
+        # thread, this thread keeps its count, and both restore theirs when they leave
+        inside, release = _threading.Barrier(3), _threading.Event()  # two callers and this thread
+        during, after = [], []
+
+        def call():
+            torch.set_num_threads(2)
+            with serial_torch_for(10):
+                with serial_torch_for(10):  # nested: restored once, by the outer block
+                    during.append(torch.get_num_threads())
+                inside.wait(timeout=30)
+                release.wait(timeout=30)
+            after.append(torch.get_num_threads())
+
+        workers = [_threading.Thread(target=call) for _ in range(2)]
+        for w in workers:
+            w.start()
+        inside.wait(timeout=30)
+        assert torch.get_num_threads() == 2
+        release.set()
+        for w in workers:
+            w.join()
+        assert during == [1, 1] and after == [2, 2] and torch.get_num_threads() == 2
+        monkeypatch.setenv("ASE_MLFF_SERIAL_BELOW", "0")  # turned off
+        with serial_torch_for(5):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_calculator_evaluates_small_structures_on_one_torch_thread(analytic_model):
+    import torch
+    from ase.build import bulk
+
+    from ase_mlff.calculator import MLFFCalculator
+
+    counts = []
+    forward = type(analytic_model).forward
+
+    def spy(self, graph):
+        counts.append(torch.get_num_threads())
+        return forward(self, graph)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        analytic_model.forward = spy.__get__(analytic_model)
+        atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+        atoms.calc = MLFFCalculator(analytic_model)
+        atoms.get_forces()
+        atoms.calc.evaluate_batch([atoms])
+        assert counts == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
