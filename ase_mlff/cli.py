@@ -81,6 +81,17 @@ def _info(args) -> int:
     for k, v in sorted((meta.get("hyperparameters") or {}).items()):
         text = json.dumps(v)
         print(f"  {k}: {text if len(text) < 100 else text[:97] + '...'}")
+    hp = meta.get("hyperparameters") or {}
+    if meta.get("family") == "gap" and hp.get("variance", True) is True:
+        cal = hp.get("calibration")
+        if cal is None:
+            print("uncertainty calibration: none; the file was written before ase-mlff calibrated GAP variances, so "
+                  "its uncertainties are not calibrated (raw posterior standard deviations; fit it again with "
+                  "`ase-mlff train gap` to calibrate)")
+        else:
+            factors = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v!r:.20}"
+                                for k, v in (cal.items() if isinstance(cal, dict) else []))
+            print(f"uncertainty calibration: {factors} (factors on the GP standard deviations, docs/gap.md)")
     training = meta.get("training") or {}
     if training:
         print("training:")

@@ -26,8 +26,16 @@ Subcommands (each prints a Markdown table):
     python benchmarks/gap.py ours
         Same training and evaluation with ase-mlff's GAP (``python -m ase_mlff train gap``).
     python benchmarks/gap.py uncertainty [--model potentials/si_gap.mlff]
-        The GP variance against the real errors on the test split (rank correlation and
-        calibration factor; posterior variance and DTC variance).
+        The GP uncertainty against the real errors on the test split, for each way of getting
+        it (exact posterior variance, DTC, the posterior samples the calculator uses, raw and
+        calibrated): Spearman rank correlation with the errors and rms(error) / rms(sigma)
+        (1 = calibrated), for energies, per-atom forces and stress components.
+    python benchmarks/gap.py uncertainty-cost [--sizes 2 3 5] [--thread-counts 1 2] [--repeat 7]
+        Time of one energy + forces + stress call with and without uncertainty=True on diamond
+        Si cells of 64, 216 and 1000 atoms (rattled by 0.05 Å; each size and thread count in a
+        fresh process; best of --repeat, the three kinds of call interleaved so that a busy
+        machine slows them alike): plain, with the default uncertainty (posterior samples) and
+        with the exact variance (variance_method="exact", the implementation before the samples).
     python benchmarks/gap.py memory [--sizes 3 5 8 10]
         Peak memory and time of one energy + forces + stress call for 216 ... 8000 atoms.
 
@@ -656,39 +664,113 @@ def run_ours(args):
 # ----------------------------------------------------------------------------- uncertainty
 
 def run_uncertainty(args):
-    """How the GP variance of an ase-mlff GAP ranks and scales with its real errors on the
-    test split: per-atom force error |F - F_DFT| against sigma_F (posterior variance, the
-    calculator's default, and the DTC variance with the prior residual), and per-frame energy
-    error per atom against sigma_E. Spearman rank correlation and the calibration factor
-    rms(error) / rms(sigma) that would make the sigmas match the errors on average."""
+    """How the GP uncertainty of an ase-mlff GAP ranks and scales with its real errors on the
+    test split: per-atom force error |F - F_DFT| against sigma_F, per-frame energy error
+    against sigma_E and per-component stress error against sigma_S. Variances: the exact
+    posterior variance (design rows), the DTC variance (plus the prior residual), the mean
+    square over the model's posterior samples (what the calculator computes), and the latter
+    times the model's calibration factors (what the calculator reports). Spearman rank
+    correlation and rms(error) / rms(sigma)."""
     from scipy.stats import spearmanr
 
     from ase_mlff.graph import graph_from_structure
     from ase_mlff.io import load_model
 
     model = load_model(args.model)
+    cal = model.calibration or {"energy": 1.0, "forces": 1.0, "stress": 1.0}
     frames = _test_frames(args.test)
-    err_f, err_e = [], []
-    sig = {"posterior": ([], []), "DTC": ([], [])}
+    err = {"forces": [], "energy": [], "stress": []}
+    kinds = ("exact", "DTC", "samples", "samples, calibrated")
+    sig = {k: {"forces": [], "energy": [], "stress": []} for k in kinds}
     for a in frames:
         g = graph_from_structure(a, model.cutoff)
-        out = model.compute(g, forces=True)
-        err_f.append(np.linalg.norm(out.forces.numpy() - a.get_forces(), axis=1))
-        err_e.append(abs(float(out.energy[0]) - a.get_potential_energy()) / len(a))
-        for name, resid in (("posterior", False), ("DTC", True)):
-            var = model.predictive_variance(g, include_residual=resid)
-            sig[name][0].append(np.sqrt(np.clip(var["forces"], 0, None).sum(1)))
-            sig[name][1].append(np.sqrt(max(float(var["energy"][0]), 0.0)) / len(a))
-    ef, ee = np.concatenate(err_f), np.array(err_e)
+        out = model.compute(g, forces=True, stress=True)
+        volume = a.get_volume()
+        err["forces"].append(np.linalg.norm(out.forces.numpy() - a.get_forces(), axis=1))
+        err["energy"].append(abs(float(out.energy[0]) - a.get_potential_energy()))
+        voigt = out.virial.numpy()[0][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume
+        err["stress"].append(np.abs(voigt - a.get_stress()))
+        var = {"exact": model.predictive_variance(g, stress=True),
+               "DTC": model.predictive_variance(g, stress=True, include_residual=True),
+               "samples": model.sampled_variance(g, stress=True)}
+        var["samples, calibrated"] = var["samples"]
+        for kind in kinds:
+            v = var[kind]
+            c = cal if kind == "samples, calibrated" else {"energy": 1.0, "forces": 1.0, "stress": 1.0}
+            sig[kind]["forces"].append(c["forces"] * np.sqrt(np.clip(v["forces"], 0, None).sum(1)))
+            sig[kind]["energy"].append(c["energy"] * np.sqrt(max(float(v["energy"][0]), 0.0)))
+            sv = np.clip(v["virial"][0][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]], 0, None)
+            sig[kind]["stress"].append(c["stress"] * np.sqrt(sv) / volume)
+    e = {k: np.concatenate(v) if k != "energy" else np.array(v) for k, v in err.items()}
     rows = []
-    for name, (sf, se) in sig.items():
-        sf, se = np.concatenate(sf), np.array(se)
-        rows.append([name, f"{spearmanr(sf, ef)[0]:.2f}", f"{np.sqrt((ef ** 2).mean() / (sf ** 2).mean()):.2f}",
-                     f"{spearmanr(se, ee)[0]:.2f}", f"{np.sqrt((ee ** 2).mean() / (se ** 2).mean()):.2f}"])
-    print(f"### GP variance vs errors: {os.path.relpath(args.model, ROOT)} on {len(frames)} test frames "
-          f"({len(ef)} atoms)\n")
-    _table(["variance", "forces: Spearman", "forces: rms(err)/rms(sigma)", "energy: Spearman",
-            "energy: rms(err)/rms(sigma)"], rows)
+    for kind in kinds:
+        row = [kind]
+        for obs in ("forces", "energy", "stress"):
+            s = np.concatenate(sig[kind][obs]) if obs != "energy" else np.array(sig[kind][obs])
+            row += [f"{spearmanr(s, e[obs])[0]:.2f}", f"{np.sqrt((e[obs] ** 2).mean() / (s ** 2).mean()):.2f}"]
+        rows.append(row)
+    print(f"### GP uncertainty vs errors: {os.path.relpath(args.model, ROOT)} on {len(frames)} test frames "
+          f"({len(e['forces'])} atoms, {len(e['stress'])} stress components); calibration "
+          + (", ".join(f"{k} {v:.3g}" for k, v in model.calibration.items()) if model.calibration else "none")
+          + "\n")
+    _table(["variance", "forces: Spearman", "forces: rms(err)/rms(σ)", "energy: Spearman",
+            "energy: rms(err)/rms(σ)", "stress: Spearman", "stress: rms(err)/rms(σ)"], rows)
+
+
+def _cost_one(model_path, sizes, repeat):
+    """Child process: best-of-``repeat`` seconds of E+F+S calls, plain / samples / exact, for
+    each size; prints one JSON line per size."""
+    import json
+    import warnings
+
+    from ase.build import bulk
+
+    import ase_mlff
+    from ase_mlff.io import load_model
+
+    ase_mlff.set_num_threads(int(_THREADS))
+    warnings.simplefilter("ignore")  # an uncalibrated file warns once; not what is timed
+    calcs = {}
+    for kind in ("plain", "samples", "exact"):
+        model = load_model(model_path)
+        if kind == "exact":
+            model.variance_method = "exact"
+        calcs[kind] = ase_mlff.MLFFCalculator(model, uncertainty=kind != "plain")
+    for reps in sizes:
+        atoms = bulk("Si", "diamond", 5.47, cubic=True) * (reps, reps, reps)
+        atoms.rattle(0.05, seed=0)
+        best = {k: float("inf") for k in calcs}
+        for r in range(repeat + 1):  # the first round warms up (caches, first-use allocations)
+            for kind, calc in calcs.items():
+                atoms.positions[0, 0] += 1e-4  # a new structure: nothing served from a cache
+                t0 = time.perf_counter()
+                calc.calculate(atoms, ["energy", "forces", "stress"])
+                dt = time.perf_counter() - t0
+                if r:
+                    best[kind] = min(best[kind], dt)
+        print(json.dumps({"atoms": len(atoms), **best}))
+
+
+def run_uncertainty_cost(args):
+    """Time per call with and without uncertainty (module docstring), one fresh process per
+    thread count."""
+    import json
+
+    if args.one:
+        _cost_one(args.model, args.sizes, args.repeat)
+        return
+    rows = []
+    for threads in args.thread_counts:
+        out = subprocess.run([sys.executable, __file__, "uncertainty-cost", "--threads", str(threads), "--model",
+                              args.model, "--one", "--repeat", str(args.repeat), "--sizes", *map(str, args.sizes)],
+                             capture_output=True, text=True, check=True)
+        for line in out.stdout.splitlines():
+            r = json.loads(line)
+            rows.append([r["atoms"], threads, f"{r['plain'] * 1e3:.1f}", f"{r['samples'] * 1e3:.1f}",
+                         f"{r['samples'] / r['plain']:.2f}", f"{r['exact'] * 1e3:.0f}",
+                         f"{r['exact'] / r['plain']:.1f}"])
+    print(f"### E+F+S per call, {os.path.relpath(args.model, ROOT)} (best of {args.repeat})\n")
+    _table(["atoms", "threads", "plain ms", "uncertainty ms", "ratio", "exact variance ms", "ratio"], rows)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -794,6 +876,15 @@ def main(argv=None):
     p.add_argument("--model", default=os.path.join(ROOT, "potentials", "si_gap.mlff"))
     p.add_argument("--test", default=os.path.join(OUT, "si_test.xyz"))
     p.set_defaults(func=run_uncertainty)
+
+    p = sub.add_parser("uncertainty-cost", parents=[common],
+                       help="time per call with and without uncertainty=True (64, 216, 1000 atoms)")
+    p.add_argument("--model", default=os.path.join(ROOT, "potentials", "si_gap.mlff"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 5], help="diamond cubic repeats")
+    p.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run_uncertainty_cost)
 
     p = sub.add_parser("memory", parents=[common],
                        help="peak memory and time of E+F+S against the number of atoms")

@@ -194,6 +194,7 @@ def test_variance_is_small_at_the_data_and_grows_away(si):
     model, _ = train(frames, cutoff=4.0, n_max=4, l_max=3, n_sparse=400, sigma_energy=1e-5, sigma_force=1e-4,
                      sigma_virial=1e-4, seed=0)
     calc = MLFFCalculator(model, uncertainty=True)
+    cal = model.calibration  # the raw posterior standard deviations are the results over these
     sig_e, sig_f = [], []
     for amplitude in (0.0, 0.05, 0.15, 0.3):
         far = frames[0].to_atoms()
@@ -201,8 +202,8 @@ def test_variance_is_small_at_the_data_and_grows_away(si):
             far.rattle(amplitude, seed=2)
         far.calc = calc
         far.get_potential_energy()
-        sig_e.append(calc.results["energy_uncertainty"] / len(far))
-        sig_f.append(calc.results["forces_uncertainty"].mean())
+        sig_e.append(calc.results["energy_uncertainty"] / cal["energy"] / len(far))
+        sig_f.append(calc.results["forces_uncertainty"].mean() / cal["forces"])
     assert sig_e[0] < 1e-5 and sig_f[0] < 5e-4  # at a training frame: about the sigmas fitted with
     assert np.all(np.diff(sig_e) > 0) and np.all(np.diff(sig_f) > 0)
     assert sig_e[-1] > 10 * sig_e[0] and sig_f[-1] > 3 * sig_f[0]
@@ -236,6 +237,264 @@ def test_model_without_variance_refuses_uncertainty(si):
     model, _ = train(si[[13, 14]], cutoff=4.0, n_max=3, l_max=2, n_sparse=20, no_variance=True)
     with pytest.raises(InputError, match="variance"):
         model.compute(graph_from_structure(si[13].to_atoms(), model.cutoff), extras=True)
+
+
+# ----------------------------------------------------------------------------- fast variance, calibration
+#: agreement of one variance computed twice with different roundings on the fixtures' fits (cond(R)
+#: up to 5e9): the calculator takes the kernel values of its energy pass (torch) where a direct
+#: call computes them with numpy, and the samples' coefficients cancel; 3.8e-12 seen
+ROUNDING = 1e-9
+
+def _conditioned_fit(frames, **kw):
+    """A small fit whose factor R is well conditioned (cond ~1e7 with jitter 1e-4; the fixture's
+    is 5e9): two computations of |R^-T phi|^2 that round differently then agree to ~1e-12
+    relative, where cond(R) eps bounds what any two can share."""
+    opts = dict(cutoff=4.0, n_max=4, l_max=3, n_sparse=40, jitter=1e-4, two_body=True, seed=0)
+    opts.update(kw)
+    return train(frames, **opts)
+
+
+@pytest.mark.parametrize("path,channels", [(SI, 1), (SI, 11), (WATER, 3)])
+def test_soap_backward_channels_equal_the_single_backward(path, channels, small_soap):
+    """The multi-channel backward pass (GAP's posterior samples) is the single one, channel by
+    channel, bit for bit (same operations in the same order, whatever the vector width)."""
+    atoms = read(path)[0].to_atoms()
+    pr, idx, (p, coeffs, _) = _raw(small_soap, atoms)
+    grad = np.random.default_rng(5).normal(size=p.shape + (channels,))
+    many = small_soap.backward_channels(grad, coeffs, pr.i, idx[pr.j], idx, pr.vectors)
+    assert many.shape == (len(pr.i), 3, channels)
+    for r in range(channels):
+        one = small_soap.backward(np.ascontiguousarray(grad[:, :, r]), coeffs, pr.i, idx[pr.j], idx, pr.vectors)
+        np.testing.assert_array_equal(many[:, :, r], one)
+
+
+def test_sampled_variance_with_every_direction_is_the_exact_variance(si):
+    """The fast path (one SOAP backward for all samples, no design rows) with the T columns of
+    R^-1 as its 'samples' sums the exact posterior variance: the design-row reference
+    (predictive_variance) to 1e-10 relative, for energies, force and virial components of a
+    batch of two structures, and for two elements (water)."""
+    import scipy.linalg
+
+    from ase_mlff.graph import batch_graphs
+
+    water = read(WATER)
+    cases = [(_conditioned_fit(si[[0, 4, 9]])[0], [si[13], si[2]]),
+             (_conditioned_fit(water[[0, 1]], cutoff=3.5, n_max=3, l_max=2, n_sparse=25)[0], [water[2]])]
+    for model, frames in cases:
+        inverse = scipy.linalg.solve_triangular(model.posterior_r.numpy(), np.eye(model.n_parameters))
+        graphs = []
+        for k, fr in enumerate(frames):
+            a = fr.to_atoms()
+            a.rattle(0.05, seed=k)  # no atom on a symmetry site, where both give rounding noise only
+            graphs.append(graph_from_structure(a, model.cutoff))
+        g = batch_graphs(graphs)
+        ref = model.predictive_variance(g, stress=True)
+        fast = model.sampled_variance(g, stress=True, samples=inverse)
+        for key in ("energy", "forces", "virial"):
+            assert fast[key].shape == ref[key].shape
+            np.testing.assert_allclose(fast[key], ref[key], rtol=0, atol=1e-10 * np.abs(ref[key]).max(),
+                                       err_msg=key)
+
+
+def test_posterior_samples_average_to_the_exact_variance(si):
+    """The default estimate is the mean square over samples b_k = R^-1 w_k, w_k ~ N(0, I/R):
+    with many samples it converges to the exact variance (relative noise sqrt(2 / (3 R)) per
+    atom: 2.6 % for R = 1000), and each model file keeps the fit's own R samples."""
+    from ase_mlff.models.gap import draw_posterior_samples
+
+    model, _ = _conditioned_fit(si[[0, 4, 9]])
+    assert model.samples().shape == (model.n_parameters, 8)
+    a = si[13].to_atoms()
+    a.rattle(0.05, seed=3)
+    g = graph_from_structure(a, model.cutoff)
+    exact = model.predictive_variance(g, stress=True)
+    many = model.sampled_variance(g, stress=True,
+                                  samples=draw_posterior_samples(model.posterior_r.numpy(), 1000, seed=7))
+    assert many["energy"][0] == pytest.approx(exact["energy"][0], rel=1e-10)  # energies are exact
+    f_many, f_exact = many["forces"].sum(1), exact["forces"].sum(1)
+    assert f_many.sum() == pytest.approx(f_exact.sum(), rel=0.03)
+    assert np.sqrt(np.mean((f_many / f_exact - 1) ** 2)) < 0.08
+    assert many["virial"].sum() == pytest.approx(exact["virial"].sum(), rel=0.1)
+
+
+def test_leave_one_frame_out_equals_refitting_without_each_frame(si):
+    """The calibration's held-out errors and variances, computed from the full fit's QR factor,
+    equal those of five refits that each leave one frame out (same sparse points and prior):
+    the Sherman-Morrison-Woodbury identities of sparse_gp.leave_one_frame_out."""
+    import scipy.linalg
+
+    from ase_mlff.training import sparse_gp
+    from ase_mlff.training.gap_train import gap_prior
+
+    frames = si[[0, 4, 9, 10, 13]]
+    # jitter 1e-2: cond(R) 9e5. The refits round differently from the identities, by an amount
+    # that grows with cond(R) and with 1 / (1 - H_f) (a frame whose own labels pin its
+    # prediction): here they agree to 1.2e-7 on the energies (5e-6 with jitter 1e-4, cond 1e7)
+    model, _ = _conditioned_fit(frames, jitter=1e-2)
+    T, sigmas = model.n_parameters, (0.002, 0.1, 0.1)
+    prior = gap_prior(model, 1e-2, 100.0)
+    graphs = [graph_from_structure(f.to_atoms(), model.cutoff) for f in frames]
+
+    def design_of(idx):
+        def design(k):
+            d = model.design(graphs[idx[k]], virial=sparse_gp.has_virial(frames[idx[k]]))
+            return {"energy": d["energy"][0], "forces": d["forces"], "virial": d["virial"][0]}
+        return design
+
+    every = list(range(len(frames)))
+    cv = sparse_gp.solve(frames, design_of(every), T, prior, sigmas, log=lambda m: None,
+                         cross_validate=True)[2]["cross_validation"]
+    sums = {k: np.zeros(2) for k in ("energy", "forces", "stress")}
+    for out in every:
+        keep = [k for k in every if k != out]
+        x, R, _ = sparse_gp.solve([frames[k] for k in keep], design_of(keep), T, prior, sigmas, log=lambda m: None)
+        fr, d = frames[out], model.design(graphs[out])
+
+        def var(rows):
+            z = scipy.linalg.solve_triangular(R.numpy(), rows.reshape(-1, T).T, trans="T")
+            return (z * z).sum(0)
+
+        sums["energy"] += [(d["energy"][0] @ x - fr.energy) ** 2, var(d["energy"][0]).sum()]
+        sums["forces"] += [((d["forces"] @ x - fr.forces) ** 2).sum(), var(d["forces"]).sum()]
+        volume = abs(np.linalg.det(fr.cell))
+        for k, (a, b) in enumerate(sparse_gp.VOIGT):
+            err = d["virial"][0, a, b] @ x / volume - fr.stress[k]
+            sums["stress"] += [err ** 2, var(d["virial"][0, a, b]).sum() / volume ** 2]
+    assert cv["n_frames"] == 5 and cv["skipped"] == 0
+    assert (cv["energy"]["n"], cv["forces"]["n"], cv["stress"]["n"]) == (5, sum(len(f) for f in frames), 30)
+    for key, (err2, variance) in sums.items():
+        assert cv[key]["sum_error2"] == pytest.approx(err2, rel=1e-5), key
+        assert cv[key]["sum_variance"] == pytest.approx(variance, rel=1e-5), key
+
+
+def test_calibration_is_fitted_stored_loaded_and_applied(si, tmp_path):
+    """A fit stores one factor per observable (leave-one-frame-out), the file keeps them, and
+    every reported uncertainty is factor x sqrt(variance); on 4 frames the fit never saw, the
+    calibrated uncertainty is the size of the errors, where the raw one is 10-20 times smaller."""
+    model, rec = train(si, cutoff=4.5, n_max=5, l_max=4, n_sparse=120, two_body=True, sigma_energy=0.001,
+                       sigma_force=0.05, sigma_virial=0.05, seed=0, n_test=4)
+    cal = model.calibration
+    assert set(cal) == {"energy", "forces", "stress"} and all(v > 3 for v in cal.values())
+    assert rec["calibration"]["factors"] == cal and rec["calibration"]["n_frames"] == 12
+    check = rec["calibration"]["test_check"]
+    assert set(check) == {"energy", "forces", "stress"}
+    for key, c in check.items():
+        assert 0.5 < c["ratio"] < 2.0, (key, c)  # measured 1.04, 1.02, 0.98
+    path = tmp_path / "si.mlff"
+    save_model(model, path, training=rec)
+    loaded = load_model(path)
+    assert loaded.calibration == cal and loaded.get_config()["calibration"] == cal
+    np.testing.assert_array_equal(loaded.samples(), model.samples())
+    a = si[14].to_atoms()
+    a.rattle(0.02, seed=1)
+    calc = MLFFCalculator(loaded, uncertainty=True)
+    a.calc = calc
+    a.get_stress()
+    g = graph_from_structure(a, loaded.cutoff)
+    var = loaded.sampled_variance(g, stress=True)
+    assert calc.results["energy_uncertainty"] == pytest.approx(cal["energy"] * np.sqrt(var["energy"][0]),
+                                                               rel=ROUNDING)
+    np.testing.assert_allclose(calc.results["forces_uncertainty"], cal["forces"] * np.sqrt(var["forces"].sum(1)),
+                               rtol=ROUNDING)
+    full = calc.results["stress_uncertainty"]  # Voigt eV/Å^3: the virial's over the volume
+    np.testing.assert_allclose(full[:3], cal["stress"] * np.sqrt(np.diagonal(var["virial"][0])) / a.get_volume(),
+                               rtol=ROUNDING)
+    # the exact (slow) variance is calibrated the same way
+    loaded.variance_method = "exact"
+    a.calc = calc
+    calc.reset()
+    a.get_forces()
+    exact = loaded.predictive_variance(g)
+    np.testing.assert_allclose(calc.results["forces_uncertainty"],
+                               cal["forces"] * np.sqrt(exact["forces"].sum(1)), rtol=ROUNDING)
+
+
+def _rewrite(src, dst, edit):
+    """Copy model file ``src`` to ``dst`` with ``edit(meta, arrays)`` applied."""
+    from ase_mlff.io import read_archive, write_archive
+
+    meta, arrays = read_archive(src)
+    edit(meta, arrays)
+    write_archive(dst, meta, arrays)
+    return dst
+
+
+def _hyper(key, value):
+    def edit(meta, arrays):
+        meta["hyperparameters"][key] = value
+    return edit
+
+
+def _factor(name, value):
+    def edit(meta, arrays):
+        meta["hyperparameters"]["calibration"][name] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_factor("forces", -1.0), r"calibration.forces must be a finite number >= 1e-06"),
+    (_factor("energy", 0.0), r"calibration.energy must be a finite number >= 1e-06"),
+    (_factor("stress", 1e300), r"calibration.stress must be a finite number .* <= 1e\+06"),
+    (_factor("forces", float("nan")), r"calibration.forces must be a finite number"),
+    (_factor("forces", "7"), r"calibration.forces must be a finite number"),
+    (_hyper("calibration", {"forces": 2.0}), r"calibration must be an object with the keys energy, forces, stress"),
+    (_hyper("calibration", [1, 2, 3]), r"calibration must be an object"),
+    (_hyper("variance_samples", 0), r"variance_samples must be an integer from 1 to 64"),
+    (_hyper("variance_samples", 10 ** 9), r"variance_samples must be an integer from 1 to 64"),
+    (_hyper("variance_samples", True), r"variance_samples must be an integer"),
+    (_hyper("variance_samples", 9), r"arrays.posterior_samples' declares float64 \[\d+, 8\], but the "
+                                    r"hyperparameters imply float64 \[\d+, 9\]"),
+    (_hyper("variance", False), r"variance_samples and .calibration belong to a model with variance true"),
+], ids=["negative", "zero", "huge", "nan", "string", "missing-keys", "not-object", "no-samples", "1e9-samples",
+        "bool-samples", "samples-vs-array", "without-variance"])
+def test_crafted_calibration_or_samples_are_refused_on_load(fitted, tmp_path, edit, match):
+    from ase_mlff.errors import ModelFileError
+
+    model, rec = fitted
+    good = save_model(model, tmp_path / "good.mlff", training=rec)
+    bad = _rewrite(good, tmp_path / "bad.mlff", edit)
+    with pytest.raises(ModelFileError, match=match):
+        load_model(bad)
+
+
+def test_a_file_from_before_calibration_loads_uncalibrated_and_says_so(fitted, si, tmp_path, capsys):
+    """A file without calibration factors or stored samples (written before them) still loads:
+    its uncertainties are the raw ones (samples drawn from its R with seed 0), one warning says
+    so and points at the caller, `ase-mlff info` says so, and saving it again keeps it as it was."""
+    from ase_mlff.cli import main
+    from ase_mlff.models.gap import LEGACY_SAMPLE_SEED, draw_posterior_samples
+
+    model, rec = fitted
+
+    def strip(meta, arrays):
+        for key in ("calibration", "variance_samples"):
+            del meta["hyperparameters"][key]
+        del arrays["posterior_samples"]
+
+    new = save_model(model, tmp_path / "new.mlff", training=rec)
+    old_path = _rewrite(new, tmp_path / "old.mlff", strip)
+    old = load_model(old_path)
+    assert old.calibration is None and "calibration" not in old.get_config()
+    a = si[14].to_atoms()
+    a.rattle(0.02, seed=1)  # off the crystal's symmetry, where forces and their variance vanish
+    calc = MLFFCalculator(old, uncertainty=True)
+    a.calc = calc
+    with pytest.warns(UserWarning, match="before ase-mlff calibrated the GP variance") as caught:
+        a.get_forces()
+        calc.reset()
+        a.get_forces()
+    assert len(caught) == 1 and caught[0].filename == __file__
+    np.testing.assert_array_equal(old.samples(), draw_posterior_samples(old.posterior_r.numpy(), 8, LEGACY_SAMPLE_SEED))
+    g = graph_from_structure(a, old.cutoff)
+    np.testing.assert_allclose(calc.results["forces_uncertainty"], np.sqrt(old.sampled_variance(g)["forces"].sum(1)),
+                               rtol=ROUNDING)
+    again = load_model(save_model(old, tmp_path / "again.mlff"))
+    assert "posterior_samples" not in again.get_arrays() and again.calibration is None
+    assert main(["info", str(old_path)]) == 0
+    assert "not calibrated" in capsys.readouterr().out
+    assert main(["info", str(new)]) == 0
+    text = capsys.readouterr().out
+    assert "uncertainty calibration" in text and f"forces {model.calibration['forces']:.3g}" in text
 
 
 # ----------------------------------------------------------------------------- pieces

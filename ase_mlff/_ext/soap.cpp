@@ -409,6 +409,113 @@ carray<T> soap_backward(const carray<T>& grad_p, const carray<T>& coeffs, const 
     return out;
 }
 
+// The backward pass of R energies at once, E_r = sum_ik grad_p[i, k, r] p[i, k] (grad_p (N, D, R),
+// channel last): their gradients with respect to the pair vectors, (P, 3, R). GAP's posterior
+// samples use it (ase_mlff/models/gap.py): R force fields that share every pair's geometry, so
+// the harmonics and radial table are evaluated once per pair, and each channel's arithmetic is
+// the one of soap_backward in the same order (channel r of the result equals soap_backward of
+// grad_p[:, :, r] bit for bit). The channel is the innermost loop, so it is what vectorises:
+// on x86-64 Linux the kernel is compiled for AVX-512, AVX2 and the baseline, picked at load
+// time by the CPU (target_clones). Every channel still sees the same operations in the same
+// order and -ffp-contract=off forbids fused multiply-adds, so all three give the same bits.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define MLFF_CHANNEL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MLFF_CHANNEL_CLONES
+#endif
+
+// channels per vector block: one AVX-512 register of doubles, two AVX2 ones; fixed at compile
+// time so that the blocks live in registers
+constexpr int64_t kChannelBlock = 8;
+
+MLFF_CHANNEL_CLONES
+void backward_channels_range(const Soap<double>& s, const double* GP, const double* CF, int64_t R, double* G,
+                             int64_t lo, int64_t hi) {
+    constexpr int64_t W = kChannelBlock;
+    const int64_t D = s.dim(), C = int64_t(s.S) * s.N * s.LM;
+    const int64_t RB = (R + W - 1) / W * W;  // channels padded to whole blocks (the padding is zero)
+    auto g = s.make_geom();
+    std::vector<double> gc(C * RB), w(RB, 0.0);
+    for (int64_t i = lo; i < hi; ++i) {
+        const double* ci = CF + i * C;
+        std::fill(gc.begin(), gc.end(), 0.0);
+        const double* gp = GP + i * D * R;
+        for (int64_t k = 0; k < D; ++k) {
+            const Entry& e = s.entries[k];
+            for (int64_t r = 0; r < R; ++r) w[r] = e.w * gp[k * R + r];
+            const int l0 = e.l * e.l, nm = 2 * e.l + 1;
+            const int64_t ia = (e.a * s.N + e.n) * s.LM + l0, ib = (e.b * s.N + e.n2) * s.LM + l0;
+            for (int m = 0; m < nm; ++m) {
+                const double xa = ci[ia + m], xb = ci[ib + m];
+                for (int64_t r0 = 0; r0 < RB; r0 += W) {
+                    double* ga = gc.data() + (ia + m) * RB + r0;
+                    const double* wb = w.data() + r0;
+                    #pragma omp simd
+                    for (int64_t r = 0; r < W; ++r) ga[r] += wb[r] * xb;
+                    double* gb = gc.data() + (ib + m) * RB + r0;  // the same entries as ga when ia == ib
+                    #pragma omp simd
+                    for (int64_t r = 0; r < W; ++r) gb[r] += wb[r] * xa;
+                }
+            }
+        }
+        for (int64_t p = s.offsets[i]; p < s.offsets[i + 1]; ++p) {
+            s.geometry(p, g, true);
+            const double* gs = gc.data() + int64_t(s.nbr[p]) * s.N * s.LM * RB;
+            for (int64_t r0 = 0; r0 < RB; r0 += W) {
+                double acc[3][W] = {};
+                for (int l = 0; l <= s.L; ++l) {
+                    for (int m = 0; m < 2 * l + 1; ++m) {
+                        const int lm = l * l + m;
+                        double a[W] = {}, b[W] = {};
+                        for (int n = 0; n < s.N; ++n) {
+                            const double* x = gs + (int64_t(n) * s.LM + lm) * RB + r0;
+                            const double hv = g.h[n * (s.L + 1) + l], dhv = g.dh[n * (s.L + 1) + l];
+                            #pragma omp simd
+                            for (int64_t r = 0; r < W; ++r) {
+                                a[r] += x[r] * hv;
+                                b[r] += x[r] * dhv;
+                            }
+                        }
+                        for (int c = 0; c < 3; ++c) {
+                            const double uy = g.u[c], y = g.Y[lm], dy = g.dY[3 * lm + c];
+                            #pragma omp simd
+                            for (int64_t r = 0; r < W; ++r) acc[c][r] += b[r] * uy * y + a[r] * dy;
+                        }
+                    }
+                }
+                double* out = G + p * 3 * R;
+                for (int c = 0; c < 3; ++c)
+                    for (int64_t r = r0; r < std::min(R, r0 + W); ++r) out[c * R + r] = acc[c][r - r0];
+            }
+        }
+    }
+}
+
+carray<double> soap_backward_channels(const carray<double>& grad_p, const carray<double>& coeffs,
+                                      const iarray<int64_t>& first, const iarray<int32_t>& nbr,
+                                      const iarray<int32_t>& centre, const carray<double>& vectors,
+                                      const carray<double>& table, const carray<double>& central, int n_species,
+                                      int n_max, int l_max, double inv_h, double r_cut, int n_threads) {
+    const int64_t n_atoms = centre.size();
+    const Soap<double> s(n_atoms, first, nbr, centre, vectors, table, central, n_species, n_max, l_max, inv_h, r_cut,
+                         n_threads);
+    const int64_t D = s.dim(), C = int64_t(s.S) * s.N * s.LM;
+    if (grad_p.ndim() != 3 || grad_p.shape(0) != n_atoms || grad_p.shape(1) != D || grad_p.shape(2) < 1)
+        throw std::invalid_argument("soap: the gradients must be (N, D, channels) for a power spectrum (N, D)");
+    if (coeffs.ndim() != 2 || coeffs.shape(0) != n_atoms || coeffs.shape(1) != C)
+        throw std::invalid_argument("soap: coefficients do not match (N, species * n_max * (l_max + 1)^2)");
+    const int64_t R = grad_p.shape(2);
+    carray<double> out({s.n_pairs, int64_t(3), R});
+    double* G = out.mutable_data();
+    const double* GP = grad_p.data();
+    const double* CF = coeffs.data();
+    {
+        py::gil_scoped_release release;
+        s.over_centres([&](int64_t lo, int64_t hi) { backward_channels_range(s, GP, CF, R, G, lo, hi); });
+    }
+    return out;
+}
+
 py::array_t<double> harmonics_py(const iarray<double>& u, int l_max) {
     if (u.ndim() != 2 || u.shape(1) != 3) throw std::invalid_argument("u must be (Q, 3) unit vectors");
     if (l_max < 0 || l_max > kMaxL) throw std::invalid_argument("l_max must be from 0 to 20");
@@ -440,6 +547,12 @@ void register_soap(py::module_& m) {
           py::arg("neighbor_species"), py::arg("centre_species"), py::arg("vectors"), py::arg("table"),
           py::arg("central"), py::arg("n_species"), py::arg("n_max"), py::arg("l_max"), py::arg("inv_h"),
           py::arg("r_cut"), py::arg("n_threads") = 0, "float32 version.");
+    m.def("soap_backward_channels", &soap_backward_channels, py::arg("grad_p"), py::arg("coeffs"), py::arg("first"),
+          py::arg("neighbor_species"), py::arg("centre_species"), py::arg("vectors"), py::arg("table"),
+          py::arg("central"), py::arg("n_species"), py::arg("n_max"), py::arg("l_max"), py::arg("inv_h"),
+          py::arg("r_cut"), py::arg("n_threads") = 0,
+          "Gradients (P, 3, R) of the R sums sum(grad_p[:, :, r] * p) (grad_p (N, D, R)) with respect to the pair "
+          "vectors; float64.");
     m.def("spherical_harmonics", &harmonics_py, py::arg("u"), py::arg("l_max"),
           "Real orthonormal spherical harmonics (Q, (l_max+1)^2) of unit vectors (index l*l + l + m), for tests.");
 }

@@ -166,6 +166,9 @@ class SOAP:
         S, N, L = len(self.species), self.n_max, self.l_max
         self.dim = (S * (S - 1) // 2 * N * N + S * N * (N + 1) // 2) * (L + 1)
         self._tables: dict = {}
+        # SoapFunction keeps its last inputs, p and coeffs here (a dict) while keep_last is set: a
+        # GAP that computes its variance after the energy takes and clears them
+        self.keep_last, self.last = False, None
         if not compute_tables:
             self.table = np.zeros((n_int, 4, N * (L + 1)))
             self.central = np.zeros(N)
@@ -216,6 +219,15 @@ class SOAP:
                                    np.ascontiguousarray(vectors), table, central, len(self.species), self.n_max,
                                    self.l_max, self.inv_h, self.cutoff)
 
+    def backward_channels(self, grad_p: np.ndarray, coeffs: np.ndarray, first, nbr, centre, vectors) -> np.ndarray:
+        """:meth:`backward` of R gradients at once: ``grad_p`` (N, D, R) -> (P, 3, R), float64;
+        channel r equals ``backward(grad_p[:, :, r], ...)`` bit for bit, and costs a fraction of
+        it (the pairs' geometry is shared)."""
+        table, central = self._arrays(np.float64)
+        return _core.soap_backward_channels(np.ascontiguousarray(grad_p, dtype=np.float64), coeffs, first, nbr,
+                                            centre, np.ascontiguousarray(vectors, dtype=np.float64), table, central,
+                                            len(self.species), self.n_max, self.l_max, self.inv_h, self.cutoff)
+
     def compute(self, atoms, gradients: bool = False):
         """Normalised power spectra (N, D) of an ``ase.Atoms``; with ``gradients``, also the
         pairs (i, j) and d(p_i / |p_i|)/d(r_j - r_i + shift) as (P, 3, D)."""
@@ -243,6 +255,8 @@ class SoapFunction(torch.autograd.Function):
         p, coeffs, _ = soap.raw(n_atoms, first, nbr, centre, v)
         ctx.soap = soap
         ctx.arrays = (coeffs, first, nbr, centre, v)
+        if soap.keep_last:  # the GAP variance of this same call takes it instead of a second pass
+            soap.last = {"inputs": (first, nbr, centre, v), "p": p, "coeffs": coeffs}
         return torch.from_numpy(p).to(vectors.device)
 
     @staticmethod

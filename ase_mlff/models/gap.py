@@ -20,21 +20,51 @@ energies: with ``phi`` the output's row of the design matrix (:meth:`GAPModel.de
 
     var = |R^-T phi|^2
 
-the posterior variance of the fitted sparse GP (the "subset of regressors" variance). It is
-what ``energy_uncertainty``, ``forces_uncertainty`` (per atom, ``sqrt`` of the summed
-variances of the three components) and ``stress_uncertainty`` (per virial component) give:
-near zero on training data fitted with small sigmas, larger away from them. The
-deterministic-training-conditional (DTC) variance adds ``L K L^T - |L_M^-1 k_M|^2``, the part
-of the SOAP prior the sparse environments do not span (``L_M`` the Cholesky factor of
-``K_MM``); it is available as :meth:`GAPModel.predictive_variance` with
-``include_residual=True``. For forces that residual is large even on the training data (the
-span of ``k(., q_m)`` holds no derivative directions), and on held-out mlearn Si frames it
-ranked the per-atom force errors worse than the posterior variance alone (Spearman 0.85
-against 0.91, ``python benchmarks/gap.py uncertainty``), so it is not the default. Both
-underestimate the errors at the default ``delta`` (docs/gap.md has the calibration factors).
-Cost: building the design rows of the structure (the SOAP Jacobian and a (3N x D) by (D x M)
-product: about 1 s for 1000 Si atoms at l_max = n_max = 8, M = 1000), so it is computed only
-when asked (``MLFFCalculator(..., uncertainty=True)``).
+the posterior variance of the fitted sparse GP (the "subset of regressors" variance): near
+zero on training data fitted with small sigmas, larger away from them. The uncertainties
+(``MLFFCalculator(..., uncertainty=True)``) are calibrated standard deviations::
+
+    energy_uncertainty      c_E sqrt(var E)                                   eV, per structure
+    forces_uncertainty[a]   c_F sqrt(var F_ax + var F_ay + var F_az)          eV/Å, per atom
+    stress_uncertainty      c_S sqrt(var W_b) / V                             eV/Å³, per component
+
+with the committees' meaning (docs/uncertainty.md): the estimated RMS error of the energy, the
+RMS length of atom a's force error vector, the RMS error of each stress component. The factors
+``c`` (``calibration``, in the model file) are fitted when the model is trained, on
+leave-one-frame-out errors of the training frames (:mod:`ase_mlff.training.gap_train`): the raw
+posterior standard deviations are 7-14 times smaller than the held-out errors at the default
+``delta`` (docs/gap.md). A file written before calibration gives the raw values, with one
+warning.
+
+How the variances are computed (:meth:`GAPModel.sampled_variance`, the default): energies
+exactly (one row per structure, ``phi_E = sum_i k_i``, a triangular solve). Force and virial
+components from ``R`` samples of the posterior, kept in the file (``posterior_samples``,
+columns ``b_k = R^-1 w_k`` with ``w_k ~ N(0, I / R)``, ``R = 8`` by default)::
+
+    var F_ac = sum_k (phi_ac . b_k)^2      (mean over the draws: |R^-T phi_ac|^2 exactly)
+
+that is, the mean square of the forces of the R sample deviations, as for a committee of R
+members around the fitted model. Each sample's forces are one more channel of the SOAP backward
+pass, all channels in one compiled call (``_core.soap_backward_channels``), after one matrix
+product for all samples' gradients with respect to the descriptors: no design rows, no SOAP
+Jacobian. The estimate is unbiased with a relative noise of about ``sqrt(2 / (3 R))`` per atom
+(35 % measured for R = 8; it ranks the held-out Si force errors with Spearman 0.90 against the
+exact variance's 0.91). The cost is ``R`` times ``N M D`` multiply-adds plus the backward pass:
+a call with uncertainty takes 2.6-2.7 times a plain one on one thread (64-1000 Si atoms,
+docs/benchmarks.md), where the design rows took 20-29 times: their ``(3P x D) (D x M)`` product
+is ``84 N D M`` multiply-adds with ~28 neighbours per atom, 40 times the ``2 N D M`` of the
+plain call's kernel, so no exact method can be cheap.
+
+The exact variance from the design rows is :meth:`GAPModel.predictive_variance` (the reference
+the fast path is tested against: with the T columns of ``R^-1`` as its samples it sums the exact
+variance, to 1e-10 relative) and what the calculator uses when ``variance_method = "exact"`` on
+the model. The deterministic-training-conditional (DTC) variance adds ``L K L^T - |L_M^-1
+k_M|^2``, the part of the SOAP prior the sparse environments do not span (``L_M`` the Cholesky
+factor of ``K_MM``): :meth:`GAPModel.predictive_variance` with ``include_residual=True``. For
+forces that residual is large even on the training data (the span of ``k(., q_m)`` holds no
+derivative directions), and on held-out mlearn Si frames it ranked the per-atom force errors
+worse than the posterior variance alone (Spearman 0.85 against 0.91, ``python
+benchmarks/gap.py uncertainty``), so it is not used for the uncertainties.
 """
 
 from __future__ import annotations
@@ -45,12 +75,25 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .._warn import warn
 from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
 from ..graph import Graph
 from .base import (MIN_SCALE, MIN_WIDTH, Model, config_cutoff, config_float, config_int,
                    config_reference_energies, config_species, register_model)
+# the calibration factors have the committee's names and bounds (docs/uncertainty.md)
+from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
 
 _SOAP_KEYS = ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width", "central_weight", "basis_radius")
+
+#: posterior samples a new fit keeps (``--variance-samples``): relative noise of one atom's
+#: force variance about 35 %, and a call with uncertainty within 3 times a plain one (module
+#: docstring)
+DEFAULT_VARIANCE_SAMPLES = 8
+#: most samples a file may declare: the (M x D R) product matrix cached for them grows with R
+#: (8 samples: 21 MB for 1000 sparse points of 324 components)
+MAX_VARIANCE_SAMPLES = 64
+#: seed of the samples drawn for a file written before they were stored (uncalibrated anyway)
+LEGACY_SAMPLE_SEED = 0
 
 
 def pair_key(a, b, n_species: int):
@@ -68,7 +111,11 @@ class GAPModel(Model):
     """Sparse GP on SOAP (+ 2-body). ``soap``: the descriptor's hyperparameters; ``n_sparse``:
     sparse environments per element; ``two_body``: ``{"cutoff", "width", "delta", "theta",
     "n_sparse"}`` (``n_sparse`` sparse distances per element pair) or None; ``variance``:
-    whether the file keeps the factors for the predictive variance."""
+    whether the file keeps the factors for the predictive variance; ``variance_samples``: how
+    many posterior samples it keeps for the fast force and stress variance (None: a file
+    written before they were kept; they are drawn on first use); ``calibration``: the
+    factors ``{"energy", "forces", "stress"}`` applied to the uncertainties (None:
+    uncalibrated, a file written before calibration)."""
 
     family = "gap"
     extra_results = ("energy_uncertainty", "forces_uncertainty", "stress_uncertainty")
@@ -78,11 +125,15 @@ class GAPModel(Model):
     # the compiled SOAP backward is first-order only: no Hessian by double backward
     double_backward = False
     float64_buffers = ("sparse", "pair_sparse", "alpha", "beta", "e0", "posterior_r", "prior_chol",
-                       "soap_table", "soap_central")
+                       "posterior_samples", "soap_table", "soap_central")
+    #: how compute_extras gets the force and stress variances: "samples" (the default, fast
+    #: and unbiased) or "exact" (the design rows; 10-25 times slower); set on an instance
+    variance_method = "samples"
 
     def __init__(self, species: Iterable[int], cutoff: float | None = None, soap: dict | None = None,
                  zeta: int = 4, delta: float = 1.0, n_sparse: Iterable[int] = (), two_body: dict | None = None,
                  reference_energies: Iterable[float] | None = None, variance: bool = True,
+                 variance_samples: int | None = None, calibration: dict[str, float] | None = None,
                  dtype: str = "float64", _defer_tables: bool = False):
         species = sorted({int(z) for z in species})
         soap = {k: v for k, v in dict(soap or {}).items() if k in _SOAP_KEYS}
@@ -94,12 +145,22 @@ class GAPModel(Model):
         self.n_sparse = [int(n) for n in n_sparse] or [0] * S
         self.two_body = dict(two_body) if two_body else None
         self.variance = bool(variance)
+        self.variance_samples = int(variance_samples) if variance_samples is not None and self.variance else None
+        self.calibration = ({k: float(calibration[k]) for k in CALIBRATION_KEYS}
+                            if calibration is not None and self.variance else None)
         e0 = list(reference_energies) if reference_energies is not None else [0.0] * S
         self.soap = SOAP(species, **soap, compute_tables=not _defer_tables)
         self.config = {"soap": self.soap.hypers(), "zeta": self.zeta, "delta": self.delta, "n_sparse": self.n_sparse,
                        "two_body": self.two_body, "reference_energies": [float(v) for v in e0],
                        "variance": self.variance, "dtype": dtype}
+        # written only when set, so that a file from before them is saved again as it was
+        if self.variance_samples is not None:
+            self.config["variance_samples"] = self.variance_samples
+        if self.calibration is not None:
+            self.config["calibration"] = dict(self.calibration)
         self.config["soap"].pop("species")
+        self._warned_uncalibrated = False
+        self._channels = None  # cached (per element) sparse points times posterior samples
         ft = getattr(torch, dtype)
         M, D = sum(self.n_sparse), self.soap.dim
         # first floating buffer: Model.dtype reads it (the declared dtype of inputs and outputs)
@@ -117,6 +178,13 @@ class GAPModel(Model):
         T = self.n_parameters
         self.register_buffer("posterior_r", torch.zeros((T, T) if self.variance else (0, 0), dtype=torch.float64))
         self.register_buffer("prior_chol", torch.zeros((M, M) if self.variance else (0, 0), dtype=torch.float64))
+        # (T, R) columns R^-1 w_k (w_k ~ N(0, I / R)): the deviations of R posterior samples from
+        # the fitted x. A file from before they were kept has none: they are drawn on first use
+        # (not persistent, so such a file is saved again without them)
+        R_s = self.variance_samples or 0
+        self.register_buffer("posterior_samples", torch.zeros((T, R_s) if self.variance else (0, 0),
+                                                              dtype=torch.float64),
+                             persistent=self.variance_samples is not None)
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -187,6 +255,8 @@ class GAPModel(Model):
             p = SoapFunction.apply(vec, self.soap, graph.n_atoms, first, nbr, centre)
             q = p / torch.linalg.norm(p, dim=1, keepdim=True)
             klin = q @ self.sparse.T
+            if self.soap.last is not None:  # kept for the variance of this call (sampled_variance)
+                self.soap.last["klin"] = klin.detach()
             same = s[:, None] == self.sparse_species[None, :]
             kz = torch.where(same, klin, torch.zeros_like(klin)) ** self.zeta
             energies = energies + self.delta ** 2 * (kz @ self.alpha)
@@ -275,17 +345,22 @@ class GAPModel(Model):
         z = scipy.linalg.solve_triangular(self.prior_chol.numpy(), flat.T, lower=True)
         return (z * z).sum(0).reshape(rows.shape[:-1])
 
-    def predictive_variance(self, graph: Graph, stress: bool = False, include_residual: bool = False) -> dict:
-        """Variances (numpy) of the total energies (B,), force components (N, 3) and, with
-        ``stress``, virial components (B, 3, 3): the posterior variance of the fitted model,
-        ``|R^-T phi|^2``; with ``include_residual`` also the part of the SOAP prior the sparse
-        environments do not span, ``L K L^T - |L_M^-1 k_M|^2`` (the DTC variance; see the
-        module docstring for why it is not the default)."""
+    def _require_variance(self) -> None:
         from ..errors import InputError
 
         if not self.variance or self.posterior_r.numel() == 0:
             raise InputError("this gap model file was written without the variance factors (trained with "
                              "--no-variance): it gives no uncertainty")
+
+    def predictive_variance(self, graph: Graph, stress: bool = False, include_residual: bool = False) -> dict:
+        """Exact variances (numpy) of the total energies (B,), force components (N, 3) and, with
+        ``stress``, virial components (B, 3, 3): the posterior variance of the fitted model,
+        ``|R^-T phi|^2`` from the design rows (the reference :meth:`sampled_variance` is
+        checked against; slow for forces, module docstring); with ``include_residual`` also
+        the part of the SOAP prior the sparse environments do not span,
+        ``L K L^T - |L_M^-1 k_M|^2`` (the DTC variance; see the module docstring for why it is
+        not the default). Uncalibrated."""
+        self._require_variance()
         d = self.design(graph, forces=True, virial=stress)
         keys = ("energy", "forces") + (("virial",) if stress else ())
         out = {k: self._posterior(d[k]) for k in keys}
@@ -295,13 +370,164 @@ class GAPModel(Model):
                 out[k] = out[k] + prior[k] - self._nystrom(d[k])
         return out
 
-    def compute_extras(self, graph: Graph, output, stress: bool) -> dict[str, torch.Tensor]:
-        var = self.predictive_variance(graph, stress)
-        out = {"energy_uncertainty": _sqrt(var["energy"]),
-               "forces_uncertainty": _sqrt(np.clip(var["forces"], 0, None).sum(1))}
+    # ----------------------------------------------------------------- fast variance: posterior samples
+    def samples(self) -> np.ndarray:
+        """(T, R) deviations ``R^-1 w_k`` of the posterior samples from x; for a file written
+        before they were kept, drawn now from its ``R`` (:func:`draw_posterior_samples`,
+        :data:`DEFAULT_VARIANCE_SAMPLES` samples, seed :data:`LEGACY_SAMPLE_SEED`)."""
+        self._require_variance()
+        if self.posterior_samples.shape[1] == 0:
+            drawn = draw_posterior_samples(self.posterior_r.numpy(), DEFAULT_VARIANCE_SAMPLES, LEGACY_SAMPLE_SEED)
+            self.posterior_samples = torch.from_numpy(drawn).to(self.posterior_r.device)
+            self._channels = None
+        return self.posterior_samples.detach().cpu().numpy()
+
+    def _channel_matrices(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Per element a: the (M_a, D R) matrix ``Z[m, d] * B[m, r]`` of its sparse points Z and
+        the samples' SOAP coefficients B, so that one matrix product gives every sample's
+        gradient with respect to every descriptor of that element."""
+        Z = self.sparse.detach().cpu().numpy()
+        out, start = [], 0
+        for n in self.n_sparse:
+            block = Z[start:start + n, :, None] * samples[start:start + n, None, :]
+            out.append(np.ascontiguousarray(block.reshape(n, -1)))
+            start += n
+        return out
+
+    def sampled_variance(self, graph: Graph, stress: bool = False, samples: np.ndarray | None = None,
+                         chunk: int = 2048) -> dict:
+        """The variances of :meth:`predictive_variance` (same keys, uncalibrated), fast: energies
+        exactly (``|R^-T phi_E|^2``: one row per structure), force and virial components as the
+        mean square over the posterior samples ``x + b_k`` of their deviation from the fitted
+        model, ``sum_k (phi . b_k)^2`` (``b_k = R^-1 w_k``, ``w_k ~ N(0, I / R)``; its mean over
+        the draws is the exact variance). Each sample's forces come from one backward pass of
+        the SOAP shared by all samples (:func:`ase_mlff._ext._core.soap_backward_channels`),
+        never from design rows. ``samples``: other columns b_k, e.g. ``R^-1`` itself (T
+        columns), with which the sum is the exact variance (tests)."""
+        import scipy.linalg
+        import scipy.sparse
+
+        self._require_variance()
+        if samples is None:
+            B = self.samples()
+            if self._channels is None:
+                self._channels = self._channel_matrices(B)
+            channels = self._channels
+        else:
+            B = np.ascontiguousarray(samples, dtype=np.float64)
+            if B.ndim != 2 or B.shape[0] != self.n_parameters or B.shape[1] < 1:
+                raise ValueError(f"samples must be (n_parameters, R) = ({self.n_parameters}, R), got {B.shape}")
+            channels = self._channel_matrices(B)
+        g = graph.to(dtype=torch.float64)
+        s, first, nbr, centre = self._soap_inputs(g)
+        s_np = s.cpu().numpy()
+        vec = np.ascontiguousarray(g.edge_vectors().detach().cpu().numpy())
+        i_np, j_np = g.edge_index.cpu().numpy()
+        batch = g.batch.cpu().numpy()
+        N, n_graphs, P = g.n_atoms, g.n_graphs, len(i_np)
+        M, U, S = sum(self.n_sparse), self.n_pair_sparse, len(self.species)
+        n_samples = B.shape[1]
+        phi_e = np.zeros((n_graphs, M + U + S))  # the energy rows, summed over each structure's atoms
+        pair_grad = np.zeros((P, 3, n_samples))  # d eps_k / d d_p of every sample k
+        if M:
+            # the SOAP of this structure from the energy pass of the same call, when it kept it
+            last, self.soap.last = self.soap.last, None
+            inputs = (first, nbr, centre, vec)
+            if last is not None and all(np.array_equal(x, y) for x, y in zip(last["inputs"], inputs)):
+                p, coeffs, klin_all = last["p"], last["coeffs"], last.get("klin")
+                klin_all = None if klin_all is None else klin_all.cpu().numpy()
+            else:
+                p, coeffs, _ = self.soap.raw(N, first, nbr, centre, vec)
+                klin_all = None
+            norm = np.linalg.norm(p, axis=1)
+            q = p / norm[:, None]
+            D = q.shape[1]
+            Z = self.sparse.detach().cpu().numpy()
+            d2, zeta = self.delta ** 2, self.zeta
+            # d eps_k / d p_i = (1 - q_i q_i^T) g_ik / |p_i| with g_ik = d eps_k / d q_i: g / |p| from
+            # one product for all samples, and q_i . g_ik = zeta delta^2 sum_m klin^zeta B_mk
+            gp = np.zeros((N, D, n_samples))
+            qg = np.zeros((N, n_samples))
+            start = 0
+            for a, n in enumerate(self.n_sparse):
+                cols = slice(start, start + n)
+                start += n
+                rows = np.flatnonzero(s_np == a)
+                for lo in range(0, len(rows) if n else 0, chunk):
+                    r = rows[lo:lo + chunk]
+                    klin = q[r] @ Z[cols].T if klin_all is None else klin_all[r, cols]
+                    kz1 = _int_power(klin, zeta - 1)
+                    kz = kz1 * klin
+                    _add_rows(phi_e[:, cols], batch[r], d2 * kz)
+                    scale = (d2 * zeta) / norm[r]
+                    gp[r] = ((kz1 * scale[:, None]) @ channels[a]).reshape(len(r), D, n_samples)
+                    qg[r] = (kz * scale[:, None]) @ B[cols]
+            gp -= q[:, :, None] * qg[:, None, :]
+            pair_grad += self.soap.backward_channels(gp, coeffs, first, nbr, centre, vec)
+            del gp
+        if U:
+            tb = self.two_body
+            r = np.linalg.norm(vec, axis=1)
+            a, b = np.minimum(s_np[i_np], s_np[j_np]), np.maximum(s_np[i_np], s_np[j_np])
+            key = pair_key(a, b, S)
+            fc, dfc = cutoff_function(r, float(tb["cutoff"]), float(tb["width"]))
+            rs = self.pair_sparse.numpy().astype(np.float64)
+            th2 = float(tb["theta"]) ** 2
+            same_pair = key[:, None] == self.pair_key_of().numpy()[None, :]
+            k = np.exp(-0.5 * (r[:, None] - rs[None, :]) ** 2 / th2) * same_pair
+            d2 = float(tb["delta"]) ** 2
+            _add_rows(phi_e[:, M:M + U], batch[i_np], 0.5 * d2 * fc[:, None] * k)
+            dv = 0.5 * d2 * (dfc[:, None] * k - fc[:, None] * k * (r[:, None] - rs[None, :]) / th2)
+            pair_grad += (dv @ B[M:M + U])[:, None, :] * (vec / r[:, None])[:, :, None]
+        np.add.at(phi_e, (batch, M + U + s_np), 1.0)
+        z = scipy.linalg.solve_triangular(self.posterior_r.numpy(), phi_e.T, trans="T", lower=False)
+        out = {"energy": (z * z).sum(0)}
+        # forces -dE/dr: a pair vector d_p = r_j - r_i moves with r_j and against r_i
+        incidence = scipy.sparse.csr_matrix(
+            (np.concatenate([np.ones(P), -np.ones(P)]), (np.concatenate([i_np, j_np]), np.tile(np.arange(P), 2))),
+            shape=(N, P))
+        forces = incidence @ pair_grad.reshape(P, 3 * n_samples)
+        out["forces"] = (forces.reshape(N, 3, n_samples) ** 2).sum(-1)
         if stress:
-            out["stress_uncertainty"] = _sqrt(var["virial"])
+            virial = np.zeros((n_graphs, 3, 3, n_samples))
+            for b_ in range(n_graphs):
+                sel = batch[i_np] == b_
+                virial[b_] = np.einsum("pa,pcr->acr", vec[sel], pair_grad[sel], optimize=True)
+            out["virial"] = (virial ** 2).sum(-1)
+        return out
+
+    def compute_extras(self, graph: Graph, output, stress: bool) -> dict[str, torch.Tensor]:
+        """Calibrated uncertainties: ``c * sqrt(variance)`` with the factors ``c`` of
+        :attr:`calibration` (1 for a file written before calibration, with a warning) and the
+        variances of :meth:`sampled_variance`, or of :meth:`predictive_variance` when
+        :attr:`variance_method` is ``"exact"``."""
+        from ..errors import InputError
+
+        if self.variance_method == "samples":
+            self.soap.keep_last = True  # from now on the energy pass keeps its SOAP for this one
+            var = self.sampled_variance(graph, stress)
+        elif self.variance_method == "exact":
+            var = self.predictive_variance(graph, stress)
+        else:
+            raise InputError(f"GAPModel.variance_method must be 'samples' or 'exact', got {self.variance_method!r}")
+        cal = self.calibration
+        if cal is None:
+            self._warn_uncalibrated()
+            cal = {k: 1.0 for k in CALIBRATION_KEYS}
+        out = {"energy_uncertainty": cal["energy"] * _sqrt(var["energy"]),
+               "forces_uncertainty": cal["forces"] * _sqrt(np.clip(var["forces"], 0, None).sum(1))}
+        if stress:
+            out["stress_uncertainty"] = cal["stress"] * _sqrt(var["virial"])
         return {k: torch.from_numpy(np.asarray(v)).to(device=graph.device, dtype=graph.dtype) for k, v in out.items()}
+
+    def _warn_uncalibrated(self) -> None:
+        if self._warned_uncalibrated:
+            return
+        self._warned_uncalibrated = True
+        warn("this gap model file was written before ase-mlff calibrated the GP variance: its "
+             "uncertainties are the raw posterior standard deviations, which were 7-14 times smaller "
+             "than the errors on held-out frames (docs/gap.md); fit it again with `ase-mlff train gap` "
+             "to store calibration factors")
 
     def _prior_terms(self, graph: Graph, d: dict, stress: bool):
         """Prior variances L K L^T of the SOAP term: energies (B,), force components (N, 3) and
@@ -418,12 +644,28 @@ class GAPModel(Model):
         M, D = sum(n_sparse), soap_dim(S, n_max, l_max)
         T = M + U + S
         var = config.get("variance", True)
+        # both absent in a file written before they existed (uncalibrated; samples drawn on use)
+        n_samples, cal = config.get("variance_samples"), config.get("calibration")
+        if not var and (n_samples is not None or cal is not None):
+            raise ValueError("hyperparameters.variance_samples and .calibration belong to a model with variance "
+                             "true (this one keeps no variance factors)")
+        if n_samples is not None:
+            config_int(config, "variance_samples", 1, MAX_VARIANCE_SAMPLES)
+        if cal is not None:
+            if not isinstance(cal, dict) or set(cal) != set(CALIBRATION_KEYS):
+                raise ValueError(f"hyperparameters.calibration must be an object with the keys "
+                                 f"{', '.join(CALIBRATION_KEYS)}")
+            for k in CALIBRATION_KEYS:
+                config_float(cal, k, MIN_SCALE, MAX_CALIBRATION, prefix="calibration.")
         G = int(math.ceil(rc / GRID_SPACING))
-        return {"soap_table": ((G, 4, n_max * (l_max + 1)), "float64"), "soap_central": ((n_max,), "float64"),
-                "sparse": ((M, D), "float64"), "sparse_species": ((M,), "int64"), "alpha": ((M,), "float64"),
-                "pair_sparse": ((U,), "float64"), "beta": ((U,), "float64"),
-                "posterior_r": ((T, T) if var else (0, 0), "float64"),
-                "prior_chol": ((M, M) if var else (0, 0), "float64")}
+        specs = {"soap_table": ((G, 4, n_max * (l_max + 1)), "float64"), "soap_central": ((n_max,), "float64"),
+                 "sparse": ((M, D), "float64"), "sparse_species": ((M,), "int64"), "alpha": ((M,), "float64"),
+                 "pair_sparse": ((U,), "float64"), "beta": ((U,), "float64"),
+                 "posterior_r": ((T, T) if var else (0, 0), "float64"),
+                 "prior_chol": ((M, M) if var else (0, 0), "float64")}
+        if n_samples is not None:
+            specs["posterior_samples"] = ((T, n_samples), "float64")
+        return specs
 
     @classmethod
     def check_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -440,8 +682,32 @@ class GAPModel(Model):
                 raise ValueError(f"array {name} (the {what} of the predictive variance) is singular: its "
                                  f"diagonal element {k} is zero")
 
+    def set_posterior(self, R: np.ndarray, prior_chol: np.ndarray, samples: np.ndarray | None = None) -> None:
+        """Keep the fit's factors: ``R`` (T, T), ``L_M`` (M, M) and the posterior samples'
+        deviations (T, variance_samples) (training)."""
+        self.posterior_r.copy_(torch.as_tensor(R, dtype=torch.float64))
+        self.prior_chol.copy_(torch.as_tensor(prior_chol, dtype=torch.float64))
+        if samples is not None:
+            self.posterior_samples.copy_(torch.as_tensor(samples, dtype=torch.float64))
+        self._channels = None
+
+    def set_calibration(self, factors: dict[str, float] | None) -> None:
+        """Set (None: remove) the calibration factors ``{"energy", "forces", "stress"}``."""
+        if factors is None:
+            self.calibration = None
+            self.config.pop("calibration", None)
+            return
+        if not self.variance:
+            raise ValueError("a gap model without variance factors has no uncertainty to calibrate")
+        cal = {k: float(factors[k]) for k in CALIBRATION_KEYS}
+        if not all(math.isfinite(v) and MIN_SCALE <= v <= MAX_CALIBRATION for v in cal.values()):
+            raise ValueError(f"calibration factors must be from {MIN_SCALE:g} to {MAX_CALIBRATION:g}, got {cal}")
+        self.calibration = cal
+        self.config["calibration"] = dict(cal)
+
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         super().set_arrays(arrays)
+        self._channels = None
         # the descriptor uses the stored radial table (bit-for-bit the one it was trained with)
         self.soap.table = np.ascontiguousarray(arrays["soap_table"], dtype=np.float64)
         self.soap.central = np.ascontiguousarray(arrays["soap_central"], dtype=np.float64)
@@ -474,3 +740,34 @@ def _scatter(Gc, cols, i, j, vec, batch, F, W) -> None:
 
 def _sqrt(v):
     return np.sqrt(np.clip(v, 0.0, None))
+
+
+def _int_power(x: np.ndarray, n: int) -> np.ndarray:
+    """x ** n for an integer n >= 0 by multiplications (numpy's pow is 10 times slower)."""
+    out = np.ones_like(x)
+    for _ in range(n):
+        out *= x
+    return out
+
+
+def _add_rows(out: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:
+    """out[index[k]] += rows[k] in place, as np.add.at but 10 times faster: a sparse product,
+    on one thread (torch's index_add_ on two threads was 20 times slower on a busy machine)."""
+    import scipy.sparse
+
+    index = np.asarray(index, dtype=np.int64)
+    n = len(index)
+    select = scipy.sparse.csr_matrix((np.ones(n), (index, np.arange(n))), shape=(len(out), n))
+    out += select @ rows
+
+
+def draw_posterior_samples(R: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """(T, count) deviations ``b_k = R^-1 w_k`` of posterior samples from the fitted x, with
+    ``w_k`` drawn from N(0, I / count) (stream "gap-posterior-samples" of ``seed``): the
+    posterior covariance is ``R^-1 R^-T``, so ``sum_k b_k b_k^T`` has it as its mean."""
+    import scipy.linalg
+
+    from ..rng import random_stream
+
+    w = random_stream(seed, "gap-posterior-samples").standard_normal((len(R), int(count))) / math.sqrt(count)
+    return scipy.linalg.solve_triangular(np.asarray(R, dtype=np.float64), w, lower=False)

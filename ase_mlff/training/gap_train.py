@@ -35,8 +35,25 @@ Solve (Csányi, Willatt & Ceriotti 2020, Eqs. 6.5-6.7; docs/references.md): mini
 block-diagonal prior (``K_MM`` of the sparse environments, ``K_UU`` of the sparse distances,
 ``1 / sigma_e0^2``), by a QR decomposition of the stacked matrix ``[Lambda^-1/2 Phi ; chol(P)^T]``
 (never the normal equations, which square the condition number). The triangular factor is kept in
-the model file for the predictive variance unless ``--no-variance``. Any failure of a
-factorisation is a :class:`~ase_mlff.errors.TrainingError`.
+the model file for the predictive variance unless ``--no-variance``, with
+``--variance-samples`` posterior samples drawn from it (stream "gap-posterior-samples" of
+``--seed``) for the fast force and stress variance. Any failure of a factorisation is a
+:class:`~ase_mlff.errors.TrainingError`.
+
+Calibration (with the variance): the leave-one-frame-out errors and predictive variances of
+the training frames, exact from the QR factor (:func:`ase_mlff.training.sparse_gp.leave_one_frame_out`),
+give one factor per observable with the committees' definition (docs/uncertainty.md), so that
+the mean calibrated variance equals the mean squared held-out error::
+
+    c_E^2 = sum over frames dE^2 / sum over frames var_E
+    c_F^2 = sum over atoms |dF_a|^2 / sum over atoms (var_Fx + var_Fy + var_Fz)
+    c_S^2 = sum over stress components dS^2 / sum of their variances
+
+(the force factor stands in for stress when no frame has a stress label, 1 for energies when
+none has an energy; each factor is kept within the bounds a model file accepts, 1e-6 to 1e6).
+They go into the model file (``hyperparameters.calibration``) with their record
+(``training.calibration``), and with ``--test`` frames the record adds the calibrated
+uncertainty's ratio to the errors on them (``test_check``).
 
 Before anything is computed, test frames holding an element that no training frame holds are
 refused (:func:`ase_mlff.training.common.check_split_elements`, exit status 2).
@@ -44,9 +61,11 @@ refused (:func:`ase_mlff.training.common.check_split_elements`, exit status 2).
 Checkpoints (:mod:`ase_mlff.training.checkpoint`; ``OUTPUT.ckpt`` on the command line): one is
 written after the sparse environments are chosen (they are stored, so a resumed run skips the
 descriptors), every ``--checkpoint-interval`` seconds while the design matrix is built (the
-weighted rows of the frames done so far) and after the solve (``x`` and ``R``). Ctrl-C or
-SIGTERM stops at the next of these points after writing the checkpoint (exit 130 / 143; the
-QR itself is not interruptible: a stop asked for during it comes after it); ``--resume``
+weighted rows of the frames done so far) and after the solve and its cross-validation (``x``,
+``R`` and the held-out sums of the calibration; the posterior samples are drawn again from ``R``
+and the seed). Ctrl-C or SIGTERM stops at the next of these points after writing the checkpoint
+(exit 130 / 143; the QR and the cross-validation are not interruptible: a stop asked for during
+them comes after them); ``--resume``
 continues to the same model, bit for bit (every frame's rows depend on that frame alone and the
 QR sees the same matrix). A checkpoint of other data or options is refused.
 """
@@ -98,6 +117,8 @@ OPTIONS = (
     Option("two_body_n_sparse", 20, "sparse distances per element pair (uniform grid)", int),
     *sparse_gp.solve_options(sigma_force=0.1, sigma_virial=0.1),
     Option("no_variance", False, "do not keep the factors of the predictive variance in the model file", kind="flag"),
+    Option("variance_samples", 8, "posterior samples kept for the force and stress uncertainty (1-64; more: less "
+                                  "noise per atom, slower uncertainty)", int),
     Option("seed", 0, "seed of the random choices (test split, sparse points)", int),
     Option("checkpoint", None, "checkpoint file, removed after the model is saved "
                                "(none: OUTPUT.ckpt on the command line; no checkpoints in Python)"),
@@ -156,6 +177,28 @@ def select_sparse(X: np.ndarray, k: int, method: str, rng: np.random.Generator, 
     return first[np.sort(pick)]
 
 
+def gap_prior(model, jitter: float, sigma_e0: float) -> list[tuple[slice, np.ndarray]]:
+    """The prior blocks of :func:`ase_mlff.training.sparse_gp.solve` for ``model`` (its sparse
+    points chosen): ``U^T U = K_MM + jitter delta^2`` of the sparse environments (first, also
+    when empty), ``K_UU + jitter delta_2^2`` of the 2-body distances, ``1 / sigma_e0^2``."""
+    M, U, S = sum(model.n_sparse), model.n_pair_sparse, len(model.species)
+    Z = model.sparse.numpy()
+    sp = model.sparse_species.numpy()
+    Kmm = np.where(sp[:, None] == sp[None, :], Z @ Z.T, 0.0) ** model.zeta * model.delta ** 2
+    Kmm[np.diag_indices(M)] += jitter * model.delta ** 2
+    prior = [(slice(0, M), cholesky_upper(Kmm, "sparse environments") if M else np.zeros((0, 0)))]
+    if U:
+        two_body = model.two_body
+        rs = model.pair_sparse.numpy()
+        keys = model.pair_key_of().numpy()
+        Kuu = two_body["delta"] ** 2 * np.exp(-0.5 * (rs[:, None] - rs[None, :]) ** 2 / two_body["theta"] ** 2)
+        Kuu *= keys[:, None] == keys[None, :]
+        Kuu[np.diag_indices(U)] += jitter * two_body["delta"] ** 2
+        prior.append((slice(M, M + U), cholesky_upper(Kuu, "2-body sparse distances")))
+    prior.append((slice(M + U, M + U + S), np.eye(S) / sigma_e0))
+    return prior
+
+
 def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None,
             resume: tuple[dict, dict] | None = None, reference: GivenReferenceEnergies | None = None):
     """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``.
@@ -165,8 +208,9 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from;
     ``reference``: given e0 (:func:`~ase_mlff.training.common.parse_reference_energies`), held
     fixed instead of fitted."""
+    from ..errors import TrainingError
     from ..graph import FrameGraphs
-    from ..models.gap import GAPModel
+    from ..models.gap import GAPModel, draw_posterior_samples
     from ..rng import random_stream
 
     t0 = time.perf_counter()
@@ -186,12 +230,14 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
                     "delta": opts["two_body_delta"], "theta": opts["two_body_theta"],
                     "n_sparse": int(opts["two_body_n_sparse"])}
     common = dict(soap=soap_h, zeta=opts["zeta"], delta=opts["delta"])
+    variance = {"variance": not opts["no_variance"],
+                "variance_samples": None if opts["no_variance"] else int(opts["variance_samples"])}
     graph_cutoff = max(float(opts["cutoff"]), two_body["cutoff"]) if two_body else float(opts["cutoff"])
     graphs = FrameGraphs(frames, graph_cutoff)
     if "sparse" in saved:
         # 1-2. from the checkpoint: the chosen sparse points (the descriptors are not needed again)
         n_sparse, n_env = [int(n) for n in state["n_sparse"]], int(state["n_environments"])
-        model = GAPModel(species, n_sparse=n_sparse, two_body=two_body, variance=not opts["no_variance"], **common)
+        model = GAPModel(species, n_sparse=n_sparse, two_body=two_body, **variance, **common)
         model.sparse.copy_(torch.from_numpy(saved["sparse"]))
         model.pair_sparse.copy_(torch.from_numpy(saved["pair_sparse"]))
         log(f"resumed: sparse environments per element {dict(zip(species, n_sparse))} from the checkpoint")
@@ -217,8 +263,7 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
         chosen = [select_sparse(X[xs == a], int(opts["n_sparse"]), opts["sparse_method"], rng, opts["zeta"])
                   for a in range(S)]
         n_sparse = [len(c) for c in chosen]
-        model = GAPModel(species, n_sparse=n_sparse, two_body=two_body, variance=not opts["no_variance"],
-                         _defer_tables=True, **common)
+        model = GAPModel(species, n_sparse=n_sparse, two_body=two_body, _defer_tables=True, **variance, **common)
         model.adopt_soap(probe.soap)  # the probe's tables: no second quadrature
         model.sparse.copy_(torch.from_numpy(np.concatenate([X[xs == a][c] for a, c in enumerate(chosen)])))
         del X, desc
@@ -234,21 +279,8 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     if "sparse" not in saved:
         safe_point(lambda: (base_state, base_arrays), force=True)
     # 3. prior blocks, then the weighted least-squares solve (ase_mlff.training.sparse_gp)
-    M, U = sum(n_sparse), model.n_pair_sparse
-    Z = model.sparse.numpy()
-    sp = model.sparse_species.numpy()
-    Kmm = np.where(sp[:, None] == sp[None, :], Z @ Z.T, 0.0) ** model.zeta * model.delta ** 2
-    Kmm[np.diag_indices(M)] += opts["jitter"] * model.delta ** 2
-    Um = cholesky_upper(Kmm, "sparse environments") if M else np.zeros((0, 0))
-    prior = [(slice(0, M), Um)]
-    if U:
-        rs = model.pair_sparse.numpy()
-        keys = model.pair_key_of().numpy()
-        Kuu = two_body["delta"] ** 2 * np.exp(-0.5 * (rs[:, None] - rs[None, :]) ** 2 / two_body["theta"] ** 2)
-        Kuu *= keys[:, None] == keys[None, :]
-        Kuu[np.diag_indices(U)] += opts["jitter"] * two_body["delta"] ** 2
-        prior.append((slice(M, M + U), cholesky_upper(Kuu, "2-body sparse distances")))
-    prior.append((slice(M + U, M + U + S), np.eye(S) / opts["sigma_e0"]))
+    prior = gap_prior(model, opts["jitter"], opts["sigma_e0"])
+    Um = prior[0][1]
 
     def design(k):
         f = frames[k]
@@ -269,15 +301,12 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
                                          (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]),
                                          parse_config_type_sigmas(opts.get("sigma_config_type")), log=log,
                                          quiet=quiet, rows=done, on_rows=on_rows,
-                                         fixed=None if given is None else given["e0"])
+                                         fixed=None if given is None else given["e0"], cross_validate=model.variance)
         del done
         solved = {"x": x, **({"R": R.numpy()} if model.variance else {})}
         safe_point(lambda: ({**base_state, "stage": "solved", "fit_info": fit_info}, {**base_arrays, **solved}),
                    force=True)
     model.set_parameters(x)
-    if model.variance:
-        model.posterior_r.copy_(R)
-        model.prior_chol.copy_(torch.from_numpy(Um.T))
     if given is None:
         ref = reference_energies_record(species, model.e0.numpy(), "fitted", "fitted jointly with the GP under a "
                                         f"Gaussian prior of width --sigma-e0 {opts['sigma_e0']:g} eV around 0")
@@ -288,7 +317,65 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
             "reference_energies_eV": [float(v) for v in model.e0], "reference_energies": ref,
             "trained_on": observables(fit_info.get("labels") or {}),
             "resumed_from": state.get("stage") if resume else None}
+    cv = info.pop("cross_validation", None)
+    if model.variance:
+        R = R.numpy()
+        model.set_posterior(R, Um.T, draw_posterior_samples(R, model.variance_samples, opts["seed"]))
+        if cv is None:  # a checkpoint solved by a version without calibration (refused by its identity)
+            raise TrainingError("the checkpoint holds no cross-validation of the fit; delete it to start over")
+        factors, info["calibration"] = calibration_factors(cv)
+        model.set_calibration(factors)
+        log("uncertainty calibration (leave-one-frame-out): " + ", ".join(f"{k} {v:.3g}" for k, v in factors.items()))
     return model, info
+
+
+def calibration_factors(cv: dict) -> tuple[dict[str, float], dict]:
+    """The calibration factors (module docstring) from the sums of
+    :func:`~ase_mlff.training.sparse_gp.leave_one_frame_out`; returns ``(factors, record)``."""
+    from ..models.base import MIN_SCALE
+    from ..models.committee import MAX_CALIBRATION
+
+    record = {"method": "leave-one-frame-out cross-validation of the fit (exact, from its QR factor)",
+              "n_frames": cv["n_frames"], "skipped_frames": cv["skipped"]}
+    factors = {}
+    for key in ("energy", "forces", "stress"):
+        c = cv[key]
+        if c["n"] == 0 or not c["sum_variance"] > 0:
+            continue
+        f = float(np.sqrt(c["sum_error2"] / c["sum_variance"]))
+        record[key] = {"n": c["n"], "rms_error": float(np.sqrt(c["sum_error2"] / c["n"])),
+                       "rms_sigma": float(np.sqrt(c["sum_variance"] / c["n"]))}
+        if not MIN_SCALE <= f <= MAX_CALIBRATION:
+            record[key]["clipped_from"] = f
+            f = float(np.clip(f, MIN_SCALE, MAX_CALIBRATION))
+        factors[key] = f
+    if "forces" not in factors:
+        factors["forces"] = 1.0
+        record["forces"] = "no force labels: factor 1 (uncalibrated)"
+    if "energy" not in factors:
+        factors["energy"] = 1.0
+        record["energy"] = "no energy labels: factor 1 (uncalibrated)"
+    if "stress" not in factors:
+        factors["stress"] = factors["forces"]
+        record["stress"] = "no stress labels: the force factor is used"
+    record["factors"] = {k: factors[k] for k in ("energy", "forces", "stress")}
+    return record["factors"], record
+
+
+def held_out_check(model, frames) -> dict:
+    """How the calibrated uncertainty of ``model`` compares with its errors on held-out
+    ``frames``: per observable the RMS error, the RMS uncertainty and their ratio (1 =
+    calibrated), with the committees' definitions (forces per atom, stress per component)."""
+    from .committee import committee_errors
+
+    e = committee_errors(model, frames, calibrated=True)
+    out = {}
+    for key, err2, sig in (("energy", e["dE"] ** 2, e["sigma_E"]), ("forces", e["dF2"], e["sigma_F"]),
+                           ("stress", (e["dS"] ** 2).ravel(), e["sigma_S"].ravel())):
+        if len(err2) and np.mean(sig ** 2) > 0:
+            rms_e, rms_s = float(np.sqrt(np.mean(err2))), float(np.sqrt(np.mean(sig ** 2)))
+            out[key] = {"n": int(len(err2)), "rms_error": rms_e, "rms_sigma": rms_s, "ratio": rms_e / rms_s}
+    return out
 
 
 def train(data, progress=None, quiet: bool = True, stop_after: int | None = None, **options):
@@ -301,6 +388,10 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
     from .checkpoint import Checkpointer, StopGuard, identity
 
     opts = resolve_options([o for o in OPTIONS if o.library], given=options)
+    from ..models.gap import MAX_VARIANCE_SAMPLES
+
+    if not 1 <= int(opts["variance_samples"]) <= MAX_VARIANCE_SAMPLES:
+        raise UsageError(f"--variance-samples must be from 1 to {MAX_VARIANCE_SAMPLES}, got {opts['variance_samples']}")
     log = progress or (lambda msg: None)
     t0 = time.perf_counter()
     reference = parse_reference_energies(opts["reference_energies"], opts["energy_unit"])
@@ -341,6 +432,10 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
         metrics["test"] = frame_metrics(test_frames, predict_frames(MLFFCalculator(model), test_frames))
         info["test_eval_s"] = time.perf_counter() - t
         log(format_metrics("test", metrics["test"]))
+        if model.variance:
+            info["calibration"]["test_check"] = check = held_out_check(model, test_frames)
+            log("test frames, RMS error / RMS calibrated uncertainty: "
+                + ", ".join(f"{k} {v['ratio']:.2f}" for k, v in check.items()))
     else:  # no held-out frames: at least the fit to the training frames, labelled as such
         t = time.perf_counter()
         train_frames = [ds[int(i)] for i in train_idx]
@@ -402,6 +497,13 @@ def run(args) -> int:
         print(format_training_metrics(m, _HOLD_OUT) if name == "train" else format_metrics(name, m))
         for ct, mm in sorted((m.get("per_config_type") or {}).items()):
             print("   " + format_metrics(ct, mm))
+    if model.calibration is not None:
+        cal = rec["calibration"]
+        check = cal.get("test_check") or {}
+        print("uncertainty calibration factors (leave-one-frame-out, " + f"{cal['n_frames']} frames): "
+              + ", ".join(f"{k} {v:.3g}" for k, v in model.calibration.items())
+              + ("; on the test frames RMS error / RMS uncertainty " + ", ".join(
+                  f"{k} {v['ratio']:.2f}" for k, v in check.items()) if check else ""))
     if opts.get("report"):
         with open(opts["report"], "w") as fh:
             json.dump(rec, fh, indent=1)
