@@ -306,25 +306,33 @@ class GAPModel(Model):
                     Gc = (J[lo:hi].reshape(-1, J.shape[2]) @ Z.T).reshape(hi - lo, 3, M) * dk[i_np[lo:hi]][:, None, :]
                     _scatter(Gc, slice(0, M), i_np[lo:hi], j_np[lo:hi], vec[lo:hi], batch, F, W)
         if U:
-            tb = self.two_body
-            r = np.linalg.norm(vec, axis=1)
-            a, b = np.minimum(s_np[i_np], s_np[j_np]), np.maximum(s_np[i_np], s_np[j_np])
-            key = pair_key(a, b, S)
-            fc, dfc = cutoff_function(r, float(tb["cutoff"]), float(tb["width"]))
-            rs = self.pair_sparse.numpy().astype(np.float64)
-            th2 = float(tb["theta"]) ** 2
-            k = np.exp(-0.5 * (r[:, None] - rs[None, :]) ** 2 / th2) * (key[:, None] == self.pair_key_of().numpy()[None, :])
-            d2 = float(tb["delta"]) ** 2
-            vals = 0.5 * d2 * fc[:, None] * k
+            r, vals, dv = self._pair_rows(vec, s_np, i_np, j_np)
             torch.from_numpy(E)[:, M:M + U].index_add_(0, torch.from_numpy(i_np), torch.from_numpy(vals))
             if need_grad:
-                dv = 0.5 * d2 * (dfc[:, None] * k - fc[:, None] * k * (r[:, None] - rs[None, :]) / th2)
                 Gc = dv[:, None, :] * (vec / r[:, None])[:, :, None]
                 _scatter(Gc, slice(M, M + U), i_np, j_np, vec, batch, F, W)
         E[np.arange(N), M + U + s_np] = 1.0
         energy = np.zeros((B, T))
         np.add.at(energy, batch, E)
         return {"energy": energy, "atoms": E, "forces": F, "virial": W, **extra}
+
+    def _pair_rows(self, vec: np.ndarray, s_np: np.ndarray, i_np: np.ndarray, j_np: np.ndarray):
+        """The 2-body term's rows of every directed pair (float64 numpy): distances ``r`` (P,),
+        each pair's half of ``V`` against the sparse distances ``vals`` (P, U), and its
+        derivative in ``r`` ``dv`` (P, U) (module docstring: ``V_ab(r)``)."""
+        tb = self.two_body
+        r = np.linalg.norm(vec, axis=1)
+        a, b = np.minimum(s_np[i_np], s_np[j_np]), np.maximum(s_np[i_np], s_np[j_np])
+        key = pair_key(a, b, len(self.species))
+        fc, dfc = cutoff_function(r, float(tb["cutoff"]), float(tb["width"]))
+        rs = self.pair_sparse.numpy().astype(np.float64)
+        th2 = float(tb["theta"]) ** 2
+        same_pair = key[:, None] == self.pair_key_of().numpy()[None, :]
+        k = np.exp(-0.5 * (r[:, None] - rs[None, :]) ** 2 / th2) * same_pair
+        d2 = float(tb["delta"]) ** 2
+        vals = 0.5 * d2 * fc[:, None] * k
+        dv = 0.5 * d2 * (dfc[:, None] * k - fc[:, None] * k * (r[:, None] - rs[None, :]) / th2)
+        return r, vals, dv
 
     def _posterior(self, rows: np.ndarray) -> np.ndarray:
         """|R^-T phi|^2 for each row phi (..., T)."""
@@ -466,18 +474,8 @@ class GAPModel(Model):
             pair_grad += self.soap.backward_channels(gp, coeffs, first, nbr, centre, vec)
             del gp
         if U:
-            tb = self.two_body
-            r = np.linalg.norm(vec, axis=1)
-            a, b = np.minimum(s_np[i_np], s_np[j_np]), np.maximum(s_np[i_np], s_np[j_np])
-            key = pair_key(a, b, S)
-            fc, dfc = cutoff_function(r, float(tb["cutoff"]), float(tb["width"]))
-            rs = self.pair_sparse.numpy().astype(np.float64)
-            th2 = float(tb["theta"]) ** 2
-            same_pair = key[:, None] == self.pair_key_of().numpy()[None, :]
-            k = np.exp(-0.5 * (r[:, None] - rs[None, :]) ** 2 / th2) * same_pair
-            d2 = float(tb["delta"]) ** 2
-            _add_rows(phi_e[:, M:M + U], batch[i_np], 0.5 * d2 * fc[:, None] * k)
-            dv = 0.5 * d2 * (dfc[:, None] * k - fc[:, None] * k * (r[:, None] - rs[None, :]) / th2)
+            r, vals, dv = self._pair_rows(vec, s_np, i_np, j_np)
+            _add_rows(phi_e[:, M:M + U], batch[i_np], vals)
             pair_grad += (dv @ B[M:M + U])[:, None, :] * (vec / r[:, None])[:, :, None]
         np.add.at(phi_e, (batch, M + U + s_np), 1.0)
         z = scipy.linalg.solve_triangular(self.posterior_r.numpy(), phi_e.T, trans="T", lower=False)

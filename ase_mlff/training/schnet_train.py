@@ -378,15 +378,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def run(args) -> int:
-    from .trainer import distributed_run
+    from .trainer import run_recipe
 
-    try:
-        # under torchrun: one process group for the whole command (see _run)
-        with distributed_run(args.device) as ddp:
-            return _run(args, ddp)
-    except MLFFError as exc:  # joining the process group failed
-        print(f"ase-mlff train schnet: error: {exc}", file=sys.stderr)
-        return EXIT_DATA
+    return run_recipe("ase-mlff train schnet", _run, args)  # under torchrun: one process group (see _run)
 
 
 def _run(args, ddp) -> int:
@@ -395,12 +389,9 @@ def _run(args, ddp) -> int:
     from .. import data as data_mod
     from .checkpoint import TrainingInterrupted, default_checkpoint_path
     from .common import UsageError, check_new_output, timed_printer
-    from .trainer import reported_elsewhere, save_recipe_result
+    from .trainer import recipe_failure, save_recipe_result
 
-    def fail(exc, code):
-        if not reported_elsewhere(exc):
-            print(f"ase-mlff train schnet: error: {data_mod.command_line_message(str(exc))}", file=sys.stderr)
-        return code
+    fail = recipe_failure("ase-mlff train schnet")
 
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
     progress = timed_printer() if ddp.is_main else (lambda msg: None)

@@ -565,6 +565,31 @@ class distributed_run:
         return False
 
 
+def run_recipe(prog: str, body: Callable[[Any, "Distributed"], int], args) -> int:
+    """A network recipe's command: ``body(args, ddp)`` inside one process group for the whole
+    command (:class:`distributed_run`); a group that cannot be joined is an error of ``prog``
+    (exit status 1)."""
+    try:
+        with distributed_run(args.device) as ddp:
+            return body(args, ddp)
+    except MLFFError as exc:  # joining the process group failed
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def recipe_failure(prog: str) -> Callable[[BaseException, int], int]:
+    """``fail(exc, code)`` of a recipe's command: print the error in the command line's words
+    unless another rank reports it (:func:`reported_elsewhere`), return ``code``."""
+    from ..data import command_line_message
+
+    def fail(exc, code):
+        if not reported_elsewhere(exc):
+            print(f"{prog}: error: {command_line_message(str(exc))}", file=sys.stderr)
+        return code
+
+    return fail
+
+
 # =============================================================================== labels and loss
 class _Labels:
     """Per-frame targets as float64 tensors, and which labels each frame has."""
