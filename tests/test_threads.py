@@ -283,8 +283,12 @@ def _fresh(code, **env):
 
     full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     full.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full,
-                          timeout=120).stdout.strip().splitlines()
+    # run outside the checkout: `python -c` puts the working directory first on sys.path, and the
+    # checkout's ase_mlff/ has no compiled extension after `pip install .`
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()
 
 
 def test_importing_ase_mlff_first_makes_idle_openmp_threads_sleep():
