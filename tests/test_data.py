@@ -1,6 +1,6 @@
 """Tests of ase_mlff.units and ase_mlff.data (readers, validation, splits, statistics, hashing).
 
-Only files in tests/data are required; a few tests also use ../shared/data when it exists."""
+Only files in tests/data are required; a few tests also use the public data sets of docs/datasets.md ($ASE_MLFF_DATA) when they are there."""
 
 from __future__ import annotations
 
