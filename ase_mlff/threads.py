@@ -126,23 +126,24 @@ def pool_workers_created() -> int:
     return int(_core.pool_workers_created())
 
 
-def _serial_below() -> int:
+def _serial_below_from_env(default: int = 128) -> int:
     raw = os.environ.get("ASE_MLFF_SERIAL_BELOW", "").strip()
     if not raw:
-        return SERIAL_BELOW
+        return default
     try:
         return max(0, int(raw))
     except ValueError:
         warn(f"ignoring ASE_MLFF_SERIAL_BELOW={raw!r}: not a non-negative integer", RuntimeWarning)
-        return SERIAL_BELOW
+        return default
 
 
 #: structures with fewer atoms are evaluated with torch on the calling thread alone: their
 #: parallel regions are too short to pay for a second thread, and when another process holds
 #: a core the region waits for the thread that has none (Si GAP, 64 atoms, one busy-loop process
 #: beside it: 19.9 ms on two threads against 8.1 on one; idle, one thread is as fast).
-#: ``ASE_MLFF_SERIAL_BELOW`` (atoms) changes it; 0 turns it off.
-SERIAL_BELOW = 128
+#: ``ASE_MLFF_SERIAL_BELOW`` (atoms, read once at import like the thread count) changes it; 0
+#: turns it off.
+SERIAL_BELOW = _serial_below_from_env()
 
 _serial = threading.local()
 
@@ -155,7 +156,7 @@ def serial_torch_for(n_atoms: int | None) -> Iterator[None]:
     nested blocks restore once, when the outermost leaves."""
     import torch
 
-    if n_atoms is None or n_atoms >= _serial_below():
+    if n_atoms is None or n_atoms >= SERIAL_BELOW:
         yield
         return
     depth = getattr(_serial, "depth", 0)
@@ -187,7 +188,7 @@ def describe() -> str:
         waits = "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)"
     else:
         waits = f"idle OpenMP threads sleep (OMP_WAIT_POLICY={policy})"
-    below = _serial_below()
+    below = SERIAL_BELOW
     serial = f" (1 below {below} atoms)" if below and torch.get_num_threads() > 1 else ""
     line = (f"threads: {get_num_threads()} for ase-mlff's kernels, {torch.get_num_threads()} for torch{serial}; "
             f"{waits}")

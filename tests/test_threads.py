@@ -302,6 +302,12 @@ def test_importing_ase_mlff_first_makes_idle_openmp_threads_sleep():
     assert policy == "active" and "idle OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)" in line
     policy, line = _fresh("import torch; " + code)
     assert policy == "None" and "set it before starting Python" in line
+    # the small-structure threshold is read from the environment at import; 0 turns it off
+    code = ("import ase_mlff, torch, ase_mlff.threads as t; torch.set_num_threads(2); print(t.SERIAL_BELOW); "
+            "print(t.describe())")
+    assert _fresh(code, ASE_MLFF_SERIAL_BELOW="0")[0] == "0"
+    below, line = _fresh(code)
+    assert below == "128" and "2 for torch (1 below 128 atoms)" in line
 
 
 def test_small_structures_run_torch_on_one_thread_and_restore_the_count(monkeypatch):
@@ -348,7 +354,7 @@ def test_small_structures_run_torch_on_one_thread_and_restore_the_count(monkeypa
         for w in workers:
             w.join()
         assert during == [1, 1] and after == [2, 2] and torch.get_num_threads() == 2
-        monkeypatch.setenv("ASE_MLFF_SERIAL_BELOW", "0")  # turned off
+        monkeypatch.setattr(ase_mlff.threads, "SERIAL_BELOW", 0)  # ASE_MLFF_SERIAL_BELOW=0: turned off
         with serial_torch_for(5):
             assert torch.get_num_threads() == 2
     finally:
