@@ -11,8 +11,8 @@ import sys as _sys
 # Idle OpenMP threads sleep instead of spinning (read once, when torch loads its OpenMP runtime,
 # so only effective when ase_mlff is imported before torch; a value the user set is kept).
 # Spinning workers hold a core while they wait: on a machine with any other process running,
-# the thread doing the work then waits for a core, and small models became 5-17x slower on two
-# threads than on one (docs/benchmarks.md, "Threads under contention").
+# the thread doing the work then waits for a core, and small models became up to ~3x slower on
+# two threads than on one (docs/benchmarks.md, "Threads under contention").
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     #: OMP_WAIT_POLICY as torch's OpenMP runtime reads it; None: not set when torch, imported

@@ -4,8 +4,8 @@ thread, on an idle machine and with busy-loop processes beside the run.
 Users' machines are never idle (a browser, another job, a second MD run), and a thread pool
 that spins while it waits takes the core the working thread needs: before ase-mlff made idle
 OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set when ``ase_mlff`` is imported before
-torch), a 192-atom water step with the Behler-Parrinello model took 251 ms on two threads next
-to one busy process, against 47 ms on one thread.
+torch), a 192-atom water step with the Behler-Parrinello model took 126.5 ms on two threads next
+to one busy process, against 44.1 ms on one thread (docs/benchmarks.md).
 
 For each shipped model and size, each configuration runs in a fresh process (the OpenMP
 runtime reads its wait policy once, at load):
