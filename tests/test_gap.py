@@ -558,3 +558,25 @@ def test_train_gap_does_not_offer_committee_options(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["train", family, "--help"])
         assert "--committee K" in capsys.readouterr().out, family
+
+
+def test_a_call_with_uncertainty_computes_the_soap_once_and_keeps_nothing(monkeypatch):
+    """The variance reuses the energy pass's SOAP of the same call (one soap.raw), and neither
+    that call nor a later plain one leaves arrays behind on the model."""
+    from ase.build import bulk
+
+    from ase_mlff.io import load_model
+
+    model = load_model(os.path.join(os.path.dirname(__file__), "..", "potentials", "si_gap.mlff"))
+    calls = []
+    raw = model.soap.raw
+    monkeypatch.setattr(model.soap, "raw", lambda *a, **k: calls.append(1) or raw(*a, **k))
+    atoms = bulk("Si", "diamond", a=5.47, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = MLFFCalculator(model, uncertainty=True)
+    atoms.get_forces()
+    assert len(calls) == 1 and model.soap.last is None and not model.soap.keep_last
+    plain = atoms.copy()
+    plain.calc = MLFFCalculator(model)
+    plain.get_forces()
+    assert len(calls) == 2 and model.soap.last is None

@@ -38,6 +38,7 @@ without pickle.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Iterable
@@ -246,17 +247,24 @@ class Model(torch.nn.Module):
         """
         if stress and not self.supports_stress:
             raise InputError(f"{self.family} models give no stress (global model without per-atom energies)")
-        if self.uses_analytic(graph, create_graph):
-            out = self.analytic(graph, forces, stress)
-        else:
-            out = self._autograd(graph, forces, stress, create_graph)
-        if extras:
-            if not self.extra_results:
-                raise InputError(f"this {self.family} model gives no extra results (no uncertainty)")
-            missing = [k for k in self.extra_results if k not in out.extras]
-            if missing:
-                out.extras.update(self.compute_extras(graph, out, stress))
+        if extras and not self.extra_results:
+            raise InputError(f"this {self.family} model gives no extra results (no uncertainty)")
+        with self.extras_call() if extras else contextlib.nullcontext():
+            if self.uses_analytic(graph, create_graph):
+                out = self.analytic(graph, forces, stress)
+            else:
+                out = self._autograd(graph, forces, stress, create_graph)
+            if extras:
+                missing = [k for k in self.extra_results if k not in out.extras]
+                if missing:
+                    out.extras.update(self.compute_extras(graph, out, stress))
         return out
+
+    def extras_call(self):
+        """Context of one :meth:`compute` call that asks for extra results, around both the
+        energy pass and :meth:`compute_extras`: a family whose extras reuse what its energy
+        pass computes (GAP's variance, the SOAP) keeps it for that call only. Default: nothing."""
+        return contextlib.nullcontext()
 
     def _autograd(self, graph: Graph, forces: bool, stress: bool, create_graph: bool) -> ModelOutput:
         positions = graph.positions

@@ -69,6 +69,7 @@ benchmarks/gap.py uncertainty``), so it is not used for the uncertainties.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Iterable
 
@@ -494,6 +495,17 @@ class GAPModel(Model):
             out["virial"] = (virial ** 2).sum(-1)
         return out
 
+    @contextlib.contextmanager
+    def extras_call(self):
+        """The energy pass of a call with uncertainty keeps its SOAP (and kernel values) for
+        :meth:`sampled_variance`, which then needs no second SOAP; dropped when the call ends,
+        so plain calls keep nothing."""
+        self.soap.keep_last = self.variance_method == "samples"
+        try:
+            yield
+        finally:
+            self.soap.keep_last, self.soap.last = False, None
+
     def compute_extras(self, graph: Graph, output, stress: bool) -> dict[str, torch.Tensor]:
         """Calibrated uncertainties: ``c * sqrt(variance)`` with the factors ``c`` of
         :attr:`calibration` (1 for a file written before calibration, with a warning) and the
@@ -502,7 +514,6 @@ class GAPModel(Model):
         from ..errors import InputError
 
         if self.variance_method == "samples":
-            self.soap.keep_last = True  # from now on the energy pass keeps its SOAP for this one
             var = self.sampled_variance(graph, stress)
         elif self.variance_method == "exact":
             var = self.predictive_variance(graph, stress)
