@@ -377,11 +377,12 @@ def unpack_state(js, arrays, device=None) -> dict[str, Any]:
 # a second time (the rank that met it did).
 def _error_classes() -> dict[str, type]:
     from ..errors import ModelFileError
-    from .common import UsageError
+    from .common import ReferenceEnergiesError, SplitError, UsageError
 
     return {c.__name__: c for c in (MLFFError, InputError, OutputExistsError, ModelFileError, DatasetError,
-                                    TrainingError, UsageError, ValueError, TypeError, OSError, FileNotFoundError,
-                                    PermissionError, ImportError, ModuleNotFoundError)}
+                                    TrainingError, UsageError, SplitError, ReferenceEnergiesError, ValueError,
+                                    TypeError, OSError, FileNotFoundError, PermissionError, ImportError,
+                                    ModuleNotFoundError)}
 
 
 def reported_elsewhere(exc: BaseException) -> bool:
@@ -572,8 +573,9 @@ def run_recipe(prog: str, body: Callable[[Any, "Distributed"], int], args) -> in
     try:
         with distributed_run(args.device) as ddp:
             return body(args, ddp)
-    except MLFFError as exc:  # joining the process group failed
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except MLFFError as exc:  # joining the process group failed, or another rank's error
+        if not reported_elsewhere(exc):
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
 
 
@@ -583,7 +585,9 @@ def recipe_failure(prog: str) -> Callable[[BaseException, int], int]:
     from ..data import command_line_message
 
     def fail(exc, code):
-        if not reported_elsewhere(exc):
+        # printed by the rank that met it when the ranks agreed on it (Distributed.agree marks it
+        # all_ranks); one that every rank met by itself (a split check of the same data), by rank 0
+        if not reported_elsewhere(exc) and (getattr(exc, "all_ranks", False) or process_rank() == 0):
             print(f"{prog}: error: {command_line_message(str(exc))}", file=sys.stderr)
         return code
 
@@ -1271,11 +1275,7 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
     from .checkpoint import TrainingInterrupted
 
     main_rank = process_rank() == 0
-
-    def fail(exc, code):
-        if not reported_elsewhere(exc):
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return code
+    fail = recipe_failure(prog)
 
     try:
         opts = options_from_args(args)
@@ -1427,9 +1427,7 @@ def _main(args, ddp: Distributed, prog: str) -> int:
     try:
         ddp.agree(failure)  # every rank read the same data and built the same model, or all stop
     except (MLFFError, OSError, ValueError, TypeError, ImportError) as exc:
-        if not reported_elsewhere(exc):
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return _exit_status(exc)
+        return recipe_failure(prog)(exc, _exit_status(exc))
     training = {"data_sha256": ds.sha256(), "source": args.data, "recipe": "ase_mlff.training.trainer",
                 "split": {"train": split.train.tolist(), "valid": split.valid.tolist()}, "seed": args.seed,
                 "command": " ".join(sys.argv)}
