@@ -580,3 +580,15 @@ def test_a_call_with_uncertainty_computes_the_soap_once_and_keeps_nothing(monkey
     plain.calc = MLFFCalculator(model)
     plain.get_forces()
     assert len(calls) == 2 and model.soap.last is None
+
+
+def test_a_cutoff_other_than_the_terms_reach_is_refused_when_built():
+    """The loader refuses a GAP file whose cutoff differs from the reach of its SOAP and 2-body
+    terms; the constructor refuses it too, instead of building a model that saves but never loads."""
+    from ase_mlff.models.gap import GAPModel
+
+    soap = dict(cutoff=4.0, n_max=2, l_max=1)
+    assert GAPModel([14], soap=soap).cutoff == 4.0
+    assert GAPModel([14], cutoff=4.0, soap=soap).cutoff == 4.0
+    with pytest.raises(ValueError, match="does not match the reach"):
+        GAPModel([14], cutoff=6.0, soap=soap)

@@ -140,7 +140,9 @@ class GAPModel(Model):
         soap = {k: v for k, v in dict(soap or {}).items() if k in _SOAP_KEYS}
         soap.setdefault("cutoff", 5.0)
         rc = max(float(soap["cutoff"]), float(two_body["cutoff"]) if two_body else 0.0)
-        super().__init__(species, rc if cutoff is None else cutoff)
+        if cutoff is not None and float(cutoff) != rc:  # the loader refuses such a file (check_config)
+            raise ValueError(f"cutoff {cutoff} does not match the reach of the SOAP and 2-body terms, {rc}")
+        super().__init__(species, rc)
         S = len(species)
         self.zeta, self.delta = int(zeta), float(delta)
         self.n_sparse = [int(n) for n in n_sparse] or [0] * S

@@ -81,6 +81,8 @@ import time
 import numpy as np
 import torch
 
+from ..models.gap import DEFAULT_VARIANCE_SAMPLES, MAX_VARIANCE_SAMPLES
+
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, GivenReferenceEnergies, Option, UsageError,
                      add_options, check_given_reference, check_new_output, check_split_elements, format_metrics,
                      format_training_metrics, frame_metrics, observables, parse_reference_energies,
@@ -117,8 +119,8 @@ OPTIONS = (
     Option("two_body_n_sparse", 20, "sparse distances per element pair (uniform grid)", int),
     *sparse_gp.solve_options(sigma_force=0.1, sigma_virial=0.1),
     Option("no_variance", False, "do not keep the factors of the predictive variance in the model file", kind="flag"),
-    Option("variance_samples", 8, "posterior samples kept for the force and stress uncertainty (1-64; more: less "
-                                  "noise per atom, slower uncertainty)", int),
+    Option("variance_samples", DEFAULT_VARIANCE_SAMPLES, "posterior samples kept for the force and stress "
+           f"uncertainty (1-{MAX_VARIANCE_SAMPLES}; more: less noise per atom, slower uncertainty)", int),
     Option("seed", 0, "seed of the random choices (test split, sparse points)", int),
     Option("checkpoint", None, "checkpoint file, removed after the model is saved "
                                "(none: OUTPUT.ckpt on the command line; no checkpoints in Python)"),
@@ -208,7 +210,6 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from;
     ``reference``: given e0 (:func:`~ase_mlff.training.common.parse_reference_energies`), held
     fixed instead of fitted."""
-    from ..errors import TrainingError
     from ..graph import FrameGraphs
     from ..models.gap import GAPModel, draw_posterior_samples
     from ..rng import random_stream
@@ -321,8 +322,6 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     if model.variance:
         R = R.numpy()
         model.set_posterior(R, Um.T, draw_posterior_samples(R, model.variance_samples, opts["seed"]))
-        if cv is None:  # a checkpoint solved by a version without calibration (refused by its identity)
-            raise TrainingError("the checkpoint holds no cross-validation of the fit; delete it to start over")
         factors, info["calibration"] = calibration_factors(cv)
         model.set_calibration(factors)
         log("uncertainty calibration (leave-one-frame-out): " + ", ".join(f"{k} {v:.3g}" for k, v in factors.items()))
@@ -388,7 +387,6 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
     from .checkpoint import Checkpointer, StopGuard, identity
 
     opts = resolve_options([o for o in OPTIONS if o.library], given=options)
-    from ..models.gap import MAX_VARIANCE_SAMPLES
 
     if not 1 <= int(opts["variance_samples"]) <= MAX_VARIANCE_SAMPLES:
         raise UsageError(f"--variance-samples must be from 1 to {MAX_VARIANCE_SAMPLES}, got {opts['variance_samples']}")
