@@ -48,7 +48,7 @@ from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_c
 from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from .checkpoint import TrainingInterrupted
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_given_reference, check_split_elements,
-                     format_training_metrics, frame_metrics, parse_reference_energies, predict_frames,
+                     format_training_metrics, model_metrics, parse_reference_energies,
                      reference_energies)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
@@ -212,18 +212,9 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
     if test_f:
         report["test"] = evaluate_frames(model, test_f)
     else:  # nothing held out for testing: at least the fit to the training frames, labelled as such
-        report["train"] = training_set_errors(model, train_f)
+        report["train"] = model_metrics(model, train_f)
         say(format_training_metrics(report["train"]))
     return model, report
-
-
-def training_set_errors(model, frames) -> dict:
-    """The shared metrics (:func:`~ase_mlff.training.common.frame_metrics`) of ``model`` on its
-    own training ``frames``, through the calculator."""
-    from ..calculator import MLFFCalculator
-
-    model.eval()
-    return frame_metrics(frames, predict_frames(MLFFCalculator(model), frames))
 
 
 # ------------------------------------------------------------------------- command line

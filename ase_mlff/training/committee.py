@@ -174,9 +174,8 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     ``reference_energies``: given per-element reference energies for every model (anything
     :func:`~ase_mlff.training.common.parse_reference_energies` reads; numbers in eV).
     """
-    from ..calculator import MLFFCalculator
-    from .common import (check_given_reference, format_training_metrics, frame_metrics, parse_reference_energies,
-                         predict_frames, reference_energies_record)
+    from .common import (check_given_reference, format_training_metrics, model_metrics, parse_reference_energies,
+                         reference_energies_record)
 
     say = progress or (lambda msg: None)
     ds = _as_dataset(data)
@@ -248,7 +247,7 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
         factors, record = {"energy": 1.0, "forces": 1.0, "stress": 1.0}, {"n_frames": 0}
         # nothing held out: at least the served prediction's fit to the training pool, labelled as such
         pool_frames = [ds[int(i)] for i in pool]
-        report["metrics"] = {"train": frame_metrics(pool_frames, predict_frames(MLFFCalculator(model), pool_frames))}
+        report["metrics"] = {"train": model_metrics(model, pool_frames)}
         say(format_training_metrics(report["metrics"]["train"]))
     else:
         say(f"calibrating on {len(frames)} held-out frames")
@@ -650,7 +649,7 @@ def run(family: str, args) -> int:
     else:
         given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         try:  # flags over --config over defaults, as in ``train mff`` itself
-            from .common import UsageError, resolve_options
+            from .common import resolve_options
             from .mff_train import OPTIONS
 
             given.update(resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",),

@@ -181,6 +181,15 @@ def predict_frames(calc, frames: Sequence, stress: bool = True) -> list[dict]:
     return out
 
 
+def model_metrics(model, frames: Sequence) -> dict[str, Any]:
+    """:func:`frame_metrics` of ``model`` (evaluation mode) on ``frames``, predicted through
+    the calculator: the training-set, test or pool errors every recipe reports."""
+    from ..calculator import MLFFCalculator
+
+    model.eval()
+    return frame_metrics(frames, predict_frames(MLFFCalculator(model), frames))
+
+
 def format_metrics(name: str, m: dict) -> str:
     """One line of the main metrics, for progress output."""
     parts = [f"{name} ({m.get('n_frames', m.get('n_energy', '?'))} frames):"]

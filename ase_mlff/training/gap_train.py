@@ -82,11 +82,10 @@ import numpy as np
 import torch
 
 from ..models.gap import DEFAULT_VARIANCE_SAMPLES, MAX_VARIANCE_SAMPLES
-
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, GivenReferenceEnergies, Option, UsageError,
                      add_options, check_given_reference, check_new_output, check_split_elements, format_metrics,
-                     format_training_metrics, frame_metrics, observables, parse_reference_energies,
-                     predict_frames, read_training_data, reference_energies_record, resolve_cli_options,
+                     format_training_metrics, model_metrics, observables, parse_reference_energies,
+                     read_training_data, reference_energies_record, resolve_cli_options,
                      resolve_options, timed_printer)
 from .common import training_record as common_record
 from . import sparse_gp
@@ -382,7 +381,6 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
     returns ``(model, record)``, the record being the ``training`` dict of its model file.
     ``checkpoint``/``resume``/``checkpoint_interval`` (options) and ``stop_after`` (a stop after
     that many safe points, for tests): see the module docstring."""
-    from ..calculator import MLFFCalculator
     from ..errors import DatasetError, TrainingError
     from .checkpoint import Checkpointer, StopGuard, identity
 
@@ -427,7 +425,7 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
     metrics = {}
     if test_frames:
         t = time.perf_counter()
-        metrics["test"] = frame_metrics(test_frames, predict_frames(MLFFCalculator(model), test_frames))
+        metrics["test"] = model_metrics(model, test_frames)
         info["test_eval_s"] = time.perf_counter() - t
         log(format_metrics("test", metrics["test"]))
         if model.variance:
@@ -437,7 +435,7 @@ def train(data, progress=None, quiet: bool = True, stop_after: int | None = None
     else:  # no held-out frames: at least the fit to the training frames, labelled as such
         t = time.perf_counter()
         train_frames = [ds[int(i)] for i in train_idx]
-        metrics["train"] = frame_metrics(train_frames, predict_frames(MLFFCalculator(model), train_frames))
+        metrics["train"] = model_metrics(model, train_frames)
         info["train_eval_s"] = time.perf_counter() - t
         log(format_training_metrics(metrics["train"]))
     info["total_s"] = time.perf_counter() - t0

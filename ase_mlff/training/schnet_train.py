@@ -309,9 +309,9 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
               "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None),
               "reference_energies": reference, "trained_on": record.trained_on}
     if not test_f:  # nothing held out for testing: at least the fit to the training frames, labelled as such
-        from .bpnn_train import training_set_errors
+        from .common import model_metrics
 
-        report["train"] = training_set_errors(model, train_f)
+        report["train"] = model_metrics(model, train_f)
         say(format_training_metrics(report["train"]))
     return model, report
 
