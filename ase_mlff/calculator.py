@@ -256,7 +256,7 @@ class MLFFCalculator(Calculator):
             raise InputError("no structure given: pass the atoms (calc.get_property(name, atoms))")
         want_stress = self._want_stress(atoms, properties)
         graph, order = self._prepare(atoms, self.nl)
-        with serial_torch_for(graph.n_atoms if self.device.type == "cpu" else None):
+        with self._torch_threads(graph):
             out = self.model.compute(graph, forces=True, stress=want_stress, extras=self.uncertainty)
         self.results = self._unpack(_as_numpy(out, self.model.family), atoms, want_stress, order)
 
@@ -291,6 +291,10 @@ class MLFFCalculator(Calculator):
                                      order=None if order is None else order[0],
                                      dtype=self.dtype, device=self.device)
         return graph, order
+
+    def _torch_threads(self, graph):
+        """Small structures on the CPU evaluate torch on one thread (:func:`serial_torch_for`)."""
+        return serial_torch_for(graph.n_atoms if self.device.type == "cpu" else None)
 
     def _prepare_outer(self, atoms, nl: NeighborList):
         """The MD path of a model that ignores pairs beyond its cutoff: the graph holds the
@@ -414,7 +418,7 @@ class MLFFCalculator(Calculator):
             graphs.append(self._prepare(atoms)[0])
             flags.append(self._want_stress(atoms, ["stress"] if stress else []))
         graph = batch_graphs(graphs)
-        with serial_torch_for(graph.n_atoms if self.device.type == "cpu" else None):
+        with self._torch_threads(graph):
             out = self.model.compute(graph, forces=True, stress=any(flags), extras=self.uncertainty)
         out = _as_numpy(out, self.model.family)
         batch = graph.batch.cpu().numpy()

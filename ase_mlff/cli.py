@@ -52,6 +52,7 @@ def _train_families() -> dict[str, tuple[str, str]]:
 
 def _info(args) -> int:
     from .io import read_metadata
+    from ._warn import warn
     from .training.common import trained_on, untrained_stress_warning
 
     meta = read_metadata(args.model)
@@ -102,8 +103,7 @@ def _info(args) -> int:
     print(f"arrays: {n} ({', '.join(sorted(meta.get('arrays', {}))[:8])}{', ...' if n > 8 else ''})")
     warning = untrained_stress_warning(meta, args.model, "the stress and pressure it gives are")
     if warning:
-        sys.stdout.flush()
-        print(f"ase-mlff: warning: {warning}", file=sys.stderr)
+        warn(warning)  # printed as 'ase-mlff: warning: ...' (main's warning handler)
     return 0
 
 

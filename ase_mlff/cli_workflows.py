@@ -19,6 +19,8 @@ import argparse
 import os
 import sys
 
+from ._warn import warn
+
 _UNITS = ("Units: eV, Å, fs, K; pressures in GPa; phonon frequencies in THz. STRUCTURE is any file\n"
           "ase.io.read reads; --index picks the frame (default the last one, as ase does).")
 _MODEL_HELP = "model file (.mlff)"
@@ -109,7 +111,7 @@ def _warn_untrained_stress(calc, name, what: str) -> None:
 
     text = untrained_stress_warning(getattr(calc.model, "meta", None), name, what)
     if text:
-        print(f"ase-mlff: warning: {text}", file=sys.stderr, flush=True)
+        warn(text)  # the command line prints it as 'ase-mlff: warning: ...'
 
 
 def _default_timestep(atoms) -> float:
@@ -121,15 +123,9 @@ def _md_mode(args) -> str:
     return "append" if args.append else ("overwrite" if args.overwrite else "new")
 
 
-def _threads_line() -> str:
-    """What md and relax print before they run: the threads, and whether idle ones sleep."""
-    from .threads import describe
-
-    return describe()
-
-
 def _run_md(args) -> int:
-    from .workflows._common import refuse_existing
+    from .threads import describe
+    from .workflows._common import has_stress, refuse_existing
     from .workflows.md import run_md
 
     traj = None if args.trajectory in (None, "", "none") else args.trajectory
@@ -144,8 +140,6 @@ def _run_md(args) -> int:
         refuse_existing([args.plot], "give another --plot name (or --overwrite, which also replaces the run's "
                                      "trajectory and log)")
     calc, atoms = _calc_and_atoms(args)
-    from .workflows._common import has_stress
-
     if has_stress(calc, atoms) and all(atoms.pbc):  # the log and the summary then give the pressure
         _warn_untrained_stress(calc, args.model, "the pressures it logs" + (" and the NPT cell" if args.ensemble
                                                                            == "npt" else "") + " are")
@@ -154,7 +148,7 @@ def _run_md(args) -> int:
           f"{args.ensemble.upper()}, T = {args.temperature:g} K"
           + (f", P = {args.pressure:g} GPa" if args.ensemble == "npt" else "") + f", dt = {timestep:g} fs",
           flush=True)
-    print(_threads_line(), flush=True)
+    print(describe(), flush=True)  # the threads, and whether idle ones sleep
     res = run_md(atoms, calc, ensemble=args.ensemble, temperature=args.temperature, timestep=timestep,
                  steps=args.steps, pressure=args.pressure, friction=args.friction, tdamp=args.tdamp,
                  pdamp=args.pdamp, barostat=args.barostat, init_velocities=not args.keep_velocities,
@@ -233,6 +227,7 @@ def _md_parser(p) -> None:
 
 # ----------------------------------------------------------------------------------- relax
 def _run_relax(args) -> int:
+    from .threads import describe
     from .workflows.relax import relax
 
     calc, atoms = _calc_and_atoms(args)
@@ -244,7 +239,7 @@ def _run_relax(args) -> int:
         output = f"{stem}_relaxed.extxyz"
     traj = None if args.trajectory in (None, "", "none") else args.trajectory
     log = None if args.log == "none" else args.log
-    print(_threads_line(), flush=True)
+    print(describe(), flush=True)
     res = relax(atoms, calc, optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, cell=args.cell,
                 pressure=args.pressure, hydrostatic=args.hydrostatic, trajectory=traj, output=output,
                 logfile=log, progress=False, overwrite=args.overwrite)

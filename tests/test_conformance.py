@@ -38,8 +38,8 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 import torch
-from conformance_examples import (EXAMPLES, STRUCTURES, Example, build_example, missing_example_message,
-                                  shared_structures)
+from conformance_examples import (EXAMPLES, ROUNDING, STRUCTURES, Example, build_example,
+                                  missing_example_message, shared_structures)
 
 import ase_mlff.models  # noqa: F401  (registers the package's families)
 import analytic_potential  # noqa: F401  (registers the test-only family "test_analytic")
@@ -90,10 +90,6 @@ FD_POSITION_STEP, FD_STRAIN_STEP = 1e-3, 1e-4
 FD_FORCE_TOL = 1e-5  # eV/Å, times max(1, largest force component)
 FD_VIRIAL_TOL = 1e-5  # eV (volume times stress), times max(1, largest virial component)
 _STENCIL = ((2.0, -1.0 / 12.0), (1.0, 8.0 / 12.0), (-1.0, -8.0 / 12.0), (-2.0, 1.0 / 12.0))
-#: invariances, batches, analytic vs autograd: same numbers up to float64 rounding (relative
-#: to the size of each quantity); an example whose sums cancel more states its own
-#: (``Example.rounding``)
-ROUNDING = 1e-9
 #: Hessians: central differences of the forces, relative to max(1, largest element)
 #: (truncation ~ d^2 |d3F/dx3| / 6, rounding ~ 1e-16 |F| / d)
 FD_HESSIAN_STEP = 1e-4

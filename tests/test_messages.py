@@ -233,7 +233,7 @@ def _as_mlearn_document(atoms):
 
 
 @pytest.mark.parametrize("name,element", [("si_mlearn_16.extxyz", "Si"), ("mo_mlearn_10.extxyz", "Mo")])
-def test_mlearn_conversion_gives_the_stress_of_the_test_data(tmp_path, name, element):
+def test_mlearn_conversion_gives_the_stress_of_the_test_data(tmp_path, monkeypatch, name, element):
     """Si and Mo use different stress component orders in mlearn's JSON; the conversion gives
     the stress of tests/data (whose order was established by energy-stress consistency)."""
     import json
@@ -253,7 +253,7 @@ def test_mlearn_conversion_gives_the_stress_of_the_test_data(tmp_path, name, ele
         assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), rel=1e-14)
         assert a.info["config_type"] == b.info["config_type"]
     shear_swapped = "xx yy zz xy yz xz" if element == "Mo" else "xx yy zz xy xz yz"
-    public_data.MLEARN_STRESS_ORDER[element] = shear_swapped  # the other order is visibly wrong
+    monkeypatch.setitem(public_data.MLEARN_STRESS_ORDER, element, shear_swapped)  # visibly wrong
     wrong = public_data.mlearn_atoms(_as_mlearn_document(frames[0]), element).get_stress()
     assert np.abs(wrong - frames[0].get_stress()).max() > 1e-3 * np.abs(frames[0].get_stress()).max()
 

@@ -281,7 +281,9 @@ def _fresh(code, **env):
     import subprocess
     import sys
 
-    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    # a developer's own thread settings must not change what a fresh import does
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "ASE_MLFF_SERIAL_BELOW", "ASE_MLFF_NUM_THREADS")}
     full.update(env)
     # run outside the checkout: `python -c` puts the working directory first on sys.path, and the
     # checkout's ase_mlff/ has no compiled extension after `pip install .`
@@ -292,7 +294,8 @@ def _fresh(code, **env):
 
 
 def test_importing_ase_mlff_first_makes_idle_openmp_threads_sleep():
-    """Spinning OpenMP workers made small models 5-17x slower on a busy machine: ase_mlff sets
+    """Spinning OpenMP workers made small models up to ~3x slower on a busy machine
+    (docs/benchmarks.md, benchmarks/threads.py): ase_mlff sets
     OMP_WAIT_POLICY=PASSIVE before torch loads its runtime, keeps a user's value, and says when
     torch was loaded first and it could not."""
     code = "import ase_mlff, os, ase_mlff.threads as t; print(os.environ.get('OMP_WAIT_POLICY')); print(t.describe())"

@@ -123,11 +123,11 @@ class Model(torch.nn.Module):
     #: buffers that stay float64 when the model is moved to another dtype (``model.to(float32)``):
     #: kernel coefficients that cancel (sGDML's reach 1e7), reference energies of -1000 eV/atom
     float64_buffers: ClassVar[tuple[str, ...]] = ()
-    #: second derivatives by double backward through :meth:`forward` are exact. False for a
-    #: family whose forward goes through a compiled first-order backward (GAP's SOAP): autograd
-    #: would treat that backward as constant and return a wrong Hessian without a word, so
-    #: :meth:`hessian` refuses instead
-    double_backward: ClassVar[bool] = True
+    #: :meth:`hessian` (second derivatives by double backward through :meth:`forward`) is exact.
+    #: False for a family whose forward goes through a compiled first-order backward (GAP's
+    #: SOAP): autograd would treat that backward as constant and return a wrong Hessian without
+    #: a word, so :meth:`hessian` raises InputError instead
+    supports_hessian: ClassVar[bool] = True
 
     def __init__(self, species: Iterable[int], cutoff: float | None, config: dict[str, Any] | None = None):
         super().__init__()
@@ -293,23 +293,14 @@ class Model(torch.nn.Module):
             out = out.detach()
         return out
 
-    @property
-    def supports_hessian(self) -> bool:
-        """Whether :meth:`hessian` gives exact second derivatives (else it raises InputError)."""
-        return self.double_backward
-
-    def refuse_hessian(self) -> None:
-        """Raise :class:`InputError` naming the family when it has no exact Hessian."""
+    def hessian(self, graph: Graph) -> torch.Tensor:
+        """Second derivatives of the energy, (3N, 3N) in eV/Å², by double backward."""
         if not self.supports_hessian:
             raise InputError(
                 f"{self.family} models give no analytic Hessian (their compiled descriptor gradient "
                 "is first-order only, so double backward would be wrong); compute force constants "
                 "from finite displacements of the forces instead (ase-mlff phonons without --hessian, "
                 "or phonons(..., method='displacement'))")
-
-    def hessian(self, graph: Graph) -> torch.Tensor:
-        """Second derivatives of the energy, (3N, 3N) in eV/Å², by double backward."""
-        self.refuse_hessian()
         positions = graph.positions.detach().clone().requires_grad_(True)
         g = replace(graph, positions=positions)
         forces = self.compute(g, forces=True, create_graph=True).forces.reshape(-1)
@@ -417,15 +408,14 @@ def config_int(config: dict[str, Any], key: str, lo: int, hi: int, default: Any 
 
 
 def config_float(config: dict[str, Any], key: str, lo: float = -math.inf, hi: float = math.inf,
-                 default: Any = _MISSING, lo_open: bool = False, prefix: str = "") -> float:
-    """``config[key]``, a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+                 default: Any = _MISSING, prefix: str = "") -> float:
+    """``config[key]``, a finite number in ``[lo, hi]``."""
     value = config.get(key, default)
     if value is _MISSING:
         raise ValueError(f"hyperparameters.{prefix}{key} is missing")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (lo < value if lo_open else lo <= value) or not value <= hi:
-        low = f"> {lo:g}" if lo_open else f">= {lo:g}"
-        raise ValueError(f"hyperparameters.{prefix}{key} must be a finite number {low} and <= {hi:g}, "
+    if not ok or not lo <= value <= hi:
+        raise ValueError(f"hyperparameters.{prefix}{key} must be a finite number >= {lo:g} and <= {hi:g}, "
                          f"got {_short(value)}")
     return float(value)
 

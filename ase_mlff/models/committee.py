@@ -186,8 +186,7 @@ class CommitteeModel(Model):
         served = [self.mean_model] if self.mean_model is not None else list(self.members)
         return all(m.supports_hessian for m in served)
 
-    def hessian(self, graph: Graph) -> torch.Tensor:
-        self.refuse_hessian()
+    def hessian(self, graph: Graph) -> torch.Tensor:  # each path refuses a family without one
         if self.mean_model is not None:  # keeps a family's own Hessian (sGDML: batched double backward)
             return self.mean_model.hessian(graph)
         return super().hessian(graph)

@@ -124,7 +124,7 @@ class GAPModel(Model):
     # a GP cancel (|alpha| reaches 1e3 for |E| of 1 eV), so rounding the descriptors or the sparse
     # points to float32 would cost meV; a float32 model only rounds its inputs and outputs.
     # the compiled SOAP backward is first-order only: no Hessian by double backward
-    double_backward = False
+    supports_hessian = False
     float64_buffers = ("sparse", "pair_sparse", "alpha", "beta", "e0", "posterior_r", "prior_chol",
                        "posterior_samples", "soap_table", "soap_central")
     #: how compute_extras gets the force and stress variances: "samples" (the default, fast
