@@ -194,11 +194,12 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
     t0 = time.perf_counter()
     for k in progress(range(start, len(frames)), "design matrix", quiet):
         f = frames[k]
-        sE, sF, sV = config_type_sigmas.get(str((f.info or {}).get("config_type")), sigmas)
+        # the expected errors from frame_rows, which the leave-one-frame-out pass reads back
+        sigma_e, sF, sigma_v = frame_rows(f, sigmas, config_type_sigmas)["sigma"]
         d = design(k)
         n = len(f)
         if f.energy is not None:
-            w = 1.0 / (sE * np.sqrt(n))
+            w = 1.0 / sigma_e
             phi, y = fitted(d["energy"], f.energy)
             A[row, :T] = w * phi
             A[row, T] = w * y
@@ -211,7 +212,7 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
             row += 3 * n
             counts["forces"] += 3 * n
         if has_virial(f):
-            w = 1.0 / (sV * np.sqrt(n))
+            w = 1.0 / sigma_v
             s6 = f.stress
             full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]])
             full *= abs(np.linalg.det(f.cell))
