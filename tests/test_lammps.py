@@ -99,8 +99,16 @@ def _shipped_mff():
     return [n for n in names if read_metadata(os.path.join(POTENTIALS, n))["family"] == "mff"]
 
 
-def test_every_shipped_mff_potential_is_tested_in_lammps():
+@pytest.mark.parametrize("name", _shipped_mff())
+def test_every_shipped_mff_potential_exports_within_the_uf3_line_limit(tmp_path, name):
+    """Without LAMMPS too: the export of every shipped MFF model succeeds and keeps each line
+    within the 1024 characters LAMMPS' uf3 reader takes (si_mff's centred triplets once needed 93
+    numbers on a line)."""
+    from ase_mlff.io import load_model
+
     assert {"ni_mff.mlff", "si_mff.mlff"} <= set(_shipped_mff())
+    paths = export_lammps(load_model(os.path.join(POTENTIALS, name)), tmp_path, name="shipped")
+    assert max(len(line) for line in paths["potential"].read_text().splitlines()) < 1024
 
 
 @needs_lammps
