@@ -48,8 +48,8 @@ members around the fitted model. Each sample's forces are one more channel of th
 pass, all channels in one compiled call (``_core.soap_backward_channels``), after one matrix
 product for all samples' gradients with respect to the descriptors: no design rows, no SOAP
 Jacobian. The estimate is unbiased with a relative noise of about ``sqrt(2 / (3 R))`` per atom
-(29 % for R = 8 with equal components, more otherwise; it ranks the held-out Si force errors with Spearman 0.90 against the
-exact variance's 0.91). The cost is ``R`` times ``N M D`` multiply-adds plus the backward pass:
+(29 % for R = 8 with equal components, more otherwise; it ranks the held-out Si force errors
+with Spearman 0.90 against the exact variance's 0.91). The cost is ``R`` times ``N M D`` multiply-adds plus the backward pass:
 a call with uncertainty takes 2.6-2.7 times a plain one on one thread (64-1000 Si atoms,
 docs/benchmarks.md), where the design rows took 20-29 times: their ``(3P x D) (D x M)`` product
 is ``84 N D M`` multiply-adds with ~28 neighbours per atom, 40 times the ``2 N D M`` of the
@@ -87,8 +87,8 @@ from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
 _SOAP_KEYS = ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width", "central_weight", "basis_radius")
 
 #: posterior samples a new fit keeps (``--variance-samples``): relative noise of one atom's
-#: force variance at least ~29 % (sqrt(2/(3R))), and a call with uncertainty within 3 times a plain one (module
-#: docstring)
+#: force variance at least ~29 % (sqrt(2/(3R))), and a call with uncertainty within 3 times a
+#: plain one (module docstring)
 DEFAULT_VARIANCE_SAMPLES = 8
 #: most samples a file may declare: the (M x D R) product matrix cached for them grows with R
 #: (8 samples: 21 MB for 1000 sparse points of 324 components)
