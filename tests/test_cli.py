@@ -96,4 +96,15 @@ def test_broken_pipe_elsewhere_is_not_taken_for_stdout(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "_info", broken)
     with pytest.raises(BrokenPipeError, match="worker went away"):
-        main(["info", "model.mlff"])
+        main(["info", "model.mlff"])  # stdout captured by pytest: no file descriptor to poll
+    # stdout a real pipe whose reader is still there: the poll path must not take it for stdout's
+    import os
+
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as reader, os.fdopen(w, "w") as writer:
+        monkeypatch.setattr(sys, "stdout", writer)
+        assert not cli._stdout_reader_gone()
+        with pytest.raises(BrokenPipeError, match="worker went away"):
+            main(["info", "model.mlff"])
+        reader.close()  # now the reader has gone: that is stdout's broken pipe
+        assert cli._stdout_reader_gone()
