@@ -298,13 +298,10 @@ def train_sgdml(
                 valid_idx = np.asarray(valid_indices, dtype=np.int64)
         if len(np.intersect1d(train_idx, valid_idx)):
             raise DatasetError("training and validation frames overlap")
-        # every frame of one data set holds the same atoms, so this check, shared by every family, can
-        # only refuse a test set of another molecule; like theirs it runs before any kernel work
-        held = {"validation": [z] * len(valid_idx)}
-        if dt is not None:
-            held["test"] = [np.asarray(dt["z"])] * len(dt["R"])
-        check_split_elements([z] * len(train_idx), held)
+        # every frame of one data set holds the same atoms: only a test set of another molecule can
+        # fail, with the shared element check (exit 2) first, before any kernel work
         if dt is not None and not np.array_equal(np.asarray(dt["z"]), z):
+            check_split_elements([z], {"test": [np.asarray(dt["z"])]})
             raise DatasetError("test data have different atoms (or atom order) than the training data")
         if len(valid_idx) == 0 and len(sigmas) > 1:
             raise DatasetError(f"the sigma search needs validation frames ({opt('n_valid')} > 0) "
@@ -577,7 +574,8 @@ def train(data, progress: Callable[[str], None] | None = None, stop_after: int |
     ds = read_training_data(data, opts["energy_unit"])
     given = None
     if reference is not None:  # checked before any kernel work; the model does not depend on them
-        species = sorted({int(v) for v in np.ravel(ds["z"] if isinstance(ds, dict) else ds.arrays()["z"])})
+        species = (sorted({int(v) for v in np.ravel(ds["z"])}) if isinstance(ds, dict)
+                   else ds.elements)
         if hasattr(ds, "frames"):
             given = check_given_reference(ds.frames, species, reference, progress or (lambda msg: None))
         else:
@@ -594,9 +592,8 @@ def train(data, progress: Callable[[str], None] | None = None, stop_after: int |
                             "per-element energies")
     else:
         species = sorted({int(v) for v in model.z.cpu().numpy()})
-        e0 = reference.for_species(species)
         rec["reference_energies"] = reference_energies_record(
-            species, e0, "given", "given; recorded only (the molecule's energy constant absorbs sum e0)", reference,
+            species, given["e0"], "given", "given; recorded only (the molecule's energy constant absorbs sum e0)", reference,
             mean_residual_per_atom_eV=given["mean_residual_per_atom_eV"])
     if test is not None:
         rec["test_source"] = getattr(test, "source", None)
