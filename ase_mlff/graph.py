@@ -93,20 +93,8 @@ class Graph:
 
     def to(self, device=None, dtype=None) -> "Graph":
         """The graph on ``device`` with compute dtype ``dtype`` (the geometry stays float64)."""
-        def conv(t):
-            return t.to(device=device)
-
-        return replace(
-            self,
-            positions=conv(self.positions),
-            numbers=conv(self.numbers),
-            cell=conv(self.cell),
-            pbc=conv(self.pbc),
-            edge_index=conv(self.edge_index),
-            shifts=conv(self.shifts),
-            batch=conv(self.batch),
-            dtype=dtype or self.dtype,
-        )
+        names = ("positions", "numbers", "cell", "pbc", "edge_index", "shifts", "batch")
+        return replace(self, **{n: getattr(self, n).to(device=device) for n in names}, dtype=dtype or self.dtype)
 
 
 def graph_from_arrays(
