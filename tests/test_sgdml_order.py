@@ -190,6 +190,62 @@ def test_md_sequence_uses_the_cheap_path_and_catches_a_relabelling(frames):
     assert calc.model.prepare_atoms(z, traj[-1][relabel] + 3.0) is not None  # a translation is no step
 
 
+def test_distinct_geometries_reuse_the_order_and_a_relabelling_after_1000_calls_is_caught(frames):
+    """Distinct geometries (test frames, randomly rotated and moved: never a small step) reuse
+    the identified order after the cheap check, without identifying it again; after 1,000 such
+    calls every exchange of two same-element atoms that is not a model symmetry is still
+    caught: evaluated right, in the caller's labelling."""
+    from scipy.spatial.transform import Rotation
+
+    z, R = frames
+    calc = ase_mlff.load(MODEL)
+    model = calc.model
+    tracker = model.order_tracker
+    rng = np.random.default_rng(2)
+    rotations = Rotation.random(1000, random_state=3).as_matrix()
+    for k in range(1000):
+        pos = R[k % len(R)] @ rotations[k].T + rng.normal(scale=5.0, size=3)
+        assert model.prepare_atoms(z, pos) is None
+    assert tracker.identified == 1 and tracker.verified == 999 and tracker.hits == 0
+    group = {tuple(q) for q in model.perms.numpy().tolist()}
+    reference = ase_mlff.load(MODEL)
+    caught = 0
+    for pos in R[:6]:
+        for a in range(9):
+            for b in range(a + 1, 9):
+                p = swap(9, a, b)
+                if z[a] != z[b] or tuple(p.tolist()) in group:
+                    continue
+                e_ref, f_ref = evaluate(reference, z, pos)
+                tol_e, tol_f = tolerances(model, pos)
+                evaluate(calc, z, pos)  # the original first: the relabelling comes after it
+                identified = tracker.identified
+                e, f = evaluate(calc, z, pos[p])
+                assert e == pytest.approx(e_ref, rel=0, abs=tol_e), (a, b)
+                np.testing.assert_allclose(f, f_ref[p], rtol=0, atol=tol_f)
+                caught += tracker.identified - identified
+    assert caught > 0  # the relabellings went through the full identification
+
+
+def test_exchange_cost_changes_match_the_swapped_matrices():
+    from ase_mlff.descriptors.matching import exchange_cost_changes
+
+    rng = np.random.default_rng(0)
+    n, k = 7, 4
+    def sym(m):
+        m = m + np.swapaxes(m, -1, -2)
+        m[..., np.arange(n), np.arange(n)] = 0.0
+        return m
+    B, refs = sym(rng.random((n, n))), sym(rng.random((k, n, n)))
+    i, j = np.triu_indices(n, 1)
+    got = exchange_cost_changes(B, refs, i, j)
+    for m, (a, b) in enumerate(zip(i, j)):
+        p = swap(n, a, b)
+        Bs = B[np.ix_(p, p)]
+        want = ((Bs - refs) ** 2).sum((1, 2)) - ((B - refs) ** 2).sum((1, 2))
+        np.testing.assert_allclose(got[:, m], want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
 def test_refused_geometry_is_not_remembered(calc, frames):
     z, R = frames
     model = calc.model

@@ -81,6 +81,18 @@ def labelling_residuals(A: np.ndarray, perms: np.ndarray, group: np.ndarray, ref
     return out
 
 
+def exchange_cost_changes(B: np.ndarray, refs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Change (K, M) of the squared difference ``|B - R_k|²`` between a distance matrix ``B``
+    (N, N) and each reference ``refs[k]`` (K, N, N) when atoms ``i[m]`` and ``j[m]`` of ``B``
+    exchange labels (rows and columns swapped), for all M exchanges from one matrix product:
+    only rows and columns i and j change, and ``|B'|² = |B|²``, which leaves
+    ``4 ((BR)_ii + (BR)_jj - (BR)_ij - (BR)_ji - 2 B_ij R_ij)``."""
+    C = np.matmul(B, refs)  # (K, N, N)
+    d = np.arange(B.shape[0])
+    diag = C[:, d, d]
+    return 4.0 * (diag[:, i] + diag[:, j] - C[:, i, j] - C[:, j, i] - 2.0 * B[i, j] * refs[:, i, j])
+
+
 def polish(A: np.ndarray, Aref: np.ndarray, perm: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Steepest descent over exchanges of two model atoms ``pairs`` (K, 2) (same element): apply
     the exchange that lowers the mismatch ``|A[perm][:, perm] - Aref|`` most until none does."""
@@ -150,9 +162,13 @@ class OrderTracker:
         # never modified, so that threads sharing the model never see a geometry paired with
         # another geometry's answer (no lock: models must stay deep-copyable)
         self._state = None
-        #: how many geometries were answered from the cache and how many needed the full check
+        #: lookups answered from the remembered geometry (a small step) and those that were not
         self.hits = 0
         self.misses = 0
+        #: counted by the model for the misses: answers reused after its own cheap check, and
+        #: full identifications
+        self.verified = 0
+        self.identified = 0
 
     @property
     def limit(self) -> float:

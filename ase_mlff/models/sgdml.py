@@ -38,8 +38,8 @@ from ..descriptors.inverse_distance import (
 )
 from ..errors import InputError
 from ..graph import Graph
-from ..descriptors.matching import (OrderTracker, distance_matrix, element_pairs, labelling_residuals,
-                                   polish, same_element_swaps)
+from ..descriptors.matching import (OrderTracker, distance_matrix, element_pairs, exchange_cost_changes,
+                                   labelling_residuals, polish, same_element_swaps)
 from .base import (MAX_REFERENCE_ENERGY, MIN_SCALE, Model, ModelOutput, config_float, config_int, config_species,
                    register_model, symbols)
 
@@ -55,6 +55,31 @@ REORDER_MIN_RATIO = 1.5
 #: which the previous call's order is reused without a full identification; also capped at a
 #: third of the smallest same-element distance (see ``descriptors.matching.OrderTracker``)
 REORDER_TRACK_MAX_STEP = 0.25
+#: bonds of a remembered geometry, as a fraction of the sum of covalent radii: a pair closer
+#: than REORDER_BOND is bonded when an order is identified; a later geometry keeps that bond
+#: graph while bonded pairs stay below REORDER_BOND_KEPT and other pairs above
+#: REORDER_BOND_FREE (the gap between the limits keeps a pair near REORDER_BOND from flapping)
+REORDER_BOND = 1.25
+REORDER_BOND_KEPT = 1.6
+REORDER_BOND_FREE = 1.1
+#: the remembered order is re-checked cheaply only for geometries within this RMS residual (Å)
+#: of the training geometries it keeps (below REORDER_MAX_RESIDUAL: the rMD17 ethanol test
+#: frames reach 0.19 Å, geometries with 0.35 Å of noise per coordinate start at 0.22 Å); the
+#: references kept are the identified geometry's nearest and REORDER_CHECK_COVER training
+#: geometries spread over the training set (farthest-point sampling of the fingerprints)
+REORDER_CHECK_MAX_RESIDUAL = 0.2
+REORDER_CHECK_COVER = 16
+
+
+def _spread(points: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` rows of ``points`` spread over them (farthest-point sampling from row 0)."""
+    chosen = [0]
+    d2 = ((points - points[0]) ** 2).sum(1)
+    for _ in range(min(n, len(points)) - 1):
+        k = int(np.argmax(d2))
+        chosen.append(k)
+        d2 = np.minimum(d2, ((points - points[k]) ** 2).sum(1))
+    return np.unique(chosen)
 
 
 def _formula(numbers) -> str:
@@ -404,10 +429,16 @@ class SGDMLModel(Model):
         identified. Numbers in the model's order do not prove the order: two atoms of one element
         may still be swapped, and sGDML would silently give wrong energies and forces for them.
 
-        Cheap along a trajectory: the last answered geometry is remembered (in the caller's
-        labelling) and its answer reused when no atom moved by more than
-        ``REORDER_TRACK_MAX_STEP`` (see :class:`~ase_mlff.descriptors.matching.OrderTracker`);
-        otherwise :meth:`find_order` runs. ``order_tracker.misses`` counts those full runs.
+        The full identification runs once per labelling; later calls with the same numbers reuse
+        its answer after one of two cheap checks (``order_tracker`` counts each outcome):
+
+        1. a small step from the last answered geometry (``hits``): no atom moved by more than
+           ``REORDER_TRACK_MAX_STEP`` (see :class:`~ase_mlff.descriptors.matching.OrderTracker`);
+        2. any other geometry (``verified``): :meth:`_check_remembered` finds the remembered
+           order still right (same bond graph, and no exchange of two same-element atoms fitting
+           the training geometries clearly better).
+
+        Otherwise (``identified``) :meth:`find_order` runs again.
         """
         state = self._order_state()
         numbers = np.asarray(numbers)
@@ -421,9 +452,16 @@ class SGDMLModel(Model):
             got = (f"{_formula(numbers)} ({len(numbers)} atoms in order {' '.join(symbols(numbers))})"
                    if len(numbers) else "no atoms")
             raise InputError(f"this sGDML model is for {self.describe()}; got {got}")
-        # a geometry that is refused below must not stay the reference of the cheap path
+        remembered = state["remembered"]
+        if remembered is not None and self._check_remembered(remembered, numbers, pos):
+            tracker.verified += 1
+            tracker.store(numbers, pos, remembered["answer"])
+            return remembered["answer"]
+        # a geometry that is refused below must not stay the reference of the cheap paths
         tracker.clear()
-        perm = self._identify(numbers, pos)
+        state["remembered"] = None
+        tracker.identified += 1
+        perm, near = self._identify(numbers, pos, with_refs=True)
         if perm is None:
             result = None
         else:
@@ -432,7 +470,70 @@ class SGDMLModel(Model):
             inverse.setflags(write=False)
             result = (perm, inverse)
         tracker.store(numbers, pos, result)
+        state["remembered"] = self._remember_order(numbers, pos, perm, near, result)
         return result
+
+    def _remember_order(self, numbers, positions, perm, near, answer) -> dict:
+        """What :meth:`_check_remembered` needs to re-check ``answer`` on other geometries: the
+        bond graph of the identified geometry (caller's labelling), the training geometries the
+        identification compared with (``near``) and those spread over the training set
+        (``REORDER_CHECK_COVER``), each relabelled by every model symmetry, and
+        the exchanges of two same-element model atoms that are not symmetries."""
+        from ase.data import covalent_radii
+
+        state = self._order_state()
+        z, group = state["z"], state["group"]
+        n = len(z)
+        model_perm = np.arange(n) if perm is None else np.asarray(perm)
+        radii = covalent_radii[numbers]
+        scale = radii[:, None] + radii[None, :]
+        ratio = distance_matrix(positions) / scale
+        iu = np.triu_indices(n, 1)
+        bonded = ratio[iu] < REORDER_BOND
+        # comparing B = A[perm][:, perm] with R[q][:, q] minimised over the group is comparing
+        # B[q^-1][:, q^-1] with R: the group holds both, so the references are relabelled instead
+        refs = state["ref_dist"][np.union1d(near, state["cover"])]
+        refs = refs[:, group[:, :, None], group[:, None, :]].reshape(-1, n, n)
+        _, pairs = same_element_swaps(model_perm, z, group)
+        return {"numbers": np.array(numbers, copy=True), "answer": answer, "perm": perm,
+                "inv_scale": 1.0 / scale,
+                "bond": (iu[0][bonded], iu[1][bonded]), "free": (iu[0][~bonded], iu[1][~bonded]),
+                "refs": np.ascontiguousarray(refs), "ref_sq": np.einsum("kij,kij->k", refs, refs),
+                "swap_i": pairs[:, 0], "swap_j": pairs[:, 1]}
+
+    @staticmethod
+    def _check_remembered(r: dict, numbers, positions) -> bool:
+        """Whether the remembered answer ``r`` (:meth:`_remember_order`) holds for a geometry
+        with the same numbers: the bond graph is the identified one (bonded pairs below
+        ``REORDER_BOND_KEPT``, others above ``REORDER_BOND_FREE`` times their covalent radii),
+        and no exchange of two same-element model atoms that is not a symmetry fits the
+        remembered training geometries clearly better (by the margins ``REORDER_MIN_GAP`` and
+        ``REORDER_MIN_RATIO`` of :meth:`find_order`), for a geometry within
+        ``REORDER_CHECK_MAX_RESIDUAL`` of them (farther away only the full identification decides). A relabelling of two atoms bonded to
+        different neighbours changes the bond graph; one of two atoms with the same neighbours
+        (the hydrogens of one CH2) is found by the exchange test when the identification could
+        tell them apart. Cost: one distance matrix and one (K, N, N) matrix product for all
+        exchanges (:func:`~ase_mlff.descriptors.matching.exchange_cost_changes`)."""
+        if r["numbers"].shape != numbers.shape or not (r["numbers"] == numbers).all():
+            return False
+        A = distance_matrix(positions)
+        ratio = A * r["inv_scale"]
+        if (ratio[r["bond"]] >= REORDER_BOND_KEPT).any() or (ratio[r["free"]] <= REORDER_BOND_FREE).any():
+            return False
+        B = A if r["perm"] is None else A[np.ix_(r["perm"], r["perm"])]
+        refs = r["refs"]
+        n = len(B)
+        cost = np.einsum("ij,ij->", B, B) + r["ref_sq"] - 2.0 * np.einsum("kij,ij->k", refs, B)  # (K,)
+        res = np.sqrt(max(float(cost.min()), 0.0) / (n * n))
+        if not res <= REORDER_CHECK_MAX_RESIDUAL:
+            # far from the training geometries exchanges of more than two atoms can fit better
+            # than any single exchange: only the full identification decides there
+            return False
+        if len(r["swap_i"]) == 0:
+            return True
+        delta = exchange_cost_changes(B, refs, r["swap_i"], r["swap_j"])
+        res_alt = np.sqrt(max(float((cost[:, None] + delta).min()), 0.0) / (n * n))
+        return bool(res < res_alt + REORDER_MIN_GAP or res < REORDER_MIN_RATIO * res_alt)
 
     @property
     def order_tracker(self) -> OrderTracker:
@@ -449,7 +550,8 @@ class SGDMLModel(Model):
             state = {"ref_dist": ref_dist, "ref_fp": ref_fp, "z": self._cache_z(),
                      "group": self.perms.cpu().numpy().astype(np.int64),
                      "pairs": element_pairs(self._z_np),
-                     "tracker": OrderTracker(REORDER_TRACK_MAX_STEP)}
+                     "cover": _spread(ref_fp, REORDER_CHECK_COVER),
+                     "tracker": OrderTracker(REORDER_TRACK_MAX_STEP), "remembered": None}
             self._order = state
         return state
 
@@ -502,8 +604,9 @@ class SGDMLModel(Model):
         perm = self._identify(numbers, positions, n_refs)
         return np.arange(self.n_atoms) if perm is None else perm
 
-    def _identify(self, numbers, positions, n_refs: int = 5):
-        """:meth:`find_order`, returning ``None`` for "use as given"."""
+    def _identify(self, numbers, positions, n_refs: int = 5, with_refs: bool = False):
+        """:meth:`find_order`, returning ``None`` for "use as given" (and, ``with_refs``, the
+        indices of the training geometries it compared with)."""
         from scipy.optimize import linear_sum_assignment
 
         state = self._order_state()
@@ -548,7 +651,7 @@ class SGDMLModel(Model):
             # CH2 hydrogens, whose exchange mirrors the molecule) is no evidence of a wrong order,
             # and refusing would reject ordinary distorted frames; a wrong order shows as another
             # labelling fitting clearly better (a swapped carbon pair: by tenths of an Å).
-            return None
+            return (None, near) if with_refs else None
         what = f"this sGDML model ({self.describe()})"
         if r_best > REORDER_MAX_RESIDUAL:
             lead = ("the atoms' numbers are in the model's order, but another labelling of "
@@ -574,5 +677,5 @@ class SGDMLModel(Model):
                     f"cannot tell which atom is which; check that the structure is an intact, not "
                     f"strongly distorted {_formula(z)} molecule near the training geometries"
                 )
-        return perm
+        return (perm, near) if with_refs else perm
 
