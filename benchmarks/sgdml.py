@@ -113,9 +113,37 @@ def worker_ours(a):
     save_model(model, path, training=training_record(rep))
     calc = ase_mlff.load(path)
     ms = time_ase_calls(calc, te["z"], te["R"], a.n_calls)
-    return {"train_s": t_train, "peak_gib": maxrss_gib(), "sigma": model.sigma, "solver": rep["solver"],
+    before = {}
+    if a.before:  # the same model file served by the earlier build, timed in this run
+        before = {"ms_per_call_before": time_before(a, path)}
+    return {**before, "train_s": t_train, "peak_gib": maxrss_gib(), "sigma": model.sigma, "solver": rep["solver"],
             "n_sym": rep["n_symmetries"], **errors(Ep / KCAL, te["E"], Fp / KCAL, te["F"]), "ms_per_call": ms,
             "model_bytes": os.path.getsize(path)}
+
+
+def worker_calls(a):
+    """Time ASE calls of an ase-mlff model file (run under the --before build's PYTHONPATH)."""
+    import ase_mlff
+
+    _, te = load(a.molecule, a.data_dir)
+    return {"ms_per_call": time_ase_calls(ase_mlff.load(a.model_file), te["z"], te["R"], a.n_calls),
+            "ase_mlff": os.path.dirname(ase_mlff.__file__)}
+
+
+def time_before(a, path) -> float:
+    """ms per call of ``path`` through the ase-mlff checkout ``a.before`` (its extension built),
+    in a child process whose working directory is outside both checkouts."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "calls", "--molecule", a.molecule,
+           "--model-file", path, "--n-calls", str(a.n_calls), "--data-dir", os.path.abspath(a.data_dir)]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(a.before))
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"timing with the build in {a.before} failed (exit {proc.returncode})")
+    res = json.loads(line[-1][7:])
+    if not res["ase_mlff"].startswith(os.path.abspath(a.before)):
+        raise RuntimeError(f"--before {a.before}: the child imported ase_mlff from {res['ase_mlff']}")
+    return res["ms_per_call"]
 
 
 def worker_sgdml(a):
@@ -186,7 +214,11 @@ def main(argv=None):
     p.add_argument("--n-calls", type=int, default=1000)
     p.add_argument("--data-dir", default=DATA)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--before", default=None,
+                   help="a checkout of an earlier ase-mlff commit with its extension built: our trained "
+                        "model is also timed through it, in the same run ('ours (before)')")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--model-file", help=argparse.SUPPRESS)
     p.add_argument("--molecule", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -194,7 +226,7 @@ def main(argv=None):
     if a.quick:
         a.molecules, a.n_train, a.sigmas, a.n_valid, a.n_calls = "ethanol", 100, [20.0], 50, 300
     if a.worker:
-        res = {"ours": worker_ours, "sgdml": worker_sgdml}[a.worker](a)
+        res = {"ours": worker_ours, "sgdml": worker_sgdml, "calls": worker_calls}[a.worker](a)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
 
@@ -205,6 +237,8 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", pkg, "--molecule", mol, "--workdir", workdir,
                    "--n-train", str(a.n_train), "--n-valid", str(a.n_valid), "--n-calls", str(a.n_calls),
                    "--sigmas", ",".join(str(s) for s in a.sigmas), "--data-dir", a.data_dir]
+            if a.before and pkg == "ours":
+                cmd += ["--before", a.before]
             env = dict(os.environ)
             if pkg == "sgdml":
                 env["OPENBLAS_NUM_THREADS"] = "1"
@@ -225,13 +259,16 @@ def main(argv=None):
             continue
         print(f"{mol:9s} {pkg:9s} {r['sigma']:5g} {r['n_sym']:4d} {r['train_s']:8.1f} {r['peak_gib']:8.2f} "
               f"{r['E_mae']:7.3f} {r['F_mae']:7.3f} {r['F_rmse']:7.3f} {r['ms_per_call']:8.3f}"
-              + (f"  (numpy path {r['ms_per_call_numpy']:.2f} ms)" if "ms_per_call_numpy" in r else ""))
+              + (f"  (numpy path {r['ms_per_call_numpy']:.2f} ms)" if "ms_per_call_numpy" in r else "")
+              + (f"  (before: {r['ms_per_call_before']:.3f} ms)" if "ms_per_call_before" in r else ""))
     for mol in a.molecules.split(","):
         o, s = results.get((mol, "ours")), results.get((mol, "sgdml"))
         if o and s and "failed" not in o and "failed" not in s:
             print(f"{mol}: sgdml/ours training time {s['train_s'] / o['train_s']:.2f}x, peak memory "
                   f"{s['peak_gib'] / o['peak_gib']:.2f}x, prediction time {s['ms_per_call'] / o['ms_per_call']:.2f}x; "
-                  f"F MAE ours/sgdml {o['F_mae'] / s['F_mae']:.3f}")
+                  f"F MAE ours/sgdml {o['F_mae'] / s['F_mae']:.3f}"
+                  + (f"; prediction time sgdml/ours (before) {s['ms_per_call'] / o['ms_per_call_before']:.2f}x"
+                     if "ms_per_call_before" in o else ""))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({f"{m}/{k}": v for (m, k), v in results.items()}, fh, indent=1)

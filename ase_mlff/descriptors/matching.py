@@ -81,14 +81,20 @@ def labelling_residuals(A: np.ndarray, perms: np.ndarray, group: np.ndarray, ref
     return out
 
 
-def exchange_cost_changes(B: np.ndarray, refs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def exchange_cost_changes(B: np.ndarray, refs: np.ndarray, i: np.ndarray, j: np.ndarray,
+                          refs_side: np.ndarray | None = None) -> np.ndarray:
     """Change (K, M) of the squared difference ``|B - R_k|²`` between a distance matrix ``B``
     (N, N) and each reference ``refs[k]`` (K, N, N) when atoms ``i[m]`` and ``j[m]`` of ``B``
     exchange labels (rows and columns swapped), for all M exchanges from one matrix product:
     only rows and columns i and j change, and ``|B'|² = |B|²``, which leaves
-    ``4 ((BR)_ii + (BR)_jj - (BR)_ij - (BR)_ji - 2 B_ij R_ij)``."""
-    C = np.matmul(B, refs)  # (K, N, N)
-    d = np.arange(B.shape[0])
+    ``4 ((BR)_ii + (BR)_jj - (BR)_ij - (BR)_ji - 2 B_ij R_ij)``. ``refs_side``: the references
+    side by side, ``refs.transpose(1, 0, 2).reshape(N, K N)``, when the caller keeps them so."""
+    n, k = B.shape[0], refs.shape[0]
+    if refs_side is None:
+        refs_side = refs.transpose(1, 0, 2).reshape(n, k * n)
+    # one (N, N) x (N, K N) product instead of K small ones
+    C = (B @ refs_side).reshape(n, k, n).transpose(1, 0, 2)
+    d = np.arange(n)
     diag = C[:, d, d]
     return 4.0 * (diag[:, i] + diag[:, j] - C[:, i, j] - C[:, j, i] - 2.0 * B[i, j] * refs[:, i, j])
 
@@ -215,8 +221,12 @@ class OrderTracker:
         return True, result
 
     def store(self, numbers: np.ndarray, positions: np.ndarray, result) -> None:
-        numbers = np.array(numbers, copy=True)
-        ia, ib = np.nonzero(np.triu(numbers[:, None] == numbers[None, :], 1))
+        state = self._state
+        if state is not None and state[0].shape == numbers.shape and (state[0] == numbers).all():
+            numbers, ia, ib = state[0], state[5], state[6]  # same numbers: same same-element pairs
+        else:
+            numbers = np.array(numbers, copy=True)
+            ia, ib = np.nonzero(np.triu(numbers[:, None] == numbers[None, :], 1))
         positions = np.array(positions, dtype=np.float64, copy=True)
         d = self._min_distance(positions, ia, ib)
         self._state = (numbers, positions, result, min(self.max_step, d / 3.0), d, ia, ib)

@@ -499,6 +499,8 @@ class SGDMLModel(Model):
                 "inv_scale": 1.0 / scale,
                 "bond": (iu[0][bonded], iu[1][bonded]), "free": (iu[0][~bonded], iu[1][~bonded]),
                 "refs": np.ascontiguousarray(refs), "ref_sq": np.einsum("kij,kij->k", refs, refs),
+                "refs_flat": np.ascontiguousarray(refs.reshape(len(refs), n * n)),
+                "refs_side": np.ascontiguousarray(refs.transpose(1, 0, 2).reshape(n, len(refs) * n)),
                 "swap_i": pairs[:, 0], "swap_j": pairs[:, 1]}
 
     @staticmethod
@@ -523,7 +525,8 @@ class SGDMLModel(Model):
         B = A if r["perm"] is None else A[np.ix_(r["perm"], r["perm"])]
         refs = r["refs"]
         n = len(B)
-        cost = np.einsum("ij,ij->", B, B) + r["ref_sq"] - 2.0 * np.einsum("kij,ij->k", refs, B)  # (K,)
+        b = B.ravel()
+        cost = b @ b + r["ref_sq"] - 2.0 * (r["refs_flat"] @ b)  # (K,) squared differences
         res = np.sqrt(max(float(cost.min()), 0.0) / (n * n))
         if not res <= REORDER_CHECK_MAX_RESIDUAL:
             # far from the training geometries exchanges of more than two atoms can fit better
@@ -531,7 +534,7 @@ class SGDMLModel(Model):
             return False
         if len(r["swap_i"]) == 0:
             return True
-        delta = exchange_cost_changes(B, refs, r["swap_i"], r["swap_j"])
+        delta = exchange_cost_changes(B, refs, r["swap_i"], r["swap_j"], r["refs_side"])
         res_alt = np.sqrt(max(float((cost[:, None] + delta).min()), 0.0) / (n * n))
         return bool(res < res_alt + REORDER_MIN_GAP or res < REORDER_MIN_RATIO * res_alt)
 
