@@ -168,6 +168,9 @@ class OrderTracker:
         # never modified, so that threads sharing the model never see a geometry paired with
         # another geometry's answer (no lock: models must stay deep-copyable)
         self._state = None
+        #: what the model keeps to re-check its answer on distinct geometries (its own format;
+        #: forgotten by clear() with the rest)
+        self.remembered = None
         #: lookups answered from the remembered geometry (a small step) and those that were not
         self.hits = 0
         self.misses = 0
@@ -183,6 +186,7 @@ class OrderTracker:
 
     def clear(self) -> None:
         self._state = None
+        self.remembered = None
 
     @staticmethod
     def _min_distance(positions: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> float:

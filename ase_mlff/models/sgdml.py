@@ -452,14 +452,13 @@ class SGDMLModel(Model):
             got = (f"{_formula(numbers)} ({len(numbers)} atoms in order {' '.join(symbols(numbers))})"
                    if len(numbers) else "no atoms")
             raise InputError(f"this sGDML model is for {self.describe()}; got {got}")
-        remembered = state["remembered"]
+        remembered = tracker.remembered
         if remembered is not None and self._check_remembered(remembered, numbers, pos):
             tracker.verified += 1
             tracker.store(numbers, pos, remembered["answer"])
             return remembered["answer"]
         # a geometry that is refused below must not stay the reference of the cheap paths
         tracker.clear()
-        state["remembered"] = None
         tracker.identified += 1
         perm, near = self._identify(numbers, pos, with_refs=True)
         if perm is None:
@@ -470,7 +469,7 @@ class SGDMLModel(Model):
             inverse.setflags(write=False)
             result = (perm, inverse)
         tracker.store(numbers, pos, result)
-        state["remembered"] = self._remember_order(numbers, pos, perm, near, result)
+        tracker.remembered = self._remember_order(numbers, pos, perm, near, result)
         return result
 
     def _remember_order(self, numbers, positions, perm, near, answer) -> dict:
@@ -554,7 +553,7 @@ class SGDMLModel(Model):
                      "group": self.perms.cpu().numpy().astype(np.int64),
                      "pairs": element_pairs(self._z_np),
                      "cover": _spread(ref_fp, REORDER_CHECK_COVER),
-                     "tracker": OrderTracker(REORDER_TRACK_MAX_STEP), "remembered": None}
+                     "tracker": OrderTracker(REORDER_TRACK_MAX_STEP)}
             self._order = state
         return state
 
