@@ -228,7 +228,7 @@ def test_distinct_geometries_reuse_the_order_and_a_relabelling_after_1000_calls_
 
 
 def test_exchange_cost_changes_match_the_swapped_matrices():
-    from ase_mlff.descriptors.matching import exchange_cost_changes
+    from ase_mlff.descriptors.matching import ExchangeCosts
 
     rng = np.random.default_rng(0)
     n, k = 7, 4
@@ -238,7 +238,7 @@ def test_exchange_cost_changes_match_the_swapped_matrices():
         return m
     B, refs = sym(rng.random((n, n))), sym(rng.random((k, n, n)))
     i, j = np.triu_indices(n, 1)
-    got = exchange_cost_changes(B, refs, i, j)
+    got = ExchangeCosts(refs, i, j)(B)
     for m, (a, b) in enumerate(zip(i, j)):
         p = swap(n, a, b)
         Bs = B[np.ix_(p, p)]

@@ -81,22 +81,33 @@ def labelling_residuals(A: np.ndarray, perms: np.ndarray, group: np.ndarray, ref
     return out
 
 
-def exchange_cost_changes(B: np.ndarray, refs: np.ndarray, i: np.ndarray, j: np.ndarray,
-                          refs_side: np.ndarray | None = None) -> np.ndarray:
+class ExchangeCosts:
     """Change (K, M) of the squared difference ``|B - R_k|²`` between a distance matrix ``B``
     (N, N) and each reference ``refs[k]`` (K, N, N) when atoms ``i[m]`` and ``j[m]`` of ``B``
-    exchange labels (rows and columns swapped), for all M exchanges from one matrix product:
-    only rows and columns i and j change, and ``|B'|² = |B|²``, which leaves
-    ``4 ((BR)_ii + (BR)_jj - (BR)_ij - (BR)_ji - 2 B_ij R_ij)``. ``refs_side``: the references
-    side by side, ``refs.transpose(1, 0, 2).reshape(N, K N)``, when the caller keeps them so."""
-    n, k = B.shape[0], refs.shape[0]
-    if refs_side is None:
-        refs_side = refs.transpose(1, 0, 2).reshape(n, k * n)
-    # one (N, N) x (N, K N) product instead of K small ones
-    C = (B @ refs_side).reshape(n, k, n).transpose(1, 0, 2)
-    d = np.arange(n)
-    diag = C[:, d, d]
-    return 4.0 * (diag[:, i] + diag[:, j] - C[:, i, j] - C[:, j, i] - 2.0 * B[i, j] * refs[:, i, j])
+    exchange labels (rows and columns swapped), for all M exchanges from one matrix product.
+
+    Only rows and columns i and j change, and ``|B'|² = |B|²``, which leaves
+    ``4 ((BR)_ii + (BR)_jj - (BR)_ij - (BR)_ji - 2 B_ij R_ij)`` (B and R symmetric). The
+    references are kept side by side, (N, K N), so ``B R_k`` for every k is one product, and
+    the entries needed are read from it through index arrays made once.
+    """
+
+    def __init__(self, refs: np.ndarray, i: np.ndarray, j: np.ndarray):
+        k, n, _ = refs.shape
+        self.side = np.ascontiguousarray(refs.transpose(1, 0, 2).reshape(n, k * n))
+        kk = np.arange(k)[:, None] * n
+        row = k * n  # flat index of (B R_k)[a, b] in the product: a * row + k * n + b
+        self.diag_i = (i[None, :] * row + kk + i[None, :]).ravel()
+        self.diag_j = (j[None, :] * row + kk + j[None, :]).ravel()
+        self.ij = (i[None, :] * row + kk + j[None, :]).ravel()
+        self.ji = (j[None, :] * row + kk + i[None, :]).ravel()
+        self.ref_ij = 2.0 * refs[:, i, j]
+        self.i, self.j, self.shape = i, j, (k, len(i))
+
+    def __call__(self, B: np.ndarray) -> np.ndarray:
+        C = (B @ self.side).ravel()
+        out = C[self.diag_i] + C[self.diag_j] - C[self.ij] - C[self.ji]
+        return 4.0 * (out.reshape(self.shape) - B[self.i, self.j] * self.ref_ij)
 
 
 def polish(A: np.ndarray, Aref: np.ndarray, perm: np.ndarray, pairs: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from ..descriptors.inverse_distance import (
 )
 from ..errors import InputError
 from ..graph import Graph
-from ..descriptors.matching import (OrderTracker, distance_matrix, element_pairs, exchange_cost_changes,
+from ..descriptors.matching import (OrderTracker, distance_matrix, element_pairs, ExchangeCosts,
                                    labelling_residuals, polish, same_element_swaps)
 from .base import (MAX_REFERENCE_ENERGY, MIN_SCALE, Model, ModelOutput, config_float, config_int, config_species,
                    register_model, symbols)
@@ -499,8 +499,7 @@ class SGDMLModel(Model):
                 "bond": (iu[0][bonded], iu[1][bonded]), "free": (iu[0][~bonded], iu[1][~bonded]),
                 "refs": np.ascontiguousarray(refs), "ref_sq": np.einsum("kij,kij->k", refs, refs),
                 "refs_flat": np.ascontiguousarray(refs.reshape(len(refs), n * n)),
-                "refs_side": np.ascontiguousarray(refs.transpose(1, 0, 2).reshape(n, len(refs) * n)),
-                "swap_i": pairs[:, 0], "swap_j": pairs[:, 1]}
+                "exchanges": ExchangeCosts(refs, pairs[:, 0], pairs[:, 1]) if len(pairs) else None}
 
     @staticmethod
     def _check_remembered(r: dict, numbers, positions) -> bool:
@@ -514,7 +513,7 @@ class SGDMLModel(Model):
         different neighbours changes the bond graph; one of two atoms with the same neighbours
         (the hydrogens of one CH2) is found by the exchange test when the identification could
         tell them apart. Cost: one distance matrix and one (K, N, N) matrix product for all
-        exchanges (:func:`~ase_mlff.descriptors.matching.exchange_cost_changes`)."""
+        exchanges (:class:`~ase_mlff.descriptors.matching.ExchangeCosts`)."""
         if r["numbers"].shape != numbers.shape or not (r["numbers"] == numbers).all():
             return False
         A = distance_matrix(positions)
@@ -531,9 +530,9 @@ class SGDMLModel(Model):
             # far from the training geometries exchanges of more than two atoms can fit better
             # than any single exchange: only the full identification decides there
             return False
-        if len(r["swap_i"]) == 0:
+        if r["exchanges"] is None:
             return True
-        delta = exchange_cost_changes(B, refs, r["swap_i"], r["swap_j"], r["refs_side"])
+        delta = r["exchanges"](B)
         res_alt = np.sqrt(max(float((cost[:, None] + delta).min()), 0.0) / (n * n))
         return bool(res < res_alt + REORDER_MIN_GAP or res < REORDER_MIN_RATIO * res_alt)
 
