@@ -1,6 +1,7 @@
 """Calculator overhead per MD step, and NVE energy drift of the shipped potentials.
 
-1. Overhead. For fcc Ni cells of 100 and 10 000 atoms (primitive-cell supercells 5x5x4 and
+1. Overhead. For the 9-atom ethanol sGDML model on distinct rMD17 test frames (each call a new
+   geometry: energy and forces), and for fcc Ni cells of 100 and 10 000 atoms (primitive-cell supercells 5x5x4 and
    25x20x20) the script times, per MD-like step (every atom moved by ~0.01 Å, as in one
    time step, so the Verlet-skin neighbour list is reused most of the time):
 
@@ -41,6 +42,7 @@ import statistics
 import sys
 import time
 
+import ase
 import numpy as np
 import torch
 from ase.build import bulk
@@ -73,14 +75,33 @@ def crystal(model_path: str, reps) -> object:
     return atoms
 
 
-def time_overhead(model_path: str, natoms: int, reps, repeat: int, rng) -> dict:
-    atoms = crystal(model_path, reps)
-    calc = atoms.calc
-    model = calc.model
-    step = 0.01 / np.sqrt(3)
+def molecule_frames():
+    """The ethanol sGDML model on distinct rMD17 test frames (tests/data): ``(atoms, move)``,
+    where each move puts the next frame in (a new geometry, not an MD step)."""
+    d = np.load(os.path.join(ROOT, "tests", "data", "rmd17_ethanol_300.npz"))
+    R = d["coords"][d["split"] == 1].astype(np.float64)
+    atoms = ase.Atoms(numbers=d["nuclear_charges"], positions=R[0])
+    atoms.calc = ase_mlff.load(ETHANOL_MODEL)
+    frame = iter(range(10**9))
 
     def move():
-        atoms.positions = atoms.positions + rng.normal(scale=step, size=atoms.positions.shape)
+        atoms.positions = R[next(frame) % len(R)]
+
+    return atoms, move
+
+
+def time_overhead(model_path: str, natoms: int, reps, repeat: int, rng, molecule: bool = False) -> dict:
+    if molecule:
+        atoms, move = molecule_frames()
+    else:
+        atoms = crystal(model_path, reps)
+        step = 0.01 / np.sqrt(3)
+
+        def move():
+            atoms.positions = atoms.positions + rng.normal(scale=step, size=atoms.positions.shape)
+    calc = atoms.calc
+    model = calc.model
+    stress = model.supports_stress
 
     # warm-up (first neighbour list, allocations, lazy initialisation)
     for _ in range(2):
@@ -88,7 +109,7 @@ def time_overhead(model_path: str, natoms: int, reps, repeat: int, rng) -> dict:
         atoms.get_forces()
     # the model alone, on a graph prepared beforehand
     graph, _ = calc._prepare(atoms)
-    model.compute(graph, forces=True, stress=True)
+    model.compute(graph, forces=True, stress=stress)
     # time spent inside model.compute during each get_forces call (the direct measure)
     inner = []
     compute = model.compute
@@ -111,11 +132,16 @@ def time_overhead(model_path: str, natoms: int, reps, repeat: int, rng) -> dict:
         del model.compute  # back to the class method
         t_incall.append(t_step[-1] - sum(inner))
         t0 = time.perf_counter()
-        out = model.compute(graph, forces=True, stress=True)
+        out = model.compute(graph, forces=True, stress=stress)
         out.forces.sum().item()
         t_model.append(time.perf_counter() - t0)
     # the neighbour-list update on its own (same kind of displacements), as the calculator
     # does it: the skin list unfiltered for a model that ignores outer pairs, else filtered
+    t_nl = [0.0]
+    if calc.nl is None:  # a global model: no neighbour list
+        return {"natoms": len(atoms), "step": min(t_step), "model": min(t_model), "nl": 0.0,
+                "incall": statistics.median(t_incall), "incall_best": min(t_incall),
+                "step_median": statistics.median(t_step), "pairs": 0}
     t_nl = []
     update = calc.nl.update_outer if model.accepts_outer_pairs and calc.nl.skin > 0 else calc.nl.update
     for _ in range(repeat):
@@ -136,10 +162,13 @@ def overhead_table(model_path: str, repeat: int, sizes) -> None:
     print("best of N timings (ms); overhead = step - model")
     print(f"{'atoms':>7} {'pairs':>9} {'N':>4} {'step':>9} {'model':>9} {'overhead':>9} {'share':>7} "
           f"{'nl':>8} {'us/atom':>8} {'step median':>12} {'in-call':>8} {'in-call best':>12}")
-    for n in sizes:
-        reps = SIZES[n]
+    rows = [("sgdml", 9)] if os.path.exists(ETHANOL_MODEL) else []
+    for kind, n in rows + [("crystal", n) for n in sizes]:
         nrep = repeat if n <= 1000 else max(5, repeat // 5)
-        r = time_overhead(model_path, n, reps, nrep, rng)
+        if kind == "sgdml":  # 9-atom ethanol, distinct test frames (not MD steps)
+            r = time_overhead(ETHANOL_MODEL, n, None, max(nrep, 200), rng, molecule=True)
+        else:
+            r = time_overhead(model_path, n, SIZES[n], nrep, rng)
         over = r["step"] - r["model"]
         print(f"{r['natoms']:7d} {r['pairs']:9d} {nrep:4d} {1e3 * r['step']:9.3f} {1e3 * r['model']:9.3f} "
               f"{1e3 * over:9.3f} {100 * over / r['step']:6.1f}% {1e3 * r['nl']:8.3f} "
