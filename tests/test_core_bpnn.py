@@ -248,6 +248,10 @@ def test_bad_input(models):
         call(ints, reals, m._core_doubles(), s, i.numpy(), bad, vec)
     with pytest.raises(ValueError, match="n_energy_atoms"):
         call(ints, reals, m._core_doubles(), s, i.numpy(), j.numpy(), vec, len(at) + 1)
+    nan = vec.copy()
+    nan[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        call(ints, reals, m._core_doubles(), s, i.numpy(), j.numpy(), nan)
     two = Atoms("OO", positions=[[0, 0, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match="same position"):
         core_call(m, two, 1, cutoff=3.0)

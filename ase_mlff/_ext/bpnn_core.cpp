@@ -439,6 +439,10 @@ void compute(const Model<T>& m, int64_t n_atoms, const int64_t* species, int64_t
     for (int64_t k = 0; k < n_atoms; ++k)
         if (species[k] < 0 || species[k] >= m.S)
             throw std::invalid_argument("bpnn: atom " + std::to_string(k) + " has no element of the model");
+    // a NaN vector would fail every length test below and drop out as "beyond the cutoff"
+    for (int64_t x = 0; x < 3 * n_pairs; ++x)
+        if (!std::isfinite(vectors[x]))
+            throw std::invalid_argument("bpnn: pair " + std::to_string(x / 3) + " has a NaN or infinite vector");
     const int threads_asked = resolve_threads(n_threads);
     const PairIndex idx = index_pairs(n_atoms, n_pairs, first, second);
     std::vector<T> g(static_cast<size_t>(3 * n_pairs), T(0));

@@ -86,7 +86,11 @@ Model<T> parse(const int64_t* ints, int64_t n_ints, const T* reals, int64_t n_re
 // Energies (n_atoms, float64; atoms from n_energy_atoms on get 0), and when asked forces
 // (n_atoms, 3) and per-atom virials (n_atoms, 3, 3) (pair_reduce.hpp's conventions), float64.
 // species: (n_atoms) element index in [0, S); pairs: first, second (n_pairs), vectors
-// d_p = r_second - r_first + shift (n_pairs, 3). forces / virial may be null (not computed).
+// d_p = r_second - r_first + shift (n_pairs, 3), finite, of non-zero length (else
+// std::invalid_argument); pairs at or beyond the cutoff add nothing but the prior's wall.
+// Only centres below n_energy_atoms are evaluated (LAMMPS: owned atoms first, ghosts after; a
+// ghost gets forces from the pairs of owned centres), each taking half of its pairs' prior.
+// forces / virial may be null (not computed).
 template <typename T>
 void compute(const Model<T>& m, int64_t n_atoms, const int64_t* species, int64_t n_pairs, const int64_t* first,
              const int64_t* second, const T* vectors, int64_t n_energy_atoms, int n_threads, double* energies,
