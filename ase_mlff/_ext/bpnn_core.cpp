@@ -93,6 +93,9 @@ Model<T> parse(const int64_t* ints, int64_t n_ints, const T* reals, int64_t n_re
     m.radial_shift = take(m.S * m.S * m.n_radial);
     m.angular_eta = take(m.S * m.n_eta);
     m.A = take(m.K * m.n_zl);
+    m.At.resize(m.K * m.n_zl);  // transposed, (n_zl, K): contiguous over the moments
+    for (int64_t k = 0; k < m.K; ++k)
+        for (int64_t t = 0; t < m.n_zl; ++t) m.At[t * m.K + k] = m.A[k * m.n_zl + t];
     m.diag = take(m.n_zl);
     m.weight.resize(m.S);
     m.bias.resize(m.S);
@@ -251,9 +254,13 @@ double centre(const Model<T>& m, Scratch<T>& sc, int64_t i, const int64_t* speci
                 for (int64_t e = 0; e < NE; ++e) {
                     const T* TJ = &sc.Tm[(J * NE + e) * K];
                     const T* TL = &sc.Tm[(L * NE + e) * K];
+                    T* prod = sc.a_k.data();
+                    for (int64_t k = 0; k < K; ++k) prod[k] = TJ[k] * TL[k];
                     for (int64_t t = 0; t < NZ; ++t) {
+                        const T* At = &m.At[t * K];
                         T G = 0;
-                        for (int64_t k = 0; k < K; ++k) G += TJ[k] * TL[k] * m.A[k * NZ + t];
+#pragma omp simd reduction(+ : G)
+                        for (int64_t k = 0; k < K; ++k) G += prod[k] * At[k];
                         if (J == L) G = T(0.5) * (G - sc.Q[J * NE + e] * m.diag[t]);
                         sc.lib[g5_start + (b * NE + e) * NZ + t] = G;
                     }
@@ -270,7 +277,9 @@ double centre(const Model<T>& m, Scratch<T>& sc, int64_t i, const int64_t* speci
         const T* bias = m.bias[si][l];
         for (int64_t o = 0; o < nout; ++o) {
             T acc = bias[o];
-            for (int64_t q = 0; q < nin; ++q) acc += W[o * nin + q] * h[q];
+            const T* Wo = W + o * nin;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t q = 0; q < nin; ++q) acc += Wo[q] * h[q];
             sc.z[l][o] = acc;
             sc.act[l][o] = activate<T>(static_cast<int>(m.activation), acc);
         }
@@ -279,6 +288,7 @@ double centre(const Model<T>& m, Scratch<T>& sc, int64_t i, const int64_t* speci
     const int64_t nlast = m.layer_in(si, m.H);
     const T* Wout = m.weight[si][m.H];
     T y = m.bias[si][m.H][0];
+#pragma omp simd reduction(+ : y)
     for (int64_t q = 0; q < nlast; ++q) y += Wout[q] * h[q];
     const double energy = m.e0[si] + m.energy_scale * static_cast<double>(y);
 
@@ -291,8 +301,13 @@ double centre(const Model<T>& m, Scratch<T>& sc, int64_t i, const int64_t* speci
         for (int64_t o = 0; o < nout; ++o)
             sc.dz[o] = sc.dh[o] * activate_slope<T>(static_cast<int>(m.activation), sc.z[l][o], sc.act[l][o]);
         for (int64_t q = 0; q < nin; ++q) sc.dh[q] = T(0);
-        for (int64_t o = 0; o < nout; ++o)
-            for (int64_t q = 0; q < nin; ++q) sc.dh[q] += W[o * nin + q] * sc.dz[o];
+        T* dh = sc.dh.data();
+        for (int64_t o = 0; o < nout; ++o) {
+            const T* Wo = W + o * nin;
+            const T d = sc.dz[o];
+#pragma omp simd
+            for (int64_t q = 0; q < nin; ++q) dh[q] += Wo[q] * d;
+        }
     }
     std::fill(sc.dlib.begin(), sc.dlib.end(), T(0));
     for (int64_t f = 0; f < F; ++f) sc.dlib[m.sel[si][f]] = sc.dh[f] / m.stdev[si][f];
@@ -309,10 +324,13 @@ double centre(const Model<T>& m, Scratch<T>& sc, int64_t i, const int64_t* speci
                     bool any = false;
                     for (int64_t t = 0; t < NZ; ++t) any = any || dG[t] != T(0);
                     if (!any) continue;
-                    for (int64_t k = 0; k < K; ++k) {
-                        T a = 0;
-                        for (int64_t t = 0; t < NZ; ++t) a += dG[t] * m.A[k * NZ + t];
-                        sc.a_k[k] = a;
+                    std::fill(sc.a_k.begin(), sc.a_k.end(), T(0));
+                    for (int64_t t = 0; t < NZ; ++t) {
+                        const T* At = &m.At[t * K];
+                        const T d = dG[t];
+                        T* ak = sc.a_k.data();
+#pragma omp simd
+                        for (int64_t k = 0; k < K; ++k) ak[k] += d * At[k];
                     }
                     const T* TJ = &sc.Tm[(J * NE + e) * K];
                     const T* TL = &sc.Tm[(L * NE + e) * K];

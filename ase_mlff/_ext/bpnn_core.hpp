@@ -60,6 +60,7 @@ struct Model {
     std::vector<int64_t> Z;             // (S) atomic numbers
     std::vector<int64_t> n_sel;         // (S) selected columns per element
     const int64_t* exps = nullptr;      // (K, 3)
+    std::vector<T> At;                  // (n_zl, K) A transposed (derived)
     std::vector<T> dexp;                // (3, K) exponent α_c of moment k (derived)
     std::vector<int64_t> lower;         // (3, K) index of the moment α_k - e_c (derived; 0 when α_c = 0)
     std::vector<const int64_t*> sel;    // per element: (F_s) library columns
