@@ -132,9 +132,10 @@ namespace {
 // its library, moments and their adjoints, and the network's activations.
 template <typename T>
 struct Scratch {
-    // per pair inside the cutoff, with strides
+    // per pair inside the cutoff (row q of each, with strides 1, 3, n_radial, n_eta, K)
     std::vector<int64_t> pair, sj;
-    std::vector<T> r, u, fc, dfc, ex, ew, pw, mono;
+    std::vector<T> r, u, fc, dfc, ex, ew, mono;
+    std::vector<T> pw;  // the current pair's powers u_c^0..u_c^m_max (3 rows)
     std::vector<T> lib, dlib, Tm, Q, bT, bD, bQ, a_k;
     std::vector<std::vector<T>> z, act;  // per hidden layer: pre-activation and activation
     std::vector<T> x, dh, dz;
