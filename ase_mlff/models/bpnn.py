@@ -20,9 +20,11 @@ Energy (eV) as a sum of atomic energies, one feed-forward network per element (E
   training set, eV/Å × 1 Å). Both are hyperparameters (JSON numbers, exact in float64), so the
   networks learn O(1) residuals and the large constant is added in float64.
 
-Forces ``−dE/dr`` and the virial ``dE/dε`` are exact derivatives by autograd through the
-model contract (:mod:`ase_mlff.models.base`); the descriptor is built from the Graph's pairs
-only (no triplet list), so memory and time are linear in atoms.
+Forces ``−dE/dr`` and the virial ``dE/dε`` are exact derivatives: served on the CPU by the
+compiled core (:meth:`BPNNModel.analytic`, ase_mlff/_ext/bpnn_core.hpp: descriptors, networks and
+prior with a hand-written backward pass), and by autograd through the model contract
+(:mod:`ase_mlff.models.base`) for training, Hessians and other devices. The descriptor is built
+from the Graph's pairs only (no triplet list), so memory and time are linear in atoms.
 
 dtype: networks and descriptors run in float32 by default (measured in docs/bpnn.md: about
 2x faster than float64 on CPU, force differences ~1e-5 eV/Å, far below the model error); per-atom energies
