@@ -68,11 +68,14 @@ class Graph:
         """(P, 3) vectors from atom i to the image of atom j, formed in float64 and returned in
         ``dtype`` (default: the graph's compute dtype)."""
         i, j = self.edge_index
+        # index_select and addmm: the same numbers as positions[j] - positions[i] + shifts @ cell,
+        # several times faster on large pair lists (the (P, 3) @ (3, 3) product alone was
+        # slower than the whole BPNN core on 1,536 atoms with two threads)
+        vec = self.positions.index_select(0, j) - self.positions.index_select(0, i)
         if self.n_graphs == 1:
-            shift_vec = self.shifts @ self.cell[0]
+            vec = torch.addmm(vec, self.shifts, self.cell[0])
         else:
-            shift_vec = torch.einsum("pk,pkl->pl", self.shifts, self.cell[self.batch[i]])
-        vec = self.positions[j] - self.positions[i] + shift_vec
+            vec = vec + torch.einsum("pk,pkl->pl", self.shifts, self.cell[self.batch[i]])
         return vec.to(dtype or self.dtype)
 
     def strained(self) -> "Graph":

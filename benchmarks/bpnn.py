@@ -6,6 +6,14 @@ repeated 1x1x1, 2x2x2, 4x4x4).
     python benchmarks/bpnn.py                 # both libraries, all sizes, training epochs
     python benchmarks/bpnn.py --quick         # 192 atoms only, 2 timed steps, 1 training epoch
     python benchmarks/bpnn.py --library ase-mlff --model none --sizes 1 2 4
+    python benchmarks/bpnn.py --library ase-mlff --before /path/to/older/checkout --epochs 0
+
+``--before DIR`` times a second ase-mlff build beside this one in the same run: DIR is a checkout
+(of an older commit, its extension built in place) whose ``ase_mlff`` the MD child imports instead
+(``PYTHONPATH=DIR``, run from a temporary directory outside both checkouts, so that neither
+checkout's ``ase_mlff`` is picked up by accident; each row records the ``ase_mlff`` it imported).
+Its rows are labelled "ase-mlff (before)", and the ratios current / before of time per step and
+peak memory are printed per size. The structures and the model file are this checkout's.
 
 The two models have the same size: TorchANI gets an AEV with as many radial terms per element
 (our G2 shifts) and angular terms per element pair (our G5: widths x zeta x lambda = its
@@ -49,6 +57,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -189,9 +198,12 @@ def _result(library, atoms, times, dtype, threads, extra):
     import numpy as np
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    best = float(min(times[1:]))
     return {"library": library, "n_atoms": len(atoms), "dtype": dtype, "threads": threads,
-            "s_per_step_best": float(min(times[1:])), "s_per_step_median": float(np.median(times[1:])),
-            "first_call_s": times[0], "timed_steps": len(times) - 1, "peak_rss_GiB": rss / 2 ** 30, **extra}
+            "s_per_step_best": best, "us_per_atom_best": best / len(atoms) * 1e6,
+            "s_per_step_median": float(np.median(times[1:])),
+            "first_call_s": times[0], "timed_steps": len(times) - 1, "peak_rss_GiB": rss / 2 ** 30,
+            "peak_rss_kB_per_atom": rss / 1024 / len(atoms), **extra}
 
 
 def child_md(library, model_path, rep, dtype, steps, threads, skin):
@@ -202,8 +214,10 @@ def child_md(library, model_path, rep, dtype, steps, threads, skin):
     if library == "ase-mlff":
         from ase_mlff.calculator import MLFFCalculator
 
+        import ase_mlff
+
         atoms.calc = MLFFCalculator(our_model(model_path), dtype=dtype, skin=skin)
-        extra = {"neighbour_list": f"ase-mlff (skin {skin} Å)"}
+        extra = {"neighbour_list": f"ase-mlff (skin {skin} Å)", "ase_mlff": os.path.dirname(ase_mlff.__file__)}
     else:
         model, info = torchani_model(model_shape(our_model(model_path)), skin, getattr(torch, dtype))
         atoms.calc = model.ase(stress_kind="scaling")
@@ -284,17 +298,41 @@ def have_torchani() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _run_child(args, spec):
+def _run_child(args, spec, before=None):
+    """One child process; ``before``: a checkout whose ase_mlff the child imports (``--before``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TORCHANI_NO_WARN_EXTENSIONS": "1"}
+    cwd = None
+    if before is not None:
+        env["PYTHONPATH"] = os.path.abspath(before)
+        cwd = tempfile.mkdtemp(prefix="bpnn-before-")  # outside both checkouts
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec), "--model", args.model,
            "--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads), "--skin",
            str(args.skin), "--epochs", str(args.epochs)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    finally:
+        if cwd is not None:
+            os.rmdir(cwd)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
-        return {**spec, "error": (out.stderr.strip() or out.stdout.strip())[-1500:]}
-    return json.loads(lines[-1])
+        res = {**spec, "error": (out.stderr.strip() or out.stdout.strip())[-1500:]}
+    else:
+        res = json.loads(lines[-1])
+    if before is not None:
+        res["library"] = "ase-mlff (before)"
+    return res
+
+
+def _ratio_line(current, before):
+    """current / before of time per step and peak memory, one line."""
+    if "error" in current or "error" in before:
+        return None
+    return (f"# {current['n_atoms']} atoms: current / before = "
+            f"{current['s_per_step_best'] / before['s_per_step_best']:.3g} time per step "
+            f"({current['us_per_atom_best']:.3g} vs {before['us_per_atom_best']:.3g} µs/atom), "
+            f"{current['peak_rss_GiB'] / before['peak_rss_GiB']:.3g} peak RSS "
+            f"({current['peak_rss_GiB']:.3g} vs {before['peak_rss_GiB']:.3g} GiB)")
 
 
 def main(argv=None):
@@ -314,6 +352,9 @@ def main(argv=None):
                    help="timed training epochs (default 3, --quick 1; 0: no training benchmark)")
     p.add_argument("--quick", action="store_true", help="192 atoms, 2 timed steps, 1 training epoch")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    p.add_argument("--before", default=None, metavar="DIR",
+                   help="also time the ase_mlff of the checkout DIR (extension built) beside this one: "
+                        "rows 'ase-mlff (before)' and ratios current / before")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_check_torchani", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -341,12 +382,24 @@ def main(argv=None):
         libs.remove("torchani")
     print(f"# threads {a.threads}, dtype {a.dtype}, skin {a.skin} Å, best of {a.steps} steps; torchani "
           f"{version or 'not used'}", flush=True)
+    if a.before is not None and not os.path.isdir(os.path.join(a.before, "ase_mlff")):
+        p.error(f"--before {a.before}: no ase_mlff package there")
     results = []
     for rep in a.sizes:
         for lib in libs:
             r = _run_child(a, {"mode": "md", "library": lib, "rep": rep})
             results.append(r)
             print(json.dumps(r), flush=True)
+            if lib == "ase-mlff" and a.before is not None:
+                old = _run_child(a, {"mode": "md", "library": lib, "rep": rep}, before=a.before)
+                results.append(old)
+                print(json.dumps(old), flush=True)
+                line = _ratio_line(r, old)
+                if line:
+                    print(line, flush=True)
+            mine = os.path.join(ROOT, "ase_mlff")
+            if lib == "ase-mlff" and r.get("ase_mlff") and os.path.realpath(r["ase_mlff"]) != os.path.realpath(mine):
+                print(f"# note: the current rows imported {r['ase_mlff']}, not {mine} (set PYTHONPATH)", flush=True)
     if a.epochs > 0:
         for lib in libs:
             r = _run_child(a, {"mode": "train", "library": lib})

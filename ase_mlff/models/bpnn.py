@@ -20,9 +20,11 @@ Energy (eV) as a sum of atomic energies, one feed-forward network per element (E
   training set, eV/Å × 1 Å). Both are hyperparameters (JSON numbers, exact in float64), so the
   networks learn O(1) residuals and the large constant is added in float64.
 
-Forces ``−dE/dr`` and the virial ``dE/dε`` are exact derivatives by autograd through the
-model contract (:mod:`ase_mlff.models.base`); the descriptor is built from the Graph's pairs
-only (no triplet list), so memory and time are linear in atoms.
+Forces ``−dE/dr`` and the virial ``dE/dε`` are exact derivatives: served on the CPU by the
+compiled core (:meth:`BPNNModel.analytic`, ase_mlff/_ext/bpnn_core.hpp: descriptors, networks and
+prior with a hand-written backward pass), and by autograd through the model contract
+(:mod:`ase_mlff.models.base`) for training, Hessians and other devices. The descriptor is built
+from the Graph's pairs only (no triplet list), so memory and time are linear in atoms.
 
 dtype: networks and descriptors run in float32 by default (measured in docs/bpnn.md: about
 2x faster than float64 on CPU, force differences ~1e-5 eV/Å, far below the model error); per-atom energies
@@ -42,13 +44,22 @@ import torch
 from ase.data import chemical_symbols
 
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
-from ..graph import graph_from_structure
-from .base import (MIN_SCALE, Model, config_cutoff, config_dtype, config_float, config_reference_energies,
-                   config_species, register_model)
+from ..graph import Graph, graph_from_structure
+from .base import (MIN_SCALE, Model, ModelOutput, config_cutoff, config_dtype, config_float,
+                   config_reference_energies, config_species, register_model, sum_per_structure)
 from .prior import check_repulsion as _check_repulsion  # shared with SchNet
 from .prior import repulsion_atom_energies, zbl  # noqa: F401  (zbl: part of this module's API)
 
+try:  # the compiled serving core (ase_mlff/_ext/bpnn_core.hpp); without it, autograd serves
+    from .._ext import _core
+    if not hasattr(_core, "bpnn_compute"):  # pragma: no cover - an extension built before it
+        _core = None
+except ImportError:  # pragma: no cover
+    _core = None
+
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU}
+#: activation codes of the compiled core
+_CORE_ACTIVATIONS = {"tanh": 0, "silu": 1}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -162,6 +173,75 @@ class BPNNModel(Model):
             i, j = graph.edge_index
             e = e + self.prior_atom_energies(graph.numbers, i, j, graph.edge_vectors()).to(torch.float64)
         return e
+
+    # ----------------------------------------------------------------- serving path
+    def core_parameters(self) -> tuple[np.ndarray, np.ndarray]:
+        """The symmetry functions and networks as the compiled core's flat arrays ``(ints,
+        reals)`` (layout in ase_mlff/_ext/bpnn_core.hpp; ``reals`` in the networks' dtype),
+        built once and rebuilt when a weight or scaling buffer changes (training, loading,
+        another dtype): the key holds every tensor's storage and version counter."""
+        tensors = [t for net in self.nets for t in (*net.parameters(), net.mean, net.std)]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = getattr(self, "_core_params", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        acsf, sf = self.acsf, self.sfset
+        hidden = [int(h) for h in self.config["hidden"]]
+        ints = [len(self.species), acsf.n_radial, acsf.n_eta, acsf.n_zl, int(acsf.exps.shape[0]),
+                _CORE_ACTIVATIONS[self.config["activation"]], len(hidden), *hidden, *self.species,
+                *[len(sel) for sel in sf.selected], *acsf.exps.reshape(-1).tolist()]
+        for sel in sf.selected:
+            ints.extend(int(c) for c in sel)
+        dt = self.nets[0].mean.dtype
+        parts = [acsf.radial_eta, acsf.radial_shift, acsf.angular_eta, acsf.A, acsf.diag]
+        for net in self.nets:
+            parts += [net.mean, net.std]
+            for layer in net.layers:
+                parts += [layer.weight, layer.bias]
+        with torch.no_grad():
+            reals = torch.cat([t.detach().to(device="cpu", dtype=dt).reshape(-1) for t in parts]).numpy()
+        self._core_params = (key, np.asarray(ints, dtype=np.int64), reals)
+        return self._core_params[1], self._core_params[2]
+
+    def _core_doubles(self) -> np.ndarray:
+        """The float64 part of the core's parameters (cutoff, energy scale, e0, the prior): a
+        few numbers from the hyperparameters, which set_reference_energies / set_repulsion may
+        change between calls."""
+        rep = self.config.get("repulsion")
+        out = [self.cutoff, self.config["energy_scale"], *self.config["reference_energies"]]
+        if rep is None:
+            out += [0.0, 1.0]
+        else:
+            out += [1.0, rep["width"], *np.asarray(rep["inner"], dtype=np.float64).reshape(-1).tolist()]
+        return np.asarray(out, dtype=np.float64)
+
+    @torch.no_grad()
+    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+        """Serving path: the compiled core (ase_mlff/_ext/bpnn_core.hpp) computes the symmetry
+        functions, the networks, the prior and their hand-written backward pass in one call,
+        in the networks' dtype, with memory linear in atoms (no autograd graph, no
+        (functions x pairs x 3) Jacobian). The same numbers as autograd through :meth:`forward`,
+        which stays the path for training, Hessians and graphs on other devices."""
+        if _core is None:  # pragma: no cover - no compiled extension
+            return self._autograd(graph, forces, stress, False)
+        s_idx = self.species_index(graph.numbers)
+        if bool((s_idx < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())
+        ints, reals = self.core_parameters()
+        dt = self.nets[0].mean.dtype
+        i, j = graph.edge_index
+        vec = graph.edge_vectors(dt).contiguous()
+        e, f, v = _core.bpnn_compute(ints, reals, self._core_doubles(), s_idx.numpy(), i.numpy(), j.numpy(),
+                                     vec.numpy(), -1, forces, stress, 0)
+        energies = torch.from_numpy(e)
+        out = ModelOutput(energy=sum_per_structure(energies, graph.batch, graph.n_graphs), energies=energies)
+        if forces:
+            out.forces = torch.from_numpy(f).to(graph.dtype)
+        if stress:
+            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add(
+                0, graph.batch, torch.from_numpy(v))
+            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
+        return out
 
     # ----------------------------------------------------------------- short-range prior
     def prior_atom_energies(self, numbers, i, j, vec) -> torch.Tensor:
