@@ -253,7 +253,7 @@ template <typename T>
 void run(const Model<T>& m, const Input& in, const Output& out) {
     const Layout& L = m.layout;
     const int64_t N = in.n_atoms, P = in.n_pairs, F = L.F, H = L.H, S = L.S, G = L.G;
-    if (N < 0 || P < 0 || S < 1 || F < 1 || H < 1 || L.n_blocks < 0 || G < 1 || !m.weights || !m.e0)
+    if (N < 0 || P < 0 || S < 1 || F < 1 || H < 1 || L.n_blocks < 0 || G < 1 || G > INT32_MAX || !m.weights || !m.e0)
         throw std::invalid_argument("schnet: inconsistent model sizes");
     if (!(m.inv_h > 0) || !std::isfinite(m.inv_h))
         throw std::invalid_argument("schnet: the filter table spacing must be positive");
@@ -287,9 +287,8 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
             if (!std::isfinite(d[0]) || !std::isfinite(d[1]) || !std::isfinite(d[2])) bad_chunk[c] = 1;
             const T dx = T(d[0]), dy = T(d[1]), dz = T(d[2]);
             const T r = std::sqrt(dx * dx + dy * dy + dz * dz);
-            const T u = std::min(std::max(r * inv_h, T(0)), T(G));
-            const int64_t k = std::min<int64_t>(static_cast<int64_t>(u), G - 1);
-            geo.r[p] = r, geo.k[p] = int32_t(k), geo.t[p] = u - T(k);
+            geo.r[p] = r;
+            geo.k[p] = int32_t(filter_interval(r, inv_h, G, geo.t[p]));
         }
     });
     for (char b : bad_chunk)

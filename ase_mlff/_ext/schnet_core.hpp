@@ -115,12 +115,20 @@ struct Piece {
     T t;
 };
 
+// The interval k in [0, G) of distance r and its local coordinate t.
 template <typename T>
-inline Piece<T> filter_piece(const T* table, int64_t G, int64_t F, T inv_h, T r) {
+inline int64_t filter_interval(T r, T inv_h, int64_t G, T& t) {
     const T u = std::min(std::max(r * inv_h, T(0)), T(G));
     const int64_t k = std::min<int64_t>(static_cast<int64_t>(u), G - 1);
-    const T* c = table + k * 4 * F;
-    return {c, c + F, c + 2 * F, c + 3 * F, u - T(k)};
+    t = u - T(k);
+    return k;
+}
+
+template <typename T>
+inline Piece<T> filter_piece(const T* table, int64_t G, int64_t F, T inv_h, T r) {
+    T t;
+    const T* c = table + filter_interval(r, inv_h, G, t) * 4 * F;
+    return {c, c + F, c + 2 * F, c + 3 * F, t};
 }
 
 // Energies (and forces and virials when asked) of `in` with model `m`. Throws
