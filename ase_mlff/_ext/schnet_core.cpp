@@ -7,7 +7,7 @@
 // Linux with GCC these kernels are compiled for AVX-512, AVX2 and the baseline and picked at
 // load time by the CPU (target_clones, as soap.cpp does); -ffp-contract=off forbids fused
 // multiply-adds and no kernel sums across vector lanes except the dot products of the radial
-// gradient (conv_grad_r), so the clones differ at most in those sums' rounding.
+// gradient (conv_grad), so the clones differ at most in those sums' rounding.
 #include "schnet_core.hpp"
 
 #include "pool.hpp"
@@ -158,37 +158,18 @@ MLFF_INLINE void conv_rows_impl(const PairIndex& x, const int64_t* second, const
     }
 }
 
-// g_r[p] += dE/dr_p of one block for the pairs of centres lo..hi-1: gm (N, F) = dE/dm, Y the
-// block's in2f output. (The one sum across features: its rounding may differ between clones.)
+// The backward pass of one block's convolution for the atoms lo..hi-1 as neighbours, over the
+// pairs whose second they are (slot s of PairIndex.by_second, geometry in the *2 copies):
+//   gy (hi - lo, F) = dE/dy of those rows = sum over their pairs of gm[first] * W(r),
+//   g_r2[s] += dE/dr of each of those pairs = sum_f gm[first, f] y[j, f] dW_f(r),
+// gm (N, F) = dE/dm, Y the block's in2f output. Both from one read of the table and of gm's row.
+// (The one sum across features: its rounding may differ between the clones.)
 template <typename T>
-MLFF_INLINE void conv_grad_r_impl(const PairIndex& x, const int64_t* second, const PairGeometry<T>& g,
-                                  const T* table, int64_t F, T inv_h, const T* Y, const T* GM, int64_t lo, int64_t hi,
-                                  T* g_r) {
-    for (int64_t i = lo; i < hi; ++i) {
-        const T* __restrict__ gi = GM + i * F;
-        for (int64_t s = x.first_start[i]; s < x.first_start[i + 1]; ++s) {
-            const int64_t p = x.first_pair(s);
-            if (s + kAhead < x.n_pairs) prefetch_row(Y + second[x.first_pair(s + kAhead)] * F, F);
-            const T* __restrict__ c1 = table + int64_t(g.k[p]) * 4 * F + F;
-            const T* __restrict__ c2 = c1 + F;
-            const T* __restrict__ c3 = c1 + 2 * F;
-            const T* __restrict__ yj = Y + second[p] * F;
-            const T t = g.t[p];
-            T acc = 0;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t f = 0; f < F; ++f) acc += gi[f] * yj[f] * (c1[f] + t * (T(2) * c2[f] + T(3) * t * c3[f]));
-            g_r[p] += acc * inv_h;
-        }
-    }
-}
-
-// gy (hi - lo, F) = dE/dy of rows lo..hi-1: the sum over the pairs whose neighbour they are
-// (slot s of PairIndex.by_second: pair by_second[s], its geometry in the *2 copies).
-template <typename T>
-MLFF_INLINE void conv_grad_y_impl(const PairIndex& x, const PairGeometry<T>& g, const T* table, int64_t F,
-                                  const T* GM, int64_t lo, int64_t hi, T* gy) {
+MLFF_INLINE void conv_grad_impl(const PairIndex& x, const PairGeometry<T>& g, const T* table, int64_t F, T inv_h,
+                                const T* Y, const T* GM, int64_t lo, int64_t hi, T* gy, T* g_r2) {
     for (int64_t j = lo; j < hi; ++j) {
         T* __restrict__ gj = gy + (j - lo) * F;
+        const T* __restrict__ yj = Y + j * F;
         std::fill(gj, gj + F, T(0));
         const int64_t end = x.second_start[j + 1];
         for (int64_t s = x.second_start[j]; s < end; ++s) {
@@ -199,8 +180,13 @@ MLFF_INLINE void conv_grad_y_impl(const PairIndex& x, const PairGeometry<T>& g, 
             const T* __restrict__ c3 = c0 + 3 * F;
             const T* __restrict__ gi = GM + g.first2[s] * F;
             const T t = g.t2[s];
-#pragma omp simd
-            for (int64_t f = 0; f < F; ++f) gj[f] += gi[f] * (c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f])));
+            T acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t f = 0; f < F; ++f) {
+                gj[f] += gi[f] * (c0[f] + t * (c1[f] + t * (c2[f] + t * c3[f])));
+                acc += gi[f] * yj[f] * (c1[f] + t * (T(2) * c2[f] + T(3) * t * c3[f]));
+            }
+            g_r2[s] += acc * inv_h;
         }
     }
 }
@@ -210,14 +196,9 @@ MLFF_INLINE void conv_grad_y_impl(const PairIndex& x, const PairGeometry<T>& g, 
                                       const T* table, int64_t F, const T* Y, int64_t lo, int64_t hi, T* m) {      \
         conv_rows_impl(x, second, g, table, F, Y, lo, hi, m);                                                     \
     }                                                                                                             \
-    MLFF_SCHNET_CLONES void conv_grad_r(const PairIndex& x, const int64_t* second, const PairGeometry<T>& g,       \
-                                        const T* table, int64_t F, T inv_h, const T* Y, const T* GM, int64_t lo,  \
-                                        int64_t hi, T* g_r) {                                                     \
-        conv_grad_r_impl(x, second, g, table, F, inv_h, Y, GM, lo, hi, g_r);                                      \
-    }                                                                                                             \
-    MLFF_SCHNET_CLONES void conv_grad_y(const PairIndex& x, const PairGeometry<T>& g, const T* table, int64_t F,  \
-                                        const T* GM, int64_t lo, int64_t hi, T* gy) {                             \
-        conv_grad_y_impl(x, g, table, F, GM, lo, hi, gy);                                                         \
+    MLFF_SCHNET_CLONES void conv_grad(const PairIndex& x, const PairGeometry<T>& g, const T* table, int64_t F,    \
+                                      T inv_h, const T* Y, const T* GM, int64_t lo, int64_t hi, T* gy, T* g_r2) { \
+        conv_grad_impl(x, g, table, F, inv_h, Y, GM, lo, hi, gy, g_r2);                                           \
     }
 MLFF_SCHNET_KERNELS(float)
 MLFF_SCHNET_KERNELS(double)
@@ -353,8 +334,9 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
         dense(n, H, F, sb.data(), o1, nullptr, gx.data() + lo * F);
     });
 
-    // backward through the blocks in reverse: g_r (P) accumulates dE/dr of every block
-    std::vector<T> g_r(grad ? P : 0, T(0));
+    // backward through the blocks in reverse: g_r2 accumulates dE/dr of every block, in the
+    // order of PairIndex.by_second
+    std::vector<T> g_r2(grad ? P : 0, T(0));
     std::vector<T> gm(grad ? NF : 0);
     for (int64_t b = L.n_blocks - 1; grad && b >= 0; --b) {
         const T* B = W + L.block(b);
@@ -369,9 +351,8 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
         });
         row_blocks([&](int64_t lo, int64_t hi) {  // dE/dr of the rows' pairs; g_x += (dE/dy) W_in
             const int64_t n = hi - lo;
-            conv_grad_r(index, in.second, geo, B + o.table, F, inv_h, y, gm.data(), lo, hi, g_r.data());
             std::vector<T> gy(n * F), gxb(n * F);
-            conv_grad_y(index, geo, B + o.table, F, gm.data(), lo, hi, gy.data());
+            conv_grad(index, geo, B + o.table, F, inv_h, y, gm.data(), lo, hi, gy.data(), g_r2.data());
             dense(n, F, F, gy.data(), B + o.in2f, nullptr, gxb.data());
             T* g = gx.data() + lo * F;
             for (int64_t k = 0; k < n * F; ++k) g[k] += gxb[k];
@@ -380,6 +361,11 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
 
     // the prior's energies, and g_p = dE/d(d_p) of the network and the prior, per centre
     const bool prior = m.inner != nullptr;
+    std::vector<T> g_r(grad ? P : 0);
+    if (grad)
+        parallel_for(int64_t(bad_chunk.size()), threads, [&](int64_t c) {
+            for (int64_t s = c * kPairBlock; s < std::min(P, (c + 1) * kPairBlock); ++s) g_r[index.by_second[s]] = g_r2[s];
+        });
     std::vector<double> gvec(grad ? 3 * P : 0);
     if (prior || grad)
         row_blocks([&](int64_t lo, int64_t hi) {
