@@ -146,6 +146,32 @@ def test_finite_differences_of_forces_and_stress():
     np.testing.assert_allclose(f, numerical_forces(mol, d=1e-5), rtol=0, atol=1e-6 * np.abs(f).max())
 
 
+@pytest.mark.parametrize("sizes", [(5, 2, 7), (37, 1, 9), (1, 1, 2), (16, 0, 3)])
+def test_widths_off_the_vector_tiles_and_no_blocks(sizes):
+    """Feature counts that fill no whole register tile (and F/2 hidden units), no interaction
+    block at all, a lone atom without pairs: the core's edge paths against autograd."""
+    from ase import Atoms
+
+    F, T, K = sizes
+    torch.manual_seed(F)
+    model = schnet.SchNetModel([1, 8], cutoff=4.0, n_features=F, n_interactions=T, n_rbf=K, dtype="float64",
+                               reference_energies=[-1.0, -2.0], energy_scale=1.3)
+    water = [[0, 0, 0], [0.96, 0, 0], [-0.2, 0.9, 0.1]]
+    for atoms in (Atoms("OH2", positions=water), Atoms("O"),
+                  Atoms("OH2", positions=water, cell=[[3, 0, 0], [0.5, 3.2, 0], [0.1, 0.2, 2.9]], pbc=True)):
+        graph = graph_from_structure(atoms, model.cutoff, dtype=torch.float64)
+        stress = bool(atoms.pbc.any())
+        core = model.compute(graph, forces=True, stress=stress)
+        exact = model._autograd(graph, True, stress, False)
+        _close(core.energies, exact.energies, 1e-12)
+        if len(atoms) > 1:
+            _close(core.forces, exact.forces, 1e-8)
+        else:
+            assert float(core.forces.abs().max()) == 0.0
+        if stress:
+            _close(core.virial, exact.virial, 1e-8)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_thread_counts_give_the_same_bits(dtype):
     model = _model(WATER_MODEL, dtype)

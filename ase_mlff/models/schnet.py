@@ -27,7 +27,9 @@ The convolution runs over the Graph's directed pair list (``edge_index``), so ti
 are linear in the number of atoms (tensors are (P, F) with P pairs). Forces ``−dE/dr`` and the
 virial ``dE/dε`` are autograd derivatives through the model contract
 (:mod:`ase_mlff.models.base`); periodic cells work because the pair vectors carry the cell
-shifts. Units: positions Å, energies eV.
+shifts. Serving on the CPU (:meth:`SchNetModel.analytic`) runs the same network, with each
+filter network tabulated, and its hand-written backward pass in a plain-C++ core
+(``_ext/schnet_core.hpp``; docs/schnet.md). Units: positions Å, energies eV.
 
 Transfer learning (the schemes of Krawczuk & Venturi 2020): the parameters form three groups, ``embedding`` (A),
 ``interactions`` (every block) and ``output`` (the atom-wise network), which
@@ -250,6 +252,7 @@ class SchNetModel(Model):
         pieces += [lin1.weight.T, lin1.weight, lin1.bias, lin2.weight, lin2.bias]
         with torch.no_grad():
             flat = torch.cat([p.detach().cpu().reshape(-1) for p in pieces]).numpy()
+        self.__dict__.pop("_tables", None)  # now in `flat` (float64 tables are ~60 MB: not twice)
         S, F = self.embedding.weight.shape
         core = {"weights": flat, "sizes": (S, F, lin1.weight.shape[0], len(self.interactions),
                                            tables[0].shape[0] if tables else 1),
@@ -306,13 +309,10 @@ class SchNetModel(Model):
 
     @torch.no_grad()
     def _analytic_torch(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
-        """The serving path without the compiled core (or off the CPU): energies, forces and virial by a hand-written backward pass (no autograd
-        graph), with each block's filter network replaced by its cubic Hermite table
-        (:meth:`filter_tables`) and the convolution and its gradient done in one compiled pass
-        over the pairs each (no (pairs x features) tensor). The filter network (two dense layers
-        on every pair) and autograd's bookkeeping are most of SchNet's cost; the table gives the
-        same W(r) to ~1e-9 relative and the exact derivative of the interpolant, so forces stay
-        conservative. Training, Hessians and graphs needing grad differentiate the network."""
+        """The serving path in torch operations, where the compiled core is missing (an
+        extension built before it) and a reference for it in the tests: the same filter tables
+        and hand-written backward pass, with the convolution and its gradient in one compiled
+        pass over the pairs each (``cfconv.cpp``, or torch ops without the extension)."""
         s_idx = self.species_index(graph.numbers)
         if bool((s_idx < 0).any()):
             self.check_numbers(graph.numbers.cpu().numpy())
