@@ -227,6 +227,31 @@ def test_prior_wall_in_the_core():
     _close(core.virial, exact.virial, 1e-8)
 
 
+def test_pair_order_and_batches():
+    """The pairs in any order (the core groups them itself) and several structures in one
+    graph give each structure's own numbers."""
+    from ase_mlff.graph import batch_graphs
+
+    model = _model(WATER_MODEL, torch.float64)
+    graph = graph_from_structure(_water("triclinic"), model.cutoff, dtype=torch.float64)
+    ref = model.compute(graph, forces=True, stress=True)
+    perm = torch.randperm(graph.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    shuffled = replace(graph, edge_index=graph.edge_index[:, perm], shifts=graph.shifts[perm])
+    out = model.compute(shuffled, forces=True, stress=True)
+    _close(out.energies, ref.energies, 1e-13)
+    _close(out.forces, ref.forces, 1e-12)
+    _close(out.virial, ref.virial, 1e-12)
+
+    slab = graph_from_structure(_water("slab"), model.cutoff, dtype=torch.float64)
+    both = model.compute(batch_graphs([graph, slab]), forces=True, stress=True)
+    one = model.compute(slab, forces=True, stress=True)
+    n = len(graph.numbers)
+    assert torch.equal(both.energy, torch.cat([ref.energy, one.energy]))
+    assert torch.equal(both.forces, torch.cat([ref.forces, one.forces]))
+    assert torch.equal(both.virial, torch.cat([ref.virial, one.virial]))
+    assert torch.equal(both.energies[n:], one.energies)
+
+
 def test_bad_input_is_refused_by_the_core():
     model = _model(WATER_MODEL, torch.float32)
     graph = graph_from_structure(_water("cubic"), model.cutoff, dtype=torch.float32)
