@@ -585,6 +585,8 @@ def main(argv=None):
     print(f"# threads {a.threads}, float32, skin {a.skin} Å, best of {a.steps} steps; SchNet F={a.features} "
           f"T={a.interactions} K={a.rbf} cutoff {a.cutoff} Å; schnetpack {version or 'not used'}; molecule: "
           f"{molecule_file()[1]}" + ("" if os.path.exists(PARACETAMOL) else f" ({PARACETAMOL} is missing: {public_data.describe('rmd17')})"), flush=True)
+    if a.before:
+        print(f"# before: the ase-mlff build in {os.path.abspath(a.before)}", flush=True)
     specs = []
     for name in a.systems:
         for lib in libs:

@@ -54,8 +54,8 @@ def _water(kind):
     atoms = read(WATER, 0)
     if kind == "triclinic":  # shear the box (and the atoms with it): a general triclinic cell
         cell = atoms.cell.array.copy()
-        atoms.set_cell(cell + np.array([[0, 0, 0], [0.21 * cell[0, 0], 0, 0], [-0.13 * cell[0, 0], 0.17 * cell[1, 1], 0]]),
-                       scale_atoms=True)
+        tilt = np.array([[0, 0, 0], [0.21 * cell[0, 0], 0, 0], [-0.13 * cell[0, 0], 0.17 * cell[1, 1], 0]])
+        atoms.set_cell(cell + tilt, scale_atoms=True)
     elif kind == "slab":
         atoms.pbc = (True, True, False)
     return atoms

@@ -294,7 +294,9 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     for (int64_t b = 0; b < L.n_blocks; ++b) {
         const T* B = W + L.block(b);
         T* y = ys.data() + (grad ? b * NF : 0);
-        row_blocks([&](int64_t lo, int64_t hi) { dense(hi - lo, F, F, x.data() + lo * F, B + o.in2f_t, nullptr, y + lo * F); });
+        row_blocks([&](int64_t lo, int64_t hi) {
+            dense(hi - lo, F, F, x.data() + lo * F, B + o.in2f_t, nullptr, y + lo * F);
+        });
         row_blocks([&](int64_t lo, int64_t hi) {
             const int64_t n = hi - lo;
             std::vector<T> mb(n * F), zb(n * F), sb(n * F);
@@ -364,7 +366,8 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     std::vector<T> g_r(grad ? P : 0);
     if (grad)
         parallel_for(int64_t(bad_chunk.size()), threads, [&](int64_t c) {
-            for (int64_t s = c * kPairBlock; s < std::min(P, (c + 1) * kPairBlock); ++s) g_r[index.by_second[s]] = g_r2[s];
+            for (int64_t s = c * kPairBlock; s < std::min(P, (c + 1) * kPairBlock); ++s)
+                g_r[index.by_second[s]] = g_r2[s];
         });
     std::vector<double> gvec(grad ? 3 * P : 0);
     if (prior || grad)

@@ -78,7 +78,8 @@ struct Model {
     Layout layout;
     const T* weights = nullptr;            // layout.size() values, in the order above
     double inv_h = 0;                      // 1 / table spacing (1/Å)
-    double cutoff = 0;                     // Å (the tables end there; pairs beyond add nothing)
+    double cutoff = 0;                     // Å, what a host's neighbour list must cover (the
+                                           // tables end there: pairs beyond add nothing)
     const double* e0 = nullptr;            // (S) eV
     double energy_scale = 1;               // eV
     // the short-range prior; inner == nullptr: none
