@@ -213,6 +213,43 @@ def test_energy_atoms_restriction_is_the_gradient_of_their_energies():
             model.analytic(graph, True, False, n_energy_atoms=bad)
 
 
+def test_ghost_atoms_after_the_owned_ones_give_the_periodic_numbers():
+    """What a domain-decomposed host does: the owned atoms first, then every periodic image
+    within message-passing reach (blocks x cutoff) as ghosts, all in one open structure;
+    with n_energy_atoms = owned, the owned energies are the periodic ones and the forces,
+    folded from the ghosts onto the atoms they image, are the periodic forces."""
+    from itertools import product
+
+    from ase import Atoms
+
+    model = _model(WATER_MODEL, torch.float64)
+    atoms = _water("triclinic")
+    n = len(atoms)
+    cell = atoms.cell.array
+    volume = abs(np.linalg.det(cell))
+    widths = [volume / np.linalg.norm(np.cross(cell[(a + 1) % 3], cell[(a + 2) % 3])) for a in range(3)]
+    reach = model.cutoff * len(model.interactions) / np.array(widths)  # in fractional coordinates
+    frac = atoms.get_scaled_positions(wrap=False)
+    positions, images = [atoms.positions], [np.arange(n)]
+    k = int(np.ceil(reach.max())) + 1  # the atoms may sit a little outside their cell
+    for shift in product(range(-k, k + 1), repeat=3):
+        if shift == (0, 0, 0):
+            continue
+        s = frac + np.array(shift)
+        keep = np.all((s >= frac.min(axis=0) - reach) & (s <= frac.max(axis=0) + reach), axis=1)
+        positions.append(s[keep] @ cell)
+        images.append(np.flatnonzero(keep))
+    images = np.concatenate(images)
+    ghosts = Atoms(numbers=atoms.numbers[images], positions=np.concatenate(positions), pbc=False)
+    open_graph = graph_from_structure(ghosts, model.cutoff, dtype=torch.float64)
+    host = model.analytic(open_graph, True, False, n_energy_atoms=n)
+    periodic = model.compute(graph_from_structure(atoms, model.cutoff, dtype=torch.float64), forces=True)
+    _close(host.energies[:n], periodic.energies, 1e-13)
+    _close(host.energy, periodic.energy, 1e-13)
+    folded = torch.zeros((n, 3), dtype=torch.float64).index_add(0, torch.from_numpy(images), host.forces)
+    _close(folded, periodic.forces, 1e-11)
+
+
 def test_prior_wall_in_the_core():
     """Two atoms pushed inside the ZBL wall: the prior's energies and forces as in torch."""
     model = _model(WATER_MODEL, torch.float64)
