@@ -5,6 +5,7 @@ through each library's ASE calculator, peak memory, and training time per epoch.
     python benchmarks/schnet.py --quick       # paracetamol and the 1,536-atom box, 2 timed steps, 1 epoch
     python benchmarks/schnet.py --systems water4 --steps 10 --skin 0
     python benchmarks/schnet.py --quick --spk-nl vesin matscipy ase   # SchNetPack's neighbour lists
+    python benchmarks/schnet.py --library ase-mlff --before /work/before   # this build against an older one
 
 Systems: paracetamol (20 atoms, frame 0 of rMD17's ``rmd17_paracetamol_test_01.npz`` in
 ``$ASE_MLFF_DATA/rmd17``, benchmarks/public_data.py;
@@ -13,11 +14,18 @@ energy + forces) and liquid water, the 192-atom DeePMD frame of
 periodic (energy + forces + stress). Without the rMD17 file the molecule is ethanol from
 ``tests/data/rmd17_ethanol_300.npz`` (9 atoms) and its rows say "ethanol (fallback)".
 
-Our MD step goes through SchNet's serving path (docs/schnet.md: each block's filter network
-tabulated as cubic Hermite pieces, the convolution and its gradient fused into one compiled
-pass over the pairs, a hand-written backward pass), which gives the network's numbers to
-float32 rounding (the ``check`` lines compare with SchNetPack's); ``--autograd`` adds a row of
-ours differentiating the network itself by autograd, SchNetPack's way.
+Our MD step goes through SchNet's serving path (docs/schnet.md: the compiled core, each
+block's filter network tabulated as cubic Hermite pieces, the whole network and a hand-written
+backward pass in plain C++), which gives the network's numbers to float32 rounding (the
+``check`` lines compare with SchNetPack's); ``--autograd`` adds a row of ours differentiating
+the network itself by autograd, SchNetPack's way.
+
+``--before DIR`` times an older build of ase-mlff beside this one: DIR is a checkout with its
+extension built (e.g. a ``git worktree`` of the commit before a change, ``python setup.py
+build_ext --inplace``). Its MD children run this script with ``PYTHONPATH=DIR`` from a
+directory outside both checkouts (each child reports the ``ase_mlff`` it imported, and the
+driver refuses a row that did not come from DIR); their rows say "ase-mlff (before)", and
+``now/before`` gives this build's time and memory growth over the older one's.
 
 The same network in both libraries. Ours is a fresh ``SchNetModel`` (F = 64 features, T = 3
 interaction blocks, K = 25 Gaussians, cutoff 5 Å; ``--features/--interactions/--rbf/--cutoff``)
@@ -294,8 +302,11 @@ def child_md(spec, args):
 
         if spec.get("path") == "autograd":
             ours.analytic_devices = ()  # the network itself, differentiated by autograd
+        import ase_mlff
+
         atoms.calc = MLFFCalculator(ours, dtype="float32", skin=args.skin)
-        extra = {"neighbour_list": f"ase-mlff cell list (skin {args.skin} Å)", "path": spec.get("path", "serving")}
+        extra = {"neighbour_list": f"ase-mlff cell list (skin {args.skin} Å)", "path": spec.get("path", "serving"),
+                 "before": spec.get("before"), "ase_mlff": os.path.dirname(os.path.dirname(ase_mlff.__file__))}
     else:
         import tempfile
 
@@ -409,15 +420,25 @@ def have_schnetpack() -> str | None:
 
 def _run_child(args, spec):
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    cwd = None
+    if spec.get("before"):  # the older build: its package first, run from outside both checkouts
+        import tempfile
+
+        env["PYTHONPATH"] = spec["before"]
+        cwd = tempfile.gettempdir()
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec), "--steps", str(args.steps),
            "--threads", str(args.threads), "--skin", str(args.skin), "--epochs", str(args.epochs),
            "--frames", str(args.frames), "--batch", str(args.batch), "--features", str(args.features),
            "--interactions", str(args.interactions), "--rbf", str(args.rbf), "--cutoff", str(args.cutoff)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         return {**spec, "error": (out.stderr.strip() or out.stdout.strip())[-1500:]}
-    return json.loads(lines[-1])
+    res = json.loads(lines[-1])
+    if spec.get("before") and os.path.realpath(res.get("ase_mlff", "")) != os.path.realpath(spec["before"]):
+        return {**spec, "error": f"the 'before' child imported ase_mlff from {res.get('ase_mlff')}, not "
+                                 f"{spec['before']} (is it a checkout with ase_mlff/ at its top?)"}
+    return res
 
 
 def compare(ours: dict, theirs: dict) -> tuple[bool, str]:
@@ -446,6 +467,11 @@ def _fmt(v, width, spec):
     return format(v, f">{width}{spec}") if v is not None else "-".rjust(width)
 
 
+def _is_mine(r) -> bool:
+    """This build's serving-path row (not the autograd row, not an older build's)."""
+    return r["library"] == "ase-mlff" and r.get("path") != "autograd" and not r.get("before")
+
+
 def print_tables(results, spk_missing: str | None):
     """The MD and training tables; ``spk_missing``: why SchNetPack rows are absent (None: not asked)."""
     md = [r for r in results if r.get("mode") == "md" and "error" not in r]
@@ -456,14 +482,16 @@ def print_tables(results, spk_missing: str | None):
     if md:
         print("\n## MD step (energy + forces, + stress for the periodic boxes), float32")
         head = (f"{'system':<22} {'atoms':>6} {'library':<22} {'ms/step':>9} {'median':>9} {'steps/s':>8} "
-                f"{'peak MB':>8} {'+MB':>7} {'KB/atom':>8} {'spk/ours':>8}")
+                f"{'peak MB':>8} {'+MB':>7} {'KB/atom':>8} {'spk/ours':>8} {'now/before':>10}")
         print(head)
         print("-" * len(head))
         for name in systems:
             rows = [r for r in md if r["system"] == name]
-            mine = next((r for r in rows if r["library"] == "ase-mlff" and r.get("path") != "autograd"), None)
+            mine = next((r for r in rows if _is_mine(r)), None)
+            before = next((r for r in rows if r.get("before")), None)
             for r in rows:
-                lib = (("ase-mlff (autograd)" if r.get("path") == "autograd" else "ase-mlff")
+                lib = (("ase-mlff (autograd)" if r.get("path") == "autograd" else
+                        "ase-mlff (before)" if r.get("before") else "ase-mlff")
                        if r["library"] == "ase-mlff" else f"schnetpack ({r['nl']})")
                 ms = 1e3 * r["s_per_step_best"]
                 grown = r["peak_MB"] - r["setup_MB"]
@@ -471,9 +499,15 @@ def print_tables(results, spk_missing: str | None):
                 kb = grown * 1024 / r["n_atoms"] if r["n_atoms"] >= 1000 else None
                 ratio = (r["s_per_step_best"] / mine["s_per_step_best"]
                          if mine is not None and r is not mine else None)
+                now = (r["s_per_step_best"] / before["s_per_step_best"]
+                       if before is not None and r is mine else None)
                 print(f"{r['label']:<22} {r['n_atoms']:>6} {lib:<22} {ms:>9.2f} {1e3 * r['s_per_step_median']:>9.2f} "
                       f"{1 / r['s_per_step_best']:>8.1f} {r['peak_MB']:>8.0f} {grown:>7.0f} {_fmt(kb, 8, '.1f')} "
-                      f"{_fmt(ratio, 8, '.2f')}")
+                      f"{_fmt(ratio, 8, '.2f')} {_fmt(now, 10, '.2f')}")
+            if before is not None and mine is not None:
+                grown_now, grown_before = mine["peak_MB"] - mine["setup_MB"], before["peak_MB"] - before["setup_MB"]
+                print(f"{'':<22} {'':>6} now/before: time {mine['s_per_step_best'] / before['s_per_step_best']:.2f}, "
+                      f"+MB {grown_now:.0f} / {grown_before:.0f}")
             if spk_missing is not None and not any(r["library"] == "schnetpack" for r in rows):
                 print(f"{rows[0]['label']:<22} {rows[0]['n_atoms']:>6} {'schnetpack':<22} {spk_missing}")
     train = [r for r in results if r.get("mode") == "train" and "error" not in r]
@@ -520,6 +554,9 @@ def main(argv=None):
     p.add_argument("--cutoff", type=float, default=5.0, help="cutoff, Å (default 5)")
     p.add_argument("--autograd", action="store_true",
                    help="also time ours through autograd over the network (no tabulated serving path)")
+    p.add_argument("--before", default=None, metavar="DIR",
+                   help="also time the ase-mlff build in checkout DIR (its extension built): rows "
+                        "'ase-mlff (before)' and this build's time over its (now/before)")
     p.add_argument("--quick", action="store_true", help="paracetamol and 1,536 atoms, 2 timed steps, 1 epoch")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -548,6 +585,8 @@ def main(argv=None):
     print(f"# threads {a.threads}, float32, skin {a.skin} Å, best of {a.steps} steps; SchNet F={a.features} "
           f"T={a.interactions} K={a.rbf} cutoff {a.cutoff} Å; schnetpack {version or 'not used'}; molecule: "
           f"{molecule_file()[1]}" + ("" if os.path.exists(PARACETAMOL) else f" ({PARACETAMOL} is missing: {public_data.describe('rmd17')})"), flush=True)
+    if a.before:
+        print(f"# before: the ase-mlff build in {os.path.abspath(a.before)}", flush=True)
     specs = []
     for name in a.systems:
         for lib in libs:
@@ -555,6 +594,8 @@ def main(argv=None):
                 specs.append({"mode": "md", "library": lib, "system": name})
                 if a.autograd:
                     specs.append({"mode": "md", "library": lib, "system": name, "path": "autograd"})
+                if a.before:
+                    specs.append({"mode": "md", "library": lib, "system": name, "before": os.path.abspath(a.before)})
                 continue
             for nl in a.spk_nl:
                 if nl == "torch" and name != "paracetamol":
@@ -573,14 +614,19 @@ def main(argv=None):
     bad = [r for r in results if "error" in r]
     checks_ok = True
     for name in a.systems:
-        mine = next((r for r in results if r.get("system") == name and r["library"] == "ase-mlff"
-                     and r.get("path") != "autograd" and "error" not in r), None)
+        mine = next((r for r in results if r.get("system") == name and _is_mine(r) and "error" not in r), None)
         for r in results:
-            if mine is None or r.get("system") != name or r["library"] != "schnetpack" or "error" in r:
+            if mine is None or r.get("system") != name or "error" in r:
+                continue
+            if r["library"] == "schnetpack":
+                who = f"schnetpack ({r['nl']})"
+            elif r.get("before"):
+                who = "ase-mlff (before)"
+            else:
                 continue
             ok, text = compare(mine, r)
             checks_ok = checks_ok and ok
-            print(f"# check {name} schnetpack ({r['nl']}) vs ase-mlff: {'same' if ok else 'DIFFERENT'}: {text}")
+            print(f"# check {name} {who} vs ase-mlff: {'same' if ok else 'DIFFERENT'}: {text}")
     if "schnetpack" in libs:
         spk_missing = "(failed: see the error below)"
     elif a.library != "ase-mlff":

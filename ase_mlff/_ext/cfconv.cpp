@@ -1,4 +1,5 @@
-// Continuous-filter convolution of SchNet with tabulated filters (serving path).
+// Continuous-filter convolution of SchNet with tabulated filters, for the torch-op paths
+// (training and the serving path without the compiled core; the core itself is schnet_core.cpp).
 //
 //   m[i, :] = sum over pairs p with first[p] = i of  y[second[p], :] * W(r[p], :)
 //
@@ -21,6 +22,7 @@
 #include <pybind11/pybind11.h>
 
 #include "pool.hpp"
+#include "schnet_core.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -77,16 +79,9 @@ struct Problem {
           threads(s.n_pairs >= kParallelPairs ? mlff::resolve_threads(n_threads) : 1) {}
 
     // the four coefficient rows of pair p's interval and its local coordinate t in [0, 1]
-    struct Piece {
-        const T *c0, *c1, *c2, *c3;
-        T t;
-    };
-    Piece piece(int64_t p) const {
-        const int64_t F = s.n_features, G = s.n_intervals;
-        T u = std::min(std::max(R[p] * inv_h, T(0)), T(G));
-        int64_t k = std::min<int64_t>(static_cast<int64_t>(u), G - 1);
-        const T* c = C + k * 4 * F;
-        return {c, c + F, c + 2 * F, c + 3 * F, u - T(k)};
+    // (the arithmetic the serving core uses too: schnet_core.hpp)
+    mlff::schnet::Piece<T> piece(int64_t p) const {
+        return mlff::schnet::filter_piece(C, s.n_intervals, s.n_features, inv_h, R[p]);
     }
 };
 

@@ -15,6 +15,7 @@ void register_mff(pybind11::module_& m);
 void register_cfconv(pybind11::module_& m);
 void register_soap(pybind11::module_& m);
 void register_bpnn(pybind11::module_& m);
+void register_schnet(pybind11::module_& m);
 
 namespace {
 
@@ -145,4 +146,5 @@ PYBIND11_MODULE(_core, m) {
     register_cfconv(m);
     register_soap(m);
     register_bpnn(m);
+    register_schnet(m);
 }

@@ -27,7 +27,9 @@ The convolution runs over the Graph's directed pair list (``edge_index``), so ti
 are linear in the number of atoms (tensors are (P, F) with P pairs). Forces ``−dE/dr`` and the
 virial ``dE/dε`` are autograd derivatives through the model contract
 (:mod:`ase_mlff.models.base`); periodic cells work because the pair vectors carry the cell
-shifts. Units: positions Å, energies eV.
+shifts. Serving on the CPU (:meth:`SchNetModel.analytic`) runs the same network, with each
+filter network tabulated, and its hand-written backward pass in a plain-C++ core
+(``_ext/schnet_core.hpp``; docs/schnet.md). Units: positions Å, energies eV.
 
 Transfer learning (the schemes of Krawczuk & Venturi 2020): the parameters form three groups, ``embedding`` (A),
 ``interactions`` (every block) and ``output`` (the atom-wise network), which
@@ -40,6 +42,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -227,15 +230,89 @@ class SchNetModel(Model):
         self._tables = (key, tables, 1.0 / h)
         return tables, 1.0 / h
 
+    def core_parameters(self):
+        """The model as the compiled core takes it (layout in ``_ext/schnet_core.hpp``): a dict
+        of the flat parameter array in the network's dtype (the filter tables of
+        :meth:`filter_tables` included), its sizes ``(S, F, H, T, G)``, the table's ``inv_h``
+        and the float64 constants (e0, energy scale, the prior). Built once and rebuilt when a
+        parameter, the reference energies or the prior change, so a call converts nothing."""
+        params = list(self.parameters())
+        rep = self.config.get("repulsion")
+        key = (self.embedding.weight.dtype, tuple((p.data_ptr(), p._version) for p in params),
+               tuple(self.config["reference_energies"]), self.config["energy_scale"], repr(rep))
+        cached = getattr(self, "_core_params", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        tables, inv_h = self.filter_tables()
+        pieces = [self.embedding.weight]
+        for b, table in zip(self.interactions, tables):
+            pieces += [b.in2f.weight.T, b.in2f.weight, b.f2out1.weight.T, b.f2out1.weight, b.f2out1.bias,
+                       b.f2out2.weight.T, b.f2out2.weight, b.f2out2.bias, table]
+        lin1, lin2 = self.output[0], self.output[2]
+        pieces += [lin1.weight.T, lin1.weight, lin1.bias, lin2.weight, lin2.bias]
+        with torch.no_grad():
+            flat = torch.cat([p.detach().cpu().reshape(-1) for p in pieces]).numpy()
+        self.__dict__.pop("_tables", None)  # now in `flat` (float64 tables are ~60 MB: not twice)
+        S, F = self.embedding.weight.shape
+        core = {"weights": flat, "sizes": (S, F, lin1.weight.shape[0], len(self.interactions),
+                                           tables[0].shape[0] if tables else 1),
+                "inv_h": float(inv_h) if tables else 1.0, "cutoff": float(self.cutoff),
+                "e0": np.asarray(self.config["reference_energies"], dtype=np.float64),
+                "energy_scale": float(self.config["energy_scale"]), "inner": None, "width": 1.0,
+                "atomic_numbers": None}
+        if rep is not None:
+            core.update(inner=np.asarray(rep["inner"], dtype=np.float64), width=float(rep["width"]),
+                        atomic_numbers=np.asarray(self.species, dtype=np.float64))
+        self._core_params = (key, core)
+        return core
+
     @torch.no_grad()
-    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
-        """Serving path: energies, forces and virial by a hand-written backward pass (no autograd
-        graph), with each block's filter network replaced by its cubic Hermite table
-        (:meth:`filter_tables`) and the convolution and its gradient done in one compiled pass
-        over the pairs each (no (pairs x features) tensor). The filter network (two dense layers
-        on every pair) and autograd's bookkeeping are most of SchNet's cost; the table gives the
-        same W(r) to ~1e-9 relative and the exact derivative of the interpolant, so forces stay
-        conservative. Training, Hessians and graphs needing grad differentiate the network."""
+    def analytic(self, graph: Graph, forces: bool, stress: bool, n_energy_atoms: int | None = None) -> ModelOutput:
+        """Serving path: the whole network, its hand-written backward pass and the prior in the
+        compiled core (``_ext/schnet_core.cpp``), each block's filter network replaced by its
+        cubic Hermite table (:meth:`filter_tables`): same W(r) to ~1e-9 relative and the exact
+        derivative of the interpolant, so forces stay conservative. No (pairs x features)
+        array and no autograd graph: time and memory linear in atoms. Training, Hessians and
+        graphs needing grad differentiate the network (:meth:`forward`).
+
+        ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` count (the others still pass
+        messages): ``energy`` is the sum of their energies and forces and virial are its
+        derivatives (how a domain-decomposed host passes its ghost atoms after its own)."""
+        s_idx = self.species_index(graph.numbers)
+        if bool((s_idx < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())
+        N = len(graph.numbers)
+        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
+            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
+        if _core is None or not hasattr(_core, "schnet_compute") or graph.device.type != "cpu":
+            if n_energy_atoms is not None and int(n_energy_atoms) != N:
+                raise InputError("n_energy_atoms needs the compiled extension (ase_mlff._ext) on the CPU")
+            return self._analytic_torch(graph, forces, stress)
+        i, j = graph.edge_index
+        core = self.core_parameters()
+        e, f, v = _core.schnet_compute(
+            species=s_idx.numpy(), first=i.contiguous().numpy(), second=j.contiguous().numpy(),
+            vectors=graph.edge_vectors(torch.float64).contiguous().numpy(),
+            n_energy_atoms=-1 if n_energy_atoms is None else int(n_energy_atoms), forces=forces, virials=stress,
+            **core)
+        energies = torch.from_numpy(e)
+        counted = energies if n_energy_atoms is None else torch.where(
+            torch.arange(N) < int(n_energy_atoms), energies, torch.zeros_like(energies))
+        out = ModelOutput(energy=sum_per_structure(counted, graph.batch, graph.n_graphs), energies=energies)
+        if forces:
+            out.forces = torch.from_numpy(f).to(graph.dtype)
+        if stress:
+            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add(0, graph.batch,
+                                                                                     torch.from_numpy(v))
+            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
+        return out
+
+    @torch.no_grad()
+    def _analytic_torch(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+        """The serving path in torch operations, where the compiled core is missing (an
+        extension built before it) and a reference for it in the tests: the same filter tables
+        and hand-written backward pass, with the convolution and its gradient in one compiled
+        pass over the pairs each (``cfconv.cpp``, or torch ops without the extension)."""
         s_idx = self.species_index(graph.numbers)
         if bool((s_idx < 0).any()):
             self.check_numbers(graph.numbers.cpu().numpy())
