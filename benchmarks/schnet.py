@@ -121,7 +121,8 @@ import public_data  # noqa: E402  (where the reference data come from and must b
 PARACETAMOL = public_data.path("rmd17", "rmd17_paracetamol_test_01.npz", must_exist=False)
 ETHANOL = os.path.join(ROOT, "tests", "data", "rmd17_ethanol_300.npz")
 KCAL_MOL = 0.0433641043  # eV
-SYSTEMS = {"paracetamol": None, "water2": 2, "water4": 4}
+SYSTEMS = {"paracetamol": None, "water1": 1, "water2": 2, "water4": 4, "water8": 8}
+DEFAULT_SYSTEMS = ["paracetamol", "water2", "water4"]
 SPK_LISTS = ("vesin", "matscipy", "ase", "torch")
 
 
@@ -535,8 +536,9 @@ def print_tables(results, spk_missing: str | None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--library", choices=["both", "ase-mlff", "schnetpack"], default="both")
-    p.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS),
-                   help="paracetamol (20 atoms), water2 (1,536), water4 (12,288); default all")
+    p.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=DEFAULT_SYSTEMS,
+                   help="paracetamol (20 atoms), water1 (192), water2 (1,536), water4 (12,288), water8 "
+                        "(98,304); default paracetamol water2 water4")
     p.add_argument("--spk-nl", nargs="+", choices=SPK_LISTS, default=["vesin"],
                    help="SchNetPack neighbour list(s): one row each (default vesin, its fastest)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per system (best of them is reported)")
