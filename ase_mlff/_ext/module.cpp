@@ -14,6 +14,7 @@ namespace py = pybind11;
 void register_mff(pybind11::module_& m);
 void register_cfconv(pybind11::module_& m);
 void register_soap(pybind11::module_& m);
+void register_gap(pybind11::module_& m);
 
 namespace {
 
@@ -143,4 +144,5 @@ PYBIND11_MODULE(_core, m) {
     register_mff(m);
     register_cfconv(m);
     register_soap(m);
+    register_gap(m);
 }

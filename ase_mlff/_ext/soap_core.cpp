@@ -8,7 +8,8 @@ template <typename T>
 void forward(const Basis<T>& b, const Pairs<T>& s, T* P, T* Cout, T* J) {
     const int64_t D = b.dim(), C = b.n_coeffs();
     s.over_centres([&](int64_t lo, int64_t hi) {
-        auto g = b.make_geom();
+        std::vector<double> gbuf(b.geom_size());
+        PairGeom g = b.geom_view(gbuf.data());
         std::vector<double> ci(C), dc(3 * b.N * b.LM);
         for (int64_t i = lo; i < hi; ++i) {
             s.coefficients(b, i, ci.data(), g);
@@ -58,7 +59,8 @@ template <typename T>
 void backward(const Basis<T>& b, const Pairs<T>& s, const T* GP, const T* CF, T* G) {
     const int64_t D = b.dim(), C = b.n_coeffs();
     s.over_centres([&](int64_t lo, int64_t hi) {
-        auto g = b.make_geom();
+        std::vector<double> gbuf(b.geom_size());
+        PairGeom g = b.geom_view(gbuf.data());
         std::vector<double> ci(C), gc(C);
         for (int64_t i = lo; i < hi; ++i) {
             for (int64_t q = 0; q < C; ++q) ci[q] = CF[i * C + q];
@@ -92,7 +94,8 @@ void backward_channels_range(const Basis<double>& b, const Pairs<double>& s, con
     constexpr int64_t W = kChannelBlock;
     const int64_t D = b.dim(), C = b.n_coeffs();
     const int64_t RB = (R + W - 1) / W * W;  // channels padded to whole blocks (the padding is zero)
-    auto g = b.make_geom();
+    std::vector<double> gbuf(b.geom_size());
+    PairGeom g = b.geom_view(gbuf.data());
     std::vector<double> gc(C * RB), w(RB, 0.0);
     for (int64_t i = lo; i < hi; ++i) {
         const double* ci = CF + i * C;

@@ -94,10 +94,11 @@ public:
                 Q[m + 1][m] = (2 * m + 1) * z * dfact;
                 dQ[m + 1][m] = (2 * m + 1) * dfact;
             }
-            for (int l = m + 2; l <= L; ++l) {
+            for (int l = m + 2; l <= L; ++l)
                 Q[l][m] = ((2 * l - 1) * z * Q[l - 1][m] - (l + m - 1) * Q[l - 2][m]) / (l - m);
-                dQ[l][m] = ((2 * l - 1) * (Q[l - 1][m] + z * dQ[l - 1][m]) - (l + m - 1) * dQ[l - 2][m]) / (l - m);
-            }
+            if (dY)  // the derivatives only when asked
+                for (int l = m + 2; l <= L; ++l)
+                    dQ[l][m] = ((2 * l - 1) * (Q[l - 1][m] + z * dQ[l - 1][m]) - (l + m - 1) * dQ[l - 2][m]) / (l - m);
         }
         for (int l = 0; l <= L; ++l) {
             for (int m = -l; m <= l; ++m) {
@@ -138,10 +139,12 @@ struct Entry {
     double w;
 };
 
-// The geometry of one pair: r, unit vector, Y, dY/dd (LM x 3), h, dh (scratch, reused).
+// The geometry of one pair: r, and views into a buffer of Basis::geom_size() doubles holding
+// the unit vector u (3), Y (LM), dY/dd (LM x 3; only when computed with grad), h (K) and dh (K;
+// only with grad). A buffer per pair lets a caller keep the geometry of many pairs.
 struct PairGeom {
-    double r, u[3];
-    std::vector<double> Y, dY, h, dh;
+    double r;
+    double *u, *Y, *dY, *h, *dh;
 };
 
 // Settings and tables of the descriptor, and the arithmetic of one environment. The pointers
@@ -179,11 +182,11 @@ struct Basis {
     int64_t dim() const { return static_cast<int64_t>(entries.size()); }
     int64_t n_coeffs() const { return int64_t(S) * N * LM; }
 
-    // h[n, l](r) and dh/dr: writes K values each (zero beyond the cutoff)
+    // h[n, l](r) and, when dh is not null, dh/dr: K values each (zero beyond the cutoff)
     void radial(double r, double* h, double* dh) const {
         if (r >= r_cut) {
             std::fill(h, h + K, 0.0);
-            std::fill(dh, dh + K, 0.0);
+            if (dh) std::fill(dh, dh + K, 0.0);
             return;
         }
         const double uu = std::max(r * inv_h, 0.0);
@@ -193,29 +196,32 @@ struct Basis {
         for (int q = 0; q < K; ++q) {
             const double c0 = c[q], c1 = c[K + q], c2 = c[2 * K + q], c3 = c[3 * K + q];
             h[q] = c0 + t * (c1 + t * (c2 + t * c3));
-            dh[q] = (c1 + t * (2 * c2 + 3 * t * c3)) * inv_h;
         }
+        if (dh)
+            for (int q = 0; q < K; ++q) {
+                const double c1 = c[K + q], c2 = c[2 * K + q], c3 = c[3 * K + q];
+                dh[q] = (c1 + t * (2 * c2 + 3 * t * c3)) * inv_h;
+            }
     }
 
-    PairGeom make_geom() const {
-        PairGeom g;
-        g.Y.resize(LM);
-        g.dY.resize(3 * LM);
-        g.h.resize(K);
-        g.dh.resize(K);
-        return g;
+    // doubles of one pair's geometry buffer, and the views of a buffer
+    int64_t geom_size() const { return 3 + 4 * int64_t(LM) + 2 * int64_t(K); }
+    PairGeom geom_view(double* buf) const {
+        return PairGeom{0.0, buf, buf + 3, buf + 3 + LM, buf + 3 + 4 * LM, buf + 3 + 4 * LM + K};
     }
 
-    // the geometry of the pair vector d (3 values); dY only with grad
+    // the geometry of the pair vector d (3 values) into g's buffer; dY and dh only with grad
     template <typename V>
     void geometry(const V* d, PairGeom& g, bool grad) const {
         g.r = std::sqrt(double(d[0]) * d[0] + double(d[1]) * d[1] + double(d[2]) * d[2]);
         if (!(g.r > 0)) throw std::invalid_argument("soap: a pair vector has zero length (overlapping atoms)");
         for (int c = 0; c < 3; ++c) g.u[c] = d[c] / g.r;
-        harm.eval(g.u, g.Y.data(), grad ? g.dY.data() : nullptr);
-        radial(g.r, g.h.data(), g.dh.data());
-        if (grad)
-            for (double& v : g.dY) v /= g.r;
+        harm.eval(g.u, g.Y, grad ? g.dY : nullptr);
+        radial(g.r, g.h, grad ? g.dh : nullptr);
+        if (grad) {
+            const double inv_r = 1.0 / g.r;
+            for (int k = 0; k < 3 * LM; ++k) g.dY[k] *= inv_r;
+        }
     }
 
     // ci (n_coeffs()) = the centre's own term (species s of the centre); pairs are added after
@@ -232,7 +238,7 @@ struct Basis {
             for (int l = 0; l <= L; ++l) {
                 const double hv = g.h[n * (L + 1) + l];
                 double* cn = cs + n * LM + l * l;
-                const double* y = g.Y.data() + l * l;
+                const double* y = g.Y + l * l;
                 for (int m = 0; m < 2 * l + 1; ++m) cn[m] += hv * y[m];
             }
     }
