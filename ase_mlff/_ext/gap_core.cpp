@@ -115,10 +115,8 @@ void environment(const soap::Basis<double>& b, const PairIndex& x, const int64_t
     if (!normalise) return;
     double n2 = 0;
     for (int64_t d = 0; d < D; ++d) n2 += q[d] * q[d];
-    if (!(n2 > 0))
-        throw std::invalid_argument("gap: atom " + std::to_string(i) + " has an all-zero SOAP power spectrum (no "
-                                    "neighbour within the SOAP cutoff and central_weight 0): its kernel is undefined");
-    *norm = std::sqrt(n2);
+    *norm = std::sqrt(n2);  // the caller refuses a zero norm (no throw in a clone)
+    if (!(n2 > 0)) return;
     for (int64_t d = 0; d < D; ++d) q[d] /= *norm;
 }
 
@@ -179,6 +177,9 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
             throw std::out_of_range("gap: atom " + std::to_string(i) + " has species index " + std::to_string(species[i]) +
                                     ", not one of the model's " + std::to_string(S));
     const PairIndex x = index_pairs(n_atoms, n_pairs, first, second);
+    // every check that can fail runs here, before the passes: an exception must not leave a
+    // target_clones function (GCC then calls std::terminate)
+    for (int64_t p = 0; p < n_pairs; ++p) soap::check_vector(vectors + 3 * p);
     const bool need_grad = forces || virial;
 
     const soap::Basis<double>& b = basis_;
@@ -215,6 +216,10 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
             environment(b, x, species, second, vectors, i, need_grad && kernel, ci.data() + k * C, q.data() + k * Dp,
                         power ? power + i * D : nullptr, kernel, norm.data() + k,
                         geo.data() + (x.first_start[i] - slot0) * gs);
+            if (kernel && !(norm[k] > 0))
+                throw std::invalid_argument("gap: atom " + std::to_string(i) + " has an all-zero SOAP power spectrum "
+                                            "(no neighbour within the SOAP cutoff and central_weight 0): its kernel "
+                                            "is undefined");
             if (coeffs) std::copy(ci.data() + k * C, ci.data() + (k + 1) * C, coeffs + i * C);
         }
 
@@ -294,7 +299,6 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
                 }
                 energies[i] += 0.5 * (fc * dd2 * sk);
                 if (!need_grad) continue;
-                if (!(r > 0)) throw std::invalid_argument("gap: a pair vector has zero length (overlapping atoms)");
                 const double dv = 0.5 * dd2 * (dfc * sk + fc * sdk) / r;
                 for (int c = 0; c < 3; ++c) g[3 * p + c] += dv * d[c];
             }

@@ -295,6 +295,14 @@ struct Basis {
     }
 };
 
+// A pair vector must have a positive, finite length (std::invalid_argument otherwise).
+template <typename V>
+inline void check_vector(const V* d) {
+    const double r2 = double(d[0]) * d[0] + double(d[1]) * d[1] + double(d[2]) * d[2];
+    if (!(r2 > 0)) throw std::invalid_argument("soap: a pair vector has zero length (overlapping atoms)");
+    if (!std::isfinite(r2)) throw std::invalid_argument("soap: a pair vector is not finite");
+}
+
 // Pair arrays sorted by centre, checked: first (P,) centre atom, nbr (P,) neighbour species,
 // centre (N,) species of every atom, vec (P, 3).
 template <typename T>
@@ -316,6 +324,9 @@ struct Pairs {
                 throw std::out_of_range("soap: pair " + std::to_string(p) + " has a centre out of range");
             if (p > 0 && first[p] < first[p - 1]) throw std::invalid_argument("soap: pairs must be sorted by centre");
             if (nbr[p] < 0 || nbr[p] >= b.S) throw std::out_of_range("soap: neighbour species out of range");
+            // checked here, outside the passes: an exception must not leave a target_clones
+            // function (GCC then calls std::terminate), and geometry() is inlined into some
+            check_vector(vec + 3 * p);
             ++offsets[first[p] + 1];
         }
         for (int64_t i = 0; i < n_atoms; ++i) {

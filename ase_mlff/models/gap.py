@@ -269,6 +269,13 @@ class GAPModel(Model):
         return energies.to(graph.dtype)
 
     # ----------------------------------------------------------------- serving path
+    def __getstate__(self):
+        # copies and pickles leave the compiled core behind (it cannot be copied); the copy
+        # builds its own on first use
+        state = dict(super().__getstate__())
+        state.pop("_core_cache", None)
+        return state
+
     def core(self):
         """The model in the compiled serving core's flat layout (``_ext/gap_core.hpp``; a
         :class:`ase_mlff._ext._core.GapCore`), built once and rebuilt when a parameter, the SOAP
