@@ -23,18 +23,30 @@ constexpr int64_t kChunk = 64;
 // columns of D (gradients), with kLanes independent lanes innermost
 constexpr int64_t kRows = 4, kCols = 4, kLanes = 8, kWide = 32;
 
-// the tiles are inlined into the clones of their callers, so that each is compiled for the
-// clone's instruction set
+// the tiles are inlined into the instruction-set variants of their callers, so that each is
+// compiled for that instruction set
 #if defined(__GNUC__)
 #define MLFF_INLINE inline __attribute__((always_inline))
 #else
 #define MLFF_INLINE inline
 #endif
 
-// The dot products of a tile of rows rows x cols sparse points, each as kLanes partial sums over
+// acc + a b: one fused multiply-add (one rounding) when Fused, else a product then a sum. The
+// kernel products are most of GAP's arithmetic and fused multiply-adds make them ~1.5 times
+// faster, so where the CPU has them (x86-64 with FMA, picked at run time) they are used; the
+// results then differ from a CPU without them in the last bits, never between thread counts.
+template <bool Fused>
+MLFF_INLINE double madd(double acc, double a, double b) {
+    if constexpr (Fused)
+        return __builtin_fma(a, b, acc);
+    else
+        return acc + a * b;
+}
+
+// The dot products of a tile of kRows rows x Cols sparse points, each as kLanes partial sums over
 // d mod kLanes added pairwise at the end: the same operations, in the same order, for every
 // (row, point) pair whatever tile it falls in.
-template <int64_t Cols>
+template <bool Fused, int64_t Cols>
 MLFF_INLINE void dot_tile(const double* Q, const double* Z, int64_t Dp, int64_t m, double* K, int64_t ldk) {
     double acc[kRows][Cols][kLanes] = {};
     for (int64_t d = 0; d < Dp; d += kLanes)
@@ -43,7 +55,7 @@ MLFF_INLINE void dot_tile(const double* Q, const double* Z, int64_t Dp, int64_t 
             for (int64_t b = 0; b < Cols; ++b) {
                 const double* z = Z + (m + b) * Dp + d;
                 #pragma omp simd
-                for (int64_t l = 0; l < kLanes; ++l) acc[a][b][l] += q[l] * z[l];
+                for (int64_t l = 0; l < kLanes; ++l) acc[a][b][l] = madd<Fused>(acc[a][b][l], q[l], z[l]);
             }
         }
     for (int64_t a = 0; a < kRows; ++a)
@@ -54,21 +66,21 @@ MLFF_INLINE void dot_tile(const double* Q, const double* Z, int64_t Dp, int64_t 
 }
 
 // K[r, m] = q_r . z_m for rows r in [0, nR) (a multiple of kRows) and points m in [m0, m1)
-MLFF_SIMD_CLONES
-void kernel_values(const double* Q, int64_t nR, const double* Z, int64_t Dp, int64_t m0, int64_t m1, double* K,
-                   int64_t ldk) {
+template <bool Fused>
+MLFF_INLINE void kernel_values_impl(const double* Q, int64_t nR, const double* Z, int64_t Dp, int64_t m0, int64_t m1,
+                                    double* K, int64_t ldk) {
     for (int64_t r = 0; r < nR; r += kRows) {
         int64_t m = m0;
-        for (; m + kCols <= m1; m += kCols) dot_tile<kCols>(Q + r * Dp, Z, Dp, m, K + r * ldk, ldk);
-        for (; m < m1; ++m) dot_tile<1>(Q + r * Dp, Z, Dp, m, K + r * ldk, ldk);
+        for (; m + kCols <= m1; m += kCols) dot_tile<Fused, kCols>(Q + r * Dp, Z, Dp, m, K + r * ldk, ldk);
+        for (; m < m1; ++m) dot_tile<Fused, 1>(Q + r * Dp, Z, Dp, m, K + r * ldk, ldk);
     }
 }
 
 // GQ[r, d] += sum over m in [m0, m1) of W[r, m] Z[m, d] for columns [d0, d0 + Width): each
 // entry a sum over m in order, so splitting m into chunks changes nothing
-template <int64_t Width>
-MLFF_INLINE void axpy_tile(const double* W, int64_t ldw, const double* Z, int64_t Dp, int64_t m0, int64_t m1, int64_t d0,
-                      double* GQ) {
+template <bool Fused, int64_t Width>
+MLFF_INLINE void axpy_tile(const double* W, int64_t ldw, const double* Z, int64_t Dp, int64_t m0, int64_t m1,
+                           int64_t d0, double* GQ) {
     double acc[kRows][Width];
     for (int64_t a = 0; a < kRows; ++a)
         for (int64_t l = 0; l < Width; ++l) acc[a][l] = GQ[a * Dp + d0 + l];
@@ -77,21 +89,79 @@ MLFF_INLINE void axpy_tile(const double* W, int64_t ldw, const double* Z, int64_
         for (int64_t a = 0; a < kRows; ++a) {
             const double w = W[a * ldw + m];
             #pragma omp simd
-            for (int64_t l = 0; l < Width; ++l) acc[a][l] += w * z[l];
+            for (int64_t l = 0; l < Width; ++l) acc[a][l] = madd<Fused>(acc[a][l], w, z[l]);
         }
     }
     for (int64_t a = 0; a < kRows; ++a)
         for (int64_t l = 0; l < Width; ++l) GQ[a * Dp + d0 + l] = acc[a][l];
 }
 
-MLFF_SIMD_CLONES
-void kernel_gradient(const double* W, int64_t ldw, int64_t nR, const double* Z, int64_t Dp, int64_t m0, int64_t m1,
-                     double* GQ) {
+template <bool Fused>
+MLFF_INLINE void kernel_gradient_impl(const double* W, int64_t ldw, int64_t nR, const double* Z, int64_t Dp,
+                                      int64_t m0, int64_t m1, double* GQ) {
     for (int64_t r = 0; r < nR; r += kRows) {
         int64_t d = 0;
-        for (; d + kWide <= Dp; d += kWide) axpy_tile<kWide>(W + r * ldw, ldw, Z, Dp, m0, m1, d, GQ + r * Dp);
-        for (; d < Dp; d += kLanes) axpy_tile<kLanes>(W + r * ldw, ldw, Z, Dp, m0, m1, d, GQ + r * Dp);
+        for (; d + kWide <= Dp; d += kWide) axpy_tile<Fused, kWide>(W + r * ldw, ldw, Z, Dp, m0, m1, d, GQ + r * Dp);
+        for (; d < Dp; d += kLanes) axpy_tile<Fused, kLanes>(W + r * ldw, ldw, Z, Dp, m0, m1, d, GQ + r * Dp);
     }
+}
+
+// The variants of the two products and the choice between them: AVX-512 + FMA, AVX2 + FMA
+// (the same bits: each lane's operations are the same) and a portable one without FMA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MLFF_FMA_DISPATCH 1
+__attribute__((target("avx512f,fma"))) void kernel_values_512(const double* Q, int64_t nR, const double* Z, int64_t Dp,
+                                                              int64_t m0, int64_t m1, double* K, int64_t ldk) {
+    kernel_values_impl<true>(Q, nR, Z, Dp, m0, m1, K, ldk);
+}
+__attribute__((target("avx2,fma"))) void kernel_values_256(const double* Q, int64_t nR, const double* Z, int64_t Dp,
+                                                           int64_t m0, int64_t m1, double* K, int64_t ldk) {
+    kernel_values_impl<true>(Q, nR, Z, Dp, m0, m1, K, ldk);
+}
+__attribute__((target("avx512f,fma"))) void kernel_gradient_512(const double* W, int64_t ldw, int64_t nR,
+                                                                const double* Z, int64_t Dp, int64_t m0, int64_t m1,
+                                                                double* GQ) {
+    kernel_gradient_impl<true>(W, ldw, nR, Z, Dp, m0, m1, GQ);
+}
+__attribute__((target("avx2,fma"))) void kernel_gradient_256(const double* W, int64_t ldw, int64_t nR, const double* Z,
+                                                             int64_t Dp, int64_t m0, int64_t m1, double* GQ) {
+    kernel_gradient_impl<true>(W, ldw, nR, Z, Dp, m0, m1, GQ);
+}
+
+// 2: AVX-512 with FMA, 1: AVX2 with FMA, 0: neither
+int fma_level() {
+    static const int level = [] {
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("fma")) return 0;
+        if (__builtin_cpu_supports("avx512f")) return 2;
+        return __builtin_cpu_supports("avx2") ? 1 : 0;
+    }();
+    return level;
+}
+#endif
+
+void kernel_values(const double* Q, int64_t nR, const double* Z, int64_t Dp, int64_t m0, int64_t m1, double* K,
+                   int64_t ldk) {
+#ifdef MLFF_FMA_DISPATCH
+    switch (fma_level()) {
+        case 2: return kernel_values_512(Q, nR, Z, Dp, m0, m1, K, ldk);
+        case 1: return kernel_values_256(Q, nR, Z, Dp, m0, m1, K, ldk);
+        default: break;
+    }
+#endif
+    kernel_values_impl<false>(Q, nR, Z, Dp, m0, m1, K, ldk);
+}
+
+void kernel_gradient(const double* W, int64_t ldw, int64_t nR, const double* Z, int64_t Dp, int64_t m0, int64_t m1,
+                     double* GQ) {
+#ifdef MLFF_FMA_DISPATCH
+    switch (fma_level()) {
+        case 2: return kernel_gradient_512(W, ldw, nR, Z, Dp, m0, m1, GQ);
+        case 1: return kernel_gradient_256(W, ldw, nR, Z, Dp, m0, m1, GQ);
+        default: break;
+    }
+#endif
+    kernel_gradient_impl<false>(W, ldw, nR, Z, Dp, m0, m1, GQ);
 }
 
 // Step 1 of a block: the coefficients ci (n_coeffs) and power spectrum q (Dp, zero after D) of

@@ -28,6 +28,8 @@
 // atoms' coefficients, spectra and kernel rows: linear in atoms, and no (atoms x features)
 // Jacobian. Every number of an atom is computed by the same operations in the same order
 // whichever block, tile or thread it falls in, so results are bit-identical for any thread count.
+// The kernel products use fused multiply-adds where the CPU has them (x86-64 with FMA, chosen
+// at run time): results differ from a CPU without them in the last bits only.
 //
 // Flat parameter layout (Params; arrays are C-contiguous float64 unless said, owned by the
 // caller, and must outlive the Model built on them):
