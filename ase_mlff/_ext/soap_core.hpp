@@ -277,20 +277,26 @@ struct Basis {
     // computed with grad)
     void pair_gradient(const double* gc, int b, const PairGeom& g, double out[3]) const {
         const double* gs = gc + int64_t(b) * N * LM;
-        double acc[3] = {0, 0, 0};
-        for (int l = 0; l <= L; ++l) {
-            // sum_n gc[n, lm] h[n, l] and with dh
-            for (int m = 0; m < 2 * l + 1; ++m) {
-                const int lm = l * l + m;
-                double a = 0, bb = 0;
-                for (int n = 0; n < N; ++n) {
-                    const double x = gs[n * LM + lm];
-                    a += x * g.h[n * (L + 1) + l];
-                    bb += x * g.dh[n * (L + 1) + l];
+        // a[lm] = sum_n gc[n, lm] h[n, l] and bb[lm] the same with dh, n outermost so that the
+        // inner loops run over contiguous lm (each sum still adds n = 0, 1, ... in order)
+        double a[(kMaxL + 1) * (kMaxL + 1)], bb[(kMaxL + 1) * (kMaxL + 1)];
+        std::fill(a, a + LM, 0.0);
+        std::fill(bb, bb + LM, 0.0);
+        for (int n = 0; n < N; ++n) {
+            const double* x = gs + n * LM;
+            const double* hn = g.h + n * (L + 1);
+            const double* dhn = g.dh + n * (L + 1);
+            for (int l = 0; l <= L; ++l) {
+                const double hv = hn[l], dhv = dhn[l];
+                for (int lm = l * l; lm < (l + 1) * (l + 1); ++lm) {
+                    a[lm] += x[lm] * hv;
+                    bb[lm] += x[lm] * dhv;
                 }
-                for (int c = 0; c < 3; ++c) acc[c] += bb * g.u[c] * g.Y[lm] + a * g.dY[3 * lm + c];
             }
         }
+        double acc[3] = {0, 0, 0};
+        for (int lm = 0; lm < LM; ++lm)
+            for (int c = 0; c < 3; ++c) acc[c] += bb[lm] * g.u[c] * g.Y[lm] + a[lm] * g.dY[3 * lm + c];
         for (int c = 0; c < 3; ++c) out[c] = acc[c];
     }
 };
