@@ -51,6 +51,14 @@
 #define MLFF_SIMD_CLONES
 #endif
 
+// The per-pair and per-environment steps are forced inline, so that each target_clones caller
+// gets them compiled for its own instruction set (a call out of a clone runs baseline code).
+#if defined(__GNUC__)
+#define MLFF_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define MLFF_ALWAYS_INLINE
+#endif
+
 namespace mlff {
 namespace soap {
 
@@ -74,7 +82,7 @@ public:
     int size() const { return (L + 1) * (L + 1); }
 
     // Y (size()) and, when dY is not null, dY (size() x 3) = tangential gradient at u.
-    void eval(const double u[3], double* Y, double* dY) const {
+    MLFF_ALWAYS_INLINE void eval(const double u[3], double* Y, double* dY) const {
         const double x = u[0], y = u[1], z = u[2];
         double A[kMaxL + 1], B[kMaxL + 1];  // Re, Im (x + i y)^m
         A[0] = 1.0;
@@ -183,7 +191,7 @@ struct Basis {
     int64_t n_coeffs() const { return int64_t(S) * N * LM; }
 
     // h[n, l](r) and, when dh is not null, dh/dr: K values each (zero beyond the cutoff)
-    void radial(double r, double* h, double* dh) const {
+    MLFF_ALWAYS_INLINE void radial(double r, double* h, double* dh) const {
         if (r >= r_cut) {
             std::fill(h, h + K, 0.0);
             if (dh) std::fill(dh, dh + K, 0.0);
@@ -212,7 +220,7 @@ struct Basis {
 
     // the geometry of the pair vector d (3 values) into g's buffer; dY and dh only with grad
     template <typename V>
-    void geometry(const V* d, PairGeom& g, bool grad) const {
+    MLFF_ALWAYS_INLINE void geometry(const V* d, PairGeom& g, bool grad) const {
         g.r = std::sqrt(double(d[0]) * d[0] + double(d[1]) * d[1] + double(d[2]) * d[2]);
         if (!(g.r > 0)) throw std::invalid_argument("soap: a pair vector has zero length (overlapping atoms)");
         for (int c = 0; c < 3; ++c) g.u[c] = d[c] / g.r;
@@ -225,14 +233,14 @@ struct Basis {
     }
 
     // ci (n_coeffs()) = the centre's own term (species s of the centre); pairs are added after
-    void start_coefficients(int s, double* ci) const {
+    MLFF_ALWAYS_INLINE void start_coefficients(int s, double* ci) const {
         std::fill(ci, ci + n_coeffs(), 0.0);
         const double y00 = 0.5 / std::sqrt(M_PI);
         for (int n = 0; n < N; ++n) ci[(s * N + n) * LM] += double(central[n]) * y00;
     }
 
     // adds the term of one pair (neighbour species b, geometry g) to ci
-    void add_pair(int b, const PairGeom& g, double* ci) const {
+    MLFF_ALWAYS_INLINE void add_pair(int b, const PairGeom& g, double* ci) const {
         double* cs = ci + int64_t(b) * N * LM;
         for (int n = 0; n < N; ++n)
             for (int l = 0; l <= L; ++l) {
@@ -245,7 +253,7 @@ struct Basis {
 
     // pi (dim()) from the coefficients ci
     template <typename U>
-    void power(const double* ci, U* pi) const {
+    MLFF_ALWAYS_INLINE void power(const double* ci, U* pi) const {
         for (size_t k = 0; k < entries.size(); ++k) {
             const Entry& e = entries[k];
             const double* x = ci + (e.a * N + e.n) * LM + e.l * e.l;
@@ -258,7 +266,7 @@ struct Basis {
 
     // gc (n_coeffs()) = d(sum_k gp[k] p[k]) / d(coefficients), given the coefficients ci
     template <typename U>
-    void grad_coefficients(const U* gp, const double* ci, double* gc) const {
+    MLFF_ALWAYS_INLINE void grad_coefficients(const U* gp, const double* ci, double* gc) const {
         std::fill(gc, gc + n_coeffs(), 0.0);
         for (size_t k = 0; k < entries.size(); ++k) {
             const Entry& e = entries[k];
@@ -275,7 +283,7 @@ struct Basis {
 
     // out (3) = d(sum gc * c) / d(pair vector) of one pair (neighbour species b, geometry g
     // computed with grad)
-    void pair_gradient(const double* gc, int b, const PairGeom& g, double out[3]) const {
+    MLFF_ALWAYS_INLINE void pair_gradient(const double* gc, int b, const PairGeom& g, double out[3]) const {
         const double* gs = gc + int64_t(b) * N * LM;
         // a[lm] = sum_n gc[n, lm] h[n, l] and bb[lm] the same with dh, n outermost so that the
         // inner loops run over contiguous lm (each sum still adds n = 0, 1, ... in order)
