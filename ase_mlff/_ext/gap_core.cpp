@@ -226,7 +226,6 @@ Model::Model(const Params& params)
             throw std::invalid_argument("gap: sparse_start must not decrease");
     if (p_.sparse_start[S] > 0 && (!p_.sparse || !p_.alpha))
         throw std::invalid_argument("gap: sparse points need sparse and alpha");
-    n_keys_ = int64_t(S) * (S + 1) / 2;
     if (p_.pair_n_sparse < 0) throw std::invalid_argument("gap: pair_n_sparse must not be negative");
     if (p_.pair_n_sparse > 0) {
         if (!p_.pair_sparse || !p_.beta) throw std::invalid_argument("gap: a 2-body term needs pair_sparse and beta");
@@ -296,7 +295,8 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
         // 2. per species: kernel values against its sparse points, the energies, and
         //    dE/dq = delta^2 zeta sum_m alpha_m k_m^(zeta - 1) z_m
         std::vector<int64_t> rows;
-        std::vector<double> Q, K, GQ;
+        std::vector<double> Q, GQ;
+        thread_local std::vector<double> K;  // every entry used is written by kernel_values first
         for (int s = 0; s < S; ++s) {
             const int64_t m_lo = p_.sparse_start[s], Ms = p_.sparse_start[s + 1] - m_lo;
             if (Ms == 0) continue;
@@ -310,7 +310,7 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
                 std::copy(q.data() + rows[r] * Dp, q.data() + (rows[r] + 1) * Dp, Q.data() + r * Dp);
             const double* Z = p_.sparse + m_lo * Dp;
             const double* alpha = p_.alpha + m_lo;
-            K.assign(nRp * Ms, 0.0);
+            if (int64_t(K.size()) < nRp * Ms) K.resize(nRp * Ms);
             for (int64_t m0 = 0; m0 < Ms; m0 += kChunk)
                 kernel_values(Q.data(), nRp, Z, Dp, m0, std::min(Ms, m0 + kChunk), K.data(), Ms);
             for (int64_t r = 0; r < nR; ++r) {
@@ -324,8 +324,7 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
                 }
                 energies[lo + rows[r]] += d2 * e;
             }
-            if (!need_grad) continue;
-            for (int64_t r = nR; r < nRp; ++r) std::fill(K.data() + r * Ms, K.data() + (r + 1) * Ms, 0.0);
+            if (!need_grad) continue;  // (the padding rows of K are zero: their q are)
             GQ.assign(nRp * Dp, 0.0);
             for (int64_t m0 = 0; m0 < Ms; m0 += kChunk)
                 kernel_gradient(K.data(), Ms, nRp, Z, Dp, m0, std::min(Ms, m0 + kChunk), GQ.data());

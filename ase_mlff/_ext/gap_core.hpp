@@ -100,7 +100,6 @@ public:
 private:
     Params p_;
     soap::Basis<double> basis_;
-    int64_t n_keys_ = 0;
 };
 
 }  // namespace gap
