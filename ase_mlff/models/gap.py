@@ -10,7 +10,10 @@ Based on Physical Principles", §6.2; docs/references.md)::
 runs over the sparse (representative) environments with coefficients ``alpha``, ``u`` over the
 sparse distances of the 2-body term of each element pair, ``f_c`` the cosine cutoff of the
 2-body term. Environments of different central elements never correlate. Forces and stress
-are exact derivatives (the SOAP backward pass is compiled; autograd does the rest).
+are exact derivatives: on CPU from the compiled serving core (:meth:`GAPModel.analytic`,
+``_ext/gap_core.hpp``: SOAP, the kernel and its gradient, the backward pass through SOAP and
+the 2-body term in one pass over the atoms); elsewhere, and as the reference, by autograd
+through :meth:`GAPModel.forward` (the SOAP backward pass compiled, the rest in torch).
 
 Parameters ``x = [alpha, beta, e0]`` come from :mod:`ase_mlff.training.gap_train`: the
 projected-process solution on energies, forces and virials. When the model file keeps the
