@@ -145,7 +145,7 @@ def test_results_do_not_depend_on_the_thread_count(si_model):
     atoms = bulk("Si", "diamond", a=5.47, cubic=True) * (4, 4, 4)  # 512 atoms: 16 blocks, threaded gathers
     atoms.rattle(0.05, seed=3)
     args = _core_arrays(si_model, atoms)
-    core = si_model.core()
+    core = si_model.core_parameters()
     ref = core.compute(*args, -1, True, True, False, 1)
     for n in (2, 3):
         out = core.compute(*args, -1, True, True, False, n)
@@ -159,8 +159,8 @@ def test_energy_atoms_first_and_ghosts_after(si_model):
     atoms = _si(2)
     s, i, j, vec = _core_arrays(si_model, atoms)
     k = 40
-    e, f, w, _, _ = si_model.core().compute(s, i, j, vec, k, True, True, False, 0)
-    full = si_model.core().compute(s, i, j, vec, -1, True, True, False, 0)[0]
+    e, f, w, _, _ = si_model.core_parameters().compute(s, i, j, vec, k, True, True, False, 0)
+    full = si_model.core_parameters().compute(s, i, j, vec, -1, True, True, False, 0)[0]
     assert np.all(e[k:] == 0.0)
     np.testing.assert_allclose(e[:k], full[:k], rtol=0, atol=0)
     g = graph_from_structure(atoms, si_model.cutoff)
@@ -171,11 +171,18 @@ def test_energy_atoms_first_and_ghosts_after(si_model):
     (grad,) = torch.autograd.grad(energies[:k].sum(), pos)
     _assert_close(f, -grad.numpy(), 1e-10, "forces of the first atoms' energies")
     assert np.all(w[k:] == 0.0) and np.all(w[:k].any(axis=(1, 2)))
+    out = si_model.analytic(g, True, True, n_energy_atoms=k)  # the model's face of the same contract
+    assert np.array_equal(out.energies.numpy(), e) and np.array_equal(out.forces.numpy(), f)
+    assert out.energy.item() == pytest.approx(float(energies[:k].sum().detach()), rel=1e-12)
+    from ase_mlff.errors import InputError
+
+    with pytest.raises(InputError, match="n_energy_atoms"):
+        si_model.analytic(g, True, False, n_energy_atoms=len(atoms) + 1)
 
 
 def test_unsorted_pairs_give_the_same_results(si_model):
     s, i, j, vec = _core_arrays(si_model, _si(4))
-    core = si_model.core()
+    core = si_model.core_parameters()
     ref = core.compute(s, i, j, vec, -1, True, True, False, 0)
     perm = np.random.default_rng(0).permutation(len(i))
     out = core.compute(s, i[perm], j[perm], vec[perm], -1, True, True, False, 0)
@@ -185,7 +192,7 @@ def test_unsorted_pairs_give_the_same_results(si_model):
 
 def test_bad_input_is_refused(si_model):
     s, i, j, vec = _core_arrays(si_model, _si(1))
-    core = si_model.core()
+    core = si_model.core_parameters()
     with pytest.raises(IndexError, match="species index"):
         core.compute(np.where(np.arange(len(s)) == 3, 1, s), i, j, vec, -1, True, True, False, 0)
     with pytest.raises(ValueError, match="n_energy_atoms"):
@@ -206,8 +213,8 @@ def test_the_core_follows_new_parameters(si_model):
     atoms = _si(2)
     g = graph_from_structure(atoms, model.cutoff)
     before = model.compute(g, forces=True).energy
-    first = model.core()
+    first = model.core_parameters()
     model.set_parameters(1.01 * model.parameters_vector())
-    assert model.core() is not first
+    assert model.core_parameters() is not first
     _compare(model, atoms)
     assert not torch.equal(model.compute(g, forces=True).energy, before)

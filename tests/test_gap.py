@@ -584,9 +584,9 @@ def test_a_call_with_uncertainty_computes_the_soap_once_and_keeps_nothing(monkey
     if path == "torch":
         monkeypatch.setattr(model, "analytic_devices", ())
     calls = []
-    raw, core = model.soap.raw, model.core
+    raw, core = model.soap.raw, model.core_parameters
     monkeypatch.setattr(model.soap, "raw", lambda *a, **k: calls.append("raw") or raw(*a, **k))
-    monkeypatch.setattr(model, "core", lambda: _CountingCore(core(), calls))
+    monkeypatch.setattr(model, "core_parameters", lambda: _CountingCore(core(), calls))
     atoms = bulk("Si", "diamond", a=5.47, cubic=True)
     atoms.rattle(0.05, seed=1)
     atoms.calc = MLFFCalculator(model, uncertainty=True)

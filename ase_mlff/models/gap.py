@@ -279,7 +279,7 @@ class GAPModel(Model):
         state.pop("_core_cache", None)
         return state
 
-    def core(self):
+    def core_parameters(self):
         """The model in the compiled serving core's flat layout (``_ext/gap_core.hpp``; a
         :class:`ase_mlff._ext._core.GapCore`), built once and rebuilt when a parameter, the SOAP
         tables or a hyperparameter changes (training, loading)."""
@@ -314,21 +314,32 @@ class GAPModel(Model):
         return core
 
     @torch.no_grad()
-    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+    def analytic(self, graph: Graph, forces: bool, stress: bool, n_energy_atoms: int | None = None) -> ModelOutput:
         """Serving path (CPU): energies, forces and per-atom virials in one compiled pass over the
         atoms (``_ext/gap_core.hpp``): SOAP, the kernel against the sparse points and its
         gradient, the backward pass through SOAP to the pair vectors one atom at a time, the
         2-body term and e0; no autograd graph and no (atoms x sparse points) matrix. The same
-        float64 arithmetic as :meth:`forward` (equal to ~1e-12 relative); a float32 model rounds
+        float64 arithmetic as :meth:`forward` (equal to ~1e-11 relative); a float32 model rounds
         the results, as its torch path does. Training, graphs that need grad and GPUs use
-        :meth:`forward` with autograd."""
+        :meth:`forward` with autograd.
+
+        ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` have energies (the others, a
+        domain-decomposed host's ghost atoms, get 0 and are only neighbours): forces and virial
+        are the derivatives of their sum."""
+        from ..errors import InputError
+
         s = self.species_index(graph.numbers)
         if bool((s < 0).any()):
             self.check_numbers(graph.numbers.cpu().numpy())
+        N = len(graph.numbers)
+        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
+            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
+        n_energy = -1 if n_energy_atoms is None else int(n_energy_atoms)
         i, j = graph.edge_index
         vec = graph.edge_vectors(torch.float64).numpy()
         keep = self.soap.keep_last  # a call with uncertainty: the variance reuses this pass's SOAP
-        e, f, w, p, c = self.core().compute(s.numpy(), i.numpy(), j.numpy(), vec, -1, forces, stress, keep, 0)
+        e, f, w, p, c = self.core_parameters().compute(s.numpy(), i.numpy(), j.numpy(), vec, n_energy, forces, stress,
+                                                       keep, 0)
         if keep:
             _, first, nbr, centre = self._soap_inputs(graph)
             self.soap.last = {"inputs": (first, nbr, centre, vec), "p": p, "coeffs": c}
