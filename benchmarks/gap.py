@@ -38,6 +38,16 @@ Subcommands (each prints a Markdown table):
         with the exact variance (variance_method="exact", the implementation before the samples).
     python benchmarks/gap.py memory [--sizes 3 5 8 10]
         Peak memory and time of one energy + forces + stress call for 216 ... 8000 atoms.
+    python benchmarks/gap.py serve [--threads 2] [--sizes 4 8 12 16 20] [--repeat 3] [--before DIR]
+        The serving path of the calculator (energy + forces + stress per MD-like step: atoms
+        displaced by ~1e-3 Å between calls, the Verlet list reused) on diamond Si supercells of
+        8 n^3 atoms (512 ... 64,000), potentials/si_gap.mlff; each size in its own child
+        process: best and median time per call of --repeat calls after one warm-up, its peak
+        RSS (ru_maxrss) and the part of it that grew during the calls (+MB, KiB per atom: flat
+        when memory is linear in atoms). --before DIR runs the same children again with
+        PYTHONPATH=DIR (a checkout of an earlier commit with its extension built, e.g. the one
+        before the compiled GAP core) and labels those rows "ase-mlff (before)"; the ratio is
+        time(current) / time(before), and |dE|/N compares the two builds' first energies.
 
 SOAP definition being compared (the normalised kernel does not depend on the overall scale):
 density rho_a(r) = sum_{j of species a} f_c(r_j) exp(-|r - r_j|^2 / (2 sigma^2)), the centre
@@ -812,6 +822,87 @@ def run_memory(args):
     _table(["atoms", "E+F+S s", "peak RSS MiB", "KiB per extra atom"], rows)
 
 
+# ----------------------------------------------------------------------------- serving path
+
+def _serve_one(model_path, reps, repeat):
+    """Child process: time E+F+S calls on a diamond Si cell of 8 reps^3 atoms; prints one JSON
+    line (atoms, best and median s per call, energy of the first call, RSS before and after)."""
+    import json
+    import resource
+    import warnings
+
+    from ase.build import bulk
+
+    import ase_mlff
+
+    ase_mlff.set_num_threads(int(_THREADS))
+    warnings.simplefilter("ignore")
+    calc = ase_mlff.load(model_path)
+    atoms = bulk("Si", "diamond", 5.47, cubic=True) * (reps, reps, reps)
+    atoms.rattle(0.05, seed=0)
+    rng = np.random.default_rng(1)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    calc.calculate(atoms, ["energy", "forces", "stress"])  # warm-up: neighbour list, first-use allocations
+    energy = float(calc.results["energy"])
+    times = []
+    for _ in range(repeat):
+        atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
+        t0 = time.perf_counter()
+        calc.calculate(atoms, ["energy", "forces", "stress"])
+        times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"atoms": len(atoms), "best": min(times), "median": float(np.median(times)),
+                      "energy": energy, "rss0": rss0, "rss": rss}))
+
+
+def _serve_child(args, reps, pythonpath):
+    """Run one size in a child with ``PYTHONPATH=pythonpath``, from a folder outside every
+    checkout (so that neither is imported from the working directory)."""
+    import json
+    import tempfile
+
+    env = {**os.environ, "PYTHONPATH": pythonpath, "ASE_MLFF_NUM_THREADS": str(args.threads)}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(args.threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "serve", "--threads", str(args.threads), "--model",
+           os.path.abspath(args.model), "--repeat", str(args.repeat), "--one", str(reps)]
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"serve child ({pythonpath}) failed:\n{out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def run_serve(args):
+    """Time per call and memory of the serving path against the number of atoms (module
+    docstring), optionally beside an earlier build (--before)."""
+    if args.one is not None:
+        _serve_one(args.model, args.one, args.repeat)
+        return
+    builds = [("ase-mlff", ROOT)]
+    if args.before:
+        before = os.path.abspath(args.before)
+        if not os.path.isdir(os.path.join(before, "ase_mlff")):
+            raise SystemExit(f"--before {args.before}: no ase_mlff package in that folder")
+        builds.append(("ase-mlff (before)", before))
+    rows = []
+    for reps in args.sizes:
+        res = {label: _serve_child(args, reps, path) for label, path in builds}
+        cur = res["ase-mlff"]
+        n = cur["atoms"]
+        for label, r in res.items():
+            grown = r["rss"] - r["rss0"]
+            ratio = f"{cur['best'] / r['best']:.2f}" if label != "ase-mlff" else ""
+            de = f"{abs(r['energy'] - cur['energy']) / n:.1e}" if label != "ase-mlff" else ""
+            rows.append([n, label, f"{r['best'] * 1e3:.1f}", f"{r['median'] * 1e3:.1f}", ratio, f"{r['rss']:.0f}",
+                         f"{grown:.0f}", f"{grown * 1024 / n:.1f}", de])
+    print(f"### E+F+S per call, {os.path.relpath(os.path.abspath(args.model), ROOT)}, {args.threads} threads "
+          f"(best / median of {args.repeat})\n")
+    _table(["atoms", "build", "best ms", "median ms", "current / before", "peak RSS MiB", "+MiB in calls",
+            "KiB per atom", "|dE|/N eV"], rows)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _fit_options(p):
@@ -892,6 +983,17 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 8, 10], help="diamond cubic repeats")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_memory)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="time and memory of E+F+S on 512 ... 64,000 Si atoms (optionally beside an earlier build)")
+    p.add_argument("--model", default=os.path.join(ROOT, "potentials", "si_gap.mlff"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 12, 16, 20],
+                   help="diamond cubic repeats n (8 n^3 atoms; default 512, 4,096, 13,824, 32,768, 64,000)")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per size (after one warm-up)")
+    p.add_argument("--before", default=None, metavar="DIR",
+                   help="also time the checkout DIR (its extension built) and print current / before")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=run_serve)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -560,22 +560,39 @@ def test_train_gap_does_not_offer_committee_options(capsys):
         assert "--committee K" in capsys.readouterr().out, family
 
 
-def test_a_call_with_uncertainty_computes_the_soap_once_and_keeps_nothing(monkeypatch):
-    """The variance reuses the energy pass's SOAP of the same call (one soap.raw), and neither
-    that call nor a later plain one leaves arrays behind on the model."""
+class _CountingCore:
+    """A GapCore that counts its calls (a pybind object's methods cannot be patched)."""
+
+    def __init__(self, core, calls):
+        self.core, self.calls = core, calls
+
+    def compute(self, *args, **kwargs):
+        self.calls.append("core")
+        return self.core.compute(*args, **kwargs)
+
+
+@pytest.mark.parametrize("path", ["core", "torch"])
+def test_a_call_with_uncertainty_computes_the_soap_once_and_keeps_nothing(monkeypatch, path):
+    """The variance reuses the energy pass's SOAP of the same call (one SOAP pass: the compiled
+    serving core's or soap.raw of the torch path), and neither that call nor a later plain one
+    leaves arrays behind on the model."""
     from ase.build import bulk
 
     from ase_mlff.io import load_model
 
     model = load_model(os.path.join(os.path.dirname(__file__), "..", "potentials", "si_gap.mlff"))
+    if path == "torch":
+        monkeypatch.setattr(model, "analytic_devices", ())
     calls = []
-    raw = model.soap.raw
-    monkeypatch.setattr(model.soap, "raw", lambda *a, **k: calls.append(1) or raw(*a, **k))
+    raw, core = model.soap.raw, model.core_parameters
+    monkeypatch.setattr(model.soap, "raw", lambda *a, **k: calls.append("raw") or raw(*a, **k))
+    monkeypatch.setattr(model, "core_parameters", lambda: _CountingCore(core(), calls))
     atoms = bulk("Si", "diamond", a=5.47, cubic=True)
     atoms.rattle(0.05, seed=1)
     atoms.calc = MLFFCalculator(model, uncertainty=True)
     atoms.get_forces()
-    assert len(calls) == 1 and model.soap.last is None and not model.soap.keep_last
+    assert calls == [{"core": "core", "torch": "raw"}[path]]
+    assert model.soap.last is None and not model.soap.keep_last
     plain = atoms.copy()
     plain.calc = MLFFCalculator(model)
     plain.get_forces()

@@ -16,6 +16,7 @@ void register_cfconv(pybind11::module_& m);
 void register_soap(pybind11::module_& m);
 void register_bpnn(pybind11::module_& m);
 void register_schnet(pybind11::module_& m);
+void register_gap(pybind11::module_& m);
 
 namespace {
 
@@ -147,4 +148,5 @@ PYBIND11_MODULE(_core, m) {
     register_soap(m);
     register_bpnn(m);
     register_schnet(m);
+    register_gap(m);
 }

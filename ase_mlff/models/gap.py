@@ -10,7 +10,10 @@ Based on Physical Principles", §6.2; docs/references.md)::
 runs over the sparse (representative) environments with coefficients ``alpha``, ``u`` over the
 sparse distances of the 2-body term of each element pair, ``f_c`` the cosine cutoff of the
 2-body term. Environments of different central elements never correlate. Forces and stress
-are exact derivatives (the SOAP backward pass is compiled; autograd does the rest).
+are exact derivatives: on CPU from the compiled serving core (:meth:`GAPModel.analytic`,
+``_ext/gap_core.hpp``: SOAP, the kernel and its gradient, the backward pass through SOAP and
+the 2-body term in one pass over the atoms); elsewhere, and as the reference, by autograd
+through :meth:`GAPModel.forward` (the SOAP backward pass compiled, the rest in torch).
 
 Parameters ``x = [alpha, beta, e0]`` come from :mod:`ase_mlff.training.gap_train`: the
 projected-process solution on energies, forces and virials. When the model file keeps the
@@ -79,8 +82,8 @@ import torch
 from .._warn import warn
 from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
 from ..graph import Graph
-from .base import (MIN_SCALE, MIN_WIDTH, Model, config_cutoff, config_float, config_int,
-                   config_reference_energies, config_species, register_model)
+from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_float, config_int,
+                   config_reference_energies, config_species, register_model, sum_per_structure)
 # the calibration factors have the committee's names and bounds (docs/uncertainty.md)
 from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
 
@@ -267,6 +270,88 @@ class GAPModel(Model):
             r = torch.linalg.norm(vec, dim=1)
             energies = energies.index_add(0, graph.edge_index[0], 0.5 * self._pair_energy(graph, s, r))
         return energies.to(graph.dtype)
+
+    # ----------------------------------------------------------------- serving path
+    def __getstate__(self):
+        # copies and pickles leave the compiled core behind (it cannot be copied); the copy
+        # builds its own on first use
+        state = dict(super().__getstate__())
+        state.pop("_core_cache", None)
+        return state
+
+    def core_parameters(self):
+        """The model in the compiled serving core's flat layout (``_ext/gap_core.hpp``; a
+        :class:`ase_mlff._ext._core.GapCore`), built once and rebuilt when a parameter, the SOAP
+        tables or a hyperparameter changes (training, loading)."""
+        from .._ext import _core
+
+        bufs = (self.sparse, self.alpha, self.pair_sparse, self.beta, self.e0)
+        table, central = self.soap.table, self.soap.central
+        tb = self.two_body
+        key = (tuple((b.data_ptr(), b._version, b.device) for b in bufs), id(table), id(central), self.zeta,
+               self.delta, tuple(self.n_sparse), tuple(sorted(tb.items())) if tb else None,
+               self.soap.cutoff, self.soap.inv_h)
+        cached = getattr(self, "_core_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        S, D = len(self.species), self.soap.dim
+        Dp = (D + 7) // 8 * 8  # rows padded with zeros to whole blocks of 8 (the core's vector lanes)
+        sparse = np.zeros((self.sparse.shape[0], Dp))
+        sparse[:, :D] = self.sparse.detach().cpu().numpy()
+        start = np.concatenate([[0], np.cumsum(self.n_sparse)]).astype(np.int64)
+        f64 = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)  # noqa: E731
+        keys, U = S * (S + 1) // 2, (int(tb["n_sparse"]) if tb else 0)
+        U = U if self.n_pair_sparse else 0
+        pair = (float(tb["cutoff"]), float(tb["width"]), float(tb["delta"]), float(tb["theta"])) if U else \
+            (0.0, 0.0, 0.0, 1.0)
+        core = _core.GapCore(S, self.soap.n_max, self.soap.l_max, self.soap.cutoff, self.soap.inv_h,
+                             np.ascontiguousarray(table, dtype=np.float64),
+                             np.ascontiguousarray(central, dtype=np.float64), self.zeta, self.delta, start, sparse,
+                             f64(self.alpha), *pair, f64(self.pair_sparse).reshape(keys, U),
+                             f64(self.beta).reshape(keys, U), f64(self.e0))
+        # the table and central arrays stay referenced here, so their ids in the key stay theirs
+        self._core_cache = (key, core, (table, central))
+        return core
+
+    @torch.no_grad()
+    def analytic(self, graph: Graph, forces: bool, stress: bool, n_energy_atoms: int | None = None) -> ModelOutput:
+        """Serving path (CPU): energies, forces and per-atom virials in one compiled pass over the
+        atoms (``_ext/gap_core.hpp``): SOAP, the kernel against the sparse points and its
+        gradient, the backward pass through SOAP to the pair vectors one atom at a time, the
+        2-body term and e0; no autograd graph and no (atoms x sparse points) matrix. The same
+        float64 arithmetic as :meth:`forward` (equal to ~1e-11 relative); a float32 model rounds
+        the results, as its torch path does. Training, graphs that need grad and GPUs use
+        :meth:`forward` with autograd.
+
+        ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` have energies (the others, a
+        domain-decomposed host's ghost atoms, get 0 and are only neighbours): forces and virial
+        are the derivatives of their sum."""
+        from ..errors import InputError
+
+        s = self.species_index(graph.numbers)
+        if bool((s < 0).any()):
+            self.check_numbers(graph.numbers.cpu().numpy())
+        N = len(graph.numbers)
+        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
+            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
+        n_energy = -1 if n_energy_atoms is None else int(n_energy_atoms)
+        i, j = graph.edge_index
+        vec = graph.edge_vectors(torch.float64).numpy()
+        keep = self.soap.keep_last  # a call with uncertainty: the variance reuses this pass's SOAP
+        e, f, w, p, c = self.core_parameters().compute(s.numpy(), i.numpy(), j.numpy(), vec, n_energy, forces, stress,
+                                                       keep, 0)
+        if keep:
+            _, first, nbr, centre = self._soap_inputs(graph)
+            self.soap.last = {"inputs": (first, nbr, centre, vec), "p": p, "coeffs": c}
+        energies = torch.from_numpy(e).to(graph.dtype)
+        out = ModelOutput(energy=sum_per_structure(energies, graph.batch, graph.n_graphs), energies=energies)
+        if forces:
+            out.forces = torch.from_numpy(f).to(graph.dtype)
+        if stress:
+            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add_(0, graph.batch,
+                                                                                       torch.from_numpy(w))
+            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
+        return out
 
     # ----------------------------------------------------------------- design rows and variance
     def design(self, graph: Graph, forces: bool = True, virial: bool = True, chunk: int = 4096):
