@@ -21,6 +21,7 @@ results of its own structure. For parallel throughput give each thread its own c
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Sequence
 
@@ -78,6 +79,15 @@ def _as_numpy(out: ModelOutput, family: str) -> dict:
     return {"energy": conv("energy", out.energy), "energies": conv("energies", out.energies),
             "forces": conv("forces", out.forces), "virial": conv("virial", out.virial),
             "extras": {k: conv(k, v) for k, v in out.extras.items()}}
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays of all pairs i < j of n atoms (a global model's overlap check)."""
+    i, j = np.triu_indices(n, 1)
+    i.setflags(write=False)
+    j.setflags(write=False)
+    return i, j
 
 
 def virial_to_voigt(virial: np.ndarray, volume: float) -> np.ndarray:
@@ -277,9 +287,11 @@ class MLFFCalculator(Calculator):
         if model.is_global:
             pos = atoms.positions
             if len(pos) > 1:
-                dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos)) * 1e30
-                i, j = np.unravel_index(np.argmin(dist), dist.shape)
-                self._check_distances(np.array([i]), np.array([j]), np.array([dist[i, j]]))
+                i, j = _upper_pairs(len(pos))
+                diff = pos[i] - pos[j]
+                d2 = np.einsum("ij,ij->i", diff, diff)
+                k = int(np.argmin(d2))
+                self._check_distances(i[k:k + 1], j[k:k + 1], np.sqrt(d2[k:k + 1]))
             pairs = None
         elif self.neighbor_list == "torch":
             return self._prepare_on_device(atoms, nl, order), order

@@ -193,7 +193,18 @@ class OrderTracker:
     @property
     def limit(self) -> float:
         """Largest (centred) step, Å, the next geometry may take and still use the cache."""
-        return 0.0 if self._state is None else self._state[3]
+        return 0.0 if self._state is None else self._settled()[3]
+
+    def _settled(self):
+        """The state with its limit computed: :meth:`store` leaves the smallest same-element
+        distance to the first lookup that needs it (a lookup whose step exceeds ``max_step``
+        fails without it, so distinct geometries never pay for it)."""
+        state = self._state
+        if state[3] is None:
+            d = self._min_distance(state[1], state[5], state[6])
+            state = state[:3] + (min(self.max_step, d / 3.0), d) + state[5:]
+            self._state = state
+        return state
 
     def clear(self) -> None:
         self._state = None
@@ -214,7 +225,7 @@ class OrderTracker:
         if state is None:
             self.misses += 1
             return False, None
-        old_numbers, old, result, limit, d_bound, ia, ib = state
+        old_numbers, old = state[0], state[1]
         if (positions.shape != old.shape or numbers.shape != old_numbers.shape
                 or not (numbers == old_numbers).all()):
             self.misses += 1
@@ -222,7 +233,11 @@ class OrderTracker:
         step = positions - old
         step -= step.sum(0) * (1.0 / len(step))
         s2 = float(np.einsum("ij,ij->i", step, step).max())
-        if not s2 < limit * limit:  # also refuses NaN
+        if not s2 < self.max_step * self.max_step:  # also refuses NaN
+            self.misses += 1
+            return False, None
+        _, _, result, limit, d_bound, ia, ib = self._settled()
+        if not s2 < limit * limit:
             self.misses += 1
             return False, None
         # no same-element distance shrank by more than twice the largest (centred) step, so the
@@ -243,5 +258,4 @@ class OrderTracker:
             numbers = np.array(numbers, copy=True)
             ia, ib = np.nonzero(np.triu(numbers[:, None] == numbers[None, :], 1))
         positions = np.array(positions, dtype=np.float64, copy=True)
-        d = self._min_distance(positions, ia, ib)
-        self._state = (numbers, positions, result, min(self.max_step, d / 3.0), d, ia, ib)
+        self._state = (numbers, positions, result, None, None, ia, ib)  # limit: see _settled
