@@ -103,6 +103,28 @@ def sum_per_structure(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) 
     return total.index_add(0, batch, values.to(torch.float64))
 
 
+def core_output(graph: Graph, energies: np.ndarray, forces: np.ndarray | None, virials: np.ndarray | None,
+                n_energy_atoms: int | None = None, energies_dtype: torch.dtype | None = None) -> ModelOutput:
+    """The :class:`ModelOutput` of a compiled family core (``ase_mlff/_ext/*_core``): its
+    per-atom energies (N,), forces (N, 3) and per-atom virials (N, 3, 3), float64 numpy, become
+    structure energies (sums over the atoms below ``n_energy_atoms``, all when None) and the
+    symmetric part of each structure's summed virial; forces and virials in the graph's dtype,
+    per-atom energies in ``energies_dtype`` (float64 when None)."""
+    e = torch.from_numpy(energies)
+    counted = e
+    if n_energy_atoms is not None:
+        counted = torch.where(torch.arange(len(e)) < int(n_energy_atoms), e, torch.zeros_like(e))
+    out = ModelOutput(energy=sum_per_structure(counted, graph.batch, graph.n_graphs),
+                      energies=e if energies_dtype is None else e.to(energies_dtype))
+    if forces is not None:
+        out.forces = torch.from_numpy(forces).to(graph.dtype)
+    if virials is not None:
+        vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add(0, graph.batch,
+                                                                                 torch.from_numpy(virials))
+        out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
+    return out
+
+
 class Model(torch.nn.Module):
     #: name of the model family, written into model files ("sgdml", "mff", ...)
     family: ClassVar[str] = "base"

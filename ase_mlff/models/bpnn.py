@@ -44,9 +44,10 @@ import torch
 from ase.data import chemical_symbols
 
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
+from ..errors import InputError
 from ..graph import Graph, graph_from_structure
-from .base import (MIN_SCALE, Model, ModelOutput, config_cutoff, config_dtype, config_float,
-                   config_reference_energies, config_species, register_model, sum_per_structure)
+from .base import (MIN_SCALE, Model, ModelOutput, core_output, config_cutoff, config_dtype, config_float,
+                   config_reference_energies, config_species, register_model)
 from .prior import check_repulsion as _check_repulsion  # shared with SchNet
 from .prior import repulsion_atom_energies, zbl  # noqa: F401  (zbl: part of this module's API)
 
@@ -216,13 +217,20 @@ class BPNNModel(Model):
         return np.asarray(out, dtype=np.float64)
 
     @torch.no_grad()
-    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
+    def analytic(self, graph: Graph, forces: bool, stress: bool, n_energy_atoms: int | None = None) -> ModelOutput:
         """Serving path: the compiled core (ase_mlff/_ext/bpnn_core.hpp) computes the symmetry
         functions, the networks, the prior and their hand-written backward pass in one call,
         in the networks' dtype, with memory linear in atoms (no autograd graph, no
         (functions x pairs x 3) Jacobian). The same numbers as autograd through :meth:`forward`,
-        which stays the path for training, Hessians and graphs on other devices."""
+        which stays the path for training, Hessians and graphs on other devices.
+        ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` count (the others are
+        neighbours only, as a domain-decomposed host's ghost atoms)."""
+        N = graph.n_atoms
+        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
+            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
         if _core is None:  # pragma: no cover - no compiled extension
+            if n_energy_atoms is not None and int(n_energy_atoms) != N:
+                raise InputError("n_energy_atoms needs the compiled extension (ase_mlff._ext) on the CPU")
             return self._autograd(graph, forces, stress, False)
         s_idx = self.species_index(graph.numbers)
         if bool((s_idx < 0).any()):
@@ -232,16 +240,9 @@ class BPNNModel(Model):
         i, j = graph.edge_index
         vec = graph.edge_vectors(dt).contiguous()
         e, f, v = _core.bpnn_compute(ints, reals, self._core_doubles(), s_idx.numpy(), i.numpy(), j.numpy(),
-                                     vec.numpy(), -1, forces, stress, 0)
-        energies = torch.from_numpy(e)
-        out = ModelOutput(energy=sum_per_structure(energies, graph.batch, graph.n_graphs), energies=energies)
-        if forces:
-            out.forces = torch.from_numpy(f).to(graph.dtype)
-        if stress:
-            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add(
-                0, graph.batch, torch.from_numpy(v))
-            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
-        return out
+                                     vec.numpy(), -1 if n_energy_atoms is None else int(n_energy_atoms),
+                                     forces, stress, 0)
+        return core_output(graph, e, f if forces else None, v if stress else None, n_energy_atoms)
 
     # ----------------------------------------------------------------- short-range prior
     def prior_atom_energies(self, numbers, i, j, vec) -> torch.Tensor:

@@ -82,8 +82,8 @@ import torch
 from .._warn import warn
 from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
 from ..graph import Graph
-from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_float, config_int,
-                   config_reference_energies, config_species, register_model, sum_per_structure)
+from .base import (MIN_SCALE, MIN_WIDTH, Model, core_output, ModelOutput, config_cutoff, config_float, config_int,
+                   config_reference_energies, config_species, register_model)
 # the calibration factors have the committee's names and bounds (docs/uncertainty.md)
 from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
 
@@ -343,15 +343,8 @@ class GAPModel(Model):
         if keep:
             _, first, nbr, centre = self._soap_inputs(graph)
             self.soap.last = {"inputs": (first, nbr, centre, vec), "p": p, "coeffs": c}
-        energies = torch.from_numpy(e).to(graph.dtype)
-        out = ModelOutput(energy=sum_per_structure(energies, graph.batch, graph.n_graphs), energies=energies)
-        if forces:
-            out.forces = torch.from_numpy(f).to(graph.dtype)
-        if stress:
-            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add_(0, graph.batch,
-                                                                                       torch.from_numpy(w))
-            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
-        return out
+        # atoms from n_energy_atoms on have energy 0 from the core (never evaluated)
+        return core_output(graph, e, f if forces else None, w if stress else None, energies_dtype=graph.dtype)
 
     # ----------------------------------------------------------------- design rows and variance
     def design(self, graph: Graph, forces: bool = True, virial: bool = True, chunk: int = 4096):

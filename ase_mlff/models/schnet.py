@@ -48,7 +48,7 @@ import torch
 from ..errors import InputError
 from ..graph import Graph
 from ..splines import hermite_coefficients
-from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_dtype, config_float, config_int,
+from .base import (MIN_SCALE, MIN_WIDTH, Model, core_output, ModelOutput, config_cutoff, config_dtype, config_float, config_int,
                    config_reference_energies, config_species, register_model, sum_per_structure)
 from .prior import check_repulsion, repulsion_atom_energies
 
@@ -295,17 +295,7 @@ class SchNetModel(Model):
             vectors=graph.edge_vectors(torch.float64).contiguous().numpy(),
             n_energy_atoms=-1 if n_energy_atoms is None else int(n_energy_atoms), forces=forces, virials=stress,
             **core)
-        energies = torch.from_numpy(e)
-        counted = energies if n_energy_atoms is None else torch.where(
-            torch.arange(N) < int(n_energy_atoms), energies, torch.zeros_like(energies))
-        out = ModelOutput(energy=sum_per_structure(counted, graph.batch, graph.n_graphs), energies=energies)
-        if forces:
-            out.forces = torch.from_numpy(f).to(graph.dtype)
-        if stress:
-            vir = torch.zeros((graph.n_graphs, 3, 3), dtype=torch.float64).index_add(0, graph.batch,
-                                                                                     torch.from_numpy(v))
-            out.virial = (0.5 * (vir + vir.transpose(1, 2))).to(graph.dtype)
-        return out
+        return core_output(graph, e, f if forces else None, v if stress else None, n_energy_atoms)
 
     @torch.no_grad()
     def _analytic_torch(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:

@@ -521,7 +521,6 @@ class SGDMLModel(Model):
         if (ratio[r["bond"]] >= REORDER_BOND_KEPT).any() or (ratio[r["free"]] <= REORDER_BOND_FREE).any():
             return False
         B = A if r["perm"] is None else A[np.ix_(r["perm"], r["perm"])]
-        refs = r["refs"]
         n = len(B)
         b = B.ravel()
         cost = b @ b + r["ref_sq"] - 2.0 * (r["refs_flat"] @ b)  # (K,) squared differences
