@@ -21,6 +21,12 @@ ext_modules = [
             if f.endswith(".cpp")
         ),
         include_dirs=[os.path.join("ase_mlff", "_ext")],
+        # headers: an in-place rebuild recompiles when only a header (a shared core) changed
+        depends=sorted(
+            os.path.join("ase_mlff", "_ext", f)
+            for f in os.listdir(os.path.join("ase_mlff", "_ext"))
+            if f.endswith(".hpp")
+        ),
         cxx_std=17,
         extra_compile_args=extra_compile_args,
     )
