@@ -193,17 +193,18 @@ class OrderTracker:
     @property
     def limit(self) -> float:
         """Largest (centred) step, Å, the next geometry may take and still use the cache."""
-        return 0.0 if self._state is None else self._settled()[3]
+        state = self._state
+        return 0.0 if state is None else self._settled(state)[3]
 
-    def _settled(self):
-        """The state with its limit computed: :meth:`store` leaves the smallest same-element
+    def _settled(self, state):
+        """``state`` with its limit computed: :meth:`store` leaves the smallest same-element
         distance to the first lookup that needs it (a lookup whose step exceeds ``max_step``
         fails without it, so distinct geometries never pay for it)."""
-        state = self._state
         if state[3] is None:
             d = self._min_distance(state[1], state[5], state[6])
             state = state[:3] + (min(self.max_step, d / 3.0), d) + state[5:]
-            self._state = state
+            if self._state is not None and self._state[1] is state[1]:
+                self._state = state  # still the remembered geometry: keep the limit with it
         return state
 
     def clear(self) -> None:
@@ -236,7 +237,7 @@ class OrderTracker:
         if not s2 < self.max_step * self.max_step:  # also refuses NaN
             self.misses += 1
             return False, None
-        _, _, result, limit, d_bound, ia, ib = self._settled()
+        _, _, result, limit, d_bound, ia, ib = self._settled(state)
         if not s2 < limit * limit:
             self.misses += 1
             return False, None

@@ -497,7 +497,7 @@ class SGDMLModel(Model):
         return {"numbers": np.array(numbers, copy=True), "answer": answer, "perm": perm,
                 "inv_scale": 1.0 / scale,
                 "bond": (iu[0][bonded], iu[1][bonded]), "free": (iu[0][~bonded], iu[1][~bonded]),
-                "refs": np.ascontiguousarray(refs), "ref_sq": np.einsum("kij,kij->k", refs, refs),
+                "ref_sq": np.einsum("kij,kij->k", refs, refs),
                 "refs_flat": np.ascontiguousarray(refs.reshape(len(refs), n * n)),
                 "exchanges": ExchangeCosts(refs, pairs[:, 0], pairs[:, 1]) if len(pairs) else None}
 
@@ -509,11 +509,12 @@ class SGDMLModel(Model):
         and no exchange of two same-element model atoms that is not a symmetry fits the
         remembered training geometries clearly better (by the margins ``REORDER_MIN_GAP`` and
         ``REORDER_MIN_RATIO`` of :meth:`find_order`), for a geometry within
-        ``REORDER_CHECK_MAX_RESIDUAL`` of them (farther away only the full identification decides). A relabelling of two atoms bonded to
-        different neighbours changes the bond graph; one of two atoms with the same neighbours
-        (the hydrogens of one CH2) is found by the exchange test when the identification could
-        tell them apart. Cost: one distance matrix and one (K, N, N) matrix product for all
-        exchanges (:class:`~ase_mlff.descriptors.matching.ExchangeCosts`)."""
+        ``REORDER_CHECK_MAX_RESIDUAL`` of them (farther away only the full identification
+        decides). A relabelling of two atoms bonded to different neighbours changes the bond
+        graph; one of two atoms with the same neighbours (the hydrogens of one CH2) is found by
+        the exchange test when the identification could tell them apart. Cost: one distance
+        matrix and one matrix product for all exchanges
+        (:class:`~ase_mlff.descriptors.matching.ExchangeCosts`)."""
         if r["numbers"].shape != numbers.shape or not (r["numbers"] == numbers).all():
             return False
         A = distance_matrix(positions)
