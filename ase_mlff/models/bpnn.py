@@ -46,8 +46,8 @@ from ase.data import chemical_symbols
 from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
 from ..errors import InputError
 from ..graph import Graph, graph_from_structure
-from .base import (MIN_SCALE, Model, ModelOutput, core_output, config_cutoff, config_dtype, config_float,
-                   config_reference_energies, config_species, register_model)
+from .base import (MIN_SCALE, Model, ModelOutput, config_cutoff, config_dtype, config_float,
+                   config_reference_energies, config_species, core_output, register_model)
 from .prior import check_repulsion as _check_repulsion  # shared with SchNet
 from .prior import repulsion_atom_energies, zbl  # noqa: F401  (zbl: part of this module's API)
 

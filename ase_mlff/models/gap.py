@@ -82,8 +82,8 @@ import torch
 from .._warn import warn
 from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
 from ..graph import Graph
-from .base import (MIN_SCALE, MIN_WIDTH, Model, core_output, ModelOutput, config_cutoff, config_float, config_int,
-                   config_reference_energies, config_species, register_model)
+from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_float, config_int,
+                   config_reference_energies, config_species, core_output, register_model)
 # the calibration factors have the committee's names and bounds (docs/uncertainty.md)
 from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
 

@@ -48,8 +48,8 @@ import torch
 from ..errors import InputError
 from ..graph import Graph
 from ..splines import hermite_coefficients
-from .base import (MIN_SCALE, MIN_WIDTH, Model, core_output, ModelOutput, config_cutoff, config_dtype, config_float, config_int,
-                   config_reference_energies, config_species, register_model, sum_per_structure)
+from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_dtype, config_float, config_int,
+                   config_reference_energies, config_species, core_output, register_model, sum_per_structure)
 from .prior import check_repulsion, repulsion_atom_energies
 
 try:  # the compiled kernel of the serving path; without it, the same numbers from torch ops
