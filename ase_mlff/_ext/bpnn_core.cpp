@@ -464,7 +464,7 @@ void compute(const Model<T>& m, int64_t n_atoms, const int64_t* species, int64_t
             throw std::invalid_argument("bpnn: pair " + std::to_string(x / 3) + " has a NaN or infinite vector");
     const int threads_asked = resolve_threads(n_threads);
     const PairIndex idx = index_pairs(n_atoms, n_pairs, first, second);
-    std::vector<T> g(static_cast<size_t>(3 * n_pairs), T(0));
+    ScratchVector<T> g(static_cast<size_t>(3 * n_pairs), T(0));  // kept between calls (scratch.hpp)
     const int64_t tasks = (n_energy_atoms + kCentres - 1) / kCentres;
     const int threads = n_energy_atoms >= 2 * kCentres ? threads_asked : 1;
     parallel_for(tasks, threads, [&](int64_t task) {

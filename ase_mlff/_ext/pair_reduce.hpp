@@ -18,6 +18,7 @@
 #pragma once
 
 #include "pool.hpp"
+#include "scratch.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -29,10 +30,10 @@ namespace mlff {
 
 struct PairIndex {
     int64_t n_atoms = 0, n_pairs = 0;
-    std::vector<int64_t> first_start;   // (n_atoms + 1): pairs of centre k are by_first[first_start[k]:first_start[k+1]]
-    std::vector<int64_t> by_first;      // empty when the pairs are already sorted by first (the usual case)
-    std::vector<int64_t> second_start;  // (n_atoms + 1)
-    std::vector<int64_t> by_second;     // (n_pairs) pair indices grouped by second, list order inside a group
+    ScratchVector<int64_t> first_start;   // (n_atoms + 1): pairs of centre k are by_first[first_start[k]:first_start[k+1]]
+    ScratchVector<int64_t> by_first;      // empty when the pairs are already sorted by first (the usual case)
+    ScratchVector<int64_t> second_start;  // (n_atoms + 1)
+    ScratchVector<int64_t> by_second;     // (n_pairs) pair indices grouped by second, list order inside a group
 
     int64_t first_pair(int64_t slot) const { return by_first.empty() ? slot : by_first[slot]; }
 };

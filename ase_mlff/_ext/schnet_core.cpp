@@ -131,9 +131,9 @@ MLFF_SCHNET_CLONES void activate(int64_t n, double* z, double* sig) { activate_i
 // (sequential reads instead of three random ones per pair and block).
 template <typename T>
 struct PairGeometry {
-    std::vector<T> r, t, t2;
-    std::vector<int32_t> k, k2;
-    std::vector<int64_t> first2;
+    ScratchVector<T> r, t, t2;
+    ScratchVector<int32_t> k, k2;
+    ScratchVector<int64_t> first2;
 };
 
 // m (hi - lo, F): the convolution of rows lo..hi-1 (their pairs, grouped by first).
@@ -288,9 +288,9 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     const BlockOffsets o(F);
     const int64_t NF = N * F;
     // forward, keeping what the backward needs: each block's in2f output y and sigmoid(z)
-    std::vector<T> x(NF);
+    ScratchVector<T> x(NF);
     for (int64_t a = 0; a < N; ++a) std::copy(W + in.species[a] * F, W + (in.species[a] + 1) * F, x.data() + a * F);
-    std::vector<T> ys(grad ? L.n_blocks * NF : NF), sigs(grad ? L.n_blocks * NF : 0);
+    ScratchVector<T> ys(grad ? L.n_blocks * NF : NF), sigs(grad ? L.n_blocks * NF : 0);
     for (int64_t b = 0; b < L.n_blocks; ++b) {
         const T* B = W + L.block(b);
         T* y = ys.data() + (grad ? b * NF : 0);
@@ -318,7 +318,7 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     const T* o2 = o1_b + H;
     const T o2_b = o2[H];
     const T scale = static_cast<T>(m.energy_scale);
-    std::vector<T> gx(grad ? NF : 0);
+    ScratchVector<T> gx(grad ? NF : 0);
     row_blocks([&](int64_t lo, int64_t hi) {
         const int64_t n = hi - lo;
         std::vector<T> hb(n * H), sb(n * H);
@@ -338,8 +338,8 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
 
     // backward through the blocks in reverse: g_r2 accumulates dE/dr of every block, in the
     // order of PairIndex.by_second
-    std::vector<T> g_r2(grad ? P : 0, T(0));
-    std::vector<T> gm(grad ? NF : 0);
+    ScratchVector<T> g_r2(grad ? P : 0, T(0));
+    ScratchVector<T> gm(grad ? NF : 0);
     for (int64_t b = L.n_blocks - 1; grad && b >= 0; --b) {
         const T* B = W + L.block(b);
         const T* y = ys.data() + b * NF;
@@ -363,13 +363,13 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
 
     // the prior's energies, and g_p = dE/d(d_p) of the network and the prior, per centre
     const bool prior = m.inner != nullptr;
-    std::vector<T> g_r(grad ? P : 0);
+    ScratchVector<T> g_r(grad ? P : 0);
     if (grad)
         parallel_for(int64_t(bad_chunk.size()), threads, [&](int64_t c) {
             for (int64_t s = c * kPairBlock; s < std::min(P, (c + 1) * kPairBlock); ++s)
                 g_r[index.by_second[s]] = g_r2[s];
         });
-    std::vector<double> gvec(grad ? 3 * P : 0);
+    ScratchVector<double> gvec(grad ? 3 * P : 0);
     if (prior || grad)
         row_blocks([&](int64_t lo, int64_t hi) {
             for (int64_t i = lo; i < hi; ++i) {
