@@ -201,31 +201,6 @@ def sgdml_example() -> Example:
                    notes="global: one molecule, fixed atom order, analytic numpy path")
 
 
-def bpnn_example() -> Example:
-    """A small Behler-Parrinello network (Al, Cu) in float64: an automatic-rule library of
-    symmetry functions, weights from a fixed seed, inputs scaled on the shared structures."""
-    try:
-        from ase_mlff.descriptors.acsf import library_for, library_values
-        from ase_mlff.models.bpnn import BPNNModel
-    except ImportError as exc:
-        pytest.skip(f"the bpnn family is not in the package ({exc})")
-    import torch
-
-    species, cutoff = (13, 29), 4.5
-    sfset = library_for(species, cutoff, np.full((2, 2), 2.2), n_radial=4, n_eta=2, zetas=(1, 2), lambdas=(-1, 1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BPNNModel.from_set(sfset, hidden=(8, 8), dtype="float64", reference_energies=[-1.5, -2.0],
-                                   energy_scale=0.5)
-    values = library_values(sfset, list(shared_structures(species).values()))
-    for k, sel in enumerate(model.sfset.selected):
-        model.set_scaling(k, values[k][:, sel])
-    # float64 so that finite differences resolve the forces; the family's float32 default is
-    # what test_float32_agrees_with_float64 measures
-    return Example(model, float32_energy_tol=1e-4, float32_force_tol=1e-3,
-                   notes="neural network, autograd only, float64 example")
-
-
 def _committee_members() -> list[Model]:
     """Three MFF models whose splines differ by their noise (as if trained on subsamples)."""
     return [mff_model(seed) for seed in (7, 8, 9)]
@@ -269,7 +244,6 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "mff": mff_example,
     "sgdml": sgdml_example,
     "committee": committee_example,
-    "bpnn": bpnn_example,
 }
 
 
