@@ -103,6 +103,21 @@ def sum_per_structure(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) 
     return total.index_add(0, batch, values.to(torch.float64))
 
 
+def core_inputs(model: "Model", graph: Graph, n_energy_atoms: int | None) -> tuple[torch.Tensor, int]:
+    """What every compiled family core takes besides the pairs: each atom's index in the
+    model's species (InputError naming an element the model lacks) and the checked
+    ``n_energy_atoms`` (-1 for all atoms, the cores' default)."""
+    s = model.species_index(graph.numbers)
+    if bool((s < 0).any()):
+        model.check_numbers(graph.numbers.cpu().numpy())
+    n = graph.n_atoms
+    if n_energy_atoms is None:
+        return s, -1
+    if not 0 <= int(n_energy_atoms) <= n:
+        raise InputError(f"n_energy_atoms must be from 0 to the {n} atoms, got {n_energy_atoms}")
+    return s, int(n_energy_atoms)
+
+
 def core_output(graph: Graph, energies: np.ndarray, forces: np.ndarray | None, virials: np.ndarray | None,
                 n_energy_atoms: int | None = None, energies_dtype: torch.dtype | None = None) -> ModelOutput:
     """The :class:`ModelOutput` of a compiled family core (``ase_mlff/_ext/*_core``): its

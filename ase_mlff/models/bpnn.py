@@ -47,7 +47,7 @@ from ..descriptors.acsf import ACSF, SymmetryFunctionSet, check_set
 from ..errors import InputError
 from ..graph import Graph, graph_from_structure
 from .base import (MIN_SCALE, Model, ModelOutput, config_cutoff, config_dtype, config_float,
-                   config_reference_energies, config_species, core_output, register_model)
+                   config_reference_energies, config_species, core_inputs, core_output, register_model)
 from .prior import check_repulsion as _check_repulsion  # shared with SchNet
 from .prior import repulsion_atom_energies, zbl  # noqa: F401  (zbl: part of this module's API)
 
@@ -225,23 +225,17 @@ class BPNNModel(Model):
         which stays the path for training, Hessians and graphs on other devices.
         ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` count (the others are
         neighbours only, as a domain-decomposed host's ghost atoms)."""
-        N = graph.n_atoms
-        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
-            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
+        s_idx, n_energy = core_inputs(self, graph, n_energy_atoms)
         if _core is None:  # pragma: no cover - no compiled extension
-            if n_energy_atoms is not None and int(n_energy_atoms) != N:
+            if n_energy_atoms is not None and n_energy != graph.n_atoms:
                 raise InputError("n_energy_atoms needs the compiled extension (ase_mlff._ext) on the CPU")
             return self._autograd(graph, forces, stress, False)
-        s_idx = self.species_index(graph.numbers)
-        if bool((s_idx < 0).any()):
-            self.check_numbers(graph.numbers.cpu().numpy())
         ints, reals = self.core_parameters()
         dt = self.nets[0].mean.dtype
         i, j = graph.edge_index
         vec = graph.edge_vectors(dt).contiguous()
         e, f, v = _core.bpnn_compute(ints, reals, self._core_doubles(), s_idx.numpy(), i.numpy(), j.numpy(),
-                                     vec.numpy(), -1 if n_energy_atoms is None else int(n_energy_atoms),
-                                     forces, stress, 0)
+                                     vec.numpy(), n_energy, forces, stress, 0)
         return core_output(graph, e, f if forces else None, v if stress else None, n_energy_atoms)
 
     # ----------------------------------------------------------------- short-range prior

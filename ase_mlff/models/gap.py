@@ -83,7 +83,7 @@ from .._warn import warn
 from ..descriptors.soap import GRID_SPACING, SOAP, SoapFunction, cutoff_function
 from ..graph import Graph
 from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_float, config_int,
-                   config_reference_energies, config_species, core_output, register_model)
+                   config_reference_energies, config_species, core_inputs, core_output, register_model)
 # the calibration factors have the committee's names and bounds (docs/uncertainty.md)
 from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
 
@@ -326,15 +326,7 @@ class GAPModel(Model):
         ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` have energies (the others, a
         domain-decomposed host's ghost atoms, get 0 and are only neighbours): forces and virial
         are the derivatives of their sum."""
-        from ..errors import InputError
-
-        s = self.species_index(graph.numbers)
-        if bool((s < 0).any()):
-            self.check_numbers(graph.numbers.cpu().numpy())
-        N = len(graph.numbers)
-        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
-            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
-        n_energy = -1 if n_energy_atoms is None else int(n_energy_atoms)
+        s, n_energy = core_inputs(self, graph, n_energy_atoms)
         i, j = graph.edge_index
         vec = graph.edge_vectors(torch.float64).numpy()
         keep = self.soap.keep_last  # a call with uncertainty: the variance reuses this pass's SOAP

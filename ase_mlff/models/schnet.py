@@ -49,7 +49,8 @@ from ..errors import InputError
 from ..graph import Graph
 from ..splines import hermite_coefficients
 from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, config_dtype, config_float, config_int,
-                   config_reference_energies, config_species, core_output, register_model, sum_per_structure)
+                   config_reference_energies, config_species, core_inputs, core_output, register_model,
+                   sum_per_structure)
 from .prior import check_repulsion, repulsion_atom_energies
 
 try:  # the compiled kernel of the serving path; without it, the same numbers from torch ops
@@ -278,14 +279,9 @@ class SchNetModel(Model):
         ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` count (the others still pass
         messages): ``energy`` is the sum of their energies and forces and virial are its
         derivatives (how a domain-decomposed host passes its ghost atoms after its own)."""
-        s_idx = self.species_index(graph.numbers)
-        if bool((s_idx < 0).any()):
-            self.check_numbers(graph.numbers.cpu().numpy())
-        N = len(graph.numbers)
-        if n_energy_atoms is not None and not 0 <= int(n_energy_atoms) <= N:
-            raise InputError(f"n_energy_atoms must be from 0 to the {N} atoms, got {n_energy_atoms}")
+        s_idx, n_energy = core_inputs(self, graph, n_energy_atoms)
         if _core is None or not hasattr(_core, "schnet_compute") or graph.device.type != "cpu":
-            if n_energy_atoms is not None and int(n_energy_atoms) != N:
+            if n_energy_atoms is not None and n_energy != graph.n_atoms:
                 raise InputError("n_energy_atoms needs the compiled extension (ase_mlff._ext) on the CPU")
             return self._analytic_torch(graph, forces, stress)
         i, j = graph.edge_index
@@ -293,7 +289,7 @@ class SchNetModel(Model):
         e, f, v = _core.schnet_compute(
             species=s_idx.numpy(), first=i.contiguous().numpy(), second=j.contiguous().numpy(),
             vectors=graph.edge_vectors(torch.float64).contiguous().numpy(),
-            n_energy_atoms=-1 if n_energy_atoms is None else int(n_energy_atoms), forces=forces, virials=stress,
+            n_energy_atoms=n_energy, forces=forces, virials=stress,
             **core)
         return core_output(graph, e, f if forces else None, v if stress else None, n_energy_atoms)
 
