@@ -391,7 +391,7 @@ class SGDMLModel(Model):
             R = self._positions(graph).detach().numpy()
             if graph.n_graphs == 1:
                 e, f = self._predict_one(R[0] if R.dtype == np.float64 else R[0].astype(np.float64))
-                E, F = torch.tensor([e], dtype=torch.float64), torch.from_numpy(f)
+                E, F = torch.from_numpy(np.array([e])), torch.from_numpy(f)
             else:
                 E, F = self.predict_numpy(R)
                 E, F = torch.from_numpy(E), torch.from_numpy(F.reshape(-1, 3))
