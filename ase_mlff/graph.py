@@ -71,8 +71,8 @@ class Graph:
         # index_select and addmm: the same numbers as positions[j] - positions[i] + shifts @ cell,
         # several times faster on large pair lists (the (P, 3) @ (3, 3) product alone was
         # slower than the whole BPNN core on 1,536 atoms with two threads); in place, because
-        # on millions of pairs every fresh (P, 3) array is a round of page faults (8.7M pairs:
-        # 352 -> 223 ms, the same numbers)
+        # on millions of pairs every fresh (P, 3) array is a round of page faults (the same
+        # numbers either way)
         vec = self.positions.index_select(0, j)
         vec.sub_(self.positions.index_select(0, i))
         if self.n_graphs == 1:

@@ -137,7 +137,6 @@ def time_overhead(model_path: str, natoms: int, reps, repeat: int, rng, molecule
         t_model.append(time.perf_counter() - t0)
     # the neighbour-list update on its own (same kind of displacements), as the calculator
     # does it: the skin list unfiltered for a model that ignores outer pairs, else filtered
-    t_nl = [0.0]
     if calc.nl is None:  # a global model: no neighbour list
         return {"natoms": len(atoms), "step": min(t_step), "model": min(t_model), "nl": 0.0,
                 "incall": statistics.median(t_incall), "incall_best": min(t_incall),

@@ -3,6 +3,8 @@
     python benchmarks/sgdml.py                         # ethanol and aspirin, n_train 1000
     python benchmarks/sgdml.py --molecules ethanol --sigmas 10
     python benchmarks/sgdml.py --quick                 # ethanol, n_train 100, seconds
+    python benchmarks/sgdml.py --molecules ethanol --calls OURS.mlff SGDML.npz --rounds 3 --before DIR
+                                                       # per-call times only, of models trained before
 
 For each molecule and package it reports the training wall time, peak memory (max RSS of the
 worker process), energy and force MAE on the rMD17 test file (1000 frames) and the time per
@@ -69,7 +71,8 @@ def maxrss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def time_ase_calls(calc, z, R, n_calls):
+def time_ase_calls(calc, z, R, n_calls, rounds=1):
+    """ms per energy + forces call, each on the next frame of R (best of ``rounds`` rounds)."""
     import ase
 
     atoms = ase.Atoms(numbers=z, positions=R[0])
@@ -77,12 +80,15 @@ def time_ase_calls(calc, z, R, n_calls):
     for k in range(20):  # warm-up
         atoms.positions = R[k % len(R)]
         atoms.get_forces()
-    t = time.perf_counter()
-    for k in range(n_calls):
-        atoms.positions = R[k % len(R)]
-        atoms.get_potential_energy()
-        atoms.get_forces()
-    return (time.perf_counter() - t) / n_calls * 1e3
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for k in range(n_calls):
+            atoms.positions = R[k % len(R)]
+            atoms.get_potential_energy()
+            atoms.get_forces()
+        best = min(best, (time.perf_counter() - t) / n_calls * 1e3)
+    return best
 
 
 def errors(Ep, E, Fp, F):
@@ -126,31 +132,70 @@ def worker_calls(a):
     import ase_mlff
 
     _, te = load(a.molecule, a.data_dir)
-    return {"ms_per_call": time_ase_calls(ase_mlff.load(a.model_file), te["z"], te["R"], a.n_calls),
+    return {"ms_per_call": time_ase_calls(ase_mlff.load(a.model_file), te["z"], te["R"], a.n_calls, a.rounds),
             "ase_mlff": os.path.dirname(ase_mlff.__file__)}
+
+
+def worker_sgdml_calls(a):
+    """Time ASE calls of an sgdml model file through ``SGDMLCalculator(use_torch=True)``."""
+    _drop_own_directory()
+    from sgdml.intf.ase_calc import SGDMLCalculator
+
+    _, te = load(a.molecule, a.data_dir)
+    return {"ms_per_call": time_ase_calls(SGDMLCalculator(a.model_file, use_torch=True), te["z"], te["R"],
+                                          a.n_calls, a.rounds)}
+
+
+def _child(a, worker, model_file, env=None) -> float:
+    """ms per call measured by ``worker`` in a child process (outside both checkouts)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--molecule", a.molecule,
+           "--model-file", os.path.abspath(model_file), "--n-calls", str(a.n_calls), "--rounds", str(a.rounds),
+           "--data-dir", os.path.abspath(a.data_dir)]
+    proc = subprocess.run(cmd, env=env or dict(os.environ), stdout=subprocess.PIPE, text=True,
+                          cwd=tempfile.gettempdir())
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"{worker} child failed (exit {proc.returncode})")
+    return json.loads(line[-1][7:])
+
+
+def time_calls_only(a) -> int:
+    """--calls OURS SGDML: per-call times of two models trained before (e.g. the files a full
+    run keeps), without training: ours through this checkout (and --before), sgdml's calculator
+    with the default BLAS threads and with OPENBLAS_NUM_THREADS=1, each in its own process."""
+    ours, theirs = a.calls
+    a.molecule = a.molecules.split(",")[0]
+    rows = [("ase-mlff", _child(a, "calls", ours)["ms_per_call"])]
+    if a.before:
+        rows.append(("ase-mlff (before)", time_before(a, ours)))
+    rows.append(("sgdml, default BLAS threads", _child(a, "sgdml-calls", theirs)["ms_per_call"]))
+    rows.append(("sgdml, OPENBLAS_NUM_THREADS=1",
+                 _child(a, "sgdml-calls", theirs, dict(os.environ, OPENBLAS_NUM_THREADS="1"))["ms_per_call"]))
+    print(f"{a.molecule}: ms per energy + forces call, each on the next test frame, best of {a.rounds} rounds "
+          f"of {a.n_calls}")
+    for name, ms in rows:
+        print(f"  {name:32s} {ms:7.3f}   ratio to ours {ms / rows[0][1]:5.2f}")
+    return 0
 
 
 def time_before(a, path) -> float:
     """ms per call of ``path`` through the ase-mlff checkout ``a.before`` (its extension built),
     in a child process whose working directory is outside both checkouts."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "calls", "--molecule", a.molecule,
-           "--model-file", path, "--n-calls", str(a.n_calls), "--data-dir", os.path.abspath(a.data_dir)]
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(a.before))
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not line:
-        raise RuntimeError(f"timing with the build in {a.before} failed (exit {proc.returncode})")
-    res = json.loads(line[-1][7:])
+    res = _child(a, "calls", path, dict(os.environ, PYTHONPATH=os.path.abspath(a.before)))
     if not res["ase_mlff"].startswith(os.path.abspath(a.before)):
         raise RuntimeError(f"--before {a.before}: the child imported ase_mlff from {res['ase_mlff']}")
     return res["ms_per_call"]
 
 
-def worker_sgdml(a):
+def _drop_own_directory():
     # this file is called sgdml.py: drop its directory from the path so "import sgdml" is the package
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [q for q in sys.path if os.path.abspath(q or ".") != here]
     sys.modules.pop("sgdml", None)
+
+
+def worker_sgdml(a):
+    _drop_own_directory()
     from sgdml.predict import GDMLPredict
     from sgdml.train import GDMLTrain
     from sgdml.utils import io as sio
@@ -217,6 +262,10 @@ def main(argv=None):
     p.add_argument("--before", default=None,
                    help="a checkout of an earlier ase-mlff commit with its extension built: our trained "
                         "model is also timed through it, in the same run ('ours (before)')")
+    p.add_argument("--calls", nargs=2, metavar=("OURS", "SGDML"), default=None,
+                   help="no training: time the ASE calls of an ase-mlff model file and an sgdml model file "
+                        "(e.g. those a full run keeps in its work directory) on the first molecule's test frames")
+    p.add_argument("--rounds", type=int, default=1, help="timed rounds of --n-calls calls (best is reported)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--model-file", help=argparse.SUPPRESS)
     p.add_argument("--molecule", help=argparse.SUPPRESS)
@@ -226,12 +275,16 @@ def main(argv=None):
     if a.quick:
         a.molecules, a.n_train, a.sigmas, a.n_valid, a.n_calls = "ethanol", 100, [20.0], 50, 300
     if a.worker:
-        res = {"ours": worker_ours, "sgdml": worker_sgdml, "calls": worker_calls}[a.worker](a)
+        res = {"ours": worker_ours, "sgdml": worker_sgdml, "calls": worker_calls,
+               "sgdml-calls": worker_sgdml_calls}[a.worker](a)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
 
+    if a.calls:
+        return time_calls_only(a)
     results = {}
     workdir = tempfile.mkdtemp(prefix="sgdml_bench_")
+    print(f"# trained models are kept in {workdir} (for --calls)", file=sys.stderr, flush=True)
     for mol in a.molecules.split(","):
         for pkg in a.packages.split(","):
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", pkg, "--molecule", mol, "--workdir", workdir,
