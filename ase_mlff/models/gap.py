@@ -279,10 +279,34 @@ class GAPModel(Model):
         state.pop("_core_cache", None)
         return state
 
+    def core_arrays(self) -> dict:
+        """The model in the compiled serving core's flat layout (``_ext/gap_core.hpp``'s Params):
+        float64 arrays and scalars, what :meth:`core_parameters` hands to the core and what the
+        LAMMPS plugin's model file stores (``ase_mlff.export.plugin``)."""
+        table, central = self.soap.table, self.soap.central
+        tb = self.two_body
+        S, D = len(self.species), self.soap.dim
+        Dp = (D + 7) // 8 * 8  # rows padded with zeros to whole blocks of 8 (the core's vector lanes)
+        sparse = np.zeros((self.sparse.shape[0], Dp))
+        sparse[:, :D] = self.sparse.detach().cpu().numpy()
+        start = np.concatenate([[0], np.cumsum(self.n_sparse)]).astype(np.int64)
+        f64 = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)  # noqa: E731
+        keys, U = S * (S + 1) // 2, (int(tb["n_sparse"]) if tb else 0)
+        U = U if self.n_pair_sparse else 0
+        pair = (float(tb["cutoff"]), float(tb["width"]), float(tb["delta"]), float(tb["theta"])) if U else \
+            (0.0, 0.0, 0.0, 1.0)
+        return {"n_species": S, "n_max": self.soap.n_max, "l_max": self.soap.l_max,
+                "soap_cutoff": float(self.soap.cutoff), "inv_h": float(self.soap.inv_h),
+                "soap_table": np.ascontiguousarray(table, dtype=np.float64),
+                "soap_central": np.ascontiguousarray(central, dtype=np.float64), "zeta": int(self.zeta),
+                "delta": float(self.delta), "sparse_start": start, "sparse": sparse, "alpha": f64(self.alpha),
+                "pair": pair, "pair_sparse": f64(self.pair_sparse).reshape(keys, U),
+                "beta": f64(self.beta).reshape(keys, U), "e0": f64(self.e0)}
+
     def core_parameters(self):
-        """The model in the compiled serving core's flat layout (``_ext/gap_core.hpp``; a
-        :class:`ase_mlff._ext._core.GapCore`), built once and rebuilt when a parameter, the SOAP
-        tables or a hyperparameter changes (training, loading)."""
+        """The model as a compiled serving core (a :class:`ase_mlff._ext._core.GapCore` over
+        :meth:`core_arrays`), built once and rebuilt when a parameter, the SOAP tables or a
+        hyperparameter changes (training, loading)."""
         from .._ext import _core
 
         bufs = (self.sparse, self.alpha, self.pair_sparse, self.beta, self.e0)
@@ -294,21 +318,10 @@ class GAPModel(Model):
         cached = getattr(self, "_core_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        S, D = len(self.species), self.soap.dim
-        Dp = (D + 7) // 8 * 8  # rows padded with zeros to whole blocks of 8 (the core's vector lanes)
-        sparse = np.zeros((self.sparse.shape[0], Dp))
-        sparse[:, :D] = self.sparse.detach().cpu().numpy()
-        start = np.concatenate([[0], np.cumsum(self.n_sparse)]).astype(np.int64)
-        f64 = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)  # noqa: E731
-        keys, U = S * (S + 1) // 2, (int(tb["n_sparse"]) if tb else 0)
-        U = U if self.n_pair_sparse else 0
-        pair = (float(tb["cutoff"]), float(tb["width"]), float(tb["delta"]), float(tb["theta"])) if U else \
-            (0.0, 0.0, 0.0, 1.0)
-        core = _core.GapCore(S, self.soap.n_max, self.soap.l_max, self.soap.cutoff, self.soap.inv_h,
-                             np.ascontiguousarray(table, dtype=np.float64),
-                             np.ascontiguousarray(central, dtype=np.float64), self.zeta, self.delta, start, sparse,
-                             f64(self.alpha), *pair, f64(self.pair_sparse).reshape(keys, U),
-                             f64(self.beta).reshape(keys, U), f64(self.e0))
+        a = self.core_arrays()
+        core = _core.GapCore(a["n_species"], a["n_max"], a["l_max"], a["soap_cutoff"], a["inv_h"], a["soap_table"],
+                             a["soap_central"], a["zeta"], a["delta"], a["sparse_start"], a["sparse"], a["alpha"],
+                             *a["pair"], a["pair_sparse"], a["beta"], a["e0"])
         # the table and central arrays stay referenced here, so their ids in the key stay theirs
         self._core_cache = (key, core, (table, central))
         return core
