@@ -194,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_label_options(p)
 
     export = _add_delegated(sub, "export", "ase_mlff.export.lammps",
-                            "export a tabulated (MFF) model to files LAMMPS reads (--lammps)")
+                            "export a model to files LAMMPS reads (--lammps): MFF as pair_style uf3, "
+                            "GAP, BPNN, SchNet and committees as ase-mlff's pair_style mlff plugin")
     export.add_argument("--lammps", action="store_true",
-                        help="LAMMPS format: pair_style uf3 files plus an example input (the default "
-                             "and, for now, the only export format)")
+                        help="LAMMPS format: the potential files, the plugin where needed, an example input "
+                             "and a JSON of the pair_style lines (the default and, for now, the only format)")
     _add_delegated(sub, "fit-head", "ase_mlff.training.head",
                    "fit a ridge head on a frozen model's pooled per-atom descriptors")
     try:  # md, relax, phonons, eos, eval

