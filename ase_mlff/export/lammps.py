@@ -319,7 +319,7 @@ def _uf3_input(name, model, elements, data_file, origin, q, pbc) -> str:
 
 
 def _plugin_input(name, family, committee, hops, cutoff, elements, data_file, origin, q, pbc) -> str:
-    pair = ("plugin load     mlffplugin.so\n"
+    pair = ("plugin load     ./mlffplugin.so\n"
             f"pair_style      mlff\n"
             f"pair_coeff      * * {name}.pairmlff {' '.join(elements)}")
     energy = ("# pe includes the per-element reference energies: it is the energy ase-mlff's\n"

@@ -190,11 +190,65 @@ void PairMLFF::build_graph(int64_t& n_nodes) {
     const int inum = list->inum;
     if (inum != nlocal) error->all(FLERR, "pair_style mlff must cover every atom (it cannot be a partial sub-style)");
     for (int ii = 0; ii < inum; ++ii) add_centre(list->ilist[ii]);
-    if (mp)  // ghosts that stay nodes pass messages too
+    if (mp) {  // ghosts that stay nodes pass messages too
         for (int ii = inum; ii < inum + list->gnum; ++ii) {
             const int g = list->ilist[ii];
             if (node_of_atom_[g] >= nlocal) add_centre(g);
         }
+        prune_graph(n_nodes);
+    }
+}
+
+// Message passing over L hops: an owned atom's energy needs the layer-(L - k) features of the
+// nodes k hops away, so a node more than L hops from every owned atom is never needed, and a
+// node exactly L hops away needs only its embedding (not its own neighbours). Breadth-first
+// hop counts from the owned atoms, then the graph keeps the nodes within L hops and the pairs
+// of centres within L - 1 hops: the owned atoms' energies and their derivatives are unchanged,
+// and the outer part of the ghost shell costs nothing.
+void PairMLFF::prune_graph(int64_t& n_nodes) {
+    const int nlocal = atom->nlocal;
+    const int L = pot_->hops();
+    const int64_t P = int64_t(first_.size());
+    // pairs come grouped by centre (add_centre): where each centre's run starts
+    std::vector<int64_t> start(n_nodes + 1, 0);
+    for (int64_t p = 0; p < P; ++p) ++start[first_[p] + 1];
+    for (int64_t n = 0; n < n_nodes; ++n) start[n + 1] += start[n];
+    std::vector<int64_t> order(P);
+    {
+        std::vector<int64_t> fill(start.begin(), start.end() - 1);
+        for (int64_t p = 0; p < P; ++p) order[fill[first_[p]]++] = p;
+    }
+    std::vector<int> hop(n_nodes, L + 1);
+    std::vector<int64_t> frontier, next;
+    for (int a = 0; a < nlocal; ++a) hop[a] = 0, frontier.push_back(a);
+    for (int k = 1; k <= L && !frontier.empty(); ++k) {
+        next.clear();
+        for (int64_t n : frontier)
+            for (int64_t s = start[n]; s < start[n + 1]; ++s) {
+                const int64_t m = second_[order[s]];
+                if (hop[m] > k) hop[m] = k, next.push_back(m);
+            }
+        frontier.swap(next);
+    }
+    // renumber: owned atoms keep 0 .. nlocal-1, kept ghosts follow in their order
+    std::vector<int64_t> renum(n_nodes, -1);
+    int64_t kept = 0;
+    std::vector<int> atoms;
+    for (int64_t n = 0; n < n_nodes; ++n)
+        if (hop[n] <= L) renum[n] = kept++, atoms.push_back(atom_of_node_[n]);
+    int64_t q = 0;
+    for (int64_t p = 0; p < P; ++p) {
+        if (hop[first_[p]] > L - 1) continue;
+        first_[q] = renum[first_[p]], second_[q] = renum[second_[p]];
+        for (int c = 0; c < 3; ++c) vectors_[3 * q + c] = vectors_[3 * p + c];
+        ++q;
+    }
+    first_.resize(q), second_.resize(q), vectors_.resize(3 * q);
+    for (int64_t n = 0; n < n_nodes; ++n)
+        if (renum[n] >= 0) species_[renum[n]] = species_[n];
+    species_.resize(kept);
+    atom_of_node_.assign(atoms.begin(), atoms.end());
+    n_nodes = kept;
 }
 
 void PairMLFF::compute(int eflag, int vflag) {

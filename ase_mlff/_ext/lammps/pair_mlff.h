@@ -69,6 +69,7 @@ private:
     int n_members_ = 0;
 
     void build_graph(int64_t& n_nodes);
+    void prune_graph(int64_t& n_nodes);
 };
 
 }  // namespace LAMMPS_NS
