@@ -174,29 +174,37 @@ void PairMLFF::build_graph(int64_t& n_nodes) {
     for (int64_t n = 0; n < n_nodes; ++n) species_[n] = type_species_[type[atom_of_node_[n]]];
 
     const double cutsq_model = cut_ * cut_;
-    first_.clear(), second_.clear(), vectors_.clear();
-    auto add_centre = [&](int i) {
-        const int* jlist = list->firstneigh[i];
-        const int jnum = list->numneigh[i];
-        const int64_t ni = node_of_atom_[i];
-        for (int jj = 0; jj < jnum; ++jj) {
-            const int j = jlist[jj] & NEIGHMASK;
-            const double d0 = x[j][0] - x[i][0], d1 = x[j][1] - x[i][1], d2 = x[j][2] - x[i][2];
-            if (d0 * d0 + d1 * d1 + d2 * d2 >= cutsq_model) continue;
-            first_.push_back(ni), second_.push_back(node_of_atom_[j]);
-            vectors_.push_back(d0), vectors_.push_back(d1), vectors_.push_back(d2);
-        }
-    };
     const int inum = list->inum;
     if (inum != nlocal) error->all(FLERR, "pair_style mlff must cover every atom (it cannot be a partial sub-style)");
-    for (int ii = 0; ii < inum; ++ii) add_centre(list->ilist[ii]);
-    if (mp) {  // ghosts that stay nodes pass messages too
-        for (int ii = inum; ii < inum + list->gnum; ++ii) {
-            const int g = list->ilist[ii];
-            if (node_of_atom_[g] >= nlocal) add_centre(g);
-        }
-        prune_graph(n_nodes);
+    // centres: the owned atoms, and for message passing the ghosts that stay nodes
+    std::vector<int> centres(list->ilist, list->ilist + inum);
+    if (mp)
+        for (int ii = inum; ii < inum + list->gnum; ++ii)
+            if (node_of_atom_[list->ilist[ii]] >= nlocal) centres.push_back(list->ilist[ii]);
+    // two passes (count, then fill) so the pair arrays take exactly what they hold
+    auto within = [&](int i, int j) {
+        const double d0 = x[j][0] - x[i][0], d1 = x[j][1] - x[i][1], d2 = x[j][2] - x[i][2];
+        return d0 * d0 + d1 * d1 + d2 * d2 < cutsq_model;
+    };
+    size_t n_pairs = 0;
+    for (int i : centres) {
+        const int* jlist = list->firstneigh[i];
+        for (int jj = 0; jj < list->numneigh[i]; ++jj) n_pairs += within(i, jlist[jj] & NEIGHMASK);
     }
+    first_.resize(n_pairs), second_.resize(n_pairs), vectors_.resize(3 * n_pairs);
+    size_t p = 0;
+    for (int i : centres) {
+        const int* jlist = list->firstneigh[i];
+        const int64_t ni = node_of_atom_[i];
+        for (int jj = 0; jj < list->numneigh[i]; ++jj) {
+            const int j = jlist[jj] & NEIGHMASK;
+            if (!within(i, j)) continue;
+            first_[p] = ni, second_[p] = node_of_atom_[j];
+            for (int c = 0; c < 3; ++c) vectors_[3 * p + c] = x[j][c] - x[i][c];
+            ++p;
+        }
+    }
+    if (mp) prune_graph(n_nodes);
 }
 
 // Message passing over L hops: an owned atom's energy needs the layer-(L - k) features of the
