@@ -127,6 +127,10 @@ def test_lammps_equals_calculator(tmp_path, case):
     res = lammps_single_point(atoms, tmp_path, "pot")
     atoms.calc = MLFFCalculator(model, dtype="float64")
     _assert_same(res, atoms)
+    if name == "water_schnet":  # the deep ghost shell instead of the exchange: the same numbers
+        info["pair_style"] = "mlff ghosts"
+        paths["info"].write_text(json.dumps(info))
+        _assert_same(lammps_single_point(atoms, tmp_path, "pot"), atoms)
 
 
 def _nve_lines(name, data_file, steps=100, every=10, extra=()):
@@ -176,13 +180,15 @@ def _run_lmp(tmp_path, lines, ranks):
     return out.stdout
 
 
-@pytest.mark.parametrize("name", ["committee", "water_schnet"])
+@pytest.mark.parametrize("name", ["committee", "water_schnet", "water_schnet ghosts"])
 def test_two_mpi_ranks_reproduce_serial_nve(tmp_path, name):
     """A 2 x 1 x 1 water box split between two ranks along x: both own atoms at both of their
     boundaries (periodic), so forces of ghosts cross ranks each step; SchNet also passes
-    messages through ghosts of the other rank's atoms; the committee's spread needs each
-    member's forces summed over ranks."""
+    messages across ranks (by the halo exchange between blocks, or with `ghosts` through the
+    deep ghost shell); the committee's spread needs each member's forces summed over ranks."""
+    name, *options = name.split()
     info, atoms = _export_box(tmp_path, _load(name), (2, 1, 1))
+    info["pair_style"] = " ".join([info["pair_style"], *options])
     extra = ("fix unc all pair 1 mlff uncertainty 1", "compute umax all reduce max f_unc") \
         if name == "committee" else ()
     serial = _run_lmp(tmp_path, _nve_lines(info, "box.data", extra=extra), 1)

@@ -10,6 +10,8 @@
 // gradient (conv_grad), so the clones differ at most in those sums' rounding.
 #include "schnet_core.hpp"
 
+#include <type_traits>
+
 #include "pool.hpp"
 
 #include <cmath>
@@ -248,6 +250,14 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
             throw std::out_of_range("schnet: atom " + std::to_string(a) + " has species index " +
                                     std::to_string(in.species[a]) + ", not one of the model's " +
                                     std::to_string(S) + " species");
+    const Halo* halo = in.halo;
+    if (halo) {
+        if (!std::is_same<T, double>::value) throw std::invalid_argument("schnet: a halo exchange needs a float64 model");
+        if (!halo->forward || !halo->reverse) throw std::invalid_argument("schnet: a halo needs forward and reverse");
+        for (int64_t p = 0; p < P; ++p)
+            if (in.first[p] >= n_energy)
+                throw std::invalid_argument("schnet: with a halo exchange only own atoms may be centres of pairs");
+    }
     const PairIndex index = index_pairs(N, P, in.first, in.second);
     const int threads = N >= 2 * kRowBlock || P >= 2 * kPairBlock ? resolve_threads(in.n_threads) : 1;
     const bool grad = out.forces || out.virials;
@@ -297,6 +307,7 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
         row_blocks([&](int64_t lo, int64_t hi) {
             dense(hi - lo, F, F, x.data() + lo * F, B + o.in2f_t, nullptr, y + lo * F);
         });
+        if (halo) halo->forward(reinterpret_cast<double*>(y), F);  // the ghosts' rows from their owners
         row_blocks([&](int64_t lo, int64_t hi) {
             const int64_t n = hi - lo;
             std::vector<T> mb(n * F), zb(n * F), sb(n * F);
@@ -340,6 +351,7 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     // order of PairIndex.by_second
     ScratchVector<T> g_r2(grad ? P : 0, T(0));
     ScratchVector<T> gm(grad ? NF : 0);
+    ScratchVector<T> gy_all(grad && halo ? NF : 0);
     for (int64_t b = L.n_blocks - 1; grad && b >= 0; --b) {
         const T* B = W + L.block(b);
         const T* y = ys.data() + b * NF;
@@ -351,14 +363,29 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
             for (int64_t k = 0; k < n * F; ++k) gz[k] *= sig[lo * F + k];
             dense(n, F, F, gz.data(), B + o.w1, nullptr, gm.data() + lo * F);
         });
-        row_blocks([&](int64_t lo, int64_t hi) {  // dE/dr of the rows' pairs; g_x += (dE/dy) W_in
-            const int64_t n = hi - lo;
-            std::vector<T> gy(n * F), gxb(n * F);
-            conv_grad(index, geo, B + o.table, F, inv_h, y, gm.data(), lo, hi, gy.data(), g_r2.data());
-            dense(n, F, F, gy.data(), B + o.in2f, nullptr, gxb.data());
-            T* g = gx.data() + lo * F;
-            for (int64_t k = 0; k < n * F; ++k) g[k] += gxb[k];
-        });
+        if (!halo) {
+            row_blocks([&](int64_t lo, int64_t hi) {  // dE/dr of the rows' pairs; g_x += (dE/dy) W_in
+                const int64_t n = hi - lo;
+                std::vector<T> gy(n * F), gxb(n * F);
+                conv_grad(index, geo, B + o.table, F, inv_h, y, gm.data(), lo, hi, gy.data(), g_r2.data());
+                dense(n, F, F, gy.data(), B + o.in2f, nullptr, gxb.data());
+                T* g = gx.data() + lo * F;
+                for (int64_t k = 0; k < n * F; ++k) g[k] += gxb[k];
+            });
+        } else {  // the same in two passes, with the ghosts' dE/dy sent to their owners between
+            row_blocks([&](int64_t lo, int64_t hi) {
+                conv_grad(index, geo, B + o.table, F, inv_h, y, gm.data(), lo, hi, gy_all.data() + lo * F,
+                          g_r2.data());
+            });
+            halo->reverse(reinterpret_cast<double*>(gy_all.data()), F);
+            row_blocks([&](int64_t lo, int64_t hi) {
+                const int64_t n = hi - lo;
+                std::vector<T> gxb(n * F);
+                dense(n, F, F, gy_all.data() + lo * F, B + o.in2f, nullptr, gxb.data());
+                T* g = gx.data() + lo * F;
+                for (int64_t k = 0; k < n * F; ++k) g[k] += gxb[k];
+            });
+        }
     }
 
     // the prior's energies, and g_p = dE/d(d_p) of the network and the prior, per centre

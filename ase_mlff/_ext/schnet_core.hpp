@@ -46,6 +46,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace mlff {
@@ -88,6 +89,19 @@ struct Model {
     const double* atomic_numbers = nullptr;  // (S)
 };
 
+// Halo exchange between the interaction blocks, for a domain-decomposed host (LAMMPS with MPI):
+// atoms 0 .. n_energy_atoms-1 are the host's own, the others are copies (ghosts) of atoms owned
+// elsewhere, and only own atoms are centres of pairs. After each block's in2f output y is
+// computed, forward(y, F) must overwrite the ghosts' rows with their owners' rows; in the
+// backward pass, after dE/dy of a block is gathered, reverse(gy, F) must add each ghost's row
+// into its owner's and set the ghost rows to zero. Then the ghost shell needs only one cutoff
+// (plus skin) whatever the number of blocks, and each atom's network runs on one process.
+// float64 models only (the rows are double).
+struct Halo {
+    std::function<void(double* rows, int64_t width)> forward;
+    std::function<void(double* rows, int64_t width)> reverse;
+};
+
 // One structure (or several: the pairs never join two of them).
 struct Input {
     int64_t n_atoms = 0;
@@ -98,6 +112,7 @@ struct Input {
     const double* vectors = nullptr;   // (n_pairs, 3) d_p = r_j - r_i + S_p . cell, Å
     int64_t n_energy_atoms = -1;       // atoms 0 .. n_energy_atoms-1 are differentiated; -1: all
     int n_threads = 0;                 // 0: the configured count (pool.hpp)
+    const Halo* halo = nullptr;        // null: every atom's neighbourhood is in the pairs
 };
 
 // Outputs, float64; forces and virials may be null (not computed).

@@ -327,9 +327,10 @@ def _plugin_input(name, family, committee, hops, cutoff, elements, data_file, or
               "variable        e_model equal pe")
     extra = ""
     if hops > 1:
-        extra += (f"# message passing: {hops} interaction blocks of cutoff {cutoff:g} A, so pair_style mlff asks\n"
-                  f"# for ghost atoms out to {hops} x {cutoff:g} A + skin (it raises comm_modify cutoff) and\n"
-                  "# evaluates the ghosts of other ranks' atoms (docs/lammps.md: the cost of that shell).\n")
+        extra += (f"# message passing: {hops} interaction blocks of cutoff {cutoff:g} A. pair_style mlff exchanges\n"
+                  "# the atoms' features with their ghosts between blocks (LAMMPS' forward and reverse\n"
+                  "# communication), so the ghost shell stays one cutoff; `pair_style mlff ghosts` instead\n"
+                  f"# takes ghosts out to {hops} x {cutoff:g} A + skin and evaluates them (docs/lammps.md).\n")
     if committee:
         extra += ("# committee: the calibrated spread of the members' forces on each atom (eV/A);\n"
                   "# dump it (dump d all custom 100 unc.dump id type x y z f_unc) or stop on it:\n"
@@ -426,7 +427,9 @@ def export_lammps(model_or_path, directory, name: str | None = None, atoms=None,
                 "pair_coeff": f"* * {potential.name} {' '.join(elements)}", "elements": elements,
                 "family": model.family, "committee_members": len(model.members) if committee else None,
                 "cutoff": cutoff, "interaction_hops": hops,
-                "ghost_cutoff": hops * cutoff if hops > 1 else None,
+                "message_passing": None if hops == 1 else
+                "features exchanged with the ghosts between blocks (ghost shell: cutoff + skin); "
+                f"'pair_style mlff ghosts' evaluates ghosts out to {hops} x cutoff + skin instead",
                 "note": "LAMMPS pe = ase-mlff energy (per-element reference energies included); units metal"}
     else:
         potential.write_text(uf3_text(model))

@@ -150,11 +150,12 @@ public:
     }
     int hops() const override { return int(std::max<int64_t>(1, model_.layout.n_blocks)); }
     bool evaluates_neighbours() const override { return model_.layout.n_blocks > 1; }
+    int64_t halo_width() const override { return model_.layout.n_blocks > 1 ? model_.layout.F : 0; }
     void compute(const Input& in, const Output& out) const override {
         schnet::Input si;
         si.n_atoms = in.n_atoms, si.species = in.species, si.n_pairs = in.n_pairs, si.first = in.first;
         si.second = in.second, si.vectors = in.vectors, si.n_energy_atoms = in.n_energy_atoms;
-        si.n_threads = in.n_threads;
+        si.n_threads = in.n_threads, si.halo = in.halo;
         schnet::Output so;
         so.energies = out.energies, so.forces = out.forces, so.virials = out.virials;
         schnet::compute(model_, si, so);
@@ -293,6 +294,12 @@ std::unique_ptr<Part> make_part(const std::string& family, int64_t n_species, Ar
         throw fail(family + " parameters: " + e.what());
     }
     throw fail("unknown family '" + family + "' (this plugin serves bpnn, schnet, gap and mff)");
+}
+
+int64_t Potential::halo_width() const {
+    int64_t w = served ? served->halo_width() : 0;
+    for (const auto& m : members) w = std::max(w, m->halo_width());
+    return w;
 }
 
 double Potential::cutoff() const {

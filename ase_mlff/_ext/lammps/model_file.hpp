@@ -23,6 +23,8 @@
 // sizes against the sizes they imply. Every problem is a std::runtime_error naming it.
 #pragma once
 
+#include "../schnet_core.hpp"
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -56,6 +58,7 @@ struct Input {
     const double* vectors = nullptr;  // (n_pairs, 3) r_second - r_first
     int64_t n_energy_atoms = 0;
     int n_threads = 1;
+    const schnet::Halo* halo = nullptr;  // message passing by exchange between blocks (schnet_core.hpp)
 };
 
 // Per-atom results (n_atoms rows each); forces / virials may be null.
@@ -74,8 +77,11 @@ public:
     virtual double cutoff() const = 0;
     // hops of message passing: an atom's energy depends on atoms up to hops() * cutoff() away
     virtual int hops() const { return 1; }
-    // true when atoms beyond n_energy_atoms must be evaluated too (message passing)
+    // true for message passing: without a halo exchange, atoms beyond n_energy_atoms must be
+    // evaluated too (out to hops() * cutoff())
     virtual bool evaluates_neighbours() const { return false; }
+    // width of the rows a halo exchange moves (0: the part needs none)
+    virtual int64_t halo_width() const { return 0; }
     virtual void compute(const Input& in, const Output& out) const = 0;
 };
 
@@ -93,6 +99,7 @@ public:
     double cutoff() const;
     int hops() const;
     bool evaluates_neighbours() const;
+    int64_t halo_width() const;
     bool has_spread() const { return members.size() >= 2; }
 
     // Served energies, forces and per-atom virials; when `spread` is not null and the file has

@@ -67,9 +67,12 @@ void PairMLFF::settings(int narg, char** arg) {
             if (n_threads_ < 1 || n_threads_ > mlff::kMaxThreads)
                 error->all(FLERR, "pair_style mlff: threads must be from 1 to " + std::to_string(mlff::kMaxThreads));
             k += 2;
+        } else if (key == "ghosts") {
+            ghost_shell_ = true;
+            k += 1;
         } else {
             error->all(FLERR, "pair_style mlff: unknown or incomplete keyword '" + key +
-                                  "' (usage: pair_style mlff [threads N])");
+                                  "' (usage: pair_style mlff [threads N] [ghosts])");
         }
     }
 }
@@ -101,7 +104,10 @@ void PairMLFF::coeff(int narg, char** arg) {
     }
     cut_ = pot_->cutoff();
     n_members_ = pot_->has_spread() ? int(pot_->members.size()) : 0;
-    comm_reverse = 3 * n_members_;
+    // rows a halo exchange moves between the blocks of a message-passing model, members' forces
+    const int halo = ghost_shell_ ? 0 : int(pot_->halo_width());
+    comm_forward = halo;
+    comm_reverse = std::max(3 * n_members_, halo);
 
     if (!allocated) {
         allocated = 1;
@@ -123,7 +129,7 @@ void PairMLFF::init_style() {
     if (force->newton_pair == 0) error->all(FLERR, "pair_style mlff requires newton pair on");
     if (std::strcmp(update->unit_style, "metal") != 0)
         error->all(FLERR, std::string("pair_style mlff works in units metal (eV, Angstrom), not ") + update->unit_style);
-    const bool ghosts = pot_->evaluates_neighbours();
+    const bool ghosts = pot_->evaluates_neighbours() && ghost_shell_;
     ghostneigh = ghosts ? 1 : 0;
     int flags = NeighConst::REQ_FULL;
     if (ghosts) {
@@ -153,7 +159,7 @@ void PairMLFF::build_graph(int64_t& n_nodes) {
     const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
     double** x = atom->x;
     const int* type = atom->type;
-    const bool mp = pot_->evaluates_neighbours();
+    const bool mp = pot_->evaluates_neighbours() && ghost_shell_;
     const bool fold = mp && atom->map_style != Atom::MAP_NONE;
     node_of_atom_.assign(nall, -1);
     atom_of_node_.clear();
@@ -274,6 +280,20 @@ void PairMLFF::compute(int eflag, int vflag) {
     in.n_atoms = n_nodes, in.species = species_.data(), in.n_pairs = int64_t(first_.size());
     in.first = first_.data(), in.second = second_.data(), in.vectors = vectors_.data();
     in.n_energy_atoms = nlocal, in.n_threads = n_threads_;
+    mlff::schnet::Halo halo;
+    if (pot_->evaluates_neighbours() && !ghost_shell_) {
+        // nodes are LAMMPS' atoms here (owned, then ghosts): LAMMPS' communication moves the rows
+        halo.forward = [this](double* rows, int64_t width) {
+            comm_rows_ = rows, comm_width_ = int(width);
+            comm->forward_comm(this, int(width));
+        };
+        halo.reverse = [this, nlocal, nall](double* rows, int64_t width) {
+            comm_rows_ = rows, comm_width_ = int(width);
+            comm->reverse_comm(this, int(width));
+            std::fill(rows + size_t(nlocal) * width, rows + size_t(nall) * width, 0.0);
+        };
+        in.halo = &halo;
+    }
     mlff::plugin::Output out;
     out.energies = energies_.data(), out.forces = forces_.data();
     out.virials = want_virial ? virials_.data() : nullptr;
@@ -317,7 +337,8 @@ void PairMLFF::compute(int eflag, int vflag) {
                 for (int c = 0; c < 3; ++c)
                     atom_member_forces_[(size_t(a) * K + k) * 3 + c] += member_forces_[(size_t(k) * n_nodes + n) * 3 + c];
             }
-        comm->reverse_comm(this);
+        comm_rows_ = atom_member_forces_.data(), comm_width_ = 3 * K;
+        comm->reverse_comm(this, 3 * K);
         // to the (K, atoms, 3) layout of force_spread
         std::vector<double> byk(size_t(K) * nlocal * 3);
         for (int a = 0; a < nlocal; ++a)
@@ -329,19 +350,27 @@ void PairMLFF::compute(int eflag, int vflag) {
     }
 }
 
+int PairMLFF::pack_forward_comm(int n, int* list, double* buf, int /*pbc_flag*/, int* /*pbc*/) {
+    const int w = comm_width_;
+    for (int i = 0; i < n; ++i) std::copy(comm_rows_ + size_t(list[i]) * w, comm_rows_ + size_t(list[i] + 1) * w, buf + size_t(i) * w);
+    return n * w;
+}
+
+void PairMLFF::unpack_forward_comm(int n, int first, double* buf) {
+    const int w = comm_width_;
+    std::copy(buf, buf + size_t(n) * w, comm_rows_ + size_t(first) * w);
+}
+
 int PairMLFF::pack_reverse_comm(int n, int first, double* buf) {
-    const int w = 3 * n_members_;
-    int m = 0;
-    for (int a = first; a < first + n; ++a)
-        for (int c = 0; c < w; ++c) buf[m++] = atom_member_forces_[size_t(a) * w + c];
-    return m;
+    const int w = comm_width_;
+    std::copy(comm_rows_ + size_t(first) * w, comm_rows_ + size_t(first + n) * w, buf);
+    return n * w;
 }
 
 void PairMLFF::unpack_reverse_comm(int n, int* list, double* buf) {
-    const int w = 3 * n_members_;
-    int m = 0;
+    const int w = comm_width_;
     for (int i = 0; i < n; ++i)
-        for (int c = 0; c < w; ++c) atom_member_forces_[size_t(list[i]) * w + c] += buf[m++];
+        for (int c = 0; c < w; ++c) comm_rows_[size_t(list[i]) * w + c] += buf[size_t(i) * w + c];
 }
 
 void* PairMLFF::extract(const char* name, int& dim) {

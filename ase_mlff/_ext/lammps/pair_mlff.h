@@ -1,7 +1,7 @@
 // LAMMPS pair style `mlff`: ase-mlff models (GAP, Behler–Parrinello, SchNet, MFF and committees
 // of them) served by the package's compiled cores, as a plugin (`plugin load mlffplugin.so`).
 //
-//   pair_style mlff [threads N]
+//   pair_style mlff [threads N] [ghosts]
 //   pair_coeff * * MODEL_FILE El_1 El_2 ... El_ntypes
 //
 // MODEL_FILE is written by `ase-mlff export --lammps MODEL DIR` (layout: model_file.hpp); the
@@ -15,11 +15,14 @@
 // it with `compute reduce max f_unc`, or stop a run with `fix halt`).
 //
 // Message passing (SchNet with n interaction blocks of cutoff r_c): an owned atom's energy
-// depends on atoms up to n r_c away, so the style asks for ghost atoms out to n r_c + skin
-// (it raises `comm_modify cutoff` to that) and for neighbour lists of ghost atoms. Ghosts that
-// are periodic images of an atom this rank owns are folded onto it (their features are the
-// same), so a single rank evaluates exactly the periodic graph; ghosts of other ranks' atoms
-// are evaluated, and their forces go back to their owners by LAMMPS' reverse communication.
+// depends on atoms up to n r_c away. By default the blocks exchange a halo: after each block's
+// in2f output is computed, LAMMPS' forward communication copies the owners' rows to their
+// ghosts, and in the backward pass its reverse communication adds the ghosts' gradients to
+// their owners; the ghost shell stays one cutoff (plus skin) and each atom's network runs on
+// one rank. With `ghosts` the style instead asks for ghost atoms out to n r_c + skin (raising
+// `comm_modify cutoff`) with neighbour lists, folds ghosts that are images of owned atoms onto
+// them, and evaluates the other ranks' atoms within n hops itself (no communication inside the
+// step, more work per rank). Both give the same numbers.
 #pragma once
 
 #include "pair.h"
@@ -48,6 +51,8 @@ public:
     double init_one(int i, int j) override;
     void* extract(const char* name, int& dim) override;
     void* extract_peratom(const char* name, int& ncol) override;
+    int pack_forward_comm(int n, int* list, double* buf, int pbc_flag, int* pbc) override;
+    void unpack_forward_comm(int n, int first, double* buf) override;
     int pack_reverse_comm(int n, int first, double* buf) override;
     void unpack_reverse_comm(int n, int* list, double* buf) override;
     double memory_usage() override;
@@ -59,12 +64,16 @@ private:
     double cut_ = 0.0;
     int n_threads_ = 1;
     int spread_flag_ = 0;  // fix pair's trigger (the spread is computed every step anyway)
+    bool ghost_shell_ = false;  // message passing through a deep ghost shell instead of a halo exchange
+    // the per-atom rows (comm_width_ values each) that the next communication moves
+    double* comm_rows_ = nullptr;
+    int comm_width_ = 0;
 
     // per call, kept between calls to avoid reallocation
     std::vector<int64_t> species_, first_, second_;
     std::vector<int> node_of_atom_, atom_of_node_;
     std::vector<double> vectors_, energies_, forces_, virials_, member_forces_;
-    // per atom (atom->nmax): members' forces (K x 3 each) for the reverse communication, spread
+    // per atom: members' forces (K x 3 each) for the reverse communication; the spread
     std::vector<double> atom_member_forces_, spread_;
     int n_members_ = 0;
 
