@@ -12,13 +12,16 @@ import subprocess
 import pytest
 
 EXT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ase_mlff", "_ext")
-PLAIN = sorted(glob.glob(os.path.join(EXT, "*_core.cpp"))) + [os.path.join(EXT, "pool.cpp")]
+# the LAMMPS plugin's model file reader is plain too (only pair_mlff.cpp sees LAMMPS' headers)
+PLAIN = sorted(glob.glob(os.path.join(EXT, "*_core.cpp"))) + [os.path.join(EXT, "pool.cpp"),
+                                                              os.path.join(EXT, "lammps", "model_file.cpp")]
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
 def test_every_family_core_is_found():
     names = {os.path.basename(p) for p in PLAIN}
-    assert {"bpnn_core.cpp", "schnet_core.cpp", "gap_core.cpp", "soap_core.cpp", "pool.cpp"} <= names
+    assert {"bpnn_core.cpp", "schnet_core.cpp", "gap_core.cpp", "soap_core.cpp", "mff_core.cpp", "pool.cpp",
+            "model_file.cpp"} <= names
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or c++) on PATH")
