@@ -108,7 +108,7 @@ def test_every_shipped_mff_potential_exports_within_the_uf3_line_limit(tmp_path,
 
     assert {"ni_mff.mlff", "si_mff.mlff"} <= set(_shipped_mff())
     paths = export_lammps(load_model(os.path.join(POTENTIALS, name)), tmp_path, name="shipped")
-    assert max(len(line) for line in paths["potential"].read_text().splitlines()) < 1024
+    assert max(len(line) for line in paths["potential"].read_text().splitlines()) <= 1022
 
 
 @needs_lammps
@@ -129,6 +129,136 @@ def test_shipped_mff_potentials_in_lammps(tmp_path, name):
     res = lammps_single_point(atoms, tmp_path, "shipped")
     atoms.calc = MLFFCalculator(model)
     _assert_same(res, atoms)
+
+
+# ---------------------------------------------------------------------------- long lists
+SI_FRAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "si_mlearn_16.extxyz")
+
+
+def _si_frames():
+    """Real mlearn Si frames: a vacancy in a general triclinic cell (63 atoms), a slab in a
+    triclinic cell 3.9 Å thick along a (18 atoms), an AIMD snapshot (64 atoms, cubic)."""
+    import ase.io
+
+    frames = ase.io.read(SI_FRAMES, ":")
+    return {"vacancy_triclinic": frames[1], "surface_triclinic": frames[7], "aimd_cubic": frames[9]}
+
+
+def _refined_jk(model, n3jk):
+    """The same model with ``n3jk`` intervals along r_jk: the coarse knots are among the fine
+    ones, so the coarse splines lie in the fine space and a least-squares fit at many points
+    recovers them to rounding (a long-list model with a known answer)."""
+    from ase_mlff.models.mff import MFFModel
+
+    fine = MFFModel(model.species, rc2=model.rc2, n2=model.n2, rc3=model.rc3, n3=model.n3, n3jk=n3jk)
+    c3 = model.coef3.detach().numpy()
+    x = np.linspace(0.0, 2 * model.rc3, 20 * n3jk + 7)
+    values = model.grid3jk.design(x) @ c3.reshape(-1, c3.shape[-1]).T  # (points, rows)
+    rows = np.linalg.lstsq(fine.grid3jk.design(x), values, rcond=None)[0]
+    fine.set_splines(model.coef2.detach().numpy(), rows.T.reshape(c3.shape[:-1] + (fine.grid3jk.n_coef,)),
+                     model.e0.detach().numpy())
+    return fine
+
+
+@needs_lammps
+@pytest.mark.parametrize("frame", ["vacancy_triclinic", "surface_triclinic", "aimd_cubic"])
+def test_si_mff_on_real_frames_in_lammps(tmp_path, frame):
+    from ase_mlff.io import load_model
+
+    model = load_model(os.path.join(POTENTIALS, "si_mff.mlff"))
+    export_lammps(model, tmp_path, name="si")
+    atoms = _si_frames()[frame]
+    res = lammps_single_point(atoms, tmp_path, "si")
+    atoms.calc = MLFFCalculator(model)
+    _assert_same(res, atoms)
+
+
+def test_a_refined_model_is_the_same_model():
+    from ase_mlff.io import load_model
+
+    model = load_model(os.path.join(POTENTIALS, "si_mff.mlff"))
+    fine = _refined_jk(model, 2 * model.n3jk)
+    atoms = _si_frames()["surface_triclinic"]
+    ref = atoms.copy()
+    ref.calc = MLFFCalculator(model)
+    atoms.calc = MLFFCalculator(fine)
+    assert abs(atoms.get_potential_energy() - ref.get_potential_energy()) <= 1e-12 * abs(ref.get_potential_energy())
+    np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), rtol=0, atol=1e-11 * np.abs(ref.get_forces()).max())
+
+
+@needs_lammps
+def test_lists_longer_than_the_plain_format_allows_reproduce_the_model(tmp_path):
+    """si_mff with 93 coefficients along r_jk (as it was mapped before --h3jk 0.2): 10
+    significant digits take ~1200 characters per line, more than LAMMPS reads; the export
+    writes short forms within 5e-11 of the block's largest coefficient (``0`` where the
+    triangle inequality leaves a coefficient unused) and LAMMPS still reproduces the model."""
+    from ase_mlff.io import load_model
+
+    model = load_model(os.path.join(POTENTIALS, "si_mff.mlff"))
+    fine = _refined_jk(model, 90)
+    c3 = fine.coef3.detach().numpy()[0, 0, 0]
+    plain = [len(" ".join("0" if v == 0 else f"{v:.10g}" for v in row)) for row in c3.reshape(-1, c3.shape[-1])]
+    assert c3.shape[-1] == 93 and max(plain) > 1200
+    paths = export_lammps(fine, tmp_path, name="si93")
+    lines = paths["potential"].read_text().splitlines()
+    assert max(len(line) for line in lines) <= 1022
+    frames = _si_frames()
+    for frame in ("vacancy_triclinic", "surface_triclinic"):
+        atoms = frames[frame]
+        res = lammps_single_point(atoms, tmp_path, "si93")
+        atoms.calc = MLFFCalculator(model)  # the shipped model: the same function
+        _assert_same(res, atoms)
+
+
+def test_short_numbers_are_within_tolerance_and_shortest():
+    from ase_mlff.export.lammps import _short_number
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(size=300) * 10.0 ** rng.integers(-9, 4, 300), [0.30000000000000004, 0.5, -2.0]])
+    for v in values:
+        for tol in (5e-11, 1e-9 * abs(v), 1e-3):
+            s = _short_number(float(v), tol)
+            assert abs(float(s) - v) <= tol, (v, tol, s)
+            assert not s.startswith(("0.", "-0.")) and "e0" not in s and "e-0" not in s and "+" not in s
+            if s != "0":  # one significant digit fewer is out of tolerance
+                digits = len(s.split("e")[0].replace("-", "").replace(".", "").lstrip("0"))
+                if digits > 1:
+                    assert abs(float(f"{v:.{digits - 1}g}") - v) > tol, (v, tol, s)
+    assert _short_number(0.30000000000000004, 5e-15) == ".3"
+    assert _short_number(-1.25e-7, 1e-12) == "-1.25e-7"
+    assert _short_number(3e-12, 1e-11) == "0"
+
+
+def test_unreachable_3body_coefficients_are_those_no_triangle_uses():
+    """Brute force: every coefficient whose basis product is non-zero at some triangle
+    (r_ij, r_ik < rc3, |r_ij - r_ik| <= r_jk <= r_ij + r_ik) is kept."""
+    from ase_mlff.export.lammps import _reachable_jk
+    from ase_mlff.splines import UniformGrid
+
+    rc3 = 4.5
+    g3, gjk = UniformGrid(rc3, 14), UniformGrid(2 * rc3, 23)  # incommensurate spacings
+    keep = _reachable_jk(g3.knots(), gjk.knots())
+    assert 0.2 < keep.mean() < 0.9  # some, not all, are unused
+    rng = np.random.default_rng(4)
+    n = 60000
+    a, b = rng.uniform(0, rc3, (2, n))
+    lo, hi = np.abs(a - b), a + b
+    u = rng.uniform(0, 1, n) ** 4  # crowd the samples near both ends of the r_jk range
+    c = np.where(np.arange(n) % 2 == 0, lo + (hi - lo) * u, hi - (hi - lo) * u)
+    c[:200] = hi[:200]  # collinear, both ways
+    c[200:400] = lo[200:400]
+    used = np.einsum("pi,pj,pk->ijk", g3.design(a) != 0, g3.design(b) != 0, gjk.design(c) != 0, dtype=bool)
+    assert not np.any(used & ~keep)
+
+
+def test_a_list_too_long_for_any_uf3_line_says_so():
+    from ase_mlff.export.lammps import _line
+
+    values = np.random.default_rng(5).normal(size=120)
+    with pytest.raises(InputError, match="does not fit on one LAMMPS uf3 line at full accuracy"):
+        _line(values, what="a test list")
+    # a list whose plain line fits is written as before, 10 significant digits
+    assert _line([0.1234567890123, -2.5, 0.0]) == "0.123456789 -2.5 0"
 
 
 # ---------------------------------------------------------------------------- example structure

