@@ -12,6 +12,7 @@
 namespace py = pybind11;
 
 void register_mff(pybind11::module_& m);
+void register_mff_core(pybind11::module_& m);
 void register_cfconv(pybind11::module_& m);
 void register_soap(pybind11::module_& m);
 void register_bpnn(pybind11::module_& m);
@@ -144,6 +145,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("pool_size", &mlff::pool_size, "Worker threads alive in the pool now.");
     m.attr("MAX_THREADS") = mlff::kMaxThreads;
     register_mff(m);
+    register_mff_core(m);
     register_cfconv(m);
     register_soap(m);
     register_bpnn(m);

@@ -15,10 +15,12 @@ intervals; the ``r_jk`` axis is twice as long because LAMMPS uf3 requires it). E
 per-element reference energies (constants; they do not change forces or stress).
 
 Forces and stress are analytic derivatives of the spline energy, so MD with this model
-conserves energy to integrator accuracy. :meth:`MFFModel.compute` runs the compiled kernel
-(no Python loop over atoms); :meth:`MFFModel.forward` evaluates the same splines with torch
-(differentiable: Hessians, and the test oracle of the C++ path); the pairs and triangles it
-sums over come from :mod:`ase_mlff.descriptors.nbody`, the same code GP training uses.
+conserves energy to integrator accuracy. :meth:`MFFModel.compute` runs the compiled serving
+core on the CPU (``_ext/mff_core.hpp``, :meth:`MFFModel.analytic`: no Python loop over atoms,
+forces and per-atom virials from per-pair gradients); :meth:`MFFModel.forward` evaluates the
+same splines with torch (differentiable: Hessians, and the test oracle of the C++ path); the
+pairs and triangles it sums over come from :mod:`ase_mlff.descriptors.nbody`, the same code GP
+training uses.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..descriptors.nbody import triangles, triplet_index  # noqa: F401 (triplet_
 from ..graph import Graph
 from ..splines import UniformGrid, torch_basis
 from .base import (MAX_REFERENCE_ENERGY, MIN_CUTOFF, Model, ModelOutput, config_cutoff, config_float, config_int,
-                   config_species, register_model)
+                   config_species, core_inputs, core_output, register_model)
 
 
 @register_model
@@ -183,75 +185,82 @@ class MFFModel(Model):
                 m3, b3, in3 = torch_basis(self._table3jk.to(dtype), self.grid3jk.h, self.grid3jk.n, rjk)
                 ar = torch.arange(4, device=m1.device)
                 c3 = self.coef3.to(dtype)
-                block = c3[s[ci], s[cj], s[ck]]  # (T, n, n, njk) -- fine for oracle sizes
-                idx1 = (m1[:, None] + ar)[:, :, None, None]
-                idx2 = (m2[:, None] + ar)[:, None, :, None]
+                # the 4 x 4 x 4 live coefficients of each triangle, gathered straight from the
+                # flat array (never a (T, n3, n3, n3jk) block per triangle: GBs on 100 atoms)
+                n_c, n_jk = c3.shape[3], c3.shape[5]
+                S = c3.shape[0]
+                base = ((s[ci] * S + s[cj]) * S + s[ck]) * (n_c * n_c * n_jk)
+                idx1 = (m1[:, None] + ar)[:, :, None, None] * (n_c * n_jk)
+                idx2 = (m2[:, None] + ar)[:, None, :, None] * n_jk
                 idx3 = (m3[:, None] + ar)[:, None, None, :]
-                tt = torch.arange(len(e1), device=m1.device)[:, None, None, None]
-                cc = block[tt, idx1, idx2, idx3]  # (T, 4, 4, 4)
+                cc = c3.reshape(-1)[base[:, None, None, None] + idx1 + idx2 + idx3]  # (T, 4, 4, 4)
                 e = torch.einsum("tabc,ta,tb,tc->t", cc, b1, b2, b3) * (in1 & in2 & in3)
                 energies = energies.index_add(0, ci, e)
         return energies
 
     # ----------------------------------------------------------------- compiled path
-    def _arrays_for_cpp(self):
-        cache = getattr(self, "_cpp_cache", None)
-        version = (self.coef2.data_ptr(), self.coef2._version, self.coef3.data_ptr(), self.coef3._version)
-        if cache is not None and cache[0] == version:
-            return cache[1]
-        t2 = self.grid2.table()
-        c2 = self.coef2.detach().cpu().numpy().astype(np.float64)
-        if self.has3:
-            args3 = (self.grid3.table(), self.grid3.h, self.grid3jk.table(), self.grid3jk.h,
-                     np.ascontiguousarray(self.coef3.detach().cpu().numpy(), dtype=np.float64),
-                     self.rc3, self.jk_max())
-        else:
-            empty = np.zeros((1, 4, 4))
-            args3 = (empty, 1.0, empty, 1.0, np.zeros(0), 0.0, 0.0)
-        arrays = (t2, self.grid2.h, np.ascontiguousarray(c2), self.rc2) + args3
-        self._cpp_cache = (version, arrays)
-        return arrays
+    def __getstate__(self):
+        # copies and pickles leave the cached flat arrays behind: the copy's buffers have their
+        # own storage, so its key would miss anyway; it builds its own on first use
+        state = dict(super().__getstate__())
+        state.pop("_core_cache", None)
+        return state
 
-    def analytic(self, graph: Graph, forces: bool, stress: bool) -> ModelOutput:
-        """The compiled spline kernel: energies, forces and virial in one pass over pairs and
-        triplets (same numbers as autograd through :meth:`forward`)."""
-        t2, h2, c2, rc2, t3, h3, t3jk, h3jk, c3, rc3, jk_max = self._arrays_for_cpp()
-        dtype = graph.dtype
-        # np.asarray, not astype: float64 graphs (the MD hot path) are handed over without a
-        # copy (the 10k-atom shifts alone are 13 MB, ~1.3 ms per step)
-        pos = np.asarray(graph.positions.detach().cpu().numpy(), dtype=np.float64)
-        species = self.species_index(graph.numbers).cpu().numpy()
-        first, second = graph.edge_index.cpu().numpy()
-        shifts = np.asarray(graph.shifts.detach().cpu().numpy(), dtype=np.float64)
-        cells = np.asarray(graph.cell.detach().cpu().numpy(), dtype=np.float64)
-        batch = graph.batch.cpu().numpy()
-        e0 = self.e0.detach().cpu().numpy()[species]
-        S = len(self.species)
-        energies = np.zeros(graph.n_atoms)
-        f = np.zeros((graph.n_atoms, 3))
-        virial = np.zeros((graph.n_graphs, 3, 3))
-        if graph.n_graphs == 1:  # the MD hot path: hand the pair arrays over without copies
-            parts = [(0, graph.n_atoms, first, second, shifts)]
+    def core_parameters(self) -> dict[str, Any]:
+        """The model in the compiled serving core's flat layout (``_ext/mff_core.hpp``): a dict
+        holding exactly the fields of its ``Params``: ``n_species``; ``table2`` (n2, 4, 4),
+        ``n2``, ``h2``, ``coef2`` (S, S, n2 + 3), ``rc2``; ``table3`` (n3, 4, 4), ``n3``,
+        ``h3``, ``table3jk`` (n3jk, 4, 4), ``n3jk``, ``h3jk``, ``coef3`` (S, S, S, n3 + 3,
+        n3 + 3, n3jk + 3), ``rc3``, ``jk_max`` (without a 3-body term: the arrays None, the
+        counts and cutoffs 0); ``e0`` (S,). Arrays are read-only C-contiguous float64 copies,
+        built once and rebuilt when a coefficient or e0 changes (training, loading: the key
+        holds each buffer's storage and version counter)."""
+        bufs = (self.coef2, self.coef3, self.e0)
+        key = tuple((b.data_ptr(), b._version, b.dtype) for b in bufs)
+        cached = getattr(self, "_core_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+
+        def f64(t):
+            a = np.array(t.detach().cpu().numpy(), dtype=np.float64, order="C")  # a copy, never a view
+            a.setflags(write=False)
+            return a
+
+        def table(grid):
+            t = np.array(grid.table(), dtype=np.float64, order="C")
+            t.setflags(write=False)
+            return t
+
+        params: dict[str, Any] = {"n_species": len(self.species), "table2": table(self.grid2), "n2": self.grid2.n,
+                                  "h2": self.grid2.h, "coef2": f64(self.coef2), "rc2": self.rc2}
+        if self.has3:
+            params.update(table3=table(self.grid3), n3=self.grid3.n, h3=self.grid3.h, table3jk=table(self.grid3jk),
+                          n3jk=self.grid3jk.n, h3jk=self.grid3jk.h, coef3=f64(self.coef3), rc3=self.rc3,
+                          jk_max=self.jk_max())
         else:
-            bounds = np.searchsorted(batch, np.arange(graph.n_graphs + 1))
-            edge_graph = batch[first]
-            parts = []
-            for b in range(graph.n_graphs):
-                sel = np.nonzero(edge_graph == b)[0]
-                a0 = bounds[b]
-                parts.append((a0, bounds[b + 1], first[sel] - a0, second[sel] - a0, shifts[sel]))
-        for b, (a0, a1, fst, snd, shf) in enumerate(parts):
-            e, fb, w = _ext._core.mff_compute(
-                pos[a0:a1], cells[b], species[a0:a1], fst, snd, shf, S,
-                t2, h2, c2, rc2, t3, h3, t3jk, h3jk, c3, rc3, jk_max, self.n_threads)
-            energies[a0:a1] = e
-            f[a0:a1] = fb
-            virial[b] = w
-        energies += e0
-        energy = np.bincount(batch, weights=energies, minlength=graph.n_graphs)
-        return ModelOutput(energy=torch.from_numpy(energy), energies=torch.from_numpy(energies).to(dtype),
-                           forces=torch.from_numpy(f).to(dtype) if forces else None,
-                           virial=torch.from_numpy(virial).to(dtype) if stress else None)
+            params.update(table3=None, n3=0, h3=1.0, table3jk=None, n3jk=0, h3jk=1.0, coef3=None, rc3=0.0,
+                          jk_max=0.0)
+        params["e0"] = f64(self.e0)
+        self._core_cache = (key, params)
+        return params
+
+    @torch.no_grad()
+    def analytic(self, graph: Graph, forces: bool, stress: bool, n_energy_atoms: int | None = None) -> ModelOutput:
+        """Serving path (CPU): the compiled spline core (``_ext/mff_core.hpp``) gives per-atom
+        energies (e0 included), forces and per-atom virials in one pass over each centre's pairs
+        and triangles, from float64 pair vectors; the same numbers as autograd through
+        :meth:`forward` (~1e-12 relative), which stays the path for Hessians and GPUs.
+
+        ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` have energies (the others, a
+        domain-decomposed host's ghost atoms, get 0 and are only neighbours): forces and virial
+        are the derivatives of their sum."""
+        s, n_energy = core_inputs(self, graph, n_energy_atoms)
+        i, j = graph.edge_index
+        vec = graph.edge_vectors(torch.float64).numpy()
+        e, f, w = _ext._core.mff_compute(s.numpy(), i.numpy(), j.numpy(), vec, n_energy, forces, stress,
+                                         self.n_threads, **self.core_parameters())
+        # atoms from n_energy_atoms on have energy 0 from the core (never evaluated)
+        return core_output(graph, e, f, w, energies_dtype=graph.dtype)
 
     # ----------------------------------------------------------------- tabulated functions
     def pair_energy(self, r, a: int = 0, b: int = 0) -> np.ndarray:
