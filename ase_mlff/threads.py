@@ -1,9 +1,9 @@
 """Threads of ase-mlff's compiled (C++) kernels: the one place their number is set.
 
 The multithreaded kernels (the neighbour search ``_core.neighbor_list`` and the Verlet-skin
-refresh ``_core.filter_pairs``, MFF energies/forces/stress ``_core.mff_compute``, the n-body GP
-Gram matrix ``_core.gp_gram``, SchNet's tabulated filters and SOAP) all run on one persistent
-pool of worker threads, with the count this module sets::
+refresh ``_core.filter_pairs``, the family cores (MFF ``_core.mff_compute``, GAP, BPNN,
+SchNet), the n-body GP Gram matrix ``_core.gp_gram``, SchNet's tabulated filters and SOAP) all
+run on one persistent pool of worker threads, with the count this module sets::
 
     import ase_mlff
     ase_mlff.set_num_threads(4)          # from now on
@@ -19,7 +19,7 @@ given. torch's own threads (networks, sGDML kernels in torch) follow
 ``torch.set_num_threads``, not this setting.
 
 A kernel may use fewer threads than configured where the work is too small to share (the
-MFF kernel stays on the calling thread below 2000 atoms, the neighbour search below about 6e4
+family cores' force gathers below 512 atoms, the neighbour search below about 6e4
 candidate pairs, the skin refresh below 50,000 pairs); :func:`last_threads_used` reads
 back what the last kernel call of the calling thread actually ran on. The pool's workers
 are started when first needed and reused by every later call (:func:`pool_workers_created`
