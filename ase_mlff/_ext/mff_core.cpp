@@ -62,10 +62,10 @@ void check_cutoff(double rc, const char* name) {
         throw std::invalid_argument(std::string("mff: ") + name + " must be positive and finite");
 }
 
-// A centre's pair inside the 3-body cutoff and on the 3-body axis: its index, length, interval
-// and 4 basis values / derivatives (evaluated once per arm, not once per triangle).
+// A centre's pair inside the 3-body cutoff and on the 3-body axis: its index, neighbour species,
+// length, interval and 4 basis values / derivatives (evaluated once per arm, not per triangle).
 struct Arm {
-    int64_t p;
+    int64_t p, s;
     double r;
     int64_t m;
     double b[4], db[4];
@@ -135,6 +135,12 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
         ax3jk = make_axis(p_.table3jk, p_.n3jk, p_.h3jk, "table3jk", "n3jk", "h3jk");
     }
     const double rc2 = p_.rc2, rc3 = p_.rc3, jk_max = p_.jk_max;
+    // most arm pairs of a dense solid are farther apart than jk_max (Ni: ~60%): their squared
+    // distance, against a bound a little above jk_max^2, skips them before the square root and
+    // never skips a triangle that the exact test r_jk < jk_max keeps
+    const double far2 = jk_max * jk_max * (1.0 + 1e-10);
+    // with jk_max >= 2 rc3 (centred triplets) no two arms are that far apart: no such test
+    const bool all_near = far2 > 4.0 * rc3 * rc3;
     const double* c2 = p_.coef2;
     const double* c3 = p_.coef3;
     const int64_t nc2 = has2 ? ax2.n_coef() : 0;
@@ -146,7 +152,9 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
     const int64_t tasks = (n_energy_atoms + kCentres - 1) / kCentres;
     const int threads = n_energy_atoms >= 2 * kCentres ? threads_asked : 1;
     parallel_for(tasks, threads, [&](int64_t task) {
-        thread_local std::vector<Arm> arms;  // kept between tasks and calls: no allocation per task
+        // kept between tasks and calls: no allocation per task
+        thread_local std::vector<Arm> arms;
+        thread_local std::vector<int64_t> near;
         const int64_t a = task * kCentres, b = std::min(n_energy_atoms, a + kCentres);
         for (int64_t i = a; i < b; ++i) {
             double e_i = 0.0;
@@ -159,6 +167,7 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
                 if (has3 && r < rc3) {
                     Arm arm;
                     arm.p = p;
+                    arm.s = species[second[p]];
                     arm.r = r;
                     if (ax3.eval(r, arm.m, arm.b, arm.db)) arms.push_back(arm);
                 }
@@ -180,26 +189,32 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
             }
             // triangles (j, k) of the centre's arms, in pair-list order
             const int64_t n_arms = static_cast<int64_t>(arms.size());
+            if (int64_t(near.size()) < n_arms) near.resize(n_arms);
             for (int64_t u = 0; u < n_arms; ++u) {
-                const int64_t p = arms[u].p;
-                const double* dij = vectors + 3 * p;
-                const double rij = arms[u].r;
-                const int64_t m1 = arms[u].m;
-                const double *b1 = arms[u].b, *db1 = arms[u].db;
-                const int64_t sj = species[second[p]];
-                for (int64_t v = u + 1; v < n_arms; ++v) {
-                    const int64_t pk = arms[v].p;
-                    const double* dik = vectors + 3 * pk;
+                const Arm& aj = arms[u];
+                const double* dij = vectors + 3 * aj.p;
+                const double rij = aj.r;
+                const int64_t m1 = aj.m;
+                const double *b1 = aj.b, *db1 = aj.db;
+                const double* blk_j = c3 + (si * S + aj.s) * S * block3;
+                // g of the pair (i, j), summed here: only this loop adds to it while it runs, in
+                // the same order as adding to memory would (the compiler cannot know pk != p)
+                double gj[3] = {0.0, 0.0, 0.0};
+                if (need_grad)
+                    for (int c = 0; c < 3; ++c) gj[c] = g[3 * aj.p + c];
+                // one triangle (i, j, k): its energy, and its gradient to the pairs (i, j), (i, k)
+                auto close = [&](const Arm& ak) {
+                    const double* dik = vectors + 3 * ak.p;
                     const double djk[3] = {dik[0] - dij[0], dik[1] - dij[1], dik[2] - dij[2]};
                     const double rjk = std::sqrt(djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2]);
-                    if (!(rjk < jk_max)) continue;
-                    const double rik = arms[v].r;
-                    const int64_t m2 = arms[v].m;
-                    const double *b2 = arms[v].b, *db2 = arms[v].db;
+                    if (!(rjk < jk_max)) return;
+                    const double rik = ak.r;
+                    const int64_t m2 = ak.m;
+                    const double *b2 = ak.b, *db2 = ak.db;
                     int64_t m3;
                     double b3[4], db3[4];
-                    if (!ax3jk.eval(rjk, m3, b3, db3)) continue;
-                    const double* blk = c3 + ((si * S + sj) * S + species[second[pk]]) * block3;
+                    if (!ax3jk.eval(rjk, m3, b3, db3)) return;
+                    const double* blk = blk_j + ak.s * block3;
                     // V3 and its three partial derivatives: the 4 x 4 x 4 live coefficients,
                     // contracted along r_jk, then r_ik, then r_ij
                     double e = 0.0, g1 = 0.0, g2 = 0.0, g3 = 0.0;
@@ -219,16 +234,31 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
                         g3 += b1[xx] * s_3;
                     }
                     e_i += e;
-                    if (!need_grad) continue;
+                    if (!need_grad) return;
                     // r_jk = |d_ik - d_ij| moves with both pair vectors
                     const double q1 = g1 / rij, q2 = g2 / rik, q3 = g3 / rjk;
-                    double* gj = g.data() + 3 * p;
-                    double* gk = g.data() + 3 * pk;
+                    double* gk = g.data() + 3 * ak.p;
                     for (int c = 0; c < 3; ++c) {
                         gj[c] += q1 * dij[c] - q3 * djk[c];
                         gk[c] += q2 * dik[c] + q3 * djk[c];
                     }
+                };
+                if (all_near) {
+                    for (int64_t v = u + 1; v < n_arms; ++v) close(arms[v]);
+                } else {
+                    // the arms k that may close a triangle, listed without a branch (which of
+                    // them do is unpredictable, and a mispredicted branch costs more than the test)
+                    int64_t n_near = 0;
+                    for (int64_t v = u + 1; v < n_arms; ++v) {
+                        const double* dik = vectors + 3 * arms[v].p;
+                        const double djk[3] = {dik[0] - dij[0], dik[1] - dij[1], dik[2] - dij[2]};
+                        near[n_near] = v;
+                        n_near += (djk[0] * djk[0] + djk[1] * djk[1] + djk[2] * djk[2]) < far2;
+                    }
+                    for (int64_t t = 0; t < n_near; ++t) close(arms[near[t]]);
                 }
+                if (need_grad)
+                    for (int c = 0; c < 3; ++c) g[3 * aj.p + c] = gj[c];
             }
             energies[i] = e_i + (p_.e0 ? p_.e0[si] : 0.0);
         }
