@@ -29,14 +29,14 @@
 // writes only its own energy and the g_p of its own pairs.
 //
 // Flat parameter layout (Params; arrays are C-contiguous float64, owned by the caller, and must
-// outlive the Model built on them; ase_mlff.models.mff.MFFModel.core_parameters gives them under
-// these names):
+// outlive the Model built on them; ase_mlff.models.mff.MFFModel.core_parameters gives a dict with
+// exactly these names, None for the arrays of an absent term):
 //   n_species S
-//   table2   (n2, 4, 4)                             the 2-body axis: n2 intervals of width h2
+//   table2   (n2, 4, 4), n2, h2                      the 2-body axis: n2 intervals of width h2
 //   coef2    (S, S, n2 + 3)                          V2's coefficients; null: no 2-body term
 //   rc2                                             2-body cutoff (pairs at r >= rc2 add nothing)
-//   table3   (n3, 4, 4), h3                          the 3-body axis of r_ij and r_ik
-//   table3jk (n3jk, 4, 4), h3jk                      the 3-body axis of r_jk
+//   table3   (n3, 4, 4), n3, h3                      the 3-body axis of r_ij and r_ik
+//   table3jk (n3jk, 4, 4), n3jk, h3jk                the 3-body axis of r_jk
 //   coef3    (S, S, S, n3 + 3, n3 + 3, n3jk + 3)     V3's coefficients, indexed [s_i, s_j, s_k,
 //                                                   c_ij, c_ik, c_jk]; null: no 3-body term
 //   rc3                                             3-body cutoff of the arms r_ij, r_ik
@@ -44,6 +44,9 @@
 //                                                   end of the r_jk support of every non-zero
 //                                                   coefficient: MFFModel.jk_max)
 //   e0       (S,)                                    reference energy of each species; null: 0
+// The counts, steps and cutoffs of an absent term are not read. The tables are those of
+// ase_mlff.splines.UniformGrid(length, n).table() with h = length / n (2-body length rc2, 3-body
+// rc3, r_jk 2 rc3).
 #pragma once
 
 #include "pair_reduce.hpp"
