@@ -151,7 +151,18 @@ _serial = threading.local()
 @contextlib.contextmanager
 def serial_torch_for(n_atoms: int | None) -> Iterator[None]:
     """Run torch on one thread inside the block when ``n_atoms`` is below the threshold
-    (:data:`SERIAL_BELOW`; None: never, e.g. for a GPU), then restore the count. torch's count
+    (:data:`SERIAL_BELOW`; None: never, e.g. for a GPU), then restore the count
+    (:func:`serial_torch`)."""
+    if n_atoms is None or n_atoms >= SERIAL_BELOW:
+        yield
+        return
+    with serial_torch():
+        yield
+
+
+@contextlib.contextmanager
+def serial_torch() -> Iterator[None]:
+    """Run torch on one thread inside the block, then restore the count. torch's count
     (OpenMP's) belongs to the calling thread, so each thread saves and restores its own;
     nested blocks restore once, when the outermost leaves. ``torch.set_num_threads`` also sets
     the count a thread starts with when it first uses torch, so a Python thread that does so
@@ -159,9 +170,6 @@ def serial_torch_for(n_atoms: int | None) -> Iterator[None]:
     own); threads that first use torch before or after are unaffected."""
     import torch
 
-    if n_atoms is None or n_atoms >= SERIAL_BELOW:
-        yield
-        return
     depth = getattr(_serial, "depth", 0)
     if depth == 0:
         _serial.saved = torch.get_num_threads()

@@ -313,3 +313,17 @@ def test_bad_input_is_refused(models):
     # a term left out is absent, not an error: no 3-body term, no e0
     e2, _, _ = call(coef3=None, e0=None)
     assert np.all(np.abs(e2 - e) > 0)
+
+
+def test_pair_vectors_are_formed_on_one_torch_thread_and_the_count_comes_back(models):
+    """analytic() forms the pair vectors with torch on one thread (no parallel region to wait
+    for a core another process holds) and leaves torch's count as it found it."""
+    model = models["ni"]
+    g = graph_from_structure(structure("ni", "periodic"), model.cutoff)
+    torch.set_num_threads(2)
+    try:
+        out = model.compute(g, forces=True, stress=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(out.forces, model.compute(g, forces=True, stress=True).forces)

@@ -34,6 +34,7 @@ from .. import _ext
 from ..descriptors.nbody import triangles, triplet_index  # noqa: F401 (triplet_index: old home)
 from ..graph import Graph
 from ..splines import UniformGrid, torch_basis
+from ..threads import serial_torch
 from .base import (MAX_REFERENCE_ENERGY, MIN_CUTOFF, Model, ModelOutput, config_cutoff, config_float, config_int,
                    config_species, core_inputs, core_output, register_model)
 
@@ -256,7 +257,12 @@ class MFFModel(Model):
         are the derivatives of their sum."""
         s, n_energy = core_inputs(self, graph, n_energy_atoms)
         i, j = graph.edge_index
-        vec = graph.edge_vectors(torch.float64).numpy()
+        # the pair vectors with torch on this thread alone: a memory-bound gather that two
+        # threads hardly speed up, whose parallel region waits for a core whenever another
+        # process holds one (Ni MD, 2,916 atoms, 2 threads on a shared 2-core machine: the step
+        # took twice as long); the core's own threads follow
+        with serial_torch():
+            vec = graph.edge_vectors(torch.float64).numpy()
         e, f, w = _ext._core.mff_compute(s.numpy(), i.numpy(), j.numpy(), vec, n_energy, forces, stress,
                                          self.n_threads, **self.core_parameters())
         # atoms from n_energy_atoms on have energy 0 from the core (never evaluated)
