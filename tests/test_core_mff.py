@@ -274,8 +274,9 @@ def test_bad_input_is_refused(models):
     assert f is None and w is None
     with pytest.raises(IndexError, match="species index"):
         call(s=np.where(np.arange(len(s)) == 3, 1, s))
-    with pytest.raises(ValueError, match="n_energy_atoms"):
-        call(n=len(s) + 1)
+    for bad in (len(s) + 1, -2):
+        with pytest.raises(ValueError, match="n_energy_atoms"):
+            call(n=bad)
     with pytest.raises(IndexError, match="out of range"):
         call(i=np.where(np.arange(len(i)) == 5, len(s), i))
     zero = vec.copy()

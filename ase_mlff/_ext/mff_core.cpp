@@ -105,8 +105,8 @@ void Model::compute(int64_t n_atoms, const int64_t* species, int64_t n_pairs, co
                     double* energies, double* forces, double* virial) const {
     const int64_t S = p_.n_species;
     if (n_atoms < 0 || n_pairs < 0) throw std::invalid_argument("mff: negative atom or pair count");
-    if (n_energy_atoms < 0) n_energy_atoms = n_atoms;
-    if (n_energy_atoms > n_atoms)
+    if (n_energy_atoms == -1) n_energy_atoms = n_atoms;
+    if (n_energy_atoms < 0 || n_energy_atoms > n_atoms)
         throw std::invalid_argument("mff: n_energy_atoms must be from 0 to the number of atoms (-1: all)");
     for (int64_t i = 0; i < n_atoms; ++i)
         if (species[i] < 0 || species[i] >= S)

@@ -102,7 +102,7 @@ void register_mff_core(py::module_& m) {
           py::arg("coef3").none(true), py::arg("rc3"), py::arg("jk_max"), py::arg("e0").none(true),
           "Mapped 2+3-body splines (mff_core.hpp): (energies (N,) incl. e0, forces (N, 3) = -dE/dr or None, "
           "per-atom virials (N, 3, 3) or None) of one pair list, sorted or not (vectors (P, 3) = "
-          "r_second - r_first + shift). Atoms from n_energy_atoms on (default -1: none) get no energy. "
+          "r_second - r_first + shift). Only atoms below n_energy_atoms (default -1: all) have energies. "
           "The model by keyword, the fields of mff_core.hpp's Params (MFFModel.core_parameters()); "
           "coef2 / coef3 / e0 None: no such term. n_threads: 0 = the configured count (set_num_threads).");
 }
