@@ -250,7 +250,8 @@ class MFFModel(Model):
         """Serving path (CPU): the compiled spline core (``_ext/mff_core.hpp``) gives per-atom
         energies (e0 included), forces and per-atom virials in one pass over each centre's pairs
         and triangles, from float64 pair vectors; the same numbers as autograd through
-        :meth:`forward` (~1e-12 relative), which stays the path for Hessians and GPUs.
+        :meth:`forward` (~1e-14 relative on the shipped potentials), which stays the path for
+        Hessians and GPUs.
 
         ``n_energy_atoms``: only atoms ``0 .. n_energy_atoms-1`` have energies (the others, a
         domain-decomposed host's ghost atoms, get 0 and are only neighbours): forces and virial
@@ -258,9 +259,10 @@ class MFFModel(Model):
         s, n_energy = core_inputs(self, graph, n_energy_atoms)
         i, j = graph.edge_index
         # the pair vectors with torch on this thread alone: a memory-bound gather that two
-        # threads hardly speed up, whose parallel region waits for a core whenever another
-        # process holds one (Ni MD, 2,916 atoms, 2 threads on a shared 2-core machine: the step
-        # took twice as long); the core's own threads follow
+        # threads hardly speed up, whose parallel region can wait for a core another process
+        # holds (Ni MD, 2,916 atoms, 2 threads on a shared 2-core machine with OpenMP's idle
+        # threads spinning, torch imported before ase_mlff: the step took twice as long); the
+        # core's own threads follow
         with serial_torch():
             vec = graph.edge_vectors(torch.float64).numpy()
         e, f, w = _ext._core.mff_compute(s.numpy(), i.numpy(), j.numpy(), vec, n_energy, forces, stress,
