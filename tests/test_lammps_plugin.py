@@ -90,7 +90,9 @@ def _bpnn_committee(served_mean: bool = False):
 CASES = {
     "bpnn-periodic": ("water_bpnn", WATER, 1, None),
     "bpnn-slab": ("water_bpnn", WATER, 2, _slab),
+    "bpnn-triclinic": ("water_bpnn", WATER, 3, _triclinic),
     "schnet-periodic": ("water_schnet", WATER, 3, None),
+    "schnet-triclinic": ("water_schnet", WATER, 1, _triclinic),
     "schnet-slab": ("water_schnet", WATER, 0, _slab),
     "gap-periodic": ("si_gap", SILICON, 2, None),
     "gap-triclinic": ("si_gap", SILICON, 5, _triclinic),
