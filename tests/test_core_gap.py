@@ -21,6 +21,7 @@ from ase_mlff import MLFFCalculator
 from ase_mlff.graph import graph_from_structure
 from ase_mlff.io import load_model
 
+from core_checks import assert_close, compare_with_autograd  # noqa: E402
 from fd import numerical_forces, numerical_stress
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,46 +76,27 @@ def _cluster():
 STRUCTURES = {"periodic": lambda: _si(0), "triclinic": _triclinic, "slab": _slab, "cluster": _cluster}
 
 
-def _assert_close(a, b, rtol, what):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(b).max(), 1e-300)
-    err = np.abs(a - b).max() / scale
-    assert err <= rtol, f"{what}: differ by {err:.3g} relative to the largest (> {rtol:g})"
-
-
-def _compare(model, atoms, dtype=torch.float64, rtol=1e-10):
-    g = graph_from_structure(atoms, model.cutoff, dtype=dtype)
-    assert model.uses_analytic(g)
-    fast = model.compute(g, forces=True, stress=True)
-    slow = model._autograd(g, True, True, False)
-    for key in ("energy", "energies", "forces", "virial"):
-        x, y = getattr(fast, key), getattr(slow, key)
-        assert x.dtype == y.dtype, f"{key}: dtype {x.dtype} against {y.dtype}"
-        assert x.shape == y.shape, key
-        _assert_close(x.numpy(), y.numpy(), rtol, key)
-
-
 @pytest.mark.parametrize("kind", sorted(STRUCTURES))
 def test_core_equals_torch_on_si(si_model, kind):
     atoms = STRUCTURES[kind]()
     assert len(atoms) > 10
-    _compare(si_model, atoms)
+    compare_with_autograd(si_model, atoms)
 
 
 def test_core_equals_torch_with_two_elements(water_model):
     atoms = ase.io.read(WATER, 3)  # a frame the model was not fitted to
-    _compare(water_model, atoms)
+    compare_with_autograd(water_model, atoms)
     slab = atoms.copy()
     slab.pbc = (True, False, True)
     slab.center(vacuum=4.0, axis=1)
-    _compare(water_model, slab)
+    compare_with_autograd(water_model, slab)
 
 
 @pytest.mark.parametrize("kind", ["periodic", "slab"])
 def test_core_equals_torch_in_float32(si_model, kind):
     """A float32 GAP computes in float64 and rounds its results (like its torch path)."""
     m32 = copy.deepcopy(si_model).to(torch.float32)
-    _compare(m32, STRUCTURES[kind](), dtype=torch.float32, rtol=2e-6)
+    compare_with_autograd(m32, STRUCTURES[kind](), dtype=torch.float32, rtol=2e-6)
 
 
 def test_core_forces_and_stress_are_derivatives_of_its_energy(si_model):
@@ -169,7 +151,7 @@ def test_energy_atoms_first_and_ghosts_after(si_model):
 
     energies = si_model(replace(g, positions=pos))
     (grad,) = torch.autograd.grad(energies[:k].sum(), pos)
-    _assert_close(f, -grad.numpy(), 1e-10, "forces of the first atoms' energies")
+    assert_close(f, -grad.numpy(), 1e-10, "forces of the first atoms' energies")
     assert np.all(w[k:] == 0.0) and np.all(w[:k].any(axis=(1, 2)))
     out = si_model.analytic(g, True, True, n_energy_atoms=k)  # the model's face of the same contract
     assert np.array_equal(out.energies.numpy(), e) and np.array_equal(out.forces.numpy(), f)
@@ -187,7 +169,7 @@ def test_unsorted_pairs_give_the_same_results(si_model):
     perm = np.random.default_rng(0).permutation(len(i))
     out = core.compute(s, i[perm], j[perm], vec[perm], -1, True, True, False, 0)
     for a, b, what in zip(ref[:3], out[:3], ("energies", "forces", "virial")):
-        _assert_close(b, a, 1e-10, what)  # other sums' order: rounding, amplified by the GP's cancellation
+        assert_close(b, a, 1e-10, what)  # other sums' order: rounding, amplified by the GP's cancellation
 
 
 def test_bad_input_is_refused(si_model):
@@ -216,5 +198,5 @@ def test_the_core_follows_new_parameters(si_model):
     first = model.core_parameters()
     model.set_parameters(1.01 * model.parameters_vector())
     assert model.core_parameters() is not first
-    _compare(model, atoms)
+    compare_with_autograd(model, atoms)
     assert not torch.equal(model.compute(g, forces=True).energy, before)

@@ -14,22 +14,20 @@ import copy
 import os
 import sys
 from dataclasses import replace
-from itertools import product
 
 import ase.io
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 from ase.build import bulk
 
-import ase_mlff
 from ase_mlff import _ext
 from ase_mlff.errors import InputError
 from ase_mlff.graph import batch_graphs, graph_from_structure
 from ase_mlff.io import load_model
 
 sys.path.insert(0, os.path.dirname(__file__))
+from core_checks import assert_close, assert_thread_counts_bitwise, compare_with_autograd, ghost_layout  # noqa: E402,E501
 from test_mff import analytic_mff  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,32 +69,12 @@ def structure(name, kind):
     return atoms
 
 
-def _assert_close(a, b, rtol, what):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(b).max(), 1e-300)
-    err = np.abs(a - b).max() / scale
-    assert err <= rtol, f"{what}: differ by {err:.3g} relative to the largest (> {rtol:g})"
-
-
-def _compare(model, atoms, rtol=1e-10):
-    g = graph_from_structure(atoms, model.cutoff, dtype=torch.float64)
-    assert model.uses_analytic(g)
-    fast = model.compute(g, forces=True, stress=True)
-    slow = model._autograd(g, True, True, False)
-    for key in ("energy", "energies", "forces", "virial"):
-        x, y = getattr(fast, key), getattr(slow, key)
-        assert x.dtype == y.dtype, f"{key}: dtype {x.dtype} against {y.dtype}"
-        assert x.shape == y.shape, key
-        _assert_close(x.numpy(), y.numpy(), rtol, key)
-    return fast
-
-
 @pytest.mark.parametrize("kind", ["periodic", "triclinic", "slab", "cluster"])
 @pytest.mark.parametrize("name", sorted(POTENTIALS))
 def test_core_equals_torch_on_real_frames(models, name, kind):
     atoms = structure(name, kind)
     assert len(atoms) >= 10
-    out = _compare(models[name], atoms)
+    out = compare_with_autograd(models[name], atoms)
     assert float(out.forces.abs().max()) > 0.05  # real forces, not a flat region of the splines
 
 
@@ -106,10 +84,10 @@ def test_core_equals_torch_with_two_elements(rng):
     atoms = bulk("Ni", "fcc", a=3.52, cubic=True).repeat((2, 2, 2))
     atoms.numbers = np.where(rng.random(len(atoms)) < 0.4, 13, 28)
     atoms.rattle(0.1, seed=4)
-    _compare(model, atoms)
+    compare_with_autograd(model, atoms)
     atoms.pbc = (True, False, True)
     atoms.center(vacuum=4.0, axis=1)
-    _compare(model, atoms)
+    compare_with_autograd(model, atoms)
 
 
 def test_batched_structures_and_unsorted_pairs(models):
@@ -125,7 +103,7 @@ def test_batched_structures_and_unsorted_pairs(models):
     shuffled = replace(ga, edge_index=ga.edge_index[:, perm], shifts=ga.shifts[perm])
     out = model.compute(shuffled, forces=True, stress=True)
     for key in ("energies", "forces", "virial"):  # other sums' order: rounding only
-        _assert_close(getattr(out, key).numpy(), getattr(one[0], key).numpy(), 1e-12, key)
+        assert_close(getattr(out, key).numpy(), getattr(one[0], key).numpy(), 1e-12, key)
 
 
 def _core_arrays(model, atoms):
@@ -147,18 +125,7 @@ def test_results_do_not_depend_on_the_thread_count(models):
         for a, b in zip(ref, out):
             assert np.array_equal(a, b), f"{n} threads differ from one"
     # the model's path, through the configured count
-    g = graph_from_structure(atoms, model.cutoff)
-    before = ase_mlff.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 2, 3):
-            ase_mlff.set_num_threads(n)
-            outs.append(model.compute(g, forces=True, stress=True))
-    finally:
-        ase_mlff.set_num_threads(before)
-    for o in outs[1:]:
-        for key in ("energies", "forces", "virial"):
-            assert torch.equal(getattr(o, key), getattr(outs[0], key)), key
+    assert_thread_counts_bitwise(model, graph_from_structure(atoms, model.cutoff))
 
 
 @pytest.mark.parametrize("name", sorted(POTENTIALS))
@@ -176,9 +143,9 @@ def test_energy_atoms_are_the_gradient_of_their_energies(models, name):
     gs = replace(g, positions=positions).strained()
     e = model(gs)[:k].sum()
     d_pos, d_strain = torch.autograd.grad(e, [positions, gs.strain])
-    _assert_close(out.energy.numpy(), e.detach().numpy().reshape(1), 1e-12, "energy")
-    _assert_close(out.forces.numpy(), -d_pos.numpy(), 1e-10, "forces of the first atoms' energies")
-    _assert_close(out.virial.numpy(), d_strain.numpy(), 1e-10, "virial of the first atoms' energies")
+    assert_close(out.energy.numpy(), e.detach().numpy().reshape(1), 1e-12, "energy")
+    assert_close(out.forces.numpy(), -d_pos.numpy(), 1e-10, "forces of the first atoms' energies")
+    assert_close(out.virial.numpy(), d_strain.numpy(), 1e-10, "virial of the first atoms' energies")
     assert float(out.forces[k:].abs().max()) > 0  # the other atoms feel the first ones' energies
     for bad in (-1, len(atoms) + 1):
         with pytest.raises(InputError, match="n_energy_atoms"):
@@ -194,30 +161,15 @@ def test_ghost_atoms_after_the_owned_ones_give_the_periodic_numbers(models, name
     model = models[name]
     atoms = structure(name, "triclinic")
     n = len(atoms)
-    cell = atoms.cell.array
-    volume = abs(np.linalg.det(cell))
-    widths = [volume / np.linalg.norm(np.cross(cell[(a + 1) % 3], cell[(a + 2) % 3])) for a in range(3)]
-    reach = model.cutoff / np.array(widths)  # in fractional coordinates
-    frac = atoms.get_scaled_positions(wrap=False)
-    positions, images = [atoms.positions], [np.arange(n)]
-    m = int(np.ceil(reach.max())) + 1
-    for shift in product(range(-m, m + 1), repeat=3):
-        if shift == (0, 0, 0):
-            continue
-        s = frac + np.array(shift)
-        keep = np.all((s >= frac.min(axis=0) - reach) & (s <= frac.max(axis=0) + reach), axis=1)
-        positions.append(s[keep] @ cell)
-        images.append(np.flatnonzero(keep))
-    images = np.concatenate(images)
-    host_atoms = Atoms(numbers=atoms.numbers[images], positions=np.concatenate(positions), pbc=False)
+    host_atoms, images = ghost_layout(atoms, model.cutoff)
     assert len(host_atoms) > 3 * n
     host = model.analytic(graph_from_structure(host_atoms, model.cutoff), True, True, n_energy_atoms=n)
     periodic = model.compute(graph_from_structure(atoms, model.cutoff), forces=True, stress=True)
-    _assert_close(host.energies[:n].numpy(), periodic.energies.numpy(), 1e-13, "owned energies")
-    _assert_close(host.energy.numpy(), periodic.energy.numpy(), 1e-13, "energy")
+    assert_close(host.energies[:n].numpy(), periodic.energies.numpy(), 1e-13, "owned energies")
+    assert_close(host.energy.numpy(), periodic.energy.numpy(), 1e-13, "energy")
     folded = torch.zeros((n, 3), dtype=torch.float64).index_add(0, torch.from_numpy(images), host.forces)
-    _assert_close(folded.numpy(), periodic.forces.numpy(), 1e-11, "folded forces")
-    _assert_close(host.virial.numpy(), periodic.virial.numpy(), 1e-11, "virial")
+    assert_close(folded.numpy(), periodic.forces.numpy(), 1e-11, "folded forces")
+    assert_close(host.virial.numpy(), periodic.virial.numpy(), 1e-11, "virial")
 
 
 def test_core_parameters_are_cached_and_follow_the_coefficients(models):
@@ -239,11 +191,11 @@ def test_core_parameters_are_cached_and_follow_the_coefficients(models):
     before = model.compute(g, forces=True).energy
     model.set_splines(coef2=1.01 * model.coef2, e0=model.e0 - 0.5)
     assert model.core_parameters() is not p
-    after = _compare(model, atoms)
+    after = compare_with_autograd(model, atoms)
     assert not torch.equal(after.energy, before)
     with torch.no_grad():
         model.coef3.mul_(0.9)  # in place, as training may do
-    _compare(model, atoms)
+    compare_with_autograd(model, atoms)
 
 
 def test_model_without_a_three_body_term(rng):
@@ -257,7 +209,7 @@ def test_model_without_a_three_body_term(rng):
     atoms = bulk("Ni", "fcc", a=3.52, cubic=True).repeat((2, 2, 2))
     atoms.numbers = np.where(rng.random(len(atoms)) < 0.5, 13, 28)
     atoms.rattle(0.1, seed=5)
-    _compare(model, atoms)
+    compare_with_autograd(model, atoms)
 
 
 def test_bad_input_is_refused(models):

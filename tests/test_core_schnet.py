@@ -24,13 +24,13 @@ import pytest
 import torch
 from ase.io import read
 
-import ase_mlff
 from ase_mlff.calculator import MLFFCalculator
 from ase_mlff.errors import InputError
 from ase_mlff.graph import graph_from_structure
 from ase_mlff.io import load_model
 from ase_mlff.models import schnet
 
+from core_checks import assert_thread_counts_bitwise, ghost_layout
 from fd import numerical_forces, numerical_stress
 
 HERE = os.path.dirname(__file__)
@@ -175,18 +175,8 @@ def test_widths_off_the_vector_tiles_and_no_blocks(sizes):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_thread_counts_give_the_same_bits(dtype):
     model = _model(WATER_MODEL, dtype)
-    graph = graph_from_structure(read(WATER, 0).repeat((2, 2, 1)), model.cutoff, dtype=dtype)
-    before = ase_mlff.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 2, 3):
-            ase_mlff.set_num_threads(n)
-            outs.append(model.compute(graph, forces=True, stress=True))
-    finally:
-        ase_mlff.set_num_threads(before)
-    for o in outs[1:]:
-        for k in ("energies", "forces", "virial"):
-            assert torch.equal(getattr(o, k), getattr(outs[0], k)), k
+    assert_thread_counts_bitwise(model, graph_from_structure(read(WATER, 0).repeat((2, 2, 1)), model.cutoff,
+                                                             dtype=dtype))
 
 
 def test_energy_atoms_restriction_is_the_gradient_of_their_energies():
@@ -218,29 +208,10 @@ def test_ghost_atoms_after_the_owned_ones_give_the_periodic_numbers():
     within message-passing reach (blocks x cutoff) as ghosts, all in one open structure;
     with n_energy_atoms = owned, the owned energies are the periodic ones and the forces,
     folded from the ghosts onto the atoms they image, are the periodic forces."""
-    from itertools import product
-
-    from ase import Atoms
-
     model = _model(WATER_MODEL, torch.float64)
     atoms = _water("triclinic")
     n = len(atoms)
-    cell = atoms.cell.array
-    volume = abs(np.linalg.det(cell))
-    widths = [volume / np.linalg.norm(np.cross(cell[(a + 1) % 3], cell[(a + 2) % 3])) for a in range(3)]
-    reach = model.cutoff * len(model.interactions) / np.array(widths)  # in fractional coordinates
-    frac = atoms.get_scaled_positions(wrap=False)
-    positions, images = [atoms.positions], [np.arange(n)]
-    k = int(np.ceil(reach.max())) + 1  # the atoms may sit a little outside their cell
-    for shift in product(range(-k, k + 1), repeat=3):
-        if shift == (0, 0, 0):
-            continue
-        s = frac + np.array(shift)
-        keep = np.all((s >= frac.min(axis=0) - reach) & (s <= frac.max(axis=0) + reach), axis=1)
-        positions.append(s[keep] @ cell)
-        images.append(np.flatnonzero(keep))
-    images = np.concatenate(images)
-    ghosts = Atoms(numbers=atoms.numbers[images], positions=np.concatenate(positions), pbc=False)
+    ghosts, images = ghost_layout(atoms, model.cutoff * len(model.interactions))
     open_graph = graph_from_structure(ghosts, model.cutoff, dtype=torch.float64)
     host = model.analytic(open_graph, True, False, n_energy_atoms=n)
     periodic = model.compute(graph_from_structure(atoms, model.cutoff, dtype=torch.float64), forces=True)

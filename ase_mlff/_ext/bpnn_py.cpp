@@ -2,6 +2,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "core_outputs_py.hpp"
+
 #include "bpnn_core.hpp"
 
 #include <stdexcept>
@@ -29,26 +31,13 @@ py::tuple compute(const iarray& ints, const carray<T>& reals, const darray& doub
         throw std::invalid_argument("bpnn_compute: species (N,), first (P,), second (P,), vectors (P, 3) expected");
     const int64_t n_atoms = species.shape(0), n_pairs = first.shape(0);
     if (n_energy_atoms < 0) n_energy_atoms = n_atoms;  // default: every atom
-    py::array_t<double> energies({n_atoms});
-    py::object forces = py::none(), virial = py::none();
-    double *f = nullptr, *v = nullptr;
-    if (want_forces) {
-        py::array_t<double> a({n_atoms, int64_t(3)});
-        f = a.mutable_data();
-        forces = a;
-    }
-    if (want_virial) {
-        py::array_t<double> a({n_atoms, int64_t(3), int64_t(3)});
-        v = a.mutable_data();
-        virial = a;
-    }
-    double* e = energies.mutable_data();
+    mlff::AtomOutputs out(n_atoms, want_forces, want_virial);
     {
         py::gil_scoped_release release;
         mlff::bpnn::compute<T>(model, n_atoms, species.data(), n_pairs, first.data(), second.data(), vectors.data(),
-                               n_energy_atoms, n_threads, e, f, v);
+                               n_energy_atoms, n_threads, out.e, out.f, out.v);
     }
-    return py::make_tuple(energies, forces, virial);
+    return out.tuple();
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // GIL. Building the core's Model is only a few checks, so there is no object to keep.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include "core_outputs_py.hpp"
 #include <pybind11/stl.h>
 
 #include "mff_core.hpp"
@@ -69,26 +71,13 @@ py::tuple mff_compute(const larray& species, const larray& first, const larray& 
     }
     const mlff::mff::Model model(p);
     const int64_t n_atoms = species.shape(0), n_pairs = first.shape(0);
-    py::array_t<double> energies({n_atoms});
-    py::object forces = py::none(), virial = py::none();
-    double *f = nullptr, *v = nullptr;
-    if (want_forces) {
-        py::array_t<double> a({n_atoms, int64_t(3)});
-        f = a.mutable_data();
-        forces = a;
-    }
-    if (want_virial) {
-        py::array_t<double> a({n_atoms, int64_t(3), int64_t(3)});
-        v = a.mutable_data();
-        virial = a;
-    }
-    double* e = energies.mutable_data();
+    mlff::AtomOutputs out(n_atoms, want_forces, want_virial);
     {
         py::gil_scoped_release release;
         model.compute(n_atoms, species.data(), n_pairs, first.data(), second.data(), vectors.data(), n_energy_atoms,
-                      n_threads, e, f, v);
+                      n_threads, out.e, out.f, out.v);
     }
-    return py::make_tuple(energies, forces, virial);
+    return out.tuple();
 }
 
 }  // namespace

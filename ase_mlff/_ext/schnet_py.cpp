@@ -2,6 +2,8 @@
 // out, the work done without the GIL. ase_mlff/models/schnet.py builds the flat parameter array.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include "core_outputs_py.hpp"
 #include <pybind11/stl.h>
 
 #include "schnet_core.hpp"
@@ -55,25 +57,14 @@ py::tuple compute(const carray<T>& weights, py::tuple sizes, double inv_h, doubl
     in.n_atoms = N, in.species = species.data(), in.n_pairs = P, in.first = first.data(),
     in.second = second.data(), in.vectors = vectors.data(), in.n_energy_atoms = n_energy_atoms,
     in.n_threads = n_threads;
-    py::array_t<double> energies(N);
-    py::object f = py::none(), v = py::none();
+    const mlff::AtomOutputs res(N, forces, virials);
     mlff::schnet::Output out;
-    out.energies = energies.mutable_data();
-    if (forces) {
-        py::array_t<double> a({N, int64_t(3)});
-        out.forces = a.mutable_data();
-        f = a;
-    }
-    if (virials) {
-        py::array_t<double> a({N, int64_t(3), int64_t(3)});
-        out.virials = a.mutable_data();
-        v = a;
-    }
+    out.energies = res.e, out.forces = res.f, out.virials = res.v;
     {
         py::gil_scoped_release release;
         mlff::schnet::compute(m, in, out);
     }
-    return py::make_tuple(energies, f, v);
+    return res.tuple();
 }
 
 }  // namespace

@@ -71,6 +71,13 @@ void need(size_t have, int64_t want, const char* family, const std::string& name
                    std::to_string(want));
 }
 
+// Every part describes the file's elements, in its order.
+void same_species(int64_t have, int64_t want, const char* family) {
+    if (have != want)
+        throw fail(std::string(family) + " part has " + std::to_string(have) + " species, the file lists " +
+                   std::to_string(want) + " elements");
+}
+
 int64_t bounded(int64_t v, int64_t lo, int64_t hi, const char* family, const char* what) {
     if (v < lo || v > hi)
         throw fail(std::string(family) + ": " + what + " = " + std::to_string(v) + " is outside [" +
@@ -87,8 +94,7 @@ public:
         const auto& doubles = a_.d("doubles");
         model_ = bpnn::parse<double>(ints.data(), int64_t(ints.size()), reals.data(), int64_t(reals.size()),
                                      doubles.data(), int64_t(doubles.size()));
-        if (model_.S != S) throw fail("bpnn part has " + std::to_string(model_.S) + " species, the file lists " +
-                                      std::to_string(S) + " elements");
+        same_species(model_.S, S, "bpnn");
     }
     const char* family() const override { return "bpnn"; }
     double cutoff() const override {
@@ -122,8 +128,7 @@ public:
         L.H = bounded(sz[2], 1, 1 << 14, "schnet", "hidden units");
         L.n_blocks = bounded(sz[3], 0, 64, "schnet", "interaction blocks");
         L.G = bounded(sz[4], 1, big, "schnet", "table intervals");
-        if (L.S != S) throw fail("schnet part has " + std::to_string(L.S) + " species, the file lists " +
-                                 std::to_string(S) + " elements");
+        same_species(L.S, S, "schnet");
         need(a_.d("weights").size(), L.size(), "schnet", "weights");
         need(a_.d("e0").size(), S, "schnet", "e0");
         const auto& sc = a_.d("scalars");
@@ -176,8 +181,7 @@ public:
     GapPart(int64_t S, Arrays a) : a_(std::move(a)) {
         const auto& n = a_.i("ints");
         need(n.size(), 7, "gap", "ints");
-        if (n[0] != S) throw fail("gap part has " + std::to_string(n[0]) + " species, the file lists " +
-                                  std::to_string(S) + " elements");
+        same_species(n[0], S, "gap");
         gap::Params p;
         p.n_species = int(S);
         p.n_max = int(bounded(n[1], 1, 64, "gap", "n_max"));
@@ -230,8 +234,7 @@ public:
     MffPart(int64_t S, Arrays a) : a_(std::move(a)) {
         const auto& n = a_.i("ints");
         need(n.size(), 4, "mff", "ints");
-        if (n[0] != S) throw fail("mff part has " + std::to_string(n[0]) + " species, the file lists " +
-                                  std::to_string(S) + " elements");
+        same_species(n[0], S, "mff");
         mff::Params p;
         p.n_species = S;
         p.n2 = bounded(n[1], 0, 1 << 20, "mff", "2-body intervals");
