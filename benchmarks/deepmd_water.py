@@ -28,6 +28,11 @@ Steps (OUT is a working folder, e.g. out/deepmd_water):
            nohup dp-venv/bin/dp --tf train input.json > train.log 2>&1 &
        # after an interruption: the same with  dp --tf train input.json --restart model.ckpt
        dp-venv/bin/dp --tf freeze -o water_se_e2_a.pb
+
+   The three runs in docs/benchmarks.md: ``export`` as it is (float64, 8,000 steps, ~24 min on
+   a shared core), ``--precision float32 --numb-steps 14000 --stop-lr 1e-5`` (~12 min) and
+   ``--precision float32 --numb-steps 26000``; each into its own OUT (the sets are the same).
+
        # DeePMD-kit's usual inference speed-up (tabulated embedding nets), timed as well:
        dp-venv/bin/dp --tf compress -i water_se_e2_a.pb -o water_se_e2_a_compressed.pb -t input.json
 
@@ -93,20 +98,22 @@ def _write_npy_system(folder: Path, frames) -> None:
     np.save(folder / "set.000" / "force.npy", np.stack([fr.forces.ravel() for fr in frames]))
 
 
-def dp_input(numb_steps: int) -> dict:
+def dp_input(numb_steps: int, precision: str = "float64", stop_lr: float = 1e-6) -> dict:
     """DeePMD-kit training input: the water example's se_e2_a model scaled down for one core
     (embedding 16-32-64 instead of 25-50-100, 8 axis neurons instead of 16, fitting 100-100-100
     instead of 240-240-240); cut-offs, sel and the loss prefactor schedule as in the example;
-    learning rate decayed exponentially from 1e-3 to 1e-6 over ``numb_steps`` batches of one frame."""
+    learning rate decayed exponentially from 1e-3 to ``stop_lr`` over ``numb_steps`` batches of
+    one frame; ``precision`` of both networks (float64 is DeePMD-kit's default)."""
     return {
         "model": {
             "type_map": list(TYPE_MAP),
             "descriptor": {"type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.5, "rcut": 6.0,
-                           "neuron": [16, 32, 64], "resnet_dt": False, "axis_neuron": 8, "seed": 1},
-            "fitting_net": {"neuron": [100, 100, 100], "resnet_dt": True, "seed": 1},
+                           "neuron": [16, 32, 64], "resnet_dt": False, "axis_neuron": 8, "seed": 1,
+                           "precision": precision},
+            "fitting_net": {"neuron": [100, 100, 100], "resnet_dt": True, "seed": 1, "precision": precision},
         },
         "learning_rate": {"type": "exp", "decay_steps": max(numb_steps // 50, 1),
-                          "start_lr": 1e-3, "stop_lr": 1e-6},
+                          "start_lr": 1e-3, "stop_lr": stop_lr},
         "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1,
                  "start_pref_f": 1000, "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
         "training": {
@@ -118,7 +125,7 @@ def dp_input(numb_steps: int) -> dict:
     }
 
 
-def export(out: Path, numb_steps: int) -> None:
+def export(out: Path, numb_steps: int, precision: str = "float64", stop_lr: float = 1e-6) -> None:
     from ase_mlff.data import read
     from ase_mlff.io import read_metadata
 
@@ -144,7 +151,7 @@ def export(out: Path, numb_steps: int) -> None:
     # the test frames as extxyz, for ase-mlff eval
     import ase.io
     ase.io.write(out / "test.extxyz", [ase.io.read(data, index=int(k)) for k in split.test], format="extxyz")
-    (out / "input.json").write_text(json.dumps(dp_input(numb_steps), indent=2) + "\n")
+    (out / "input.json").write_text(json.dumps(dp_input(numb_steps, precision, stop_lr), indent=2) + "\n")
     _write_lammps_data(out / "water_192.data", frames[0])
     print(f"wrote {out / 'test.extxyz'}, {out / 'input.json'} ({numb_steps} steps), {out / 'water_192.data'}")
 
@@ -276,7 +283,11 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("export", help="split, index files, DeePMD-kit npy sets, input.json (ase-mlff venv)")
     p.add_argument("out", type=Path)
-    p.add_argument("--numb-steps", type=int, default=8000, help="DeePMD-kit training steps (default 8000: ~25 min on one core)")
+    p.add_argument("--numb-steps", type=int, default=8000,
+                   help="DeePMD-kit training steps (default 8000: ~25 min on one core in float64)")
+    p.add_argument("--precision", choices=["float64", "float32"], default="float64",
+                   help="precision of DeePMD-kit's networks (default float64, its own default)")
+    p.add_argument("--stop-lr", type=float, default=1e-6, help="final learning rate (default 1e-6)")
     p = sub.add_parser("predict", help="frozen DeePMD-kit model on the test frames (DeePMD-kit venv)")
     p.add_argument("out", type=Path)
     p.add_argument("--model", type=Path, default=None, help="frozen model (default OUT/water_se_e2_a.pb)")
@@ -293,7 +304,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     model = getattr(a, "model", None) or a.out / "water_se_e2_a.pb"
     if a.cmd == "export":
-        export(a.out, a.numb_steps)
+        export(a.out, a.numb_steps, a.precision, a.stop_lr)
     elif a.cmd == "predict":
         predict(a.out, model)
     elif a.cmd == "compare":
