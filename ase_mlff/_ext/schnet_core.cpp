@@ -263,10 +263,15 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     const bool grad = out.forces || out.virials;
     const T inv_h = static_cast<T>(m.inv_h);
 
-    auto row_blocks = [&](auto&& fn) {  // fn(lo, hi) on the fixed blocks of atoms
-        const int64_t tasks = (N + kRowBlock - 1) / kRowBlock;
-        parallel_for(tasks, threads, [&](int64_t b) { fn(b * kRowBlock, std::min(N, (b + 1) * kRowBlock)); });
+    auto blocks_of = [&](int64_t rows, auto&& fn) {  // fn(lo, hi) on the fixed blocks of rows 0 .. rows-1
+        const int64_t tasks = (rows + kRowBlock - 1) / kRowBlock;
+        parallel_for(tasks, threads, [&](int64_t b) { fn(b * kRowBlock, std::min(rows, (b + 1) * kRowBlock)); });
     };
+    auto row_blocks = [&](auto&& fn) { blocks_of(N, fn); };
+    // The rows whose features are computed here: every atom, or with a halo exchange only the
+    // own atoms (a ghost's block inputs come from its owner, its outputs are never needed)
+    const int64_t R = halo ? n_energy : N;
+    auto own_blocks = [&](auto&& fn) { blocks_of(R, fn); };
 
     // pair geometry (and a check of the vectors: a NaN would poison every energy silently)
     PairGeometry<T> geo;
@@ -304,11 +309,11 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     for (int64_t b = 0; b < L.n_blocks; ++b) {
         const T* B = W + L.block(b);
         T* y = ys.data() + (grad ? b * NF : 0);
-        row_blocks([&](int64_t lo, int64_t hi) {
+        own_blocks([&](int64_t lo, int64_t hi) {
             dense(hi - lo, F, F, x.data() + lo * F, B + o.in2f_t, nullptr, y + lo * F);
         });
         if (halo) halo->forward(reinterpret_cast<double*>(y), F);  // the ghosts' rows from their owners
-        row_blocks([&](int64_t lo, int64_t hi) {
+        own_blocks([&](int64_t lo, int64_t hi) {
             const int64_t n = hi - lo;
             std::vector<T> mb(n * F), zb(n * F), sb(n * F);
             conv_rows(index, in.second, geo, B + o.table, F, y, lo, hi, mb.data());
@@ -330,7 +335,8 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
     const T o2_b = o2[H];
     const T scale = static_cast<T>(m.energy_scale);
     ScratchVector<T> gx(grad ? NF : 0);
-    row_blocks([&](int64_t lo, int64_t hi) {
+    std::fill(out.energies + R, out.energies + N, 0.0);  // ghosts of a halo exchange: not evaluated
+    own_blocks([&](int64_t lo, int64_t hi) {
         const int64_t n = hi - lo;
         std::vector<T> hb(n * H), sb(n * H);
         dense(n, F, H, x.data() + lo * F, o1_t, o1_b, hb.data());
@@ -356,7 +362,7 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
         const T* B = W + L.block(b);
         const T* y = ys.data() + b * NF;
         const T* sig = sigs.data() + b * NF;
-        row_blocks([&](int64_t lo, int64_t hi) {  // gm = ((g_x W_2) * sigmoid(z)) W_1 = dE/dm
+        own_blocks([&](int64_t lo, int64_t hi) {  // gm = ((g_x W_2) * sigmoid(z)) W_1 = dE/dm
             const int64_t n = hi - lo;
             std::vector<T> gz(n * F);
             dense(n, F, F, gx.data() + lo * F, B + o.w2, nullptr, gz.data());
@@ -378,7 +384,7 @@ void run(const Model<T>& m, const Input& in, const Output& out) {
                           g_r2.data());
             });
             halo->reverse(reinterpret_cast<double*>(gy_all.data()), F);
-            row_blocks([&](int64_t lo, int64_t hi) {
+            own_blocks([&](int64_t lo, int64_t hi) {
                 const int64_t n = hi - lo;
                 std::vector<T> gxb(n * F);
                 dense(n, F, F, gy_all.data() + lo * F, B + o.in2f, nullptr, gxb.data());

@@ -95,7 +95,8 @@ struct Model {
 // computed, forward(y, F) must overwrite the ghosts' rows with their owners' rows; in the
 // backward pass, after dE/dy of a block is gathered, reverse(gy, F) must add each ghost's row
 // into its owner's and set the ghost rows to zero. Then the ghost shell needs only one cutoff
-// (plus skin) whatever the number of blocks, and each atom's network runs on one process.
+// (plus skin) whatever the number of blocks, and each atom's network runs on one process: the
+// ghosts' rows are neither computed nor differentiated here (their energies are 0).
 // float64 models only (the rows are double).
 struct Halo {
     std::function<void(double* rows, int64_t width)> forward;
