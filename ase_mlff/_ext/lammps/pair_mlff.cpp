@@ -154,13 +154,22 @@ double PairMLFF::init_one(int i, int j) {
 
 // The graph handed to the cores: nodes are the owned atoms (0 .. nlocal-1, the energy atoms)
 // and the ghosts; a message-passing model folds a ghost that is an image of an owned atom onto
-// that atom. Pairs are every centre's neighbours within the cutoff, vectors x_j - x_i.
+// that atom (with `ghosts`; and on a single rank, where every ghost is such an image, so that
+// the graph is the periodic one and no halo exchange is needed). Pairs are every centre's
+// neighbours within the cutoff, vectors x_j - x_i.
 void PairMLFF::build_graph(int64_t& n_nodes) {
     const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
     double** x = atom->x;
     const int* type = atom->type;
     const bool mp = pot_->evaluates_neighbours() && ghost_shell_;
-    const bool fold = mp && atom->map_style != Atom::MAP_NONE;
+    const bool mapped = atom->map_style != Atom::MAP_NONE;
+    bool fold_all = pot_->evaluates_neighbours() && !ghost_shell_ && comm->nprocs == 1 && mapped;
+    for (int a = nlocal; fold_all && a < nall; ++a) {
+        const int k = atom->map(atom->tag[a]);
+        fold_all = k >= 0 && k < nlocal;
+    }
+    folded_all_ = fold_all;
+    const bool fold = (mp || fold_all) && mapped;
     node_of_atom_.assign(nall, -1);
     atom_of_node_.clear();
     for (int a = 0; a < nlocal; ++a) node_of_atom_[a] = a, atom_of_node_.push_back(a);
@@ -281,7 +290,7 @@ void PairMLFF::compute(int eflag, int vflag) {
     in.first = first_.data(), in.second = second_.data(), in.vectors = vectors_.data();
     in.n_energy_atoms = nlocal, in.n_threads = n_threads_;
     mlff::schnet::Halo halo;
-    if (pot_->evaluates_neighbours() && !ghost_shell_) {
+    if (pot_->evaluates_neighbours() && !ghost_shell_ && !folded_all_) {
         // nodes are LAMMPS' atoms here (owned, then ghosts): LAMMPS' communication moves the rows
         halo.forward = [this](double* rows, int64_t width) {
             comm_rows_ = rows, comm_width_ = int(width);

@@ -22,7 +22,9 @@
 // one rank. With `ghosts` the style instead asks for ghost atoms out to n r_c + skin (raising
 // `comm_modify cutoff`) with neighbour lists, folds ghosts that are images of owned atoms onto
 // them, and evaluates the other ranks' atoms within n hops itself (no communication inside the
-// step, more work per rank). Both give the same numbers.
+// step, more work per rank). Both give the same numbers. On a single rank every ghost is a
+// periodic image of an owned atom: they are folded onto their atoms and the graph is exactly
+// the periodic one, with no exchange.
 #pragma once
 
 #include "pair.h"
@@ -65,6 +67,7 @@ private:
     int n_threads_ = 1;
     int spread_flag_ = 0;  // fix pair's trigger (the spread is computed every step anyway)
     bool ghost_shell_ = false;  // message passing through a deep ghost shell instead of a halo exchange
+    bool folded_all_ = false;   // this step's ghosts were all folded onto owned atoms (one rank)
     // the per-atom rows (comm_width_ values each) that the next communication moves
     double* comm_rows_ = nullptr;
     int comm_width_ = 0;
