@@ -183,20 +183,26 @@ def _run_lmp(tmp_path, lines, ranks):
     return out.stdout
 
 
-@pytest.mark.parametrize("name", ["committee", "water_schnet", "water_schnet ghosts"])
+@pytest.mark.parametrize("name", ["committee", "water_schnet", "water_schnet ghosts", "water_schnet multihop"])
 def test_two_mpi_ranks_reproduce_serial_nve(tmp_path, name):
     """A 2 x 1 x 1 water box split between two ranks along x: both own atoms at both of their
     boundaries (periodic), so forces of ghosts cross ranks each step; SchNet also passes
     messages across ranks (by the halo exchange between blocks, or with `ghosts` through the
     deep ghost shell); the committee's spread needs each member's forces summed over ranks."""
     name, *options = name.split()
-    info, atoms = _export_box(tmp_path, _load(name), (2, 1, 1))
-    info["pair_style"] = " ".join([info["pair_style"], *options])
+    multihop = options == ["multihop"]  # one 12.4 Å cell, a 9 Å ghost shell: ghosts of ghosts
+    info, atoms = _export_box(tmp_path, _load(name), (1, 1, 1) if multihop else (2, 1, 1))
+    if not multihop:
+        info["pair_style"] = " ".join([info["pair_style"], *options])
     extra = ("fix unc all pair 1 mlff uncertainty 1", "compute umax all reduce max f_unc") \
         if name == "committee" else ()
-    serial = _run_lmp(tmp_path, _nve_lines(info, "box.data", extra=extra), 1)
-    parallel = _run_lmp(tmp_path, _nve_lines(info, "box.data", extra=extra), 2)
-    assert "2 by 1 by 1 MPI processor grid" in parallel
+    lines = _nve_lines(info, "box.data", extra=extra)
+    if multihop:
+        lines.insert(4, "comm_modify cutoff 9.0")
+    serial = _run_lmp(tmp_path, lines, 1)
+    parallel = _run_lmp(tmp_path, lines, 2)
+    assert re.search(r"\b2 by 1 by 1 MPI processor grid|1 by 2 by 1 MPI|1 by 1 by 2 MPI", parallel) if multihop \
+        else "2 by 1 by 1 MPI processor grid" in parallel
     a, b = _thermo(serial), _thermo(parallel)
     assert a.shape == b.shape and a.shape[0] == 11
     # pe, ke, etotal to 1e-8 relative; the pressure and the spread relative to their magnitude

@@ -154,22 +154,16 @@ double PairMLFF::init_one(int i, int j) {
 
 // The graph handed to the cores: nodes are the owned atoms (0 .. nlocal-1, the energy atoms)
 // and the ghosts; a message-passing model folds a ghost that is an image of an owned atom onto
-// that atom (with `ghosts`; and on a single rank, where every ghost is such an image, so that
-// the graph is the periodic one and no halo exchange is needed). Pairs are every centre's
-// neighbours within the cutoff, vectors x_j - x_i.
+// that atom (on a single rank that is every ghost: the graph is the periodic one). Pairs are
+// every centre's neighbours within the cutoff, vectors x_j - x_i.
 void PairMLFF::build_graph(int64_t& n_nodes) {
     const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
     double** x = atom->x;
     const int* type = atom->type;
     const bool mp = pot_->evaluates_neighbours() && ghost_shell_;
-    const bool mapped = atom->map_style != Atom::MAP_NONE;
-    bool fold_all = pot_->evaluates_neighbours() && !ghost_shell_ && comm->nprocs == 1 && mapped;
-    for (int a = nlocal; fold_all && a < nall; ++a) {
-        const int k = atom->map(atom->tag[a]);
-        fold_all = k >= 0 && k < nlocal;
-    }
-    folded_all_ = fold_all;
-    const bool fold = (mp || fold_all) && mapped;
+    // message passing folds periodic self-images: with `ghosts` to cut the shell's work, with
+    // the halo exchange so that only other ranks' atoms remain ghost rows (none on one rank)
+    const bool fold = pot_->evaluates_neighbours() && atom->map_style != Atom::MAP_NONE;
     node_of_atom_.assign(nall, -1);
     atom_of_node_.clear();
     for (int a = 0; a < nlocal; ++a) node_of_atom_[a] = a, atom_of_node_.push_back(a);
@@ -290,16 +284,19 @@ void PairMLFF::compute(int eflag, int vflag) {
     in.first = first_.data(), in.second = second_.data(), in.vectors = vectors_.data();
     in.n_energy_atoms = nlocal, in.n_threads = n_threads_;
     mlff::schnet::Halo halo;
-    if (pot_->evaluates_neighbours() && !ghost_shell_ && !folded_all_) {
-        // nodes are LAMMPS' atoms here (owned, then ghosts): LAMMPS' communication moves the rows
+    const bool single = comm->nprocs == 1 && int64_t(nlocal) == n_nodes;  // every ghost folded
+    if (pot_->evaluates_neighbours() && !ghost_shell_ && !single) {
+        // rows by node (owned atoms, then the ghosts of other ranks' atoms); LAMMPS'
+        // communication moves them atom by atom (pack/unpack map atoms to nodes). Collective:
+        // every rank calls it, whatever its own ghosts.
         halo.forward = [this](double* rows, int64_t width) {
-            comm_rows_ = rows, comm_width_ = int(width);
+            comm_rows_ = rows, comm_width_ = int(width), comm_by_node_ = true;
             comm->forward_comm(this, int(width));
         };
-        halo.reverse = [this, nlocal, nall](double* rows, int64_t width) {
-            comm_rows_ = rows, comm_width_ = int(width);
+        halo.reverse = [this, nlocal, n_nodes](double* rows, int64_t width) {
+            comm_rows_ = rows, comm_width_ = int(width), comm_by_node_ = true;
             comm->reverse_comm(this, int(width));
-            std::fill(rows + size_t(nlocal) * width, rows + size_t(nall) * width, 0.0);
+            std::fill(rows + size_t(nlocal) * width, rows + size_t(n_nodes) * width, 0.0);
         };
         in.halo = &halo;
     }
@@ -346,7 +343,7 @@ void PairMLFF::compute(int eflag, int vflag) {
                 for (int c = 0; c < 3; ++c)
                     atom_member_forces_[(size_t(a) * K + k) * 3 + c] += member_forces_[(size_t(k) * n_nodes + n) * 3 + c];
             }
-        comm_rows_ = atom_member_forces_.data(), comm_width_ = 3 * K;
+        comm_rows_ = atom_member_forces_.data(), comm_width_ = 3 * K, comm_by_node_ = false;
         comm->reverse_comm(this, 3 * K);
         // to the (K, atoms, 3) layout of force_spread
         std::vector<double> byk(size_t(K) * nlocal * 3);
@@ -359,27 +356,49 @@ void PairMLFF::compute(int eflag, int vflag) {
     }
 }
 
+// The rows a communication moves: by atom (members' forces), or by node (the halo exchange:
+// a ghost folded onto an owned atom reads its owner's row, never receives one, and sends zeros
+// back, its gradient being already in the owner's row).
+double* PairMLFF::comm_row(int atom_index, bool receiving) {
+    if (!comm_by_node_) return comm_rows_ + size_t(atom_index) * comm_width_;
+    const int n = node_of_atom_[atom_index];
+    if (receiving && atom_index >= atom->nlocal && n < atom->nlocal) return nullptr;  // folded ghost
+    return comm_rows_ + size_t(n) * comm_width_;
+}
+
 int PairMLFF::pack_forward_comm(int n, int* list, double* buf, int /*pbc_flag*/, int* /*pbc*/) {
     const int w = comm_width_;
-    for (int i = 0; i < n; ++i) std::copy(comm_rows_ + size_t(list[i]) * w, comm_rows_ + size_t(list[i] + 1) * w, buf + size_t(i) * w);
+    for (int i = 0; i < n; ++i) {
+        const double* r = comm_row(list[i], false);
+        std::copy(r, r + w, buf + size_t(i) * w);
+    }
     return n * w;
 }
 
 void PairMLFF::unpack_forward_comm(int n, int first, double* buf) {
     const int w = comm_width_;
-    std::copy(buf, buf + size_t(n) * w, comm_rows_ + size_t(first) * w);
+    for (int i = 0; i < n; ++i)
+        if (double* r = comm_row(first + i, true)) std::copy(buf + size_t(i) * w, buf + size_t(i + 1) * w, r);
 }
 
 int PairMLFF::pack_reverse_comm(int n, int first, double* buf) {
     const int w = comm_width_;
-    std::copy(comm_rows_ + size_t(first) * w, comm_rows_ + size_t(first + n) * w, buf);
+    for (int i = 0; i < n; ++i) {
+        const double* r = comm_row(first + i, true);
+        if (r)
+            std::copy(r, r + w, buf + size_t(i) * w);
+        else
+            std::fill(buf + size_t(i) * w, buf + size_t(i + 1) * w, 0.0);
+    }
     return n * w;
 }
 
 void PairMLFF::unpack_reverse_comm(int n, int* list, double* buf) {
     const int w = comm_width_;
-    for (int i = 0; i < n; ++i)
-        for (int c = 0; c < w; ++c) comm_rows_[size_t(list[i]) * w + c] += buf[size_t(i) * w + c];
+    for (int i = 0; i < n; ++i) {
+        double* r = comm_row(list[i], false);
+        for (int c = 0; c < w; ++c) r[c] += buf[size_t(i) * w + c];
+    }
 }
 
 void* PairMLFF::extract(const char* name, int& dim) {

@@ -22,9 +22,9 @@
 // one rank. With `ghosts` the style instead asks for ghost atoms out to n r_c + skin (raising
 // `comm_modify cutoff`) with neighbour lists, folds ghosts that are images of owned atoms onto
 // them, and evaluates the other ranks' atoms within n hops itself (no communication inside the
-// step, more work per rank). Both give the same numbers. On a single rank every ghost is a
-// periodic image of an owned atom: they are folded onto their atoms and the graph is exactly
-// the periodic one, with no exchange.
+// step, more work per rank). Both give the same numbers. Ghosts that are periodic images of an
+// atom the rank owns are folded onto it in both modes (with `atom_modify map`): on a single rank
+// that is every ghost, the graph is exactly the periodic one and nothing is exchanged.
 #pragma once
 
 #include "pair.h"
@@ -67,10 +67,11 @@ private:
     int n_threads_ = 1;
     int spread_flag_ = 0;  // fix pair's trigger (the spread is computed every step anyway)
     bool ghost_shell_ = false;  // message passing through a deep ghost shell instead of a halo exchange
-    bool folded_all_ = false;   // this step's ghosts were all folded onto owned atoms (one rank)
     // the per-atom rows (comm_width_ values each) that the next communication moves
     double* comm_rows_ = nullptr;
     int comm_width_ = 0;
+    bool comm_by_node_ = false;  // rows indexed by graph node (halo exchange), else by atom
+    double* comm_row(int atom_index, bool receiving);
 
     // per call, kept between calls to avoid reallocation
     std::vector<int64_t> species_, first_, second_;
