@@ -2,7 +2,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include "core_outputs_py.hpp"
+#include "binding_py.hpp"
 
 #include "bpnn_core.hpp"
 
@@ -12,11 +12,9 @@ namespace py = pybind11;
 
 namespace {
 
-// float arrays without forcecast, so that the float32 and float64 overloads dispatch by dtype
-template <typename T>
-using carray = py::array_t<T, py::array::c_style>;
-using iarray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using darray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using mlff::carray;
+using mlff::darray;
+using mlff::iarray;
 
 template <typename T>
 py::tuple compute(const iarray& ints, const carray<T>& reals, const darray& doubles, const iarray& species,

@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "binding_py.hpp"
+
 #include "gap_core.hpp"
 
 #include <algorithm>
@@ -17,8 +19,8 @@ namespace py = pybind11;
 
 namespace {
 
-using darray = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using larray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using mlff::darray;
+using mlff::iarray;
 
 void need_shape(const py::array& a, std::vector<int64_t> shape, const char* name) {
     bool ok = a.ndim() == py::ssize_t(shape.size());
@@ -34,7 +36,7 @@ void need_shape(const py::array& a, std::vector<int64_t> shape, const char* name
 class GapCore {
 public:
     GapCore(int n_species, int n_max, int l_max, double soap_cutoff, double inv_h, darray soap_table,
-            darray soap_central, int zeta, double delta, larray sparse_start, darray sparse, darray alpha,
+            darray soap_central, int zeta, double delta, iarray sparse_start, darray sparse, darray alpha,
             double pair_cutoff, double pair_width, double pair_delta, double pair_theta, darray pair_sparse,
             darray beta, darray e0)
         : table_(soap_table), central_(soap_central), start_(sparse_start), sparse_(sparse), alpha_(alpha),
@@ -82,7 +84,7 @@ public:
 
     // (energies (N,), forces (N, 3) or None, virial (N, 3, 3) or None, power spectrum (N, D) or
     // None, coefficients (N, n_coeffs) or None)
-    py::tuple compute(const larray& species, const larray& first, const larray& second, const darray& vectors,
+    py::tuple compute(const iarray& species, const iarray& first, const iarray& second, const darray& vectors,
                       int64_t n_energy_atoms, bool forces, bool virial, bool soap, int n_threads) const {
         if (species.ndim() != 1) throw std::invalid_argument("GapCore.compute: species must be (N,)");
         const int64_t N = species.shape(0), P = first.size();
@@ -113,7 +115,7 @@ public:
 
 private:
     darray table_, central_;
-    larray start_;
+    iarray start_;
     darray sparse_, alpha_, pair_sparse_, beta_, e0_;
     std::unique_ptr<mlff::gap::Model> model_;
 };
@@ -123,7 +125,7 @@ private:
 void register_gap(py::module_& m) {
     py::class_<GapCore>(m, "GapCore",
                         "A GAP model in the compiled core's flat layout (ase_mlff/_ext/gap_core.hpp); float64.")
-        .def(py::init<int, int, int, double, double, darray, darray, int, double, larray, darray, darray, double,
+        .def(py::init<int, int, int, double, double, darray, darray, int, double, iarray, darray, darray, double,
                       double, double, double, darray, darray, darray>(),
              py::arg("n_species"), py::arg("n_max"), py::arg("l_max"), py::arg("soap_cutoff"), py::arg("inv_h"),
              py::arg("soap_table"), py::arg("soap_central"), py::arg("zeta"), py::arg("delta"),

@@ -4,7 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include "core_outputs_py.hpp"
+#include "binding_py.hpp"
 #include <pybind11/stl.h>
 
 #include "mff_core.hpp"
@@ -19,8 +19,8 @@ namespace py = pybind11;
 
 namespace {
 
-using darray = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using larray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using mlff::darray;
+using mlff::iarray;
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("mff_compute: " + what); }
 
@@ -36,7 +36,7 @@ const double* table(const optional_darray& t, int64_t n, const char* name, const
 }
 
 // (energies (N,), forces (N, 3) or None, per-atom virials (N, 3, 3) or None)
-py::tuple mff_compute(const larray& species, const larray& first, const larray& second, const darray& vectors,
+py::tuple mff_compute(const iarray& species, const iarray& first, const iarray& second, const darray& vectors,
                       int64_t n_energy_atoms, bool want_forces, bool want_virial, int n_threads, int64_t n_species,
                       const optional_darray& table2, int64_t n2, double h2, const optional_darray& coef2, double rc2,
                       const optional_darray& table3, int64_t n3, double h3, const optional_darray& table3jk,

@@ -3,7 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include "core_outputs_py.hpp"
+#include "binding_py.hpp"
 #include <pybind11/stl.h>
 
 #include "schnet_core.hpp"
@@ -16,10 +16,9 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-using carray = py::array_t<T, py::array::c_style>;
-using iarray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using darray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using mlff::carray;
+using mlff::darray;
+using mlff::iarray;
 
 void check_size(const py::array& a, int64_t n, const char* what) {
     if (a.size() != n)

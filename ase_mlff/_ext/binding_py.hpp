@@ -1,6 +1,5 @@
-// The per-atom outputs of a family core call as numpy arrays (shared by the *_py.cpp bindings):
-// energies (N,), and when asked forces (N, 3) and per-atom virials (N, 3, 3), else None, with
-// the raw pointers the core writes into (null when not asked).
+// What the family cores' Python bindings (bpnn_py, schnet_py, gap_py, mff_py) share: the numpy
+// array types they take, and the per-atom outputs of a core call as numpy arrays.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -10,6 +9,14 @@
 
 namespace mlff {
 
+// float arrays without forcecast, so that float32 and float64 overloads dispatch by dtype
+template <typename T>
+using carray = pybind11::array_t<T, pybind11::array::c_style>;
+using iarray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>;
+using darray = pybind11::array_t<double, pybind11::array::c_style | pybind11::array::forcecast>;
+
+// energies (N,), and when asked forces (N, 3) and per-atom virials (N, 3, 3), else None, with
+// the raw pointers the core writes into (null when not asked)
 struct AtomOutputs {
     pybind11::array_t<double> energies;
     pybind11::object forces = pybind11::none(), virials = pybind11::none();
