@@ -495,12 +495,13 @@ def export_lammps(model_or_path, directory, name: str | None = None, atoms=None,
     pbc = atoms.pbc if atoms is not None else (True, True, True)
     info: dict = {}
     if plugin:
-        _, parts, _ = plugin_parts(model)  # refuses sGDML and other families first, before any build
+        converted = plugin_parts(model)  # refuses sGDML and other families first, before any build
+        parts = converted[1]
         lib = build_plugin(lammps_include, mpi_include)
         tmp = paths["plugin"].with_name(f".mlffplugin.so.{os.getpid()}.tmp")
         shutil.copyfile(lib, tmp)
         os.replace(tmp, paths["plugin"])  # a LAMMPS that has the old one open keeps its copy
-        write_plugin_model(model, potential, source=str(model_path) if model_path else None)
+        write_plugin_model(model, potential, source=str(model_path) if model_path else None, parts=converted)
         committee = isinstance(model, CommitteeModel)
         hops = max(_hops(fam, arr) for fam, _, arr in parts)
         cutoff = _plugin_cutoff(model)

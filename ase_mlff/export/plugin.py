@@ -289,12 +289,13 @@ def plugin_parts(model) -> tuple[list[str], list[tuple[str, str, dict]], float]:
     return elements, [(family, "served", arrays)], 1.0
 
 
-def write_plugin_model(model, path, source: str | None = None) -> Path:
-    """Write the pair_style mlff model file of ``model`` (a model or committee) to ``path``."""
+def write_plugin_model(model, path, source: str | None = None, parts=None) -> Path:
+    """Write the pair_style mlff model file of ``model`` (a model or committee) to ``path``;
+    ``parts``: what :func:`plugin_parts` already returned for it (else computed here)."""
     from .. import __version__
     from ..io import atomic_write_bytes
 
-    elements, parts, cal = plugin_parts(model)
+    elements, parts, cal = parts if parts is not None else plugin_parts(model)
     lines = [MAGIC, f"format {MODEL_FORMAT}", "elements " + " ".join(elements)]
     lines += [f"part {k} {fam} {role}" for k, (fam, role, _) in enumerate(parts)]
     if any(role == "member" for _, role, _ in parts):
@@ -309,8 +310,9 @@ def write_plugin_model(model, path, source: str | None = None) -> Path:
     for b in blobs:
         crc = zlib.crc32(b, crc)
     lines.append(f"crc32 {crc:08x}")
+    origin = f" from {' '.join(str(source).split())}" if source else ""  # kept on one header line
     lines.append(f"info written by ase-mlff {__version__} on "
-                 f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d')}" + (f" from {source}" if source else ""))
+                 f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d')}{origin}")
     lines.append("end")
     header = ("\n".join(lines) + "\n").encode()
 

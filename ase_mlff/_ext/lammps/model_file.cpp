@@ -333,7 +333,9 @@ void Potential::compute(const Input& in, const Output& out, double* member_force
         if (out.forces) std::fill(out.forces, out.forces + 3 * N, 0.0);
         if (out.virials) std::fill(out.virials, out.virials + 9 * N, 0.0);
     }
-    std::vector<double> e(N), f(3 * N), v(out.virials && !served ? 9 * N : 0);
+    // scratch for one member: its energies, its forces unless the caller keeps them, its virials
+    // when they make the served mean
+    std::vector<double> e(N), f(member_forces ? 0 : 3 * N), v(out.virials && !served ? 9 * N : 0);
     const double w = 1.0 / double(members.size());
     for (size_t k = 0; k < members.size(); ++k) {
         double* fk = member_forces ? member_forces + 3 * N * int64_t(k) : f.data();
