@@ -20,26 +20,11 @@ import os
 import sys
 
 from ._warn import warn
+from .console import HelpFormatter
 
 _UNITS = ("Units: eV, Å, fs, K; pressures in GPa; phonon frequencies in THz. STRUCTURE is any file\n"
           "ase.io.read reads; --index picks the frame (default the last one, as ase does).")
 _MODEL_HELP = "model file (.mlff)"
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks and adds "(default: X)" to every option whose help
-    does not state its default already (on/off flags excepted: they are off by default)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if ("default" in text.lower() or not action.option_strings or action.default is argparse.SUPPRESS
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
-                or (action.default is None and action.required)):
-            return text
-        value = action.default
-        if isinstance(value, (list, tuple)):
-            value = " ".join(str(v) for v in value)
-        return f"{text} (default: {value})"
 
 
 def _number(kind, low=None, strict=False, what="a number"):
@@ -397,7 +382,7 @@ def register(subparsers) -> None:
     """Add md, relax, phonons, eos and eval to the ``ase-mlff`` subparsers."""
     for name, (configure, help_text) in _COMMANDS.items():
         p = subparsers.add_parser(name, help=help_text, description=f"{help_text}.\n\n{_UNITS}",
-                                  formatter_class=_HelpFormatter)
+                                  formatter_class=HelpFormatter)
         configure(p)
 
 

@@ -199,7 +199,7 @@ def predict(out: Path, model: Path) -> None:
 def compare(out: Path) -> dict:
     from ase_mlff.calculator import MLFFCalculator
     from ase_mlff.data import read
-    from ase_mlff.training.common import error_metrics
+    from ase_mlff.metrics import error_metrics
     from ase_mlff.workflows.evaluate import evaluate
 
     test = read(out / "test.extxyz")

@@ -9,7 +9,7 @@ for the original whole-cutoff form). Errors are those of the unmapped GP (the ma
 < 1 meV/Å where the grid is fine enough). Prints a Markdown table: energy MAE (meV/atom) and
 force MAE (meV/Å) on 60 of the training frames and on the held-out frames, and the mean signed
 held-out energy error per config_type. The MAEs are those ``train`` and ``eval`` report
-(``training.common.frame_metrics``: forces per component over all atoms).
+(``ase_mlff.metrics.frame_metrics``: forces per component over all atoms).
 
     python benchmarks/mff_fit_options.py            # the settings of docs/mff.md
     python benchmarks/mff_fit_options.py "mine,1.0,1.0,0.5,0.8,1,1,5.0,4.2,0.0005"
@@ -41,7 +41,8 @@ def run(spec: str, ds, train, test) -> list:
     from ase_mlff.calculator import MLFFCalculator
     from ase_mlff.training.gp_hyperparameters import Hyper
     from ase_mlff.training.mff_gp import NBodyGP
-    from ase_mlff.training.common import frame_metrics, predict_frames
+    from ase_mlff.metrics import frame_metrics
+    from ase_mlff.training.common import predict_frames
     from ase_mlff.training.mff_sparse import fit_sparse
 
     name, *vals = spec.split(",")

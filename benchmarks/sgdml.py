@@ -92,8 +92,19 @@ def time_ase_calls(calc, z, R, n_calls, rounds=1):
 
 
 def errors(Ep, E, Fp, F):
-    return {"E_mae": float(np.abs(Ep - E).mean()), "E_rmse": float(np.sqrt(((Ep - E) ** 2).mean())),
-            "F_mae": float(np.abs(Fp - F).mean()), "F_rmse": float(np.sqrt(((Fp - F) ** 2).mean()))}
+    """The shared metrics (:func:`ase_mlff.metrics.error_metrics`, meV-based names) of
+    predictions against references given in kcal/mol and kcal/mol/Å."""
+    from ase_mlff.metrics import error_metrics
+
+    F = np.asarray(F)
+    m = error_metrics(np.asarray(E) * KCAL, np.asarray(Ep) * KCAL, np.full(len(F), F.shape[-2]),
+                      F.reshape(-1, 3) * KCAL, np.asarray(Fp).reshape(-1, 3) * KCAL, None)
+    return {k: m[k] for k in ("energy_mae_meV", "energy_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A")}
+
+
+def kcal(meV: float) -> float:
+    """meV (per Å) in kcal/mol (per Å), the unit the rMD17 tables use."""
+    return meV * 1e-3 / KCAL
 
 
 # ----------------------------------------------------------------------------- workers
@@ -311,7 +322,8 @@ def main(argv=None):
             print(f"{mol:9s} {pkg:9s} failed (exit {r['failed']})")
             continue
         print(f"{mol:9s} {pkg:9s} {r['sigma']:5g} {r['n_sym']:4d} {r['train_s']:8.1f} {r['peak_gib']:8.2f} "
-              f"{r['E_mae']:7.3f} {r['F_mae']:7.3f} {r['F_rmse']:7.3f} {r['ms_per_call']:8.3f}"
+              f"{kcal(r['energy_mae_meV']):7.3f} {kcal(r['forces_mae_meV_per_A']):7.3f} "
+              f"{kcal(r['forces_rmse_meV_per_A']):7.3f} {r['ms_per_call']:8.3f}"
               + (f"  (numpy path {r['ms_per_call_numpy']:.2f} ms)" if "ms_per_call_numpy" in r else "")
               + (f"  (before: {r['ms_per_call_before']:.3f} ms)" if "ms_per_call_before" in r else ""))
     for mol in a.molecules.split(","):
@@ -319,7 +331,7 @@ def main(argv=None):
         if o and s and "failed" not in o and "failed" not in s:
             print(f"{mol}: sgdml/ours training time {s['train_s'] / o['train_s']:.2f}x, peak memory "
                   f"{s['peak_gib'] / o['peak_gib']:.2f}x, prediction time {s['ms_per_call'] / o['ms_per_call']:.2f}x; "
-                  f"F MAE ours/sgdml {o['F_mae'] / s['F_mae']:.3f}"
+                  f"F MAE ours/sgdml {o['forces_mae_meV_per_A'] / s['forces_mae_meV_per_A']:.3f}"
                   + (f"; prediction time sgdml/ours (before) {s['ms_per_call'] / o['ms_per_call_before']:.2f}x"
                      if "ms_per_call_before" in o else ""))
     if a.json:

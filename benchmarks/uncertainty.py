@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     from ase_mlff import data
     from ase_mlff.io import load_model
     from ase_mlff.models.committee import CommitteeModel
+    from ase_mlff.metrics import mae_rmse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=os.path.join(ROOT, "potentials", "ethanol_sgdml_committee.mlff"))
@@ -135,9 +136,9 @@ def main(argv=None) -> int:
 
     # ---- accuracy of what could be served
     Fk, Ek = member_forces(model, structures)
-    mae = {"served mean (1 model, all training frames)": np.abs(dF).mean(),
-           "member average": np.abs(Fk.mean(0) - F_ref).mean()}
-    per_member = [np.abs(f - F_ref).mean() for f in Fk]
+    mae = {"served mean (1 model, all training frames)": mae_rmse(dF)[0],
+           "member average": mae_rmse(Fk.mean(0) - F_ref)[0]}
+    per_member = [mae_rmse(f - F_ref)[0] for f in Fk]
     print()
     print("| force MAE on the same test frames | meV/Å |")
     print("|---|---|")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ase_mlff
+from ase_mlff.metrics import frame_metrics
 from ase_mlff.training import common
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -93,7 +94,7 @@ def test_shared_metrics_equal_eval_on_the_same_predictions(rng):
         frames.append(fr)
         preds.append({"energy": fr.energy + rng.normal() * 0.01, "forces": fr.forces + rng.normal(size=(n, 3)) * 0.02,
                       "stress": fr.stress + rng.normal(size=6) * 1e-4})
-    ours = common.frame_metrics(frames, preds)
+    ours = frame_metrics(frames, preds)
     ev = EvalResult(
         len(frames), sum(len(f) for f in frames), np.array([f.energy for f in frames]),
         np.array([p["energy"] for p in preds]), np.array([len(f) for f in frames], float),
@@ -111,7 +112,7 @@ def test_metrics_per_config_type():
                     info={"config_type": t}) for k, t in enumerate(["bulk", "surface", "bulk"])]
     preds = [{"energy": fr.energy + (0.001 if i == 1 else 0.0), "forces": np.zeros((1, 3))}
              for i, fr in enumerate(frames)]
-    m = common.frame_metrics(frames, preds)
+    m = frame_metrics(frames, preds)
     assert set(m["per_config_type"]) == {"bulk", "surface"}
     assert m["per_config_type"]["bulk"]["n_frames"] == 2 and m["per_config_type"]["bulk"]["energy_mae_meV"] == 0
     assert m["per_config_type"]["surface"]["energy_mae_meV"] == pytest.approx(1.0)

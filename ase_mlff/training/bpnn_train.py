@@ -44,6 +44,7 @@ from ase.data import chemical_symbols
 from ..descriptors.acsf import automatic_set, library_values
 from ..errors import DatasetError, MLFFError
 from ..graph import graph_from_structure
+from ..metrics import metrics_of_errors
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
 from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from .checkpoint import TrainingInterrupted
@@ -89,14 +90,9 @@ def _loss(model, caches, w_e, w_f, create_graph=True):
 
 
 def _errors(de: np.ndarray, df: np.ndarray, n: np.ndarray) -> dict[str, float]:
-    """Error summary from per-frame energy errors per atom ``de`` (eV), force component errors
-    ``df`` (eV/Å) and atom counts ``n``."""
-    return {"n_frames": int(len(de)),
-            "energy_per_atom_mae_meV": 1e3 * float(np.abs(de).mean()),
-            "energy_per_atom_rmse_meV": 1e3 * float(np.sqrt((de ** 2).mean())),
-            "energy_mae_meV": 1e3 * float(np.abs(de * n).mean()),
-            "forces_mae_meV_per_A": 1e3 * float(np.abs(df).mean()),
-            "forces_rmse_meV_per_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+    """The metrics table (:mod:`ase_mlff.metrics`) of per-frame energy errors per atom ``de``
+    (eV), force component errors ``df`` (eV/Å) and atom counts ``n``."""
+    return {"n_frames": int(len(de)), **metrics_of_errors(de * n, n, np.reshape(df, (-1, 3)))}
 
 
 def evaluate_cached(model, caches, batch: int = 16) -> dict[str, float]:
@@ -276,7 +272,8 @@ def _run(args, ddp) -> int:
     writes the files and prints, and a failure on any rank stops all of them."""
     from .. import data as data_mod
     from .checkpoint import default_checkpoint_path
-    from .common import check_new_output, timed_printer
+    from ..console import timed_printer
+    from .common import check_new_output
     from .trainer import recipe_failure, save_recipe_result
 
     fail = recipe_failure("ase-mlff train bpnn")

@@ -609,7 +609,8 @@ def run(family: str, args) -> int:
     from ..errors import MLFFError
     from ..io import load_model, save_model
     from .checkpoint import check_output
-    from .common import UsageError, parse_reference_energies, timed_printer
+    from ..console import timed_printer
+    from .common import UsageError, parse_reference_energies
 
     def fail(msg, code):
         print(f"ase-mlff train {family} --committee: error: {msg}", file=sys.stderr)

@@ -1,19 +1,8 @@
 """What every training recipe shares: reference energies, error metrics, options and configs,
 progress lines and the training record written into model files.
 
-Metrics (one naming, the same as ``ase-mlff eval``, :mod:`ase_mlff.workflows.evaluate`):
-errors are prediction minus reference; MAE and RMSE of
-
-==============================  ==========================================================
-``energy_{mae,rmse}_meV``         total energy, meV
-``energy_per_atom_{mae,rmse}_meV`` energy per atom, meV/atom
-``forces_{mae,rmse}_meV_per_A``    force components, meV/Å (``forces_per_element``: the same
-                                  per element, ``mae_meV_per_A``, ``rmse_meV_per_A``, ``n_atoms``)
-``stress_{mae,rmse}_GPa``         the six Voigt components, GPa (and ``..._meV_per_A3``)
-``n_frames``, ``n_atoms``, ``n_energy``, ``n_forces``, ``n_stress``  counts
-``per_config_type``               the same table per ``frame.info["config_type"]``, when any
-                                  frame has one
-==============================  ==========================================================
+Metrics: :mod:`ase_mlff.metrics` computes and names every error table (the same as
+``ase-mlff eval``); :func:`model_metrics` is that table for a model on labelled frames.
 
 Per-element reference energies: ``e0 = argmin sum_f (E_f - sum_i e0[s_i])^2`` (least squares
 over the frames' element counts), the constant part every local model subtracts first, unless
@@ -54,16 +43,14 @@ import argparse
 import json
 import math
 import os
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from ase import units
 from ase.data import atomic_numbers, chemical_symbols
 
 from ..errors import DatasetError
+from ..metrics import format_metrics, frame_metrics
 
 # ------------------------------------------------------------------------------ reference energies
 
@@ -94,79 +81,6 @@ def read_training_data(data, energy_unit=None):
     return data
 
 
-# ------------------------------------------------------------------------------ metrics
-def _mae_rmse(err) -> tuple[float, float]:
-    err = np.asarray(err, dtype=float).ravel()
-    if err.size == 0:
-        return float("nan"), float("nan")
-    return float(np.abs(err).mean()), float(np.sqrt((err ** 2).mean()))
-
-
-def error_metrics(energy_ref=(), energy_pred=(), n_atoms=(), forces_ref=(), forces_pred=(), numbers=(),
-                  stress_ref=(), stress_pred=()) -> dict[str, Any]:
-    """Metrics (module docstring) of labelled predictions, eV and Å in.
-
-    ``energy_ref``/``energy_pred``/``n_atoms`` (M,) per frame with an energy; ``forces_ref``/
-    ``forces_pred`` lists of (N, 3) arrays (or stacked (K, 3)) with the atomic ``numbers`` of
-    their atoms; ``stress_ref``/``stress_pred`` (S, 6) Voigt, eV/Å³."""
-    m: dict[str, Any] = {}
-    e_ref, e_pred = np.asarray(energy_ref, float).ravel(), np.asarray(energy_pred, float).ravel()
-    if len(e_ref):
-        de = e_pred - e_ref
-        m["energy_mae_meV"], m["energy_rmse_meV"] = (1e3 * x for x in _mae_rmse(de))
-        m["energy_per_atom_mae_meV"], m["energy_per_atom_rmse_meV"] = (
-            1e3 * x for x in _mae_rmse(de / np.asarray(n_atoms, dtype=float).ravel()))
-        m["n_energy"] = int(len(de))
-    if len(forces_ref):
-        f_ref = np.concatenate([np.reshape(f, (-1, 3)) for f in forces_ref])
-        f_pred = np.concatenate([np.reshape(f, (-1, 3)) for f in forces_pred])
-        z = np.concatenate([np.ravel(n) for n in numbers]) if not np.isscalar(numbers[0]) else np.asarray(numbers)
-        df = f_pred - f_ref
-        m["forces_mae_meV_per_A"], m["forces_rmse_meV_per_A"] = (1e3 * x for x in _mae_rmse(df))
-        m["n_forces"] = int(len(df))
-        per = {}
-        for el in np.unique(z):
-            mae, rmse = _mae_rmse(df[z == el])
-            per[chemical_symbols[int(el)]] = {"mae_meV_per_A": 1e3 * mae, "rmse_meV_per_A": 1e3 * rmse,
-                                              "n_atoms": int((z == el).sum())}
-        m["forces_per_element"] = per
-    s_ref = np.asarray(stress_ref, float).reshape(-1, 6)
-    if len(s_ref):
-        ds = np.asarray(stress_pred, float).reshape(-1, 6) - s_ref
-        m["stress_mae_meV_per_A3"], m["stress_rmse_meV_per_A3"] = (1e3 * x for x in _mae_rmse(ds))
-        m["stress_mae_GPa"], m["stress_rmse_GPa"] = (x / units.GPa for x in _mae_rmse(ds))
-        m["n_stress"] = int(len(ds))
-    return m
-
-
-def frame_metrics(frames: Sequence, predictions: Sequence[dict]) -> dict[str, Any]:
-    """Metrics of ``predictions`` (dicts with ``energy`` eV, ``forces`` eV/Å and optionally
-    ``stress``, one per frame) against the labels of ``frames`` (:class:`~ase_mlff.data.Frame`);
-    a label enters only where the frame has it (stress: where the prediction has one too).
-    Adds ``per_config_type`` when frames carry ``info["config_type"]``."""
-
-    def table(idx):
-        e_ref, e_pred, nat, f_ref, f_pred, z, s_ref, s_pred = [], [], [], [], [], [], [], []
-        for k in idx:
-            fr, p = frames[k], predictions[k]
-            if fr.energy is not None and p.get("energy") is not None:
-                e_ref.append(fr.energy), e_pred.append(float(p["energy"])), nat.append(len(fr))
-            if fr.forces is not None and p.get("forces") is not None:
-                f_ref.append(fr.forces), f_pred.append(p["forces"]), z.append(fr.numbers)
-            if fr.stress is not None and p.get("stress") is not None:
-                s_ref.append(fr.stress), s_pred.append(p["stress"])
-        m = {"n_frames": len(idx), "n_atoms": int(sum(len(frames[k]) for k in idx))}
-        m.update(error_metrics(e_ref, e_pred, nat, f_ref, f_pred, z, s_ref, s_pred))
-        return m
-
-    out = table(range(len(frames)))
-    types = [(fr.info or {}).get("config_type") for fr in frames]
-    if any(t is not None for t in types):
-        out["per_config_type"] = {str(t): table([k for k, u in enumerate(types) if u == t])
-                                  for t in sorted({str(t) for t in types if t is not None})}
-    return out
-
-
 def predict_frames(calc, frames: Sequence, stress: bool = True) -> list[dict]:
     """Energy, forces (and stress of periodic frames with a stress label, when ``stress``) of
     ``calc`` on each frame, one structure at a time."""
@@ -188,18 +102,6 @@ def model_metrics(model, frames: Sequence) -> dict[str, Any]:
 
     model.eval()
     return frame_metrics(frames, predict_frames(MLFFCalculator(model), frames))
-
-
-def format_metrics(name: str, m: dict) -> str:
-    """One line of the main metrics, for progress output."""
-    parts = [f"{name} ({m.get('n_frames', m.get('n_energy', '?'))} frames):"]
-    if "energy_mae_meV" in m:
-        parts.append(f"energy MAE {m['energy_per_atom_mae_meV']:.3g} meV/atom ({m['energy_mae_meV']:.3g} meV)")
-    if "forces_mae_meV_per_A" in m:
-        parts.append(f"forces MAE {m['forces_mae_meV_per_A']:.3g} meV/Å, RMSE {m['forces_rmse_meV_per_A']:.3g} meV/Å")
-    if "stress_rmse_GPa" in m:
-        parts.append(f"stress RMSE {m['stress_rmse_GPa']:.3g} GPa")
-    return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
 
 # ------------------------------------------------------------------------------ record
@@ -231,17 +133,6 @@ def _jsonable(options: dict) -> dict:
         return str(v)
 
     return {k: conv(v) for k, v in options.items()}
-
-
-# ------------------------------------------------------------------------------ progress
-def timed_printer(stream=None) -> Callable[[str], None]:
-    """Progress callback for the command line: ``[  12.3 s] message`` lines on stderr."""
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=stream or sys.stderr, flush=True)
-
-    return say
 
 
 # ------------------------------------------------------------------------------ options

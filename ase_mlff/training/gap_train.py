@@ -81,12 +81,13 @@ import time
 import numpy as np
 import torch
 
+from ..console import timed_printer
+from ..metrics import format_metrics
 from ..models.gap import DEFAULT_VARIANCE_SAMPLES, MAX_VARIANCE_SAMPLES
-from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, GivenReferenceEnergies, Option, UsageError,
-                     add_options, check_given_reference, check_new_output, check_split_elements, format_metrics,
-                     format_training_metrics, model_metrics, observables, parse_reference_energies,
-                     read_training_data, reference_energies_record, resolve_cli_options,
-                     resolve_options, timed_printer)
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, GivenReferenceEnergies, Option, UsageError, add_options,
+                     check_given_reference, check_new_output, check_split_elements, format_training_metrics,
+                     model_metrics, observables, parse_reference_energies, read_training_data,
+                     reference_energies_record, resolve_cli_options, resolve_options)
 from .common import training_record as common_record
 from . import sparse_gp
 from .sparse_gp import cholesky_upper, has_virial, parse_config_type_sigmas

@@ -64,6 +64,7 @@ import torch
 
 from ..errors import DatasetError, InputError, ModelFileError
 from ..graph import batch_graphs
+from ..metrics import mae_rmse
 
 POOLINGS = ("mean", "sum")
 #: labels that are total energies (extensive): pooled by summing unless told otherwise
@@ -252,9 +253,10 @@ def repeated_splits(X: np.ndarray, y: np.ndarray, n_train: int, n_splits: int = 
         tr, te = perm[:n_train], perm[n_train:]
         fit = ridge_fit(X[tr], y[tr], alphas)
         err = fit.predict(X[te]) - y[te]
-        rep.mae.append(float(np.mean(np.abs(err))))
-        rep.rmse.append(float(np.sqrt(np.mean(err ** 2))))
-        rep.baseline_mae.append(float(np.mean(np.abs(y[te] - y[tr].mean()))))
+        mae, rmse = mae_rmse(err)
+        rep.mae.append(mae)
+        rep.rmse.append(rmse)
+        rep.baseline_mae.append(mae_rmse(y[te] - y[tr].mean())[0])
         rep.alphas.append(fit.alpha)
     return rep
 
@@ -449,9 +451,9 @@ def fit_head(model, data, target: str, pooling: str | None = None, n_train: int 
 
 # ------------------------------------------------------------------------- command line
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from ..cli_workflows import _HelpFormatter  # "(default: X)" unless the help states it
+    from ..console import HelpFormatter  # "(default: X)" unless the help states it
 
-    p.formatter_class = _HelpFormatter
+    p.formatter_class = HelpFormatter
     p.description = ("Fit a ridge regression from a frozen model's pooled per-atom descriptors to a\n"
                      "per-structure property (as Tsubaki & Mizoguchi 2021 read a pre-trained network); report the\n"
                      "test error over repeated random splits.")

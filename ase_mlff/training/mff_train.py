@@ -39,11 +39,12 @@ import time
 import numpy as np
 
 
-from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options,
-                     check_given_reference, check_new_output, check_split_elements, format_metrics,
-                     format_training_metrics, frame_metrics, observables, parse_reference_energies, predict_frames,
-                     read_training_data, reference_energies, reference_energies_record, resolve_cli_options,
-                     resolve_options, timed_printer)
+from ..console import timed_printer
+from ..metrics import format_metrics, frame_metrics
+from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options, check_given_reference,
+                     check_new_output, check_split_elements, format_training_metrics, observables,
+                     parse_reference_energies, predict_frames, read_training_data, reference_energies,
+                     reference_energies_record, resolve_cli_options, resolve_options)
 from .common import training_record as common_record
 from .sparse_gp import solve_options
 

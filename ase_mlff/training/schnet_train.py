@@ -388,7 +388,8 @@ def _run(args, ddp) -> int:
     writes the files and prints, and a failure on any rank stops all of them."""
     from .. import data as data_mod
     from .checkpoint import TrainingInterrupted, default_checkpoint_path
-    from .common import UsageError, check_new_output, timed_printer
+    from ..console import timed_printer
+    from .common import UsageError, check_new_output
     from .trainer import recipe_failure, save_recipe_result
 
     fail = recipe_failure("ase-mlff train schnet")

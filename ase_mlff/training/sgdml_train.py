@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..console import timed_printer
+from ..metrics import error_metrics, format_metrics
 from .._warn import warn
 from ..data import stratified_indices
 from ..errors import DatasetError, MLFFError, TrainingError
@@ -38,9 +40,8 @@ from ..rng import random_stream
 from ..units import energy_factor
 from .checkpoint import Checkpointer, StopGuard, identity
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options, check_given_reference,
-                     check_new_output, check_split_elements, error_metrics, format_metrics, format_training_metrics,
-                     parse_reference_energies, read_training_data, reference_energies_record, resolve_options,
-                     timed_printer)
+                     check_new_output, check_split_elements, format_training_metrics, parse_reference_energies,
+                     read_training_data, reference_energies_record, resolve_options)
 from .common import training_record as common_record
 from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
 from .symmetries import close_group, find_symmetries
@@ -70,34 +71,23 @@ def _stratified(E: np.ndarray, cand: np.ndarray, n: int, seed: int) -> np.ndarra
     return stratified_indices(E[cand], cand, n, seed)
 
 
-def _errors(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    e = (np.asarray(pred) - np.asarray(ref)).ravel()
-    return float(np.abs(e).mean()), float(np.sqrt((e * e).mean()))
-
-
 def error_table(E_pred, E_ref, F_pred, F_ref, unit: str, z=None) -> dict[str, float]:
-    """The shared metrics (:func:`ase_mlff.training.common.error_metrics`: meV, meV/atom,
-    meV/Å, per element when ``z`` is given) plus MAE/RMSE in the data's ``unit`` (energy) and
-    ``unit``/Å (``energy_mae``, ``forces_rmse``, ...), and ``n`` frames."""
+    """The shared metrics (:func:`ase_mlff.metrics.error_metrics`: meV, meV/atom, meV/Å, per
+    element when ``z`` is given), ``n`` frames, and the energy and force MAE/RMSE converted to
+    the data's ``unit`` (energy) and ``unit``/Å (``energy_mae``, ``forces_rmse``, ...)."""
     f = energy_factor(unit)
     E_ref = np.asarray(E_ref)
     F_ref = np.asarray(F_ref)
     n_atoms = F_ref.shape[-2] if F_ref.ndim >= 2 else 1
-    numbers = np.broadcast_to(np.asarray(z if z is not None else np.zeros(n_atoms, np.int64)),
-                              F_ref.shape[:-1]).reshape(-1)
+    numbers = None if z is None else np.broadcast_to(np.asarray(z), F_ref.shape[:-1]).reshape(-1)
     shared = error_metrics(E_ref, E_pred, np.full(len(E_ref), n_atoms), F_ref.reshape(-1, 3),
                            np.asarray(F_pred).reshape(-1, 3), numbers)
-    if z is None:
-        shared.pop("forces_per_element", None)
-    e_mae, e_rmse = _errors(E_pred, E_ref)
-    f_mae, f_rmse = _errors(F_pred, F_ref)
     return {
         "n": int(len(E_ref)), "n_frames": int(len(E_ref)), "n_atoms": int(len(E_ref) * n_atoms), **shared,
-        "energy_mae_meV": 1e3 * e_mae, "energy_rmse_meV": 1e3 * e_rmse,
-        "forces_mae_meV_per_A": 1e3 * f_mae, "forces_rmse_meV_per_A": 1e3 * f_rmse,
         "unit": unit,
-        "energy_mae": e_mae / f, "energy_rmse": e_rmse / f,
-        "forces_mae": f_mae / f, "forces_rmse": f_rmse / f,
+        "energy_mae": 1e-3 * shared["energy_mae_meV"] / f, "energy_rmse": 1e-3 * shared["energy_rmse_meV"] / f,
+        "forces_mae": 1e-3 * shared["forces_mae_meV_per_A"] / f,
+        "forces_rmse": 1e-3 * shared["forces_rmse_meV_per_A"] / f,
     }
 
 
@@ -642,7 +632,7 @@ def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") ->
     meV/atom (relative to the mean reference energy per atom, so the ticks stay readable for
     molecules with energies of -10^4 eV) and force components in eV/Å; the titles give the
     MAE in meV/atom and meV/Å. Arrays in eV and eV/Å; ``n_atoms`` per frame."""
-    from ..workflows.plotting import _figure, _save
+    from ..figures import figure, save
 
     n_atoms = np.broadcast_to(np.asarray(n_atoms, dtype=float), np.shape(E_ref))
     e_ref, e_pred = np.asarray(E_ref) / n_atoms, np.asarray(E_pred) / n_atoms
@@ -650,7 +640,7 @@ def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") ->
     panels = [("energy per atom - mean (meV/atom)", 1e3 * (e_ref - shift), 1e3 * (e_pred - shift), 1.0, "meV/atom"),
               ("force component (eV/Å)", np.concatenate([np.ravel(f) for f in F_ref]),
                np.concatenate([np.ravel(f) for f in F_pred]), 1e3, "meV/Å")]
-    fig = _figure(6.8, 3.5)
+    fig = figure(6.8, 3.5)
     for k, (name, ref, pred, factor, unit) in enumerate(panels):
         ax = fig.add_subplot(1, 2, k + 1)
         lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
@@ -664,7 +654,7 @@ def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") ->
         ax.set_aspect("equal", adjustable="datalim")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path, dpi=120)
+    return save(fig, path, dpi=120)
 
 
 def cli_message(exc: BaseException) -> str:

@@ -128,7 +128,7 @@ def progress(items, desc: str, quiet: bool):
     if quiet:
         yield from items
         return
-    from ..workflows._common import ProgressBar
+    from ..console import ProgressBar
 
     items = list(items)
     bar = ProgressBar(len(items), label=desc, unit="frames")

@@ -894,7 +894,7 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                     st["finished"], st["stopped"] = True, "early_stopping"
                 elif st["epoch"] >= opts.epochs:
                     st["finished"], st["stopped"] = True, "epochs"
-                from ..workflows._common import format_duration as _format_duration
+                from ..console import format_duration as _format_duration
 
                 recent = [h["time_s"] for h in st["history"][-5:]]
                 eta = (opts.epochs - st["epoch"]) * sum(recent) / len(recent)  # at most: early stop may come first
@@ -1120,10 +1120,10 @@ def _validate(model, vgraphs, vlabels, opts, ddp) -> dict[str, Any]:
 # =============================================================================== progress and plots
 class _EpochBar:
     """Progress bar over epochs with the latest metrics (stderr; see
-    :class:`~ase_mlff.workflows._common.ProgressBar`); the ETA counts this session's epochs."""
+    :class:`~ase_mlff.console.ProgressBar`); the ETA counts this session's epochs."""
 
     def __init__(self, total, start, enabled):
-        from ..workflows._common import ProgressBar
+        from ..console import ProgressBar
 
         bar = self
 
@@ -1152,13 +1152,13 @@ def write_plots(record: TrainingRecord, model, frames, paths: Sequence[str]) -> 
     """Learning curve (losses and validation MAEs per epoch) and a parity plot of ``model`` on
     ``frames`` (energy per atom and force components), PNG, to ``paths[0]`` and ``paths[1]``."""
     from ..graph import FrameGraphs
-    from ..workflows.plotting import _figure, _save
+    from ..figures import figure, save
 
     written = []
     hist = record.history
     if hist:
         ep = [h["epoch"] for h in hist]
-        fig = _figure(7.0, 3.2)
+        fig = figure(7.0, 3.2)
         ax = fig.add_subplot(1, 2, 1)
         ax.semilogy(ep, [h["train_loss"] for h in hist], label="train")
         if hist[0].get("valid_loss") is not None:
@@ -1172,7 +1172,7 @@ def write_plots(record: TrainingRecord, model, frames, paths: Sequence[str]) -> 
             if any(v is not None for v in vals):
                 ax.semilogy(ep, [np.nan if v is None else factor * v for v in vals], label=name)
         ax.set_xlabel("epoch"), ax.set_ylabel("validation error"), ax.legend(fontsize=8)
-        written.append(_save(fig, paths[0], dpi=110))
+        written.append(save(fig, paths[0], dpi=110))
     fg = FrameGraphs(frames, model.cutoff, dtype=model.dtype, device=next(model.parameters()).device)
     e_ref, e_pred, f_ref, f_pred = [], [], [], []
     for k, fr in enumerate(frames):
@@ -1189,7 +1189,7 @@ def write_plots(record: TrainingRecord, model, frames, paths: Sequence[str]) -> 
     if f_ref:
         panels.append(("force component (eV/Å)", np.concatenate(f_ref), np.concatenate(f_pred), 1e3, "meV/Å"))
     if panels:
-        fig = _figure(3.4 * len(panels), 3.4)
+        fig = figure(3.4 * len(panels), 3.4)
         for k, (name, ref, pred, factor, unit) in enumerate(panels):
             ax = fig.add_subplot(1, len(panels), k + 1)
             lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
@@ -1198,7 +1198,7 @@ def write_plots(record: TrainingRecord, model, frames, paths: Sequence[str]) -> 
             ax.plot(ref, pred, ".", ms=2, alpha=0.5, color=f"C{k}")
             ax.set_title(f"MAE {np.abs(pred - ref).mean() * factor:.3g} {unit}", fontsize=9)
             ax.set_xlabel(f"reference {name}", fontsize=8), ax.set_ylabel(f"model {name}", fontsize=8)
-        written.append(_save(fig, paths[1], dpi=110))
+        written.append(save(fig, paths[1], dpi=110))
     return written
 
 
@@ -1207,9 +1207,9 @@ def configure_parser(parser: argparse.ArgumentParser, defaults: TrainerOptions |
     """Add the trainer's flags (defaults shown in ``--help``) to a family's parser; the family
     adds its data and hyperparameter flags. Read them back with :func:`options_from_args`."""
     d = defaults or TrainerOptions()
-    from ..cli_workflows import _HelpFormatter  # "(default: X)" unless the help states it
+    from ..console import HelpFormatter  # "(default: X)" unless the help states it
 
-    parser.formatter_class = _HelpFormatter
+    parser.formatter_class = HelpFormatter
     g = parser.add_argument_group("training (shared by every neural-network family)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
     g.add_argument("--batch-size", type=int, default=d.batch_size,

@@ -1,13 +1,12 @@
-"""Helpers shared by the workflows: loading, reading structures, units, progress, output."""
+"""Helpers shared by the workflows: loading, reading structures, units, output (progress bars:
+:mod:`ase_mlff.console`)."""
 
 from __future__ import annotations
 
 import io
 import os
 import sys
-import time
 
-import numpy as np
 from ase import units
 
 from ..errors import InputError, OutputExistsError
@@ -112,73 +111,6 @@ def output_path(path) -> str:
     if d:
         os.makedirs(d, exist_ok=True)
     return path
-
-
-def format_duration(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-class ProgressBar:
-    """A plain-text progress bar on stderr: ``[#####.....] 512/1000 51% 123.4 steps/s ETA 00:04``.
-
-    On a terminal it redraws one line (at most ``refresh`` times a second); otherwise it prints a
-    line every 10% so that logs of batch jobs stay short. ``enabled=False`` makes it silent.
-    """
-
-    def __init__(self, total: int, label: str = "", unit: str = "steps", stream=None,
-                 enabled: bool = True, refresh: float = 0.2, width: int = 28):
-        self.total = max(int(total), 1)
-        self.label = label
-        self.unit = unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.refresh = refresh
-        self.width = width
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.t0 = time.perf_counter()
-        self._last = -1e9
-        self._last_decile = -1
-        self.done = 0
-
-    def rate(self) -> float:
-        dt = time.perf_counter() - self.t0
-        return self.done / dt if dt > 0 else float("nan")
-
-    def _line(self) -> str:
-        frac = min(self.done / self.total, 1.0)
-        fill = int(round(frac * self.width))
-        rate = self.rate()
-        eta = (self.total - self.done) / rate if rate and rate > 0 else float("inf")
-        label = f"{self.label} " if self.label else ""
-        return (f"{label}[{'#' * fill}{'.' * (self.width - fill)}] {self.done}/{self.total} "
-                f"{100 * frac:3.0f}% {rate:.1f} {self.unit}/s ETA {format_duration(eta)}")
-
-    def update(self, done: int) -> None:
-        self.done = int(done)
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.tty:
-            if now - self._last >= self.refresh or self.done >= self.total:
-                self._last = now
-                self.stream.write("\r" + self._line())
-                self.stream.flush()
-        else:
-            decile = int(10 * self.done / self.total)
-            if decile > self._last_decile:
-                self._last_decile = decile
-                self.stream.write(self._line() + "\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\r" + self._line() + "\n")
-            self.stream.flush()
 
 
 class FrameWriter:

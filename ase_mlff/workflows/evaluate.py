@@ -32,7 +32,9 @@ from ase import units
 from ase.data import chemical_symbols
 
 from ..errors import InputError
-from ._common import ProgressBar, refuse_existing
+from ..console import ProgressBar
+from ..metrics import mae_rmse, metrics_of_errors
+from ._common import refuse_existing
 
 #: default file names in ``outdir``
 METRICS_FILE, PLOT_FILE, CSV_FILE = "eval_metrics.json", "parity.png", "eval_frames.csv"
@@ -41,13 +43,6 @@ MISSING = "(missing)"
 #: columns of the per-frame CSV after index, n_atoms, formula and the group keys
 CSV_COLUMNS = ("energy_error_meV_per_atom", "forces_mae_meV_per_A", "forces_rmse_meV_per_A",
                "forces_max_error_meV_per_A", "stress_mae_GPa", "stress_rmse_GPa")
-
-
-def _mae_rmse(err) -> tuple[float, float]:
-    err = np.asarray(err, dtype=float).ravel()
-    if err.size == 0:
-        return float("nan"), float("nan")
-    return float(np.abs(err).mean()), float(np.sqrt((err ** 2).mean()))
 
 
 def _group_label(value) -> str | None:
@@ -92,29 +87,9 @@ class EvalResult:
             e = fm[self.energy_frame], fm[self.forces_frame], fm[self.stress_frame]
             m = {"n_frames": int(fm.sum()), "n_atoms": int(self.frame_natoms[fm].sum())}
         se, sf, ss = e
-        e_ref, e_pred, nat = self.energy_ref[se], self.energy_pred[se], self.natoms[se]
-        if len(e_ref):
-            de = e_pred - e_ref
-            m["energy_mae_meV"], m["energy_rmse_meV"] = (1e3 * x for x in _mae_rmse(de))
-            m["energy_per_atom_mae_meV"], m["energy_per_atom_rmse_meV"] = (1e3 * x for x in _mae_rmse(de / nat))
-            m["n_energy"] = int(len(de))
-        f_ref, f_pred, f_num = self.forces_ref[sf], self.forces_pred[sf], self.force_numbers[sf]
-        if len(f_ref):
-            df = f_pred - f_ref
-            m["forces_mae_meV_per_A"], m["forces_rmse_meV_per_A"] = (1e3 * x for x in _mae_rmse(df))
-            m["n_forces"] = int(len(df))
-            per = {}
-            for z in np.unique(f_num):
-                mae, rmse = _mae_rmse(df[f_num == z])
-                per[chemical_symbols[int(z)]] = {"mae_meV_per_A": 1e3 * mae, "rmse_meV_per_A": 1e3 * rmse,
-                                                 "n_atoms": int((f_num[:, 0] == z).sum())}
-            m["forces_per_element"] = per
-        s_ref, s_pred = self.stress_ref[ss], self.stress_pred[ss]
-        if len(s_ref):
-            ds = s_pred - s_ref
-            m["stress_mae_meV_per_A3"], m["stress_rmse_meV_per_A3"] = (1e3 * x for x in _mae_rmse(ds))
-            m["stress_mae_GPa"], m["stress_rmse_GPa"] = (x / units.GPa for x in _mae_rmse(ds))
-            m["n_stress"] = int(len(ds))
+        m.update(metrics_of_errors(self.energy_pred[se] - self.energy_ref[se], self.natoms[se],
+                                   self.forces_pred[sf] - self.forces_ref[sf], self.force_numbers[sf][:, 0],
+                                   self.stress_pred[ss] - self.stress_ref[ss]))
         return m
 
     @property
@@ -136,12 +111,12 @@ class EvalResult:
             row = {"n_atoms": int(sum((n == z).sum() for n in self.frame_numbers)), "n_frames": int(contains.sum())}
             rows = self.force_numbers[:, 0] == z
             if rows.any():
-                row["forces_mae_meV_per_A"], row["forces_rmse_meV_per_A"] = (1e3 * x for x in _mae_rmse(df[rows]))
+                row["forces_mae_meV_per_A"], row["forces_rmse_meV_per_A"] = (1e3 * x for x in mae_rmse(df[rows]))
                 row["n_forces"] = int(rows.sum())
             sel = contains[self.energy_frame]
             if sel.any():
                 de = (self.energy_pred[sel] - self.energy_ref[sel]) / self.natoms[sel]
-                row["energy_per_atom_mae_meV"], row["energy_per_atom_rmse_meV"] = (1e3 * x for x in _mae_rmse(de))
+                row["energy_per_atom_mae_meV"], row["energy_per_atom_rmse_meV"] = (1e3 * x for x in mae_rmse(de))
                 row["n_energy"] = int(sel.sum())
             out[chemical_symbols[z]] = row
         return out
@@ -209,7 +184,7 @@ class EvalResult:
                 rows[k]["forces_rmse_meV_per_A"] = 1e3 * np.sqrt(sq_sum[k] / count[k])
                 rows[k]["forces_max_error_meV_per_A"] = 1e3 * worst[k]
         for j, k in enumerate(self.stress_frame):
-            mae, rmse = _mae_rmse(self.stress_pred[j] - self.stress_ref[j])
+            mae, rmse = mae_rmse(self.stress_pred[j] - self.stress_ref[j])
             rows[k]["stress_mae_GPa"], rows[k]["stress_rmse_GPa"] = mae / units.GPa, rmse / units.GPa
         return rows
 

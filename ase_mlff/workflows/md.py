@@ -67,10 +67,11 @@ import numpy as np
 from ase import units
 
 from .._warn import warn
+from ..console import ProgressBar
 from ..errors import InputError
 from ..rng import random_stream
-from ._common import (GPA, OUTPUT_MODES, FrameWriter, InterruptGuard, ProgressBar, has_stress, output_path,
-                      refuse_existing, require_stress)
+from ._common import (GPA, OUTPUT_MODES, FrameWriter, InterruptGuard, has_stress, output_path, refuse_existing,
+                      require_stress)
 
 ENSEMBLES = ("nve", "nvt", "npt")
 

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path, dpi: int = 100) -> str:
-    path = os.fspath(path)
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+from ..figures import figure, save
 
 
 def plot_phonons(res, path, title: str = "") -> str:
     """Band structure (left) and total DOS (right) of a :class:`PhononResult`."""
     have_bands, have_dos = bool(res.frequencies), res.dos is not None
-    fig = _figure(7.0 if have_dos and have_bands else 5.0, 4.0)
+    fig = figure(7.0 if have_dos and have_bands else 5.0, 4.0)
     if have_bands and have_dos:
         gs = fig.add_gridspec(1, 2, width_ratios=[3, 1])
         ax, axd = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
@@ -65,12 +48,12 @@ def plot_phonons(res, path, title: str = "") -> str:
             axd.tick_params(labelleft=False)
         else:
             axd.set_ylabel("frequency (THz)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_eos(res, path, title: str = "") -> str:
     """Energy per atom against volume per atom, with the fit and its parameters."""
-    fig = _figure(5.0, 3.8)
+    fig = figure(5.0, 3.8)
     ax = fig.add_subplot()
     n = res.natoms
     v = np.linspace(res.volumes.min(), res.volumes.max(), 200)
@@ -83,7 +66,7 @@ def plot_eos(res, path, title: str = "") -> str:
     ax.set_title(f"{title + ': ' if title else ''}V0 = {res.v0 / n:.3f} Å³/atom, B = {res.bulk_modulus:.1f} GPa",
                  fontsize=10)
     ax.legend(frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_parity(res, path, max_points: int = 20000) -> str:
@@ -100,7 +83,7 @@ def plot_parity(res, path, max_points: int = 20000) -> str:
 
         panels.append(("stress component (GPa)", res.stress_ref.ravel() / units.GPa,
                        res.stress_pred.ravel() / units.GPa, 1.0, "GPa"))
-    fig = _figure(3.3 * max(len(panels), 1), 3.4)
+    fig = figure(3.3 * max(len(panels), 1), 3.4)
     rng = np.random.default_rng(0)
     for k, (name, ref, pred, factor, unit) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
@@ -116,7 +99,7 @@ def plot_parity(res, path, max_points: int = 20000) -> str:
         ax.set_xlabel(f"reference {name}", fontsize=9)
         ax.set_ylabel(f"model {name}", fontsize=9)
         ax.set_aspect("equal", adjustable="datalim")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_md(result, path, title: str = "") -> str:
@@ -128,7 +111,7 @@ def plot_md(result, path, title: str = "") -> str:
     Etot for NVT, marked as not conserved.
     """
     npt = result.ensemble == "npt" and result.volume is not None
-    fig = _figure(6.0, 8.4 if npt else 5.4)
+    fig = figure(6.0, 8.4 if npt else 5.4)
     axes = fig.subplots(5 if npt else 3, 1, sharex=True)
     ax0, ax1, ax2 = axes[:3]
     t = result.time_ps
@@ -161,4 +144,4 @@ def plot_md(result, path, title: str = "") -> str:
             ax4.plot(t[ok], result.pressure_gpa[ok], ".-", lw=0.8, ms=3, color="C5")
         ax4.set_ylabel("P (GPa)")
     axes[-1].set_xlabel("time (ps)")
-    return _save(fig, path)
+    return save(fig, path)

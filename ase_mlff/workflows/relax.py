@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..console import ProgressBar
 from ..errors import InputError
-from ._common import GPA, FrameWriter, InterruptGuard, ProgressBar, refuse_existing, require_stress
+from ._common import GPA, FrameWriter, InterruptGuard, refuse_existing, require_stress
 
 OPTIMIZERS = ("BFGS", "FIRE", "LBFGS", "BFGSLineSearch")
 
