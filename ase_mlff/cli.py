@@ -29,27 +29,6 @@ import warnings
 
 from ._version import __version__
 
-# subcommand -> (module, help). Each module provides configure_parser(parser) and run(args).
-#: one-line help of the families whose recipe docstring does not start with one that fits
-_TRAIN_HELP = {
-    "sgdml": "train an sGDML model (global, one molecule)",
-    "mff": "train a 2/3-body GP and map it onto splines (MFF)",
-    "bpnn": "train a Behler-Parrinello network on atom-centred symmetry functions",
-}
-
-
-def _train_families() -> dict[str, tuple[str, str]]:
-    """family -> (recipe module, help) for every ``ase_mlff.training.<family>_train`` module: a
-    new family's recipe appears here (and as ``ase-mlff train FAMILY``) without editing this file."""
-    from .training import families
-
-    out = {}
-    for name in families():
-        help_text = _TRAIN_HELP.get(name, f"train a {name} model")
-        out[name] = (f"ase_mlff.training.{name}_train", help_text)
-    return out
-
-
 def _info(args) -> int:
     from .io import read_metadata
     from ._warn import warn
@@ -107,13 +86,17 @@ def _info(args) -> int:
     return 0
 
 
-def _add_delegated(sub, name, module, help_text):
-    p = sub.add_parser(name, help=help_text, description=help_text)
+def _add_delegated(sub, name, module, help_text=None):
+    """The subcommand ``name`` run by ``module`` (its ``configure_parser(parser)`` and
+    ``run(args)``); the help is ``help_text``, else the module's ``SUMMARY`` line."""
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:  # a family not built into this installation
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_run=lambda args, exc=exc: _unavailable(name, exc))
         return p
+    help_text = help_text or getattr(mod, "SUMMARY", None) or f"train a {name} model"
+    p = sub.add_parser(name, help=help_text, description=help_text)
     mod.configure_parser(p)
     p.set_defaults(_run=mod.run)
     return p
@@ -188,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from reference data (see `ase-mlff train FAMILY --help`)")
     train_sub = train.add_subparsers(dest="family", metavar="FAMILY")
-    for name, (module, help_text) in _train_families().items():
-        p = _add_delegated(train_sub, name, module, help_text)
+    from .training import recipe_modules  # a new family's recipe appears here without an edit
+
+    for name, module in sorted(recipe_modules().items()):
+        p = _add_delegated(train_sub, name, module)
         _add_committee(p, name)
         _add_label_options(p)
 

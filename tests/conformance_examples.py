@@ -26,6 +26,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from ase_mlff.models.base import MODEL_REGISTRY, Model
+from ase_mlff.registry import conformance_examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POTENTIALS = os.path.join(ROOT, "potentials")
@@ -320,3 +321,9 @@ def gap_example() -> Example:
 
 
 EXAMPLES["gap"] = gap_example
+
+
+# Families of other installed distributions bring their example as an entry point
+# (ase_mlff.registry, group "ase_mlff.conformance_examples"); the package's own come first.
+for _family, _build in conformance_examples().items():
+    EXAMPLES.setdefault(_family, _build)

@@ -48,6 +48,7 @@ from ase_mlff.errors import InputError
 from ase_mlff.graph import Graph, batch_graphs, graph_from_structure
 from ase_mlff.io import load_model, save_model
 from ase_mlff.models.base import EXTRA_RESULTS, MODEL_REGISTRY, Model, ModelOutput, register_model
+from ase_mlff.registry import MODELS, entry_points
 
 try:  # the committee family, once it is part of the package
     import ase_mlff.models.committee  # noqa: F401
@@ -59,12 +60,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def package_families() -> list[str]:
-    """Families registered by the package (and the test-only ``test_analytic``). Toy families
+    """Families registered by the package, by other installed distributions (entry points of
+    :mod:`ase_mlff.registry`) and the test-only ``test_analytic``. Toy families
     that other test modules register for their own use (e.g. tests/test_trainer.py's
     ``test_pair_mlp``) are theirs to test: the set must not depend on which test modules
     happen to be imported in the session."""
+    plugins = {ep.value for ep in entry_points(MODELS).values()}  # families of other distributions
     return sorted(f for f, cls in MODEL_REGISTRY.items()
-                  if cls.__module__.split(".")[0] == "ase_mlff" or cls.__module__ == "analytic_potential")
+                  if cls.__module__.split(".")[0] == "ase_mlff" or cls.__module__ == "analytic_potential"
+                  or cls.__module__ in plugins)
 
 
 #: every family the suite runs: the registered ones (an unregistered example is skipped by its

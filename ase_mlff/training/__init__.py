@@ -10,7 +10,9 @@ A recipe module provides:
 - ``configure_parser(parser)`` and ``run(args)``: the ``ase-mlff train <family>`` command, a thin
   layer over ``train`` (flags, ``--config file.yaml``, model file, exit status).
 
-So a new family adds its recipe file and nothing here: the registry is the module name.
+So a new family adds its recipe file and nothing here: the registry is the module name. A
+family in a distribution of its own declares its recipe module as an ``ase_mlff.recipes`` entry
+point instead (:mod:`ase_mlff.registry`).
 """
 
 from __future__ import annotations
@@ -18,19 +20,31 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ..registry import recipe_modules as recipe_plugins
+
 _SUFFIX = "_train"
+
+
+def recipe_modules() -> dict[str, str]:
+    """family -> module name of every training recipe in this installation: the package's own
+    ``<family>_train`` modules, then those other distributions declare (which cannot replace one
+    of the package's)."""
+    own = {m.name[: -len(_SUFFIX)]: f"{__name__}.{m.name}"
+           for m in pkgutil.iter_modules(__path__) if m.name.endswith(_SUFFIX)}
+    return {**recipe_plugins(), **own}
 
 
 def families() -> list[str]:
     """Names of the families that have a training recipe in this installation."""
-    return sorted(m.name[: -len(_SUFFIX)] for m in pkgutil.iter_modules(__path__) if m.name.endswith(_SUFFIX))
+    return sorted(recipe_modules())
 
 
 def recipe(family: str):
     """The recipe module of ``family`` (ValueError naming the known families otherwise)."""
-    if family not in families():
-        raise ValueError(f"no training recipe for family {family!r} (known: {', '.join(families())})")
-    return importlib.import_module(f"{__name__}.{family}{_SUFFIX}")
+    modules = recipe_modules()
+    if family not in modules:
+        raise ValueError(f"no training recipe for family {family!r} (known: {', '.join(sorted(modules))})")
+    return importlib.import_module(modules[family])
 
 
 def train(family: str, data, **options):
@@ -49,4 +63,4 @@ def train_sgdml(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
-__all__ = ["train", "families", "recipe", "train_sgdml"]
+__all__ = ["train", "families", "recipe", "recipe_modules", "train_sgdml"]

@@ -56,6 +56,11 @@ EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
 
 # ------------------------------------------------------------------------- model set-up
+
+#: one line for ``ase-mlff train --help``
+SUMMARY = "train a Behler-Parrinello network on atom-centred symmetry functions"
+
+
 def prepare_model(frames, cutoff: float = 6.0, hidden: Sequence[int] = (25, 25), activation: str = "tanh",
                   n_radial: int = 8, n_eta: int = 4, zetas: Sequence[int] = (1, 2, 4),
                   max_correlation: float = 0.9, dtype: str = "float32", seed: int = 0,

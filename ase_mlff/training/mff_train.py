@@ -49,6 +49,10 @@ from .common import training_record as common_record
 from .sparse_gp import solve_options
 
 #: options that change the trained model (recorded in checkpoints; a resume must match them)
+
+#: one line for ``ase-mlff train --help``
+SUMMARY = "train a 2/3-body GP and map it onto splines (MFF)"
+
 MODEL_OPTIONS = ("rc2", "rc3", "n_test", "n_energy", "n_force_atoms", "atoms_per_frame", "hyper_energy",
                  "hyper_force_atoms", "no_optimise", "l2", "l3", "h2", "h3", "samples_per_interval", "seed",
                  "fit", "n_sparse2", "n_sparse3", "sigma_energy", "sigma_force", "sigma_virial",

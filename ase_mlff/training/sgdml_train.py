@@ -47,6 +47,10 @@ from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kern
 from .symmetries import close_group, find_symmetries
 
 #: default sigma grid (descriptor units, 1/Å), as in the reference sGDML code
+
+#: one line for ``ase-mlff train --help``
+SUMMARY = "train an sGDML model (global, one molecule)"
+
 DEFAULT_SIGMAS = tuple(range(10, 100, 10))
 #: fraction of the available memory the dense Cholesky path may use (one kernel, factorised in place)
 MEMORY_SAFETY = 0.75
