@@ -32,9 +32,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import DatasetError
-from .rng import random_stream
-from .units import (
+from ..errors import DatasetError
+from ..rng import random_stream
+from ..units import (
     canonical_energy_unit,
     canonical_length_unit,
     energy_factor,
