@@ -86,6 +86,8 @@ from .base import (MIN_SCALE, MIN_WIDTH, Model, ModelOutput, config_cutoff, conf
                    config_reference_energies, config_species, core_inputs, core_output, register_model)
 # the calibration factors have the committee's names and bounds (docs/uncertainty.md)
 from .committee import CALIBRATION_KEYS, MAX_CALIBRATION
+from .gap_posterior import (add_rows, clipped_sqrt, draw_posterior_samples, int_power, nystrom_variance,
+                            posterior_variance, scatter_pair_rows, soap_prior_variance)
 
 _SOAP_KEYS = ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width", "central_weight", "basis_radius")
 
@@ -390,13 +392,13 @@ class GAPModel(Model):
                 for lo in range(0, P, chunk):
                     hi = min(P, lo + chunk)
                     Gc = (J[lo:hi].reshape(-1, J.shape[2]) @ Z.T).reshape(hi - lo, 3, M) * dk[i_np[lo:hi]][:, None, :]
-                    _scatter(Gc, slice(0, M), i_np[lo:hi], j_np[lo:hi], vec[lo:hi], batch, F, W)
+                    scatter_pair_rows(Gc, slice(0, M), i_np[lo:hi], j_np[lo:hi], vec[lo:hi], batch, F, W)
         if U:
             r, vals, dv = self._pair_rows(vec, s_np, i_np, j_np)
             torch.from_numpy(E)[:, M:M + U].index_add_(0, torch.from_numpy(i_np), torch.from_numpy(vals))
             if need_grad:
                 Gc = dv[:, None, :] * (vec / r[:, None])[:, :, None]
-                _scatter(Gc, slice(M, M + U), i_np, j_np, vec, batch, F, W)
+                scatter_pair_rows(Gc, slice(M, M + U), i_np, j_np, vec, batch, F, W)
         E[np.arange(N), M + U + s_np] = 1.0
         energy = np.zeros((B, T))
         np.add.at(energy, batch, E)
@@ -422,22 +424,11 @@ class GAPModel(Model):
 
     def _posterior(self, rows: np.ndarray) -> np.ndarray:
         """|R^-T phi|^2 for each row phi (..., T)."""
-        import scipy.linalg
-
-        flat = rows.reshape(-1, rows.shape[-1])
-        z = scipy.linalg.solve_triangular(self.posterior_r.numpy(), flat.T, trans="T", lower=False)
-        return (z * z).sum(0).reshape(rows.shape[:-1])
+        return posterior_variance(self.posterior_r.numpy(), rows)
 
     def _nystrom(self, rows: np.ndarray) -> np.ndarray:
         """|L_M^-1 k_M|^2 for the SOAP part of each row."""
-        import scipy.linalg
-
-        M = sum(self.n_sparse)
-        flat = rows.reshape(-1, rows.shape[-1])[:, :M]
-        if not M:
-            return np.zeros(rows.shape[:-1])
-        z = scipy.linalg.solve_triangular(self.prior_chol.numpy(), flat.T, lower=True)
-        return (z * z).sum(0).reshape(rows.shape[:-1])
+        return nystrom_variance(self.prior_chol.numpy(), rows, sum(self.n_sparse))
 
     def _require_variance(self) -> None:
         from ..errors import InputError
@@ -459,7 +450,11 @@ class GAPModel(Model):
         keys = ("energy", "forces") + (("virial",) if stress else ())
         out = {k: self._posterior(d[k]) for k in keys}
         if include_residual and sum(self.n_sparse):
-            prior = dict(zip(("energy", "forces", "virial"), self._prior_terms(graph, d, stress)))
+            vec = graph.to(dtype=torch.float64).edge_vectors().detach().cpu().numpy() if stress else None
+            terms = soap_prior_variance(d["q"], d["dq"], self.species_index(graph.numbers).cpu().numpy(),
+                                        graph.batch.cpu().numpy(), graph.edge_index.cpu().numpy(), graph.n_graphs,
+                                        self.delta, self.zeta, vec)
+            prior = dict(zip(("energy", "forces", "virial"), terms))
             for k in keys:
                 out[k] = out[k] + prior[k] - self._nystrom(d[k])
         return out
@@ -550,9 +545,9 @@ class GAPModel(Model):
                 for lo in range(0, len(rows) if n else 0, chunk):
                     r = rows[lo:lo + chunk]
                     klin = q[r] @ Z[cols].T if klin_all is None else klin_all[r, cols]
-                    kz1 = _int_power(klin, zeta - 1)
+                    kz1 = int_power(klin, zeta - 1)
                     kz = kz1 * klin
-                    _add_rows(phi_e[:, cols], batch[r], d2 * kz)
+                    add_rows(phi_e[:, cols], batch[r], d2 * kz)
                     scale = (d2 * zeta) / norm[r]
                     gp[r] = ((kz1 * scale[:, None]) @ channels[a]).reshape(len(r), D, n_samples)
                     qg[r] = (kz * scale[:, None]) @ B[cols]
@@ -561,7 +556,7 @@ class GAPModel(Model):
             del gp
         if U:
             r, vals, dv = self._pair_rows(vec, s_np, i_np, j_np)
-            _add_rows(phi_e[:, M:M + U], batch[i_np], vals)
+            add_rows(phi_e[:, M:M + U], batch[i_np], vals)
             pair_grad += (dv @ B[M:M + U])[:, None, :] * (vec / r[:, None])[:, :, None]
         np.add.at(phi_e, (batch, M + U + s_np), 1.0)
         z = scipy.linalg.solve_triangular(self.posterior_r.numpy(), phi_e.T, trans="T", lower=False)
@@ -608,10 +603,10 @@ class GAPModel(Model):
         if cal is None:
             self._warn_uncalibrated()
             cal = {k: 1.0 for k in CALIBRATION_KEYS}
-        out = {"energy_uncertainty": cal["energy"] * _sqrt(var["energy"]),
-               "forces_uncertainty": cal["forces"] * _sqrt(np.clip(var["forces"], 0, None).sum(1))}
+        out = {"energy_uncertainty": cal["energy"] * clipped_sqrt(var["energy"]),
+               "forces_uncertainty": cal["forces"] * clipped_sqrt(np.clip(var["forces"], 0, None).sum(1))}
         if stress:
-            out["stress_uncertainty"] = cal["stress"] * _sqrt(var["virial"])
+            out["stress_uncertainty"] = cal["stress"] * clipped_sqrt(var["virial"])
         return {k: torch.from_numpy(np.asarray(v)).to(device=graph.device, dtype=graph.dtype) for k, v in out.items()}
 
     def _warn_uncalibrated(self) -> None:
@@ -622,64 +617,6 @@ class GAPModel(Model):
              "uncertainties are the raw posterior standard deviations, which were 7-14 times smaller "
              "than the errors on held-out frames (docs/gap.md); fit it again with `ase-mlff train gap` "
              "to store calibration factors")
-
-    def _prior_terms(self, graph: Graph, d: dict, stress: bool):
-        """Prior variances L K L^T of the SOAP term: energies (B,), force components (N, 3) and
-        virial components (B, 3, 3)."""
-        q, same_sp = d["q"], None
-        s = self.species_index(graph.numbers).cpu().numpy()
-        batch = graph.batch.cpu().numpy()
-        d2, z = self.delta ** 2, self.zeta
-        same_sp = (s[:, None] == s[None, :]) & (batch[:, None] == batch[None, :])
-        K = np.where(same_sp, q @ q.T, 0.0)
-        B = graph.n_graphs
-        prior_e = np.zeros(B)
-        np.add.at(prior_e, batch, (d2 * K ** z).sum(1))
-        K1 = d2 * z * K ** (z - 1) * same_sp
-        K2 = d2 * z * (z - 1) * K ** max(z - 2, 0) * same_sp if z >= 2 else np.zeros_like(K)
-        dq = d["dq"]  # (P, 3, D): d q_i / d d_p
-        i_np, j_np = graph.edge_index.cpu().numpy()
-        N = len(s)
-        # v[a, i] = d q_i / d r_a: from pairs (i -> a) (+dq) and the centre itself (-sum of its pairs)
-        ent_a = np.concatenate([j_np, np.arange(N)])
-        ent_i = np.concatenate([i_np, np.arange(N)])
-        D = dq.shape[2]
-        own = torch.zeros(N, 3, D, dtype=torch.float64).index_add_(0, torch.from_numpy(i_np), torch.from_numpy(-dq))
-        vals = torch.cat([torch.from_numpy(dq), own])
-        key = ent_a * N + ent_i
-        uniq, inv = np.unique(key, return_inverse=True)
-        V = torch.zeros(len(uniq), 3, D, dtype=torch.float64).index_add_(0, torch.from_numpy(inv), vals).numpy()
-        ua, ui = uniq // N, uniq % N
-        prior_f = np.zeros((N, 3))
-        order = np.argsort(ua, kind="stable")
-        starts = np.searchsorted(ua[order], np.arange(N + 1))
-        for a in range(N):
-            idx = order[starts[a]:starts[a + 1]]
-            Va, ia = V[idx], ui[idx]  # (n, 3, D)
-            dots = np.einsum("ecd,fcd->efc", Va, Va)
-            t = (K1[np.ix_(ia, ia)][:, :, None] * dots).sum((0, 1))
-            if z >= 2:
-                A = np.einsum("ecd,fd->efc", Va, q[ia])  # (v_e . q_f)
-                t = t + (K2[np.ix_(ia, ia)][:, :, None] * A * A.transpose(1, 0, 2)).sum((0, 1))
-            prior_f[a] = t
-        prior_w = None
-        if stress:
-            vec = graph.to(dtype=torch.float64).edge_vectors().detach().cpu().numpy()
-            Wq = np.zeros((N, 3, 3, D))  # d q_i / d strain_ab = sum_p d_pa dq_pb
-            for a in range(3):
-                torch.from_numpy(Wq)[:, a].index_add_(0, torch.from_numpy(i_np),
-                                                      torch.from_numpy(vec[:, a, None, None] * dq))
-            Wq = 0.5 * (Wq + Wq.transpose(0, 2, 1, 3))
-            prior_w = np.zeros((B, 3, 3))
-            for a in range(3):
-                for b in range(3):
-                    X = Wq[:, a, b]  # (N, D)
-                    t = (K1 * (X @ X.T)).sum(1)
-                    if z >= 2:
-                        A = X @ q.T
-                        t = t + (K2 * A * A.T).sum(1)
-                    np.add.at(prior_w[:, a, b], batch, t)
-        return prior_e, prior_f, prior_w
 
     # ----------------------------------------------------------------- serialisation
     def get_config(self) -> dict[str, Any]:
@@ -815,53 +752,3 @@ class GAPModel(Model):
         self.soap = soap
         self.soap_table.copy_(torch.from_numpy(soap.table))
         self.soap_central.copy_(torch.from_numpy(soap.central))
-
-
-def _scatter(Gc, cols, i, j, vec, batch, F, W) -> None:
-    """Add per-pair rows d eps_i / d d_p (P, 3, C) into force rows (-dE/dr) and virial rows
-    (numpy arrays, written in place through torch views)."""
-    g = torch.from_numpy(np.ascontiguousarray(Gc))
-    if F is not None:
-        view = torch.from_numpy(F)[:, :, cols]
-        view.index_add_(0, torch.from_numpy(i), g)
-        view.index_add_(0, torch.from_numpy(j), -g)
-    if W is not None:
-        bi = batch[i]
-        for b in np.unique(bi):
-            sel = bi == b
-            W[b, :, :, cols] += np.einsum("pa,pcm->acm", vec[sel], Gc[sel], optimize=True)
-
-
-def _sqrt(v):
-    return np.sqrt(np.clip(v, 0.0, None))
-
-
-def _int_power(x: np.ndarray, n: int) -> np.ndarray:
-    """x ** n for an integer n >= 0 by multiplications (numpy's pow is 10 times slower)."""
-    out = np.ones_like(x)
-    for _ in range(n):
-        out *= x
-    return out
-
-
-def _add_rows(out: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:
-    """out[index[k]] += rows[k] in place, as np.add.at but 10 times faster: a sparse product,
-    on one thread (torch's index_add_ on two threads was 20 times slower on a busy machine)."""
-    import scipy.sparse
-
-    index = np.asarray(index, dtype=np.int64)
-    n = len(index)
-    select = scipy.sparse.csr_matrix((np.ones(n), (index, np.arange(n))), shape=(len(out), n))
-    out += select @ rows
-
-
-def draw_posterior_samples(R: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """(T, count) deviations ``b_k = R^-1 w_k`` of posterior samples from the fitted x, with
-    ``w_k`` drawn from N(0, I / count) (stream "gap-posterior-samples" of ``seed``): the
-    posterior covariance is ``R^-1 R^-T``, so ``sum_k b_k b_k^T`` has it as its mean."""
-    import scipy.linalg
-
-    from ..rng import random_stream
-
-    w = random_stream(seed, "gap-posterior-samples").standard_normal((len(R), int(count))) / math.sqrt(count)
-    return scipy.linalg.solve_triangular(np.asarray(R, dtype=np.float64), w, lower=False)

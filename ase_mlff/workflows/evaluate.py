@@ -429,13 +429,13 @@ def file_indices(path, index, dataset) -> np.ndarray:
     """Index in ``path`` of each frame that ``ase_mlff.data.read(path, index=index)`` gave as
     ``dataset``: from the selection itself where it does not count from the end, otherwise
     after counting the frames of the file."""
-    from ..data import _apply_index, _parse_index
+    from ..data import apply_index, parse_index
 
     n = len(dataset)
     meta = getattr(dataset, "metadata", None) or {}
     if "npz_indices" in meta:
         return np.asarray(meta["npz_indices"], dtype=int)
-    idx = _parse_index(index)
+    idx = parse_index(index)
     if isinstance(idx, int) and idx >= 0:
         sel = np.array([idx])
     elif isinstance(idx, slice) and (idx.step or 1) > 0 and (idx.start or 0) >= 0:
@@ -450,7 +450,7 @@ def file_indices(path, index, dataset) -> np.ndarray:
             import ase.io
 
             m = len(ase.io.read(os.fspath(path), index=":"))
-        sel = _apply_index(m, index, path)
+        sel = apply_index(m, index, path)
     return sel if len(sel) == n else np.arange(n)
 
 
@@ -477,7 +477,7 @@ def read_group_values(path, index, dataset, keys) -> dict:
     infos = [f.info or {} for f in dataset]
     if fmt == "npz":
         infos = [{k[4:]: None for k in meta if k.startswith("npz:")}]
-    from ..data import _apply_index, _parse_index
+    from ..data import apply_index, parse_index
 
     path = os.fspath(path)
     if fmt == "db":
@@ -485,11 +485,11 @@ def read_group_values(path, index, dataset, keys) -> dict:
 
         with ase.db.connect(path, type="db") as db:
             rows = list(db.select())
-        infos = [{**dict(rows[i].key_value_pairs), **dict(rows[i].data)} for i in _apply_index(len(rows), index, path)]
+        infos = [{**dict(rows[i].key_value_pairs), **dict(rows[i].data)} for i in apply_index(len(rows), index, path)]
     elif fmt != "npz":
         import ase.io
 
-        images = ase.io.read(path, index=_parse_index(index), format=None if fmt in (None, "ase") else fmt)
+        images = ase.io.read(path, index=parse_index(index), format=None if fmt in (None, "ase") else fmt)
         infos = [a.info for a in (images if isinstance(images, list) else [images])]
     for key in missing:
         if len(infos) == len(dataset) and any(key in i for i in infos):
