@@ -72,8 +72,8 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from ..errors import DatasetError, InputError, MLFFError, OutputExistsError, TrainingError
-from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_split_elements, nn_observables,
+from ...errors import DatasetError, InputError, MLFFError, OutputExistsError, TrainingError
+from ..common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_split_elements, nn_observables,
                      parse_reference_energies, reference_energies_record)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -224,7 +224,7 @@ def _metrics_text(h: dict[str, Any]) -> str:
 def fit_reference_energies(frames: Sequence, species: Sequence[int]) -> tuple[np.ndarray, int]:
     """``(e0, rank)``: :func:`ase_mlff.training.common.reference_energies` (least squares of the
     energies on the element counts, minimum-norm when compositions are collinear)."""
-    from .common import reference_energies
+    from ..common import reference_energies
 
     return reference_energies(frames, [int(z) for z in species], with_rank=True)
 
@@ -376,8 +376,8 @@ def unpack_state(js, arrays, device=None) -> dict[str, Any]:
 # the same status) and message, marked with ``peer_rank`` so the command line does not print it
 # a second time (the rank that met it did).
 def _error_classes() -> dict[str, type]:
-    from ..errors import ModelFileError
-    from .common import ReferenceEnergiesError, SplitError, UsageError
+    from ...errors import ModelFileError
+    from ..common import ReferenceEnergiesError, SplitError, UsageError
 
     return {c.__name__: c for c in (MLFFError, InputError, OutputExistsError, ModelFileError, DatasetError,
                                     TrainingError, UsageError, SplitError, ReferenceEnergiesError, ValueError,
@@ -515,7 +515,7 @@ class Distributed:
 def in_step(exc: BaseException) -> bool:
     """Whether every rank raised ``exc`` at the same point (shared by :meth:`Distributed.agree`,
     a stop request shared at a safe point, a diverging loss every rank sums alike)."""
-    from .checkpoint import TrainingInterrupted
+    from ..checkpoint import TrainingInterrupted
 
     return bool(getattr(exc, "all_ranks", False) or reported_elsewhere(exc) or isinstance(exc, TrainingInterrupted))
 
@@ -582,7 +582,7 @@ def run_recipe(prog: str, body: Callable[[Any, "Distributed"], int], args) -> in
 def recipe_failure(prog: str) -> Callable[[BaseException, int], int]:
     """``fail(exc, code)`` of a recipe's command: print the error in the command line's words
     unless another rank reports it (:func:`reported_elsewhere`), return ``code``."""
-    from ..data import command_line_message
+    from ...data import command_line_message
 
     def fail(exc, code):
         # printed by the rank that met it when the ranks agreed on it (Distributed.agree marks it
@@ -679,7 +679,7 @@ def _errors(model, source, labels, idx, need_f: bool, need_s: bool, create_graph
 
 # =============================================================================== the loop
 def _frames_sha256(train_frames, valid_frames) -> str:
-    from ..data import Dataset
+    from ...data import Dataset
 
     import hashlib
 
@@ -718,9 +718,9 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
     (both for tests). Raises :class:`~ase_mlff.training.checkpoint.TrainingInterrupted` (after
     writing the checkpoint) when stopped by a signal.
     """
-    from ..graph import FrameGraphs
-    from ..rng import random_stream
-    from .checkpoint import Checkpointer, StopGuard, check_output, default_checkpoint_path, identity
+    from ...graph import FrameGraphs
+    from ...rng import random_stream
+    from ..checkpoint import Checkpointer, StopGuard, check_output, default_checkpoint_path, identity
 
     opts = (options or TrainerOptions()).check()
     train_frames, valid_frames = list(train_frames), list(valid_frames)
@@ -894,7 +894,7 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
                     st["finished"], st["stopped"] = True, "early_stopping"
                 elif st["epoch"] >= opts.epochs:
                     st["finished"], st["stopped"] = True, "epochs"
-                from ..console import format_duration as _format_duration
+                from ...console import format_duration as _format_duration
 
                 recent = [h["time_s"] for h in st["history"][-5:]]
                 eta = (opts.epochs - st["epoch"]) * sum(recent) / len(recent)  # at most: early stop may come first
@@ -930,7 +930,7 @@ def train_network(model, train_frames: Sequence, valid_frames: Sequence = (), op
         if ddp.is_main:
             try:
                 if output is not None:
-                    from ..io import save_model
+                    from ...io import save_model
 
                     save_model(model, output, training={"trained_on": record.trained_on,
                                                         "reference_energies": reference_record(record),
@@ -1123,7 +1123,7 @@ class _EpochBar:
     :class:`~ase_mlff.console.ProgressBar`); the ETA counts this session's epochs."""
 
     def __init__(self, total, start, enabled):
-        from ..console import ProgressBar
+        from ...console import ProgressBar
 
         bar = self
 
@@ -1151,8 +1151,8 @@ class _EpochBar:
 def write_plots(record: TrainingRecord, model, frames, paths: Sequence[str]) -> list[str]:
     """Learning curve (losses and validation MAEs per epoch) and a parity plot of ``model`` on
     ``frames`` (energy per atom and force components), PNG, to ``paths[0]`` and ``paths[1]``."""
-    from ..graph import FrameGraphs
-    from ..figures import figure, save
+    from ...graph import FrameGraphs
+    from ...figures import figure, save
 
     written = []
     hist = record.history
@@ -1207,7 +1207,7 @@ def configure_parser(parser: argparse.ArgumentParser, defaults: TrainerOptions |
     """Add the trainer's flags (defaults shown in ``--help``) to a family's parser; the family
     adds its data and hyperparameter flags. Read them back with :func:`options_from_args`."""
     d = defaults or TrainerOptions()
-    from ..console import HelpFormatter  # "(default: X)" unless the help states it
+    from ...console import HelpFormatter  # "(default: X)" unless the help states it
 
     parser.formatter_class = HelpFormatter
     g = parser.add_argument_group("training (shared by every neural-network family)")
@@ -1272,7 +1272,7 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
     exit status: 0, 1 (bad data or failed training), 2 (usage: an existing output or
     checkpoint), 130/143 (interrupted by SIGINT/SIGTERM; the checkpoint was written). Under
     torchrun only rank 0 prints; an error is printed once, by the lowest rank that met it."""
-    from .checkpoint import TrainingInterrupted
+    from ..checkpoint import TrainingInterrupted
 
     main_rank = process_rank() == 0
     fail = recipe_failure(prog)
@@ -1309,8 +1309,8 @@ def save_recipe_result(model, training: dict[str, Any], report: dict[str, Any], 
     the checkpoint, which only served a resume. Under torchrun (``ddp`` of
     :func:`distributed_run`) rank 0 alone does it and the other ranks wait for it; a failure
     to write is raised on every rank."""
-    from ..io import save_model
-    from .checkpoint import default_checkpoint_path
+    from ...io import save_model
+    from ..checkpoint import default_checkpoint_path
 
     ddp = ddp or Distributed()
     failure = None
@@ -1372,7 +1372,7 @@ def build_model(family: str, config: dict[str, Any], train_frames: Sequence):
     whose hyperparameters depend on the data (BPNN: the symmetry functions chosen from the
     training frames) completes them in the optional class method
     ``config_for_frames(config, frames)``; the others are built by ``from_config``."""
-    from ..models.base import MODEL_REGISTRY
+    from ...models.base import MODEL_REGISTRY
 
     if family not in MODEL_REGISTRY:
         import ase_mlff.models  # noqa: F401  (registers the built-in families)
@@ -1399,7 +1399,7 @@ def main(argv=None) -> int:
 def _main(args, ddp: Distributed, prog: str) -> int:
     import importlib
 
-    from .. import data as data_mod
+    from ... import data as data_mod
 
     failure = given = None
     try:

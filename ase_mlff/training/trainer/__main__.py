@@ -1,0 +1,7 @@
+"""``python -m ase_mlff.training.trainer`` (also under ``torchrun ... -m``): the generic command."""
+
+import sys
+
+from .loop import main
+
+sys.exit(main())
