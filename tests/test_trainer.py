@@ -449,17 +449,17 @@ def test_diverging_loss_is_an_error_not_nan_weights(ni):
 def test_recipe_errors_are_printed_once_across_ranks(monkeypatch, capsys):
     """Under torchrun an error every rank met by itself (the same split check) is printed by
     rank 0 alone; one the ranks agreed on by the rank that met it; another rank's never."""
-    from ase_mlff.training import trainer
     from ase_mlff.training.common import SplitError
+    from ase_mlff.training.trainer import distributed
 
-    fail = trainer.recipe_failure("ase-mlff train x")
+    fail = distributed.recipe_failure("ase-mlff train x")
     for rank, mark, printed in ((0, {}, True), (1, {}, False), (1, {"all_ranks": True}, True),
                                 (0, {"all_ranks": True, "peer_rank": 1}, False)):
-        monkeypatch.setattr(trainer, "process_rank", lambda r=rank: r)
+        monkeypatch.setattr(distributed, "process_rank", lambda r=rank: r)
         exc = SplitError("element Mo only in the validation frames")
         for k, v in mark.items():
             setattr(exc, k, v)
         assert fail(exc, 2) == 2
         assert ("only in the validation frames" in capsys.readouterr().err) == printed, (rank, mark)
     # another rank's split error arrives as a SplitError (same exit status), not a TrainingError
-    assert trainer._error_classes()["SplitError"] is SplitError
+    assert distributed.error_classes()["SplitError"] is SplitError
