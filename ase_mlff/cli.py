@@ -103,17 +103,18 @@ def _add_delegated(sub, name, module, help_text=None):
 
 
 def _add_committee(p, family) -> None:
-    """``--committee K`` and its options on a family's train parser: with it, the committee
-    trainer runs instead of the family's own (which then only reads its flags). Only families
-    the committee trainer supports (``committee.FAMILIES``) get the options: GAP, whose GP gives
-    its own predictive variance, has none."""
+    """``--committee K`` and its options on a family's train parser, exactly when the family's
+    recipe provides a committee hook (its module's ``COMMITTEE``): with it, the committee
+    trainer runs instead of the family's own (which then only reads its flags)."""
     try:
         from .training import committee
-    except ImportError:  # pragma: no cover - only in a partial installation
+
+        hook = committee.hook(family)
+    except ImportError:  # a family not built into this installation (its parser says so)
         return
-    if family not in committee.FAMILIES:
+    if hook is None:
         return
-    committee.add_arguments(p)
+    committee.add_arguments(p, hook)
     single = p.get_default("_run")
 
     def dispatch(args):

@@ -108,3 +108,38 @@ def test_broken_pipe_elsewhere_is_not_taken_for_stdout(monkeypatch, capsys):
             main(["info", "model.mlff"])
         reader.close()  # now the reader has gone: that is stdout's broken pipe
         assert cli._stdout_reader_gone()
+
+
+#: the committee options (ase_mlff.training.committee.add_arguments), as --help shows them
+COMMITTEE_OPTIONS = ("--committee K", "--committee-mean", "--committee-frames", "--calibration-data",
+                     "--n-calibration")
+
+
+def _families():
+    from ase_mlff.training import families
+
+    return families()
+
+
+@pytest.mark.parametrize("family", _families())
+def test_committee_options_exactly_for_the_families_whose_recipe_has_the_hook(family, capsys):
+    """``ase-mlff train FAMILY`` offers --committee and its options when the family's recipe
+    provides a committee hook (its ``COMMITTEE``), and none of them otherwise."""
+    from ase_mlff.training import recipe
+    from ase_mlff.training.committee import CommitteeHook
+
+    hook = getattr(recipe(family), "COMMITTEE", None)
+    assert hook is None or isinstance(hook, CommitteeHook)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", family, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    offered = [o for o in COMMITTEE_OPTIONS if o in text]
+    assert offered == (list(COMMITTEE_OPTIONS) if hook is not None else []), family
+
+
+def test_the_families_with_a_committee_hook():
+    """The decision recorded: GAP has its own calibrated variance and no committee hook."""
+    from ase_mlff.training.committee import committee_families
+
+    assert committee_families() == ["bpnn", "mff", "schnet", "sgdml"]

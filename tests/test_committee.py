@@ -356,6 +356,36 @@ def test_train_command_with_committee(tmp_path, ethanol):
     assert main(["train", "sgdml", str(small), "--committee", "1", "-o", str(tmp_path / "x.mlff")]) == 2
 
 
+
+def test_a_gap_committee_is_refused_naming_the_families_with_a_hook(ethanol):
+    """GAP's recipe provides no committee hook (its GP gives a calibrated variance of its own):
+    the trainer refuses it, naming the families that have one and why GAP has none."""
+    with pytest.raises(ValueError) as exc:
+        train_committee("gap", ethanol[:10], 2)
+    text = str(exc.value)
+    assert "committees can be trained for bpnn, mff, schnet, sgdml, not 'gap'" in text
+    assert "own calibrated predictive variance" in text and "docs/gap.md" in text
+    with pytest.raises(ValueError, match="not 'nosuchfamily'$"):
+        train_committee("nosuchfamily", ethanol[:10], 2)
+
+
+def test_train_bpnn_committee_takes_given_reference_energies(tmp_path, ethanol):
+    """--reference-energies on a network committee's command line reaches every model once
+    (it used to be passed twice: a TypeError)."""
+    from ase_mlff.cli import main
+
+    small = tmp_path / "eth.extxyz"
+    ethanol[:20].to_extxyz(small)
+    out = tmp_path / "c.mlff"
+    assert main(["train", "bpnn", str(small), "--n-train", "8", "--n-valid", "2", "--n-test", "4", "--cutoff", "4",
+                 "--hidden", "4", "--n-radial", "2", "--n-eta", "1", "--zetas", "1", "--epochs", "1",
+                 "--reference-energies", "H=-13.6,C=-1029.0,O=-2041.0", "--committee", "2", "--committee-frames",
+                 "5", "-o", str(out)]) == 0
+    model = load_model(out)
+    assert model.meta["training"]["reference_energies"]["source"] == "given"
+    for m in [*model.members, model.mean_model]:
+        assert m.config["reference_energies"] == [-13.6, -1029.0, -2041.0]
+
 # --------------------------------------------------------------------------- shipped file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "potentials", "ethanol_sgdml_committee.mlff")

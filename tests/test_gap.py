@@ -543,8 +543,9 @@ def test_train_gap_command_with_yaml_config(tmp_path, capsys):
 
 
 def test_train_gap_does_not_offer_committee_options(capsys):
-    """The committee trainer has no GAP recipe (a GAP has its own GP variance), so ``train gap``
-    offers none of its options; the families it supports still do."""
+    """GAP's recipe provides no committee hook (a GAP has its own GP variance), so ``train gap``
+    offers none of the committee options and ``--committee`` is a usage error naming it; the
+    families with a hook still offer them."""
     from ase_mlff.cli import build_parser
 
     parser = build_parser()

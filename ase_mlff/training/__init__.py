@@ -9,6 +9,9 @@ A recipe module provides:
 - ``train(data, progress=None, **options) -> (model, record)``;
 - ``configure_parser(parser)`` and ``run(args)``: the ``ase-mlff train <family>`` command, a thin
   layer over ``train`` (flags, ``--config file.yaml``, model file, exit status).
+- optionally ``COMMITTEE``, its committee hook (:class:`~ase_mlff.training.committee.CommitteeHook`),
+  which gives ``ase-mlff train <family>`` its ``--committee`` option; or ``NO_COMMITTEE``, why it
+  has none.
 
 So a new family adds its recipe file and nothing here: the registry is the module name. A
 family in a distribution of its own declares its recipe module as an ``ase_mlff.recipes`` entry

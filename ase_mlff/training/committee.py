@@ -1,4 +1,4 @@
-"""Train committees of any family: ``train_committee`` (Python), ``ase-mlff train FAMILY --committee K``.
+"""Train committees: ``train_committee`` (Python), ``ase-mlff train FAMILY --committee K``.
 
 Recipe (the model is :class:`ase_mlff.models.committee.CommitteeModel`; its docstring gives
 the equations of the served prediction and the uncertainties):
@@ -8,8 +8,8 @@ the equations of the served prediction and the uncertainties):
    frames and of the calibration frames (:class:`_ElementCheck`); a member that could never
    learn an element is refused, naming the member, instead of failing after every member trained.
 1. Hold out calibration frames: ``calibration`` data when given (``n_calibration`` of them,
-   drawn from the named stream "calibration" of ``seed``), else the validation frames of the
-   training data (sGDML: ``n_valid``; MFF and BPNN: ``n_test``).
+   drawn from the named stream "calibration" of ``seed``), else the frames the family holds
+   out of the training data (its validation or test frames: :attr:`CommitteePlan.held_out`).
 2. Members ``k = 0 .. K-1``: member ``k`` is trained on ``n_member`` frames drawn without
    replacement from the training pool (stream ``"committee-member-{k}"``), with seed
    ``seed + k + 1`` for the family's own random choices. Different frames make the members
@@ -28,24 +28,21 @@ the equations of the served prediction and the uncertainties):
    and the served prediction's errors on the training pool are reported instead
    (``metrics["train"]``), labelled as training-set errors.
 
+What is particular to a family is the hook its recipe provides: the module attribute
+``COMMITTEE`` of ``ase_mlff.training.<family>_train``, a :class:`CommitteeHook`. It counts the
+family's split into the training pool and the held-out frames from its options, says how one
+member trains on given frame indices and how the served mean trains on the whole pool
+(:class:`CommitteePlan`), and which of the family's command-line options a committee reads
+(:class:`CommitteeCommand`). This module names no family: :func:`committee_families` lists
+those whose recipe has a hook, ``ase-mlff train FAMILY`` offers ``--committee`` exactly for
+them, and a recipe without one may say why in ``NO_COMMITTEE`` (quoted when a committee of it
+is asked for). Recipes trained by the shared network trainer take their hook from
+:func:`network_committee`.
+
 Reference energies given with ``--reference-energies`` go to every model the committee
-trains (the served mean and each member); sGDML records them only (one constant per
-molecule). The record lists them (``reference_energies``) and what the members were trained
-on (``trained_on``).
-
-sGDML members use ``train_sgdml`` with explicit ``train_indices``; their length scale is the
-served mean's (chosen by its own validation search) unless ``sigmas`` is given, so that the
-spread reflects the data and not a noisy hyperparameter search on small subsets. MFF members
-use ``train_mff`` on a sub-dataset with no test frames of their own.
-
-BPNN: the data are split as ``ase-mlff train bpnn`` splits them (``Dataset.split(n_train,
-n_valid, n_test, seed)``), so the served mean ("all") is the very model that command trains
-(same frames, seed and initial weights); the test frames are the calibration frames. The pool
-is the training plus validation frames (the networks keep their best-validation weights, so
-the validation frames are not held out). Member ``k`` is ``train_bpnn`` on its ``n_member``
-pool frames, of which a share ``n_valid / n_pool`` (at least one when ``n_valid > 0``) is its
-own validation set, with seed ``seed + k + 1`` (initial weights, batch order, that split). Its
-symmetry functions are selected from its own frames, as any BPNN's are.
+trains (the served mean and each member), or are recorded only for a family whose models have
+no per-element energies (:attr:`CommitteeHook.given_reference`). The record lists them
+(``reference_energies``) and what the members were trained on (``trained_on``).
 """
 
 from __future__ import annotations
@@ -53,6 +50,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -63,8 +61,123 @@ from ..errors import DatasetError, InputError, TrainingError
 from ..models.base import Model
 from ..models.committee import CommitteeModel
 from ..rng import random_stream
+from .common import UsageError
 
-FAMILIES = ("sgdml", "mff", "bpnn", "schnet")
+
+# ----------------------------------------------------------------------------- the recipes' hook
+@dataclass
+class CommitteePlan:
+    """A family's committee on one data set, planned before anything trains (what
+    :attr:`CommitteeHook.plan` returns). Indices are frames of the training data."""
+
+    #: frames the members draw their subsamples from (and the served mean "all" trains on)
+    pool: np.ndarray
+    #: the calibration frames when no calibration data are given (validation or test frames)
+    held_out: np.ndarray
+    #: frames per member
+    n_member: int
+    #: the family's entries of the training report (counts, split, options)
+    report: dict[str, Any]
+    #: ``fit_all() -> (model, report entry)``: the served mean "all", one model on the pool
+    fit_all: Callable[[], tuple[Model, dict]]
+    #: what ``fit_all`` trains, for the progress line ("sGDML on all 50 training frames")
+    mean_label: str
+    #: ``member_trainer(served) -> fit_member``, ``fit_member(indices, member_seed) -> (model,
+    #: record)``: how one member trains on the frames ``indices`` with seed ``member_seed``,
+    #: given the served mean (None when the member average is served)
+    member_trainer: Callable[[Model | None], Callable[[np.ndarray, int], tuple[Model, dict]]]
+    #: keywords of the element check (step 0): ``served_train``, ``validation``, ``test``,
+    #: ``member_train`` (:meth:`_ElementCheck.__call__`)
+    check: dict[str, Any] = field(default_factory=dict)
+    #: appended to each member's progress line
+    member_note: str = ""
+    #: ``describe_given_mean(model) -> dict``: report entries for a served mean given as a model
+    describe_given_mean: Callable[[Model], dict] | None = None
+
+
+@dataclass
+class CommitteeCommand:
+    """What ``ase-mlff train FAMILY --committee K`` trains on, read from the family's flags (what
+    :attr:`CommitteeHook.command` returns)."""
+
+    dataset: str
+    energy_unit: str | None
+    output: str
+    overwrite: bool
+    #: the family's training options, passed to :attr:`CommitteeHook.plan`
+    options: dict[str, Any]
+    #: frames per member (None: the family's default)
+    n_member: int | None
+    seed: int
+    #: ``--reference-energies`` as given (in the data's energy unit)
+    reference_energies: Any = None
+
+
+@dataclass(frozen=True)
+class CommitteeHook:
+    """What a recipe provides so that committees of its family can be trained: its module's
+    ``COMMITTEE`` attribute. See the module docstring for the recipe it plugs into."""
+
+    #: ``plan(ds, options, *, n_member, seed, reference, say) -> CommitteePlan``: the family's
+    #: split of the Dataset ``ds`` counted from its ``options`` (a dict the plan may consume),
+    #: ``n_member`` frames per member (None: its default), ``seed``; ``reference``: given
+    #: reference energies or None; ``say``: the progress callback for the training it runs
+    plan: Callable[..., CommitteePlan]
+    #: ``command(args) -> CommitteeCommand`` from the parsed flags of ``ase-mlff train FAMILY``;
+    #: raises :class:`~ase_mlff.training.common.UsageError` (exit status 2)
+    command: Callable[[argparse.Namespace], CommitteeCommand]
+    #: the flag that sets the frames per member (in help texts and messages)
+    member_frames: str = "--committee-frames"
+    #: the default frames per member, for ``--committee-frames --help``
+    frames_default: str = "half of the training pool"
+    #: the frames that calibrate by default, for ``--calibration-data --help``
+    held_out: str = "the test frames (--n-test)"
+    #: the record's note on given reference energies
+    given_reference: str = "given to every model of the committee"
+    #: the record's (source, note) without given reference energies
+    no_reference: tuple[str, str] = ("fitted", "each model of the committee fitted its own on its training frames")
+
+
+def hook(family: str) -> CommitteeHook | None:
+    """The committee hook of ``family``'s recipe (None when it provides none); ValueError for a
+    family without a recipe."""
+    from . import recipe
+
+    module = recipe(family)
+    found = getattr(module, "COMMITTEE", None)
+    if found is not None and not isinstance(found, CommitteeHook):
+        raise TypeError(f"{module.__name__}.COMMITTEE must be a CommitteeHook, not {type(found).__name__}")
+    return found
+
+
+def committee_families() -> list[str]:
+    """The families whose recipe provides a committee hook (recipes that fail to import count
+    as none)."""
+    from . import families
+
+    out = []
+    for name in families():
+        try:
+            if hook(name) is not None:
+                out.append(name)
+        except ImportError:  # pragma: no cover - a family not built into this installation
+            continue
+    return out
+
+
+def _hook_or_refuse(family: str) -> CommitteeHook:
+    """The hook of ``family``; an InputError (a ValueError) naming the families that have one,
+    and why this one has none when its recipe says (``NO_COMMITTEE``)."""
+    from . import families, recipe
+
+    found, why = None, None
+    if family in families():
+        found = hook(family)
+        why = getattr(recipe(family), "NO_COMMITTEE", None)
+    if found is None:
+        raise InputError(f"committees can be trained for {', '.join(committee_families())}, not {family!r}"
+                         + (f": {why}" if why else ""))
+    return found
 
 
 def _as_dataset(data):
@@ -161,36 +274,25 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     """Train a committee of ``K`` ``family`` models on ``data`` (a Dataset); returns
     ``(model, report)``. See the module docstring for the recipe.
 
-    ``n_member``: frames per member (default: a quarter of the training pool). ``mean``:
-    ``"all"``, ``"members"`` or a trained model of ``family`` to serve. ``calibration``: a
-    Dataset of held-out frames (``n_calibration`` of them are used; default all); without
-    it the validation/test frames held out of ``data`` are used. ``options``: the family's
-    training options — sGDML: keywords of :func:`~ase_mlff.training.sgdml_train.train_sgdml`
-    (``n_valid``, ``sigmas``, ``lam``, ``symmetries``, ``solver``); MFF: options of
-    ``ase-mlff train mff`` by their Python names (``rc2``, ``rc3``, ``n_test``, ``n_energy``,
-    ``n_force_atoms``, ``h2``, ...); BPNN: keywords of
-    :func:`~ase_mlff.training.bpnn_train.train_bpnn` (``n_train``, ``n_valid``, ``n_test``,
-    ``cutoff``, ``hidden``, ``epochs``, ...; ``n_member`` defaults to half of the pool).
-    ``reference_energies``: given per-element reference energies for every model (anything
-    :func:`~ase_mlff.training.common.parse_reference_energies` reads; numbers in eV).
+    ``n_member``: frames per member (default: the family's, a quarter or half of the training
+    pool). ``mean``: ``"all"``, ``"members"`` or a trained model of ``family`` to serve.
+    ``calibration``: a Dataset of held-out frames (``n_calibration`` of them are used; default
+    all); without it the validation/test frames held out of ``data`` are used. ``options``: the
+    family's training options, as its recipe's hook reads them (the section on committees of
+    the recipe module ``ase_mlff.training.<family>_train``). ``reference_energies``: given
+    per-element reference energies for every model (anything
+    :func:`~ase_mlff.training.common.parse_reference_energies` reads; numbers in eV). A family
+    whose recipe has no committee hook is refused with an InputError (a ValueError).
     """
     from .common import (check_given_reference, format_training_metrics, model_metrics, parse_reference_energies,
                          reference_energies_record)
 
     say = progress or (lambda msg: None)
+    family_hook = _hook_or_refuse(family)
     ds = _as_dataset(data)
     reference = parse_reference_energies(reference_energies)
     if reference is not None:  # every element of the data needs one: checked before anything trains
         check_given_reference(list(ds), list(ds.elements), reference, say)
-        if family in ("bpnn", "schnet"):
-            options["reference_energies"] = reference
-        elif family == "mff":
-            if options.get("args") is not None:
-                options["args"].reference_energies = reference
-            else:
-                options["reference_energies"] = reference
-    if family not in FAMILIES:
-        raise InputError(f"committees can be trained for {', '.join(FAMILIES)}, not {family!r}")
     if not isinstance(K, int) or K < 2:
         raise InputError(f"a committee needs K >= 2 members (--committee), got {K!r}")
     if isinstance(mean, Model):
@@ -206,7 +308,8 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
         cal = _as_dataset(calibration)
         n = len(cal) if n_calibration is None else int(n_calibration)
         if not 0 < n <= len(cal):
-            raise DatasetError(f"asked for {n} calibration frames (n_calibration), the calibration data have {len(cal)}")
+            raise DatasetError(f"asked for {n} calibration frames (n_calibration), the calibration data have "
+                               f"{len(cal)}")
         cal_idx = np.sort(random_stream(seed, "calibration").choice(len(cal), n, replace=False))
 
     def calibration_frames(held_out):
@@ -218,35 +321,30 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
             idx = idx[: int(n_calibration)]
         return ds[idx], {"source": ds.source, "data_sha256": ds.sha256(), "indices": idx.tolist()}
 
+    # ---- the family's plan, every model's elements checked, then the served mean and the members
+    plan = family_hook.plan(ds, dict(options), n_member=n_member, seed=seed, reference=reference, say=say)
     check = _ElementCheck(ds, K, seed, mean, lambda held: calibration_frames(held)[0])
-    if family == "sgdml":
-        members, served, report, held_out, pool = _train_sgdml(ds, K, n_member, mean, seed, say, options, check)
-    elif family in ("bpnn", "schnet"):  # SchNet: the same split and member scheme as BPNN
-        members, served, report, held_out, pool = _train_bpnn(ds, K, n_member, mean, seed, say, options, check,
-                                                              family)
-    else:
-        members, served, report, held_out, pool = _train_mff(ds, K, n_member, mean, seed, say, options, check)
+    check(plan.pool, plan.n_member, plan.held_out, _MEMBER_HINT.format(family_hook.member_frames), **plan.check)
+    report = dict(plan.report)
+    served, report["mean"] = _served_mean(mean, plan, say)
+    members, report["members"] = _train_members(K, plan.pool, plan.n_member, seed, plan.member_trainer(served), say,
+                                                plan.member_note)
     model = CommitteeModel(members, served)
     seen = {o for rec in report["members"] for o in rec.get("trained_on", ())}
     report["trained_on"] = [o for o in ("energy", "forces", "stress") if o in seen]
     if reference is None:
-        report["reference_energies"] = reference_energies_record(
-            [], [], "none" if family == "sgdml" else "fitted",
-            "an sGDML model has one energy constant for the molecule, no per-element energies" if family == "sgdml"
-            else "each model of the committee fitted its own on its training frames")
+        report["reference_energies"] = reference_energies_record([], [], *family_hook.no_reference)
     else:
         report["reference_energies"] = reference_energies_record(
-            ds.elements, reference.for_species(ds.elements), "given",
-            "given; recorded only (each sGDML model's energy constant absorbs sum e0)" if family == "sgdml"
-            else "given to every model of the committee", reference)
-    frames, where = calibration_frames(held_out)
+            ds.elements, reference.for_species(ds.elements), "given", family_hook.given_reference, reference)
+    frames, where = calibration_frames(plan.held_out)
     if calibration is None and isinstance(mean, Model):
         _check_disjoint(mean, ds, np.asarray(where["indices"], dtype=np.int64))
     if len(frames) == 0:
         warn("no calibration frames: the uncertainties are the raw member spread (factors 1)")
         factors, record = {"energy": 1.0, "forces": 1.0, "stress": 1.0}, {"n_frames": 0}
         # nothing held out: at least the served prediction's fit to the training pool, labelled as such
-        pool_frames = [ds[int(i)] for i in pool]
+        pool_frames = [ds[int(i)] for i in plan.pool]
         report["metrics"] = {"train": model_metrics(model, pool_frames)}
         say(format_training_metrics(report["metrics"]["train"]))
     else:
@@ -335,22 +433,25 @@ class _ElementCheck:
                                  "the same data")
 
 
-#: what to change when a member's frames lack an element, in the flags of each family
+
+
+#: what to change when a member's frames lack an element (the hook names its frames flag)
 _MEMBER_HINT = ("choose another --seed or more frames per member ({}), or leave the frames of that element out of "
                 "the data")
 
 
-def _served_mean(mean, fit_all, say, what: str):
-    """The served model and its report entry: ``mean`` is "all" (``fit_all()`` -> (model, report
-    entry) trains one model on all the training frames), a given :class:`Model`, or "members"
+def _served_mean(mean, plan: CommitteePlan, say):
+    """The served model and its report entry: ``mean`` is "all" (``plan.fit_all()`` -> (model,
+    report entry) trains one model on the whole pool), a given :class:`Model`, or "members"
     (the member average is served: None)."""
     if mean == "all":
-        say(f"served mean: {what}")
-        served, entry = fit_all()
+        say(f"served mean: {plan.mean_label}")
+        served, entry = plan.fit_all()
         return served, {"kind": "all", **entry}
     if isinstance(mean, Model):
         source = getattr(mean, "source", None) or {}
-        return mean, {"kind": "given", "source": source.get("path"), "sha256": source.get("sha256")}
+        extra = plan.describe_given_mean(mean) if plan.describe_given_mean is not None else {}
+        return mean, {"kind": "given", "source": source.get("path"), "sha256": source.get("sha256"), **extra}
     return None, {"kind": "members"}
 
 
@@ -367,103 +468,12 @@ def _train_members(K: int, pool: np.ndarray, n_member: int, seed: int, fit_membe
     return members, recs
 
 
-def _train_sgdml(ds, K, n_member, mean, seed, say, options, check):
-    from .sgdml_train import train_sgdml
-
-    options = dict(options)
-    n_valid = int(options.pop("n_valid", 0) or 0)
-    sigmas = options.pop("sigmas", None)
-    for drop in ("n_train", "test", "n_test", "checkpoint", "resume"):
-        options.pop(drop, None)
-    M = len(ds)
-    if n_valid >= M:
-        raise DatasetError(f"{n_valid} validation frames leave no training frames: the data have {M}")
-    valid = np.sort(random_stream(seed, "committee-validation").choice(M, n_valid, replace=False)).astype(np.int64)
-    pool = np.setdiff1d(np.arange(M), valid)
-    n_member = len(pool) // 4 if n_member is None else int(n_member)
-    if not 1 <= n_member <= len(pool):
-        raise DatasetError(f"{n_member} frames per member (--n-train) from a pool of {len(pool)} training frames")
-    report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "valid_indices": valid.tolist()}
-    check(pool, n_member, valid, _MEMBER_HINT.format("--n-train"), served_train=pool, validation=valid)
-
-    def fit_all():
-        model, rep = train_sgdml(ds, len(pool), len(valid), sigmas=sigmas, seed=seed, train_indices=pool,
-                                 valid_indices=valid, test_indices=np.zeros(0, np.int64), progress=say, **options)
-        return model, {"sigma": rep["sigma"], "n_train": rep["n_train"], "valid": rep["valid"]}
-
-    served, report["mean"] = _served_mean(mean, fit_all, say, f"sGDML on all {len(pool)} training frames")
-    if report["mean"]["kind"] == "given":
-        report["mean"].update(n_train=getattr(mean, "n_train", None), sigma=getattr(mean, "sigma", None))
-    member_sigmas = sigmas if sigmas is not None or served is None else [served.sigma]
-    if member_sigmas is not None and len(member_sigmas) > 1 and not len(valid):
-        raise DatasetError("choosing sigma for the members needs validation frames (--n-valid) or one --sigmas value")
-
-    def fit_member(idx, member_seed):
-        m, rep = train_sgdml(ds, n_member, len(valid), sigmas=member_sigmas, seed=member_seed,
-                             train_indices=idx, valid_indices=valid, test_indices=np.zeros(0, np.int64),
-                             progress=say, **options)
-        return m, {"sigma": rep["sigma"], "n_symmetries": rep["n_symmetries"], "train_indices": idx.tolist(),
-                   "valid": rep["valid"], "trained_on": ["energy", "forces"]}
-
-    members, recs = _train_members(K, pool, n_member, seed, fit_member, say)
-    report["members"] = recs
-    return members, served, report, valid, pool
+# ----------------------------------------------------------------------------- shared-trainer recipes
+#: options of a shared-trainer recipe that a committee sets itself (or that do not apply to one)
+_NETWORK_OWN = ("seed", "progress", "checkpoint", "resume", "stop_after", "dataset")
 
 
-def mff_options(**overrides) -> argparse.Namespace:
-    """The options of ``ase-mlff train mff`` (defaults) with ``overrides`` by Python name."""
-    from .mff_train import configure_parser
-
-    args = configure_parser(argparse.ArgumentParser()).parse_args(["data", "-o", "unused.mlff"])
-    unknown = set(overrides) - set(vars(args))
-    if unknown:
-        raise InputError(f"unknown MFF training option(s): {', '.join(sorted(unknown))}")
-    for k, v in overrides.items():
-        setattr(args, k, v)
-    return args
-
-
-def _train_mff(ds, K, n_member, mean, seed, say, options, check):
-    from .common import read_training_data
-    from .mff_train import train_mff
-
-    args = options.pop("args", None) or mff_options(**options)
-    n_test = int(args.n_test)
-    if n_test >= len(ds):
-        raise DatasetError(f"--n-test {n_test} leaves no training frames: the data have {len(ds)} frames")
-    split = ds.split(len(ds) - n_test, 0, n_test, seed=seed)
-    pool, held = split.train, split.test
-    n_member = len(pool) // 2 if n_member is None else int(n_member)
-    if not 1 <= n_member <= len(pool):
-        raise DatasetError(f"{n_member} frames per member from a pool of {len(pool)} training frames")
-    report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "held_out_indices": held.tolist()}
-    # every model (mean and members) is also evaluated on a --test file, when one is given
-    test = [] if getattr(args, "test", None) is None else list(
-        read_training_data(args.test, getattr(args, "energy_unit", None)))
-    check(pool, n_member, held, _MEMBER_HINT.format("--committee-frames"), served_train=pool, test=test)
-
-    def fit(indices, member_seed):
-        a = argparse.Namespace(**{**vars(args), "n_test": 0, "n_gp_eval": 0, "seed": member_seed})
-        model, _gp, rep = train_mff(a, ds[indices], log=say)
-        return model, rep
-
-    def fit_all():
-        model, rep = fit(pool, seed)
-        return model, {"hyperparameters": rep["hyperparameters"]}
-
-    def fit_member(idx, member_seed):
-        m, rep = fit(idx, member_seed)
-        return m, {"train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"],
-                   "trained_on": rep["trained_on"]}
-
-    served, report["mean"] = _served_mean(mean, fit_all, say, f"MFF on all {len(pool)} training frames")
-    members, recs = _train_members(K, pool, n_member, seed, fit_member, say)
-    report["members"] = recs
-    report["options"] = {k: v for k, v in vars(args).items() if not k.startswith("_") and _jsonable(v)}
-    return members, served, report, held, pool
-
-
-def _bpnn_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
+def _network_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
     n_valid = int(options.pop("n_valid", 0) or 0)
     n_test = options.pop("n_test", None)
     n_train = options.pop("n_train", None)
@@ -476,82 +486,94 @@ def _bpnn_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
     return int(n_train), n_valid, n_test
 
 
-def _train_bpnn(ds, K, n_member, mean, seed, say, options, check, family="bpnn"):
-    train_bpnn = _nn_recipe(family)
+def network_committee(family: str, train_one: Callable) -> CommitteeHook:
+    """The committee hook of a recipe whose one-model trainer has the shared network trainer's
+    split: ``train_one(dataset, n_train, n_valid, n_test, seed=..., progress=..., **options) ->
+    (model, report)``, splitting with ``Dataset.split(n_train, n_valid, n_test, seed)``.
 
-    options = dict(options)
-    for drop in ("seed", "progress", "checkpoint", "resume", "stop_after", "dataset"):
-        options.pop(drop, None)
-    n_train, n_valid, n_test = _bpnn_split_counts(len(ds), options)
-    # the split of ``ase-mlff train bpnn`` with the same counts and seed
-    split = ds.split(n_train, n_valid, n_test, seed=seed)
-    pool = np.sort(np.concatenate([split.train, split.valid])).astype(np.int64)
-    held = split.test
-    n_member = len(pool) // 2 if n_member is None else int(n_member)
-    if not 2 <= n_member <= len(pool):
-        raise DatasetError(f"{n_member} frames per member (--committee-frames) from a pool of {len(pool)} "
-                           "training and validation frames; a member needs at least 2")
-    n_valid_member = 0 if n_valid == 0 else min(n_member - 1, max(1, round(n_valid * n_member / len(pool))))
-    report: dict[str, Any] = {"n_member": n_member, "n_pool": int(len(pool)), "n_valid_member": n_valid_member,
-                              "split": {"train": split.train.tolist(), "valid": split.valid.tolist(),
-                                        "test": held.tolist()}, "held_out_indices": held.tolist(),
-                              "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}}
+    The data are split as ``ase-mlff train FAMILY`` splits them (same counts and seed), so the
+    served mean ("all") is the very model that command trains (same frames, seed and initial
+    weights); the test frames are the calibration frames. The pool is the training plus
+    validation frames (the networks keep their best-validation weights, so the validation
+    frames are not held out). Member ``k`` is ``train_one`` on its ``n_member`` pool frames
+    (default: half of the pool), of which a share ``n_valid / n_pool`` (at least one when
+    ``n_valid > 0``) is its own validation set, with seed ``seed + k + 1`` (initial weights,
+    batch order, that split). Options: the keywords of ``train_one`` (``n_train``, ``n_valid``,
+    ``n_test``, ...); on the command line, those of its parameters the parser has."""
 
-    def member_train(idx, member_seed):  # the training part of the split train_bpnn makes below
-        return idx[ds[idx].split(n_member - n_valid_member, n_valid_member, 0, seed=member_seed).train]
+    def plan(ds, options, *, n_member, seed, reference, say) -> CommitteePlan:
+        """The committee plan of a shared-trainer recipe: see :func:`network_committee`."""
+        if reference is not None:
+            options["reference_energies"] = reference
+        for drop in _NETWORK_OWN:
+            options.pop(drop, None)
+        n_train, n_valid, n_test = _network_split_counts(len(ds), options)
+        split = ds.split(n_train, n_valid, n_test, seed=seed)
+        pool = np.sort(np.concatenate([split.train, split.valid])).astype(np.int64)
+        held = split.test
+        n_member = len(pool) // 2 if n_member is None else int(n_member)
+        if not 2 <= n_member <= len(pool):
+            raise DatasetError(f"{n_member} frames per member (--committee-frames) from a pool of {len(pool)} "
+                               "training and validation frames; a member needs at least 2")
+        n_valid_member = 0 if n_valid == 0 else min(n_member - 1, max(1, round(n_valid * n_member / len(pool))))
+        recorded = {}
+        for k, v in options.items():
+            v = list(v) if isinstance(v, tuple) else v
+            recorded[k] = getattr(v, "given_as", v) if k == "reference_energies" else v
+        report = {"n_member": n_member, "n_pool": int(len(pool)), "n_valid_member": n_valid_member,
+                  "split": {"train": split.train.tolist(), "valid": split.valid.tolist(), "test": held.tolist()},
+                  "held_out_indices": held.tolist(), "options": recorded}
 
-    check(pool, n_member, held, _MEMBER_HINT.format("--committee-frames"), served_train=split.train,
-          member_train=member_train)
+        def member_train(idx, member_seed):  # the training part of the split train_one makes below
+            return idx[ds[idx].split(n_member - n_valid_member, n_valid_member, 0, seed=member_seed).train]
 
-    def fit_all():
-        # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
-        # the test frames are evaluated below, as calibration frames
-        model, rep = train_bpnn(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
-        return model, {"n_train": n_train, "n_valid": n_valid, "valid": rep.get("valid"),
-                       "epochs_run": len(rep.get("history") or [])}
+        def fit_all():
+            # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
+            # the test frames are evaluated by the committee, as calibration frames
+            model, rep = train_one(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
+            return model, {"n_train": n_train, "n_valid": n_valid, "valid": rep.get("valid"),
+                           "epochs_run": len(rep.get("history") or [])}
 
-    def fit_member(idx, member_seed):
-        m, rep = train_bpnn(ds[idx], n_member - n_valid_member, n_valid_member, 0, seed=member_seed,
-                            progress=say, **options)
-        sub = rep.get("split") or {}
-        return m, {"frames": idx.tolist(),
-                   "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
-                   "valid_indices": idx[np.asarray(sub.get("valid", []), dtype=np.int64)].tolist(),
-                   "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or []),
-                   "trained_on": rep.get("trained_on", [])}
+        def fit_member(idx, member_seed):
+            m, rep = train_one(ds[idx], n_member - n_valid_member, n_valid_member, 0, seed=member_seed,
+                               progress=say, **options)
+            sub = rep.get("split") or {}
+            return m, {"frames": idx.tolist(),
+                       "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
+                       "valid_indices": idx[np.asarray(sub.get("valid", []), dtype=np.int64)].tolist(),
+                       "valid": rep.get("valid"), "epochs_run": len(rep.get("history") or []),
+                       "trained_on": rep.get("trained_on", [])}
 
-    served, report["mean"] = _served_mean(
-        mean, fit_all, say, f"{family} on all {n_train} training frames ({n_valid} validation)")
-    members, recs = _train_members(K, pool, n_member, seed, fit_member, say,
-                                   f" ({n_valid_member} of them for validation)")
-    report["members"] = recs
-    report["options"] = {k: (getattr(v, "given_as", v) if k == "reference_energies" else v)
-                         for k, v in report["options"].items()}
-    return members, served, report, held, pool
+        return CommitteePlan(pool=pool, held_out=held, n_member=n_member, report=report,
+                             check={"served_train": split.train, "member_train": member_train},
+                             fit_all=fit_all, mean_label=f"{family} on all {n_train} training frames ({n_valid} "
+                                                         "validation)",
+                             member_trainer=lambda served: fit_member,
+                             member_note=f" ({n_valid_member} of them for validation)")
+
+    def command(args) -> CommitteeCommand:
+        try:
+            options = network_options(train_one, args)
+        except InputError as exc:
+            raise UsageError(str(exc)) from None
+        return CommitteeCommand(dataset=args.dataset, energy_unit=getattr(args, "energy_unit", None),
+                                output=args.output, overwrite=getattr(args, "overwrite", False), options=options,
+                                n_member=args.committee_frames, seed=int(getattr(args, "seed", 0) or 0),
+                                reference_energies=getattr(args, "reference_energies", None))
+
+    return CommitteeHook(plan=plan, command=command, frames_default="half of the --n-train + --n-valid frames")
 
 
-def _nn_recipe(family: str):
-    """The one-model trainer of a shared-trainer family (same keywords and split counts)."""
-    if family == "schnet":
-        from .schnet_train import train_schnet
-
-        return train_schnet
-    from .bpnn_train import train_bpnn
-
-    return train_bpnn
-
-
-def bpnn_options(args, family: str = "bpnn") -> dict[str, Any]:
-    """Keywords of :func:`~ase_mlff.training.bpnn_train.train_bpnn` (or of
-    :func:`~ase_mlff.training.schnet_train.train_schnet`) from the parsed flags of
-    ``ase-mlff train bpnn`` (``schnet``): those of its parameters that the parser has."""
+def network_options(train_one: Callable, args) -> dict[str, Any]:
+    """Keywords of ``train_one`` (a shared-trainer recipe's one-model trainer) from the parsed
+    flags of its ``ase-mlff train`` command: those of its parameters that the parser has. The
+    committee sets the seed and passes reference energies itself."""
     import inspect
 
-    train_bpnn = _nn_recipe(family)
     given = vars(args)
-    skip = {"dataset", "seed", "progress", "checkpoint", "resume", "stop_after"}
+    skip = {*_NETWORK_OWN, "reference_energies"}
     opts = {}
-    for name in inspect.signature(train_bpnn).parameters:
+    for name in inspect.signature(train_one).parameters:
         if name in skip or name not in given or given[name] is None and name != "n_test":
             continue
         v = given[name]
@@ -564,10 +586,6 @@ def bpnn_options(args, family: str = "bpnn") -> dict[str, Any]:
     return opts
 
 
-def _jsonable(v) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
 def training_record(report: dict[str, Any]) -> dict[str, Any]:
     """The ``training`` dict of the committee's model file."""
     rec = {k: v for k, v in report.items() if k not in ("energy_unit",)}
@@ -577,28 +595,30 @@ def training_record(report: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+
 # ----------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The committee options of the ``ase-mlff train FAMILY`` parser of every family in
-    :data:`FAMILIES` (the only ones the committee trainer supports)."""
+def add_arguments(parser: argparse.ArgumentParser, family_hook: CommitteeHook) -> None:
+    """The committee options of the ``ase-mlff train FAMILY`` parser of a family whose recipe
+    provides ``family_hook`` (the CLI adds them for those families only)."""
     g = parser.add_argument_group(
         "committee (uncertainty; docs/uncertainty.md)",
         "With --committee K, K models are trained on random subsets of the training frames and stored "
         "in one file with a served mean; MLFFCalculator(..., uncertainty=True) then gives "
         "energy_uncertainty (eV), forces_uncertainty (eV/Å per atom) and stress_uncertainty.")
+    frames = family_hook.member_frames
     g.add_argument("--committee", type=int, default=None, metavar="K",
-                   help="train a committee of K >= 2 members (default: one model). sGDML: --n-train is then "
-                        "the frames per member; MFF: --committee-frames")
+                   help=f"train a committee of K >= 2 members (default: one model); {frames} then gives the "
+                        "frames per member")
     g.add_argument("--committee-mean", default="all", metavar="all|members|MODEL",
                    help="what the committee serves as energy and forces: 'all' (a model trained on all "
                         "training frames; the default), 'members' (the member average) or a model file of "
                         "the same family trained on the same data")
     g.add_argument("--committee-frames", type=int, default=None, metavar="N",
-                   help="MFF, BPNN: frames per member (default: half of the training pool; BPNN: of the "
-                        "--n-train + --n-valid frames)")
+                   help=f"frames per member (default: {family_hook.frames_default})"
+                   if frames == "--committee-frames" else f"not used: {frames} gives the frames per member")
     g.add_argument("--calibration-data", default=None, metavar="FILE",
-                   help="held-out frames (same units) on which the uncertainty is calibrated (default: the "
-                        "validation frames (sGDML --n-valid) or test frames (MFF, BPNN --n-test) of the data)")
+                   help="held-out frames (same units) on which the uncertainty is calibrated (default: "
+                        f"{family_hook.held_out} of the data)")
     g.add_argument("--n-calibration", type=int, default=None, metavar="N",
                    help="calibration frames drawn from --calibration-data (default: all)")
 
@@ -606,11 +626,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(family: str, args) -> int:
     """``ase-mlff train FAMILY --committee K ...``; exit status 0, 1 (data), 2 (usage)."""
     from .. import data as data_mod
+    from ..data import command_line_message
     from ..errors import MLFFError
     from ..io import load_model, save_model
     from .checkpoint import check_output
     from ..console import timed_printer
-    from .common import UsageError, parse_reference_energies
+    from .common import parse_reference_energies
 
     def fail(msg, code):
         print(f"ase-mlff train {family} --committee: error: {msg}", file=sys.stderr)
@@ -622,80 +643,38 @@ def run(family: str, args) -> int:
         return fail(f"--committee {K}: a committee needs at least 2 members", 2)
     if getattr(args, "resume", False):
         return fail("--resume is not available for committees (each member trains in one go)", 2)
-    if family == "sgdml":
-        from .sgdml_train import _resolve, _UsageError, parse_sigmas
-
-        try:
-            opts = _resolve(args)
-            sigmas = parse_sigmas(opts["sigmas"])
-        except (_UsageError, ValueError) as exc:
-            return fail(exc, 2)
-        if not opts.get("dataset"):
-            return fail("no dataset given", 2)
-        dataset, unit, output, overwrite = opts["dataset"], opts["energy_unit"], opts["output"], opts["overwrite"]
-        options = {"n_valid": int(opts["n_valid"]),
-                   "sigmas": sigmas, "lam": float(opts["lam"]), "symmetries": opts["symmetries"],
-                   "solver": opts["solver"]}
-        n_member, seed = int(opts["n_train"]), int(opts["seed"])
-        raw_reference = opts.get("reference_energies")
-    elif family in ("bpnn", "schnet"):
-        try:
-            options = bpnn_options(args, family)
-        except InputError as exc:
-            return fail(exc, 2)
-        dataset, unit, output = args.dataset, getattr(args, "energy_unit", None), args.output
-        overwrite = getattr(args, "overwrite", False)
-        n_member, seed = args.committee_frames, int(getattr(args, "seed", 0) or 0)
-        raw_reference = getattr(args, "reference_energies", None)
-    else:
-        given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-        try:  # flags over --config over defaults, as in ``train mff`` itself
-            from .common import resolve_options
-            from .mff_train import OPTIONS
-
-            given.update(resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",),
-                                         aliases={"dataset": "data"}))
-        except ImportError:  # pragma: no cover - a training package without option layering
-            pass
-        except UsageError as exc:
-            return fail(exc, 2)
-        if not given.get("data") or not given.get("output"):
-            return fail("give the data file and -o/--output", 2)
-        dataset, unit, output = given["data"], given.get("energy_unit"), given["output"]
-        overwrite = given.get("overwrite")
-        options = {"args": argparse.Namespace(**given)}
-        n_member, seed = args.committee_frames, int(given.get("seed") or 0)
-        raw_reference = given.get("reference_energies")
     try:
-        check_output(output, bool(overwrite), False)
-        reference = parse_reference_energies(raw_reference, unit)  # in --energy-unit, like the data
+        cmd = _hook_or_refuse(family).command(args)
+    except UsageError as exc:
+        return fail(exc, 2)
+    try:
+        check_output(cmd.output, bool(cmd.overwrite), False)
+        reference = parse_reference_energies(cmd.reference_energies, cmd.energy_unit)  # in --energy-unit, like the data
     except FileExistsError as exc:
         return fail(exc, 2)
     except UsageError as exc:
         return fail(exc, 2)
     try:
-        units = {"energy_unit": unit}
+        units = {"energy_unit": cmd.energy_unit}
         if getattr(args, "length_unit", None):
             units["length_unit"] = args.length_unit
-        ds = data_mod.read(dataset, **units)
+        ds = data_mod.read(cmd.dataset, **units)
         cal = data_mod.read(args.calibration_data, **units) if args.calibration_data else None
         mean = args.committee_mean
         if mean not in ("all", "members"):
             mean = load_model(mean)
-        model, report = train_committee(family, ds, K, n_member=n_member, mean=mean, seed=seed, calibration=cal,
-                                        n_calibration=args.n_calibration, progress=progress,
-                                        reference_energies=reference, **options)
+        model, report = train_committee(family, ds, K, n_member=cmd.n_member, mean=mean, seed=cmd.seed,
+                                        calibration=cal, n_calibration=args.n_calibration, progress=progress,
+                                        reference_energies=reference, **cmd.options)
     except UsageError as exc:  # e.g. a member's frames lack an element (checked before anything trains)
         return fail(exc, 2)
     except MLFFError as exc:
-        from .sgdml_train import cli_message
-
-        return fail(cli_message(exc), 1)
+        return fail(command_line_message(str(exc)), 1)
     rec = training_record(report)
     rec["command"] = " ".join(sys.argv)
-    save_model(model, output, training=rec)
+    save_model(model, cmd.output, training=rec)
     c = report["calibration"]
-    print(f"committee of {K} {family} models written to {output} (serving "
+    print(f"committee of {K} {family} models written to {cmd.output} (serving "
           f"{report['mean']['kind']}; calibration factors energy {c['factors']['energy']:.3g}, "
           f"forces {c['factors']['forces']:.3g} on {c['n_frames']} held-out frames; "
           f"{report['train_time_s']:.0f} s)")

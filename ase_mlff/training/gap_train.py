@@ -139,6 +139,12 @@ _NOT_MODEL = ("test", "checkpoint", "checkpoint_interval", "resume")
 _HOLD_OUT = "hold out frames with --n-test N or give --test FILE"
 
 
+#: why this recipe provides no committee hook (:mod:`ase_mlff.training.committee`; so ``train
+#: gap`` has no ``--committee``), quoted when a GAP committee is asked for
+NO_COMMITTEE = ("a GAP gives its own calibrated predictive variance, no committee needed "
+                "(MLFFCalculator(model, uncertainty=True); docs/gap.md)")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("data", nargs="?", help="training data file (extxyz, npz, db ...; eV, Å; "
                                                 "default: \"data\" in --config)")

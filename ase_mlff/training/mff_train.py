@@ -41,6 +41,7 @@ import numpy as np
 
 from ..console import timed_printer
 from ..metrics import format_metrics, frame_metrics
+from .committee import CommitteeCommand, CommitteeHook, CommitteePlan
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options, check_given_reference,
                      check_new_output, check_split_elements, format_training_metrics, observables,
                      parse_reference_energies, predict_frames, read_training_data, reference_energies,
@@ -522,6 +523,86 @@ def run(args) -> int:
         _parity(opts["plot"], model, [ds[int(i)] for i in report["split"]["test_indices"]])
         print(f"parity plot written to {opts['plot']}")
     return 0
+
+
+# ---------------------------------------------------------------------------------- committees
+def options_namespace(**overrides) -> argparse.Namespace:
+    """The options of ``ase-mlff train mff`` (defaults) with ``overrides`` by Python name."""
+    from ..errors import InputError
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(["data", "-o", "unused.mlff"])
+    unknown = set(overrides) - set(vars(args))
+    if unknown:
+        raise InputError(f"unknown MFF training option(s): {', '.join(sorted(unknown))}")
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def _jsonable(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _committee_plan(ds, options, *, n_member, seed, reference, say) -> CommitteePlan:
+    """MFF committees (:data:`COMMITTEE`): the data are split into the training pool and
+    ``n_test`` held-out frames (``Dataset.split``, ``seed``), which calibrate; the served mean
+    ("all") and each member (``n_member`` pool frames, default half of the pool) are
+    :func:`train_mff` on their frames with no test frames of their own. ``options``: those of
+    ``ase-mlff train mff`` by their Python names (``rc2``, ``rc3``, ``n_test``, ``n_energy``,
+    ``n_force_atoms``, ``h2``, ...), or ``args``, its parsed flags."""
+    from ..errors import DatasetError
+
+    args = options.pop("args", None) or options_namespace(**options)
+    if reference is not None:
+        args.reference_energies = reference
+    n_test = int(args.n_test)
+    if n_test >= len(ds):
+        raise DatasetError(f"--n-test {n_test} leaves no training frames: the data have {len(ds)} frames")
+    split = ds.split(len(ds) - n_test, 0, n_test, seed=seed)
+    pool, held = split.train, split.test
+    n_member = len(pool) // 2 if n_member is None else int(n_member)
+    if not 1 <= n_member <= len(pool):
+        raise DatasetError(f"{n_member} frames per member from a pool of {len(pool)} training frames")
+    # every model (mean and members) is also evaluated on a --test file, when one is given
+    test = [] if getattr(args, "test", None) is None else list(
+        read_training_data(args.test, getattr(args, "energy_unit", None)))
+
+    def fit(indices, member_seed):
+        a = argparse.Namespace(**{**vars(args), "n_test": 0, "n_gp_eval": 0, "seed": member_seed})
+        model, _gp, rep = train_mff(a, ds[indices], log=say)
+        return model, rep
+
+    def fit_all():
+        model, rep = fit(pool, seed)
+        return model, {"hyperparameters": rep["hyperparameters"]}
+
+    def fit_member(idx, member_seed):
+        m, rep = fit(idx, member_seed)
+        return m, {"train_indices": idx.tolist(), "hyperparameters": rep["hyperparameters"],
+                   "trained_on": rep["trained_on"]}
+
+    report = {"n_member": n_member, "n_pool": int(len(pool)), "held_out_indices": held.tolist(),
+              "options": {k: v for k, v in vars(args).items() if not k.startswith("_") and _jsonable(v)}}
+    return CommitteePlan(pool=pool, held_out=held, n_member=n_member, report=report,
+                         check={"served_train": pool, "test": test}, fit_all=fit_all,
+                         mean_label=f"MFF on all {len(pool)} training frames", member_trainer=lambda served: fit_member)
+
+
+def _committee_command(args) -> CommitteeCommand:
+    """``ase-mlff train mff --committee K``: the flags over --config over defaults, as in
+    ``train mff`` itself."""
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    given.update(resolve_options([o for o in OPTIONS if o.cli], args, extra=("data",), aliases={"dataset": "data"}))
+    if not given.get("data") or not given.get("output"):
+        raise UsageError("give the data file and -o/--output")
+    return CommitteeCommand(dataset=given["data"], energy_unit=given.get("energy_unit"), output=given["output"],
+                            overwrite=given.get("overwrite"), options={"args": argparse.Namespace(**given)},
+                            n_member=args.committee_frames, seed=int(given.get("seed") or 0),
+                            reference_energies=given.get("reference_energies"))
+
+
+#: ``ase-mlff train mff --committee K`` (:mod:`ase_mlff.training.committee`)
+COMMITTEE = CommitteeHook(plan=_committee_plan, command=_committee_command)
 
 
 def main(argv=None) -> int:

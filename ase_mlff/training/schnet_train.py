@@ -56,6 +56,7 @@ from ..errors import DatasetError, InputError, MLFFError, OutputExistsError
 from ..graph import graph_from_structure
 from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
+from .committee import network_committee
 from .common import (check_given_reference, check_split_elements, format_training_metrics, parse_reference_energies,
                      reference_energies_record)
 
@@ -445,6 +446,13 @@ def _run(args, ddp) -> int:
     if report.get("train"):
         print(format_training_metrics(report["train"], "hold out test frames with --n-test N"))
     return EXIT_OK
+
+
+# ------------------------------------------------------------------------- committees
+#: ``ase-mlff train schnet --committee K``: the split and member scheme of the shared trainer's
+#: recipes (:func:`~ase_mlff.training.committee.network_committee`), each member a
+#: :func:`train_schnet` model.
+COMMITTEE = network_committee("schnet", train_schnet)
 
 
 def main(argv=None) -> int:

@@ -39,6 +39,7 @@ from ..models.sgdml import SGDMLModel
 from ..rng import random_stream
 from ..units import energy_factor
 from .checkpoint import Checkpointer, StopGuard, identity
+from .committee import CommitteeCommand, CommitteeHook, CommitteePlan
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError, add_options, check_given_reference,
                      check_new_output, check_split_elements, format_training_metrics, parse_reference_energies,
                      read_training_data, reference_energies_record, resolve_options)
@@ -623,9 +624,6 @@ def parse_sigmas(text) -> list[float] | None:
     return out
 
 
-_UsageError = UsageError  # old name
-
-
 def _resolve(args) -> dict[str, Any]:
     """Options of a parsed command line: defaults, then --config, then the flags typed."""
     return resolve_options([o for o in OPTIONS if o.cli], args, extra=("dataset",), aliases={"data": "dataset"})
@@ -731,6 +729,81 @@ def run(args) -> int:
                         title=f"sGDML test parity ({len(idx)} frames)")
             print(f"parity plot written to {opts['plot']}")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------- committees
+def _committee_plan(ds, options, *, n_member, seed, reference, say) -> CommitteePlan:
+    """sGDML committees (:data:`COMMITTEE`): ``n_valid`` validation frames (stream
+    "committee-validation" of ``seed``) are held out, to choose sigma and to calibrate; the rest
+    is the pool. The served mean ("all") and each member (``n_member`` pool frames, default a
+    quarter of the pool) are :func:`train_sgdml` with explicit ``train_indices``. A member's
+    length scale is the served mean's (chosen by its own validation search) unless ``sigmas``
+    is given, so that the spread reflects the data and not a noisy hyperparameter search on
+    small subsets. ``options``: keywords of :func:`train_sgdml` (``n_valid``, ``sigmas``,
+    ``lam``, ``symmetries``, ``solver``). Given reference energies are recorded only."""
+    n_valid = int(options.pop("n_valid", 0) or 0)
+    sigmas = options.pop("sigmas", None)
+    for drop in ("n_train", "test", "n_test", "checkpoint", "resume"):
+        options.pop(drop, None)
+    M = len(ds)
+    if n_valid >= M:
+        raise DatasetError(f"{n_valid} validation frames leave no training frames: the data have {M}")
+    valid = np.sort(random_stream(seed, "committee-validation").choice(M, n_valid, replace=False)).astype(np.int64)
+    pool = np.setdiff1d(np.arange(M), valid)
+    n_member = len(pool) // 4 if n_member is None else int(n_member)
+    if not 1 <= n_member <= len(pool):
+        raise DatasetError(f"{n_member} frames per member (--n-train) from a pool of {len(pool)} training frames")
+
+    def fit_all():
+        model, rep = train_sgdml(ds, len(pool), len(valid), sigmas=sigmas, seed=seed, train_indices=pool,
+                                 valid_indices=valid, test_indices=np.zeros(0, np.int64), progress=say, **options)
+        return model, {"sigma": rep["sigma"], "n_train": rep["n_train"], "valid": rep["valid"]}
+
+    def member_trainer(served):
+        member_sigmas = sigmas if sigmas is not None or served is None else [served.sigma]
+        if member_sigmas is not None and len(member_sigmas) > 1 and not len(valid):
+            raise DatasetError("choosing sigma for the members needs validation frames (--n-valid) or one --sigmas "
+                               "value")
+
+        def fit_member(idx, member_seed):
+            m, rep = train_sgdml(ds, n_member, len(valid), sigmas=member_sigmas, seed=member_seed,
+                                 train_indices=idx, valid_indices=valid, test_indices=np.zeros(0, np.int64),
+                                 progress=say, **options)
+            return m, {"sigma": rep["sigma"], "n_symmetries": rep["n_symmetries"], "train_indices": idx.tolist(),
+                       "valid": rep["valid"], "trained_on": ["energy", "forces"]}
+
+        return fit_member
+
+    return CommitteePlan(pool=pool, held_out=valid, n_member=n_member,
+                         report={"n_member": n_member, "n_pool": int(len(pool)), "valid_indices": valid.tolist()},
+                         check={"served_train": pool, "validation": valid}, fit_all=fit_all,
+                         mean_label=f"sGDML on all {len(pool)} training frames", member_trainer=member_trainer,
+                         describe_given_mean=lambda mean: {"n_train": getattr(mean, "n_train", None),
+                                                           "sigma": getattr(mean, "sigma", None)})
+
+
+def _committee_command(args) -> CommitteeCommand:
+    """``ase-mlff train sgdml --committee K``: --n-train is the frames per member."""
+    try:
+        opts = _resolve(args)
+        sigmas = parse_sigmas(opts["sigmas"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not opts.get("dataset"):
+        raise UsageError("no dataset given")
+    options = {"n_valid": int(opts["n_valid"]), "sigmas": sigmas, "lam": float(opts["lam"]),
+               "symmetries": opts["symmetries"], "solver": opts["solver"]}
+    return CommitteeCommand(dataset=opts["dataset"], energy_unit=opts["energy_unit"], output=opts["output"],
+                            overwrite=opts["overwrite"], options=options, n_member=int(opts["n_train"]),
+                            seed=int(opts["seed"]), reference_energies=opts.get("reference_energies"))
+
+
+#: ``ase-mlff train sgdml --committee K`` (:mod:`ase_mlff.training.committee`)
+COMMITTEE = CommitteeHook(
+    plan=_committee_plan, command=_committee_command, member_frames="--n-train",
+    frames_default="a quarter of the training pool", held_out="the validation frames (--n-valid)",
+    given_reference="given; recorded only (each sGDML model's energy constant absorbs sum e0)",
+    no_reference=("none", "an sGDML model has one energy constant for the molecule, no per-element energies"))
 
 
 def main(argv=None) -> int:
