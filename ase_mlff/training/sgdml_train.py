@@ -20,7 +20,6 @@ reported instead (``metrics["train"]``), labelled as training-set errors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -28,7 +27,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..console import timed_printer
 from ..metrics import error_metrics, format_metrics
@@ -44,7 +42,7 @@ from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, Option, UsageError
                      check_new_output, check_split_elements, format_training_metrics, parse_reference_energies,
                      read_training_data, reference_energies_record, resolve_options)
 from .common import training_record as common_record
-from .gp import KernelData, KernelOperator, NystromPreconditioner, assemble_kernel, solve_cholesky, solve_pcg
+from .sgdml_search import MEMORY_SAFETY, SigmaSearch  # noqa: F401  (MEMORY_SAFETY: see train_sgdml)
 from .symmetries import close_group, find_symmetries
 
 #: default sigma grid (descriptor units, 1/Å), as in the reference sGDML code
@@ -53,8 +51,6 @@ from .symmetries import close_group, find_symmetries
 SUMMARY = "train an sGDML model (global, one molecule)"
 
 DEFAULT_SIGMAS = tuple(range(10, 100, 10))
-#: fraction of the available memory the dense Cholesky path may use (one kernel, factorised in place)
-MEMORY_SAFETY = 0.75
 
 
 # ---------------------------------------------------------------------------------- data
@@ -103,15 +99,6 @@ _DATA_UNIT_KEYS = ("n", "unit", "energy_mae", "energy_rmse", "forces_mae", "forc
 def shared_metrics(table: dict | None) -> dict | None:
     """The shared-metrics part of an :func:`error_table` (what model files record)."""
     return None if table is None else {k: v for k, v in table.items() if k not in _DATA_UNIT_KEYS}
-
-
-def _available_memory() -> float:
-    try:
-        import psutil
-
-        return float(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def _peak_memory_bytes() -> int:
@@ -230,25 +217,60 @@ def train_sgdml(
     t_start = time.perf_counter()
     say = progress or (lambda msg: None)
     opt = _namer(_cli)
+    # 1. the data: arrays checked and in float64
+    d = _training_arrays(data)
+    dt = None if test is None else _unpack(test)
+    sigmas = list(DEFAULT_SIGMAS if sigmas is None else sigmas)
+    if solver not in ("auto", "cholesky", "cg"):
+        raise ValueError(f"{opt('solver')} must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+    ident = _run_identity(d, sigmas, n_train=n_train, n_valid=n_valid, lam=lam, symmetries=symmetries,
+                          solver=solver, seed=seed, cg_tol=cg_tol, cg_maxiter=cg_maxiter, n_inducing=n_inducing,
+                          train_indices=train_indices, valid_indices=valid_indices)
+    with StopGuard(stream=sys.stderr) as guard:
+        ckpt = Checkpointer(checkpoint, ident, interval_s=checkpoint_interval, every=checkpoint_every,
+                            stop_after=stop_after, guard=guard)
+        state, saved = _start_or_resume(ckpt, resume, len(sigmas), say, opt)
+        # 2. training and validation frames (a resumed run takes the very same from its checkpoint)
+        train_idx, valid_idx = _choose_frames(d, dt, saved, n_train, n_valid, train_indices, valid_indices,
+                                              seed, len(sigmas), opt)
+        # 3. the permutational symmetries of the training geometries
+        t0 = time.perf_counter()
+        perms = _symmetry_step(d, train_idx, saved, symmetries, seed, say)
+        t_sym = time.perf_counter() - t0
+        say(f"{len(perms)} symmetries ({t_sym:.1f} s)")
+        # 4. the search over sigmas: one solve each, scored on the validation frames
+        search = SigmaSearch(d, train_idx, valid_idx, perms, lam, state, saved)
+        search.choose_solver(solver, memory_limit, n_inducing, seed, say, opt)
+        search.run(sigmas, ckpt, cg_tol, cg_maxiter, say)
+    # 5. the final model: the best sigma's solution, its integration constant, label checks
+    model, E0, kbest = search.best_model(sigmas)
+    if len(sigmas) > 1 and (model.sigma == min(map(float, sigmas)) or model.sigma == max(map(float, sigmas))):
+        warn(f"the best sigma ({model.sigma:g}) is at the edge of the grid {sigmas}; extend the grid")
+    checks = _label_checks(search.Et, E0)
+    # 6. test errors (the training-set errors when nothing is held out)
+    tested = _test_errors(model, d, dt, search, test_indices, n_test, seed, say)
+    # 7. the record
+    return model, _report(model, search, kbest, sigmas, tested, checks, d, lam=lam, seed=seed, resume=resume,
+                          checkpoint=ckpt.path, t_start=t_start, t_sym=t_sym)
+
+
+def _training_arrays(data) -> dict[str, Any]:
+    """:func:`_unpack`, with the labels sGDML needs checked and the arrays in float64."""
     d = _unpack(data)
     R, z, E, F = d["R"], np.asarray(d["z"], dtype=np.int64), d["E"], d["F"]
     if F is None:
         raise DatasetError("sGDML trains on forces; the training data have none")
     if E is None:
         raise DatasetError("sGDML needs energies to fit the integration constant; the training data have none")
-    R = np.asarray(R, np.float64)
-    E = np.asarray(E, np.float64)
-    F = np.asarray(F, np.float64)
-    M_all, N = R.shape[:2]
-    unit = d["unit"]
-    dt = None if test is None else _unpack(test)
-    sigmas = list(DEFAULT_SIGMAS if sigmas is None else sigmas)
-    if solver not in ("auto", "cholesky", "cg"):
-        raise ValueError(f"{opt('solver')} must be 'auto', 'cholesky' or 'cg', got {solver!r}")
+    return {**d, "R": np.asarray(R, np.float64), "z": z, "E": np.asarray(E, np.float64),
+            "F": np.asarray(F, np.float64)}
 
-    # ---- checkpoint: what this run is (everything that changes the model)
+
+def _run_identity(d, sigmas, *, n_train, n_valid, lam, symmetries, solver, seed, cg_tol, cg_maxiter, n_inducing,
+                  train_indices, valid_indices) -> dict[str, Any]:
+    """What this run is, for its checkpoint: the data and everything that changes the model."""
     sym_opt = symmetries if isinstance(symmetries, str) else [np.asarray(p).tolist() for p in symmetries]
-    ident = identity("sgdml", d["sha256"] or _arrays_sha256(R, z, E, F), {
+    return identity("sgdml", d["sha256"] or _arrays_sha256(d["R"], d["z"], d["E"], d["F"]), {
         "n_train": None if train_indices is not None else int(n_train),
         "n_valid": None if valid_indices is not None else int(n_valid),
         "sigmas": [float(s) for s in sigmas], "lam": float(lam), "symmetries": sym_opt, "solver": solver,
@@ -256,221 +278,119 @@ def train_sgdml(
         "train_indices": None if train_indices is None else np.asarray(train_indices).tolist(),
         "valid_indices": None if valid_indices is None else np.asarray(valid_indices).tolist(),
     })
-    with StopGuard(stream=sys.stderr) as guard:
-        ckpt = Checkpointer(checkpoint, ident, interval_s=checkpoint_interval, every=checkpoint_every,
-                            stop_after=stop_after, guard=guard)
-        state: dict[str, Any] = {}
-        saved: dict[str, np.ndarray] = {}
-        if resume:
-            state, saved = ckpt.load()
-            say(f"resuming from {ckpt.path}: {len(state.get('results', []))} of {len(sigmas)} sigmas done")
-        elif ckpt.exists():
-            raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; continue it with "
-                                f"{opt('resume')}, or delete it to start over")
 
-        # ---- split (stored in the checkpoint: a resumed run uses the very same frames)
-        if "train_idx" in saved:
-            train_idx, valid_idx = saved["train_idx"].astype(np.int64), saved["valid_idx"].astype(np.int64)
+
+def _start_or_resume(ckpt, resume: bool, n_sigmas: int, say, opt) -> tuple[dict, dict]:
+    """``(state, arrays)`` of the interrupted run to resume, or empty ones for a fresh run (which
+    refuses to start over a checkpoint left by an interrupted one)."""
+    if resume:
+        state, saved = ckpt.load()
+        say(f"resuming from {ckpt.path}: {len(state.get('results', []))} of {n_sigmas} sigmas done")
+        return state, saved
+    if ckpt.exists():
+        raise TrainingError(f"checkpoint {ckpt.path} exists from an interrupted run; continue it with "
+                            f"{opt('resume')}, or delete it to start over")
+    return {}, {}
+
+
+def _choose_frames(d, dt, saved, n_train, n_valid, train_indices, valid_indices, seed, n_sigmas,
+                   opt) -> tuple[np.ndarray, np.ndarray]:
+    """Training frames (stratified by energy unless given) and validation frames (at random from
+    the rest unless given), or those of the checkpoint; checked before any kernel work."""
+    E, M_all = d["E"], len(d["R"])
+    if "train_idx" in saved:
+        train_idx, valid_idx = saved["train_idx"].astype(np.int64), saved["valid_idx"].astype(np.int64)
+    else:
+        if train_indices is None:
+            if n_train + n_valid > M_all:
+                raise DatasetError(f"asked for {n_train} training ({opt('n_train')}) + {n_valid} validation "
+                                   f"({opt('n_valid')}) frames, the data have {M_all}")
+            if d["ds"] is not None and hasattr(d["ds"], "select_stratified"):
+                train_idx = np.asarray(d["ds"].select_stratified(None, n_train, seed), dtype=np.int64)
+            else:
+                train_idx = _stratified(E, np.arange(M_all), n_train, seed)
         else:
-            if train_indices is None:
-                if n_train + n_valid > M_all:
-                    raise DatasetError(f"asked for {n_train} training ({opt('n_train')}) + {n_valid} validation "
-                                       f"({opt('n_valid')}) frames, the data have {M_all}")
-                if d["ds"] is not None and hasattr(d["ds"], "select_stratified"):
-                    train_idx = np.asarray(d["ds"].select_stratified(None, n_train, seed), dtype=np.int64)
-                else:
-                    train_idx = _stratified(E, np.arange(M_all), n_train, seed)
-            else:
-                train_idx = np.asarray(train_indices, dtype=np.int64)
-            rest = np.setdiff1d(np.arange(M_all), train_idx)
-            if valid_indices is None:
-                if n_valid > len(rest):
-                    raise DatasetError(f"only {len(rest)} frames left for {n_valid} validation frames "
-                                       f"({opt('n_valid')})")
-                vrng = random_stream(seed, "validation")
-                valid_idx = np.sort(vrng.choice(rest, n_valid, replace=False)) if n_valid else np.zeros(0, np.int64)
-            else:
-                valid_idx = np.asarray(valid_indices, dtype=np.int64)
-        if len(np.intersect1d(train_idx, valid_idx)):
-            raise DatasetError("training and validation frames overlap")
-        # every frame of one data set holds the same atoms: only a test set of another molecule can
-        # fail, with the shared element check (exit 2) first, before any kernel work
-        if dt is not None and not np.array_equal(np.asarray(dt["z"]), z):
-            check_split_elements([z], {"test": [np.asarray(dt["z"])]})
-            raise DatasetError("test data have different atoms (or atom order) than the training data")
-        if len(valid_idx) == 0 and len(sigmas) > 1:
-            raise DatasetError(f"the sigma search needs validation frames ({opt('n_valid')} > 0) "
-                               f"or a single sigma ({opt('sigmas')})")
-        M = len(train_idx)
-
-        # ---- symmetries
-        t0 = time.perf_counter()
-        Rt, Ft, Et = R[train_idx], F[train_idx], E[train_idx]
-        if "perms" in saved:
-            perms = saved["perms"].astype(np.int64)
+            train_idx = np.asarray(train_indices, dtype=np.int64)
+        rest = np.setdiff1d(np.arange(M_all), train_idx)
+        if valid_indices is None:
+            if n_valid > len(rest):
+                raise DatasetError(f"only {len(rest)} frames left for {n_valid} validation frames "
+                                   f"({opt('n_valid')})")
+            vrng = random_stream(seed, "validation")
+            valid_idx = np.sort(vrng.choice(rest, n_valid, replace=False)) if n_valid else np.zeros(0, np.int64)
         else:
-            say("finding permutational symmetries" if symmetries == "auto" else "setting up symmetries")
-            perms = _symmetry_group(symmetries, Rt, z, seed)
-        t_sym = time.perf_counter() - t0
-        say(f"{len(perms)} symmetries ({t_sym:.1f} s)")
+            valid_idx = np.asarray(valid_indices, dtype=np.int64)
+    if len(np.intersect1d(train_idx, valid_idx)):
+        raise DatasetError("training and validation frames overlap")
+    # every frame of one data set holds the same atoms: only a test set of another molecule can
+    # fail, with the shared element check (exit 2) first, before any kernel work
+    z = d["z"]
+    if dt is not None and not np.array_equal(np.asarray(dt["z"]), z):
+        check_split_elements([z], {"test": [np.asarray(dt["z"])]})
+        raise DatasetError("test data have different atoms (or atom order) than the training data")
+    if len(valid_idx) == 0 and n_sigmas > 1:
+        raise DatasetError(f"the sigma search needs validation frames ({opt('n_valid')} > 0) "
+                           f"or a single sigma ({opt('sigmas')})")
+    return train_idx, valid_idx
 
-        # ---- solver (the resolved choice is part of the state: memory may differ on resume)
-        kd = KernelData(Rt, perms)
-        n = 3 * N * M
-        avail = float(memory_limit) if memory_limit else _available_memory()
-        need = 1.1 * n * n * 8
-        if "solver" in state:
-            solver = state["solver"]
-        elif solver == "auto":
-            solver = "cholesky" if need <= MEMORY_SAFETY * avail else "cg"
-        if solver == "cholesky" and need > avail:
-            raise TrainingError(
-                f"the dense kernel for {M} geometries of {N} atoms needs ~{need / 2**30:.1f} GiB, "
-                f"only {avail / 2**30:.1f} GiB available; use {opt('solver')} cg"
-            )
-        say(f"solver: {solver} ({n} unknowns)")
-        y = torch.from_numpy(Ft.reshape(-1).copy())
-        ystd = float(y.std())
-        ys = y / ystd
 
-        K_buf = torch.empty((n, n), dtype=torch.float64) if solver == "cholesky" else None
-        inducing = None
-        if solver == "cg":
-            if "inducing" in saved:
-                inducing = saved["inducing"].astype(np.int64)
-            else:
-                if n_inducing is None:
-                    budget = 0.25 * avail
-                    n_inducing = int(max(1, min(M, 200, budget // (2.5 * n * 3 * N * 8))))
-                inducing = np.sort(random_stream(seed, "inducing").choice(M, min(n_inducing, M), replace=False))
+def _symmetry_step(d, train_idx, saved, symmetries, seed, say) -> np.ndarray:
+    """The symmetry group of the training geometries (``(S, N)`` permutations), or the checkpoint's."""
+    if "perms" in saved:
+        return saved["perms"].astype(np.int64)
+    say("finding permutational symmetries" if symmetries == "auto" else "setting up symmetries")
+    return _symmetry_group(symmetries, d["R"][train_idx], d["z"], seed)
 
-        def model_from(alpha: torch.Tensor, sigma: float):
-            v = torch.bmm(kd.J, alpha.reshape(M, -1, 1)).squeeze(-1).numpy()
-            model = SGDMLModel.from_training(z, perms, kd.D.numpy(), v, float(sigma), lam, 0.0)
-            E0, _ = model.predict_numpy(Rt)
-            model.c = float(np.mean(Et - E0))
-            return model, E0
 
-        Rv, Ev, Fv = R[valid_idx], E[valid_idx], F[valid_idx]
-        results: list[dict[str, Any]] = list(state.get("results", []))
-        cg_info_all: dict[str, Any] = dict(state.get("cg_info", {}))
-        best = None  # (score, alpha, k)
-        if "best_alpha" in saved:
-            best = (float(state["best_score"]), torch.from_numpy(saved["best_alpha"]), int(state["best_k"]))
-        x_prev = torch.from_numpy(saved["x_prev"]) if "x_prev" in saved else None
-        cg_resume = None
-        if "cg_x" in saved:
-            cg_resume = {"x": torch.from_numpy(saved["cg_x"]), "r": torch.from_numpy(saved["cg_r"]),
-                         "p": torch.from_numpy(saved["cg_p"]), "rz": state["cg_rz"], "it": state["cg_it"],
-                         "history": state.get("cg_history", [])}
-
-        def snapshot(cg: dict | None = None):
-            st = {"solver": solver, "results": results, "cg_info": cg_info_all}
-            arr = {"train_idx": train_idx, "valid_idx": valid_idx, "perms": perms}
-            if inducing is not None:
-                arr["inducing"] = inducing
-            if best is not None:
-                st.update(best_score=best[0], best_k=best[2])
-                arr["best_alpha"] = best[1].numpy()
-            if x_prev is not None:
-                arr["x_prev"] = x_prev.numpy()
-            if cg is not None:
-                st.update(cg_rz=cg["rz"], cg_it=cg["it"], cg_history=cg["history"])
-                arr.update(cg_x=cg["x"].numpy(), cg_r=cg["r"].numpy(), cg_p=cg["p"].numpy())
-            return st, arr
-
-        for k, sigma in enumerate(sigmas):
-            if k < len(results):
-                continue  # completed before the interruption
-            ts = time.perf_counter()
-            say(f"sigma {sigma} ({k + 1}/{len(sigmas)}): building kernel")
-            try:
-                if solver == "cholesky":
-                    assemble_kernel(kd, float(sigma), out=K_buf)
-                    say(f"sigma {sigma}: Cholesky factorisation of {n}x{n}")
-                    alpha = solve_cholesky(K_buf, ys, lam) * ystd
-                else:
-                    op = KernelOperator(kd, float(sigma), lam)
-                    mu = lam  # shift of the preconditioner: lam itself worked best (fewest iterations)
-                    say(f"sigma {sigma}: Nyström preconditioner from {len(inducing)} geometries")
-                    pre = NystromPreconditioner(kd, float(sigma), inducing, mu)
-                    xs, cg_info = solve_pcg(
-                        op, ys, pre, tol=cg_tol, maxiter=cg_maxiter, x0=x_prev, state=cg_resume,
-                        progress=lambda m: say(f"sigma {sigma}: {m}"),
-                        on_iteration=lambda it, get: ckpt.safe_point(lambda: snapshot(get())))
-                    cg_resume = None
-                    del pre
-                    x_prev = xs
-                    alpha = xs * ystd
-                    cg_info_all[str(sigma)] = {k2: v for k2, v in cg_info.items() if k2 != "history"}
-            except TrainingError as exc:
-                warn(f"sigma {sigma}: {exc}")
-                results.append({"sigma": float(sigma), "failed": str(exc)})
-                ckpt.safe_point(snapshot, force=True)
-                continue
-            model, _ = model_from(alpha, sigma)
-            entry = {"sigma": float(sigma), "time_s": time.perf_counter() - ts}
-            if len(valid_idx):
-                Epv, Fpv = model.predict_numpy(Rv)
-                entry["valid"] = error_table(Epv, Ev, Fpv, Fv, unit, z)
-                say(f"sigma {sigma}: validation force RMSE {entry['valid']['forces_rmse_meV_per_A']:.2f} meV/Å, "
-                    f"MAE {entry['valid']['forces_mae_meV_per_A']:.2f} meV/Å ({entry['time_s']:.0f} s)")
-                score = entry["valid"]["forces_rmse"]
-            else:
-                score = 0.0
-            results.append(entry)
-            if best is None or score < best[0]:
-                best = (score, alpha, k)
-            ckpt.safe_point(snapshot, force=True)
-        del K_buf
-    if best is None:
-        raise TrainingError("training failed for every sigma: " + "; ".join(r.get("failed", "") for r in results))
-    _, alpha_best, kbest = best
-    model, E0 = model_from(alpha_best, sigmas[kbest])
-    ok = [r["sigma"] for r in results if "failed" not in r]
-    if len(sigmas) > 1 and (model.sigma == min(map(float, sigmas)) or model.sigma == max(map(float, sigmas))):
-        warn(f"the best sigma ({model.sigma:g}) is at the edge of the grid {sigmas}; extend the grid")
-    checks = _label_checks(Et, E0)
-
-    # ---- test
-    test_report = None
+def _test_errors(model, d, dt, search: SigmaSearch, test_indices, n_test, seed, say):
+    """``(test indices, test errors, training-set errors)``: the errors on the test frames (of
+    ``dt``, else the frames of ``d`` not used for training or validation), or, with nothing
+    held out, on the training frames (labelled as such); the other of the two is None."""
+    unit, z = d["unit"], d["z"]
     if dt is not None:
         Rte, Ete, Fte = np.asarray(dt["R"], np.float64), dt["E"], dt["F"]
         te_idx = np.arange(len(Rte)) if test_indices is None else np.asarray(test_indices, np.int64)
         if test_indices is None and n_test is not None:
             te_idx = te_idx[:n_test]
     else:
-        Rte, Ete, Fte = R, E, F
+        Rte, Ete, Fte = d["R"], d["E"], d["F"]
         if test_indices is not None:
             te_idx = np.asarray(test_indices, np.int64)
         else:
-            te_idx = np.setdiff1d(np.arange(M_all), np.concatenate([train_idx, valid_idx]))
+            te_idx = np.setdiff1d(np.arange(len(Rte)), np.concatenate([search.train_idx, search.valid_idx]))
             if n_test is not None:
                 te_idx = np.sort(random_stream(seed, "test").choice(te_idx, min(n_test, len(te_idx)), replace=False))
-    train_report = None
+    test_report = train_report = None
     if len(te_idx) and Ete is not None and Fte is not None:
         say(f"testing on {len(te_idx)} frames")
         Ep, Fp = model.predict_numpy(Rte[te_idx])
         test_report = error_table(Ep, Ete[te_idx], Fp, Fte[te_idx], unit, z)
     else:  # nothing held out for testing: at least the fit to the training frames, labelled as such
-        Ep, Fp = model.predict_numpy(Rt)
-        train_report = error_table(Ep, Et, Fp, Ft, unit, z)
+        Ep, Fp = model.predict_numpy(search.Rt)
+        train_report = error_table(Ep, search.Et, Fp, search.Ft, unit, z)
         say(format_training_metrics(shared_metrics(train_report)))
+    return te_idx, test_report, train_report
 
+
+def _report(model, search: SigmaSearch, kbest: int, sigmas, tested, checks, d, *, lam, seed, resume, checkpoint,
+            t_start: float, t_sym: float) -> dict[str, Any]:
+    """The report :func:`train_sgdml` returns (``tested``: what :func:`_test_errors` returned)."""
+    te_idx, test_report, train_report = tested
+    results = search.results
     report = {
         "sigma": model.sigma,
         "sigmas": [float(s) for s in sigmas],
         "per_sigma": results,
         "lam": lam,
-        "n_symmetries": int(len(perms)),
-        "symmetries": perms.tolist(),
-        "solver": solver,
-        "cg": cg_info_all or None,
-        "n_train": int(M),
-        "n_valid": int(len(valid_idx)),
+        "n_symmetries": int(len(search.perms)),
+        "symmetries": search.perms.tolist(),
+        "solver": search.solver,
+        "cg": search.cg_info or None,
+        "n_train": int(search.M),
+        "n_valid": int(len(search.valid_idx)),
         "n_test": int(len(te_idx)),
-        "train_indices": train_idx.tolist(),
-        "valid_indices": valid_idx.tolist(),
+        "train_indices": search.train_idx.tolist(),
+        "valid_indices": search.valid_idx.tolist(),
         "test_indices": np.asarray(te_idx).tolist(),
         "integration_constant_eV": model.c,
         "label_checks": checks,
@@ -480,16 +400,17 @@ def train_sgdml(
         "valid": results[kbest].get("valid"),
         "test": test_report,
         "train": train_report,
-        "energy_unit": unit,
+        "energy_unit": d["unit"],
         "data_sha256": d["sha256"],
         "source": d["source"],
         "seed": seed,
         "resumed": bool(resume),
-        "checkpoint": ckpt.path,
+        "checkpoint": checkpoint,
     }
+    ok = [r["sigma"] for r in results if "failed" not in r]
     if ok and len(ok) < len(sigmas):
         report["failed_sigmas"] = [r["sigma"] for r in results if "failed" in r]
-    return model, report
+    return report
 
 
 def training_record(report: dict[str, Any], options: dict | None = None) -> dict[str, Any]:
