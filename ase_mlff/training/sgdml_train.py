@@ -45,11 +45,10 @@ from .common import training_record as common_record
 from .sgdml_search import MEMORY_SAFETY, SigmaSearch  # noqa: F401  (MEMORY_SAFETY: see train_sgdml)
 from .symmetries import close_group, find_symmetries
 
-#: default sigma grid (descriptor units, 1/Å), as in the reference sGDML code
-
 #: one line for ``ase-mlff train --help``
 SUMMARY = "train an sGDML model (global, one molecule)"
 
+#: default sigma grid (descriptor units, 1/Å), as in the reference sGDML code
 DEFAULT_SIGMAS = tuple(range(10, 100, 10))
 
 
