@@ -80,7 +80,7 @@ class CommitteePlan:
     report: dict[str, Any]
     #: ``fit_all() -> (model, report entry)``: the served mean "all", one model on the pool
     fit_all: Callable[[], tuple[Model, dict]]
-    #: what ``fit_all`` trains, for the progress line ("sGDML on all 50 training frames")
+    #: what ``fit_all`` trains, for the progress line (e.g. "... on all 50 training frames")
     mean_label: str
     #: ``member_trainer(served) -> fit_member``, ``fit_member(indices, member_seed) -> (model,
     #: record)``: how one member trains on the frames ``indices`` with seed ``member_seed``,
