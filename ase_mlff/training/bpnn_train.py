@@ -276,33 +276,25 @@ def run(args) -> int:
 def _run(args, ddp) -> int:
     """The command on one process; under torchrun every rank trains, rank 0 alone checks and
     writes the files and prints, and a failure on any rank stops all of them."""
-    from .. import data as data_mod
-    from .checkpoint import default_checkpoint_path
     from ..console import timed_printer
-    from .common import check_new_output
-    from .trainer import recipe_failure, save_recipe_result
+    from .checkpoint import default_checkpoint_path
+    from .trainer import read_recipe_data, recipe_failure, save_recipe_result
 
-    fail = recipe_failure("ase-mlff train bpnn")
-
+    prog = "ase-mlff train bpnn"
+    fail = recipe_failure(prog)
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
     progress = timed_printer() if ddp.is_main else (lambda msg: None)
-    failure = None
-    try:
+
+    def integer_lists():
         try:
-            hidden = [int(h) for h in str(args.hidden).split(",")]
-            zetas = [int(z) for z in str(args.zetas).split(",")]
+            return [int(h) for h in str(args.hidden).split(",")], [int(z) for z in str(args.zetas).split(",")]
         except ValueError:
             raise UsageError("--hidden and --zetas take comma-separated integers") from None
-        if ddp.is_main:
-            check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
-        reference = parse_reference_energies(args.reference_energies, args.energy_unit)
-        ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
-    except (UsageError, DatasetError, OSError) as exc:
-        failure = exc
-    try:
-        ddp.agree(failure)
-    except (UsageError, DatasetError, OSError) as exc:
-        return fail(exc, EXIT_USAGE if isinstance(exc, UsageError) else EXIT_DATA)
+
+    got = read_recipe_data(args, ddp, prog, ckpt, integer_lists)
+    if isinstance(got, int):
+        return got
+    ds, reference, (hidden, zetas) = got
     progress(f"read {len(ds)} frames from {args.dataset}")
     try:
         model, report = train_bpnn(ds, args.n_train, args.n_valid, args.n_test, seed=args.seed, cutoff=args.cutoff,
@@ -316,9 +308,7 @@ def _run(args, ddp) -> int:
                                    stop_after=args.stop_after, reference_energies=reference)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
-            where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
-                     else "no checkpoint")
-            print(f"ase-mlff train bpnn: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+            print(exc.command_message(prog), file=sys.stderr)
         return exc.exit_code
     except UsageError as exc:  # e.g. a split whose test frames hold an element the training frames lack
         return fail(exc, EXIT_USAGE)

@@ -63,6 +63,13 @@ class TrainingInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return 128 + self.signum
 
+    def command_message(self, command: str) -> str:
+        """The line a command prints when it stops: ``ase-mlff train X: interrupted (SIGINT);
+        checkpoint written to F; resume with the same command plus --resume``."""
+        where = (f"checkpoint written to {self.checkpoint}; resume with the same command plus --resume"
+                 if self.checkpoint else "no checkpoint was written")
+        return f"{command}: interrupted ({self.signal_name}); {where}"
+
 
 def default_checkpoint_path(output: str | os.PathLike) -> str:
     """The checkpoint beside a model file: ``<output>.ckpt``."""

@@ -464,7 +464,7 @@ def run(args) -> int:
     from ..errors import MLFFError
     from ..io import save_model
     from .checkpoint import TrainingInterrupted, default_checkpoint_path
-    from .sgdml_train import cli_message, interrupted_message
+    from ..data import command_line_message
 
     def fail(msg, code):
         print(f"ase-mlff train gap: error: {msg}", file=sys.stderr)
@@ -478,7 +478,7 @@ def run(args) -> int:
     except UsageError as exc:
         return fail(exc, 2)
     except MLFFError as exc:
-        return fail(cli_message(exc), 2)
+        return fail(command_line_message(str(exc)), 2)
     lib = {o.name: opts[o.name] for o in OPTIONS if o.library and o.cli}
     lib["checkpoint"] = ckpt_path
     try:
@@ -487,10 +487,10 @@ def run(args) -> int:
     except UsageError as exc:
         return fail(exc, 2)
     except TrainingInterrupted as exc:
-        print(interrupted_message(exc, "ase-mlff train gap"), file=sys.stderr)
+        print(exc.command_message("ase-mlff train gap"), file=sys.stderr)
         return exc.exit_code
     except (MLFFError, OSError) as exc:
-        return fail(cli_message(exc), 1)
+        return fail(command_line_message(str(exc)), 1)
     rec["command"] = " ".join(sys.argv)
     save_model(model, opts["output"], training=rec)
     if os.path.exists(ckpt_path):

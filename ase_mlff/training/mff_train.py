@@ -467,7 +467,7 @@ def run(args) -> int:
     from ..errors import MLFFError
     from ..io import save_model
     from .checkpoint import TrainingInterrupted, default_checkpoint_path
-    from .sgdml_train import cli_message, interrupted_message
+    from ..data import command_line_message
 
     def fail(msg, code):
         print(f"ase-mlff train mff: error: {msg}", file=sys.stderr)
@@ -492,10 +492,10 @@ def run(args) -> int:
     except UsageError as exc:
         return fail(exc, 2)
     except TrainingInterrupted as exc:
-        print(interrupted_message(exc, "ase-mlff train mff"), file=sys.stderr)
+        print(exc.command_message("ase-mlff train mff"), file=sys.stderr)
         return exc.exit_code
     except (MLFFError, OSError) as exc:
-        return fail(cli_message(exc), 1)
+        return fail(command_line_message(str(exc)), 1)
     report = rec.pop("_report")
     rec["source"] = report["data"] = opts["data"]
     rec["command"] = " ".join(sys.argv)

@@ -387,30 +387,19 @@ def run(args) -> int:
 def _run(args, ddp) -> int:
     """The command on one process; under torchrun every rank trains, rank 0 alone checks and
     writes the files and prints, and a failure on any rank stops all of them."""
-    from .. import data as data_mod
-    from .checkpoint import TrainingInterrupted, default_checkpoint_path
     from ..console import timed_printer
-    from .common import UsageError, check_new_output
-    from .trainer import recipe_failure, save_recipe_result
+    from .checkpoint import TrainingInterrupted, default_checkpoint_path
+    from .common import UsageError
+    from .trainer import read_recipe_data, recipe_failure, save_recipe_result
 
-    fail = recipe_failure("ase-mlff train schnet")
-
+    prog = "ase-mlff train schnet"
+    fail = recipe_failure(prog)
     ckpt = args.checkpoint or default_checkpoint_path(args.output)
     progress = timed_printer() if ddp.is_main else (lambda msg: None)
-    failure = None
-    try:
-        freeze = parse_freeze(args.freeze)
-        if ddp.is_main:
-            check_new_output(args.output, bool(args.overwrite), bool(args.resume), ckpt)
-        reference = parse_reference_energies(args.reference_energies, args.energy_unit)
-        ds = data_mod.read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
-    except (UsageError, InputError, DatasetError, OSError) as exc:
-        failure = exc
-    try:
-        ddp.agree(failure)
-    except (UsageError, InputError, DatasetError, OSError) as exc:
-        usage = isinstance(exc, UsageError) or not isinstance(exc, (DatasetError, OSError))
-        return fail(exc, EXIT_USAGE if usage else EXIT_DATA)
+    got = read_recipe_data(args, ddp, prog, ckpt, lambda: parse_freeze(args.freeze))
+    if isinstance(got, int):
+        return got
+    ds, reference, freeze = got
     progress(f"read {len(ds)} frames from {args.dataset}")
     keys = {k: getattr(args, k) for k in TRAINER_KEYS}
     try:
@@ -422,9 +411,7 @@ def _run(args, ddp) -> int:
                                      repulsion_width=args.repulsion_width, reference_energies=reference, **keys)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
-            where = (f"checkpoint written to {exc.checkpoint}; resume with --resume" if exc.checkpoint
-                     else "no checkpoint")
-            print(f"ase-mlff train schnet: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+            print(exc.command_message(prog), file=sys.stderr)
         return exc.exit_code
     except (OutputExistsError, InputError, UsageError) as exc:  # UsageError: e.g. a split missing an element
         return fail(exc, EXIT_USAGE)

@@ -28,10 +28,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._warn import warn
 from ..console import timed_printer
 from ..metrics import error_metrics, format_metrics
-from .._warn import warn
-from ..data import stratified_indices
+from ..data import command_line_message, stratified_indices
 from ..errors import DatasetError, MLFFError, TrainingError
 from ..models.sgdml import SGDMLModel
 from ..rng import random_stream
@@ -579,19 +579,6 @@ def parity_plot(path, E_pred, E_ref, F_pred, F_ref, n_atoms, title: str = "") ->
     return save(fig, path, dpi=120)
 
 
-def cli_message(exc: BaseException) -> str:
-    """An error message with the Python keywords of the readers replaced by their flags."""
-    from ..data import command_line_message
-
-    return command_line_message(str(exc))
-
-
-def interrupted_message(exc, command: str) -> str:
-    where = (f"checkpoint written to {exc.checkpoint}; resume with the same command plus --resume"
-             if exc.checkpoint else "no checkpoint was written")
-    return f"{command}: interrupted ({exc.signal_name}); {where}"
-
-
 def run(args) -> int:
     """The ``train sgdml`` command: options (flags over --config over defaults), then
     :func:`train`, then the model file (and parity plot). Exit status 0, 1 (data), 2 (usage),
@@ -621,12 +608,12 @@ def run(args) -> int:
         progress(f"read {len(ds)} frames from {opts['dataset']}")
         model, rec = train(ds, progress=progress, stop_after=getattr(args, "_stop_after", None), _cli=True, **lib)
     except TrainingInterrupted as exc:
-        print(interrupted_message(exc, "ase-mlff train sgdml"), file=sys.stderr)
+        print(exc.command_message("ase-mlff train sgdml"), file=sys.stderr)
         return exc.exit_code
     except UsageError as exc:  # e.g. a split whose held-out frames hold an element the training frames lack
         return fail(exc, EXIT_USAGE)
     except (MLFFError, OSError) as exc:
-        return fail(cli_message(exc), EXIT_DATA)
+        return fail(command_line_message(str(exc)), EXIT_DATA)
     rec["command"] = " ".join(sys.argv)
     save_model(model, output, training=rec)
     if os.path.exists(ckpt_path):

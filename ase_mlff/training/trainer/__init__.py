@@ -64,8 +64,8 @@ how ranks agree), :mod:`.reference` (reference energies and target scale), :mod:
 and the generic command, ``python -m ase_mlff.training.trainer``).
 """
 
-from .cli import (build_model, build_parser, configure_parser, main, options_from_args, run_training,
-                  save_recipe_result)
+from .cli import (build_model, build_parser, configure_parser, main, options_from_args, read_recipe_data,
+                  run_training, save_recipe_result)
 from .distributed import (Distributed, distributed_run, in_step, init_distributed, process_rank, recipe_failure,
                           reported_elsewhere, run_recipe)
 from .loop import train_network
@@ -78,5 +78,5 @@ from .state import EMA, KIND, cast_model, pack_state, unpack_state
 __all__ = ["DTYPES", "EMA", "KIND", "SCHEDULES", "Distributed", "FamilyCache", "TrainerOptions", "TrainingRecord",
            "build_model", "build_parser", "cast_model", "configure_parser", "distributed_run", "energy_scale",
            "fit_reference_energies", "has_training_hook", "in_step", "init_distributed", "main", "options_from_args",
-           "pack_state", "process_rank", "recipe_failure", "reference_record", "reported_elsewhere", "run_recipe",
+           "pack_state", "process_rank", "read_recipe_data", "recipe_failure", "reference_record", "reported_elsewhere", "run_recipe",
            "run_training", "save_recipe_result", "train_network", "unpack_state", "write_plots"]

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -119,9 +119,7 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
             training=training, stop_after=args.stop_after)
     except TrainingInterrupted as exc:
         if main_rank:  # the one that wrote the checkpoint
-            where = (f"checkpoint written to {exc.checkpoint}; resume with the same command plus --resume"
-                     if exc.checkpoint else "no checkpoint was written")
-            print(f"{prog}: interrupted ({exc.signal_name}); {where}", file=sys.stderr)
+            print(exc.command_message(prog), file=sys.stderr)
         return exc.exit_code
     except OutputExistsError as exc:
         return fail(exc, 2)
@@ -132,6 +130,34 @@ def run_training(model, train_frames, valid_frames, args, prog: str, training: d
     if main_rank:
         print(record.summary(), file=sys.stderr)
     return 0
+
+
+def read_recipe_data(args, ddp: Distributed, prog: str, checkpoint: str, check_flags: Callable[[], Any] = lambda: None):
+    """The first step of a network recipe's command (``ase-mlff train bpnn|schnet``), on every
+    rank: ``check_flags()`` (the family's own flag parsing, raising UsageError or InputError),
+    the output and checkpoint check (rank 0 alone: only it writes), the reference energies and
+    the dataset. A failure on any rank is printed once and stops every rank.
+
+    Returns ``(dataset, reference_energies, check_flags())``, or the exit status (an int: 2 for
+    wrong usage, 1 for unusable data)."""
+    from .. import common
+    from ...data import read
+
+    failure = None
+    try:
+        flags = check_flags()
+        if ddp.is_main:
+            common.check_new_output(args.output, bool(args.overwrite), bool(args.resume), checkpoint)
+        reference = common.parse_reference_energies(args.reference_energies, args.energy_unit)
+        dataset = read(args.dataset, energy_unit=args.energy_unit, length_unit=args.length_unit)
+    except (UsageError, InputError, DatasetError, OSError) as exc:
+        failure = exc
+    try:
+        ddp.agree(failure)
+    except (UsageError, InputError, DatasetError, OSError) as exc:
+        usage = isinstance(exc, UsageError) or not isinstance(exc, (DatasetError, OSError))
+        return recipe_failure(prog)(exc, 2 if usage else 1)
+    return dataset, reference, flags
 
 
 def save_recipe_result(model, training: dict[str, Any], report: dict[str, Any], dataset, args, progress,
