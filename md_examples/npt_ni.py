@@ -69,9 +69,9 @@ def main(argv=None) -> int:
         v0, v1 = (r.volume[len(r.volume) // 2:].mean() for r in (r0, r1))
         print(f"check   V({p1:g} GPa)/V({p0:g} GPa) = {v1 / v0:.4f} (smaller than 1: the cell shrinks under pressure)")
     if args.plots:
-        from ase_mlff.workflows.plotting import _figure, _save
+        from ase_mlff.figures import figure, save
 
-        fig = _figure(6.0, 3.6)
+        fig = figure(6.0, 3.6)
         ax = fig.add_subplot()
         for p, res in results.items():
             ax.plot(res.time_ps, res.volume / res.natoms, lw=1.0, label=f"{p:g} GPa")
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         ax.set_ylabel("volume (Å³/atom)")
         ax.set_title(f"Ni, NPT (MTK) at {args.temperature:g} K, MFF potential", fontsize=10)
         ax.legend(frameon=False)
-        print("written", _save(fig, os.path.join(args.plots, "npt_ni.png")))
+        print("written", save(fig, os.path.join(args.plots, "npt_ni.png")))
     return 0
 
 

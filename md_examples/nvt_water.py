@@ -80,16 +80,16 @@ def main(argv=None) -> int:
     print(f"g_OO(r) over {len(half)} frames: first peak at {peak:.2f} Å (height {g[inner].max():.2f}); "
           "liquid water: 2.80 Å")
     if args.plot:
-        from ase_mlff.workflows.plotting import _figure, _save
+        from ase_mlff.figures import figure, save
 
-        fig = _figure(4.5, 3.2)
+        fig = figure(4.5, 3.2)
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(r, g, color="C0")
         ax.axvline(2.8, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel("r (Å)")
         ax.set_ylabel("g_OO(r)")
         ax.set_title(f"BPNN water, {args.temperature:g} K NVT, {len(half)} frames", fontsize=9)
-        print(f"plot written to {_save(fig, args.plot, dpi=120)}")
+        print(f"plot written to {save(fig, args.plot, dpi=120)}")
     return 0 if not result.interrupted else 130
 
 
