@@ -1,4 +1,4 @@
-"""``ase-mlff md | relax | phonons | eos | eval``: the workflows as subcommands.
+"""``ase-mlff md | relax | phonons | eos | eval | learn``: the workflows as subcommands.
 
 ``register(subparsers)`` adds them to the ``ase-mlff`` parser; each sets ``_run`` to a
 function ``run(args) -> int``. Units: eV, Å, fs, K, pressure in GPa, frequencies in THz.
@@ -366,6 +366,136 @@ def _eval_parser(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(_run=_run_eval)
 
+# ----------------------------------------------------------------------------------- learn
+def _read_starts(paths):
+    """Every frame of every START file (any format ase.io.read reads)."""
+    import ase.io
+
+    from .errors import InputError
+
+    images = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise InputError(f"start structure file not found: {path!r}")
+        try:
+            frames = ase.io.read(path, index=":")
+        except (ValueError, KeyError, IndexError, StopIteration) as exc:
+            raise InputError(f"cannot read structures from {path!r}: {exc}") from None
+        for atoms in frames:
+            atoms.calc = None
+            images.append(atoms)
+    if not images:
+        raise InputError("the START files hold no structures")
+    return images
+
+
+def _training_options(items):
+    """``--option KEY=VALUE`` (repeated) -> {KEY: VALUE}, values read as Python literals."""
+    from .workflows.reference import _literal
+
+    out = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key.isidentifier():
+            raise argparse.ArgumentTypeError(f"--option {item!r}: expected KEY=VALUE, e.g. n_sparse=200")
+        out[key] = _literal(value.strip())
+    return out
+
+
+def _run_learn(args) -> int:
+    from .errors import DatasetError, InputError, OutputExistsError
+    from .workflows.learn import learn
+    from .workflows.reference import ReferenceSpecError, parse_spec
+
+    def usage(msg) -> int:
+        print(f"ase-mlff learn: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        options = _training_options(args.option)
+        spec = parse_spec(args.reference)
+        starts = _read_starts(args.start)
+    except (argparse.ArgumentTypeError, ReferenceSpecError) as exc:
+        return usage(exc)
+    try:
+        res = learn(starts, spec, args.output, family=args.family, committee=args.committee,
+                    temperatures=args.temperature, pressure=args.pressure, max_calls=args.max_calls,
+                    threshold=args.threshold, threshold_factor=args.threshold_factor,
+                    segment_steps=args.segment_steps, check_interval=args.check_interval, patience=args.patience,
+                    timestep=args.timestep, friction=args.friction, seed=args.seed, variance=args.variance,
+                    fallback=not args.no_fallback, options=options, resume=args.resume,
+                    progress=lambda msg: print(msg, flush=True))
+    except (ReferenceSpecError, OutputExistsError) as exc:
+        return usage(exc)
+    except DatasetError:
+        raise  # exit status 1 (main prints it)
+    except InputError as exc:  # settings the loop refuses (before anything was written)
+        return usage(exc)
+    except KeyboardInterrupt:
+        print(f"ase-mlff learn: interrupted; every finished reference call is kept in {args.output}: continue with "
+              "the same command and --resume", file=sys.stderr)
+        return 130
+    print(res.summary())
+    return 0
+
+
+def _learn_parser(p) -> None:
+    p.epilog = _THREADS_HELP
+    p.add_argument("start", nargs="+", metavar="START",
+                   help="start structures: files ase.io.read reads, every frame of each (one MD walker per frame)")
+    p.add_argument("--reference", required=True, nargs="+", metavar="SPEC",
+                   help="the reference: an ASE calculator as module:Class with optional key=value arguments "
+                        "(values read as Python literals, else kept as text), e.g. ase.calculators.emt:EMT or "
+                        "tblite.ase:TBLite method=GFN2-xTB")
+    p.add_argument("--family", default="gap",
+                   help="model family: gap (its own calibrated variance) or, with --committee, mff, bpnn, "
+                        "schnet, sgdml (one molecule)")
+    p.add_argument("--committee", type=_number(int, 2, what="an integer >= 2"), default=None, metavar="K",
+                   help="a committee of K models, refitted from scratch after every call (default: none; "
+                        "required for families without their own variance)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a training option of the family (the `ase-mlff train FAMILY` flag with _ for -), "
+                        "repeatable, e.g. --option cutoff=4.5 --option n_sparse=200 (default: the recipe's)")
+    g = p.add_argument_group("dynamics (Langevin NVT; with --pressure a Berendsen barostat on periodic cells)")
+    g.add_argument("-T", "--temperature", type=_pos_float, nargs="+", default=[300.0], metavar="K",
+                   help="temperature schedule in K: each walker moves to the next after a segment without "
+                        "crossing the threshold")
+    g.add_argument("-P", "--pressure", type=float, default=None, help="pressure in GPa (default: constant volume)")
+    g.add_argument("-t", "--timestep", type=_pos_float, default=None,
+                   help="time step in fs (default 0.5 with hydrogen in a start structure, else 1.0)")
+    g.add_argument("--friction", type=_nonneg_float, default=0.02, help="Langevin friction in 1/fs")
+    g.add_argument("--segment-steps", type=_pos_int, default=100,
+                   help="most MD steps of a walker's turn; a turn without crossing sends its most uncertain frame "
+                        "to the reference (see --no-fallback)")
+    g.add_argument("--check-interval", type=_pos_int, default=2, help="compute the uncertainty every N steps")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the velocities and the Langevin noise")
+    u = p.add_argument_group("selection and stopping")
+    u.add_argument("--max-calls", type=_pos_int, default=100,
+                   help="most reference calls, start structures and failed calls included")
+    u.add_argument("--threshold", type=_pos_float, default=None, metavar="EV_PER_A",
+                   help="call the reference when the largest per-atom force uncertainty (calibrated, eV/Å) "
+                        "exceeds this (default: --threshold-factor times the held-out RMS force error of the "
+                        "current fit, recomputed after every fit)")
+    u.add_argument("--threshold-factor", type=_pos_float, default=3.0,
+                   help="the automatic threshold in units of the fit's held-out RMS per-atom force error")
+    u.add_argument("--patience", type=_pos_int, default=None, metavar="STEPS",
+                   help="stop when no frame crossed the threshold for this many MD steps, all walkers together "
+                        "(default: 10 segments)")
+    u.add_argument("--no-fallback", action="store_true",
+                   help="a turn without crossing sends nothing to the reference (default: its most uncertain frame)")
+    u.add_argument("--variance", choices=["exact", "samples"], default="exact",
+                   help="gap: the force variance from the design rows (exact) or the posterior samples (faster on "
+                        "large cells, noisier)")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder for model.mlff, data.extxyz, learn.log, learning_curve.png, checkpoint.ckpt "
+                        "(refused when it exists and is not empty, unless --resume)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR from its checkpoint (same settings; --max-calls and --patience "
+                        "may grow)")
+    p.set_defaults(_run=_run_learn)
+
 
 _COMMANDS = {
     "md": (_md_parser, "molecular dynamics: NVE, NVT (Langevin) or NPT (MTK) with trajectory and log"),
@@ -375,6 +505,8 @@ _COMMANDS = {
     "eos": (_eos_parser, "equation of state: E(V) with a Birch-Murnaghan fit (V0, E0, B)"),
     "eval": (_eval_parser, "errors of a model on a labelled dataset (energy, forces, stress), per element, "
                            "per config_type (or --group-by KEY) and per frame, and a parity plot"),
+    "learn": (_learn_parser, "active learning: MD with the current model, the reference (any ASE calculator) on "
+                             "the frames whose force uncertainty crosses a threshold, refit, repeat"),
 }
 
 

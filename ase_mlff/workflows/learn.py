@@ -713,16 +713,19 @@ class _Learner:
         self.model = self._load(path)  # what a resumed run would use, bit for bit
         self.st["model_sha256"] = _file_sha256(path)
         self.st["loo_force_rms"] = rms
-        if self.s.threshold is None and rms is not None:
-            self.st["threshold"] = self.s.threshold_factor * rms
-        elif self.s.threshold is None:
-            raise InputError("the fit measured no held-out force error to set the threshold from; give --threshold")
+        if self.s.threshold is None:
+            # no held-out force error yet (one frame, or only perfect lattices whose forces vanish by
+            # symmetry): no threshold, every turn sends its most uncertain frame (the fallback)
+            self.st["threshold"] = self.s.threshold_factor * rms if rms else math.inf
+            if not rms and not self.s.fallback:
+                raise InputError("the fit measured no held-out force error to set the threshold from (too few or "
+                                 "too symmetric frames); give --threshold, or leave out --no-fallback")
         self.st["needs_fit"] = False
         fit_s = time.perf_counter() - t
         if self.history:
             self.history[-1]["fit_s"] = fit_s
         self.say(f"fit {self.st['fits']}: {len(self.frames)} frames, {how}, {fit_s:.1f} s; held-out force error "
-                 f"{(rms or float('nan')) * 1000:.1f} meV/Å per atom (RMS), threshold "
+                 f"{f'{rms * 1000:.1f} meV/Å' if rms else 'none yet'} per atom (RMS), threshold "
                  f"{self.st['threshold'] * 1000:.1f} meV/Å")
 
     def _new_walker(self, k: int) -> _Walker:

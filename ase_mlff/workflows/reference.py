@@ -89,7 +89,13 @@ def _show(kwargs: dict) -> str:
 
 def parse_spec(spec) -> ReferenceSpec:
     """Parse ``module:Class key=value ...`` (a string, or the words of a command line)."""
-    words = list(spec) if isinstance(spec, (list, tuple)) else shlex.split(str(spec))
+    items = list(spec) if isinstance(spec, (list, tuple)) else [str(spec)]
+    try:  # an item may hold several words ("tblite.ase:TBLite method=GFN2-xTB" quoted as one); a word
+        # without spaces is taken as it is (the shell has removed its quotes already)
+        words = [w for item in map(str, items) for w in (shlex.split(item) if any(c.isspace() for c in item)
+                                                         else [item])]
+    except ValueError as exc:  # an unclosed quote
+        raise ReferenceSpecError(f"reference {' '.join(map(str, items))!r}: {exc}") from None
     text = " ".join(words)
     if not words or ":" not in words[0]:
         raise ReferenceSpecError(f"reference {text!r}: expected module:Class (e.g. ase.calculators.emt:EMT) "

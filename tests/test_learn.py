@@ -1,0 +1,188 @@
+"""``ase-mlff learn``: the active-learning loop on a toy reference (EMT copper, a few calls)."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from ase_mlff.cli import main
+from ase_mlff.io import load_model, read_archive
+from ase_mlff.workflows.learn import learn
+from ase_mlff.workflows.reference import ReferenceSpecError, label, parse_spec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# a GAP small enough that a fit takes a fraction of a second
+GAP = dict(cutoff=3.6, cutoff_width=0.5, n_max=3, l_max=2, n_sparse=24, two_body_n_sparse=8, sigma_force=0.02,
+           sigma_energy=0.001, sigma_virial=0.01)
+LOOP = dict(temperatures=(300, 700), segment_steps=8, check_interval=2, options=GAP)
+
+
+def starts():
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms
+    a = cu.repeat((2, 1, 1))
+    a.rattle(0.05, seed=1)  # not a perfect lattice: its forces are a label the first fit can hold out
+    b = cu.repeat((1, 2, 1))
+    del b[3]  # a vacancy
+    return [a, b]
+
+
+class FlakyEMT(EMT):
+    """EMT that raises on chosen calls (counted over all instances): ``interrupt_at`` a
+    KeyboardInterrupt (Ctrl-C while the reference runs), ``fail_at`` a RuntimeError (a
+    failed SCF, say)."""
+
+    calls = 0
+    interrupt_at = None
+    fail_at = None
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        if system_changes:  # a new structure: one reference call
+            FlakyEMT.calls += 1
+            if FlakyEMT.calls == FlakyEMT.interrupt_at:
+                raise KeyboardInterrupt
+            if FlakyEMT.calls == FlakyEMT.fail_at:
+                raise RuntimeError("SCF not converged")
+        kwargs = {} if system_changes is None else {"system_changes": system_changes}
+        super().calculate(atoms, properties, **kwargs)
+
+
+@pytest.fixture
+def flaky():
+    FlakyEMT.calls, FlakyEMT.interrupt_at, FlakyEMT.fail_at = 0, None, None
+    yield FlakyEMT
+    FlakyEMT.calls, FlakyEMT.interrupt_at, FlakyEMT.fail_at = 0, None, None
+
+
+def test_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = learn(starts(), "ase.calculators.emt:EMT", out, max_calls=5, **LOOP)
+    assert res.calls == 5 and res.n_data == 5 and res.stop_reason == "max_calls"
+    for name in ("model.mlff", "data.extxyz", "learn.log", "checkpoint.ckpt", "learning_curve.png"):
+        assert (out / name).exists(), name
+    frames = ase.io.read(out / "data.extxyz", ":")
+    assert len(frames) == 5
+    assert [f.info["learn_reason"] for f in frames[:2]] == ["start", "start"]
+    assert [f.info["learn_call"] for f in frames] == [1, 2, 3, 4, 5]
+    for f in frames:  # the labels are the reference's, to the digits extxyz keeps
+        ref = f.copy()
+        ref.calc = EMT()
+        assert abs(f.get_potential_energy() - ref.get_potential_energy()) < 1e-6
+        np.testing.assert_allclose(f.get_forces(), ref.get_forces(), atol=1e-6)
+        np.testing.assert_allclose(f.get_stress(), ref.get_stress(), atol=1e-7)
+    for f in frames[2:]:  # selected frames carry the uncertainty that chose them and the prior errors
+        assert f.info["learn_uncertainty"] > 0 and f.info["learn_error_forces_mae"] >= 0
+        assert f.arrays["learn_forces_uncertainty"].shape == (len(f),)
+        assert f.info["learn_uncertainty"] == pytest.approx(f.arrays["learn_forces_uncertainty"].max())
+    model = load_model(out / "model.mlff")
+    assert model.family == "gap" and model.calibration is not None
+    meta, _ = read_archive(out / "model.mlff", load_arrays=False)
+    assert meta["training"]["learn"]["calls"] == 5
+    assert "call 5" in (out / "learn.log").read_text()
+
+
+def test_resume_after_interrupt_gives_the_same_run(tmp_path, flaky):
+    # uninterrupted
+    learn(starts(), FlakyEMT(), tmp_path / "a", max_calls=6, **LOOP)
+    # Ctrl-C while the reference computes call 5: calls 1-4 are kept, call 5 is lost
+    flaky.calls, flaky.interrupt_at = 0, 5
+    with pytest.raises(KeyboardInterrupt):
+        learn(starts(), FlakyEMT(), tmp_path / "b", max_calls=6, **LOOP)
+    assert len(ase.io.read(tmp_path / "b" / "data.extxyz", ":")) == 4
+    flaky.interrupt_at = None
+    res = learn(starts(), FlakyEMT(), tmp_path / "b", max_calls=6, resume=True, **LOOP)
+    assert res.calls == 6
+    a = ase.io.read(tmp_path / "a" / "data.extxyz", ":")
+    b = ase.io.read(tmp_path / "b" / "data.extxyz", ":")
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.positions, y.positions)
+        np.testing.assert_array_equal(x.get_forces(), y.get_forces())
+        np.testing.assert_equal(x.info["learn_uncertainty"], y.info["learn_uncertainty"])
+    _, arrays_a = read_archive(tmp_path / "a" / "model.mlff")
+    _, arrays_b = read_archive(tmp_path / "b" / "model.mlff")
+    assert set(arrays_a) == set(arrays_b)
+    for k in arrays_a:
+        np.testing.assert_array_equal(arrays_a[k], arrays_b[k], err_msg=k)
+    # a finished run continues with a larger budget
+    res = learn(starts(), FlakyEMT(), tmp_path / "b", max_calls=7, resume=True, **LOOP)
+    assert res.calls == 7 and res.n_data == 7
+
+
+def test_reference_failure_is_recorded_and_skipped(tmp_path, flaky):
+    flaky.fail_at = 4
+    res = learn(starts(), FlakyEMT(), tmp_path / "run", max_calls=5, **LOOP)
+    assert res.calls == 5 and res.n_data == 4 and res.n_failed == 1
+    failures = json.loads((tmp_path / "run" / "failures.json").read_text())
+    assert len(failures) == 1 and failures[0]["call"] == 4 and "SCF not converged" in failures[0]["error"]
+    assert len(ase.io.read(tmp_path / "run" / "failures.extxyz", ":")) == 1
+    assert [f.info["learn_call"] for f in ase.io.read(tmp_path / "run" / "data.extxyz", ":")] == [1, 2, 3, 5]
+
+
+def test_non_finite_reference_is_a_failure():
+    class NaNCalc(EMT):
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["forces"] = self.results["forces"] * np.nan
+
+    with pytest.raises(Exception, match="non-finite forces"):
+        label(NaNCalc(), starts()[0])
+
+
+def test_spec_parsing():
+    spec = parse_spec(["mod.sub:Calc", "method=GFN2-xTB", "kpts=(4,4,4)", "encut=520", "x=__import__('os')"])
+    assert (spec.module, spec.name) == ("mod.sub", "Calc")
+    # literals are read, anything else stays text: nothing is evaluated
+    assert spec.kwargs == {"method": "GFN2-xTB", "kpts": (4, 4, 4), "encut": 520, "x": "__import__('os')"}
+    assert parse_spec("tblite.ase:TBLite method=GFN2-xTB").kwargs == {"method": "GFN2-xTB"}
+    for bad in ("EMT", "ase.calculators.emt:", "a b:C", "m:C novalue"):
+        with pytest.raises(ReferenceSpecError):
+            parse_spec(bad)
+    with pytest.raises(ReferenceSpecError, match="cannot import module 'no_such_module_xyz'"):
+        parse_spec("no_such_module_xyz:Calc").build()
+    with pytest.raises(ReferenceSpecError, match="has no 'NoSuch'"):
+        parse_spec("ase.calculators.emt:NoSuch").build()
+
+
+def test_cli_errors(tmp_path, capsys):
+    start = tmp_path / "start.xyz"
+    ase.io.write(start, starts()[0])
+    out = tmp_path / "out"
+    # a SPEC that does not import: usage error, nothing written
+    assert main(["learn", str(start), "--reference", "no_such_module_xyz:Calc", "-o", str(out)]) == 2
+    assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+    assert not out.exists()
+    # a family without its own variance needs a committee
+    assert main(["learn", str(start), "--reference", "ase.calculators.emt:EMT", "--family", "mff",
+                 "-o", str(out)]) == 2
+    assert "--committee" in capsys.readouterr().err
+    # an existing, non-empty folder is never overwritten
+    out.mkdir()
+    (out / "data.extxyz").write_text("precious")
+    assert main(["learn", str(start), "--reference", "ase.calculators.emt:EMT", "-o", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "data.extxyz").read_text() == "precious"
+    # --resume where there is no checkpoint
+    assert main(["learn", str(start), "--reference", "ase.calculators.emt:EMT", "-o", str(out), "--resume"]) == 2
+    assert "no checkpoint.ckpt" in capsys.readouterr().err
+
+
+def test_cli_run_and_resume_with_other_settings(tmp_path, capsys):
+    start = tmp_path / "start.xyz"
+    ase.io.write(start, starts())
+    out = tmp_path / "out"
+    opts = [x for k, v in GAP.items() for x in ("--option", f"{k}={v}")]
+    common = ["learn", str(start), "--reference", "ase.calculators.emt:EMT", "-T", "300", "--segment-steps", "6",
+              "-o", str(out), *opts]
+    assert main([*common, "--max-calls", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "call 3" in text and "stopped: max_calls" in text
+    assert len(ase.io.read(out / "data.extxyz", ":")) == 3
+    # another temperature is another run: refused, naming the setting
+    assert main([*common[:5], "500", *common[6:], "--max-calls", "4", "--resume"]) == 2
+    assert "temperatures" in capsys.readouterr().err
+    assert main([*common, "--max-calls", "4", "--resume"]) == 0
+    assert len(ase.io.read(out / "data.extxyz", ":")) == 4
