@@ -630,7 +630,8 @@ class _Learner:
                                                       cell=s["cell"], pbc=s["pbc"])})
         self.walkers = []
         for w, s in zip(meta["walkers"], _unpack_structures("w_", arrays)):
-            atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
+            atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"],
+                          info=dict(self.starts[w["start"]].info))  # config_type and the like, as before
             atoms.set_momenta(arrays["w_momenta"][s["slice"]])
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = w["rng"]
