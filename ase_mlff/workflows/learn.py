@@ -431,7 +431,15 @@ class _CommitteeFitter:
             raise InputError("sgdml learns one molecule: every start structure must have the same atoms in the "
                              "same order")
         ds = Dataset(frames)
-        model, report = train_committee(s.family, ds, int(s.committee), seed=s.seed, **self.options)
+        options = dict(self.options)
+        if s.family == "mff" and "n_test" not in options:
+            # the calibration frames: a quarter of the data so far (the recipe's default, 60, is for a
+            # data set, not for the first few labels of a loop)
+            options["n_test"] = max(1, len(frames) // 4)
+        if len(frames) < 3:
+            raise InputError(f"a {s.family} committee needs at least 3 labelled frames to train and calibrate on "
+                             f"(have {len(frames)}): give more start structures")
+        model, report = train_committee(s.family, ds, int(s.committee), seed=s.seed, **options)
         cal = report.get("calibration") or {}
         f_rec = cal.get("forces")
         rms = float(f_rec["rms_error"]) if isinstance(f_rec, dict) else None
