@@ -123,6 +123,24 @@ def errors(model_path, frames):
                            for k, v in per.items()}}
 
 
+def selection_check(path):
+    """On the frames the loop selected: the model's per-atom force errors before each frame was
+    added against the calibrated uncertainties that selected it (a prospective check)."""
+    import ase.io
+    from scipy.stats import spearmanr
+
+    err, sig, n = [], [], 0
+    for f in ase.io.read(path, ":"):
+        if "learn_model_forces" not in f.arrays:
+            continue
+        n += 1
+        err.append(np.linalg.norm(f.arrays["learn_model_forces"] - f.get_forces(), axis=1))
+        sig.append(f.arrays["learn_forces_uncertainty"])
+    err, sig = np.concatenate(err), np.concatenate(sig)
+    return {"frames": n, "atoms": int(len(err)), "ratio": float(np.sqrt(np.mean(err ** 2) / np.mean(sig ** 2))),
+            "spearman": float(spearmanr(err, sig).statistic)}
+
+
 def random_arm(pool, budgets, seeds, test, work):
     """GAP on n frames drawn from the EMT MD pool (plus the three starts), per budget."""
     import ase_mlff
@@ -202,6 +220,11 @@ def main(argv=None) -> int:
             print("the loop converged before this budget; no larger budgets", flush=True)
             break
 
+    check = selection_check(os.path.join(run_dir, "data.extxyz"))
+    print(f"selected frames ({check['frames']}, {check['atoms']} atoms): per-atom |force error| against the "
+          f"calibrated uncertainty before each was added: RMS ratio {check['ratio']:.2f} (1 = calibrated), "
+          f"Spearman {check['spearman']:.2f}", flush=True)
+
     rnd = {}
     if not args.no_random:
         t = time.perf_counter()
@@ -224,7 +247,7 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs visible, torch threads {__import__('torch').get_num_threads()}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"learn": al, "random": rnd, "gap_options": GAP_OPTIONS, "argv": sys.argv}, fh, indent=1)
+            json.dump({"learn": al, "random": rnd, "selection_check": check, "gap_options": GAP_OPTIONS, "argv": sys.argv}, fh, indent=1)
     return 0
 
 

@@ -77,6 +77,8 @@ def test_end_to_end(tmp_path):
         assert f.info["learn_uncertainty"] > 0 and f.info["learn_error_forces_mae"] >= 0
         assert f.arrays["learn_forces_uncertainty"].shape == (len(f),)
         assert f.info["learn_uncertainty"] == pytest.approx(f.arrays["learn_forces_uncertainty"].max())
+        dF = f.arrays["learn_model_forces"] - f.get_forces()
+        assert f.info["learn_error_forces_mae"] == pytest.approx(np.abs(dF).mean(), abs=1e-6)
     model = load_model(out / "model.mlff")
     assert model.family == "gap" and model.calibration is not None
     meta, _ = read_archive(out / "model.mlff", load_arrays=False)

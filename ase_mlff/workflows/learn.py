@@ -64,7 +64,8 @@ Files in the output folder:
   ``learn_uncertainty`` (eV/Å, the u that selected it), ``learn_threshold``,
   ``learn_walker``, ``learn_temperature``, ``learn_step`` and the model's errors on it before
   it was added (``learn_error_energy_per_atom`` eV/atom, ``learn_error_forces_mae`` eV/Å,
-  ``learn_error_forces_max`` eV/Å); per atom ``learn_forces_uncertainty``.
+  ``learn_error_forces_max`` eV/Å); per atom ``learn_forces_uncertainty`` (eV/Å) and
+  ``learn_model_forces`` (the model's forces before the frame was added, eV/Å).
 * ``failures.extxyz`` and ``failures.json``: structures on which the reference failed (an
   exception or non-finite numbers), with the error; they are skipped, never fatal.
 * ``learn.log``: the progress lines; ``learning_curve.png`` (with matplotlib).
@@ -572,6 +573,10 @@ class _Learner:
         arrays["d_unc"] = (np.concatenate([np.asarray(f.info.get("learn_forces_uncertainty",
                                                                  np.full(len(f), np.nan)), dtype=np.float64)
                                            for f in self.frames]) if self.frames else np.zeros(0))
+        arrays["d_model_forces"] = (np.concatenate([np.asarray(f.info.get("learn_model_forces",
+                                                                          np.full((len(f), 3), np.nan)),
+                                                               dtype=np.float64) for f in self.frames])
+                                    if self.frames else np.zeros((0, 3)))
         arrays.update(_pack_structures("f_", ({"numbers": r["atoms"].numbers, "positions": r["atoms"].positions,
                                                "cell": np.array(r["atoms"].cell), "pbc": r["atoms"].pbc}
                                               for r in self.failures)))
@@ -628,6 +633,7 @@ class _Learner:
             unc = per_atom[s["slice"]]
             if not np.all(np.isnan(unc)):
                 info["learn_forces_uncertainty"] = unc.copy()
+                info["learn_model_forces"] = arrays["d_model_forces"][s["slice"]].copy()
             self.frames.append(Frame(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"],
                                      energy=float(arrays["d_energy"][k]), forces=arrays["d_forces"][s["slice"]],
                                      stress=arrays["d_stress"][k] if arrays["d_has_stress"][k] else None,
@@ -703,7 +709,8 @@ class _Learner:
             info.update(learn_error_energy_per_atom=record["error_energy_per_atom"],
                         learn_error_forces_mae=record["error_forces_mae"],
                         learn_error_forces_max=record["error_forces_max"],
-                        learn_forces_uncertainty=np.asarray(pred["forces_uncertainty"], dtype=np.float64))
+                        learn_forces_uncertainty=np.asarray(pred["forces_uncertainty"], dtype=np.float64),
+                        learn_model_forces=np.asarray(pred["forces"], dtype=np.float64))
         record["status"] = "labelled"
         self.frames.append(_frame(atoms, labels, info))
         self.history.append(_jsonable(record))
