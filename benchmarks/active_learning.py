@@ -60,8 +60,9 @@ def starts():
     return [b, v, s]
 
 
-def emt_md(atoms, temperature, steps, every, burn, seed):
-    """Frames of EMT Langevin MD (labelled: energy, forces, stress for periodic cells)."""
+def emt_md(atoms, temperature, steps, every, burn, seed, calc=None, timestep=1.0):
+    """Frames of Langevin MD with the reference (EMT unless ``calc``), labelled: energy, forces
+    and, for periodic cells, stress."""
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
@@ -71,9 +72,9 @@ def emt_md(atoms, temperature, steps, every, burn, seed):
 
     rng = np.random.default_rng(seed)
     atoms = atoms.copy()
-    atoms.calc = EMT()
+    atoms.calc = calc if calc is not None else EMT()
     _thermalise(atoms, temperature, rng)
-    dyn = Langevin(atoms, 1.0 * fs, temperature_K=temperature, friction=0.02 / fs, fixcm=False, rng=rng)
+    dyn = Langevin(atoms, timestep * fs, temperature_K=temperature, friction=0.02 / fs, fixcm=False, rng=rng)
     out = []
     for step in range(1, burn + steps + 1):
         dyn.step()
@@ -180,6 +181,94 @@ def random_arm(pool, budgets, seeds, test, work):
     return rows
 
 
+XTB_SPEC = "tblite.ase:TBLite method=GFN2-xTB verbosity=0"
+XTB_TEMPERATURES = (300.0, 450.0, 600.0)
+#: GAP for one organic molecule (C, H, O): shorter SOAP reach than for a metal
+XTB_GAP_OPTIONS = dict(cutoff=4.0, cutoff_width=1.0, n_max=6, l_max=4, atom_sigma=0.4, delta=0.5, n_sparse=300,
+                       two_body_n_sparse=20, sigma_energy=0.0005, sigma_force=0.02)
+
+
+def bonds(atoms, scale=1.25):
+    """Pairs closer than ``scale`` times the sum of covalent radii (the molecule's bonds)."""
+    from ase.data import covalent_radii
+
+    d = atoms.get_all_distances()
+    r = covalent_radii[atoms.numbers]
+    i, j = np.nonzero(np.triu(d < scale * (r[:, None] + r[None, :]), 1))
+    return i, j, d[i, j]
+
+
+def xtb_task(args) -> int:
+    """Aspirin with GFN2-xTB (tblite) as the reference: learning curve on unseen xTB MD frames,
+    then NVT and NVE with the final model."""
+    from ase import Atoms
+
+    from ase_mlff import load
+    from ase_mlff.workflows.learn import learn
+    from ase_mlff.workflows.md import run_md
+    from ase_mlff.workflows.reference import parse_spec
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import public_data
+
+    d = np.load(public_data.path("rmd17", "rmd17_aspirin_train_01.npz"))
+    start = Atoms(numbers=d["nuclear_charges"], positions=d["coords"][0])
+    start.info["config_type"] = "aspirin"
+    ref = parse_spec(XTB_SPEC).build()  # tblite: pip install tblite (an optional extra)
+    if os.path.exists(args.out):
+        shutil.rmtree(args.out)
+    os.makedirs(args.out)
+    t = time.perf_counter()
+    test = []
+    for k, T in enumerate((300.0, 600.0)):  # unseen: other random streams, longer runs
+        for f in emt_md(start, T, 40 * args.test_frames, 40, 400, 2000 + k, calc=ref, timestep=0.5):
+            f.info["system"] = f"aspirin {T:g}K"
+            test.append(f)
+    print(f"{len(test)} unseen GFN2-xTB MD test frames in {time.perf_counter() - t:.0f} s", flush=True)
+    run_dir = os.path.join(args.out, "learn")
+    rows, wall = {}, 0.0
+    for k, n in enumerate(sorted(args.calls)):
+        t = time.perf_counter()
+        res = learn([start], XTB_SPEC, run_dir, temperatures=XTB_TEMPERATURES, max_calls=n, timestep=0.5,
+                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor,
+                    options=XTB_GAP_OPTIONS, resume=k > 0, progress=None)
+        wall += time.perf_counter() - t
+        rows[n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall, "md_steps": res.md_steps}
+        print(f"learn {n:4d} calls: E MAE {rows[n]['energy']:.3f} meV/atom ({rows[n]['energy'] * len(start):.1f} "
+              f"meV/molecule), F MAE {rows[n]['forces']:.1f} meV/Å, {res.md_steps} MD steps, {wall:.0f} s", flush=True)
+        if res.stop_reason == "converged":
+            break
+    check = selection_check(os.path.join(run_dir, "data.extxyz"))
+    print(f"selected frames: RMS error / RMS uncertainty {check['ratio']:.2f}, Spearman {check['spearman']:.2f}")
+    # stability of the final model: NVT at 600 K, then NVE from 300 K velocities
+    i0, j0, d0 = bonds(start)
+    stab = {}
+    for ens, T in (("nvt", 600.0), ("nve", 300.0)):
+        atoms = start.copy()
+        calc = load(os.path.join(run_dir, "model.mlff"))
+        r = run_md(atoms, calc, ensemble=ens, temperature=T, timestep=0.5, steps=args.stability_steps, seed=1,
+                   friction=0.01)
+        dmax = float(np.abs(np.linalg.norm(atoms.positions[i0] - atoms.positions[j0], axis=1) - d0).max())
+        i1, j1, _ = bonds(atoms)
+        same = set(zip(i0.tolist(), j0.tolist())) == set(zip(i1.tolist(), j1.tolist()))
+        stab[ens] = {"steps": r.steps, "ps": r.steps * 0.5 / 1000, "mean_T": float(np.mean(r.temperature)),
+                     "largest_bond_change_A": dmax, "bonds_kept": same,
+                     "drift_meV_per_atom_per_ps": (r.drift * 1000 if ens == "nve" else None)}
+        print(f"{ens.upper()} {T:g} K, {stab[ens]['ps']:g} ps: mean T {stab[ens]['mean_T']:.0f} K, bond graph "
+              f"{'kept' if same else 'CHANGED'}, largest bond change at the end {dmax:.2f} Å"
+              + (f", drift {r.drift * 1000:.3f} meV/atom/ps" if ens == "nve" else ""), flush=True)
+    print()
+    print("| reference calls | E MAE (meV/atom) | F MAE (meV/Å) | learn wall time |")
+    print("|---:|---:|---:|---:|")
+    for n, r in rows.items():
+        print(f"| {n} | {r['energy']:.2f} | {r['forces']:.1f} | {r['wall_s'] / 60:.1f} min |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"learn": rows, "selection_check": check, "stability": stab, "gap_options": XTB_GAP_OPTIONS,
+                       "argv": sys.argv}, fh, indent=1)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, nargs="+", default=[10, 15, 20, 30, 40])
@@ -191,7 +280,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-random", action="store_true", help="only the active-learning arm")
     p.add_argument("--out", default="out/active_learning")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--task", choices=["copper", "xtb"], default="copper",
+                   help="copper: EMT copper against random sampling; xtb: aspirin with GFN2-xTB (needs tblite and "
+                        "rMD17 aspirin for the start geometry)")
+    p.add_argument("--stability-steps", type=int, default=10000, help="xtb: MD steps (0.5 fs) of each stability run")
     args = p.parse_args(argv)
+    if args.task == "xtb":
+        return xtb_task(args)
 
     from ase_mlff.workflows.learn import learn
 
