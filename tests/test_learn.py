@@ -114,6 +114,17 @@ def test_resume_after_interrupt_gives_the_same_run(tmp_path, flaky):
     assert res.calls == 7 and res.n_data == 7
 
 
+def test_pressure_rescales_periodic_cells(tmp_path):
+    # -P: a Berendsen barostat; at 5 GPa the cells of the selected frames shrink
+    res = learn(starts(), "ase.calculators.emt:EMT", tmp_path / "run", max_calls=4, pressure=5.0,
+                **{**LOOP, "segment_steps": 20})
+    assert res.n_data == 4
+    frames = ase.io.read(tmp_path / "run" / "data.extxyz", ":")
+    for f in frames[2:]:
+        start = starts()[f.info["learn_walker"]]
+        assert f.get_volume() < start.get_volume()
+
+
 def test_reference_failure_is_recorded_and_skipped(tmp_path, flaky):
     flaky.fail_at = 4
     res = learn(starts(), FlakyEMT(), tmp_path / "run", max_calls=5, **LOOP)

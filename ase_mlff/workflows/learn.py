@@ -907,8 +907,10 @@ class _Learner:
             os.replace(tmp, self.out / "failures.json")
         try:
             plot_learning_curve(self.history, self.out / "learning_curve.png")
-        except ImportError:
+        except ImportError:  # matplotlib is optional
             pass
+        except Exception as exc:  # noqa: BLE001 - a plot must not hide the run's own outcome
+            self.say(f"learning_curve.png not written ({type(exc).__name__}: {exc})")
 
     def result(self) -> LearnResult:
         return LearnResult(out_dir=str(self.out), calls=self.st["calls"], n_data=len(self.frames),
@@ -943,9 +945,10 @@ def plot_learning_curve(history, path) -> str | None:
     ax1.semilogy(calls, [h["uncertainty"] * 1000 for h in sel], "s--", color="C0", ms=3,
                  label="largest per-atom uncertainty (selection)")
     ax1.semilogy(calls, [h["error_forces_mae"] * 1000 for h in sel], "^-", color="C2", ms=3, label="force MAE")
-    thr = [h.get("threshold") for h in sel]
-    if all(t is not None for t in thr):
-        ax1.semilogy(calls, np.array(thr) * 1000, ":", color="0.4", label="threshold")
+    thr = np.array([h["threshold"] if h.get("threshold") is not None else np.nan for h in sel], dtype=float)
+    thr[~np.isfinite(thr)] = np.nan  # no threshold yet (the first fits)
+    if np.isfinite(thr).any():
+        ax1.semilogy(calls, thr * 1000, ":", color="0.4", label="threshold")
     ax1.set_ylabel("meV/Å")
     ax1.set_title("model on each selected frame, before it was added")
     ax1.legend(fontsize=7)
