@@ -11,7 +11,8 @@ The task (numbers for docs/active_learning.md):
 * ``ase-mlff learn`` (:func:`ase_mlff.workflows.learn.learn`, GAP with its calibrated variance)
   over the temperature schedule 300 600 900 1200 K, run to each budget of ``--calls`` in turn
   (each budget continues the previous one with ``resume=True``, which gives the very run an
-  uninterrupted one would); the model after each budget is evaluated.
+  uninterrupted one would); the model after each budget is evaluated. ``--learn-seeds`` runs
+  with seeds 0, 1, ... (velocities and Langevin noise), their errors averaged.
 * Random sampling: EMT Langevin MD from the same starts at the same temperatures
   (``--random-steps`` steps at each temperature, a frame every 10 steps after a 100-step
   burn-in), the same number of frames drawn at random from that pool (the three starts
@@ -22,7 +23,12 @@ The task (numbers for docs/active_learning.md):
   in 108 - 2 atoms at 900 K, a (100) slab (3 x 3 x 5 layers) at 700 K.
 
 Printed: per budget, the energy MAE (meV/atom) and force MAE (meV/Å, per Cartesian component)
-on the test frames of the loop's model and of random sampling, and the loop's wall time. The
+on the test frames of the loop's model and of random sampling (mean ± standard deviation over
+the seeds and draws), the slowest loop's wall time, and on the frames the loops selected the
+per-atom force errors of the model before each was added against the calibrated uncertainty
+that selected it (RMS ratio and Spearman rank correlation).
+
+``--task xtb``: aspirin with GFN2-xTB instead (:func:`xtb_task`). The
 target of the task: 30 calls or fewer reach F MAE <= 9 meV/Å and E MAE <= 0.6 meV/atom.
 """
 
@@ -184,7 +190,7 @@ def random_arm(pool, budgets, seeds, test, work):
 XTB_SPEC = "tblite.ase:TBLite method=GFN2-xTB verbosity=0"
 XTB_TEMPERATURES = (300.0, 450.0, 600.0)
 #: GAP for one organic molecule (C, H, O): shorter SOAP reach than for a metal
-XTB_GAP_OPTIONS = dict(cutoff=4.0, cutoff_width=1.0, n_max=6, l_max=4, atom_sigma=0.4, delta=0.5, n_sparse=300,
+XTB_GAP_OPTIONS = dict(cutoff=4.0, cutoff_width=1.0, n_max=6, l_max=4, atom_sigma=0.4, delta=0.5, n_sparse=200,
                        two_body_n_sparse=20, sigma_energy=0.0005, sigma_force=0.02)
 
 
@@ -275,6 +281,7 @@ def main(argv=None) -> int:
     p.add_argument("--test-frames", type=int, default=5, help="test frames per unseen system")
     p.add_argument("--random-steps", type=int, default=1000, help="EMT MD steps per start and temperature")
     p.add_argument("--random-seeds", type=int, default=3)
+    p.add_argument("--learn-seeds", type=int, default=3, help="loop runs (seeds of the velocities and noise)")
     p.add_argument("--segment-steps", type=int, default=100)
     p.add_argument("--threshold-factor", type=float, default=3.0)
     p.add_argument("--no-random", action="store_true", help="only the active-learning arm")
@@ -298,27 +305,38 @@ def main(argv=None) -> int:
     print(f"{len(test)} unseen test frames in {time.perf_counter() - t:.0f} s", flush=True)
 
     budgets = sorted(args.calls)
-    run_dir = os.path.join(args.out, "learn")
-    al, wall = {}, 0.0
-    for k, n in enumerate(budgets):
-        t = time.perf_counter()
-        res = learn(starts(), "ase.calculators.emt:EMT", run_dir, temperatures=TEMPERATURES, max_calls=n,
-                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor,
-                    options=GAP_OPTIONS, resume=k > 0, progress=None)
-        wall += time.perf_counter() - t
-        al[n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall, "calls": res.calls,
-                 "labelled": res.n_data, "md_steps": res.md_steps, "stop_reason": res.stop_reason}
-        print(f"learn  {n:4d} calls: E MAE {al[n]['energy']:.3f} meV/atom, F MAE {al[n]['forces']:.2f} meV/Å, "
-              f"{res.md_steps} MD steps, {wall:.0f} s in all; per system (E, F): "
-              + ", ".join(f"{s} {v[0]:.2f}/{v[1]:.1f}" for s, v in al[n]["per_system"].items()), flush=True)
-        if res.stop_reason == "converged":
-            print("the loop converged before this budget; no larger budgets", flush=True)
-            break
+    runs = {}  # seed -> budget -> result
+    for seed in range(args.learn_seeds):
+        run_dir = os.path.join(args.out, f"learn_seed{seed}")
+        runs[seed], wall = {}, 0.0
+        for k, n in enumerate(budgets):
+            t = time.perf_counter()
+            res = learn(starts(), "ase.calculators.emt:EMT", run_dir, temperatures=TEMPERATURES, max_calls=n,
+                        segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, seed=seed,
+                        options=GAP_OPTIONS, resume=k > 0, progress=None)
+            wall += time.perf_counter() - t
+            r = runs[seed][n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall,
+                                 "calls": res.calls, "labelled": res.n_data, "md_steps": res.md_steps,
+                                 "stop_reason": res.stop_reason}
+            print(f"learn seed {seed} {n:4d} calls: E MAE {r['energy']:.3f} meV/atom, F MAE {r['forces']:.2f} "
+                  f"meV/Å, {res.md_steps} MD steps, {wall:.0f} s in all; per system (E, F): "
+                  + ", ".join(f"{s} {v[0]:.2f}/{v[1]:.1f}" for s, v in r["per_system"].items()), flush=True)
+            if res.stop_reason == "converged":
+                print("the loop converged before this budget; no larger budgets", flush=True)
+                break
+    done = [n for n in budgets if all(n in runs[s] for s in runs)]
+    al = {n: {key: float(np.mean([runs[s][n][key] for s in runs])) for key in ("energy", "forces", "wall_s")}
+          for n in done}
+    for n in done:
+        al[n]["energy_spread"] = float(np.std([runs[s][n]["energy"] for s in runs]))
+        al[n]["forces_spread"] = float(np.std([runs[s][n]["forces"] for s in runs]))
+        al[n]["wall_s_max"] = float(max(runs[s][n]["wall_s"] for s in runs))
 
-    check = selection_check(os.path.join(run_dir, "data.extxyz"))
-    print(f"selected frames ({check['frames']}, {check['atoms']} atoms): per-atom |force error| against the "
-          f"calibrated uncertainty before each was added: RMS ratio {check['ratio']:.2f} (1 = calibrated), "
-          f"Spearman {check['spearman']:.2f}", flush=True)
+    checks = [selection_check(os.path.join(args.out, f"learn_seed{s}", "data.extxyz")) for s in runs]
+    check = {k: float(np.mean([c[k] for c in checks])) for k in ("ratio", "spearman")}
+    print(f"selected frames ({sum(c['frames'] for c in checks)} over {len(checks)} runs): per-atom |force error| "
+          f"before each was added against its calibrated uncertainty: RMS ratio {check['ratio']:.2f} (1 = "
+          f"calibrated), Spearman {check['spearman']:.2f} (means over the runs)", flush=True)
 
     rnd = {}
     if not args.no_random:
@@ -328,21 +346,25 @@ def main(argv=None) -> int:
             for j, T in enumerate(TEMPERATURES):
                 pool += emt_md(atoms, T, args.random_steps, 10, 100, 100 * k + j)
         print(f"random-sampling pool: {len(pool)} EMT MD frames in {time.perf_counter() - t:.0f} s", flush=True)
-        rnd = random_arm(pool, [n for n in budgets if n in al], args.random_seeds, test, args.out)
+        rnd = random_arm(pool, done, args.random_seeds, test, args.out)
 
     print()
-    print("| reference calls | learn: E MAE (meV/atom) | learn: F MAE (meV/Å) | random: E MAE | random: F MAE | "
-          "learn wall time |")
+    print(f"| reference calls | learn: E MAE (meV/atom) | learn: F MAE (meV/Å) | random: E MAE (meV/atom) | "
+          f"random: F MAE (meV/Å) | learn wall time (slowest of {len(runs)}) |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for n in al:
+    for n in done:
         r = rnd.get(n)
-        print(f"| {n} | {al[n]['energy']:.2f} | {al[n]['forces']:.1f} | "
-              + (f"{r['energy']:.2f} | {r['forces']:.1f}" if r else "- | -") + f" | {al[n]['wall_s'] / 60:.1f} min |")
-    print(f"\n{datetime.date.today()}, {platform.machine()} {platform.processor() or ''}, "
-          f"{os.cpu_count()} CPUs visible, torch threads {__import__('torch').get_num_threads()}")
+        a = al[n]
+        print(f"| {n} | {a['energy']:.2f} ± {a['energy_spread']:.2f} | {a['forces']:.1f} ± {a['forces_spread']:.1f} | "
+              + (f"{r['energy']:.2f} ± {r['energy_spread']:.2f} | {r['forces']:.1f} ± {r['forces_spread']:.1f}"
+                 if r else "- | -") + f" | {a['wall_s_max'] / 60:.1f} min |")
+    print(f"\nmean ± standard deviation over {len(runs)} loop seeds and {args.random_seeds} random draws; "
+          f"{datetime.date.today()}, {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs "
+          f"visible, torch threads {__import__('torch').get_num_threads()}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"learn": al, "random": rnd, "selection_check": check, "gap_options": GAP_OPTIONS, "argv": sys.argv}, fh, indent=1)
+            json.dump({"learn": al, "learn_runs": runs, "random": rnd, "selection_check": checks,
+                       "gap_options": GAP_OPTIONS, "argv": sys.argv}, fh, indent=1)
     return 0
 
 
