@@ -51,6 +51,8 @@ import numpy as np
 GAP_OPTIONS = dict(cutoff=5.0, cutoff_width=1.0, n_max=8, l_max=4, atom_sigma=0.4, delta=0.5, n_sparse=600,
                    two_body_n_sparse=15, sigma_energy=0.0005, sigma_force=0.01, sigma_virial=0.005)
 TEMPERATURES = (300.0, 600.0, 900.0, 1200.0)
+#: the loops run to each budget: no stop for want of threshold crossings (the comparison is at equal calls)
+NO_PATIENCE = 10 ** 9
 A = 3.61
 
 
@@ -210,6 +212,7 @@ def xtb_task(args) -> int:
     from ase import Atoms
 
     from ase_mlff import load
+    from ase_mlff.errors import InputError
     from ase_mlff.workflows.learn import learn
     from ase_mlff.workflows.md import run_md
     from ase_mlff.workflows.reference import parse_spec
@@ -236,7 +239,7 @@ def xtb_task(args) -> int:
     for k, n in enumerate(sorted(args.calls)):
         t = time.perf_counter()
         res = learn([start], XTB_SPEC, run_dir, temperatures=XTB_TEMPERATURES, max_calls=n, timestep=0.5,
-                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor,
+                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, patience=NO_PATIENCE,
                     options=XTB_GAP_OPTIONS, resume=k > 0, progress=None)
         wall += time.perf_counter() - t
         rows[n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall, "md_steps": res.md_steps}
@@ -252,8 +255,13 @@ def xtb_task(args) -> int:
     for ens, T in (("nvt", 600.0), ("nve", 300.0)):
         atoms = start.copy()
         calc = load(os.path.join(run_dir, "model.mlff"))
-        r = run_md(atoms, calc, ensemble=ens, temperature=T, timestep=0.5, steps=args.stability_steps, seed=1,
-                   friction=0.01)
+        try:
+            r = run_md(atoms, calc, ensemble=ens, temperature=T, timestep=0.5, steps=args.stability_steps, seed=1,
+                       friction=0.01)
+        except InputError as exc:  # overlapping atoms: the model let the molecule collapse
+            stab[ens] = {"failed": str(exc)}
+            print(f"{ens.upper()} {T:g} K: the run failed ({exc})", flush=True)
+            continue
         dmax = float(np.abs(np.linalg.norm(atoms.positions[i0] - atoms.positions[j0], axis=1) - d0).max())
         i1, j1, _ = bonds(atoms)
         same = set(zip(i0.tolist(), j0.tolist())) == set(zip(i1.tolist(), j1.tolist()))
@@ -313,6 +321,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             res = learn(starts(), "ase.calculators.emt:EMT", run_dir, temperatures=TEMPERATURES, max_calls=n,
                         segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, seed=seed,
+                        patience=NO_PATIENCE,
                         options=GAP_OPTIONS, resume=k > 0, progress=None)
             wall += time.perf_counter() - t
             r = runs[seed][n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall,
