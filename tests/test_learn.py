@@ -216,3 +216,33 @@ def test_committee_family(tmp_path):
     assert model.family == "committee"
     frames = ase.io.read(tmp_path / "run" / "data.extxyz", ":")
     assert frames[-1].info["learn_uncertainty"] > 0
+
+
+def test_gap_refit_with_reused_design_rows_is_the_fit_from_scratch():
+    # a refit that keeps the sparse set reuses the design rows of the frames fitted before; the
+    # same fit with every row computed again (as after --resume) gives the same model, bit for bit
+    from ase.md.langevin import Langevin
+    from ase.units import fs
+
+    from ase_mlff.data import Dataset
+    from ase_mlff.workflows.learn import LearnSettings, _GapFitter
+
+    atoms = starts()[0]
+    atoms.calc = EMT()
+    dyn = Langevin(atoms, 2 * fs, temperature_K=600, friction=0.02 / fs, fixcm=False, rng=np.random.default_rng(0))
+    frames = []
+    for _ in range(6):
+        dyn.run(5)
+        frames.append(Dataset.from_atoms([atoms])[0])  # the labels: EMT's results on the atoms
+    settings = LearnSettings(reference="emt", reselect_growth=100.0, novelty=1e-9)
+    a = _GapFitter(dict(GAP, n_sparse=12), settings, None)
+    a.fit(frames[:5])
+    meta, arrays = a.state()
+    model_a, _, _, how = a.fit(frames)
+    assert "kept" in how and a.rows_frames == 6
+    assert frames[0].forces is not None and frames[0].stress is not None
+    b = _GapFitter(dict(GAP, n_sparse=12), settings, None)
+    b.restore(meta, arrays)  # the sparse set, no rows
+    model_b, _, _, _ = b.fit(frames)
+    for k, v in model_a.get_arrays().items():
+        np.testing.assert_array_equal(v, model_b.get_arrays()[k], err_msg=k)
