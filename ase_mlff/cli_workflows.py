@@ -25,6 +25,9 @@ from .console import HelpFormatter
 _UNITS = ("Units: eV, Å, fs, K; pressures in GPa; phonon frequencies in THz. STRUCTURE is any file\n"
           "ase.io.read reads; --index picks the frame (default the last one, as ase does).")
 _MODEL_HELP = "model file (.mlff)"
+_LEARN_UNITS = ("Units: eV, Å, fs, K; pressures in GPa; uncertainties and thresholds in eV/Å (the largest per-atom\n"
+                "force uncertainty of a frame). docs/active_learning.md describes the loop, the files in DIR and\n"
+                "--resume.")
 
 
 def _number(kind, low=None, strict=False, what="a number"):
@@ -513,7 +516,8 @@ _COMMANDS = {
 def register(subparsers) -> None:
     """Add md, relax, phonons, eos and eval to the ``ase-mlff`` subparsers."""
     for name, (configure, help_text) in _COMMANDS.items():
-        p = subparsers.add_parser(name, help=help_text, description=f"{help_text}.\n\n{_UNITS}",
+        units = _LEARN_UNITS if name == "learn" else _UNITS
+        p = subparsers.add_parser(name, help=help_text, description=f"{help_text}.\n\n{units}",
                                   formatter_class=HelpFormatter)
         configure(p)
 

@@ -138,8 +138,9 @@ def selection_check(path):
     import ase.io
     from scipy.stats import spearmanr
 
-    err, sig, n = [], [], 0
+    err, sig, n, reasons = [], [], 0, {}
     for f in ase.io.read(path, ":"):
+        reasons[f.info["learn_reason"]] = reasons.get(f.info["learn_reason"], 0) + 1
         if "learn_model_forces" not in f.arrays:
             continue
         n += 1
@@ -147,7 +148,7 @@ def selection_check(path):
         sig.append(f.arrays["learn_forces_uncertainty"])
     err, sig = np.concatenate(err), np.concatenate(sig)
     return {"frames": n, "atoms": int(len(err)), "ratio": float(np.sqrt(np.mean(err ** 2) / np.mean(sig ** 2))),
-            "spearman": float(spearmanr(err, sig).statistic)}
+            "spearman": float(spearmanr(err, sig).statistic), "reasons": reasons}
 
 
 def random_arm(pool, budgets, seeds, test, work):
@@ -248,7 +249,8 @@ def xtb_task(args) -> int:
         if res.stop_reason == "converged":
             break
     check = selection_check(os.path.join(run_dir, "data.extxyz"))
-    print(f"selected frames: RMS error / RMS uncertainty {check['ratio']:.2f}, Spearman {check['spearman']:.2f}")
+    print(f"selected frames: RMS error / RMS uncertainty {check['ratio']:.2f}, Spearman {check['spearman']:.2f}; "
+          "why the reference was called: " + ", ".join(f"{k} {v}" for k, v in sorted(check["reasons"].items())))
     # stability of the final model: NVT at 600 K, then NVE from 300 K velocities
     i0, j0, d0 = bonds(start)
     stab = {}
@@ -342,6 +344,8 @@ def main(argv=None) -> int:
         al[n]["wall_s_max"] = float(max(runs[s][n]["wall_s"] for s in runs))
 
     checks = [selection_check(os.path.join(args.out, f"learn_seed{s}", "data.extxyz")) for s in runs]
+    print("why the loops called the reference: " + "; ".join(
+        f"seed {s}: " + ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items())) for s, c in zip(runs, checks)))
     check = {k: float(np.mean([c[k] for c in checks])) for k in ("ratio", "spearman")}
     print(f"selected frames ({sum(c['frames'] for c in checks)} over {len(checks)} runs): per-atom |force error| "
           f"before each was added against its calibrated uncertainty: RMS ratio {check['ratio']:.2f} (1 = "
