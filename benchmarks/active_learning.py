@@ -368,7 +368,8 @@ def main(argv=None) -> int:
     for n in done:
         r = rnd.get(n)
         a = al[n]
-        print(f"| {n} | {a['energy']:.2f} ± {a['energy_spread']:.2f} | {a['forces']:.1f} ± {a['forces_spread']:.1f} | "
+        print(f"| {n} | {a['energy']:.2f} ± {a['energy_spread']:.2f} | "
+              f"{a['forces']:.1f} ± {a['forces_spread']:.1f} | "
               + (f"{r['energy']:.2f} ± {r['energy_spread']:.2f} | {r['forces']:.1f} ± {r['forces_spread']:.1f}"
                  if r else "- | -") + f" | {a['wall_s_max'] / 60:.1f} min |")
     print(f"\nmean ± standard deviation over {len(runs)} loop seeds and {args.random_seeds} random draws; "

@@ -181,6 +181,9 @@ def test_cli_errors(tmp_path, capsys):
     # --resume where there is no checkpoint
     assert main(["learn", str(start), "--reference", "ase.calculators.emt:EMT", "-o", str(out), "--resume"]) == 2
     assert "no checkpoint.ckpt" in capsys.readouterr().err
+    assert main(["learn", str(start), "--reference", "ase.calculators.emt:EMT", "-o", str(tmp_path / "new"),
+                 "--resume"]) == 2
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_run_and_resume_with_other_settings(tmp_path, capsys):

@@ -586,7 +586,8 @@ class _Learner:
         arrays["w_momenta"] = (np.concatenate([w.atoms.get_momenta() for w in self.walkers])
                                if self.walkers else np.zeros((0, 3)))
         arrays.update(fit_arrays)
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "ase-mlff learn checkpoint", "version": CHECKPOINT_VERSION,
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "ase-mlff learn checkpoint",
+                "version": CHECKPOINT_VERSION,
                 "settings": self.s.identity(), "starts_sha256": structures_sha256(self.starts), "state": self.st,
                 "data_info": [{k: v for k, v in f.info.items() if not isinstance(v, np.ndarray)}
                               for f in self.frames],
@@ -797,7 +798,8 @@ class _Learner:
             self.st["md_steps"] += 1
             self.st["since_crossing"] += 1
             if runaway:
-                self._restart(w, f"MD stopped at step {w.step} ({runaway if isinstance(runaway, str) else 'the temperature ran away'})")
+                why = runaway if isinstance(runaway, str) else "the temperature ran away"
+                self._restart(w, f"MD stopped at step {w.step} ({why})")
                 break
             if w.step % int(self.s.check_interval):
                 continue
@@ -993,6 +995,9 @@ def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | N
                              options=dict(options or {}))
     settings.check()
     out = Path(out_dir)
+    if resume and not (out / CHECKPOINT_NAME).exists():  # refused before anything is created
+        raise OutputExistsError(f"--resume: {out} holds no {CHECKPOINT_NAME} to continue from (start a new run "
+                                "without --resume)")
     if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputExistsError(f"{out} exists and is not empty: give --resume to continue the run in it, or "
                                 "another -o folder (nothing there is replaced)")
