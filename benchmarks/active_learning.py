@@ -151,6 +151,24 @@ def selection_check(path):
             "spearman": float(spearmanr(err, sig).statistic), "reasons": reasons}
 
 
+def fit_times(run_dirs):
+    """Mean refit time of the loops with the sparse set kept (design rows reused) and chosen
+    again (a fit from scratch), from their checkpoints' call histories."""
+    from ase_mlff.io import read_archive
+
+    kept, chosen = [], []
+    for d in run_dirs:
+        meta, _ = read_archive(os.path.join(d, "checkpoint.ckpt"), load_arrays=False)
+        for h in meta["history"]:
+            if "fit_s" in h and h.get("n_data", 0) >= 10:  # the first fits are all small
+                (kept if "kept" in h.get("fit", "") else chosen).append(h["fit_s"])
+    print(f"refits from 10 frames on: sparse set kept (design rows reused) {np.mean(kept):.2f} s on average "
+          f"({len(kept)} fits), chosen again (from scratch) {np.mean(chosen):.2f} s ({len(chosen)} fits)",
+          flush=True)
+    return {"kept_s": float(np.mean(kept)), "kept_n": len(kept), "chosen_s": float(np.mean(chosen)),
+            "chosen_n": len(chosen)}
+
+
 def random_arm(pool, budgets, seeds, test, work):
     """GAP on n frames drawn from the EMT MD pool (plus the three starts), per budget."""
     import ase_mlff
@@ -343,6 +361,7 @@ def main(argv=None) -> int:
         al[n]["forces_spread"] = float(np.std([runs[s][n]["forces"] for s in runs]))
         al[n]["wall_s_max"] = float(max(runs[s][n]["wall_s"] for s in runs))
 
+    refits = fit_times(os.path.join(args.out, f"learn_seed{s}") for s in runs)
     checks = [selection_check(os.path.join(args.out, f"learn_seed{s}", "data.extxyz")) for s in runs]
     print("why the loops called the reference: " + "; ".join(
         f"seed {s}: " + ", ".join(f"{k} {v}" for k, v in sorted(c["reasons"].items())) for s, c in zip(runs, checks)))
@@ -377,7 +396,7 @@ def main(argv=None) -> int:
           f"visible, torch threads {__import__('torch').get_num_threads()}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"learn": al, "learn_runs": runs, "random": rnd, "selection_check": checks,
+            json.dump({"learn": al, "learn_runs": runs, "random": rnd, "selection_check": checks, "refits": refits,
                        "gap_options": GAP_OPTIONS, "argv": sys.argv}, fh, indent=1)
     return 0
 

@@ -740,7 +740,7 @@ class _Learner:
         self.st["needs_fit"] = False
         fit_s = time.perf_counter() - t
         if self.history:
-            self.history[-1]["fit_s"] = fit_s
+            self.history[-1].update(fit_s=fit_s, fit=how, n_data=len(self.frames))
         self.say(f"fit {self.st['fits']}: {len(self.frames)} frames, {how}, {fit_s:.1f} s; held-out force error "
                  f"{f'{rms * 1000:.1f} meV/Å' if rms else 'none yet'} per atom (RMS), threshold "
                  f"{self.st['threshold'] * 1000:.1f} meV/Å")
