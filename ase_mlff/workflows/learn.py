@@ -433,10 +433,13 @@ class _CommitteeFitter:
                              "same order")
         ds = Dataset(frames)
         options = dict(self.options)
-        if s.family == "mff" and "n_test" not in options:
-            # the calibration frames: a quarter of the data so far (the recipe's default, 60, is for a
-            # data set, not for the first few labels of a loop)
-            options["n_test"] = max(1, len(frames) // 4)
+        # the calibration frames: a quarter of the data so far (the recipes' defaults are for a data
+        # set, not for the first few labels of a loop), and members of half the rest
+        held_key = {"mff": "n_test", "sgdml": "n_valid"}.get(s.family)
+        if held_key is not None and held_key not in options:
+            options[held_key] = max(1, len(frames) // 4)
+        if held_key is not None and "n_member" not in options:
+            options["n_member"] = max(1, (len(frames) - int(options[held_key])) // 2)
         if len(frames) < 3:
             raise InputError(f"a {s.family} committee needs at least 3 labelled frames to train and calibrate on "
                              f"(have {len(frames)}): give more start structures")
