@@ -145,6 +145,19 @@ def test_non_finite_reference_is_a_failure():
         label(NaNCalc(), starts()[0])
 
 
+def test_labels_ignore_constraints():
+    # fixed atoms of a start structure stay fixed in the MD, but their labels are the true forces
+    from ase.constraints import FixAtoms
+
+    atoms = starts()[0]
+    atoms.set_constraint(FixAtoms(indices=[0, 1]))
+    free = atoms.copy()
+    free.set_constraint()
+    free.calc = EMT()
+    np.testing.assert_array_equal(label(EMT(), atoms)["forces"], free.get_forces())
+    assert np.abs(label(EMT(), atoms)["forces"][:2]).max() > 1e-3
+
+
 def test_spec_parsing():
     spec = parse_spec(["mod.sub:Calc", "method=GFN2-xTB", "kpts=(4,4,4)", "encut=520", "x=__import__('os')"])
     assert (spec.module, spec.name) == ("mod.sub", "Calc")

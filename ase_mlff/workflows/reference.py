@@ -121,7 +121,8 @@ def label(calc, atoms) -> dict:
     work.calc = calc
     try:
         energy = float(work.get_potential_energy())
-        forces = np.array(work.get_forces(), dtype=np.float64)
+        # the reference's own forces: a constraint of the structure (fixed slab layers) would zero them
+        forces = np.array(work.get_forces(apply_constraint=False), dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - whatever the reference raises is a failed call, not ours
         raise ReferenceFailure(f"{type(exc).__name__}: {exc}") from exc
     stress = None
