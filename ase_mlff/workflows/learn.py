@@ -648,8 +648,10 @@ class _Learner:
                                                       cell=s["cell"], pbc=s["pbc"])})
         self.walkers = []
         for w, s in zip(meta["walkers"], _unpack_structures("w_", arrays)):
+            start = self.starts[w["start"]]
             atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"],
-                          info=dict(self.starts[w["start"]].info))  # config_type and the like, as before
+                          info=dict(start.info))  # config_type and the like, as before
+            atoms.set_constraint([c.copy() for c in start.constraints])  # fixed atoms stay fixed
             atoms.set_momenta(arrays["w_momenta"][s["slice"]])
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = w["rng"]
