@@ -27,6 +27,9 @@ def starts():
     a.rattle(0.05, seed=1)  # not a perfect lattice: its forces are a label the first fit can hold out
     b = cu.repeat((1, 2, 1))
     del b[3]  # a vacancy
+    from ase.constraints import FixAtoms
+
+    b.set_constraint(FixAtoms(indices=[0]))  # a fixed atom: fixed in the MD, also after --resume
     return [a, b]
 
 
