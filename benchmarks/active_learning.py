@@ -76,12 +76,12 @@ def emt_md(atoms, temperature, steps, every, burn, seed, calc=None, timestep=1.0
     from ase.md.langevin import Langevin
     from ase.units import fs
 
-    from ase_mlff.workflows.learn import _thermalise
+    from ase_mlff.workflows.learn.walkers import thermalise
 
     rng = np.random.default_rng(seed)
     atoms = atoms.copy()
     atoms.calc = calc if calc is not None else EMT()
-    _thermalise(atoms, temperature, rng)
+    thermalise(atoms, temperature, rng)
     dyn = Langevin(atoms, timestep * fs, temperature_K=temperature, friction=0.02 / fs, fixcm=False, rng=rng)
     out = []
     for step in range(1, burn + steps + 1):

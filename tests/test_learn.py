@@ -244,7 +244,8 @@ def test_gap_refit_with_reused_design_rows_is_the_fit_from_scratch():
     from ase.units import fs
 
     from ase_mlff.data import Dataset
-    from ase_mlff.workflows.learn import LearnSettings, _GapFitter
+    from ase_mlff.workflows.learn import LearnSettings
+    from ase_mlff.workflows.learn.fitting import GapFitter
 
     atoms = starts()[0]
     atoms.calc = EMT()
@@ -254,13 +255,13 @@ def test_gap_refit_with_reused_design_rows_is_the_fit_from_scratch():
         dyn.run(5)
         frames.append(Dataset.from_atoms([atoms])[0])  # the labels: EMT's results on the atoms
     settings = LearnSettings(reference="emt", reselect_growth=100.0, novelty=1e-9)
-    a = _GapFitter(dict(GAP, n_sparse=12), settings, None)
+    a = GapFitter(dict(GAP, n_sparse=12), settings, None)
     a.fit(frames[:5])
     meta, arrays = a.state()
     model_a, _, _, how = a.fit(frames)
     assert "kept" in how and a.rows_frames == 6
     assert frames[0].forces is not None and frames[0].stress is not None
-    b = _GapFitter(dict(GAP, n_sparse=12), settings, None)
+    b = GapFitter(dict(GAP, n_sparse=12), settings, None)
     b.restore(meta, arrays)  # the sparse set, no rows
     model_b, _, _, _ = b.fit(frames)
     for k, v in model_a.get_arrays().items():
