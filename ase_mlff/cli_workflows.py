@@ -394,7 +394,7 @@ def _read_starts(paths):
 
 def _training_options(items):
     """``--option KEY=VALUE`` (repeated) -> {KEY: VALUE}, values read as Python literals."""
-    from .workflows.reference import _literal
+    from .workflows.reference import literal
 
     out = {}
     for item in items or ():
@@ -402,7 +402,7 @@ def _training_options(items):
         key = key.strip().replace("-", "_")
         if not eq or not key.isidentifier():
             raise argparse.ArgumentTypeError(f"--option {item!r}: expected KEY=VALUE, e.g. n_sparse=200")
-        out[key] = _literal(value.strip())
+        out[key] = literal(value.strip())
     return out
 
 

@@ -327,6 +327,20 @@ def _npy_header(stream: _Hashing, where: str) -> tuple[str, bool, tuple]:
     return header["descr"], header["fortran_order"], header["shape"]
 
 
+def stream_sha256(fh) -> str:
+    """sha256 (hex) of what is left to read in the binary file object ``fh``, in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 (hex) of the file at ``path`` (model files, checkpoints: what provenance records)."""
+    with open(path, "rb") as fh:
+        return stream_sha256(fh)
+
+
 class _Archive:
     """An open model-file archive whose directory has been checked against its meta.json."""
 
@@ -348,11 +362,8 @@ class _Archive:
 
     def file_sha256(self) -> str:
         """sha256 of the whole file, as read through the same (regular-file) handle."""
-        h = hashlib.sha256()
         self.fh.seek(0)
-        for chunk in iter(lambda: self.fh.read(1 << 20), b""):
-            h.update(chunk)
-        return h.hexdigest()
+        return stream_sha256(self.fh)
 
     def __enter__(self):
         return self

@@ -43,7 +43,6 @@ weight decay never touches them either, and they stay bit-identical (same dtype:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
@@ -54,6 +53,7 @@ from ase.data import chemical_symbols
 
 from ..errors import DatasetError, InputError, MLFFError, OutputExistsError
 from ..graph import graph_from_structure
+from ..io import file_sha256
 from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
 from .committee import network_committee
@@ -79,14 +79,6 @@ def parse_freeze(values) -> list[str]:
     if unknown:
         raise InputError(f"--freeze {', '.join(unknown)}: the groups are {', '.join(GROUPS)}")
     return [g for g in GROUPS if g in names]
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_parent(init):

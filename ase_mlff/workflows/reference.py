@@ -37,7 +37,7 @@ class ReferenceFailure(MLFFError):
     """The reference failed on one structure (its exception, or non-finite results)."""
 
 
-def _literal(text: str):
+def literal(text: str):
     """A Python literal, or the text itself when it is not one (``PBE``, ``GFN2-xTB``)."""
     try:
         return ast.literal_eval(text)
@@ -109,7 +109,7 @@ def parse_spec(spec) -> ReferenceSpec:
         key, eq, value = word.partition("=")
         if not eq or not key.isidentifier():
             raise ReferenceSpecError(f"reference {text!r}: argument {word!r} is not key=value")
-        kwargs[key] = _literal(value)
+        kwargs[key] = literal(value)
     return ReferenceSpec(module, name, kwargs, text)
 
 

@@ -13,11 +13,12 @@ from typing import Callable
 import numpy as np
 
 from ...errors import DatasetError, InputError, MLFFError, OutputExistsError
+from ...io import file_sha256
 from ..reference import ReferenceFailure, ReferenceSpec, label, parse_spec
 from .fitting import CommitteeFitter, GapFitter
 from .plot import plot_learning_curve
 from .settings import CHECKPOINT_NAME, CHECKPOINT_VERSION, RUNAWAY_FACTOR, LearnSettings
-from .store import (file_sha256, frame_atoms, jsonable, labelled_frame, pack_structures, structures_sha256,
+from .store import (frame_atoms, jsonable, labelled_frame, pack_structures, structures_sha256,
                     unpack_structures, write_extxyz)
 from .walkers import Walker, berendsen, thermalise
 
