@@ -27,6 +27,7 @@ package's own families are unaffected.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from importlib import metadata
 
@@ -36,10 +37,17 @@ MODELS, RECIPES, CONFORMANCE_EXAMPLES = "ase_mlff.models", "ase_mlff.recipes", "
 _imported: set[str] = set()
 
 
+@functools.lru_cache(maxsize=None)
+def _scan(group: str) -> tuple:
+    # reading every installed distribution's metadata takes ~30 ms: once per group and process
+    return tuple(metadata.entry_points(group=group))
+
+
 def entry_points(group: str) -> dict[str, metadata.EntryPoint]:
-    """The installed entry points of ``group`` by name (the first one found for a repeated name)."""
+    """The installed entry points of ``group`` by name (the first one found for a repeated name;
+    read once per process)."""
     out: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=group):
+    for ep in _scan(group):
         out.setdefault(ep.name, ep)
     return out
 
