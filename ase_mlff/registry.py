@@ -39,7 +39,7 @@ _imported: set[str] = set()
 
 @functools.lru_cache(maxsize=None)
 def _scan(group: str) -> tuple:
-    # reading every installed distribution's metadata takes ~30 ms: once per group and process
+    # reading every installed distribution's metadata is slow (tens of ms): once per group and process
     return tuple(metadata.entry_points(group=group))
 
 

@@ -19,7 +19,6 @@ BAROSTAT_MODULUS_GPA = 100.0
 BAROSTAT_TAU_FS = 500.0
 #: a walker whose temperature exceeds this multiple of its target (plus 500 K) has run away
 RUNAWAY_FACTOR = 5.0
-GPA = 1.0 / 160.21766208  # eV/Å^3
 
 
 @dataclass

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .settings import BAROSTAT_MODULUS_GPA, BAROSTAT_TAU_FS, GPA
+from .._common import GPA
+from .settings import BAROSTAT_MODULUS_GPA, BAROSTAT_TAU_FS
 
 
 # ----------------------------------------------------------------------------- walkers
