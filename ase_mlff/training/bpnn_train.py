@@ -475,8 +475,10 @@ def _run(args, ddp) -> int:
 # ------------------------------------------------------------------------- committees
 #: ``ase-mlff train bpnn --committee K``: the split and member scheme of the shared trainer's
 #: recipes (:func:`~ase_mlff.training.committee.network_committee`). Each member is a
-#: :func:`train_bpnn` model whose symmetry functions are selected from its own frames.
-COMMITTEE = network_committee("bpnn", train_bpnn)
+#: :func:`train_bpnn` model whose symmetry functions are selected from its own frames; a warm
+#: start (``train_committee(init=...)``) keeps each parent's (:func:`check_parent`).
+COMMITTEE = network_committee("bpnn", train_bpnn, lambda parent, frames, options: check_parent(
+    parent, frames, **{k: options.get(k) for k in ("cutoff", "hidden", "activation", "dtype", "repulsion")}))
 
 
 def main(argv=None) -> int:
