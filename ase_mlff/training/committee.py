@@ -347,6 +347,8 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
         return ds[idx], {"source": ds.source, "data_sha256": ds.sha256(), "indices": idx.tolist()}
 
     # ---- the family's plan, every model's elements checked, then the served mean and the members
+    if member_frames is not None and n_member is None:  # the plan's count: the smallest member's
+        n_member = min((len(f) for f in member_frames), default=None)
     plan = family_hook.plan(ds, dict(options), n_member=n_member, seed=seed, reference=reference, say=say)
     given_frames = None if member_frames is None else _given_member_frames(member_frames, K, plan.pool)
     if start_from is not None:  # everything that must carry over, before anything trains
