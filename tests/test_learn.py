@@ -297,12 +297,13 @@ def _same_run(a, b):
 
 def test_network_committee_fine_tunes_and_resumes_bit_identically(tmp_path, flaky, monkeypatch):
     # a bpnn committee: a fresh fit first, then each refit fine-tunes the current members for a
-    # quarter of the epochs; each member keeps its frames and new frames join by seeded draws
+    # quarter of the epochs; each member keeps its frames and new frames join by seeded draws;
+    # once the frames have grown 1.5x since the last fresh fit, a fresh fit again
     kw = dict(family="bpnn", committee=2, max_calls=7, segment_steps=6, options=BPNN)
     res = learn(cu8_starts(), FlakyEMT(), tmp_path / "a", **kw)
     hows = [h["fit"] for h in res.history if "fit" in h]
     assert hows == ["fresh fit (first fit)", "fine-tuned from fit 1 for 1 epochs",
-                    "fine-tuned from fit 2 for 1 epochs", "fine-tuned from fit 3 for 1 epochs"]
+                    "fresh fit (the frames grew 1.50x since the last fresh fit)", "fine-tuned from fit 3 for 1 epochs"]
     meta, _ = read_archive(tmp_path / "a" / "model.mlff", load_arrays=False)
     rec = meta["training"]
     assert rec["how"] == "fine-tuned from fit 3 for 1 epochs"
@@ -317,19 +318,19 @@ def test_network_committee_fine_tunes_and_resumes_bit_identically(tmp_path, flak
     flaky.interrupt_at = None
     learn(cu8_starts(), FlakyEMT(), tmp_path / "b", resume=True, **kw)
     _same_run(tmp_path / "a", tmp_path / "b")
-    # killed after the model file of fit 3 was written, before the checkpoint that follows it: the
-    # resumed run fits again from the committee of fit 2, which the checkpoint keeps
+    # killed after the model file of fit 4 was written, before the checkpoint that follows it: the
+    # resumed run fits again from the committee of fit 3, which the checkpoint keeps
     from ase_mlff.workflows.learn.loop import Learner
 
     original = Learner.checkpoint
 
-    def killed_after_fit_3(self):
-        if self.st["fits"] == 3 and not getattr(Learner, "_killed", False):
+    def killed_after_fit_4(self):
+        if self.st["fits"] == 4 and not getattr(Learner, "_killed", False):
             Learner._killed = True
             raise KeyboardInterrupt
         original(self)
 
-    monkeypatch.setattr(Learner, "checkpoint", killed_after_fit_3)
+    monkeypatch.setattr(Learner, "checkpoint", killed_after_fit_4)
     flaky.calls = 0
     with pytest.raises(KeyboardInterrupt):
         learn(cu8_starts(), FlakyEMT(), tmp_path / "c", **kw)
@@ -350,5 +351,10 @@ def test_finetune_epochs_option(tmp_path):
     assert CommitteeFitter(dict(BPNN, finetune_epochs=3), s, None).finetune_epochs == 3
     with pytest.raises(InputError, match="finetune_epochs must be a positive integer"):
         CommitteeFitter({"finetune_epochs": 0}, s, None)
+    with pytest.raises(InputError, match="finetune must be True or False"):
+        CommitteeFitter({"finetune": "no"}, s, None)
+    assert CommitteeFitter({"finetune": False}, s, None)._why_fresh(None, 5) == "fresh fit (first fit)"
+    with pytest.raises(InputError, match="fresh_fit_growth must be a number > 1"):
+        CommitteeFitter({"fresh_fit_growth": 1.0}, s, None)
     with pytest.raises(InputError, match="mff committees are refitted from scratch"):
         CommitteeFitter({"finetune_epochs": 3}, LearnSettings(reference="emt", family="mff", committee=2), None)

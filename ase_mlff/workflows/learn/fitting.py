@@ -171,8 +171,14 @@ class CommitteeFitter:
     are the roles and the current committee itself (so that a resumed run fine-tunes from the
     same weights even if the model file of its last fit was lost).
 
-    A fresh fit is made instead, and logged with the reason, when there is no committee to start
-    from or the warm start is refused (e.g. a new element for a BPNN)."""
+    A fresh fit is made instead, and logged with the reason, when the labelled frames have grown
+    by ``fresh_fit_growth`` (a learn option, default 1.5) since the last fresh fit, when there is
+    no committee to start from, when the warm start is refused (e.g. a new element for a BPNN),
+    or when the learn options say ``finetune=False`` (every refit from scratch, as for the other
+    families). The periodic fresh fit matters: a fine-tuned model keeps what its fresh ancestor
+    chose from the data of its day, e.g. a BPNN's symmetry-function scaling, and the frames an
+    active-learning loop selects are the ones that leave that range (fresh fits are at ~1.5^n
+    times the first data, so they stay a small share of the refits)."""
 
     #: the stream of the member draws of new frames
     STREAM = "learn-committee-frames"
@@ -185,6 +191,9 @@ class CommitteeFitter:
         self.log = log
         found = hook(settings.family)
         self.warm = bool(found is not None and found.warm_start)
+        self.finetune = self.options.pop("finetune", True)
+        if not isinstance(self.finetune, bool):
+            raise InputError(f"finetune must be True or False, got {self.finetune!r}")
         ft = self.options.pop("finetune_epochs", None)
         if ft is not None and (isinstance(ft, bool) or not isinstance(ft, (int, np.integer)) or ft < 1):
             raise InputError(f"finetune_epochs must be a positive integer (epochs of a fine-tuning refit), got {ft!r}")
@@ -192,6 +201,11 @@ class CommitteeFitter:
             raise InputError(f"finetune_epochs: {settings.family} committees are refitted from scratch (their "
                              "recipe has no warm start); leave it out")
         self.finetune_epochs = int(ft) if ft is not None else max(1, int(self.options.get("epochs", 100)) // 4)
+        growth = self.options.pop("fresh_fit_growth", 1.5)
+        if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not growth > 1.0:
+            raise InputError(f"fresh_fit_growth must be a number > 1 (growth of the labelled frames since the last "
+                             f"fresh fit that makes the next one fresh), got {growth!r}")
+        self.fresh_fit_growth = float(growth)
         self.fits = 0  # fits made by this fitter (the loop's fit count)
         self.roles: dict | None = None  # held-out frames, pool, member frames, draw probabilities, stream
         self.parent: bytes | None = None  # the current committee as a model file (for the checkpoint)
@@ -223,7 +237,7 @@ class CommitteeFitter:
             raise InputError(f"a {s.family} committee needs at least 3 labelled frames to train and calibrate on "
                              f"(have {len(frames)}): give more start structures")
         ds = Dataset(frames)
-        why = self._why_fresh(previous)
+        why = self._why_fresh(previous, len(frames))
         start = None if why is not None else (previous if previous is not None else self._stored())
         if start is not None:
             try:
@@ -246,12 +260,17 @@ class CommitteeFitter:
                                                                                  self.roles["members"]]}
         return model, record, rms, how
 
-    def _why_fresh(self, previous) -> str | None:
+    def _why_fresh(self, previous, n_frames: int) -> str | None:
         """Why this fit starts from scratch (None: it fine-tunes)."""
         if not self.warm:
             return f"refitted from scratch ({self.settings.family} committees have no warm start)"
         if self.fits == 0 or self.roles is None:
             return "fresh fit (first fit)"
+        if not self.finetune:
+            return "fresh fit (finetune=False)"
+        grown = n_frames / self.roles["fresh_frames"]
+        if grown >= self.fresh_fit_growth:
+            return f"fresh fit (the frames grew {grown:.2f}x since the last fresh fit)"
         if previous is None and self.parent is None:
             return "fresh fit (no current committee to start from)"
         return None
@@ -296,7 +315,7 @@ class CommitteeFitter:
             self.roles = {"held": held, "pool": pool,
                           "members": [sorted(int(i) for i in r["frames"]) for r in report["members"]],
                           "p_held": len(held) / len(ds), "p_member": int(report["n_member"]) / len(pool),
-                          "n_seen": len(ds), "rng": rng, "fresh_fit": self.fits + 1}
+                          "n_seen": len(ds), "rng": rng, "fresh_fit": self.fits + 1, "fresh_frames": len(ds)}
         return model, report, why
 
     def _finetune(self, frames, start):
