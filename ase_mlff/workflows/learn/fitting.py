@@ -255,6 +255,9 @@ class CommitteeFitter:
         record = {"recipe": f"ase_mlff.workflows.learn ({s.family} committee of {s.committee}, {how})",
                   "how": how, "data_sha256": ds.sha256(), "options": jsonable(self.options),
                   "calibration": jsonable(cal), "trained_on": report.get("trained_on"), "n_frames": len(frames)}
+        if self.warm:
+            record["finetune"] = {"on": self.finetune, "epochs": self.finetune_epochs,
+                                  "fresh_fit_growth": self.fresh_fit_growth}
         if self.roles is not None:
             record["frames"] = {"held_out": list(self.roles["held"]), "members": [list(m) for m in
                                                                                  self.roles["members"]]}
