@@ -556,3 +556,17 @@ def test_warm_start_refuses_what_cannot_carry_over(mff_committee):
         train_committee("bpnn", with_ni, 2, start_from=first, epochs=1, **TINY_BPNN)
     with pytest.raises(InputError, match="outside the training pool"):
         train_committee("bpnn", ds, 2, member_frames=[[0, 1], [2, 99]], epochs=1, **TINY_BPNN)
+
+
+def test_schnet_committee_warm_start_starts_from_its_parents():
+    # the same plumbing for SchNet (its recipe's init: transfer_model copies every weight)
+    ds = _cu_dataset(10)
+    tiny = dict(cutoff=4.0, n_features=8, n_interactions=1, n_rbf=8, dtype="float64", n_valid=1, n_test=2)
+    first, _ = train_committee("schnet", ds, 2, seed=0, epochs=2, **tiny)
+    second, rep = train_committee("schnet", ds, 2, seed=0, start_from=first, epochs=1, lr=1e-30, ema=0.0, **tiny)
+    probe = list(ds)
+    for a, b in zip([*first.members, first.mean_model], [*second.members, second.mean_model]):
+        np.testing.assert_array_equal(_energies_forces(a, probe), _energies_forces(b, probe))
+    assert rep["members"][1]["init"] == "member 2 of the given committee"
+    with pytest.raises(InputError, match="n-features 16 differs from the parent's 8"):
+        train_committee("schnet", ds, 2, seed=0, start_from=first, epochs=1, **{**tiny, "n_features": 16})
