@@ -154,7 +154,8 @@ def main(argv=None):
             r.update(name=name, seed=seed, **errors(os.path.join(r["dir"], "model.mlff"), test))
             rows.append(r)
             mean = (lambda v: float(np.mean(v)) if v else float("nan"))
-            print(f"{name:8s} seed {seed}: {r['calls']} calls, {r['fits']} fits; fresh fit {mean(r['fresh_fit_s']):.2f} s "
+            print(f"{name:8s} seed {seed}: {r['calls']} calls, {r['fits']} fits; fresh fit "
+                  f"{mean(r['fresh_fit_s']):.2f} s "
                   f"(x{len(r['fresh_fit_s'])}), fine-tune {mean(r['finetune_fit_s']):.2f} s "
                   f"(x{len(r['finetune_fit_s'])}); loop {r['wall_s']:.0f} s; test E MAE {r['energy']:.2f} meV/atom, "
                   f"F MAE {r['forces']:.1f} meV/Å", flush=True)

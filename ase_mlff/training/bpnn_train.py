@@ -152,8 +152,9 @@ def check_parent(parent: BPNNModel, frames, cutoff: float | None = None, hidden:
 
     for name, v in given.items():
         if v is not None and v != theirs[name]:
-            raise InputError(f"--{name.replace('_', '-')} {shown(v)} differs from the parent's {shown(theirs[name])} (the "
-                             "architecture and descriptor of a fine-tuned model are the parent's; omit the option)")
+            raise InputError(f"--{name.replace('_', '-')} {shown(v)} differs from the parent's "
+                             f"{shown(theirs[name])} (the architecture and descriptor of a fine-tuned model are "
+                             "the parent's; omit the option)")
 
 
 def model_from_parent(parent: BPNNModel) -> BPNNModel:
@@ -459,8 +460,9 @@ def _run(args, ddp) -> int:
         return fail(exc, EXIT_DATA)
     if not ddp.is_main:
         return EXIT_OK
-    print(f"BPNN model written to {args.output} ({', '.join(k + ' ' + str(len(v['kept'])) + ' functions' for k, v in report['selection'].items())}"
-          + (f"; fine-tuned from {args.init}" if args.init else "") + ")")
+    functions = ", ".join(f"{k} {len(v['kept'])} functions" for k, v in report["selection"].items())
+    print(f"BPNN model written to {args.output} ({functions}" + (f"; fine-tuned from {args.init}" if args.init else "")
+          + ")")
     for name in ("valid", "test"):
         m = report.get(name)
         if m:
