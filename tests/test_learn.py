@@ -358,3 +358,29 @@ def test_finetune_epochs_option(tmp_path):
         CommitteeFitter({"fresh_fit_growth": 1.0}, s, None)
     with pytest.raises(InputError, match="mff committees are refitted from scratch"):
         CommitteeFitter({"finetune_epochs": 3}, LearnSettings(reference="emt", family="mff", committee=2), None)
+
+
+def test_network_committee_falls_back_to_a_fresh_fit_when_the_warm_start_is_refused():
+    # a committee that cannot carry over (here: 3 members for a committee of 2; in a run, e.g. a
+    # new element for a BPNN, tests/test_committee.py) makes that refit fresh, saying why, and the
+    # next one fine-tunes again
+    from ase_mlff.data import Dataset
+    from ase_mlff.models.committee import CommitteeModel
+    from ase_mlff.workflows.learn import LearnSettings
+    from ase_mlff.workflows.learn.fitting import CommitteeFitter
+
+    labelled = []
+    for k, a in enumerate(cu8_starts() + cu8_starts()):
+        a.rattle(0.05, seed=20 + k)
+        a.calc = EMT()
+        a.get_forces()  # the labels: EMT's results on the atoms
+        labelled.append(Dataset.from_atoms([a])[0])
+    fitter = CommitteeFitter(dict(BPNN, fresh_fit_growth=10.0), LearnSettings(reference="emt", family="bpnn",
+                                                                           committee=2), None)
+    first, _, _, how = fitter.fit(labelled[:4])
+    assert how == "fresh fit (first fit)"
+    three = CommitteeModel([*first.members, first.members[0]], first.mean_model)
+    second, rec, _, how = fitter.fit(labelled[:5], three)
+    assert how.startswith("fresh fit (warm start refused: start_from has 3 members") and rec["how"] == how
+    _, _, _, how = fitter.fit(labelled[:6], second)
+    assert how == "fine-tuned from fit 2 for 1 epochs"

@@ -228,6 +228,7 @@ class CommitteeFitter:
     # ------------------------------------------------------------------ fitting
     def fit(self, frames, previous=None):
         from ...data import Dataset
+        from ...training.common import SplitError
 
         s = self.settings
         if s.family == "sgdml" and len({tuple(f.numbers) for f in frames}) > 1:
@@ -242,8 +243,8 @@ class CommitteeFitter:
         if start is not None:
             try:
                 model, report, how = self._finetune(frames, start)
-            except InputError as exc:  # raised before anything trains (train_committee's checks)
-                why = f"warm start refused: {exc}"
+            except (InputError, SplitError) as exc:  # raised before anything trains (train_committee's checks)
+                why = f"fresh fit (warm start refused: {exc})"
         if why is not None:
             model, report, how = self._fresh(ds, why)
         self.fits += 1
