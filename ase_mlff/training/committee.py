@@ -370,10 +370,10 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
         report["n_member"] = [len(f) for f in given_frames]
     if start_from is not None:
         src = getattr(start_from, "source", None) or {}
-        report["start_from"] = {"path": src.get("path"), "sha256": src.get("sha256"),
-                          "how": "member k from member k of this committee" + (
-                              ", the served mean from its served mean" if served is not None and mean == "all"
-                              else "")}
+        how = "member k from member k of this committee"
+        if served is not None and mean == "all":
+            how += ", the served mean from its served mean"
+        report["start_from"] = {"path": src.get("path"), "sha256": src.get("sha256"), "how": how}
     model = CommitteeModel(members, served)
     seen = {o for rec in report["members"] for o in rec.get("trained_on", ())}
     report["trained_on"] = [o for o in ("energy", "forces", "stress") if o in seen]
