@@ -427,7 +427,7 @@ def _run_learn(args) -> int:
                     threshold=args.threshold, threshold_factor=args.threshold_factor,
                     segment_steps=args.segment_steps, check_interval=args.check_interval, patience=args.patience,
                     timestep=args.timestep, friction=args.friction, seed=args.seed, variance=args.variance,
-                    fallback=not args.no_fallback, options=options, resume=args.resume,
+                    fallback=not args.no_fallback, walkers=args.walkers, options=options, resume=args.resume,
                     progress=lambda msg: print(msg, flush=True))
     except (ReferenceSpecError, OutputExistsError) as exc:
         return usage(exc)
@@ -455,20 +455,23 @@ def _learn_parser(p) -> None:
                    help="model family: gap (its own calibrated variance) or, with --committee, mff, bpnn, "
                         "schnet, sgdml (one molecule)")
     p.add_argument("--committee", type=_number(int, 2, what="an integer >= 2"), default=None, metavar="K",
-                   help="a committee of K models, refitted from scratch after every call (default: none; "
-                        "required for families without their own variance)")
+                   help="a committee of K models, refitted after every call (networks fine-tune from the current "
+                        "committee; default: none; required for families without their own variance)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a training option of the family (the `ase-mlff train FAMILY` flag with _ for -), "
                         "repeatable, e.g. --option cutoff=4.5 --option n_sparse=200 (default: the recipe's)")
     g = p.add_argument_group("dynamics (Langevin NVT; with --pressure a Berendsen barostat on periodic cells)")
     g.add_argument("-T", "--temperature", type=_pos_float, nargs="+", default=[300.0], metavar="K",
-                   help="temperature schedule in K: each walker moves to the next after a segment without "
-                        "crossing the threshold")
+                   help="temperatures in K (see --walkers)")
+    g.add_argument("--walkers", choices=["each", "ramp"], default="each",
+                   help="each: one walker per start structure and temperature, each at its own temperature; "
+                        "ramp: one walker per start structure, moving to the next temperature after a turn "
+                        "without crossing the threshold")
     g.add_argument("-P", "--pressure", type=float, default=None, help="pressure in GPa (default: constant volume)")
     g.add_argument("-t", "--timestep", type=_pos_float, default=None,
                    help="time step in fs (default 0.5 with hydrogen in a start structure, else 1.0)")
     g.add_argument("--friction", type=_nonneg_float, default=0.02, help="Langevin friction in 1/fs")
-    g.add_argument("--segment-steps", type=_pos_int, default=100,
+    g.add_argument("--segment-steps", type=_pos_int, default=300,
                    help="most MD steps of a walker's turn; a turn without crossing sends its most uncertain frame "
                         "to the reference (see --no-fallback)")
     g.add_argument("--check-interval", type=_pos_int, default=2, help="compute the uncertainty every N steps")
@@ -484,7 +487,7 @@ def _learn_parser(p) -> None:
                    help="the automatic threshold in units of the fit's held-out RMS per-atom force error")
     u.add_argument("--patience", type=_pos_int, default=None, metavar="STEPS",
                    help="stop when no frame crossed the threshold for this many MD steps, all walkers together "
-                        "(default: 10 segments)")
+                        "(default: two turns of every walker)")
     u.add_argument("--no-fallback", action="store_true",
                    help="a turn without crossing sends nothing to the reference (default: its most uncertain frame)")
     u.add_argument("--variance", choices=["exact", "samples"], default="exact",

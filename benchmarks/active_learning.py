@@ -258,7 +258,7 @@ def xtb_task(args) -> int:
     for k, n in enumerate(sorted(args.calls)):
         t = time.perf_counter()
         res = learn([start], XTB_SPEC, run_dir, temperatures=XTB_TEMPERATURES, max_calls=n, timestep=0.5,
-                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, patience=NO_PATIENCE,
+                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, walkers=args.walkers, patience=NO_PATIENCE,
                     options=XTB_GAP_OPTIONS, resume=k > 0, progress=None)
         wall += time.perf_counter() - t
         rows[n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall, "md_steps": res.md_steps}
@@ -310,7 +310,9 @@ def main(argv=None) -> int:
     p.add_argument("--random-steps", type=int, default=1000, help="EMT MD steps per start and temperature")
     p.add_argument("--random-seeds", type=int, default=3)
     p.add_argument("--learn-seeds", type=int, default=3, help="loop runs (seeds of the velocities and noise)")
-    p.add_argument("--segment-steps", type=int, default=100)
+    p.add_argument("--segment-steps", type=int, default=300)
+    p.add_argument("--walkers", choices=["each", "ramp"], default="each",
+                   help="the loop's walker layout (ase-mlff learn --walkers)")
     p.add_argument("--threshold-factor", type=float, default=3.0)
     p.add_argument("--no-random", action="store_true", help="only the active-learning arm")
     p.add_argument("--out", default="out/active_learning")
@@ -340,7 +342,7 @@ def main(argv=None) -> int:
         for k, n in enumerate(budgets):
             t = time.perf_counter()
             res = learn(starts(), "ase.calculators.emt:EMT", run_dir, temperatures=TEMPERATURES, max_calls=n,
-                        segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, seed=seed,
+                        segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, walkers=args.walkers, seed=seed,
                         patience=NO_PATIENCE,
                         options=GAP_OPTIONS, resume=k > 0, progress=None)
             wall += time.perf_counter() - t

@@ -124,7 +124,7 @@ def test_pressure_rescales_periodic_cells(tmp_path):
     assert res.n_data == 4
     frames = ase.io.read(tmp_path / "run" / "data.extxyz", ":")
     for f in frames[2:]:
-        start = starts()[f.info["learn_walker"]]
+        start = starts()[f.info["learn_start"]]
         assert f.get_volume() < start.get_volume()
 
 
@@ -384,3 +384,24 @@ def test_network_committee_falls_back_to_a_fresh_fit_when_the_warm_start_is_refu
     assert how.startswith("fresh fit (warm start refused: start_from has 3 members") and rec["how"] == how
     _, _, _, how = fitter.fit(labelled[:6], second)
     assert how == "fine-tuned from fit 2 for 1 epochs"
+
+
+@pytest.mark.parametrize("layout", ["each", "ramp"])
+def test_walkers_cover_the_temperatures(tmp_path, layout):
+    # each: one walker per start and temperature, taking turns start by start, temperature by
+    # temperature, each at its own temperature; ramp: one walker per start, all starting at the
+    # first temperature (a quiet turn moves it on)
+    res = learn(starts(), "ase.calculators.emt:EMT", tmp_path / "run", max_calls=6, walkers=layout,
+                **{**LOOP, "threshold": 100.0})  # no crossing: every turn sends its most uncertain frame
+    assert res.n_data == 6
+    frames = ase.io.read(tmp_path / "run" / "data.extxyz", ":")
+    got = [(f.info["learn_walker"], f.info["learn_start"], f.info["learn_temperature"]) for f in frames[2:]]
+    if layout == "each":
+        assert got == [(0, 0, 300), (1, 1, 300), (2, 0, 700), (3, 1, 700)]
+    else:
+        assert got == [(0, 0, 300), (1, 1, 300), (0, 0, 700), (1, 1, 700)]
+    meta, _ = read_archive(tmp_path / "run" / "checkpoint.ckpt", load_arrays=False)
+    assert [(w["start"], w["t_index"]) for w in meta["walkers"]] == (
+        [(0, 0), (1, 0), (0, 1), (1, 1)] if layout == "each" else [(0, 1), (1, 1)])
+    with pytest.raises(Exception, match="walkers must be"):
+        learn(starts(), "ase.calculators.emt:EMT", tmp_path / "other", walkers="grid", **LOOP)

@@ -5,21 +5,23 @@ training set with as few reference calls as it can. The reference is any ASE cal
 (:mod:`ase_mlff.workflows.reference`: ``module:Class key=value ...``). The loop:
 
 1. Label every start structure with the reference (one call each) and fit a first model.
-2. One MD walker per start structure: Langevin NVT at the first temperature of the schedule
-   (``temperatures``), Maxwell-Boltzmann velocities from the walker's own random stream; with
-   ``pressure`` (GPa) a Berendsen barostat rescales periodic cells after every step. The walkers
-   take turns; a turn (a *segment*) is at most ``segment_steps`` steps.
+2. MD walkers: Langevin NVT, Maxwell-Boltzmann velocities from the walker's own random
+   stream; with ``pressure`` (GPa) a Berendsen barostat rescales periodic cells after every
+   step. ``walkers="each"``: one walker per start structure and temperature of
+   ``temperatures``, each staying at its temperature; ``"ramp"``: one walker per start
+   structure from the first temperature, moving to the next after a turn without crossing
+   (step 3). The walkers take turns; a turn (a *segment*) is at most ``segment_steps`` steps.
 3. Every ``check_interval`` steps the model's calibrated per-atom force uncertainty
    ``sigma_F[a]`` (eV/Å) is computed; a frame's uncertainty is ``u = max_a sigma_F[a]``. The
    first frame with ``u`` above the threshold ends the segment and is sent to the reference.
    A segment that reaches ``segment_steps`` without crossing sends its most uncertain checked
-   frame instead (``fallback``, on by default: the budget is spent where the model knows least)
-   and moves the walker on to the next temperature of the schedule.
+   frame instead (``fallback``, on by default: the budget is spent where the model knows least).
 4. The new frame is added, the model refitted and the walker continues from where it stopped
    with the new model. A walker whose MD fails (overlapping atoms, a runaway temperature) is
    restarted from its start structure with fresh velocities.
 5. Stop after ``max_calls`` reference calls (the starts count), or when no checked frame has
-   crossed the threshold for ``patience`` MD steps (all walkers together): ``stop_reason``
+   crossed the threshold for ``patience`` MD steps (all walkers together; default two turns of
+   every walker): ``stop_reason``
    ``"max_calls"`` or ``"converged"``.
 
 Before a frame is added, the model's errors on it (energy per atom, force MAE and largest
@@ -34,9 +36,11 @@ Uncertainty, per family (docs/active_learning.md, docs/uncertainty.md):
   default here) computes it from the design rows, ``"samples"`` from the posterior samples
   (faster on large cells, noisier per atom).
 * committees (``committee=K``, for mff, bpnn, schnet, and sgdml on one molecule): the spread
-  of K members, each refitted from scratch on the data so far
-  (:func:`ase_mlff.training.committee.train_committee`), calibrated on the frames the family
-  holds out (``n_test`` / ``n_valid`` in ``options``).
+  of K members refitted after every call (:func:`ase_mlff.training.committee.train_committee`),
+  calibrated on the frames the family holds out (``n_test`` / ``n_valid`` in ``options``).
+  mff and sgdml members are refitted from scratch; bpnn and schnet members fine-tune from the
+  current committee's weights (``finetune_epochs``), with a fresh fit at the first fit and
+  whenever the frames have grown by ``fresh_fit_growth`` (docs/active_learning.md).
 
 Threshold (eV/Å): ``threshold`` when given; otherwise, after every fit, ``threshold_factor``
 times the RMS per-atom force error that the fit's calibration measured on the labels so far

@@ -149,8 +149,12 @@ class Learner:
             meta, arrays = read_archive(path)
         except ModelFileError as exc:
             raise InputError(f"--resume: the checkpoint {path} cannot be read ({exc})") from None
-        if meta.get("kind") != "ase-mlff learn checkpoint" or meta.get("version") != CHECKPOINT_VERSION:
-            raise InputError(f"--resume: {path} is not a learn checkpoint of version {CHECKPOINT_VERSION}")
+        if meta.get("kind") != "ase-mlff learn checkpoint":
+            raise InputError(f"--resume: {path} is not a learn checkpoint")
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise InputError(f"--resume: {path} is a learn checkpoint of version {meta.get('version')}; this ase-mlff "
+                             f"reads version {CHECKPOINT_VERSION} (continue the run with the ase-mlff that started "
+                             "it, or start a new run)")
         mine = self.s.identity()
         theirs = meta["settings"]
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -235,7 +239,8 @@ class Learner:
         pred = record.pop("pred", None)
         n = len(atoms)
         info = {"learn_call": record["call"], "learn_iteration": record["iteration"], "learn_reason": record["reason"],
-                "learn_walker": record.get("walker", -1), "learn_temperature": record.get("temperature", 0.0),
+                "learn_walker": record.get("walker", -1), "learn_start": record.get("start", -1),
+                "learn_temperature": record.get("temperature", 0.0),
                 "learn_step": record.get("step", 0),
                 "learn_uncertainty": record.get("uncertainty", float("nan")),
                 "learn_threshold": record.get("threshold") if record.get("threshold") is not None else float("nan")}
@@ -284,20 +289,24 @@ class Learner:
                  f"{f'{rms * 1000:.1f} meV/Å' if rms else 'none yet'} per atom (RMS), threshold "
                  f"{self.st['threshold'] * 1000:.1f} meV/Å")
 
-    def _new_walker(self, k: int) -> Walker:
+    def _new_walker(self, k: int, t: int = 0) -> Walker:
         from ...rng import random_stream
 
         atoms = self.starts[k].copy()
-        rng = random_stream(self.s.seed, f"learn-walker-{k}")
-        thermalise(atoms, self.s.temperatures[0], rng)
-        return Walker(start=k, t_index=0, step=0, rng=rng, atoms=atoms)
+        rng = random_stream(self.s.seed, f"learn-walker-{k}" + (f"-{t}" if t else ""))
+        thermalise(atoms, self.s.temperatures[t], rng)
+        return Walker(start=k, t_index=t, step=0, rng=rng, atoms=atoms)
+
+    def _name(self, w: Walker) -> str:
+        return (f"walker {self.walkers.index(w)} (start {w.start}, {self.s.temperatures[w.t_index]:g} K)"
+                if self.s.walkers == "each" else f"walker {self.walkers.index(w)}")
 
     def _restart(self, w: Walker, why: str) -> None:
         atoms = self.starts[w.start].copy()
         thermalise(atoms, self.s.temperatures[w.t_index], w.rng)
         w.atoms = atoms
         w.restarts += 1
-        self.say(f"walker {w.start}: {why}; restarted from its start structure")
+        self.say(f"{self._name(w)}: {why}; restarted from its start structure")
 
     def _predict(self, calc, atoms) -> dict:
         from ase.calculators.calculator import all_changes
@@ -309,13 +318,14 @@ class Learner:
         return {"energy": float(r["energy"]), "forces": np.array(r["forces"]),
                 "forces_uncertainty": np.array(r["forces_uncertainty"])}
 
-    def segment(self, w: Walker):
-        """One turn of walker ``w``; returns (atoms, record) of the frame to label, or None."""
+    def segment(self, index: int):
+        """One turn of walker ``index``; returns (atoms, record) of the frame to label, or None."""
         from ase.md.langevin import Langevin
         from ase.units import fs
 
         from ...calculator import MLFFCalculator
 
+        w = self.walkers[index]
         T = float(self.s.temperatures[w.t_index])
         dt = self.timestep()
         plain = MLFFCalculator(self.model, skin=0.0)
@@ -351,15 +361,15 @@ class Learner:
             if best is None or u > best[1]["uncertainty"]:
                 snap = atoms.copy()
                 snap.calc = None
-                best = (snap, {"walker": w.start, "temperature": T, "step": w.step, "uncertainty": u,
-                               "threshold": threshold, "pred": pred})
+                best = (snap, {"walker": index, "start": w.start, "temperature": T, "step": w.step,
+                               "uncertainty": u, "threshold": threshold, "pred": pred})
             if u > threshold:
                 self.st["since_crossing"] = 0
                 best[1]["reason"] = "threshold"
                 atoms.calc = None
                 return best
         else:  # a whole segment without crossing: the next temperature of the schedule
-            if w.t_index + 1 < len(self.s.temperatures):
+            if self.s.walkers == "ramp" and w.t_index + 1 < len(self.s.temperatures):
                 w.t_index += 1
         w.atoms.calc = None
         if best is not None and self.s.fallback:
@@ -394,7 +404,7 @@ class Learner:
             if st["calls"] >= s.max_calls:
                 break
             k = st["next_start"]
-            ok = self.call(self.starts[k], {"reason": "start", "walker": k, "step": 0})
+            ok = self.call(self.starts[k], {"reason": "start", "start": k, "step": 0})
             st["next_start"] += 1
             st["needs_fit"] = st["needs_fit"] or ok
             if ok:
@@ -405,7 +415,11 @@ class Learner:
             raise DatasetError("the reference failed on every start structure (failures.json says how); nothing "
                                "to learn from")
         if not self.walkers:
-            self.walkers = [self._new_walker(k) for k in range(len(self.starts))]
+            if self.s.walkers == "each":  # every start structure at every temperature
+                self.walkers = [self._new_walker(k, t) for t in range(len(self.s.temperatures))
+                                for k in range(len(self.starts))]
+            else:
+                self.walkers = [self._new_walker(k) for k in range(len(self.starts))]
             self.checkpoint()
         while True:
             if st["needs_fit"]:
@@ -414,19 +428,21 @@ class Learner:
             if st["calls"] >= s.max_calls:
                 st["stop_reason"] = "max_calls"
                 break
-            if st["since_crossing"] >= s.steps_patience:
+            if st["since_crossing"] >= s.steps_patience(len(self.walkers)):
                 st["stop_reason"] = "converged"
                 self.say(f"converged: no frame crossed the threshold in {st['since_crossing']} MD steps")
                 break
-            w = self.walkers[st["turn"]]
+            index = st["turn"]
+            w = self.walkers[index]
             st["turn"] = (st["turn"] + 1) % len(self.walkers)
-            picked = self.segment(w)
+            picked = self.segment(index)
             if picked is not None:
                 atoms, rec = picked
                 ok = self.call(atoms, rec)
                 if ok:
                     h = self.history[-1]
-                    self.say(f"call {st['calls']}: walker {w.start} step {rec['step']} at {rec['temperature']:g} K, "
+                    self.say(f"call {st['calls']}: walker {index} (start {w.start}) step {rec['step']} at "
+                             f"{rec['temperature']:g} K, "
                              f"{rec['reason']}: uncertainty {rec['uncertainty'] * 1000:.1f} meV/Å; model error "
                              f"before adding: F MAE {h['error_forces_mae'] * 1000:.1f} meV/Å, max "
                              f"{h['error_forces_max'] * 1000:.1f} meV/Å, E {h['error_energy_per_atom'] * 1000:.2f} "
@@ -463,11 +479,11 @@ class Learner:
 
 def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | None = None,
           temperatures=(300.0,), pressure: float | None = None, max_calls: int = 100,
-          threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 100,
+          threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 300,
           check_interval: int = 2, patience: int | None = None, timestep: float | None = None,
           friction: float = 0.02, seed: int = 0, variance: str = "exact", fallback: bool = True,
           reselect_growth: float = 1.5, novelty: float = 0.9, options: dict | None = None,
-          resume: bool = False, progress: Callable[[str], None] | None = None) -> LearnResult:
+          walkers: str = "each", resume: bool = False, progress: Callable[[str], None] | None = None) -> LearnResult:
     """Active learning (module docstring) from the structures ``starts`` (ase.Atoms or a
     list of them) with ``reference``: a SPEC string (``"ase.calculators.emt:EMT"``), a
     :class:`~ase_mlff.workflows.reference.ReferenceSpec` or an ASE calculator instance.
@@ -491,6 +507,7 @@ def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | N
                              segment_steps=int(segment_steps), check_interval=int(check_interval), patience=patience,
                              timestep=timestep, friction=float(friction), seed=int(seed), variance=variance,
                              fallback=bool(fallback), reselect_growth=float(reselect_growth), novelty=float(novelty),
+                             walkers=walkers,
                              options=dict(options or {}))
     settings.check()
     out = Path(out_dir)

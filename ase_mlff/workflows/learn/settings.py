@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from ...errors import InputError
 
 #: checkpoint format of this module (refused when it differs)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.ckpt"
 #: families with their own uncertainty; the others need a committee
 OWN_VARIANCE = ("gap",)
@@ -34,7 +34,7 @@ class LearnSettings:
     max_calls: int = 100
     threshold: float | None = None
     threshold_factor: float = 3.0
-    segment_steps: int = 100
+    segment_steps: int = 300
     check_interval: int = 2
     patience: int | None = None
     timestep: float | None = None
@@ -42,6 +42,7 @@ class LearnSettings:
     seed: int = 0
     variance: str = "exact"
     fallback: bool = True
+    walkers: str = "each"
     reselect_growth: float = 1.5
     novelty: float = 0.9
     options: dict = field(default_factory=dict)
@@ -80,6 +81,8 @@ class LearnSettings:
             raise InputError(f"friction must be >= 0 (1/fs), got {self.friction}")
         if self.pressure is not None and not math.isfinite(self.pressure):
             raise InputError(f"pressure must be a number (GPa), got {self.pressure}")
+        if self.walkers not in ("each", "ramp"):
+            raise InputError(f"walkers must be 'each' or 'ramp', got {self.walkers!r}")
         if self.variance not in ("exact", "samples"):
             raise InputError(f"variance must be 'exact' or 'samples', got {self.variance!r}")
         if not self.reselect_growth > 1.0 or not 0.0 < self.novelty <= 1.0:
@@ -92,9 +95,9 @@ class LearnSettings:
         d["temperatures"] = [float(t) for t in self.temperatures]
         return json.loads(json.dumps(d, sort_keys=True, default=str))
 
-    @property
-    def steps_patience(self) -> int:
-        return int(self.patience) if self.patience is not None else 10 * int(self.segment_steps)
+    def steps_patience(self, n_walkers: int) -> int:
+        """MD steps without a crossing that end the run: ``patience``, else two turns of every walker."""
+        return int(self.patience) if self.patience is not None else 2 * n_walkers * int(self.segment_steps)
 
 
 def trainable_families() -> list[str]:
