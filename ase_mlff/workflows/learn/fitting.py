@@ -90,8 +90,10 @@ class GapFitter:
         atoms = sum(len(f) for f in frames)
         if atoms >= self.settings.reselect_growth * sp["selected_at_atoms"]:
             return f"labelled environments grew {atoms / sp['selected_at_atoms']:.2f}x"
-        if len(frames) > sp["selected_at_frames"]:
-            sim = self._similarity(frames[sp["selected_at_frames"]:])
+        # the frames not checked yet: those of earlier refits passed against this same sparse set
+        unchecked = frames[max(sp["selected_at_frames"], self.n_factored):]
+        if unchecked:
+            sim = self._similarity(unchecked)
             if sim < self.settings.novelty:
                 return f"an environment {sim:.3f} similar to the sparse set"
         return None
