@@ -36,6 +36,14 @@ points stay those chosen with the frame (the usual approximation of cross-valida
 GP). Cost: a triangular solve per frame for all its rows (rows x T^2 in all): 5 s for the
 mlearn Si fit, whose QR takes 1.4 s and whose design rows 33 s.
 
+Incremental updates (the learning loop's GAP refits): with ``keep`` :func:`solve` also hands
+back the factor ``[R, Q^T y]`` ((T + 1, T + 1); its last diagonal element is the norm of the
+weighted residual) and the weighted data rows. New labels' rows (:func:`weighted_rows`, the rows
+:func:`solve` builds, bit for bit) are then added by a QR of ``[R, Q^T y ; new rows]``
+(:func:`update_factor`, (T + r) T^2) and :func:`factor_solution` gives ``x`` and ``R``: the
+fit from scratch on all rows with the same prior, to rounding, since each frame's rows carry its
+own weights and the fixed parameters' part of its own labels.
+
 Checkpoints: the design matrix is built frame by frame, and :func:`solve` hands the rows built
 so far to a trainer's safe point after every frame (``on_rows``) and continues from stored rows
 (``rows``), so GAP and the sparse MFF fit resume an interrupted design to the same matrix, and
