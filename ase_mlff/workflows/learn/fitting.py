@@ -51,7 +51,7 @@ class GapFitter:
         # those frames' weighted rows, for the next calibration (None: not in memory, after a
         # restore; computed again when a calibration is due)
         self.blocks: list[np.ndarray] | None = None
-        # the last calibration: factors, record, held-out force RMS and when it was made
+        # the last calibration: its record (factors included), held-out force RMS and when it was made
         self.cal: dict | None = None
         self.fits = 0
         self.model = None  # the last fit's model, updated in place while the sparse set is kept
@@ -165,20 +165,17 @@ class GapFitter:
             raise InputError(f"the learn data shrank from {self.n_factored} to {len(frames)} frames")
         why = self._reselect(frames)
         if why is None:
-            model, how, calibrated = self._update(frames)
+            model, how, cal = self._update(frames)
         else:
-            model, how, calibrated = self._full_fit(ds, frames, why)
+            model, how, cal = self._full_fit(ds, frames, why)
         self.fits += 1
-        atoms = sum(len(f) for f in frames)
-        if calibrated:
-            cal = self.cal["record"]
+        if cal is not None:  # a new calibration (None: the last one's factors were used)
             f_rec = cal.get("forces")
-            self.cal = {"factors": cal["factors"], "record": cal, "at_atoms": atoms, "at_frames": len(frames),
-                        "at_fit": self.fits,
-                        "loo": float(f_rec["rms_error"]) if isinstance(f_rec, dict) else None}
+            self.cal = {"record": cal, "at_atoms": sum(len(f) for f in frames), "at_frames": len(frames),
+                        "at_fit": self.fits, "loo": float(f_rec["rms_error"]) if isinstance(f_rec, dict) else None}
         c = self.cal
         note = f"calibrated on {c['at_frames']} frames at fit {c['at_fit']}"
-        how += "; calibrated now" if calibrated else f"; calibration reused ({note})"
+        how += "; calibrated now" if cal is not None else f"; calibration reused ({note})"
         record = {"recipe": "ase_mlff.workflows.learn (gap, incremental sparse GP)",
                   "data_sha256": ds.sha256(), "options": jsonable(self.opts), "how": how,
                   "calibration": jsonable({**c["record"], "calibrated": note}),
@@ -198,8 +195,7 @@ class GapFitter:
                        "sparse": model.sparse.numpy().copy(), "pair_sparse": model.pair_sparse.numpy().copy()}
         self.factor, self.blocks, self.n_factored = keep["factor"], [keep["rows"]], len(frames)
         self.model = model
-        self.cal = {**(self.cal or {}), "record": info["calibration"]}
-        return model, f"sparse set chosen ({why})", True
+        return model, f"sparse set chosen ({why})", info["calibration"]
 
     def _update(self, frames):
         """The refit with the kept sparse set: the new frames' rows into the factor (exact, to
@@ -212,29 +208,25 @@ class GapFitter:
 
         model = self._model()
         new = frames[self.n_factored:]
-        if new:
-            rows, _ = self._rows(new)
-            self.factor = update_factor(self.factor, rows)
-            if self.blocks is not None:
-                self.blocks.append(rows)
-        x, R, fitted = factor_solution(self.factor, self._fixed())
+        rows = self._rows(new)[0] if new else None
+        factor = self.factor if rows is None else update_factor(self.factor, rows)
+        x, R, fitted = factor_solution(factor, self._fixed())  # (a rank-deficient update changes nothing)
+        self.factor, self.n_factored = factor, len(frames)
+        if self.blocks is not None and rows is not None:
+            self.blocks.append(rows)
         model.set_parameters(x)
         R = R.numpy()
         model.set_posterior(R, model.prior_chol, draw_posterior_samples(R, model.variance_samples, self.opts["seed"]))
-        self.n_factored = len(frames)
-        atoms = sum(len(f) for f in frames)
-        calibrated = atoms >= self.settings.recalibrate_growth * self.cal["at_atoms"]
-        if calibrated:
+        record = None
+        if sum(len(f) for f in frames) >= self.settings.recalibrate_growth * self.cal["at_atoms"]:
             if self.blocks is None:  # after a restore: every frame's rows again (each depends on its frame only)
                 self.blocks = [self._rows(frames)[0]]
             A = np.concatenate(self.blocks) if len(self.blocks) > 1 else self.blocks[0]
             self.blocks = [A]
             cv = leave_one_frame_out(frames, A, fitted["R"], fitted["x"], self.sigmas, self.config_type_sigmas)
-            factors, record = calibration_factors(cv)
-            self.cal = {**self.cal, "record": record}
-        model.set_calibration(self.cal["record"]["factors"])
-        how = f"sparse set kept, rows of {len(new)} new frame(s) added to the QR factor"
-        return model, how, calibrated
+            record = calibration_factors(cv)[1]
+        model.set_calibration((record or self.cal["record"])["factors"])
+        return model, f"sparse set kept, rows of {len(new)} new frame(s) added to the QR factor", record
 
 
 class CommitteeFitter:
