@@ -310,3 +310,79 @@ def test_short_training_lowers_the_validation_force_error():
     # well under half of the untrained error
     assert after < 0.5 * before and after < 700.0, (before, after)
     assert len(record.history) == 20
+
+
+# ------------------------------------------------------------------------- fine-tuning (init)
+def _cu_frames(n, seed0=0, symbol="Cu"):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    out = []
+    for k in range(n):
+        a = bulk(symbol, "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+        a.rattle(0.1, seed=seed0 + k)
+        a.calc = EMT()
+        a.get_forces()
+        out.append(a)
+    return data.Dataset.from_atoms(out)
+
+
+TINY = dict(cutoff=4.0, hidden=(8,), n_radial=3, n_eta=2, zetas=(1,), dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def cu_parent():
+    from ase_mlff.training.bpnn_train import train_bpnn
+
+    parent, _ = train_bpnn(_cu_frames(6), 5, 1, 0, epochs=3, **TINY)
+    return parent
+
+
+def _predictions(model, frames):
+    out = []
+    with torch.no_grad():
+        for f in frames:
+            r = model.compute(graph_from_structure(f, model.cutoff, dtype=model.dtype), forces=True)
+            out.append((r.energy.double().numpy().copy(), r.forces.double().numpy().copy()))
+    return out
+
+
+def test_init_starts_exactly_where_the_parent_is(cu_parent, tmp_path):
+    # the fine-tuned model starts as the parent: descriptor, scaling, e0, energy scale and weights,
+    # none of them refitted on its own (other) frames; so before any epoch, and after an epoch whose
+    # steps cannot move float64 weights (lr 1e-30), it predicts what the parent predicts, bit for bit
+    from ase_mlff.training.bpnn_train import model_from_parent, train_bpnn
+
+    other = _cu_frames(5, seed0=100)  # frames the parent never saw: a refitted scaling would differ
+    start = model_from_parent(cu_parent)
+    for (e0, f0), (e1, f1) in zip(_predictions(cu_parent, other), _predictions(start, other)):
+        np.testing.assert_array_equal(e0, e1)
+        np.testing.assert_array_equal(f0, f1)
+    path = tmp_path / "parent.mlff"
+    save_model(cu_parent, path)
+    child, report = train_bpnn(other, 4, 1, 0, init=str(path), epochs=1, lr=1e-30, ema=0.0)
+    for (e0, f0), (e1, f1) in zip(_predictions(cu_parent, other), _predictions(child, other)):
+        np.testing.assert_array_equal(e0, e1)
+        np.testing.assert_array_equal(f0, f1)
+    assert report["parent"]["sha256"] and report["reference_energies"]["source"] == "parent"
+    assert child.config["reference_energies"] == cu_parent.config["reference_energies"]
+    assert child.keep_scaling is False  # only while it trains
+    # and it does train: a real fine-tune moves the prediction toward the new labels
+    tuned, rep = train_bpnn(other, 4, 1, 0, init=cu_parent, epochs=5, lr=3e-3)
+    assert rep["history"][-1]["train_loss"] < rep["history"][0]["train_loss"] * 1.5
+    assert not np.array_equal(_predictions(tuned, other)[0][1], _predictions(cu_parent, other)[0][1])
+
+
+def test_init_refuses_what_cannot_carry_over(cu_parent):
+    from ase_mlff.training.bpnn_train import train_bpnn
+
+    with pytest.raises(InputError, match="Ni.*not in the parent model"):
+        ds = _cu_frames(4)
+        ni = _cu_frames(1, symbol="Ni")
+        train_bpnn(data.Dataset(list(ds.frames) + list(ni.frames)), 4, 1, 0, init=cu_parent, epochs=1)
+    with pytest.raises(InputError, match="hidden.*differs from the parent's"):
+        train_bpnn(_cu_frames(4), 3, 1, 0, init=cu_parent, hidden=(16,), epochs=1)
+    with pytest.raises(InputError, match="cutoff.*differs"):
+        train_bpnn(_cu_frames(4), 3, 1, 0, init=cu_parent, cutoff=5.0, epochs=1)
+    # the parent's own values (as a committee passes its options again) are fine
+    train_bpnn(_cu_frames(4), 3, 1, 0, init=cu_parent, epochs=1, cutoff=4.0, hidden=(8,), n_radial=3)

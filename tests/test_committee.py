@@ -482,3 +482,91 @@ def test_train_bpnn_committee_from_the_command_line(tmp_path, ethanol):
     F = np.stack([MLFFCalculator(m).get_forces(atoms) for m in model.members])
     sigma = np.sqrt(((F - F.mean(0)) ** 2).sum(axis=(0, 2)) / (len(F) - 1))
     np.testing.assert_allclose(res["forces_uncertainty"], model.calibration["forces"] * sigma, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- warm start
+def _cu_dataset(n):
+    from ase.calculators.emt import EMT
+
+    out = []
+    for k in range(n):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+        a.rattle(0.1, seed=k)
+        a.calc = EMT()
+        a.get_forces()
+        out.append(a)
+    return data.Dataset.from_atoms(out)
+
+
+TINY_BPNN = dict(cutoff=4.0, hidden=(8,), n_radial=3, n_eta=2, zetas=(1,), dtype="float64", n_valid=1, n_test=2)
+
+
+def _energies_forces(model, frames):
+    out = []
+    with torch.no_grad():
+        for f in frames:
+            r = model.compute(graph_from_structure(f, model.cutoff, dtype=model.dtype), forces=True)
+            out.append(np.concatenate([r.energy.double().numpy().ravel(), r.forces.double().numpy().ravel()]))
+    return np.concatenate(out)
+
+
+def test_warm_start_trains_member_k_from_member_k():
+    # a bpnn committee started from a trained one: with steps that cannot move float64 weights
+    # (lr 1e-30), member k and the served mean predict exactly what their parents do, on the
+    # explicitly given member frames (the parents' frames plus a new one for member 0)
+    ds = _cu_dataset(12)
+    first, rep = train_committee("bpnn", ds[:10], 2, seed=0, epochs=2, **TINY_BPNN)
+    frames = [list(r["frames"]) for r in rep["members"]]
+    pool = sorted(set(range(12)) - set(rep["held_out_indices"]))
+    new = [i for i in pool if i >= 10]
+    frames[0] = sorted(frames[0] + new[:1])
+    # n_test 0 and calibration frames given: the held-out frames stay those of the first fit
+    second, rep2 = train_committee("bpnn", ds[np.asarray(pool)], 2, seed=0, start_from=first,
+                                   member_frames=[[pool.index(i) for i in f] for f in frames],
+                                   calibration=ds[np.asarray(rep["held_out_indices"])],
+                                   epochs=1, lr=1e-30, ema=0.0, **{**TINY_BPNN, "n_test": 0})
+    probe = [ds[i] for i in range(12)]
+    for k in range(2):
+        np.testing.assert_array_equal(_energies_forces(first.members[k], probe),
+                                      _energies_forces(second.members[k], probe))
+        assert rep2["members"][k]["init"] == f"member {k + 1} of the given committee"
+    np.testing.assert_array_equal(_energies_forces(first.mean_model, probe),
+                                  _energies_forces(second.mean_model, probe))
+    assert rep2["n_member"] == [len(f) for f in frames] and rep2["mean"]["init"]
+    assert rep2["members"][0]["frames"] == [pool.index(i) for i in frames[0]]
+    assert "start_from" in rep2
+
+
+def test_warm_start_refuses_what_cannot_carry_over(mff_committee):
+    ds = _cu_dataset(8)
+    first, _ = train_committee("bpnn", ds, 2, seed=0, epochs=1, **TINY_BPNN)
+    with pytest.raises(InputError, match="hidden 16 differs from the parent's 8"):
+        train_committee("bpnn", ds, 2, start_from=first, epochs=1, **{**TINY_BPNN, "hidden": (16,)})
+    with pytest.raises(InputError, match="start_from has 2 members; this committee has 3"):
+        train_committee("bpnn", ds, 3, start_from=first, epochs=1, **TINY_BPNN)
+    with pytest.raises(InputError, match="start_from is a committee of mff models"):
+        train_committee("bpnn", ds, 4, start_from=mff_committee, epochs=1, **TINY_BPNN)
+    with pytest.raises(InputError, match="mff cannot start from a trained committee"):
+        train_committee("mff", ds, 4, start_from=mff_committee, mean="members", n_test=2, n_member=3)
+    ni = _nickel()
+    ni.calc = __import__("ase.calculators.emt", fromlist=["EMT"]).EMT()
+    ni.get_forces()
+    with_ni = data.Dataset(list(ds.frames) + list(data.Dataset.from_atoms([ni]).frames) * 3)
+    with pytest.raises(InputError, match="Ni of the training frames are not in the parent"):
+        train_committee("bpnn", with_ni, 2, start_from=first, epochs=1, **TINY_BPNN)
+    with pytest.raises(InputError, match="outside the training pool"):
+        train_committee("bpnn", ds, 2, member_frames=[[0, 1], [2, 99]], epochs=1, **TINY_BPNN)
+
+
+def test_schnet_committee_warm_start_starts_from_its_parents():
+    # the same plumbing for SchNet (its recipe's init: transfer_model copies every weight)
+    ds = _cu_dataset(10)
+    tiny = dict(cutoff=4.0, n_features=8, n_interactions=1, n_rbf=8, dtype="float64", n_valid=1, n_test=2)
+    first, _ = train_committee("schnet", ds, 2, seed=0, epochs=2, **tiny)
+    second, rep = train_committee("schnet", ds, 2, seed=0, start_from=first, epochs=1, lr=1e-30, ema=0.0, **tiny)
+    probe = list(ds)
+    for a, b in zip([*first.members, first.mean_model], [*second.members, second.mean_model]):
+        np.testing.assert_array_equal(_energies_forces(a, probe), _energies_forces(b, probe))
+    assert rep["members"][1]["init"] == "member 2 of the given committee"
+    with pytest.raises(InputError, match="n-features 16 differs from the parent's 8"):
+        train_committee("schnet", ds, 2, seed=0, start_from=first, epochs=1, **{**tiny, "n_features": 16})

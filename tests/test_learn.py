@@ -277,6 +277,124 @@ def test_gap_refit_after_restore_is_the_uninterrupted_refit():
         np.testing.assert_array_equal(v, model_b.get_arrays()[k], err_msg=k)
 
 
+# a BPNN committee small enough that a fresh fit takes about a second and a fine-tune much less
+BPNN = dict(cutoff=4.0, hidden=(8,), n_radial=3, n_eta=2, zetas=(1,), n_valid=1, n_test=1, epochs=6)
+
+
+def cu8_starts():
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    out = []
+    for k in range(4):
+        a = cu.repeat((2, 1, 1))
+        a.rattle(0.05, seed=k)
+        out.append(a)
+    return out
+
+
+def _same_run(a, b):
+    fa, fb = ase.io.read(a / "data.extxyz", ":"), ase.io.read(b / "data.extxyz", ":")
+    assert len(fa) == len(fb)
+    for x, y in zip(fa, fb):
+        np.testing.assert_array_equal(x.positions, y.positions)
+        np.testing.assert_equal(x.info["learn_uncertainty"], y.info["learn_uncertainty"])
+    _, arrays_a = read_archive(a / "model.mlff")
+    _, arrays_b = read_archive(b / "model.mlff")
+    assert set(arrays_a) == set(arrays_b)
+    for k in arrays_a:
+        np.testing.assert_array_equal(arrays_a[k], arrays_b[k], err_msg=k)
+
+
+def test_network_committee_fine_tunes_and_resumes_bit_identically(tmp_path, flaky, monkeypatch):
+    # a bpnn committee: a fresh fit first, then each refit fine-tunes the current members for a
+    # quarter of the epochs; each member keeps its frames and new frames join by seeded draws;
+    # once the frames have grown 1.5x since the last fresh fit, a fresh fit again
+    kw = dict(family="bpnn", committee=2, max_calls=7, segment_steps=6, options=BPNN)
+    res = learn(cu8_starts(), FlakyEMT(), tmp_path / "a", **kw)
+    hows = [h["fit"] for h in res.history if "fit" in h]
+    assert hows == ["fresh fit (first fit)", "fine-tuned from fit 1 for 1 epochs",
+                    "fresh fit (the frames grew 1.50x since the last fresh fit)", "fine-tuned from fit 3 for 1 epochs"]
+    meta, _ = read_archive(tmp_path / "a" / "model.mlff", load_arrays=False)
+    rec = meta["training"]
+    assert rec["how"] == "fine-tuned from fit 3 for 1 epochs"
+    frames = rec["frames"]
+    assert sorted({i for m in frames["members"] for i in m} | set(frames["held_out"])) <= list(range(7))
+    assert not set(frames["held_out"]) & {i for m in frames["members"] for i in m}
+    assert "fine-tuned from fit 3" in (tmp_path / "a" / "learn.log").read_text()
+    # Ctrl-C while the reference computes call 6, then --resume: the same data and model
+    flaky.calls, flaky.interrupt_at = 0, 6
+    with pytest.raises(KeyboardInterrupt):
+        learn(cu8_starts(), FlakyEMT(), tmp_path / "b", **kw)
+    flaky.interrupt_at = None
+    learn(cu8_starts(), FlakyEMT(), tmp_path / "b", resume=True, **kw)
+    _same_run(tmp_path / "a", tmp_path / "b")
+    # killed after the model file of fit 4 was written, before the checkpoint that follows it: the
+    # resumed run fits again from the committee of fit 3, which the checkpoint keeps
+    from ase_mlff.workflows.learn.loop import Learner
+
+    original = Learner.checkpoint
+
+    def killed_after_fit_4(self):
+        if self.st["fits"] == 4 and not getattr(Learner, "_killed", False):
+            Learner._killed = True
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(Learner, "checkpoint", killed_after_fit_4)
+    flaky.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        learn(cu8_starts(), FlakyEMT(), tmp_path / "c", **kw)
+    monkeypatch.setattr(Learner, "checkpoint", original)
+    res = learn(cu8_starts(), FlakyEMT(), tmp_path / "c", resume=True, **kw)
+    assert [h["fit"] for h in res.history if "fit" in h] == hows
+    _same_run(tmp_path / "a", tmp_path / "c")
+
+
+def test_finetune_epochs_option(tmp_path):
+    from ase_mlff.errors import InputError
+    from ase_mlff.workflows.learn import LearnSettings
+    from ase_mlff.workflows.learn.fitting import CommitteeFitter
+
+    s = LearnSettings(reference="emt", family="bpnn", committee=2)
+    assert CommitteeFitter(dict(BPNN, epochs=40), s, None).finetune_epochs == 10
+    assert CommitteeFitter({}, s, None).finetune_epochs == 25  # a quarter of the recipe's 100
+    assert CommitteeFitter(dict(BPNN, finetune_epochs=3), s, None).finetune_epochs == 3
+    with pytest.raises(InputError, match="finetune_epochs must be a positive integer"):
+        CommitteeFitter({"finetune_epochs": 0}, s, None)
+    with pytest.raises(InputError, match="finetune must be True or False"):
+        CommitteeFitter({"finetune": "no"}, s, None)
+    assert CommitteeFitter({"finetune": False}, s, None)._why_fresh(None, 5) == "fresh fit (first fit)"
+    with pytest.raises(InputError, match="fresh_fit_growth must be a number > 1"):
+        CommitteeFitter({"fresh_fit_growth": 1.0}, s, None)
+    with pytest.raises(InputError, match="mff committees are refitted from scratch"):
+        CommitteeFitter({"finetune_epochs": 3}, LearnSettings(reference="emt", family="mff", committee=2), None)
+
+
+def test_network_committee_falls_back_to_a_fresh_fit_when_the_warm_start_is_refused():
+    # a committee that cannot carry over (here: 3 members for a committee of 2; in a run, e.g. a
+    # new element for a BPNN, tests/test_committee.py) makes that refit fresh, saying why, and the
+    # next one fine-tunes again
+    from ase_mlff.data import Dataset
+    from ase_mlff.models.committee import CommitteeModel
+    from ase_mlff.workflows.learn import LearnSettings
+    from ase_mlff.workflows.learn.fitting import CommitteeFitter
+
+    labelled = []
+    for k, a in enumerate(cu8_starts() + cu8_starts()):
+        a.rattle(0.05, seed=20 + k)
+        a.calc = EMT()
+        a.get_forces()  # the labels: EMT's results on the atoms
+        labelled.append(Dataset.from_atoms([a])[0])
+    fitter = CommitteeFitter(dict(BPNN, fresh_fit_growth=10.0), LearnSettings(reference="emt", family="bpnn",
+                                                                           committee=2), None)
+    first, _, _, how = fitter.fit(labelled[:4])
+    assert how == "fresh fit (first fit)"
+    three = CommitteeModel([*first.members, first.members[0]], first.mean_model)
+    second, rec, _, how = fitter.fit(labelled[:5], three)
+    assert how.startswith("fresh fit (warm start refused: start_from has 3 members") and rec["how"] == how
+    _, _, _, how = fitter.fit(labelled[:6], second)
+    assert how == "fine-tuned from fit 2 for 1 epochs"
+
+
 def md_frames(n: int, seed: int = 0):
     """``n`` labelled EMT frames from Langevin MD of the two start structures (alternating), the
     vacancy cell's frames with config_type "vacancy"."""

@@ -379,11 +379,18 @@ class BPNNModel(Model):
             for name, v in (("mean", X.mean(0)), ("std", std), ("fmin", X.min(0)), ("fmax", X.max(0))):
                 getattr(net, name).copy_(torch.as_tensor(v))
 
+    #: True while a fine-tuned model trains (``train_bpnn(init=...)``): its scaling is the
+    #: parent's, which its weights were trained against, so :meth:`fit_scaling` leaves it alone
+    keep_scaling = False
+
     def fit_scaling(self, graphs) -> None:
         """Hook of the shared trainer (:mod:`ase_mlff.training.trainer`): per-element mean/std/
-        range of the selected functions on (up to 64 evenly spaced) training structures."""
+        range of the selected functions on (up to 64 evenly spaced) training structures; nothing
+        while :attr:`keep_scaling` is set."""
         from ..descriptors.acsf import library_values
 
+        if self.keep_scaling:
+            return
         frames = list(getattr(graphs, "structures", graphs))
         frames = frames[:: max(1, len(frames) // 64)]
         values = library_values(self.sfset, frames)

@@ -20,6 +20,20 @@ The recipe:
 5. validation and test errors; without test frames, the errors on the training frames,
    labelled as training-set errors.
 
+Fine-tuning (``init=PARENT``, ``--init PARENT``): steps 2 and 3 are skipped and the model
+starts as a copy of PARENT, a trained BPNN: its symmetry functions, their per-element scaling
+(mean, std, range), reference energies, energy scale, short-range prior and network weights. The
+weights were trained against exactly that descriptor and those offsets, so nothing of it is
+refitted on the new frames, and before the first epoch the model predicts what PARENT predicts,
+bit for bit. Refused (InputError): a parent of another family; an element of the data that the
+parent lacks (a BPNN has one network per element, and the parent's functions have no terms for
+it); a given ``cutoff``, ``hidden``, ``activation``, ``dtype`` or ``repulsion`` that differs from
+the parent's (omit them: they are the parent's). The selection options (``n_radial``, ``n_eta``,
+``zetas``, ``max_correlation``) choose functions, which the parent fixes: they are not used.
+Given reference energies that differ from the parent's are not used either (its networks learned
+residuals relative to its own), and the log says so. The model file records the parent (path,
+sha256) in ``training["parent"]``.
+
 Why training is fast. The symmetry functions do not depend on the weights, so for every
 training frame their values ``G`` and their derivatives with respect to the pair vectors,
 ``dG(i)/d(r_ij)`` ((P, F, 3): G5 has no ``r_jk`` term, so atom i's functions depend on i's
@@ -42,7 +56,7 @@ import torch
 from ase.data import chemical_symbols
 
 from ..descriptors.acsf import automatic_set, library_values
-from ..errors import DatasetError, MLFFError
+from ..errors import DatasetError, InputError, MLFFError
 from ..graph import graph_from_structure
 from ..metrics import metrics_of_errors
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
@@ -51,7 +65,7 @@ from .checkpoint import TrainingInterrupted
 from .committee import network_committee
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_given_reference, check_split_elements,
                      format_training_metrics, model_metrics, parse_reference_energies,
-                     reference_energies)
+                     reference_energies, reference_energies_record)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -82,6 +96,73 @@ def prepare_model(frames, cutoff: float = 6.0, hidden: Sequence[int] = (25, 25),
     for k, sel in enumerate(sfset.selected):
         model.set_scaling(k, values[k][:, sel])
     return model, report
+
+
+#: the model options of a fresh model (``train_bpnn``'s None means these; with ``init``, the parent's)
+ARCHITECTURE = {"cutoff": 6.0, "hidden": (25, 25), "activation": "tanh", "dtype": "float32", "repulsion": True}
+#: the options that choose the symmetry functions of a fresh model (not used with ``init``)
+SELECTION = {"n_radial": 8, "n_eta": 4, "zetas": (1, 2, 4), "max_correlation": 0.9}
+
+
+def load_parent(init) -> tuple[BPNNModel, dict]:
+    """(parent model, {"path", "sha256"}) from a BPNN model file path or a loaded model."""
+    import os
+
+    from ..io import file_sha256, load_model
+
+    if isinstance(init, torch.nn.Module):
+        src = getattr(init, "source", None) or {}
+        parent, info = init, {"path": src.get("path"), "sha256": src.get("sha256")}
+    else:
+        if not os.path.exists(init):
+            raise InputError(f"--init {init}: no such model file")
+        try:
+            parent = load_model(init)
+        except MLFFError as exc:
+            raise InputError(f"--init {init}: cannot be read as a model file ({exc})") from None
+        info = {"path": os.path.abspath(init), "sha256": file_sha256(init)}
+    if getattr(parent, "family", None) != "bpnn":
+        raise InputError(f"--init: the parent is a {getattr(parent, 'family', type(parent).__name__)} model; only a "
+                         "bpnn model can initialise a bpnn model")
+    return parent, info
+
+
+def check_parent(parent: BPNNModel, frames, cutoff: float | None = None, hidden: Sequence[int] | None = None,
+                 activation: str | None = None, dtype: str | None = None, repulsion: bool | None = None) -> None:
+    """Raise InputError when a model of the given options on ``frames`` cannot start from
+    ``parent`` (see the module docstring, "Fine-tuning"); None options are the parent's."""
+    if getattr(parent, "family", None) != "bpnn":
+        raise InputError(f"the parent is a {getattr(parent, 'family', type(parent).__name__)} model; only a bpnn "
+                         "model can initialise a bpnn model")
+    data = sorted({int(z) for f in frames for z in f.numbers})
+    new = [z for z in data if z not in parent.species]
+    if new:
+        raise InputError(f"element(s) {', '.join(chemical_symbols[z] for z in new)} of the training frames are not "
+                         f"in the parent model ({', '.join(parent.elements)}): a BPNN has one network per element "
+                         "and the parent's symmetry functions have no terms for them; train from scratch (without "
+                         "--init)")
+    pc = parent.get_config()
+    theirs = {"cutoff": float(parent.cutoff), "hidden": [int(h) for h in pc["hidden"]],
+              "activation": pc["activation"], "dtype": pc["dtype"], "repulsion": pc.get("repulsion") is not None}
+    given = {"cutoff": None if cutoff is None else float(cutoff),
+             "hidden": None if hidden is None else [int(h) for h in hidden],
+             "activation": activation, "dtype": dtype, "repulsion": repulsion}
+    def shown(v):
+        return ",".join(str(h) for h in v) if isinstance(v, list) else "off" if v is False else "on" if v is True else v
+
+    for name, v in given.items():
+        if v is not None and v != theirs[name]:
+            raise InputError(f"--{name.replace('_', '-')} {shown(v)} differs from the parent's "
+                             f"{shown(theirs[name])} (the architecture and descriptor of a fine-tuned model are "
+                             "the parent's; omit the option)")
+
+
+def model_from_parent(parent: BPNNModel) -> BPNNModel:
+    """A copy of ``parent`` to fine-tune: the same configuration (symmetry functions, reference
+    energies, energy scale, prior) and the same arrays (weights and scaling), nothing shared."""
+    model = BPNNModel.from_config(parent.get_config())
+    model.load_state_dict(parent.state_dict())
+    return model
 
 
 # ------------------------------------------------------------------------- training cache
@@ -132,17 +213,18 @@ def evaluate_frames(model, frames) -> dict[str, float]:
 def trainer_options(epochs: int = 100, lr: float = 3e-3, batch_size: int = 8, energy_weight: float = 10.0,
                     force_weight: float = 1.0, patience: int = 10, stop_patience: int = 30, ema: float = 0.99,
                     min_lr: float = 1e-5, dtype: str = "float32", seed: int = 0, device: str = "cpu",
-                    reference_energies: dict[str, float] | None = None):
+                    reference_energies: dict[str, float] | None = None, fit_reference: bool = True):
     """The BPNN recipe as options of the shared trainer: Adam (AdamW without decay), rate
     halved after ``patience`` epochs without a better validation loss, floor ``min_lr``,
     early stop after ``stop_patience`` such epochs, EMA of the weights; ``reference_energies``
-    (element -> eV) given instead of fitted."""
+    (element -> eV) given instead of fitted; ``fit_reference=False`` keeps the model's own
+    (a fine-tuned model's, from its parent)."""
     from .trainer import TrainerOptions
 
     return TrainerOptions(epochs=epochs, batch_size=batch_size, lr=lr, energy_weight=energy_weight,
                           force_weight=force_weight, schedule="plateau", lr_factor=0.5, lr_patience=patience,
                           min_lr=min_lr, ema=ema, patience=stop_patience, dtype=dtype, seed=seed,
-                          device=device, reference_energies=reference_energies).check()
+                          device=device, reference_energies=reference_energies, fit_reference=fit_reference).check()
 
 
 def fit(model: BPNNModel, train_frames, valid_frames, options=None, **kwargs):
@@ -157,20 +239,23 @@ def fit(model: BPNNModel, train_frames, valid_frames, options=None, **kwargs):
 
 
 def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, seed: int = 0,
-               cutoff: float = 6.0, hidden: Sequence[int] = (25, 25), activation: str = "tanh",
-               n_radial: int = 8, n_eta: int = 4, zetas: Sequence[int] = (1, 2, 4), max_correlation: float = 0.9,
-               dtype: str = "float32", epochs: int = 100, lr: float = 3e-3, batch_size: int = 8,
-               energy_weight: float = 10.0, force_weight: float = 1.0, patience: int = 10,
+               cutoff: float | None = None, hidden: Sequence[int] | None = None, activation: str | None = None,
+               n_radial: int | None = None, n_eta: int | None = None, zetas: Sequence[int] | None = None,
+               max_correlation: float | None = None, dtype: str | None = None, epochs: int = 100, lr: float = 3e-3,
+               batch_size: int = 8, energy_weight: float = 10.0, force_weight: float = 1.0, patience: int = 10,
                progress: Callable[[str], None] | None = None, checkpoint=None, resume: bool = False,
                stop_after: int | None = None, stop_patience: int = 30, ema: float = 0.99,
-               repulsion: bool = True, repulsion_width: float = 0.5, device: str = "cpu",
-               reference_energies=None):
-    """Split ``dataset`` (:class:`ase_mlff.data.Dataset`), prepare and fit a model with the
-    shared trainer; returns ``(model, report)`` with the split, the selection report,
-    validation/test errors (training-set errors without test frames), the reference energies
-    and the trainer's record (``report["record"]``). ``reference_energies``: given e0 (a
+               repulsion: bool | None = None, repulsion_width: float = 0.5, device: str = "cpu",
+               reference_energies=None, init=None):
+    """Split ``dataset`` (:class:`ase_mlff.data.Dataset`), prepare (or, with ``init``, copy from a
+    parent) and fit a model with the shared trainer; returns ``(model, report)`` with the split,
+    the selection report, the parent, validation/test errors (training-set errors without test
+    frames), the reference energies and the trainer's record (``report["record"]``).
+    ``reference_energies``: given e0 (a
     :class:`~ase_mlff.training.common.GivenReferenceEnergies`, or anything
-    :func:`~ase_mlff.training.common.parse_reference_energies` reads, in eV)."""
+    :func:`~ase_mlff.training.common.parse_reference_energies` reads, in eV). ``init``: a
+    trained BPNN (model or file path) to fine-tune (module docstring, "Fine-tuning"). Model
+    options left None are :data:`ARCHITECTURE` and :data:`SELECTION` (fresh) or the parent's."""
     from .trainer import reference_record
 
     say = progress or (lambda msg: None)
@@ -180,37 +265,81 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
     train_f = [frames[k] for k in split.train]
     valid_f = [frames[k] for k in split.valid]
     test_f = [frames[k] for k in split.test]
+    parent, parent_info = (None, None) if init is None else load_parent(init)
     check_split_elements(train_f, {"validation": valid_f, "test": test_f})
     species = sorted({int(z) for f in train_f for z in f.numbers})
-    given_e0 = None if given is None else dict(zip(
-        [chemical_symbols[z] for z in species], check_given_reference(train_f, species, given, say)["e0"]))
+    if parent is not None:
+        # everything of the model is the parent's: checked before anything is computed
+        check_parent(parent, train_f + valid_f + test_f, cutoff, hidden, activation, dtype, repulsion)
+        model = model_from_parent(parent)
+        pc = model.get_config()
+        cutoff, hidden, activation, dtype = model.cutoff, list(pc["hidden"]), pc["activation"], pc["dtype"]
+        repulsion = pc.get("repulsion") is not None
+        selection = {chemical_symbols[z]: {"kept": [int(i) for i in sel], "dropped": [], "n_library": None}
+                     for z, sel in zip(model.species, model.sfset.selected)}
+        e0 = dict(zip(model.elements, pc["reference_energies"]))
+        differ = [] if given is None else [el for el, z in zip(model.elements, model.species)
+                                           if z in given.energies
+                                           and abs(given.energies[z] - e0[el]) > 1e-9 * max(1.0, abs(e0[el]))]
+        if differ:
+            say(f"--reference-energies: the parent's e0 of {', '.join(differ)} are kept (its networks learned "
+                "residuals relative to them)")
+        parent_info.update({"family": "bpnn", "elements": list(model.elements), "reference_energies": e0})
+        say(f"initialised from {parent_info['path'] or 'the given model'} (sha256 {parent_info['sha256']}): its "
+            "symmetry functions, scaling, reference energies and weights")
+        given_e0 = None
+        sel_opts = {k: None for k in SELECTION}  # not used: the parent's functions
+    else:
+        cutoff = ARCHITECTURE["cutoff"] if cutoff is None else cutoff
+        hidden = ARCHITECTURE["hidden"] if hidden is None else hidden
+        activation = activation or ARCHITECTURE["activation"]
+        dtype = dtype or ARCHITECTURE["dtype"]
+        repulsion = ARCHITECTURE["repulsion"] if repulsion is None else repulsion
+        sel_opts = {k: SELECTION[k] if v is None else v for k, v in (
+            ("n_radial", n_radial), ("n_eta", n_eta), ("zetas", zetas), ("max_correlation", max_correlation))}
+        given_e0 = None if given is None else dict(zip(
+            [chemical_symbols[z] for z in species], check_given_reference(train_f, species, given, say)["e0"]))
+        model, selection = prepare_model(train_f, cutoff, hidden, activation, sel_opts["n_radial"],
+                                         sel_opts["n_eta"], sel_opts["zetas"], sel_opts["max_correlation"],
+                                         dtype, seed)
+        if repulsion:
+            rep = repulsion_for(train_f, model.species, cutoff, repulsion_width)
+            model.set_repulsion(rep)
+            say("short-range prior: ZBL below " + ", ".join(
+                f"{chemical_symbols[a]}-{chemical_symbols[b]} {rep['inner'][p][q]:.2f} Å"
+                for p, a in enumerate(model.species) for q, b in enumerate(model.species) if p <= q)
+                + f" (fully on {rep['width']:.2f} Å closer)")
+        say("symmetry functions: " + ", ".join(f"{k} {len(v['kept'])} of {v['n_library']}"
+                                               for k, v in selection.items()))
     options = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed, "cutoff": cutoff,
-               "hidden": list(hidden), "activation": activation, "n_radial": n_radial, "n_eta": n_eta,
-               "zetas": list(zetas), "max_correlation": max_correlation, "dtype": dtype, "epochs": epochs,
-               "lr": lr, "batch_size": batch_size, "energy_weight": energy_weight, "force_weight": force_weight,
-               "patience": patience, "stop_patience": stop_patience, "ema": ema, "repulsion": repulsion,
-               "repulsion_width": repulsion_width, "reference_energies": None if given is None else given.given_as}
-    model, selection = prepare_model(train_f, cutoff, hidden, activation, n_radial, n_eta, zetas, max_correlation,
-                                     dtype, seed)
-    if repulsion:
-        rep = repulsion_for(train_f, model.species, cutoff, repulsion_width)
-        model.set_repulsion(rep)
-        say("short-range prior: ZBL below " + ", ".join(
-            f"{chemical_symbols[a]}-{chemical_symbols[b]} {rep['inner'][p][q]:.2f} Å"
-            for p, a in enumerate(model.species) for q, b in enumerate(model.species) if p <= q)
-            + f" (fully on {rep['width']:.2f} Å closer)")
-    say("symmetry functions: " + ", ".join(f"{k} {len(v['kept'])} of {v['n_library']}" for k, v in selection.items()))
+               "hidden": list(hidden), "activation": activation,
+               **{k: list(v) if isinstance(v, tuple) else v for k, v in sel_opts.items()}, "dtype": dtype,
+               "epochs": epochs, "lr": lr, "batch_size": batch_size, "energy_weight": energy_weight,
+               "force_weight": force_weight, "patience": patience, "stop_patience": stop_patience, "ema": ema,
+               "repulsion": repulsion, "repulsion_width": repulsion_width if parent is None else None,
+               "reference_energies": None if given is None else given.given_as}
     opts = trainer_options(epochs, lr, batch_size, energy_weight, force_weight, patience, stop_patience, ema,
-                           dtype=dtype, seed=seed, device=device, reference_energies=given_e0)
-    model, record = fit(model, train_f, valid_f, opts, checkpoint=checkpoint, resume=resume, log=say,
-                        stop_after=stop_after)
+                           dtype=dtype, seed=seed, device=device, reference_energies=given_e0,
+                           fit_reference=parent is None)
+    model.keep_scaling = parent is not None  # the parent's scaling stays (its weights were trained on it)
+    try:
+        model, record = fit(model, train_f, valid_f, opts, checkpoint=checkpoint, resume=resume, log=say,
+                            stop_after=stop_after)
+    finally:
+        model.keep_scaling = False
+    if parent is not None:
+        reference = reference_energies_record(model.species, model.config["reference_energies"], "parent",
+                                              "the parent's (its networks learned residuals relative to them)")
+    else:
+        reference = reference_record(record, given)
     report = {"split": {k: getattr(split, k).tolist() for k in ("train", "valid", "test")}, "options": options,
               "selection": {k: {"kept": v["kept"], "n_dropped": len(v["dropped"])} for k, v in selection.items()},
+              "parent": parent_info,
               "history": record.history, "record": record, "train_time_s": record.train_time_s,
               "valid": evaluate_frames(model, valid_f) if valid_f else None,
               "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
               "data_sha256": dataset.sha256(), "source": getattr(dataset, "source", None),
-              "reference_energies": reference_record(record, given), "trained_on": record.trained_on}
+              "reference_energies": reference, "trained_on": record.trained_on}
     if test_f:
         report["test"] = evaluate_frames(model, test_f)
     else:  # nothing held out for testing: at least the fit to the training frames, labelled as such
@@ -239,14 +368,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--n-test", type=int, default=None, help="test frames (default: all the rest; without any, the training-set "
                                                "errors are printed instead)")
     a("--seed", type=int, default=0, help="split, initial weights and batch order")
-    a("--cutoff", type=float, default=6.0, help="cutoff radius in Å (default 6)")
-    a("--hidden", default="25,25", help="hidden layer widths, comma-separated (default 25,25)")
-    a("--activation", default="tanh", choices=["tanh", "silu"])
-    a("--n-radial", type=int, default=8, help="G2 shifts per element pair before selection (default 8)")
-    a("--n-eta", type=int, default=4, help="G5 widths per element before selection (default 4)")
-    a("--zetas", default="1,2,4", help="G5 zeta values (default 1,2,4), each with lambda = -1 and +1")
-    a("--max-correlation", type=float, default=0.9, help="drop functions correlated above this (default 0.9)")
-    a("--dtype", default="float32", choices=["float32", "float64"])
+    a("--cutoff", type=float, default=None, help="cutoff radius in Å (default 6; with --init the parent's)")
+    a("--hidden", default=None, help="hidden layer widths, comma-separated (default 25,25; with --init the "
+                                     "parent's)")
+    a("--activation", default=None, choices=["tanh", "silu"], help="(default tanh; with --init the parent's)")
+    a("--n-radial", type=int, default=None, help="G2 shifts per element pair before selection (default 8)")
+    a("--n-eta", type=int, default=None, help="G5 widths per element before selection (default 4)")
+    a("--zetas", default=None, help="G5 zeta values (default 1,2,4), each with lambda = -1 and +1")
+    a("--max-correlation", type=float, default=None, help="drop functions correlated above this (default 0.9)")
+    a("--dtype", default=None, choices=["float32", "float64"], help="(default float32; with --init the parent's)")
+    a("--init", default=None, metavar="MODEL",
+      help="start from this pre-trained bpnn model file (fine-tuning): its symmetry functions, scaling, reference "
+           "energies and weights are kept, so the selection options above do not apply")
     a("--epochs", type=int, default=100)
     a("--lr", type=float, default=3e-3, help="initial Adam learning rate (default 3e-3)")
     a("--batch-size", type=int, default=8, help="frames per step (default 8)")
@@ -255,7 +388,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     a("--patience", type=int, default=10, help="epochs without improvement before halving the rate")
     a("--stop-patience", type=int, default=30, help="epochs without improvement before stopping (0: never)")
     a("--ema", type=float, default=0.99, help="decay of the moving average of the weights (0: off)")
-    a("--no-repulsion", dest="repulsion", action="store_false",
+    a("--no-repulsion", dest="repulsion", action="store_false", default=None,
       help="no short-range prior (ZBL below the smallest distance of each element pair in the training frames)")
     a("--repulsion-width", type=float, default=0.5, help="Å over which the prior switches on (default 0.5)")
     a("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="training device (default cpu)")
@@ -287,7 +420,8 @@ def _run(args, ddp) -> int:
 
     def integer_lists():
         try:
-            return [int(h) for h in str(args.hidden).split(",")], [int(z) for z in str(args.zetas).split(",")]
+            return ([int(h) for h in str(args.hidden).split(",")] if args.hidden is not None else None,
+                    [int(z) for z in str(args.zetas).split(",")] if args.zetas is not None else None)
         except ValueError:
             raise UsageError("--hidden and --zetas take comma-separated integers") from None
 
@@ -305,7 +439,7 @@ def _run(args, ddp) -> int:
                                    patience=args.patience, progress=progress, checkpoint=ckpt, resume=args.resume,
                                    stop_patience=args.stop_patience, ema=args.ema, repulsion=args.repulsion,
                                    repulsion_width=args.repulsion_width, device=args.device,
-                                   stop_after=args.stop_after, reference_energies=reference)
+                                   stop_after=args.stop_after, reference_energies=reference, init=args.init)
     except TrainingInterrupted as exc:
         if ddp.is_main:  # the rank that wrote the checkpoint
             print(exc.command_message(prog), file=sys.stderr)
@@ -315,7 +449,8 @@ def _run(args, ddp) -> int:
     except MLFFError as exc:
         return fail(exc, EXIT_DATA)
     rec = {k: report[k] for k in ("options", "split", "selection", "valid", "test", "train", "train_time_s",
-                                  "peak_memory_bytes", "source", "reference_energies", "trained_on") if k in report}
+                                  "peak_memory_bytes", "source", "reference_energies", "trained_on", "parent")
+           if k in report and (k != "parent" or report[k] is not None)}
     rec["data_sha256"] = report["data_sha256"]
     rec["epochs_run"] = len(report["history"])
     rec["trainer"] = report["record"].as_dict()
@@ -325,7 +460,9 @@ def _run(args, ddp) -> int:
         return fail(exc, EXIT_DATA)
     if not ddp.is_main:
         return EXIT_OK
-    print(f"BPNN model written to {args.output} ({', '.join(k + ' ' + str(len(v['kept'])) + ' functions' for k, v in report['selection'].items())})")
+    functions = ", ".join(f"{k} {len(v['kept'])} functions" for k, v in report["selection"].items())
+    print(f"BPNN model written to {args.output} ({functions}" + (f"; fine-tuned from {args.init}" if args.init else "")
+          + ")")
     for name in ("valid", "test"):
         m = report.get(name)
         if m:
@@ -340,8 +477,10 @@ def _run(args, ddp) -> int:
 # ------------------------------------------------------------------------- committees
 #: ``ase-mlff train bpnn --committee K``: the split and member scheme of the shared trainer's
 #: recipes (:func:`~ase_mlff.training.committee.network_committee`). Each member is a
-#: :func:`train_bpnn` model whose symmetry functions are selected from its own frames.
-COMMITTEE = network_committee("bpnn", train_bpnn)
+#: :func:`train_bpnn` model whose symmetry functions are selected from its own frames; a warm
+#: start (``train_committee(init=...)``) keeps each parent's (:func:`check_parent`).
+COMMITTEE = network_committee("bpnn", train_bpnn, lambda parent, frames, options: check_parent(
+    parent, frames, **{k: options.get(k) for k in ("cutoff", "hidden", "activation", "dtype", "repulsion")}))
 
 
 def main(argv=None) -> int:

@@ -39,6 +39,15 @@ them, and a recipe without one may say why in ``NO_COMMITTEE`` (quoted when a co
 is asked for). Recipes trained by the shared network trainer take their hook from
 :func:`network_committee`.
 
+Warm start (``start_from``, a trained committee of the same family and size): member ``k``
+trains from member ``k`` of it and the served mean "all" from its served mean, instead of
+from fresh weights (the family's fine-tuning: e.g. ``train_bpnn(init=...)``); everything else
+of the recipe is unchanged. ``member_frames`` gives each member's frames explicitly instead of
+the draws of step 2 (a learning loop keeps each member's frames and adds new ones to them).
+The family says whether and how its models start from a parent (:attr:`CommitteePlan.check_init`,
+None: no warm start); what cannot carry over (another family, a new element for a BPNN,
+other architecture options) is an InputError naming why, raised before anything trains.
+
 Reference energies given with ``--reference-energies`` go to every model the committee
 trains (the served mean and each member), or are recorded only for a family whose models have
 no per-element energies (:attr:`CommitteeHook.given_reference`). The record lists them
@@ -78,14 +87,16 @@ class CommitteePlan:
     n_member: int
     #: the family's entries of the training report (counts, split, options)
     report: dict[str, Any]
-    #: ``fit_all() -> (model, report entry)``: the served mean "all", one model on the pool
-    fit_all: Callable[[], tuple[Model, dict]]
+    #: ``fit_all(init=None) -> (model, report entry)``: the served mean "all", one model on the
+    #: pool (from the weights of the model ``init`` when given: a warm start)
+    fit_all: Callable[..., tuple[Model, dict]]
     #: what ``fit_all`` trains, for the progress line (e.g. "... on all 50 training frames")
     mean_label: str
-    #: ``member_trainer(served) -> fit_member``, ``fit_member(indices, member_seed) -> (model,
-    #: record)``: how one member trains on the frames ``indices`` with seed ``member_seed``,
-    #: given the served mean (None when the member average is served)
-    member_trainer: Callable[[Model | None], Callable[[np.ndarray, int], tuple[Model, dict]]]
+    #: ``member_trainer(served) -> fit_member``, ``fit_member(indices, member_seed, init=None) ->
+    #: (model, record)``: how one member trains on the frames ``indices`` with seed
+    #: ``member_seed`` (from the weights of ``init`` when given), given the served mean (None
+    #: when the member average is served)
+    member_trainer: Callable[[Model | None], Callable[..., tuple[Model, dict]]]
     #: keywords of the element check (step 0): ``served_train``, ``validation``, ``test``,
     #: ``member_train`` (:meth:`_ElementCheck.__call__`)
     check: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +104,10 @@ class CommitteePlan:
     member_note: str = ""
     #: ``describe_given_mean(model) -> dict``: report entries for a served mean given as a model
     describe_given_mean: Callable[[Model], dict] | None = None
+    #: ``check_init(model)``: raises InputError when a model of this plan cannot start from the
+    #: weights of ``model`` (a member or the served mean of a committee given as ``start_from``); None:
+    #: the family has no warm start
+    check_init: Callable[[Model], None] | None = None
 
 
 @dataclass
@@ -136,6 +151,9 @@ class CommitteeHook:
     given_reference: str = "given to every model of the committee"
     #: the record's (source, note) without given reference energies
     no_reference: tuple[str, str] = ("fitted", "each model of the committee fitted its own on its training frames")
+    #: whether its committees can start from a trained one (``train_committee(start_from=...)``;
+    #: its plans then give :attr:`CommitteePlan.check_init`)
+    warm_start: bool = False
 
 
 def hook(family: str) -> CommitteeHook | None:
@@ -270,6 +288,7 @@ def fit_calibration(model: CommitteeModel, frames) -> tuple[dict[str, float], di
 def train_committee(family: str, data, K: int, *, n_member: int | None = None, mean="all", seed: int = 0,
                     calibration=None, n_calibration: int | None = None,
                     progress: Callable[[str], None] | None = None, reference_energies=None,
+                    start_from: CommitteeModel | None = None, member_frames=None,
                     **options) -> tuple[CommitteeModel, dict]:
     """Train a committee of ``K`` ``family`` models on ``data`` (a Dataset); returns
     ``(model, report)``. See the module docstring for the recipe.
@@ -283,6 +302,11 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
     per-element reference energies for every model (anything
     :func:`~ase_mlff.training.common.parse_reference_energies` reads; numbers in eV). A family
     whose recipe has no committee hook is refused with an InputError (a ValueError).
+
+    ``start_from``: a trained committee of ``K`` ``family`` members to start from (module docstring,
+    "Warm start"); the number of epochs and the like are the family's ``options`` as always.
+    ``member_frames``: ``K`` lists of frame indices of ``data``, each member's training frames
+    (instead of ``n_member`` frames drawn from the pool); each must lie in the family's pool.
     """
     from .common import (check_given_reference, format_training_metrics, model_metrics, parse_reference_energies,
                          reference_energies_record)
@@ -300,6 +324,7 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
             raise InputError(f"the served mean is a {mean.family} model; the committee is of {family} models")
     elif mean not in ("all", "members"):
         raise InputError(f"mean must be 'all', 'members' or a trained {family} model, got {mean!r}")
+    _check_start_from(start_from, family, K, mean)
     t0 = time.perf_counter()
 
     # ---- calibration frames: never frames the served mean or a member was trained on; chosen
@@ -322,13 +347,33 @@ def train_committee(family: str, data, K: int, *, n_member: int | None = None, m
         return ds[idx], {"source": ds.source, "data_sha256": ds.sha256(), "indices": idx.tolist()}
 
     # ---- the family's plan, every model's elements checked, then the served mean and the members
+    if member_frames is not None and n_member is None:  # the plan's count: the smallest member's
+        n_member = min((len(f) for f in member_frames), default=None)
     plan = family_hook.plan(ds, dict(options), n_member=n_member, seed=seed, reference=reference, say=say)
-    check = _ElementCheck(ds, K, seed, mean, lambda held: calibration_frames(held)[0])
+    given_frames = None if member_frames is None else _given_member_frames(member_frames, K, plan.pool)
+    if start_from is not None:  # everything that must carry over, before anything trains
+        if plan.check_init is None:
+            raise InputError(f"committees of {family} cannot start from a trained committee (start_from): its recipe "
+                             "has no warm start")
+        for name, m in _start_models(start_from):
+            try:
+                plan.check_init(m)
+            except InputError as exc:
+                raise InputError(f"cannot start from {name} of the given committee: {exc}") from None
+    check = _ElementCheck(ds, K, seed, mean, lambda held: calibration_frames(held)[0], given_frames)
     check(plan.pool, plan.n_member, plan.held_out, _MEMBER_HINT.format(family_hook.member_frames), **plan.check)
     report = dict(plan.report)
-    served, report["mean"] = _served_mean(mean, plan, say)
+    served, report["mean"] = _served_mean(mean, plan, say, start_from)
     members, report["members"] = _train_members(K, plan.pool, plan.n_member, seed, plan.member_trainer(served), say,
-                                                plan.member_note)
+                                                plan.member_note, given_frames, start_from)
+    if given_frames is not None:
+        report["n_member"] = [len(f) for f in given_frames]
+    if start_from is not None:
+        src = getattr(start_from, "source", None) or {}
+        how = "member k from member k of this committee"
+        if served is not None and mean == "all":
+            how += ", the served mean from its served mean"
+        report["start_from"] = {"path": src.get("path"), "sha256": src.get("sha256"), "how": how}
     model = CommitteeModel(members, served)
     seen = {o for rec in report["members"] for o in rec.get("trained_on", ())}
     report["trained_on"] = [o for o in ("energy", "forces", "stress") if o in seen]
@@ -385,8 +430,9 @@ class _ElementCheck:
     A served mean given as a model must know the pool's elements. Raises
     :class:`~ase_mlff.training.common.SplitError` naming the member."""
 
-    def __init__(self, ds, K: int, seed: int, mean, calibration_frames):
+    def __init__(self, ds, K: int, seed: int, mean, calibration_frames, given_frames=None):
         self.ds, self.K, self.seed, self.mean = ds, K, seed, mean
+        self.given_frames = given_frames  # explicit member frames (train_committee's member_frames)
         self.calibration_frames = calibration_frames
         self._sets: dict[int, np.ndarray] = {}
         self._interned: dict[tuple, np.ndarray] = {}
@@ -420,7 +466,7 @@ class _ElementCheck:
         if self.mean == "all" and served_train is not None:
             check_split_elements([self._elements(i) for i in served_train], held, model="the served mean")
         for k in range(self.K):
-            idx = _member_indices(pool, n_member, k, self.seed)
+            idx = _member_indices(pool, n_member, k, self.seed) if self.given_frames is None else self.given_frames[k]
             train = idx if member_train is None else member_train(idx, self.seed + k + 1)
             check_split_elements([self._elements(i) for i in train], held,
                                  model=f"committee member {k + 1} of {self.K}", hint=hint)
@@ -440,11 +486,15 @@ _MEMBER_HINT = ("choose another --seed or more frames per member ({}), or leave 
                 "the data")
 
 
-def _served_mean(mean, plan: CommitteePlan, say):
+def _served_mean(mean, plan: CommitteePlan, say, start: CommitteeModel | None = None):
     """The served model and its report entry: ``mean`` is "all" (``plan.fit_all()`` -> (model,
-    report entry) trains one model on the whole pool), a given :class:`Model`, or "members"
-    (the member average is served: None)."""
+    report entry) trains one model on the whole pool, from ``start``'s served mean when given), a
+    given :class:`Model`, or "members" (the member average is served: None)."""
     if mean == "all":
+        if start is not None:
+            say(f"served mean: {plan.mean_label}, from the given committee's served mean")
+            served, entry = plan.fit_all(init=start.mean_model)
+            return served, {"kind": "all", "init": "the given committee's served mean", **entry}
         say(f"served mean: {plan.mean_label}")
         served, entry = plan.fit_all()
         return served, {"kind": "all", **entry}
@@ -455,17 +505,67 @@ def _served_mean(mean, plan: CommitteePlan, say):
     return None, {"kind": "members"}
 
 
-def _train_members(K: int, pool: np.ndarray, n_member: int, seed: int, fit_member, say, note: str = ""):
-    """K members, member k on its own subsample of ``pool`` with seed ``seed + k + 1``:
-    ``fit_member(indices, member_seed)`` -> (model, record); returns (models, records)."""
+def _train_members(K: int, pool: np.ndarray, n_member: int, seed: int, fit_member, say, note: str = "",
+                   given_frames=None, start: CommitteeModel | None = None):
+    """K members, member k on its own subsample of ``pool`` (or on ``given_frames[k]``) with seed
+    ``seed + k + 1``, from member k of ``start`` when given: ``fit_member(indices, member_seed[,
+    init=model])`` -> (model, record); returns (models, records)."""
     members, recs = [], []
+    note = note if given_frames is None else ""  # the family's note counts drawn members
     for k in range(K):
-        idx = _member_indices(pool, n_member, k, seed)
-        say(f"member {k + 1}/{K}: {n_member} frames{note}")
-        model, rec = fit_member(idx, seed + k + 1)
+        idx = _member_indices(pool, n_member, k, seed) if given_frames is None else given_frames[k]
+        if start is None:
+            say(f"member {k + 1}/{K}: {len(idx)} frames{note}")
+            model, rec = fit_member(idx, seed + k + 1)
+        else:
+            say(f"member {k + 1}/{K}: {len(idx)} frames{note}, from member {k + 1} of the given committee")
+            model, rec = fit_member(idx, seed + k + 1, init=start.members[k])
+            rec = {**rec, "init": f"member {k + 1} of the given committee"}
         members.append(model)
         recs.append({"seed": seed + k + 1, **rec})
     return members, recs
+
+
+def _check_start_from(start, family: str, K: int, mean) -> None:
+    """``start`` (train_committee's ``start_from``) is None or a committee that fits the one asked for."""
+    if start is None:
+        return
+    if not isinstance(start, CommitteeModel):
+        raise InputError(f"start_from must be a trained committee (a CommitteeModel), not {type(start).__name__}")
+    if start.member_family != family:
+        raise InputError(f"start_from is a committee of {start.member_family} models; this one is of {family} models")
+    if start.n_members != K:
+        raise InputError(f"start_from has {start.n_members} members; this committee has {K} (member k starts from "
+                         "member k)")
+    if mean == "all" and start.mean_model is None:
+        raise InputError("start_from serves its member average, so the served mean 'all' has no weights to start from; "
+                         "train with mean='members', or without start_from")
+
+
+def _start_models(start: CommitteeModel):
+    """(name, model) of every model of ``start`` a warm start reads."""
+    out = [(f"member {k + 1}", m) for k, m in enumerate(start.members)]
+    if start.mean_model is not None:
+        out.append(("the served mean", start.mean_model))
+    return out
+
+
+def _given_member_frames(member_frames, K: int, pool: np.ndarray) -> list[np.ndarray]:
+    """``member_frames`` as K sorted index arrays, each of at least 2 distinct frames of ``pool``."""
+    frames = [np.asarray(f, dtype=np.int64) for f in member_frames]
+    if len(frames) != K:
+        raise InputError(f"member_frames gives {len(frames)} lists of frames; the committee has {K} members")
+    inside = set(int(i) for i in pool)
+    out = []
+    for k, f in enumerate(frames):
+        if f.ndim != 1 or len(np.unique(f)) != len(f) or len(f) < 2:
+            raise InputError(f"member_frames[{k}] must be at least 2 distinct frame indices, got {f.tolist()}")
+        outside = [int(i) for i in f if int(i) not in inside]
+        if outside:
+            raise InputError(f"member_frames[{k}] holds frame(s) {outside[:5]} outside the training pool (the "
+                             "family holds them out, or the data are shorter)")
+        out.append(np.sort(f))
+    return out
 
 
 # ----------------------------------------------------------------------------- shared-trainer recipes
@@ -486,7 +586,8 @@ def _network_split_counts(M: int, options: dict) -> tuple[int, int, int | None]:
     return int(n_train), n_valid, n_test
 
 
-def network_committee(family: str, train_one: Callable) -> CommitteeHook:
+def network_committee(family: str, train_one: Callable,
+                      check_parent: Callable[[Model, list, dict], None] | None = None) -> CommitteeHook:
     """The committee hook of a recipe whose one-model trainer has the shared network trainer's
     split: ``train_one(dataset, n_train, n_valid, n_test, seed=..., progress=..., **options) ->
     (model, report)``, splitting with ``Dataset.split(n_train, n_valid, n_test, seed)``.
@@ -499,7 +600,18 @@ def network_committee(family: str, train_one: Callable) -> CommitteeHook:
     (default: half of the pool), of which a share ``n_valid / n_pool`` (at least one when
     ``n_valid > 0``) is its own validation set, with seed ``seed + k + 1`` (initial weights,
     batch order, that split). Options: the keywords of ``train_one`` (``n_train``, ``n_valid``,
-    ``n_test``, ...); on the command line, those of its parameters the parser has."""
+    ``n_test``, ...); on the command line, those of its parameters the parser has.
+
+    Warm start: when ``train_one`` takes ``init`` (a parent model to fine-tune), a committee can
+    start from a trained one (``train_committee(start_from=...)``): each model is ``train_one(...,
+    init=its parent)``. ``check_parent(parent, frames, options)`` is the recipe's check, before
+    anything trains, that a model of ``options`` on ``frames`` can start from ``parent`` (it
+    raises InputError naming why not); without it only the parent's family is checked. Members
+    given their frames explicitly (``member_frames``) each hold out the same share for
+    validation."""
+    import inspect
+
+    warm = "init" in inspect.signature(train_one).parameters
 
     def plan(ds, options, *, n_member, seed, reference, say) -> CommitteePlan:
         """The committee plan of a shared-trainer recipe: see :func:`network_committee`."""
@@ -515,7 +627,10 @@ def network_committee(family: str, train_one: Callable) -> CommitteeHook:
         if not 2 <= n_member <= len(pool):
             raise DatasetError(f"{n_member} frames per member (--committee-frames) from a pool of {len(pool)} "
                                "training and validation frames; a member needs at least 2")
-        n_valid_member = 0 if n_valid == 0 else min(n_member - 1, max(1, round(n_valid * n_member / len(pool))))
+        def valid_share(m):  # a member of m frames validates on the pool's share of them
+            return 0 if n_valid == 0 else min(m - 1, max(1, round(n_valid * m / len(pool))))
+
+        n_valid_member = valid_share(n_member)
         recorded = {}
         for k, v in options.items():
             v = list(v) if isinstance(v, tuple) else v
@@ -525,18 +640,29 @@ def network_committee(family: str, train_one: Callable) -> CommitteeHook:
                   "held_out_indices": held.tolist(), "options": recorded}
 
         def member_train(idx, member_seed):  # the training part of the split train_one makes below
-            return idx[ds[idx].split(n_member - n_valid_member, n_valid_member, 0, seed=member_seed).train]
+            nv = valid_share(len(idx))
+            return idx[ds[idx].split(len(idx) - nv, nv, 0, seed=member_seed).train]
 
-        def fit_all():
+        def check_init(parent):
+            if getattr(parent, "family", None) != family:
+                raise InputError(f"it is a {getattr(parent, 'family', type(parent).__name__)} model, not a {family} "
+                                 "model")
+            if check_parent is not None:
+                check_parent(parent, [ds.frames[int(i)] for i in np.concatenate([pool, held])], dict(options))
+
+        def keywords(init):  # the options, with the parent to start from (it replaces a given --init)
+            return options if init is None else {**options, "init": init}
+
+        def fit_all(init=None):
             # n_test=0: the same split (train and valid come first in the permutation), no test pass here;
             # the test frames are evaluated by the committee, as calibration frames
-            model, rep = train_one(ds, n_train, n_valid, 0, seed=seed, progress=say, **options)
+            model, rep = train_one(ds, n_train, n_valid, 0, seed=seed, progress=say, **keywords(init))
             return model, {"n_train": n_train, "n_valid": n_valid, "valid": rep.get("valid"),
                            "epochs_run": len(rep.get("history") or [])}
 
-        def fit_member(idx, member_seed):
-            m, rep = train_one(ds[idx], n_member - n_valid_member, n_valid_member, 0, seed=member_seed,
-                               progress=say, **options)
+        def fit_member(idx, member_seed, init=None):
+            nv = valid_share(len(idx))
+            m, rep = train_one(ds[idx], len(idx) - nv, nv, 0, seed=member_seed, progress=say, **keywords(init))
             sub = rep.get("split") or {}
             return m, {"frames": idx.tolist(),
                        "train_indices": idx[np.asarray(sub.get("train", []), dtype=np.int64)].tolist(),
@@ -549,7 +675,8 @@ def network_committee(family: str, train_one: Callable) -> CommitteeHook:
                              fit_all=fit_all, mean_label=f"{family} on all {n_train} training frames ({n_valid} "
                                                          "validation)",
                              member_trainer=lambda served: fit_member,
-                             member_note=f" ({n_valid_member} of them for validation)")
+                             member_note=f" ({n_valid_member} of them for validation)",
+                             check_init=check_init if warm else None)
 
     def command(args) -> CommitteeCommand:
         try:
@@ -561,7 +688,8 @@ def network_committee(family: str, train_one: Callable) -> CommitteeHook:
                                 n_member=args.committee_frames, seed=int(getattr(args, "seed", 0) or 0),
                                 reference_energies=getattr(args, "reference_energies", None))
 
-    return CommitteeHook(plan=plan, command=command, frames_default="half of the --n-train + --n-valid frames")
+    return CommitteeHook(plan=plan, command=command, frames_default="half of the --n-train + --n-valid frames",
+                         warm_start=warm)
 
 
 def network_options(train_one: Callable, args) -> dict[str, Any]:
