@@ -427,7 +427,8 @@ def _run_learn(args) -> int:
                     threshold=args.threshold, threshold_factor=args.threshold_factor,
                     segment_steps=args.segment_steps, check_interval=args.check_interval, patience=args.patience,
                     timestep=args.timestep, friction=args.friction, seed=args.seed, variance=args.variance,
-                    fallback=not args.no_fallback, walkers=args.walkers, options=options, resume=args.resume,
+                    fallback=not args.no_fallback, walkers=args.walkers,
+                    recalibrate_growth=args.recalibrate_growth, options=options, resume=args.resume,
                     progress=lambda msg: print(msg, flush=True))
     except (ReferenceSpecError, OutputExistsError) as exc:
         return usage(exc)
@@ -493,6 +494,9 @@ def _learn_parser(p) -> None:
     u.add_argument("--variance", choices=["exact", "samples"], default="exact",
                    help="gap: the force variance from the design rows (exact) or the posterior samples (faster on "
                         "large cells, noisier)")
+    u.add_argument("--recalibrate-growth", type=_pos_float, default=1.2, metavar="X",
+                   help="gap: redo the leave-one-frame-out calibration (and so the automatic threshold) when the "
+                        "labelled atoms have grown X times since the last one (1: at every fit)")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder for model.mlff, data.extxyz, learn.log, learning_curve.png, checkpoint.ckpt "

@@ -115,6 +115,14 @@ def test_resume_after_interrupt_gives_the_same_run(tmp_path, flaky):
     # a finished run continues with a larger budget
     res = learn(starts(), FlakyEMT(), tmp_path / "b", max_calls=7, resume=True, **LOOP)
     assert res.calls == 7 and res.n_data == 7
+    # its last refit kept the sparse set and reused the calibration, continuing from the QR factor
+    # in the checkpoint with no design rows in memory: the uninterrupted run's model, bit for bit
+    assert "calibration reused" in res.history[-1]["fit"]
+    learn(starts(), FlakyEMT(), tmp_path / "c", max_calls=7, **LOOP)
+    _, arrays_b = read_archive(tmp_path / "b" / "model.mlff")
+    _, arrays_c = read_archive(tmp_path / "c" / "model.mlff")
+    for k in arrays_c:
+        np.testing.assert_array_equal(arrays_b[k], arrays_c[k], err_msg=k)
 
 
 def test_pressure_rescales_periodic_cells(tmp_path):
@@ -237,9 +245,10 @@ def test_committee_family(tmp_path):
     assert frames[-1].info["learn_uncertainty"] > 0
 
 
-def test_gap_refit_with_reused_design_rows_is_the_fit_from_scratch():
-    # a refit that keeps the sparse set reuses the design rows of the frames fitted before; the
-    # same fit with every row computed again (as after --resume) gives the same model, bit for bit
+def test_gap_refit_after_restore_is_the_uninterrupted_refit():
+    # a refit that keeps the sparse set adds the new frame's rows to the last fit's QR factor and
+    # reuses the rows kept for the calibration; the same refit after a restore (the factor from
+    # the state, every row computed again for the calibration) gives the same model, bit for bit
     from ase.md.langevin import Langevin
     from ase.units import fs
 
@@ -259,10 +268,10 @@ def test_gap_refit_with_reused_design_rows_is_the_fit_from_scratch():
     a.fit(frames[:5])
     meta, arrays = a.state()
     model_a, _, _, how = a.fit(frames)
-    assert "kept" in how and a.rows_frames == 6
+    assert "kept" in how and "calibrated now" in how and a.n_factored == 6
     assert frames[0].forces is not None and frames[0].stress is not None
     b = GapFitter(dict(GAP, n_sparse=12), settings, None)
-    b.restore(meta, arrays)  # the sparse set, no rows
+    b.restore(meta, arrays)  # the sparse set and the factor, no rows
     model_b, _, _, _ = b.fit(frames)
     for k, v in model_a.get_arrays().items():
         np.testing.assert_array_equal(v, model_b.get_arrays()[k], err_msg=k)
@@ -405,3 +414,97 @@ def test_walkers_cover_the_temperatures(tmp_path, layout):
         [(0, 0), (1, 0), (0, 1), (1, 1)] if layout == "each" else [(0, 1), (1, 1)])
     with pytest.raises(Exception, match="walkers must be"):
         learn(starts(), "ase.calculators.emt:EMT", tmp_path / "other", walkers="grid", **LOOP)
+
+
+def md_frames(n: int, seed: int = 0):
+    """``n`` labelled EMT frames from Langevin MD of the two start structures (alternating), the
+    vacancy cell's frames with config_type "vacancy"."""
+    from ase.md.langevin import Langevin
+    from ase.units import fs
+
+    from ase_mlff.data import Dataset
+
+    walkers = []
+    for k, atoms in enumerate(starts()):
+        atoms.set_constraint()
+        atoms.calc = EMT()
+        if k == 1:
+            atoms.info["config_type"] = "vacancy"
+        walkers.append((atoms, Langevin(atoms, 2 * fs, temperature_K=800, friction=0.02 / fs, fixcm=False,
+                                        rng=np.random.default_rng(seed + k))))
+    frames = []
+    for i in range(n):
+        atoms, dyn = walkers[i % 2]
+        dyn.run(4)
+        frames.append(Dataset.from_atoms([atoms])[0])
+    return frames
+
+
+@pytest.mark.parametrize("extra", [{}, {"reference_energies": "Cu=-0.05",
+                                        "sigma_config_type": "vacancy=0.003,0.05,0.03"}])
+def test_gap_incremental_refit_is_the_fit_from_scratch(extra):
+    # rows added to the kept QR factor give the weights of a QR of all rows on the same sparse
+    # set (to rounding), with fixed e0 and per-config_type sigmas too (each frame's own weights)
+    from ase_mlff.data import Dataset
+    from ase_mlff.training.gap_train import fit_gap
+    from ase_mlff.workflows.learn import LearnSettings
+    from ase_mlff.workflows.learn.fitting import GapFitter
+
+    frames = md_frames(10)
+    settings = LearnSettings(reference="emt", reselect_growth=100.0, novelty=1e-9)
+    # rounding moves the weights by ~cond(R) * 1e-16 whichever way they are computed: cond(R) is
+    # ~1e9 at the default jitter 1e-8 (two QRs from scratch of the rows in another order differ
+    # by 7e-8 of the weight norm there, the update by 3e-8), ~1e8 at jitter 1e-6
+    fitter = GapFitter(dict(GAP, n_sparse=12, jitter=1e-6, **extra), settings, None)
+    fitter.fit(frames[:4])
+    for n in (5, 6, 8, 10):  # one and two new frames at a time
+        model, record, _, how = fitter.fit(frames[:n])
+        assert "kept" in how and record["n_frames"] == n
+    sp = fitter.sparse
+    resume = ({"stage": "design", "n_sparse": sp["n_sparse"], "n_environments": 0},
+              {"sparse": sp["sparse"], "pair_sparse": sp["pair_sparse"]})
+    scratch, _ = fit_gap(Dataset(frames), np.arange(10), fitter.opts, log=lambda msg: None, quiet=True,
+                         resume=resume, reference=fitter.reference)
+    x, x0 = model.parameters_vector(), scratch.parameters_vector()
+    assert np.linalg.norm(x - x0) <= 1e-8 * np.linalg.norm(x0)
+    if extra:
+        np.testing.assert_array_equal(model.e0.numpy(), [-0.05])  # fixed, not fitted
+    # the same posterior: R^T R (R is unique up to the signs of its rows)
+    R, R0 = model.posterior_r.numpy(), scratch.posterior_r.numpy()
+    T = len(R) - (1 if extra else 0)
+    np.testing.assert_allclose(R[:T, :T].T @ R[:T, :T], R0[:T, :T].T @ R0[:T, :T],
+                               atol=1e-10 * np.abs(R0[:T, :T].T @ R0[:T, :T]).max())
+
+
+def test_gap_calibration_on_a_schedule():
+    # the leave-one-frame-out pass runs at a new sparse set and when the labelled environments
+    # have grown by recalibrate_growth since the last one; the refits between reuse it; the
+    # checkpoint state holds the factor (T + 1)^2, not the design rows
+    from ase_mlff.workflows.learn import LearnSettings
+    from ase_mlff.workflows.learn.fitting import GapFitter
+
+    frames = md_frames(8)
+    settings = LearnSettings(reference="emt", reselect_growth=100.0, novelty=1e-9, recalibrate_growth=1.5)
+    fitter = GapFitter(dict(GAP, n_sparse=12), settings, None)
+    _, rec, loo, how = fitter.fit(frames[:4])  # 30 atoms: next calibration at 45
+    assert "chosen" in how and "calibrated now" in how
+    assert rec["calibration"]["calibrated"] == "calibrated on 4 frames at fit 1" and loo > 0
+    for n in (5, 6):  # 38, 45 atoms
+        model, rec, loo_n, how = fitter.fit(frames[:n])
+        assert ("calibrated now" in how) == (n == 6), how
+    assert rec["calibration"]["calibrated"] == "calibrated on 6 frames at fit 3" and loo_n != loo
+    model, rec, loo_7, how = fitter.fit(frames[:7])
+    assert "calibration reused (calibrated on 6 frames at fit 3)" in how and loo_7 == loo_n
+    assert model.calibration == rec["calibration"]["factors"]
+    meta, arrays = fitter.state()
+    T = model.n_parameters
+    assert set(arrays) == {"fit_sparse", "fit_pair_sparse", "fit_factor"} and arrays["fit_factor"].shape == (T + 1,) * 2
+    # recalibrate_growth 1 calibrates at every fit; below 1 is refused
+    every = GapFitter(dict(GAP, n_sparse=12), LearnSettings(reference="emt", reselect_growth=100.0, novelty=1e-9,
+                                                              recalibrate_growth=1.0), None)
+    every.fit(frames[:4])
+    assert "calibrated now" in every.fit(frames[:5])[3]
+    from ase_mlff.errors import InputError
+
+    with pytest.raises(InputError, match="recalibrate_growth"):
+        LearnSettings(reference="emt", recalibrate_growth=0.5).check()

@@ -207,27 +207,10 @@ def gap_prior(model, jitter: float, sigma_e0: float) -> list[tuple[slice, np.nda
     return prior
 
 
-def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None,
-            resume: tuple[dict, dict] | None = None, reference: GivenReferenceEnergies | None = None):
-    """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``.
-
-    ``ckpt``: a :class:`~ase_mlff.training.checkpoint.Checkpointer` whose safe points are called
-    after the sparse points are chosen, after every frame's design rows and after the solve
-    (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from;
-    ``reference``: given e0 (:func:`~ase_mlff.training.common.parse_reference_energies`), held
-    fixed instead of fitted."""
-    from ..graph import FrameGraphs
-    from ..models.gap import GAPModel, draw_posterior_samples
-    from ..rng import random_stream
-
-    t0 = time.perf_counter()
-    state, saved = resume or ({}, {})
-    safe_point = ckpt.safe_point if ckpt is not None else (lambda snapshot, force=False: None)
-    frames = [ds[int(i)] for i in train_idx]
-    species = sorted({int(z) for f in frames for z in f.numbers})
-    S = len(species)
-    # given e0: checked against the training elements before any descriptor is computed
-    given = check_given_reference(frames, species, reference, log) if reference is not None else None
+def model_settings(opts: dict) -> tuple[dict, dict | None, dict, float]:
+    """What the options say of the model: ``(common, two_body, variance, graph_cutoff)``, the
+    keyword groups of :class:`~ase_mlff.models.gap.GAPModel` (``GAPModel(species,
+    n_sparse=..., two_body=two_body, **variance, **common)``) and the reach of its graphs (Å)."""
     soap_h = {"cutoff": opts["cutoff"], "n_max": opts["n_max"], "l_max": opts["l_max"],
               "atom_sigma": opts["atom_sigma"], "cutoff_width": opts["cutoff_width"],
               "central_weight": opts["central_weight"]}
@@ -240,6 +223,41 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     variance = {"variance": not opts["no_variance"],
                 "variance_samples": None if opts["no_variance"] else int(opts["variance_samples"])}
     graph_cutoff = max(float(opts["cutoff"]), two_body["cutoff"]) if two_body else float(opts["cutoff"])
+    return common, two_body, variance, graph_cutoff
+
+
+def frame_design(model, graph, frame) -> dict:
+    """The design rows of one labelled ``frame`` (its ``graph``) as
+    :func:`ase_mlff.training.sparse_gp.solve` takes them: ``{"energy", "forces", "virial"}``."""
+    d = model.design(graph, forces=frame.forces is not None, virial=has_virial(frame))
+    return {"energy": d["energy"][0], "forces": d["forces"], "virial": None if d["virial"] is None else d["virial"][0]}
+
+
+def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None,
+            resume: tuple[dict, dict] | None = None, reference: GivenReferenceEnergies | None = None,
+            keep: dict | None = None):
+    """Build and solve the GAP on the frames ``train_idx`` of ``ds``; returns ``(model, info)``.
+
+    ``ckpt``: a :class:`~ase_mlff.training.checkpoint.Checkpointer` whose safe points are called
+    after the sparse points are chosen, after every frame's design rows and after the solve
+    (module docstring); ``resume``: the ``(state, arrays)`` it loaded, to continue from;
+    ``reference``: given e0 (:func:`~ase_mlff.training.common.parse_reference_energies`), held
+    fixed instead of fitted; ``keep``: a dict that receives the solve's factor and weighted rows
+    (:func:`ase_mlff.training.sparse_gp.solve`; not with a resume from a solved checkpoint),
+    what an incremental refit continues from."""
+    from ..graph import FrameGraphs
+    from ..models.gap import GAPModel, draw_posterior_samples
+    from ..rng import random_stream
+
+    t0 = time.perf_counter()
+    state, saved = resume or ({}, {})
+    safe_point = ckpt.safe_point if ckpt is not None else (lambda snapshot, force=False: None)
+    frames = [ds[int(i)] for i in train_idx]
+    species = sorted({int(z) for f in frames for z in f.numbers})
+    S = len(species)
+    # given e0: checked against the training elements before any descriptor is computed
+    given = check_given_reference(frames, species, reference, log) if reference is not None else None
+    common, two_body, variance, graph_cutoff = model_settings(opts)
     graphs = FrameGraphs(frames, graph_cutoff)
     if "sparse" in saved:
         # 1-2. from the checkpoint: the chosen sparse points (the descriptors are not needed again)
@@ -290,9 +308,7 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
     Um = prior[0][1]
 
     def design(k):
-        f = frames[k]
-        d = model.design(graphs[k], forces=f.forces is not None, virial=has_virial(f))
-        return {"energy": d["energy"][0], "forces": d["forces"], "virial": None if d["virial"] is None else d["virial"][0]}
+        return frame_design(model, graphs[k], frames[k])
 
     if "x" in saved:
         x, R, fit_info = saved["x"], torch.from_numpy(saved.get("R", np.zeros((0, 0)))), dict(state["fit_info"])
@@ -308,7 +324,8 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
                                          (opts["sigma_energy"], opts["sigma_force"], opts["sigma_virial"]),
                                          parse_config_type_sigmas(opts.get("sigma_config_type")), log=log,
                                          quiet=quiet, rows=done, on_rows=on_rows,
-                                         fixed=None if given is None else given["e0"], cross_validate=model.variance)
+                                         fixed=None if given is None else given["e0"], cross_validate=model.variance,
+                                         keep=keep)
         del done
         solved = {"x": x, **({"R": R.numpy()} if model.variance else {})}
         safe_point(lambda: ({**base_state, "stage": "solved", "fit_info": fit_info}, {**base_arrays, **solved}),

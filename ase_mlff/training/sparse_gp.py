@@ -36,6 +36,14 @@ points stay those chosen with the frame (the usual approximation of cross-valida
 GP). Cost: a triangular solve per frame for all its rows (rows x T^2 in all): 5 s for the
 mlearn Si fit, whose QR takes 1.4 s and whose design rows 33 s.
 
+Incremental updates (the learning loop's GAP refits): with ``keep`` :func:`solve` also hands
+back the factor ``[R, Q^T y]`` ((T + 1, T + 1); its last diagonal element is the norm of the
+weighted residual) and the weighted data rows. New labels' rows (:func:`weighted_rows`, the rows
+:func:`solve` builds, bit for bit) are then added by a QR of ``[R, Q^T y ; new rows]``
+(:func:`update_factor`, (T + r) T^2) and :func:`factor_solution` gives ``x`` and ``R``: the
+fit from scratch on all rows with the same prior, to rounding, since each frame's rows carry its
+own weights and the fixed parameters' part of its own labels.
+
 Checkpoints: the design matrix is built frame by frame, and :func:`solve` hands the rows built
 so far to a trainer's safe point after every frame (``on_rows``) and continues from stored rows
 (``rows``), so GAP and the sparse MFF fit resume an interrupted design to the same matrix, and
@@ -143,7 +151,7 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
           quiet: bool = True, rows: tuple[int, np.ndarray] | None = None,
           on_rows: Callable[[int, np.ndarray], None] | None = None,
           fixed: np.ndarray | None = None,
-          cross_validate: bool = False) -> tuple[np.ndarray, torch.Tensor, dict]:
+          cross_validate: bool = False, keep: dict | None = None) -> tuple[np.ndarray, torch.Tensor, dict]:
     """Fit ``x`` (length ``n_params``); returns ``(x, R, info)`` with ``R`` the (T, T) upper
     triangular factor of ``Phi^T Lambda^-1 Phi + P`` (for the predictive variance).
 
@@ -164,16 +172,16 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
 
     ``cross_validate``: also the leave-one-frame-out errors and variances (module docstring),
     summed per observable in ``info["cross_validation"]`` (:func:`leave_one_frame_out`).
+
+    ``keep``: a dict that receives ``factor`` ((T + 1, T + 1): ``R`` with ``Q^T y`` as its last
+    column, for :func:`update_factor`) and ``rows`` (the weighted data rows, for a later
+    :func:`leave_one_frame_out`): what an incremental refit continues from.
     """
     n_all = int(n_params)
     fixed = np.zeros(0) if fixed is None else np.asarray(fixed, dtype=np.float64).ravel()
     T = n_all - len(fixed)  # the fitted parameters: columns [0, T) of every design row
     if T < 0:
         raise ValueError(f"{len(fixed)} fixed parameters of {n_all}")
-
-    def fitted(rows_, label):  # fitted columns of design rows (..., n_all), and the label minus the fixed part
-        rows_ = np.asarray(rows_)
-        return rows_[..., :T], (label - rows_[..., T:] @ fixed if len(fixed) else label)
 
     n_rows = count_rows(frames)
     if n_rows == 0:
@@ -193,35 +201,7 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
         del done
     t0 = time.perf_counter()
     for k in progress(range(start, len(frames)), "design matrix", quiet):
-        f = frames[k]
-        # the expected errors from frame_rows, which the leave-one-frame-out pass reads back
-        sigma_e, sF, sigma_v = frame_rows(f, sigmas, config_type_sigmas)["sigma"]
-        d = design(k)
-        n = len(f)
-        if f.energy is not None:
-            w = 1.0 / sigma_e
-            phi, y = fitted(d["energy"], f.energy)
-            A[row, :T] = w * phi
-            A[row, T] = w * y
-            row += 1
-            counts["energy"] += 1
-        if f.forces is not None:
-            phi, y = fitted(np.reshape(d["forces"], (3 * n, n_all)), f.forces.reshape(-1))
-            A[row:row + 3 * n, :T] = phi / sF
-            A[row:row + 3 * n, T] = y / sF
-            row += 3 * n
-            counts["forces"] += 3 * n
-        if has_virial(f):
-            w = 1.0 / sigma_v
-            s6 = f.stress
-            full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]])
-            full *= abs(np.linalg.det(f.cell))
-            for a, b in VOIGT:
-                phi, y = fitted(d["virial"][a, b], full[a, b])
-                A[row, :T] = w * phi
-                A[row, T] = w * y
-                row += 1
-            counts["virial"] += 6
+        row = _fill_rows(A, row, frames[k], design(k), n_all, fixed, sigmas, config_type_sigmas, counts)
         if on_rows is not None:
             on_rows(k + 1, A[:row])
     t_design = time.perf_counter() - t0
@@ -234,14 +214,11 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
         A[n_rows + cols.start:n_rows + cols.stop, cols] = U
     t1 = time.perf_counter()
     R_aug = torch.linalg.qr(torch.from_numpy(A), mode="r")[1]
+    if keep is not None:  # the factor and the data rows, for update_factor and a later cross-validation
+        keep.update(factor=R_aug.numpy(), rows=A[:n_rows])
     if not cross_validate:
         del A  # (cross-validation reads the frames' rows again)
-    R, qy = R_aug[:T, :T], R_aug[:T, T]
-    diag = R.diagonal().abs()
-    if not torch.isfinite(R_aug).all() or float(diag.min()) <= 1e-13 * float(diag.max()):
-        raise TrainingError("the least-squares system is rank deficient (a zero on the diagonal of R): "
-                            "check for sparse points without data or duplicated labels")
-    x = torch.linalg.solve_triangular(R, qy[:, None], upper=True)[:, 0]
+    x, R = _solution(R_aug, T)
     t_solve = time.perf_counter() - t1
     log(f"QR solve of {n_rows + T} x {T} in {t_solve:.1f} s")
     info = {"n_rows": int(n_rows), "labels": counts, "design_s": t_design, "solve_s": t_solve}
@@ -252,11 +229,119 @@ def solve(frames: Sequence, design: Callable[[int], dict], n_params: int, prior:
         log(f"leave-one-frame-out errors and variances of {len(frames)} frames in {info['cross_validation_s']:.1f} s")
         del A
     if len(fixed):
-        R_all = torch.zeros((n_all, n_all), dtype=R.dtype)
-        R_all[:T, :T] = R
-        R_all[T:, T:] = FIXED_PRECISION * torch.eye(len(fixed), dtype=R.dtype)
-        return np.concatenate([x.numpy(), fixed]), R_all, {**info, "n_fixed": int(len(fixed))}
+        x_all, R_all = with_fixed(x.numpy(), R, fixed)
+        return x_all, R_all, {**info, "n_fixed": int(len(fixed))}
     return x.numpy(), R, info
+
+
+def _fill_rows(A: np.ndarray, row: int, f, d: dict, n_all: int, fixed: np.ndarray, sigmas, config_type_sigmas,
+               counts: dict) -> int:
+    """Write the weighted rows ``[Lambda^-1/2 Phi, Lambda^-1/2 y]`` of frame ``f`` (its design
+    rows ``d``, :func:`solve`) into ``A`` from ``row`` on, over the fitted columns (the fixed
+    parameters' part taken off the labels); counts the labels in ``counts``; returns the next row."""
+    T = n_all - len(fixed)
+
+    def fitted(rows_, label):  # fitted columns of design rows (..., n_all), and the label minus the fixed part
+        rows_ = np.asarray(rows_)
+        return rows_[..., :T], (label - rows_[..., T:] @ fixed if len(fixed) else label)
+
+    # the expected errors from frame_rows, which the leave-one-frame-out pass reads back
+    sigma_e, sF, sigma_v = frame_rows(f, sigmas, config_type_sigmas)["sigma"]
+    n = len(f)
+    if f.energy is not None:
+        w = 1.0 / sigma_e
+        phi, y = fitted(d["energy"], f.energy)
+        A[row, :T] = w * phi
+        A[row, T] = w * y
+        row += 1
+        counts["energy"] += 1
+    if f.forces is not None:
+        phi, y = fitted(np.reshape(d["forces"], (3 * n, n_all)), f.forces.reshape(-1))
+        A[row:row + 3 * n, :T] = phi / sF
+        A[row:row + 3 * n, T] = y / sF
+        row += 3 * n
+        counts["forces"] += 3 * n
+    if has_virial(f):
+        w = 1.0 / sigma_v
+        s6 = f.stress
+        full = np.array([[s6[0], s6[5], s6[4]], [s6[5], s6[1], s6[3]], [s6[4], s6[3], s6[2]]])
+        full *= abs(np.linalg.det(f.cell))
+        for a, b in VOIGT:
+            phi, y = fitted(d["virial"][a, b], full[a, b])
+            A[row, :T] = w * phi
+            A[row, T] = w * y
+            row += 1
+        counts["virial"] += 6
+    return row
+
+
+def _solution(R_aug: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, R)`` from the factor ``R_aug`` of ``[Lambda^-1/2 Phi, Lambda^-1/2 y ; chol(P)^T, 0]``
+    (its first T columns are ``R``, its last ``Q^T y``); a zero on the diagonal of ``R`` is a
+    :class:`TrainingError`."""
+    R, qy = R_aug[:T, :T], R_aug[:T, T]
+    diag = R.diagonal().abs()
+    if not torch.isfinite(R_aug).all() or float(diag.min()) <= 1e-13 * float(diag.max()):
+        raise TrainingError("the least-squares system is rank deficient (a zero on the diagonal of R): "
+                            "check for sparse points without data or duplicated labels")
+    x = torch.linalg.solve_triangular(R, qy[:, None], upper=True)[:, 0]
+    return x, R
+
+
+def with_fixed(x: np.ndarray, R: torch.Tensor, fixed: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The fitted ``x`` and ``R`` extended by the fixed parameters (:data:`FIXED_PRECISION` on
+    the diagonal of their block of ``R``)."""
+    n_all = len(x) + len(fixed)
+    R_all = torch.zeros((n_all, n_all), dtype=R.dtype)
+    R_all[:len(x), :len(x)] = R
+    R_all[len(x):, len(x):] = FIXED_PRECISION * torch.eye(len(fixed), dtype=R.dtype)
+    return np.concatenate([x, fixed]), R_all
+
+
+# ------------------------------------------------------------------------------ incremental updates
+def weighted_rows(frames: Sequence, design: Callable[[int], dict], n_params: int,
+                  sigmas: tuple[float, float, float], config_type_sigmas: dict | None = None,
+                  fixed: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The weighted rows ``[Lambda^-1/2 Phi, Lambda^-1/2 y]`` of ``frames`` (``design(k)``
+    as in :func:`solve`) over the fitted columns: the rows :func:`solve` builds for them, bit for
+    bit; returns ``(rows, label counts)``."""
+    fixed = np.zeros(0) if fixed is None else np.asarray(fixed, dtype=np.float64).ravel()
+    T = int(n_params) - len(fixed)
+    A = np.zeros((count_rows(frames), T + 1))
+    row, counts = 0, {"energy": 0, "forces": 0, "virial": 0}
+    for k, f in enumerate(frames):
+        row = _fill_rows(A, row, f, design(k), int(n_params), fixed, sigmas, config_type_sigmas or {}, counts)
+    return A, counts
+
+
+def update_factor(factor: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The factor of :func:`solve` (``keep["factor"]``, (T + 1, T + 1)) with the weighted rows
+    ``rows`` (r, T + 1) of new labels appended: ``R'`` of the QR of ``[factor ; rows]``.
+
+    The least-squares problem is unchanged by an orthogonal transformation of its rows, and the
+    rows of ``factor`` are ``Q^T`` of every earlier row (data and prior), so ``R'^T R' = R^T R +
+    rows^T rows`` (the normal matrix with the new rows) and the last column keeps ``Q^T y`` and, in
+    its last element, the norm of the weighted residual: the fit from scratch on all the rows, to
+    within rounding, at a cost of (T + r) T^2 instead of (all rows) T^2. The rows' signs may
+    differ from those of a QR of all rows (R is unique up to them); ``x`` and ``R^T R`` do not."""
+    factor, rows = np.asarray(factor, dtype=np.float64), np.asarray(rows, dtype=np.float64)
+    if factor.ndim != 2 or factor.shape[0] != factor.shape[1] or rows.ndim != 2 or rows.shape[1] != factor.shape[1]:
+        raise ValueError(f"update_factor: a square factor and rows of its width, got {factor.shape} and {rows.shape}")
+    return torch.linalg.qr(torch.from_numpy(np.concatenate([factor, rows])), mode="r")[1].numpy()
+
+
+def factor_solution(factor: np.ndarray, fixed: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor, dict]:
+    """``(x, R, fitted)`` from a factor of :func:`update_factor`: ``x`` and ``R`` as :func:`solve`
+    returns them (the fixed parameters appended), ``fitted`` = ``{"x", "R"}`` of the fitted
+    parameters alone (what :func:`leave_one_frame_out` takes)."""
+    fixed = np.zeros(0) if fixed is None else np.asarray(fixed, dtype=np.float64).ravel()
+    T = len(factor) - 1
+    x, R = _solution(torch.from_numpy(np.asarray(factor, dtype=np.float64)), T)
+    fitted = {"x": x.numpy(), "R": R.numpy()}
+    if len(fixed):
+        x_all, R_all = with_fixed(x.numpy(), R, fixed)
+        return x_all, R_all, fitted
+    return x.numpy(), R, fitted
 
 
 def frame_rows(frame, sigmas: tuple[float, float, float], config_type_sigmas: dict | None = None) -> dict:

@@ -31,7 +31,8 @@ check of the uncertainty on exactly the frames the loop chose, printed as it goe
 Uncertainty, per family (docs/active_learning.md, docs/uncertainty.md):
 
 * ``gap``: the GP's own posterior variance, calibrated on the labels collected so far by
-  leave-one-frame-out cross-validation of each fit (:mod:`ase_mlff.training.gap_train`):
+  leave-one-frame-out cross-validation (:mod:`ase_mlff.training.gap_train`), redone on the
+  schedule of ``recalibrate_growth`` (below):
   ``sigma_F[a]`` estimates the RMS length of atom a's force error. ``variance="exact"`` (the
   default here) computes it from the design rows, ``"samples"`` from the posterior samples
   (faster on large cells, noisier per atom).
@@ -42,18 +43,21 @@ Uncertainty, per family (docs/active_learning.md, docs/uncertainty.md):
   current committee's weights (``finetune_epochs``), with a fresh fit at the first fit and
   whenever the frames have grown by ``fresh_fit_growth`` (docs/active_learning.md).
 
-Threshold (eV/Å): ``threshold`` when given; otherwise, after every fit, ``threshold_factor``
+Threshold (eV/Å): ``threshold`` when given; otherwise, after every calibration, ``threshold_factor``
 times the RMS per-atom force error that the fit's calibration measured on the labels so far
 (GAP: leave-one-frame-out; committees: the held-out calibration frames). A frame is sent to
 the reference when the model predicts an error on some atom's force ``threshold_factor`` times
 larger than its typical error on the data it has: the threshold tightens as the data grow.
 
-GAP refits (``family="gap"``): the sparse environments stay fixed between refits and each
-labelled frame's design rows are computed once (they depend on that frame and the sparse set
-only), so a refit costs the new frame's rows plus the QR and the leave-one-frame-out pass over
-the stacked rows (:func:`ase_mlff.training.gap_train.fit_gap` continued from stored rows, as its
-own checkpoints are). The QR is redone on all rows rather than updated: the calibration's
-leave-one-frame-out pass reads every row anyway, at the same cost. The sparse set is chosen
+GAP refits (``family="gap"``): the sparse environments stay fixed between refits, and a refit
+adds the new frames' weighted design rows to the last fit's QR factor ``[R, Q^T y]``
+(:func:`ase_mlff.training.sparse_gp.update_factor`: the QR of ``[R, Q^T y ; new rows]``, the
+fit from scratch on all rows to rounding, at (T + r) T^2 instead of (all rows) T^2); the last
+fit's model is updated in place (no SOAP tables built again). The leave-one-frame-out
+calibration, which reads every row, runs when the sparse set is chosen and when the labelled
+environments have grown by ``recalibrate_growth`` (default 1.2) since the last one; the refits
+in between reuse its factors and held-out force RMS. The fitter keeps every frame's rows in
+memory for it; the checkpoint keeps the factor, not the rows. The sparse set is chosen
 again (a full refit) while it holds fewer environments than ``n_sparse`` asks for, when the
 labelled environments have grown by ``reselect_growth`` since the last choice, when a new
 element appears, or when a new frame has an environment whose kernel similarity to every

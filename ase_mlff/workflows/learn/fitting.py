@@ -1,8 +1,11 @@
-"""Refits of the learning loop: GAP with a fixed sparse set between re-selections (design rows
-reused), committees of networks fine-tuned from the current committee, other committees refitted
-from scratch (module docstring of :mod:`ase_mlff.workflows.learn`)."""
+"""Refits of the learning loop: GAP with a fixed sparse set between re-selections (the new rows
+added to the last fit's QR factor), committees of networks fine-tuned from the current
+committee, other committees refitted from scratch (module docstring of
+:mod:`ase_mlff.workflows.learn`)."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -13,11 +16,14 @@ from .store import jsonable
 
 # ----------------------------------------------------------------------------- fitting
 class GapFitter:
-    """GAP refits with a fixed sparse set between re-selections (module docstring)."""
+    """GAP refits with a fixed sparse set between re-selections, each an update of the last
+    fit's QR factor by the new frames' rows, with the calibration on a schedule (module
+    docstring)."""
 
     def __init__(self, options: dict, settings: LearnSettings, log):
         from ...training.gap_train import OPTIONS
         from ...training.common import UsageError, parse_reference_energies, resolve_options
+        from ...training.sparse_gp import parse_config_type_sigmas
 
         bad = sorted(set(options) & {"test", "n_test", "checkpoint", "checkpoint_interval", "resume", "no_variance"})
         if bad:
@@ -25,7 +31,10 @@ class GapFitter:
                              "test frames, writes its own checkpoints and needs the variance)")
         try:
             self.opts = resolve_options([o for o in OPTIONS if o.library], given=dict(options))
+            self.config_type_sigmas = parse_config_type_sigmas(self.opts.get("sigma_config_type"))
         except TypeError as exc:
+            raise InputError(str(exc)) from None
+        except UsageError as exc:
             raise InputError(str(exc)) from None
         try:
             self.reference = parse_reference_energies(self.opts["reference_energies"], self.opts["energy_unit"])
@@ -33,23 +42,42 @@ class GapFitter:
             raise InputError(str(exc)) from None
         self.settings = settings
         self.log = log
-        # the sparse set of the last selection and the design rows of the frames fitted since
+        self.sigmas = (self.opts["sigma_energy"], self.opts["sigma_force"], self.opts["sigma_virial"])
+        # the sparse set of the last selection
         self.sparse: dict | None = None
-        self.rows: np.ndarray | None = None
-        self.rows_frames = 0
-        self._probe = None
+        # the factor [R, Q^T y] ((T + 1, T + 1), sparse_gp.update_factor) of the prior and the rows
+        # of the first n_factored frames; it is what a refit with the same sparse set continues from
+        self.factor: np.ndarray | None = None
+        self.n_factored = 0
+        # those frames' weighted rows, for the next calibration (None: not in memory, after a
+        # restore; computed again when a calibration is due)
+        self.blocks: list[np.ndarray] | None = None
+        # the last calibration: its record (factors included), held-out force RMS and when it was made
+        self.cal: dict | None = None
+        self.fits = 0
+        self.model = None  # the last fit's model, updated in place while the sparse set is kept
 
+    # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict, dict]:
+        """What the learn checkpoint keeps: the sparse set, the QR factor (T + 1)^2 and the last
+        calibration; not the design rows (module docstring: they are computed again, bit for bit,
+        when a resumed run's next calibration needs them)."""
         if self.sparse is None:
             return {}, {}
         meta = {k: self.sparse[k] for k in ("n_sparse", "species", "selected_at_atoms", "selected_at_frames")}
-        return meta, {"fit_sparse": self.sparse["sparse"], "fit_pair_sparse": self.sparse["pair_sparse"]}
+        meta.update(n_factored=self.n_factored, fits=self.fits, calibration=self.cal)
+        return meta, {"fit_sparse": self.sparse["sparse"], "fit_pair_sparse": self.sparse["pair_sparse"],
+                      "fit_factor": self.factor}
 
     def restore(self, meta: dict, arrays: dict) -> None:
         if meta:
-            self.sparse = {**meta, "sparse": arrays["fit_sparse"], "pair_sparse": arrays["fit_pair_sparse"]}
-        self.rows, self.rows_frames = None, 0  # recomputed on the next fit: each frame's rows are its own
+            self.sparse = {**{k: meta[k] for k in ("n_sparse", "species", "selected_at_atoms", "selected_at_frames")},
+                           "sparse": arrays["fit_sparse"], "pair_sparse": arrays["fit_pair_sparse"]}
+            self.factor = arrays["fit_factor"]
+            self.n_factored, self.fits, self.cal = int(meta["n_factored"]), int(meta["fits"]), meta["calibration"]
+        self.blocks, self.model = None, None  # built again when needed
 
+    # ------------------------------------------------------------------ pieces
     def _reselect(self, frames) -> str | None:
         """Why the sparse set must be chosen again (None: keep it)."""
         sp = self.sparse
@@ -63,25 +91,42 @@ class GapFitter:
         atoms = sum(len(f) for f in frames)
         if atoms >= self.settings.reselect_growth * sp["selected_at_atoms"]:
             return f"labelled environments grew {atoms / sp['selected_at_atoms']:.2f}x"
-        if len(frames) > sp["selected_at_frames"]:
-            sim = self._similarity(frames[sp["selected_at_frames"]:])
+        # the frames not checked yet: those of earlier refits passed against this same sparse set
+        unchecked = frames[max(sp["selected_at_frames"], self.n_factored):]
+        if unchecked:
+            sim = self._similarity(unchecked)
             if sim < self.settings.novelty:
                 return f"an environment {sim:.3f} similar to the sparse set"
         return None
+
+    def _model(self):
+        """The model of the kept sparse set: the last fit's, or (after a restore) one built from
+        the sparse set as :func:`~ase_mlff.training.gap_train.fit_gap` builds it (SOAP tables
+        computed once; the parameters are set by the next fit)."""
+        import torch
+
+        from ...models.gap import GAPModel
+        from ...training.gap_train import gap_prior, model_settings
+
+        if self.model is None:
+            sp = self.sparse
+            common, two_body, variance, _ = model_settings(self.opts)
+            model = GAPModel(sp["species"], n_sparse=sp["n_sparse"], two_body=two_body, **variance, **common)
+            model.sparse.copy_(torch.from_numpy(np.asarray(sp["sparse"])))
+            model.pair_sparse.copy_(torch.from_numpy(np.asarray(sp["pair_sparse"])))
+            prior_chol = gap_prior(model, self.opts["jitter"], self.opts["sigma_e0"])[0][1].T
+            model.set_posterior(model.posterior_r, prior_chol)
+            self.model = model
+        return self.model
 
     def _similarity(self, frames) -> float:
         """Least, over the environments of ``frames``, of the largest kernel value with a sparse
         environment of the same element (1: every environment is a sparse point)."""
         from ...graph import FrameGraphs
-        from ...models.gap import GAPModel
 
         o, sp = self.opts, self.sparse
-        if self._probe is None:  # the SOAP of the fit's settings (as fit_gap builds it for the descriptors)
-            self._probe = GAPModel(sp["species"], n_sparse=[0] * len(sp["species"]), two_body=None, variance=False,
-                                   soap={k: o[k] for k in ("cutoff", "n_max", "l_max", "atom_sigma", "cutoff_width",
-                                                           "central_weight")}, zeta=o["zeta"], delta=o["delta"])
-        probe = self._probe
-        Z = sp["sparse"]
+        probe = self._model()  # its SOAP is the fit's (as fit_gap builds it for the descriptors)
+        Z = np.asarray(sp["sparse"])
         zs = np.repeat(np.arange(len(sp["n_sparse"])), sp["n_sparse"])
         worst = 1.0
         graphs = FrameGraphs(frames, float(o["cutoff"]))
@@ -94,64 +139,95 @@ class GapFitter:
             worst = min(worst, float(K.max(1).min()) if K.size else 0.0)
         return worst
 
+    def _fixed(self):
+        """The given e0 of the sparse set's elements (held fixed in the fit), or None."""
+        return None if self.reference is None else self.reference.for_species(self.sparse["species"])
+
+    def _rows(self, frames) -> tuple[np.ndarray, dict]:
+        """The weighted rows of ``frames`` against the kept model (those fit_gap builds, bit for bit)."""
+        from ...graph import FrameGraphs
+        from ...training.gap_train import frame_design, model_settings
+        from ...training.sparse_gp import weighted_rows
+
+        model = self._model()
+        graphs = FrameGraphs(frames, model_settings(self.opts)[3])
+        return weighted_rows(frames, lambda k: frame_design(model, graphs[k], frames[k]), model.n_parameters,
+                             self.sigmas, self.config_type_sigmas, self._fixed())
+
+    # ------------------------------------------------------------------ fits
     def fit(self, frames, previous=None):
         from ...data import Dataset
-        from ...training.gap_train import fit_gap
+        from ...training.common import observables
+        from ...training.sparse_gp import label_counts
 
+        t0 = time.perf_counter()
         ds = Dataset(frames)
+        if len(frames) < self.n_factored:
+            raise InputError(f"the learn data shrank from {self.n_factored} to {len(frames)} frames")
         why = self._reselect(frames)
-        capture = RowCapture()
         if why is None:
-            sp = self.sparse
-            state = {"stage": "design", "n_sparse": sp["n_sparse"], "n_environments": int(sum(len(f) for f in frames)),
-                     "design_frames": self.rows_frames}
-            saved = {"sparse": sp["sparse"], "pair_sparse": sp["pair_sparse"]}
-            if self.rows_frames:
-                saved["design_rows"] = self.rows
-            resume = (state, saved)
-            how = f"sparse set kept, design rows of {len(frames) - self.rows_frames} new frame(s)"
+            model, how, cal = self._update(frames)
         else:
-            resume = None
-            how = f"sparse set chosen ({why})"
-        model, info = fit_gap(ds, np.arange(len(ds)), self.opts, log=lambda msg: None, quiet=True, ckpt=capture,
-                              resume=resume, reference=self.reference)
-        rows = capture.rows()
-        if rows is not None:
-            self.rows, self.rows_frames = rows, len(frames)
-        elif why is not None:  # no frame gave rows (cannot happen with labelled frames)
-            self.rows, self.rows_frames = None, 0
-        if why is not None:
-            self._probe = None
-            self.sparse = {"n_sparse": [int(n) for n in model.n_sparse],
-                           "species": [int(z) for z in model.species],
-                           "selected_at_atoms": int(sum(len(f) for f in frames)), "selected_at_frames": len(frames),
-                           "sparse": model.sparse.numpy().copy(), "pair_sparse": model.pair_sparse.numpy().copy()}
-        cal = info.get("calibration") or {}
-        f_rec = cal.get("forces")
-        loo = float(f_rec["rms_error"]) if isinstance(f_rec, dict) else None
+            model, how, cal = self._full_fit(ds, frames, why)
+        self.fits += 1
+        if cal is not None:  # a new calibration (None: the last one's factors were used)
+            f_rec = cal.get("forces")
+            self.cal = {"record": cal, "at_atoms": sum(len(f) for f in frames), "at_frames": len(frames),
+                        "at_fit": self.fits, "loo": float(f_rec["rms_error"]) if isinstance(f_rec, dict) else None}
+        c = self.cal
+        note = f"calibrated on {c['at_frames']} frames at fit {c['at_fit']}"
+        how += "; calibrated now" if cal is not None else f"; calibration reused ({note})"
         record = {"recipe": "ase_mlff.workflows.learn (gap, incremental sparse GP)",
                   "data_sha256": ds.sha256(), "options": jsonable(self.opts), "how": how,
-                  "calibration": jsonable(cal), "trained_on": info.get("trained_on"),
-                  "n_frames": len(frames), "fit_s": info.get("fit_s")}
-        return model, record, loo, how
+                  "calibration": jsonable({**c["record"], "calibrated": note}),
+                  "trained_on": observables(label_counts(frames)), "n_frames": len(frames),
+                  "fit_s": time.perf_counter() - t0}
+        return model, record, c["loo"], how
 
+    def _full_fit(self, ds, frames, why: str):
+        """A fit from scratch (:func:`~ase_mlff.training.gap_train.fit_gap`) with a new sparse set."""
+        from ...training.gap_train import fit_gap
 
-class RowCapture:
-    """A stand-in for fit_gap's checkpointer: keeps the last snapshot that holds design rows
-    (the weighted rows of every frame so far), so that the next fit continues from them."""
+        keep = {}
+        model, info = fit_gap(ds, np.arange(len(ds)), self.opts, log=lambda msg: None, quiet=True,
+                              reference=self.reference, keep=keep)
+        self.sparse = {"n_sparse": [int(n) for n in model.n_sparse], "species": [int(z) for z in model.species],
+                       "selected_at_atoms": int(sum(len(f) for f in frames)), "selected_at_frames": len(frames),
+                       "sparse": model.sparse.numpy().copy(), "pair_sparse": model.pair_sparse.numpy().copy()}
+        self.factor, self.blocks, self.n_factored = keep["factor"], [keep["rows"]], len(frames)
+        self.model = model
+        return model, f"sparse set chosen ({why})", info["calibration"]
 
-    def __init__(self):
-        self._last = None
+    def _update(self, frames):
+        """The refit with the kept sparse set: the new frames' rows into the factor (exact, to
+        rounding), the kept model's parameters and posterior set in place; the leave-one-frame-out
+        calibration when the labelled environments have grown by ``recalibrate_growth`` since
+        the last one, else the last one's factors."""
+        from ...models.gap import draw_posterior_samples
+        from ...training.gap_train import calibration_factors
+        from ...training.sparse_gp import factor_solution, leave_one_frame_out, update_factor
 
-    def safe_point(self, snapshot, force: bool = False) -> None:
-        if not force:  # the per-frame safe points of the design loop (the others are forced)
-            self._last = snapshot
-
-    def rows(self) -> np.ndarray | None:
-        if self._last is None:
-            return None
-        state, arrays = self._last()
-        return np.array(arrays["design_rows"]) if "design_rows" in arrays else None
+        model = self._model()
+        new = frames[self.n_factored:]
+        rows = self._rows(new)[0] if new else None
+        factor = self.factor if rows is None else update_factor(self.factor, rows)
+        x, R, fitted = factor_solution(factor, self._fixed())  # (a rank-deficient update changes nothing)
+        self.factor, self.n_factored = factor, len(frames)
+        if self.blocks is not None and rows is not None:
+            self.blocks.append(rows)
+        model.set_parameters(x)
+        R = R.numpy()
+        model.set_posterior(R, model.prior_chol, draw_posterior_samples(R, model.variance_samples, self.opts["seed"]))
+        record = None
+        if sum(len(f) for f in frames) >= self.settings.recalibrate_growth * self.cal["at_atoms"]:
+            if self.blocks is None:  # after a restore: every frame's rows again (each depends on its frame only)
+                self.blocks = [self._rows(frames)[0]]
+            A = np.concatenate(self.blocks) if len(self.blocks) > 1 else self.blocks[0]
+            self.blocks = [A]
+            cv = leave_one_frame_out(frames, A, fitted["R"], fitted["x"], self.sigmas, self.config_type_sigmas)
+            record = calibration_factors(cv)[1]
+        model.set_calibration((record or self.cal["record"])["factors"])
+        return model, f"sparse set kept, rows of {len(new)} new frame(s) added to the QR factor", record
 
 
 class CommitteeFitter:

@@ -482,7 +482,8 @@ def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | N
           threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 300,
           check_interval: int = 2, patience: int | None = None, timestep: float | None = None,
           friction: float = 0.02, seed: int = 0, variance: str = "exact", fallback: bool = True,
-          reselect_growth: float = 1.5, novelty: float = 0.9, options: dict | None = None,
+          reselect_growth: float = 1.5, novelty: float = 0.9, recalibrate_growth: float = 1.2,
+          options: dict | None = None,
           walkers: str = "each", resume: bool = False, progress: Callable[[str], None] | None = None) -> LearnResult:
     """Active learning (module docstring) from the structures ``starts`` (ase.Atoms or a
     list of them) with ``reference``: a SPEC string (``"ase.calculators.emt:EMT"``), a
@@ -507,7 +508,7 @@ def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | N
                              segment_steps=int(segment_steps), check_interval=int(check_interval), patience=patience,
                              timestep=timestep, friction=float(friction), seed=int(seed), variance=variance,
                              fallback=bool(fallback), reselect_growth=float(reselect_growth), novelty=float(novelty),
-                             walkers=walkers,
+                             walkers=walkers, recalibrate_growth=float(recalibrate_growth),
                              options=dict(options or {}))
     settings.check()
     out = Path(out_dir)

@@ -45,6 +45,10 @@ class LearnSettings:
     walkers: str = "each"
     reselect_growth: float = 1.5
     novelty: float = 0.9
+    #: GAP: the leave-one-frame-out calibration is redone when the labelled environments have
+    #: grown by this factor since the last one (and at every choice of the sparse set); the refits
+    #: between reuse its factors and held-out force RMS (1: at every fit)
+    recalibrate_growth: float = 1.2
     options: dict = field(default_factory=dict)
 
     #: may differ between a run and its resumption
@@ -87,6 +91,9 @@ class LearnSettings:
             raise InputError(f"variance must be 'exact' or 'samples', got {self.variance!r}")
         if not self.reselect_growth > 1.0 or not 0.0 < self.novelty <= 1.0:
             raise InputError("reselect_growth must be > 1 and novelty from 0 to 1")
+        if not (math.isfinite(self.recalibrate_growth) and self.recalibrate_growth >= 1.0):
+            raise InputError(f"recalibrate_growth must be a number >= 1 (1: calibrate at every fit), got "
+                             f"{self.recalibrate_growth}")
 
     def identity(self) -> dict:
         d = asdict(self)
