@@ -62,7 +62,7 @@ from ..metrics import metrics_of_errors
 from ..models.bpnn import BPNNModel, FrameCache, cache_frame, collate, predict_cached  # noqa: F401
 from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe and its tests use it)
 from .checkpoint import TrainingInterrupted
-from .committee import network_committee
+from .network_committee import network_committee
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_given_reference, check_split_elements,
                      format_training_metrics, model_metrics, parse_reference_energies,
                      reference_energies, reference_energies_record)
@@ -476,7 +476,7 @@ def _run(args, ddp) -> int:
 
 # ------------------------------------------------------------------------- committees
 #: ``ase-mlff train bpnn --committee K``: the split and member scheme of the shared trainer's
-#: recipes (:func:`~ase_mlff.training.committee.network_committee`). Each member is a
+#: recipes (:func:`~ase_mlff.training.network_committee.network_committee`). Each member is a
 #: :func:`train_bpnn` model whose symmetry functions are selected from its own frames; a warm
 #: start (``train_committee(init=...)``) keeps each parent's (:func:`check_parent`).
 COMMITTEE = network_committee("bpnn", train_bpnn, lambda parent, frames, options: check_parent(

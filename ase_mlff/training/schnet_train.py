@@ -56,7 +56,7 @@ from ..graph import graph_from_structure
 from ..io import file_sha256
 from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
-from .committee import network_committee
+from .network_committee import network_committee
 from .common import (check_given_reference, check_split_elements, format_training_metrics, parse_reference_energies,
                      reference_energies_record)
 
@@ -429,7 +429,7 @@ def _run(args, ddp) -> int:
 
 # ------------------------------------------------------------------------- committees
 #: ``ase-mlff train schnet --committee K``: the split and member scheme of the shared trainer's
-#: recipes (:func:`~ase_mlff.training.committee.network_committee`), each member a
+#: recipes (:func:`~ase_mlff.training.network_committee.network_committee`), each member a
 #: :func:`train_schnet` model.
 COMMITTEE = network_committee("schnet", train_schnet)
 
