@@ -447,7 +447,8 @@ def _run_learn(args) -> int:
 def _learn_parser(p) -> None:
     p.epilog = _THREADS_HELP
     p.add_argument("start", nargs="+", metavar="START",
-                   help="start structures: files ase.io.read reads, every frame of each (one MD walker per frame)")
+                   help="start structures: files ase.io.read reads, every frame of each (MD walkers start from "
+                        "each frame: see --walkers)")
     p.add_argument("--reference", required=True, nargs="+", metavar="SPEC",
                    help="the reference: an ASE calculator as module:Class with optional key=value arguments "
                         "(values read as Python literals, else kept as text), e.g. ase.calculators.emt:EMT or "
@@ -483,7 +484,7 @@ def _learn_parser(p) -> None:
     u.add_argument("--threshold", type=_pos_float, default=None, metavar="EV_PER_A",
                    help="call the reference when the largest per-atom force uncertainty (calibrated, eV/Å) "
                         "exceeds this (default: --threshold-factor times the held-out RMS force error of the "
-                        "current fit, recomputed after every fit)")
+                        "current fit, recomputed at every calibration)")
     u.add_argument("--threshold-factor", type=_pos_float, default=3.0,
                    help="the automatic threshold in units of the fit's held-out RMS per-atom force error")
     u.add_argument("--patience", type=_pos_int, default=None, metavar="STEPS",
