@@ -64,7 +64,7 @@ from ..models.prior import repulsion_for  # noqa: F401  (re-exported: the recipe
 from .checkpoint import TrainingInterrupted
 from .network_committee import network_committee
 from .common import (IN_ENERGY_UNIT, REFERENCE_ENERGIES_HELP, UsageError, check_given_reference, check_split_elements,
-                     format_training_metrics, model_metrics, parse_reference_energies,
+                     format_training_metrics, load_parent, model_metrics, parse_reference_energies,
                      reference_energies, reference_energies_record)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
@@ -102,29 +102,6 @@ def prepare_model(frames, cutoff: float = 6.0, hidden: Sequence[int] = (25, 25),
 ARCHITECTURE = {"cutoff": 6.0, "hidden": (25, 25), "activation": "tanh", "dtype": "float32", "repulsion": True}
 #: the options that choose the symmetry functions of a fresh model (not used with ``init``)
 SELECTION = {"n_radial": 8, "n_eta": 4, "zetas": (1, 2, 4), "max_correlation": 0.9}
-
-
-def load_parent(init) -> tuple[BPNNModel, dict]:
-    """(parent model, {"path", "sha256"}) from a BPNN model file path or a loaded model."""
-    import os
-
-    from ..io import file_sha256, load_model
-
-    if isinstance(init, torch.nn.Module):
-        src = getattr(init, "source", None) or {}
-        parent, info = init, {"path": src.get("path"), "sha256": src.get("sha256")}
-    else:
-        if not os.path.exists(init):
-            raise InputError(f"--init {init}: no such model file")
-        try:
-            parent = load_model(init)
-        except MLFFError as exc:
-            raise InputError(f"--init {init}: cannot be read as a model file ({exc})") from None
-        info = {"path": os.path.abspath(init), "sha256": file_sha256(init)}
-    if getattr(parent, "family", None) != "bpnn":
-        raise InputError(f"--init: the parent is a {getattr(parent, 'family', type(parent).__name__)} model; only a "
-                         "bpnn model can initialise a bpnn model")
-    return parent, info
 
 
 def check_parent(parent: BPNNModel, frames, cutoff: float | None = None, hidden: Sequence[int] | None = None,
@@ -265,7 +242,7 @@ def train_bpnn(dataset, n_train: int, n_valid: int, n_test: int | None = None, s
     train_f = [frames[k] for k in split.train]
     valid_f = [frames[k] for k in split.valid]
     test_f = [frames[k] for k in split.test]
-    parent, parent_info = (None, None) if init is None else load_parent(init)
+    parent, parent_info = (None, None) if init is None else load_parent(init, "bpnn")
     check_split_elements(train_f, {"validation": valid_f, "test": test_f})
     species = sorted({int(z) for f in train_f for z in f.numbers})
     if parent is not None:

@@ -630,3 +630,29 @@ def check_new_output(output, overwrite: bool, resume: bool, checkpoint: str) -> 
     if resume and not os.path.exists(checkpoint):
         raise UsageError(f"--resume: there is no checkpoint {checkpoint} (give it with --checkpoint, "
                          "or start without --resume)")
+
+
+def load_parent(init, family: str) -> tuple[Any, dict]:
+    """``(parent model, {"path", "sha256"})`` of ``--init``: a model file path or a loaded model
+    (its ``source`` names the file); InputError when the file is missing or unreadable, or when
+    the parent is not a ``family`` model (fine-tuning starts from a model of the same family)."""
+    import torch
+
+    from ..errors import InputError, MLFFError
+    from ..io import file_sha256, load_model
+
+    if isinstance(init, torch.nn.Module):
+        src = getattr(init, "source", None) or {}
+        parent, info = init, {"path": src.get("path"), "sha256": src.get("sha256")}
+    else:
+        if not os.path.exists(init):
+            raise InputError(f"--init {init}: no such model file")
+        try:
+            parent = load_model(init)
+        except MLFFError as exc:
+            raise InputError(f"--init {init}: cannot be read as a model file ({exc})") from None
+        info = {"path": os.path.abspath(init), "sha256": file_sha256(init)}
+    if getattr(parent, "family", None) != family:
+        raise InputError(f"--init: the parent is a {getattr(parent, 'family', type(parent).__name__)} model; only a "
+                         f"{family} model can initialise a {family} model")
+    return parent, info

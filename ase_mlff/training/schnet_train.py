@@ -43,7 +43,6 @@ weight decay never touches them either, and they stay bit-identical (same dtype:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
@@ -53,12 +52,11 @@ from ase.data import chemical_symbols
 
 from ..errors import DatasetError, InputError, MLFFError, OutputExistsError
 from ..graph import graph_from_structure
-from ..io import file_sha256
 from ..models.prior import repulsion_for
 from ..models.schnet import GROUPS, SchNetModel
 from .network_committee import network_committee
-from .common import (check_given_reference, check_split_elements, format_training_metrics, parse_reference_energies,
-                     reference_energies_record)
+from .common import (check_given_reference, check_split_elements, format_training_metrics, load_parent,
+                     parse_reference_energies, reference_energies_record)
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 #: architecture of a fresh model (a small SchNet: 64 features, as the Materials Project model
@@ -79,22 +77,6 @@ def parse_freeze(values) -> list[str]:
     if unknown:
         raise InputError(f"--freeze {', '.join(unknown)}: the groups are {', '.join(GROUPS)}")
     return [g for g in GROUPS if g in names]
-
-
-def _load_parent(init):
-    """(parent model, {"path", "sha256"}) from a model file path or a loaded model."""
-    from ..io import load_model
-
-    if isinstance(init, torch.nn.Module):
-        src = getattr(init, "source", None) or {}
-        return init, {"path": src.get("path"), "sha256": src.get("sha256")}
-    if not os.path.exists(init):
-        raise InputError(f"--init {init}: no such model file")
-    try:
-        parent = load_model(init)
-    except MLFFError as exc:
-        raise InputError(f"--init {init}: cannot be read as a model file ({exc})") from None
-    return parent, {"path": os.path.abspath(init), "sha256": file_sha256(init)}
 
 
 def transfer_model(parent, frames, freeze: Sequence[str] = (), cutoff: float | None = None,
@@ -248,7 +230,7 @@ def train_schnet(dataset, n_train: int, n_valid: int, n_test: int | None = None,
     test_f = [frames[k] for k in split.test]
     parent_info = parent = None
     if init is not None:
-        parent, parent_info = _load_parent(init)
+        parent, parent_info = load_parent(init, "schnet")
     # before the first epoch: an element only in held-out frames would get a never-trained embedding
     check_split_elements(train_f, {"validation": valid_f, "test": test_f}, known=parent.species if parent else ())
     if parent is not None:
