@@ -473,7 +473,7 @@ def _learn_parser(p) -> None:
     g.add_argument("-t", "--timestep", type=_pos_float, default=None,
                    help="time step in fs (default 0.5 with hydrogen in a start structure, else 1.0)")
     g.add_argument("--friction", type=_nonneg_float, default=0.02, help="Langevin friction in 1/fs")
-    g.add_argument("--segment-steps", type=_pos_int, default=300,
+    g.add_argument("--segment-steps", type=_pos_int, default=100,
                    help="most MD steps of a walker's turn; a turn without crossing sends its most uncertain frame "
                         "to the reference (see --no-fallback)")
     g.add_argument("--check-interval", type=_pos_int, default=2, help="compute the uncertainty every N steps")

@@ -258,7 +258,8 @@ def xtb_task(args) -> int:
     for k, n in enumerate(sorted(args.calls)):
         t = time.perf_counter()
         res = learn([start], XTB_SPEC, run_dir, temperatures=XTB_TEMPERATURES, max_calls=n, timestep=0.5,
-                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, walkers=args.walkers, patience=NO_PATIENCE,
+                    segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, walkers=args.walkers,
+                    patience=NO_PATIENCE,
                     options=XTB_GAP_OPTIONS, resume=k > 0, progress=None)
         wall += time.perf_counter() - t
         rows[n] = {**errors(os.path.join(run_dir, "model.mlff"), test), "wall_s": wall, "md_steps": res.md_steps}
@@ -310,7 +311,8 @@ def main(argv=None) -> int:
     p.add_argument("--random-steps", type=int, default=1000, help="EMT MD steps per start and temperature")
     p.add_argument("--random-seeds", type=int, default=3)
     p.add_argument("--learn-seeds", type=int, default=3, help="loop runs (seeds of the velocities and noise)")
-    p.add_argument("--segment-steps", type=int, default=300)
+    p.add_argument("--segment-steps", type=int, default=None,
+                   help="MD steps of a walker's turn (default: 300 for copper, 100 for xtb)")
     p.add_argument("--walkers", choices=["each", "ramp"], default="each",
                    help="the loop's walker layout (ase-mlff learn --walkers)")
     p.add_argument("--threshold-factor", type=float, default=3.0)
@@ -322,6 +324,8 @@ def main(argv=None) -> int:
                         "rMD17 aspirin for the start geometry)")
     p.add_argument("--stability-steps", type=int, default=10000, help="xtb: MD steps (0.5 fs) of each stability run")
     args = p.parse_args(argv)
+    if args.segment_steps is None:
+        args.segment_steps = 300 if args.task == "copper" else 100
     if args.task == "xtb":
         return xtb_task(args)
 
@@ -342,7 +346,8 @@ def main(argv=None) -> int:
         for k, n in enumerate(budgets):
             t = time.perf_counter()
             res = learn(starts(), "ase.calculators.emt:EMT", run_dir, temperatures=TEMPERATURES, max_calls=n,
-                        segment_steps=args.segment_steps, threshold_factor=args.threshold_factor, walkers=args.walkers, seed=seed,
+                        segment_steps=args.segment_steps, threshold_factor=args.threshold_factor,
+                        walkers=args.walkers, seed=seed,
                         patience=NO_PATIENCE,
                         options=GAP_OPTIONS, resume=k > 0, progress=None)
             wall += time.perf_counter() - t

@@ -479,7 +479,7 @@ class Learner:
 
 def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | None = None,
           temperatures=(300.0,), pressure: float | None = None, max_calls: int = 100,
-          threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 300,
+          threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 100,
           check_interval: int = 2, patience: int | None = None, timestep: float | None = None,
           friction: float = 0.02, seed: int = 0, variance: str = "exact", fallback: bool = True,
           reselect_growth: float = 1.5, novelty: float = 0.9, recalibrate_growth: float = 1.2,

@@ -34,7 +34,7 @@ class LearnSettings:
     max_calls: int = 100
     threshold: float | None = None
     threshold_factor: float = 3.0
-    segment_steps: int = 300
+    segment_steps: int = 100
     check_interval: int = 2
     patience: int | None = None
     timestep: float | None = None
