@@ -309,8 +309,8 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, nargs="+", default=[10, 15, 20, 30, 40])
     p.add_argument("--test-frames", type=int, default=5, help="test frames per unseen system")
     p.add_argument("--random-steps", type=int, default=1000, help="EMT MD steps per start and temperature")
-    p.add_argument("--random-seeds", type=int, default=3)
-    p.add_argument("--learn-seeds", type=int, default=3, help="loop runs (seeds of the velocities and noise)")
+    p.add_argument("--random-seeds", type=int, default=5)
+    p.add_argument("--learn-seeds", type=int, default=5, help="loop runs (seeds of the velocities and noise)")
     p.add_argument("--segment-steps", type=int, default=None,
                    help="MD steps of a walker's turn (default: 300 for copper, 100 for xtb)")
     p.add_argument("--walkers", choices=["each", "ramp"], default="each",
