@@ -70,8 +70,8 @@ Files in the output folder:
   cells, when the reference gives it) stress, and in ``atoms.info``: ``learn_call``,
   ``learn_iteration`` (fits before it), ``learn_reason`` (start, threshold, max_steps),
   ``learn_uncertainty`` (eV/Å, the u that selected it), ``learn_threshold``,
-  ``learn_walker``, ``learn_temperature``, ``learn_step`` and the model's errors on it before
-  it was added (``learn_error_energy_per_atom`` eV/atom, ``learn_error_forces_mae`` eV/Å,
+  ``learn_walker``, ``learn_start``, ``learn_temperature``, ``learn_step`` and the model's
+  errors on it before it was added (``learn_error_energy_per_atom`` eV/atom, ``learn_error_forces_mae`` eV/Å,
   ``learn_error_forces_max`` eV/Å); per atom ``learn_forces_uncertainty`` (eV/Å) and
   ``learn_model_forces`` (the model's forces before the frame was added, eV/Å).
 * ``failures.extxyz`` and ``failures.json``: structures on which the reference failed (an

@@ -482,9 +482,9 @@ def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | N
           threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 100,
           check_interval: int = 2, patience: int | None = None, timestep: float | None = None,
           friction: float = 0.02, seed: int = 0, variance: str = "exact", fallback: bool = True,
-          reselect_growth: float = 1.5, novelty: float = 0.9, recalibrate_growth: float = 1.2,
-          options: dict | None = None,
-          walkers: str = "each", resume: bool = False, progress: Callable[[str], None] | None = None) -> LearnResult:
+          walkers: str = "each", reselect_growth: float = 1.5, novelty: float = 0.9,
+          recalibrate_growth: float = 1.2, options: dict | None = None, resume: bool = False,
+          progress: Callable[[str], None] | None = None) -> LearnResult:
     """Active learning (module docstring) from the structures ``starts`` (ase.Atoms or a
     list of them) with ``reference``: a SPEC string (``"ase.calculators.emt:EMT"``), a
     :class:`~ase_mlff.workflows.reference.ReferenceSpec` or an ASE calculator instance.
