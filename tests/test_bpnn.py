@@ -386,3 +386,27 @@ def test_init_refuses_what_cannot_carry_over(cu_parent):
         train_bpnn(_cu_frames(4), 3, 1, 0, init=cu_parent, cutoff=5.0, epochs=1)
     # the parent's own values (as a committee passes its options again) are fine
     train_bpnn(_cu_frames(4), 3, 1, 0, init=cu_parent, epochs=1, cutoff=4.0, hidden=(8,), n_radial=3)
+
+
+def test_selection_keeps_a_radial_function_of_every_neighbour_pair():
+    # pure Cu plus a few Cu-Ni cells: over these data every Cu:Cu function correlates with a
+    # Cu:Ni one (composition dominates), and dropping them all would make the pure-Cu cells'
+    # inputs independent of their geometry (zero forces on them); one Cu:Cu function stays
+    from ase.build import bulk
+
+    from ase_mlff.descriptors.acsf import automatic_set
+
+    frames = []
+    for s in range(6):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        if s >= 4:
+            a.numbers[::3] = 28
+        a.rattle(0.05, seed=s)
+        frames.append(a)
+    lib, report = automatic_set(frames, 6.0)
+    pairs = {label.split()[1] for label in report["Cu"]["kept"] if label.startswith("G2")}
+    assert {"Cu:Cu", "Cu:Ni"} <= pairs
+    # the pure-Cu cells' descriptors now change with their geometry
+    cu = list(lib.species).index(29)
+    values = np.concatenate([library_values(lib, [f])[cu][:, lib.selected[cu]] for f in frames[:4]])
+    assert np.ptp(values, axis=0).max() > 1e-3 * np.abs(values).max()

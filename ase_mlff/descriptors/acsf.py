@@ -452,6 +452,33 @@ def select_functions(X: np.ndarray, max_correlation: float = 0.9, min_relative_s
     return Selection(np.array(sorted(kept), dtype=np.int64), dropped)
 
 
+def _keep_every_neighbour(sel: Selection, k: int, species: Sequence[int], rmin: np.ndarray,
+                          n_radial: int) -> Selection:
+    """The selection with, for every element J found within the cutoff of element ``k``, at least
+    one radial function of the pair (k, J).
+
+    Correlation is measured over the whole data, where composition can dominate: with pure Cu
+    and a few Cu-Ni frames, every Cu:Cu function correlates with a Cu:Ni one (fewer Cu
+    neighbours where there are more Ni), and dropping them all would leave pure-Cu frames with
+    inputs that do not depend on their geometry (zero forces). A pair whose radial functions
+    were all dropped as redundant gets back the first of them (the nearest shell); a pair whose
+    functions are all flat or outlier-dominated stays without one (it carries no information)."""
+    kept = [int(c) for c in sel.kept]
+    dropped = dict(sel.dropped)
+    for J in range(len(species)):
+        if not np.isfinite(rmin[k, J]):
+            continue  # never a neighbour of this element in the data
+        block = range(J * n_radial, (J + 1) * n_radial)
+        if any(c in block for c in kept):
+            continue
+        redundant = [c for c in block if dropped.get(c, "").startswith("correlation")]
+        if redundant:
+            c = redundant[0]
+            kept.append(c)
+            dropped.pop(c)
+    return Selection(np.array(sorted(kept), dtype=np.int64), dropped)
+
+
 def smallest_distances(structures, species: Sequence[int], cutoff: float) -> np.ndarray:
     """(S, S) smallest distance (Å) seen between elements I and J in ``structures``
     (``inf`` where no such pair occurs within ``cutoff``)."""
@@ -557,6 +584,7 @@ def automatic_set(structures, cutoff: float, species: Sequence[int] | None = Non
             raise DatasetError(f"element {sym} has {len(X)} atom(s) in the training structures; "
                                "symmetry functions cannot be chosen for it")
         sel = select_functions(X, max_correlation, min_relative_std, max_range_over_std)
+        sel = _keep_every_neighbour(sel, k, species, rmin, lib.n_radial)
         if not len(sel.kept):
             raise DatasetError(f"every symmetry function of {sym} is flat on the training structures "
                                "(are its atoms isolated, with no neighbour within the cutoff?)")
