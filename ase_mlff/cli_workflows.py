@@ -465,7 +465,7 @@ def _learn_parser(p) -> None:
     g = p.add_argument_group("dynamics (Langevin NVT; with --pressure a Berendsen barostat on periodic cells)")
     g.add_argument("-T", "--temperature", type=_pos_float, nargs="+", default=[300.0], metavar="K",
                    help="temperatures in K (see --walkers)")
-    g.add_argument("--walkers", choices=["each", "ramp"], default="each",
+    g.add_argument("--walkers", choices=["each", "ramp"], default="ramp",
                    help="each: one walker per start structure and temperature, each at its own temperature; "
                         "ramp: one walker per start structure, moving to the next temperature after a turn "
                         "without crossing the threshold")
@@ -489,7 +489,7 @@ def _learn_parser(p) -> None:
                    help="the automatic threshold in units of the fit's held-out RMS per-atom force error")
     u.add_argument("--patience", type=_pos_int, default=None, metavar="STEPS",
                    help="stop when no frame crossed the threshold for this many MD steps, all walkers together "
-                        "(default: two turns of every walker)")
+                        "(default: ten turns, at least two of every walker)")
     u.add_argument("--no-fallback", action="store_true",
                    help="a turn without crossing sends nothing to the reference (default: its most uncertain frame)")
     u.add_argument("--variance", choices=["exact", "samples"], default="exact",

@@ -313,8 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--learn-seeds", type=int, default=5, help="loop runs (seeds of the velocities and noise)")
     p.add_argument("--segment-steps", type=int, default=None,
                    help="MD steps of a walker's turn (default: 300 for copper, 100 for xtb)")
-    p.add_argument("--walkers", choices=["each", "ramp"], default="each",
-                   help="the loop's walker layout (ase-mlff learn --walkers)")
+    p.add_argument("--walkers", choices=["each", "ramp"], default=None,
+                   help="the loop's walker layout (ase-mlff learn --walkers; default: each for copper, ramp for xtb)")
     p.add_argument("--threshold-factor", type=float, default=3.0)
     p.add_argument("--no-random", action="store_true", help="only the active-learning arm")
     p.add_argument("--out", default="out/active_learning")
@@ -326,6 +326,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.segment_steps is None:
         args.segment_steps = 300 if args.task == "copper" else 100
+    if args.walkers is None:
+        args.walkers = "each" if args.task == "copper" else "ramp"
     if args.task == "xtb":
         return xtb_task(args)
 

@@ -20,8 +20,8 @@ training set with as few reference calls as it can. The reference is any ASE cal
    with the new model. A walker whose MD fails (overlapping atoms, a runaway temperature) is
    restarted from its start structure with fresh velocities.
 5. Stop after ``max_calls`` reference calls (the starts count), or when no checked frame has
-   crossed the threshold for ``patience`` MD steps (all walkers together; default two turns of
-   every walker): ``stop_reason``
+   crossed the threshold for ``patience`` MD steps (all walkers together; default ten turns,
+   at least two of every walker): ``stop_reason``
    ``"max_calls"`` or ``"converged"``.
 
 Before a frame is added, the model's errors on it (energy per atom, force MAE and largest

@@ -482,7 +482,7 @@ def learn(starts, reference, out_dir, *, family: str = "gap", committee: int | N
           threshold: float | None = None, threshold_factor: float = 3.0, segment_steps: int = 100,
           check_interval: int = 2, patience: int | None = None, timestep: float | None = None,
           friction: float = 0.02, seed: int = 0, variance: str = "exact", fallback: bool = True,
-          walkers: str = "each", reselect_growth: float = 1.5, novelty: float = 0.9,
+          walkers: str = "ramp", reselect_growth: float = 1.5, novelty: float = 0.9,
           recalibrate_growth: float = 1.2, options: dict | None = None, resume: bool = False,
           progress: Callable[[str], None] | None = None) -> LearnResult:
     """Active learning (module docstring) from the structures ``starts`` (ase.Atoms or a

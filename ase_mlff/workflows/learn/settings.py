@@ -42,7 +42,7 @@ class LearnSettings:
     seed: int = 0
     variance: str = "exact"
     fallback: bool = True
-    walkers: str = "each"
+    walkers: str = "ramp"
     reselect_growth: float = 1.5
     novelty: float = 0.9
     #: GAP: the leave-one-frame-out calibration is redone when the labelled environments have
@@ -103,8 +103,11 @@ class LearnSettings:
         return json.loads(json.dumps(d, sort_keys=True, default=str))
 
     def steps_patience(self, n_walkers: int) -> int:
-        """MD steps without a crossing that end the run: ``patience``, else two turns of every walker."""
-        return int(self.patience) if self.patience is not None else 2 * n_walkers * int(self.segment_steps)
+        """MD steps without a crossing that end the run: ``patience``, else ten turns and at least
+        two turns of every walker."""
+        if self.patience is not None:
+            return int(self.patience)
+        return max(10, 2 * n_walkers) * int(self.segment_steps)
 
 
 def trainable_families() -> list[str]:
