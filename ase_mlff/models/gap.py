@@ -242,6 +242,13 @@ class GAPModel(Model):
         centre = s.to(torch.int32).cpu().numpy()
         return s, first, nbr, centre
 
+    def environments(self, graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+        """Every atom's element index (into :attr:`species`) and its unit-length SOAP vector,
+        the descriptor the kernel compares with the sparse environments (numpy, float64)."""
+        s, first, nbr, centre = self._soap_inputs(graph)
+        p = self.soap.raw(graph.n_atoms, first, nbr, centre, graph.edge_vectors(torch.float64).numpy())[0]
+        return s.numpy(), p / np.linalg.norm(p, axis=1, keepdims=True)
+
     def _pair_energy(self, graph: Graph, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """V(r) of every edge (differentiable in r), zero beyond the 2-body cutoff."""
         tb = self.two_body

@@ -272,11 +272,10 @@ def fit_gap(ds, train_idx, opts: dict, log=print, quiet: bool = False, ckpt=None
         desc, desc_species, rmin = [], [], np.inf
         for k in sparse_gp.progress(range(len(frames)), "SOAP descriptors", quiet):
             g = graphs[k]
-            s, first, nbr, centre = probe._soap_inputs(g)
+            s, q = probe.environments(g)
+            desc.append(q)
+            desc_species.append(s)
             vec = g.edge_vectors().numpy()
-            p = probe.soap.raw(g.n_atoms, first, nbr, centre, vec)[0]
-            desc.append(p / np.linalg.norm(p, axis=1, keepdims=True))
-            desc_species.append(s.numpy())
             if len(vec):
                 rmin = min(rmin, float(np.linalg.norm(vec, axis=1).min()))
         X = np.concatenate(desc)

@@ -131,11 +131,8 @@ class GapFitter:
         worst = 1.0
         graphs = FrameGraphs(frames, float(o["cutoff"]))
         for k in range(len(frames)):
-            g = graphs[k]
-            s, first, nbr, centre = probe._soap_inputs(g)  # the descriptor's inputs, as fit_gap builds them
-            p = probe.soap.raw(g.n_atoms, first, nbr, centre, g.edge_vectors().numpy())[0]
-            q = p / np.linalg.norm(p, axis=1, keepdims=True)
-            K = np.where(s.numpy()[:, None] == zs[None, :], q @ Z.T, 0.0) ** int(o["zeta"])
+            s, q = probe.environments(graphs[k])  # the descriptors fit_gap chooses sparse points from
+            K = np.where(s[:, None] == zs[None, :], q @ Z.T, 0.0) ** int(o["zeta"])
             worst = min(worst, float(K.max(1).min()) if K.size else 0.0)
         return worst
 
