@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ...errors import DatasetError, InputError, MLFFError, OutputExistsError
-from ...io import file_sha256
+from ...io import atomic_write_bytes, file_sha256
 from ..reference import ReferenceFailure, ReferenceSpec, label, parse_spec
 from .fitting import CommitteeFitter, GapFitter
 from .plot import plot_learning_curve
@@ -458,10 +457,8 @@ class Learner:
             write_extxyz(self.out / "data.extxyz", (frame_atoms(f) for f in self.frames))
         if self.failures:
             write_extxyz(self.out / "failures.extxyz", (r["atoms"] for r in self.failures))
-            tmp = self.out / ".failures.json.tmp"
-            tmp.write_text(json.dumps([{k: v for k, v in r.items() if k != "atoms"} for r in self.failures],
-                                      indent=1))
-            os.replace(tmp, self.out / "failures.json")
+            text = json.dumps([{k: v for k, v in r.items() if k != "atoms"} for r in self.failures], indent=1)
+            atomic_write_bytes(self.out / "failures.json", lambda fh: fh.write(text.encode()))
         try:
             plot_learning_curve(self.history, self.out / "learning_curve.png")
         except ImportError:  # matplotlib is optional

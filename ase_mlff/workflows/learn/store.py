@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +38,16 @@ def frame_atoms(frame):
 
 
 def write_extxyz(path: Path, images) -> None:
-    """All of ``images`` to ``path`` at once (temporary file + rename)."""
+    """All of ``images`` to ``path`` at once (:func:`~ase_mlff.io.atomic_write_bytes`)."""
+    import io
+
     import ase.io
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ase.io.write(tmp, list(images), format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from ...io import atomic_write_bytes
+
+    text = io.StringIO()
+    ase.io.write(text, list(images), format="extxyz")
+    atomic_write_bytes(path, lambda fh: fh.write(text.getvalue().encode()))
 
 
 def pack_structures(prefix: str, items) -> dict[str, np.ndarray]:
