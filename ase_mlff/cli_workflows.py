@@ -372,21 +372,10 @@ def _eval_parser(p) -> None:
 # ----------------------------------------------------------------------------------- learn
 def _read_starts(paths):
     """Every frame of every START file (any format ase.io.read reads)."""
-    import ase.io
-
     from .errors import InputError
+    from .workflows._common import read_structures
 
-    images = []
-    for path in paths:
-        if not os.path.exists(path):
-            raise InputError(f"start structure file not found: {path!r}")
-        try:
-            frames = ase.io.read(path, index=":")
-        except (ValueError, KeyError, IndexError, StopIteration) as exc:
-            raise InputError(f"cannot read structures from {path!r}: {exc}") from None
-        for atoms in frames:
-            atoms.calc = None
-            images.append(atoms)
+    images = [atoms for path in paths for atoms in read_structures(path)]
     if not images:
         raise InputError("the START files hold no structures")
     return images

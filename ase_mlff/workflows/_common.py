@@ -29,26 +29,33 @@ def load_calculator(model, device: str = "cpu", dtype=None, **options):
     return load(model, device=device, dtype=dtype, **options)
 
 
-def read_structure(path, index=None):
-    """One structure from any file :func:`ase.io.read` reads (``index``: ase's frame index;
-    default the last frame, as :func:`ase.io.read` does)."""
+def read_structures(path, index=":") -> list:
+    """The frames ``index`` (ase's frame index; default all) of any file :func:`ase.io.read`
+    reads, without calculators; InputError for a missing or unreadable file."""
     import ase.io
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"structure file not found: {path!r}")
     try:
-        atoms = ase.io.read(path, index=-1 if index is None else index)
+        frames = ase.io.read(path, index=index)
     except (ValueError, KeyError, IndexError, StopIteration) as exc:
         raise InputError(f"cannot read a structure from {path!r} (index {index!r}): {exc}") from None
-    if isinstance(atoms, list):
-        if not atoms:
-            raise InputError(f"{path!r} has no frame at index {index!r}")
-        if len(atoms) > 1:
-            raise InputError(f"index {index!r} selects {len(atoms)} frames of {path!r}; give one frame")
-        atoms = atoms[0]
-    atoms.calc = None
-    return atoms
+    frames = frames if isinstance(frames, list) else [frames]
+    for atoms in frames:
+        atoms.calc = None
+    return frames
+
+
+def read_structure(path, index=None):
+    """One structure from any file :func:`ase.io.read` reads (``index``: ase's frame index;
+    default the last frame, as :func:`ase.io.read` does)."""
+    frames = read_structures(path, -1 if index is None else index)
+    if not frames:
+        raise InputError(f"{path!r} has no frame at index {index!r}")
+    if len(frames) > 1:
+        raise InputError(f"index {index!r} selects {len(frames)} frames of {path!r}; give one frame")
+    return frames[0]
 
 
 def parse_index(text):
