@@ -230,13 +230,7 @@ def test_cli_run_and_resume_with_other_settings(tmp_path, capsys):
 
 def test_committee_family(tmp_path):
     # a family without its own variance learns through a committee (refitted from scratch)
-    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
-    st = []
-    for k in range(4):
-        a = cu.repeat((2, 1, 1))
-        a.rattle(0.05, seed=k)
-        st.append(a)
-    res = learn(st, "ase.calculators.emt:EMT", tmp_path / "run", family="mff", committee=2, max_calls=6,
+    res = learn(cu8_starts(), "ase.calculators.emt:EMT", tmp_path / "run", family="mff", committee=2, max_calls=6,
                 segment_steps=6, options=dict(rc2=4.0, rc3=3.0, n_sparse3=50, no_optimise=True, h2=0.2, h3=0.3))
     assert res.n_data == 6 and res.fits == 3
     model = load_model(tmp_path / "run" / "model.mlff")
